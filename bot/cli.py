@@ -1,0 +1,61 @@
+"""The ``keyturn`` command line.
+
+Each subcommand lives in its own module and is imported only when it runs, so ``keyturn verify`` (run by CI on
+every deploy) loads the standard library, PyNaCl and the receipt code, nothing else. Signer-side commands are
+dispatched by name; the bot's own modules never import the signer's key-holding code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> ("module:function", one-line help). Each function takes argv (after the subcommand) and returns
+# the process exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("signer.cli:verify_main", "verify a receipt offline (the CI gate; fails closed)"),
+    "receipt": ("signer.cli:receipt_main", "convert a receipt to or from a DSSE envelope"),
+    "keygen": ("signer.cli:keygen_main", "create a private signing keyset file"),
+    "keys": ("signer.cli:keys_main", "rotate, revoke or export keys"),
+    "audit": ("signer.cli:audit_main", "verify the signer's hash-chained audit log"),
+    "policy": ("signer.cli:policy_main", "check a keyturn.toml policy file"),
+    "signer": ("signer.cli:signer_main", "run the isolated signer"),
+    "bot": ("bot.server:main", "run the Slack bot and CI API"),
+    "request": ("bot.client:main", "ask for an approval from CI and wait for the receipt"),
+    "emulator": ("bot.emulator.__main__:main", "run the Slack emulator"),
+    "dev": ("bot.dev:main", "run everything locally: Redis, signer, bot and the Slack emulator"),
+}
+
+USAGE_EXIT = 2
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: keyturn <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'keyturn <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def _resolve(target: str) -> Callable[[Sequence[str]], int]:
+    module_name, func_name = target.split(":")
+    func: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), func_name)
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``keyturn <command> ...`` and return its exit code (2 for usage errors)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else USAGE_EXIT
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"keyturn: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return USAGE_EXIT
+    return _resolve(COMMANDS[name][0])(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

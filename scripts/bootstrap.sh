@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up everything `make demo` and `make test` need, idempotently:
+# a Python 3.11+ virtualenv in .venv with Keyturn and its dev extras, and a redis-server binary.
+# Re-running is cheap: the venv is rebuilt only when pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root_install() {  # $1 = Debian package, $2 = what it is for
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing $1 with apt-get ($2)" >&2
+    if ! apt-get install -y -q "$1" >/dev/null 2>&1; then
+      apt-get update -q >/dev/null 2>&1 || true
+      apt-get install -y -q "$1" >/dev/null
+    fi
+  else
+    echo "bootstrap: $2 is missing. Install the Debian/Ubuntu package '$1' (sudo apt-get install $1) and re-run." >&2
+    exit 1
+  fi
+}
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.13 python3.12 python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PY="$cand"; break
+    fi
+  done
+fi
+[ -n "$PY" ] || { echo "bootstrap: Python 3.11 or newer is required (apt-get install python3)" >&2; exit 1; }
+
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need_root_install python3-venv "Python's venv module"
+fi
+
+command -v redis-server >/dev/null 2>&1 || need_root_install redis-server "redis-server"
+
+stamp=.venv/.keyturn-stamp
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: preparing .venv with $("$PY" --version)" >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Keyturn's trust core: receipts, keys, verification, and the isolated signer process."""

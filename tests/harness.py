@@ -1,0 +1,209 @@
+"""Real processes for tests: a private redis-server, and any ``keyturn`` subcommand, with readiness waits.
+
+Every process writes its output to a log file; fixtures print the logs of a failed test. Nothing here touches
+a shared Redis: each session gets its own ``redis-server`` on a Unix socket in a temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYTURN = [sys.executable, "-m", "bot"]
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it is true; raise ``TimeoutError`` naming ``what`` otherwise.
+
+    Used only to wait for an external process to become ready, where there is no event to await.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A readiness predicate: ``url`` answers 2xx."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - loopback test URL
+                return 200 <= int(resp.status) < 300
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return check
+
+
+def unix_socket_ready(path: Path) -> Callable[[], bool]:
+    """A readiness predicate: something accepts connections on the Unix socket ``path``."""
+
+    def check() -> bool:
+        if not path.exists():
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(path))
+            except OSError:
+                return False
+            return True
+
+    return check
+
+
+@dataclass
+class Proc:
+    """A child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _stopped: bool = field(default=False)
+
+    def log(self) -> str:
+        """The process's output so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Stop the process (SIGTERM, then SIGKILL) and return its exit code."""
+        if self._stopped:
+            return self.popen.returncode
+        self._stopped = True
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        """Kill the process group with SIGKILL, as a crash would."""
+        self.stop(signal.SIGKILL)
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    ready: Callable[[], bool] | None = None,
+    ready_timeout: float = 20.0,
+    cwd: Path | None = None,
+) -> Proc:
+    """Start ``argv`` in its own process group, logging to ``log_dir/<name>.log``; wait for ``ready``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    full_env = dict(os.environ)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=str(cwd or ROOT),
+            start_new_session=True,
+        )
+    proc = Proc(name, popen, log_path)
+    if ready is not None:
+        try:
+            wait_until(lambda: (not proc.alive()) or ready(), ready_timeout, f"{name} to be ready")
+        except TimeoutError:
+            proc.stop()
+            raise RuntimeError(f"{name} did not become ready; log:\n{proc.log()}") from None
+        if not proc.alive():
+            raise RuntimeError(f"{name} exited with {proc.popen.returncode}; log:\n{proc.log()}")
+    return proc
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a Unix socket."""
+
+    proc: Proc
+    socket_path: Path
+
+    @property
+    def url(self) -> str:
+        """A redis-py URL for this server."""
+        return f"unix://{self.socket_path}"
+
+    def client(self) -> redis.Redis:
+        """A new synchronous client."""
+        return redis.Redis.from_url(self.url)
+
+
+def redis_server_binary() -> str:
+    """Path of redis-server, or raise with the package to install."""
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RuntimeError(
+            "redis-server not found: run ./scripts/bootstrap.sh or apt-get install redis-server"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    """Run a throwaway redis-server in ``workdir`` (no persistence, no TCP port)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / "redis.sock"
+    argv = [
+        redis_server_binary(),
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    proc = start_process("redis", argv, workdir, ready=unix_socket_ready(sock))
+    try:
+        yield RedisServer(proc, sock)
+    finally:
+        proc.stop()
