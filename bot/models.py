@@ -1,0 +1,146 @@
+"""The bot's domain records: what a deploy request is, at every boundary (API in, Redis, API out).
+
+Shared by the approval service (``bot/approvals.py``), the Redis store, the CI API and the Slack side (cards,
+listeners). Security-relevant models are frozen and forbid unknown fields. See docs/design.md §8.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,100}$")
+SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+ENV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+WORKFLOW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+REQUEST_ID_RE = re.compile(r"^req_[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"not a valid {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+Repo = Annotated[str, _matches(REPO_RE, "repository (owner/name)")]
+Sha = Annotated[str, _matches(SHA_RE, "commit sha (40 or 64 lowercase hex)")]
+EnvName = Annotated[str, _matches(ENV_RE, "environment name")]
+Workflow = Annotated[str, _matches(WORKFLOW_RE, "workflow name")]
+RequestId = Annotated[str, _matches(REQUEST_ID_RE, "request id (req_ + ULID)")]
+
+
+class Status(StrEnum):
+    """A request's status. Final states never change (see ``bot/lifecycle.py``)."""
+
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    DENIED = "DENIED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def final(self) -> bool:
+        """True for every state but PENDING."""
+        return self is not Status.PENDING
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Scope(_Frozen):
+    """Exactly what a receipt authorizes: this repo, this commit, this environment, this workflow."""
+
+    repo: Repo
+    sha: Sha
+    environment: EnvName
+    workflow: Workflow
+
+
+class RequestIn(_Frozen):
+    """The body of ``POST /v1/requests`` (camelCase on the wire)."""
+
+    repo: Repo
+    sha: Sha
+    environment: EnvName
+    workflow: Workflow
+    requester: str = Field(min_length=1, max_length=200)
+    ref: str | None = Field(default=None, max_length=500)
+    run_url: str | None = Field(default=None, alias="runUrl", max_length=2000)
+    title: str | None = Field(default=None, max_length=500)
+    callback_url: str | None = Field(default=None, alias="callbackUrl", max_length=2000)
+
+    @property
+    def scope(self) -> Scope:
+        """The scope this request asks for."""
+        return Scope(repo=self.repo, sha=self.sha, environment=self.environment, workflow=self.workflow)
+
+
+class SlackEvidence(_Frozen):
+    """A Slack request exactly as received (raw form body, signature headers), for the signer to re-check."""
+
+    body: str
+    timestamp: str
+    signature: str
+
+
+class OriginEvidence(_Frozen):
+    """The request that started it all, as received: a CI API call or a slash command. See design.md §5."""
+
+    kind: Literal["ci", "slack_command"]
+    body: str  # base64 of the raw bytes for "ci"; the raw form body for "slack_command"
+    timestamp: str
+    signature: str
+    method: str | None = None  # "ci" only
+    path: str | None = None  # "ci" only
+
+
+class Approval(_Frozen):
+    """One counted approval."""
+
+    user_id: str
+    email: str | None = None
+    at: datetime
+
+
+class CardRef(_Frozen):
+    """Where the request's card lives in Slack."""
+
+    channel: str
+    ts: str
+
+
+class DeployRequest(BaseModel):
+    """A deploy request as stored in Redis. Mutated only through ``bot/lifecycle.py`` transitions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: RequestId
+    scope: Scope
+    requester: str
+    requester_slack_id: str | None = None
+    ref: str | None = None
+    run_url: str | None = None
+    title: str | None = None
+    callback_url: str | None = None
+    origin_kind: Literal["ci", "slack_command"] = "ci"
+    status: Status = Status.PENDING
+    created_at: datetime
+    expires_at: datetime
+    required_approvals: int
+    approvals: list[Approval] = Field(default_factory=list)
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    deny_reason: str | None = None
+    receipt_id: str | None = None
+    receipt_expires_at: datetime | None = None
+    card: CardRef | None = None
+    card_error: str | None = None
+    version: int = 0  # bumped on every write; the compare-and-swap token
