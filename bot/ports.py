@@ -1,0 +1,99 @@
+"""The two seams inside the bot, as protocols.
+
+* ``Messenger``: everything the approval logic needs from Slack (implemented in ``bot/messenger.py``).
+  The approval logic never builds Block Kit or calls the Web API itself.
+* ``Approvals``: the use cases the Slack listeners and the CI API call (implemented in ``bot/approvals.py``).
+  Listeners ack, parse and delegate; the service rules, and refuses with ``Refused`` (a stable ``code`` plus
+  the sentence to show the user).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
+
+
+class Refused(Exception):
+    """A user action that changes nothing, with the reason to show them (ephemeral in Slack, 4xx in the API).
+
+    Codes: ``not_an_approver``, ``self_approval``, ``already_approved``, ``not_pending`` (already decided,
+    expired or cancelled), ``unknown_request``, ``unknown_environment``, ``reason_required``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Messenger(Protocol):
+    """What the approval logic asks of Slack. Every method retries Slack trouble (429/5xx) itself."""
+
+    async def post_card(self, request: DeployRequest) -> CardRef:
+        """Post the request's card in its environment's channel and return where it lives."""
+        ...
+
+    async def update_card(self, request: DeployRequest) -> None:
+        """Re-render the card in place from the request's current state (approvals, outcome)."""
+        ...
+
+    async def reply_in_thread(self, card: CardRef, text: str) -> None:
+        """Post ``text`` (already escaped mrkdwn) as a reply in the card's thread."""
+        ...
+
+    async def send_dm(self, user_id: str, text: str) -> None:
+        """Open a DM with ``user_id`` and post ``text`` (already escaped mrkdwn)."""
+        ...
+
+    async def ephemeral(self, channel: str, user_id: str, text: str) -> None:
+        """Show ``text`` to one user only."""
+        ...
+
+    async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
+        """Open the deny-with-reason modal. Must be called within 3 s of the click (trigger_id lifetime)."""
+        ...
+
+    async def group_members(self, group_id: str) -> frozenset[str]:
+        """Members of a Slack user group (briefly cached)."""
+        ...
+
+    async def user_email(self, user_id: str) -> str | None:
+        """The user's email, if Slack shares it."""
+        ...
+
+    async def user_by_email(self, email: str) -> str | None:
+        """The Slack user id for an email, or None (``users_not_found``)."""
+        ...
+
+
+class Approvals(Protocol):
+    """The approval use cases. Every method is safe to run twice."""
+
+    async def create(self, body: RequestIn, origin: OriginEvidence) -> tuple[DeployRequest, bool]:
+        """Create a request (or return the pending one with the same scope); True if newly created."""
+        ...
+
+    async def approve(self, request_id: str, user_id: str, evidence: SlackEvidence) -> DeployRequest:
+        """Record ``user_id``'s approval; sign and finish when the quorum is reached. Raises ``Refused``."""
+        ...
+
+    async def deny(self, request_id: str, user_id: str, reason: str) -> DeployRequest:
+        """Deny with a reason. Raises ``Refused``."""
+        ...
+
+    async def check_can_decide(self, request_id: str, user_id: str) -> DeployRequest:
+        """Raise ``Refused`` unless ``user_id`` may decide this request now (checked before the modal)."""
+        ...
+
+    async def cancel(self, request_id: str) -> DeployRequest:
+        """Cancel a pending request (the pipeline gave up)."""
+        ...
+
+    async def get(self, request_id: str) -> DeployRequest:
+        """The request, or ``Refused("unknown_request")``."""
+        ...
+
+    async def pending_for(self, user_id: str) -> list[DeployRequest]:
+        """Pending requests ``user_id`` may approve."""
+        ...
