@@ -1,0 +1,294 @@
+"""``keyturn dev``: the whole of Keyturn on one machine, with nothing configured.
+
+Starts a private ``redis-server`` (unless ``KEYTURN_REDIS_URL`` is set), makes throwaway dev keys and secrets,
+then runs the signer, the Slack emulator and the bot as child processes, each log line prefixed with its name.
+Ctrl-C stops everything and removes the temp directory. Dev keys carry ``dev-`` in their key id, and
+``keyturn verify`` refuses them unless given ``--allow-dev-keys``: a dev receipt can never pass a real gate.
+
+Every child is a ``keyturn`` subcommand in its own process, exactly as in a deployment: this process never
+loads the private key (it asks ``keyturn keygen`` to write it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+KEYTURN = [sys.executable, "-m", "bot"]
+COLORS = {"redis": "31", "signer": "35", "emulator": "36", "bot": "32"}
+
+
+class DevError(Exception):
+    """A start-up failure with a message for the person at the terminal."""
+
+
+@dataclass
+class Child:
+    """A child process whose output is pumped, prefixed, to our stdout."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    ready_marker: str | None
+    ready: threading.Event = field(default_factory=threading.Event)
+    tail: list[str] = field(default_factory=list)
+
+    def pump(self, color: bool) -> None:
+        """Copy the child's lines to stdout until it closes its output."""
+        assert self.popen.stdout is not None
+        prefix = (
+            f"\x1b[{COLORS.get(self.name, '0')}m{self.name:>8}\x1b[0m |" if color else f"{self.name:>8} |"
+        )
+        for line in self.popen.stdout:
+            line = line.rstrip("\n")
+            self.tail = [*self.tail[-40:], line]
+            print(f"{prefix} {line}", flush=True)
+            if self.ready_marker and self.ready_marker in line:
+                self.ready.set()
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen: int = s.getsockname()[1]
+            return chosen
+    raise DevError("no free TCP port on 127.0.0.1")
+
+
+class Stack:
+    """The children of one ``keyturn dev`` run; stops them in reverse order."""
+
+    def __init__(self, workdir: Path, color: bool) -> None:
+        self.workdir = workdir
+        self.color = color
+        self.children: list[Child] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        ready_marker: str | None,
+        timeout: float = 30.0,
+    ) -> Child:
+        """Start a child and wait until it prints ``ready_marker``."""
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        popen = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=full_env,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+        )
+        child = Child(name, popen, ready_marker)
+        self.children.append(child)
+        threading.Thread(target=child.pump, args=(self.color,), daemon=True, name=f"pump-{name}").start()
+        if ready_marker is not None:
+            deadline = time.monotonic() + timeout
+            while not child.ready.wait(0.1):
+                if popen.poll() is not None:
+                    raise DevError(f"{name} exited with code {popen.returncode} before it was ready")
+                if time.monotonic() > deadline:
+                    raise DevError(f"{name} was not ready after {timeout:.0f}s")
+        return child
+
+    def first_exited(self) -> Child | None:
+        """A child that has exited, if any."""
+        return next((c for c in self.children if c.popen.poll() is not None), None)
+
+    def stop(self) -> None:
+        """SIGTERM every child (newest first), then SIGKILL stragglers."""
+        for child in reversed(self.children):
+            if child.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.popen.pid, signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.popen.wait(8)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.popen.pid, signal.SIGKILL)
+                child.popen.wait(5)
+
+
+def _run_quiet(argv: Sequence[str], what: str, env: Mapping[str, str] | None = None) -> str:
+    result = subprocess.run(
+        list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
+    )
+    if result.returncode != 0:
+        raise DevError(f"{what} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def _dev_policy(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    return Path(str(resources.files("bot").joinpath("dev_policy.toml")))
+
+
+def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path) -> str:
+    sha = secrets.token_hex(20)
+    return f"""
+  Keyturn is running (dev mode: throwaway keys and secrets; dev receipts never pass a real gate).
+
+    Slack emulator   {emulator_url}    <- open it, act as bob / carol / erin, click Approve
+    Bot (CI API)     {bot_url}
+    Public keyset    {keys}
+
+  Ask for an approval as CI would (paste into another terminal in this directory):
+
+    KEYTURN_CI_SECRET={env["KEYTURN_CI_SECRET"]} .venv/bin/keyturn request --url {bot_url} \\
+      --repo acme/web --sha {sha} --env production --workflow deploy.yml \\
+      --requester github:alice --keys {keys} --allow-dev-keys --wait --out receipt.json
+
+  or type in the emulator's command box, as alice:  /keyturn request acme/web {sha} staging
+
+  Production needs 2 approvals (bob, carol, or erin via @oncall); alice requested it, so she cannot approve.
+  Reminders come every minute, dave is paged after two, and the request expires after 5 minutes.
+  Ctrl-C stops everything and removes the temp files.
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the stack and block until Ctrl-C or until a child dies."""
+    workdir = Path(tempfile.mkdtemp(prefix="keyturn-dev-"))
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    stack = Stack(workdir, color)
+    interrupted = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        redis_url = os.environ.get("KEYTURN_REDIS_URL", "")
+        if not redis_url:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise DevError(
+                    "redis-server is missing: run ./scripts/bootstrap.sh (or apt-get install redis-server)"
+                )
+            sock = workdir / "redis.sock"
+            stack.start(
+                "redis",
+                [
+                    binary,
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(sock),
+                    "--unixsocketperm",
+                    "700",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(workdir),
+                ],
+                {},
+                "Ready to accept connections",
+            )
+            redis_url = f"unix://{sock}"
+
+        keyset = workdir / "signing-keys.json"
+        public = workdir / "keys.public.json"
+        _run_quiet([*KEYTURN, "keygen", "--dev", "--out", str(keyset)], "creating dev keys")
+        _run_quiet(
+            [*KEYTURN, "keys", "export", "--keyset", str(keyset), "--out", str(public)], "exporting keys"
+        )
+
+        policy = _dev_policy(args.policy)
+        emulator_port = _free_port(args.emulator_port)
+        bot_port = _free_port(args.bot_port)
+        bot_url = f"http://127.0.0.1:{bot_port}"
+        emulator_url = f"http://127.0.0.1:{emulator_port}"
+        common = {
+            "KEYTURN_DEV_MODE": "1",
+            "KEYTURN_POLICY": str(policy),
+            "KEYTURN_SIGNER_SOCKET": str(workdir / "signer.sock"),
+            "KEYTURN_SLACK_SIGNING_SECRET": secrets.token_hex(16),
+            "KEYTURN_CI_SECRET": secrets.token_hex(24),
+        }
+        stack.start(
+            "signer",
+            [*KEYTURN, "signer"],
+            {
+                **common,
+                "KEYTURN_SIGNER_KEYSET": str(keyset),
+                "KEYTURN_AUDIT_LOG": str(workdir / "audit.jsonl"),
+            },
+            "signer ready",
+        )
+        stack.start(
+            "emulator",
+            [*KEYTURN, "emulator", "--port", str(emulator_port), "--bot-url", f"{bot_url}/slack/events"],
+            {"KEYTURN_SLACK_SIGNING_SECRET": common["KEYTURN_SLACK_SIGNING_SECRET"], "KEYTURN_DEV_MODE": "1"},
+            "emulator ready",
+        )
+        # The bot gets no signing secret and no CI secret: it asks the signer to check requests.
+        bot_env = {
+            "KEYTURN_DEV_MODE": "1",
+            "KEYTURN_POLICY": str(policy),
+            "KEYTURN_SIGNER_SOCKET": common["KEYTURN_SIGNER_SOCKET"],
+            "KEYTURN_REDIS_URL": redis_url,
+            "KEYTURN_SLACK_BOT_TOKEN": "xoxb-keyturn-dev",
+            "KEYTURN_SLACK_API_URL": f"{emulator_url}/api/",
+            "KEYTURN_HOST": "127.0.0.1",
+            "KEYTURN_PORT": str(bot_port),
+            "KEYTURN_PUBLIC_URL": bot_url,
+            "KEYTURN_SLACK_SIGNING_SECRET": "",
+            "KEYTURN_CI_SECRET": "",
+        }
+        stack.start("bot", [*KEYTURN, "bot"], bot_env, "bot ready")
+        print(_banner(emulator_url, bot_url, common, public), flush=True)
+        if args.check:
+            return 0
+        while True:
+            dead = stack.first_exited()
+            if dead is not None:
+                raise DevError(f"{dead.name} exited with code {dead.popen.returncode}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nstopping…", flush=True)
+        return 0
+    except DevError as exc:
+        print(f"keyturn dev: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if interrupted:
+            print("stopped; temp files removed", flush=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point for ``keyturn dev``."""
+    parser = argparse.ArgumentParser(prog="keyturn dev", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--emulator-port", type=int, default=3000, help="emulator port (default 3000, or a free one)"
+    )
+    parser.add_argument("--bot-port", type=int, default=8000, help="bot port (default 8000, or a free one)")
+    parser.add_argument("--policy", help="policy file (default: the bundled dev policy)")
+    parser.add_argument("--check", action="store_true", help="start everything, print the banner, then stop")
+    return run(parser.parse_args(list(argv)))
