@@ -1,0 +1,79 @@
+"""The lines the design draws between parts (docs/design.md §2), held by tests.
+
+The signer is the trust core: it never imports the bot, and the bot never loads the code that touches the
+private key. ``keyturn verify`` runs on every deploy, so its import path stays light.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY_HOLDING = {"signer.keys", "signer.service", "signer.cli", "signer.config"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports (absolute names; relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def sources(package: str) -> list[Path]:
+    """The Python files of a top-level package."""
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_signer_never_imports_bot() -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p) if m == "bot" or m.startswith("bot."))
+        for p in sources("signer")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_bot_never_imports_key_holding_signer_code() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(imported_modules(p) & KEY_HOLDING) for p in sources("bot")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _loaded_after_import(module: str) -> set[str]:
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module", ["signer.verify", "signer.receipt", "signer.keyset"])
+def test_verify_path_is_light(module: str) -> None:
+    heavy = {"pydantic", "slack_sdk", "slack_bolt", "redis", "apscheduler", "starlette", "uvicorn", "aiohttp"}
+    loaded = {m.split(".")[0] for m in _loaded_after_import(module)}
+    assert loaded & heavy == set()
+
+
+def test_running_bot_never_loads_the_private_key_code() -> None:
+    loaded = _loaded_after_import("bot.server")
+    assert loaded & KEY_HOLDING == set()
+
+
+@pytest.mark.parametrize("module", ["bot.lifecycle", "bot.cards", "bot.slack_text", "signer.evidence"])
+def test_pure_modules_do_no_io(module: str) -> None:
+    io = {"redis", "socket", "asyncio", "aiohttp", "httpx", "urllib3", "starlette", "uvicorn"}
+    path = ROOT / (module.replace(".", "/") + ".py")
+    direct = {m.split(".")[0] for m in imported_modules(path)}
+    assert direct & io == set()
