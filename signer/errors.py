@@ -1,0 +1,57 @@
+"""Keyturn's error types: every refusal is an exception carrying a stable ``code`` string.
+
+Callers branch on ``code`` (or the class), never on the message, which is for humans and may change.
+Messages never contain secrets or private key material.
+"""
+
+from __future__ import annotations
+
+
+class KeyturnError(Exception):
+    """Base of every Keyturn refusal. ``str(e)`` is the human message; ``e.code`` is the stable code."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class VerificationError(KeyturnError):
+    """A receipt was refused. The code names the failed check (``expired``, ``scope_mismatch:sha``, ...)."""
+
+    code = "verification_failed"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+class KeyFileError(KeyturnError):
+    """A private key file is missing, unreadable, too permissive or malformed."""
+
+    code = "key_file"
+
+
+class KeysetError(KeyturnError):
+    """A public keyset (JWKS) is malformed or unusable for verification."""
+
+    code = "bad_keyset"
+
+
+class AuditError(KeyturnError):
+    """The audit log cannot be written, or its hash chain is broken.
+
+    ``seq`` and ``line`` (1-based) name the first broken entry when the chain is checked.
+    """
+
+    code = "audit_log"
+
+    def __init__(self, message: str, *, seq: int | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.line = line

@@ -1,0 +1,288 @@
+"""Private signing keys: the ONLY module that touches Ed25519 private key material.
+
+Implements docs/design.md §4. The private keyset file is JSON, ``{"keys": [JWK + "status", "createdAt",
+"rotatedAt"?, "revokedAt"?]}``, mode 0600 or stricter, with exactly one ``active`` key, which alone carries
+``d`` (the 32-byte seed, base64url) once the others are rotated: the file never keeps old private keys, so a
+later leak of it cannot mint receipts under a retired key id.
+
+Nothing here logs, prints or puts key material into exception messages; ``repr`` shows key ids only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from signer.errors import KeyFileError, KeysetError, KeyturnError, VerificationError
+from signer.keyset import (
+    ACTIVE,
+    REVOKED,
+    ROTATED,
+    PublicKey,
+    PublicKeyset,
+    parse_public_jwk,
+)
+from signer.receipt import b64encode, b64url_decode, b64url_encode, parse_receipt, signing_bytes, strict_loads
+
+MAX_KEY_FILE_BYTES = 1024 * 1024
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class _Entry:
+    public: PublicKey
+    seed: bytes | None  # private; present for the active key
+
+    def __repr__(self) -> str:
+        return f"_Entry(kid={self.public.kid!r}, status={self.public.status!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        jwk: dict[str, Any] = self.public.to_jwk()
+        del jwk["use"], jwk["alg"]
+        if self.seed is not None:
+            jwk["d"] = b64url_encode(self.seed)
+        return jwk
+
+
+def _parse_entry(jwk: object, where: str) -> _Entry:
+    try:
+        public, has_d = parse_public_jwk(jwk, where)
+    except KeysetError as e:
+        raise KeyFileError(str(e)) from None
+    seed: bytes | None = None
+    if has_d:
+        assert isinstance(jwk, dict)
+        try:
+            seed = b64url_decode(jwk["d"])
+        except ValueError:
+            raise KeyFileError(f"{where}.d is not base64url") from None
+        if len(seed) != 32:
+            raise KeyFileError(f"{where}.d must be a 32-byte Ed25519 seed")
+        if bytes(SigningKey(seed).verify_key) != bytes(public.verify_key):
+            raise KeyFileError(f"{where}: x is not the public key of d")
+    return _Entry(public, seed)
+
+
+def _new_entry(now: datetime, *, dev: bool) -> _Entry:
+    from signer.keyset import key_id
+
+    sk = SigningKey.generate()
+    vk = sk.verify_key
+    created = now.replace(microsecond=0)
+    public = PublicKey(key_id(bytes(vk), dev=dev), ACTIVE, created, None, None, vk)
+    return _Entry(public, bytes(sk))
+
+
+class SigningKeyset:
+    """The signer's keys: exactly one active key signs; the rest are kept for the public keyset."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        active = [e for e in entries if e.public.status == ACTIVE]
+        if len(active) != 1:
+            raise KeyFileError(f"a key file needs exactly one active key, found {len(active)}")
+        if active[0].seed is None:
+            raise KeyFileError("the active key lacks its private part 'd'")
+        if len({e.public.kid for e in entries}) != len(entries):
+            raise KeyFileError("duplicate kid in key file")
+        self._entries = list(entries)
+        self._active = active[0]
+        self._signing_key = SigningKey(active[0].seed)
+
+    def __repr__(self) -> str:
+        return f"SigningKeyset(active_kid={self.active_kid!r}, keys={len(self._entries)})"
+
+    @property
+    def active_kid(self) -> str:
+        """Key id of the key that signs."""
+        return self._active.public.kid
+
+    def sign(self, message: bytes) -> tuple[str, bytes]:
+        """Sign ``message`` with the active key; return ``(kid, 64-byte signature)``."""
+        return self.active_kid, self._signing_key.sign(message).signature
+
+    def public_keyset(self) -> PublicKeyset:
+        """The public keyset (JWKS) to hand to verifiers: every key, with status, no private parts."""
+        return PublicKeyset([e.public for e in self._entries])
+
+    def to_json(self) -> dict[str, Any]:
+        """The private key file document (contains private key material: write only with ``_write``)."""
+        return {"keys": [e.to_json() for e in self._entries]}
+
+    # --- files ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def loads(cls, data: bytes) -> SigningKeyset:
+        """Parse a private key file's bytes (no permission check; use ``load`` for files)."""
+        try:
+            obj = strict_loads(data, max_size=MAX_KEY_FILE_BYTES)
+        except VerificationError as e:
+            raise KeyFileError(f"key file is not valid JSON: {e}") from None
+        keys = obj.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise KeyFileError("key file must be a JSON object with a non-empty 'keys' list")
+        return cls([_parse_entry(k, f"keys[{i}]") for i, k in enumerate(keys)])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SigningKeyset:
+        """Load a private key file, refusing one readable or writable by group or others."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise KeyFileError(f"cannot open key file {os.fspath(path)}: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"key file {os.fspath(path)} is not a regular file")
+            if st.st_mode & 0o077:
+                raise KeyFileError(
+                    f"key file {os.fspath(path)} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                    "it must not be accessible by group or others (chmod 600)"
+                )
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+        return cls.loads(data)
+
+    @classmethod
+    def generate(cls, path: str | os.PathLike[str], *, dev: bool = False, now: datetime) -> SigningKeyset:
+        """Create a new key file with one active key at ``path`` (mode 0600). Refuses to overwrite."""
+        keys = cls([_new_entry(now, dev=dev)])
+        _write_new(Path(path), keys.to_json())
+        return keys
+
+    @classmethod
+    def rotate(cls, path: str | os.PathLike[str], now: datetime) -> SigningKeyset:
+        """Mark the active key ``rotated`` at ``now`` (dropping its private part) and add a new active key.
+
+        The new key is a dev key if the old one was.
+        """
+        old = cls.load(path)
+        at = now.replace(microsecond=0)
+        if at < old._active.public.created_at:
+            raise KeyFileError("rotation time is before the active key's creation")
+        entries: list[_Entry] = []
+        for e in old._entries:
+            if e is old._active:
+                p = e.public
+                e = _Entry(PublicKey(p.kid, ROTATED, p.created_at, at, None, p.verify_key), None)
+            entries.append(e)
+        entries.append(_new_entry(now, dev=old._active.public.is_dev))
+        keys = cls(entries)
+        _replace(Path(path), keys.to_json())
+        return keys
+
+    @classmethod
+    def revoke(cls, path: str | os.PathLike[str], kid: str, now: datetime) -> SigningKeyset:
+        """Mark key ``kid`` revoked at ``now``: it never verifies again. Revoking a revoked key is a no-op.
+
+        The active key cannot be revoked directly: rotate first, so there is always exactly one signing key.
+        """
+        old = cls.load(path)
+        target = next((e for e in old._entries if e.public.kid == kid), None)
+        if target is None:
+            raise KeyFileError(f"no key with kid {kid!r} in the key file", code="unknown_key")
+        if target.public.status == REVOKED:
+            return old
+        if target is old._active:
+            raise KeyFileError("refusing to revoke the active key: run 'keyturn keys rotate' first")
+        p = target.public
+        revoked = _Entry(
+            PublicKey(p.kid, REVOKED, p.created_at, p.rotated_at, now.replace(microsecond=0), p.verify_key),
+            None,
+        )
+        keys = cls([revoked if e is target else e for e in old._entries])
+        _replace(Path(path), keys.to_json())
+        return keys
+
+
+def _encode(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    os.fchmod(fd, FILE_MODE)
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    os.fsync(fd)
+
+
+def _write_new(path: Path, doc: Mapping[str, Any]) -> None:
+    """Create ``path`` with mode 0600 and write ``doc``; never overwrite."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key file") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot create {path}: {e.strerror}") from None
+    try:
+        _write_fd(fd, _encode(doc))
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _replace(path: Path, doc: Mapping[str, Any]) -> None:
+    """Atomically replace ``path`` (write a 0600 temp file beside it, fsync, rename, fsync the directory)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except OSError as e:
+        raise KeyFileError(f"cannot write beside {path}: {e.strerror}") from None
+    try:
+        try:
+            _write_fd(fd, _encode(doc))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def generate(path: str | os.PathLike[str], *, dev: bool = False, now: datetime) -> SigningKeyset:
+    """Module-level alias of ``SigningKeyset.generate``."""
+    return SigningKeyset.generate(path, dev=dev, now=now)
+
+
+def rotate(path: str | os.PathLike[str], now: datetime) -> SigningKeyset:
+    """Module-level alias of ``SigningKeyset.rotate``."""
+    return SigningKeyset.rotate(path, now)
+
+
+def revoke(path: str | os.PathLike[str], kid: str, now: datetime) -> SigningKeyset:
+    """Module-level alias of ``SigningKeyset.revoke``."""
+    return SigningKeyset.revoke(path, kid, now)
+
+
+def sign_receipt(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[str, Any]:
+    """Sign an unsigned receipt (from ``unsigned_receipt``) with the active key; return the signed receipt.
+
+    The receipt must name the active key (``signature.keyId``) and pass the verifier's structure checks.
+    """
+    parse_receipt(dict(unsigned), signed=False)
+    if unsigned["signature"]["keyId"] != keys.active_kid:
+        raise KeyturnError("receipt names a key other than the active key", code="key_mismatch")
+    _kid, sig = keys.sign(signing_bytes(unsigned))
+    signed = dict(unsigned)
+    signed["signature"] = {**unsigned["signature"], "value": b64encode(sig)}
+    return signed

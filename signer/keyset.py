@@ -1,0 +1,186 @@
+"""The public keyset: Ed25519 verification keys with their status (JWKS, RFC 7517 / RFC 8037 OKP keys).
+
+Implements docs/design.md §4 (public half). Standard library and PyNaCl only: on ``keyturn verify``'s path.
+Rules: exactly the keys listed verify; ``rotated`` keys verify receipts issued before ``rotatedAt``;
+``revoked`` keys never verify. A key's ``kid`` must be its RFC 7638 thumbprint (``dev-`` + thumbprint for
+development keys), so an id can never silently name a different key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from signer.errors import KeysetError, VerificationError
+from signer.receipt import b64url_decode, b64url_encode, format_time, parse_time, strict_loads
+
+ACTIVE = "active"
+ROTATED = "rotated"
+REVOKED = "revoked"
+STATUSES = frozenset({ACTIVE, ROTATED, REVOKED})
+DEV_PREFIX = "dev-"
+MAX_KEYSET_BYTES = 1024 * 1024
+
+
+def thumbprint(public_key_bytes: bytes) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256, base64url) of an Ed25519 public key: over ``{"crv","kty","x"}``."""
+    if len(public_key_bytes) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    # RFC 7638 §3: required members only, lexicographic order, no whitespace.
+    canon = '{"crv":"Ed25519","kty":"OKP","x":"' + b64url_encode(public_key_bytes) + '"}'
+    return b64url_encode(hashlib.sha256(canon.encode("ascii")).digest())
+
+
+def key_id(public_key_bytes: bytes, *, dev: bool = False) -> str:
+    """The key id Keyturn uses for a public key: its thumbprint, prefixed ``dev-`` for development keys."""
+    return (DEV_PREFIX if dev else "") + thumbprint(public_key_bytes)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """One verification key and its lifecycle."""
+
+    kid: str
+    status: str
+    created_at: datetime
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+    verify_key: VerifyKey
+
+    @property
+    def is_dev(self) -> bool:
+        """True for development keys (refused by ``keyturn verify`` unless explicitly allowed)."""
+        return self.kid.startswith(DEV_PREFIX)
+
+    def valid_at(self, issued_at: datetime) -> bool:
+        """Whether this key may have issued a receipt at ``issued_at`` (status and lifetime)."""
+        if self.status == REVOKED or issued_at < self.created_at:
+            return False
+        return not (self.status == ROTATED and self.rotated_at is not None and issued_at >= self.rotated_at)
+
+    def to_jwk(self) -> dict[str, str]:
+        """The public JWK with Keyturn's status members."""
+        jwk = {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": b64url_encode(bytes(self.verify_key)),
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "EdDSA",
+            "status": self.status,
+            "createdAt": format_time(self.created_at),
+        }
+        if self.rotated_at is not None:
+            jwk["rotatedAt"] = format_time(self.rotated_at)
+        if self.revoked_at is not None:
+            jwk["revokedAt"] = format_time(self.revoked_at)
+        return jwk
+
+
+def _opt_time(jwk: Mapping[str, Any], name: str, where: str) -> datetime | None:
+    if name not in jwk:
+        return None
+    try:
+        return parse_time(jwk[name])
+    except VerificationError as e:
+        raise KeysetError(f"{where}.{name}: {e}") from None
+
+
+def parse_public_jwk(jwk: object, where: str = "key") -> tuple[PublicKey, bool]:
+    """Parse one JWK entry into a ``PublicKey``; also return whether it carried private material ``d``.
+
+    Unknown JWK members are ignored (RFC 7517 §4); everything Keyturn relies on is checked strictly.
+    """
+    if not isinstance(jwk, dict):
+        raise KeysetError(f"{where} must be a JSON object")
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise KeysetError(f"{where} must be an OKP Ed25519 key")
+    if "use" in jwk and jwk["use"] != "sig":
+        raise KeysetError(f"{where}.use must be 'sig'")
+    if "alg" in jwk and jwk["alg"] != "EdDSA":
+        raise KeysetError(f"{where}.alg must be 'EdDSA'")
+    try:
+        x = b64url_decode(jwk.get("x"))  # type: ignore[arg-type]
+    except ValueError:
+        raise KeysetError(f"{where}.x is not base64url") from None
+    if len(x) != 32:
+        raise KeysetError(f"{where}.x must be 32 bytes")
+    kid = jwk.get("kid")
+    if kid not in (key_id(x), key_id(x, dev=True)):
+        raise KeysetError(f"{where}.kid must be the key's RFC 7638 thumbprint (or 'dev-' + thumbprint)")
+    assert isinstance(kid, str)
+    status = jwk.get("status")
+    if status not in STATUSES:
+        raise KeysetError(f"{where}.status must be one of active, rotated, revoked")
+    assert isinstance(status, str)
+    if "createdAt" not in jwk:
+        raise KeysetError(f"{where} lacks createdAt")
+    created = _opt_time(jwk, "createdAt", where)
+    assert created is not None
+    rotated = _opt_time(jwk, "rotatedAt", where)
+    revoked = _opt_time(jwk, "revokedAt", where)
+    if status == ROTATED and rotated is None:
+        raise KeysetError(f"{where}: a rotated key needs rotatedAt")
+    if status == REVOKED and revoked is None:
+        raise KeysetError(f"{where}: a revoked key needs revokedAt")
+    if status == ACTIVE and (rotated is not None or revoked is not None):
+        raise KeysetError(f"{where}: an active key has no rotatedAt/revokedAt")
+    if rotated is not None and rotated < created:
+        raise KeysetError(f"{where}: rotatedAt is before createdAt")
+    key = PublicKey(kid, status, created, rotated, revoked, VerifyKey(x))
+    return key, "d" in jwk
+
+
+class PublicKeyset:
+    """An immutable set of verification keys, looked up by key id."""
+
+    def __init__(self, keys: list[PublicKey]) -> None:
+        by_kid: dict[str, PublicKey] = {}
+        for key in keys:
+            if key.kid in by_kid:
+                raise KeysetError(f"duplicate kid {key.kid}")
+            by_kid[key.kid] = key
+        self._keys = by_kid
+
+    @classmethod
+    def from_jwks(cls, data: bytes | Mapping[str, Any]) -> PublicKeyset:
+        """Load a JWKS (``{"keys": [...]}``) from bytes or a parsed mapping. Raises ``KeysetError``.
+
+        A keyset containing private key material (``d``) is refused: it must never reach CI.
+        """
+        if isinstance(data, bytes | bytearray):
+            try:
+                obj: Mapping[str, Any] = strict_loads(bytes(data), max_size=MAX_KEYSET_BYTES)
+            except VerificationError as e:
+                raise KeysetError(f"keyset is not valid JSON: {e}") from None
+        else:
+            obj = data
+        keys = obj.get("keys") if isinstance(obj, Mapping) else None
+        if not isinstance(keys, list) or not keys:
+            raise KeysetError("keyset must be a JSON object with a non-empty 'keys' list")
+        parsed: list[PublicKey] = []
+        for i, jwk in enumerate(keys):
+            key, private = parse_public_jwk(jwk, f"keys[{i}]")
+            if private:
+                raise KeysetError("keyset contains private key material ('d'); export the public keyset")
+            parsed.append(key)
+        return cls(parsed)
+
+    def get(self, kid: str) -> PublicKey | None:
+        """The key with id ``kid``, or None."""
+        return self._keys.get(kid)
+
+    def __iter__(self) -> Iterator[PublicKey]:
+        return iter(self._keys.values())
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def to_jwks(self) -> dict[str, Any]:
+        """The JWKS document (what CI fetches)."""
+        return {"keys": [k.to_jwk() for k in self._keys.values()]}

@@ -1,0 +1,483 @@
+"""Receipt format 1.0: model, strict parsing, signing bytes (RFC 8785 JCS + DSSE PAE), DSSE conversion.
+
+Implements docs/design.md §3; the format is specified for other implementers in docs/receipt.md.
+Standard library and ``rfc8785`` only: this module is on ``keyturn verify``'s import path, which CI runs on
+every deploy, so it imports no pydantic, Slack or Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+
+from signer.errors import VerificationError
+
+RECEIPT_VERSION = "1.0"
+PAYLOAD_TYPE = "application/vnd.keyturn.receipt+json"
+ALG_ED25519 = "Ed25519"
+STATUS_APPROVED = "APPROVED"
+MAX_RECEIPT_BYTES = 64 * 1024
+MAX_APPROVALS = 100
+
+TOP_LEVEL_MEMBERS = frozenset(
+    {
+        "version",
+        "status",
+        "requestId",
+        "issuedAt",
+        "expiresAt",
+        "scope",
+        "approver",
+        "approvals",
+        "requester",
+        "signature",
+    }
+)
+SCOPE_FIELDS = ("repo", "sha", "environment", "workflow")
+
+# ASCII-only classes: Python's \d would also match non-ASCII digits.
+_TIME_RE = re.compile(r"\A([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
+_REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
+_SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+_STATUS_RE = re.compile(r"\A[A-Z][A-Z_]{0,31}\Z")
+_KEY_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_MAX_TEXT = 256
+
+
+def _malformed(message: str) -> VerificationError:
+    return VerificationError("malformed", message)
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of an untrusted value for error messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Exactly what a receipt authorizes: this repo, this commit, this environment, this workflow."""
+
+    repo: str
+    sha: str
+    environment: str
+    workflow: str
+
+    def to_json(self) -> dict[str, str]:
+        """The receipt's ``scope`` member."""
+        return {
+            "repo": self.repo,
+            "sha": self.sha,
+            "environment": self.environment,
+            "workflow": self.workflow,
+        }
+
+
+@dataclass(frozen=True)
+class ApproverRef:
+    """The approver whose click completed the quorum."""
+
+    id: str
+    email: str
+
+    def to_json(self) -> dict[str, str]:
+        """The receipt's ``approver`` member."""
+        return {"id": self.id, "email": self.email}
+
+
+@dataclass(frozen=True)
+class ApprovalEntry:
+    """One approval that counted towards the quorum."""
+
+    id: str
+    email: str
+    at: datetime
+
+    def to_json(self) -> dict[str, str]:
+        """One element of the receipt's ``approvals`` member."""
+        return {"id": self.id, "email": self.email, "at": format_time(self.at)}
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A structurally valid receipt (not yet cryptographically verified)."""
+
+    version: str
+    status: str
+    request_id: str
+    issued_at: datetime
+    expires_at: datetime
+    scope: Scope
+    approver: ApproverRef
+    approvals: tuple[ApprovalEntry, ...]
+    requester: str
+    alg: str
+    key_id: str
+    signature_value: str | None
+
+
+# --- time and ids -----------------------------------------------------------------------------------------
+
+
+def format_time(dt: datetime) -> str:
+    """RFC 3339 UTC with ``Z`` and whole seconds; sub-second parts are dropped (floored).
+
+    Raises ``ValueError`` for a naive datetime: a time without a zone is a programming error.
+    """
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("format_time needs a timezone-aware datetime")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str) -> datetime:
+    """Parse exactly ``YYYY-MM-DDTHH:MM:SSZ`` into an aware UTC datetime; anything else is ``malformed``."""
+    m = _TIME_RE.match(s) if isinstance(s, str) else None
+    if m is None:
+        raise _malformed(f"time must be RFC 3339 UTC 'YYYY-MM-DDTHH:MM:SSZ', got {_show(s)}")
+    try:
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        return datetime(y, mo, d, h, mi, sec, tzinfo=UTC)
+    except ValueError:
+        raise _malformed(f"time out of range: {_show(s)}") from None
+
+
+def new_request_id(now: datetime | None = None) -> str:
+    """A fresh ``req_`` + ULID (48-bit millisecond time, 80 random bits, Crockford base32)."""
+    ms = int(now.timestamp() * 1000) if now is not None else time.time_ns() // 1_000_000
+    value = ((ms & ((1 << 48) - 1)) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = [_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1)]
+    return "req_" + "".join(chars)
+
+
+# --- base64 -----------------------------------------------------------------------------------------------
+
+
+def b64encode(raw: bytes) -> str:
+    """Standard base64 with padding (receipt signatures, DSSE)."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Decode standard padded base64, refusing any non-canonical spelling (so one value has one encoding)."""
+    if not isinstance(text, str) or not text.isascii():
+        raise ValueError("not base64")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("not base64") from None
+    if b64encode(raw) != text:
+        raise ValueError("non-canonical base64")
+    return raw
+
+
+def b64url_encode(raw: bytes) -> str:
+    """base64url without padding (JWK members, thumbprints)."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url, refusing any non-canonical spelling."""
+    if not isinstance(text, str) or not text.isascii() or "=" in text:
+        raise ValueError("not base64url")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except binascii.Error:
+        raise ValueError("not base64url") from None
+    if b64url_encode(raw) != text:
+        raise ValueError("non-canonical base64url")
+    return raw
+
+
+# --- strict JSON ------------------------------------------------------------------------------------------
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"duplicate member name {_show(key)}")
+        out[key] = value
+    return out
+
+
+def _no_float(text: str) -> Any:
+    raise _Refused(f"numbers with a fraction or exponent are not allowed: {_show(text)}")
+
+
+def _no_constant(text: str) -> Any:
+    raise _Refused(f"{text} is not JSON")
+
+
+def strict_loads(data: bytes, max_size: int = MAX_RECEIPT_BYTES) -> dict[str, Any]:
+    """Parse a JSON object from bytes: UTF-8 only, at most ``max_size`` bytes, no duplicate member names,
+    no floats or NaN/Infinity. Raises ``VerificationError("malformed")``."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise _malformed("expected bytes")
+    if len(data) > max_size:
+        raise _malformed(f"larger than {max_size} bytes")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed("not valid UTF-8") from None
+    try:
+        obj = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant
+        )
+    except _Refused as e:
+        raise _malformed(str(e)) from None
+    except (ValueError, RecursionError) as e:
+        raise _malformed(f"not valid JSON: {type(e).__name__}") from None
+    if not isinstance(obj, dict):
+        raise _malformed("top level must be a JSON object")
+    return obj
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8785 (JCS) bytes of ``obj``; anything JCS cannot represent exactly is ``malformed``."""
+    try:
+        return rfc8785.dumps(obj)
+    except (ValueError, TypeError, UnicodeError, RecursionError) as e:
+        raise _malformed(f"cannot canonicalize: {type(e).__name__}") from None
+
+
+# --- structure --------------------------------------------------------------------------------------------
+
+
+def _members(
+    obj: object, where: str, required: frozenset[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise _malformed(f"{where} must be a JSON object")
+    missing = sorted(required - obj.keys())
+    if missing:
+        raise _malformed(f"{where} lacks member {missing[0]!r}")
+    unknown = sorted(obj.keys() - required - optional)
+    if unknown:
+        raise _malformed(f"{where} has unknown member {_show(unknown[0])}")
+    return obj
+
+
+def _text(
+    obj: Mapping[str, Any], key: str, where: str, *, allow_empty: bool = False, limit: int = _MAX_TEXT
+) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise _malformed(f"{where}.{key} must be a string")
+    if (not value and not allow_empty) or len(value) > limit:
+        raise _malformed(f"{where}.{key} must be 1..{limit} characters")
+    # isprintable() refuses control, format (e.g. bidi overrides), separator and surrogate characters.
+    if not value.isprintable():
+        raise _malformed(f"{where}.{key} contains non-printable characters")
+    return value
+
+
+def _scope(obj: object) -> Scope:
+    m = _members(obj, "scope", frozenset(SCOPE_FIELDS))
+    sha = m["sha"]
+    if not isinstance(sha, str) or _SHA_RE.match(sha) is None:
+        raise _malformed("scope.sha must be 40 or 64 lowercase hex digits")
+    return Scope(
+        repo=_text(m, "repo", "scope"),
+        sha=sha,
+        environment=_text(m, "environment", "scope"),
+        workflow=_text(m, "workflow", "scope"),
+    )
+
+
+def _person(obj: object, where: str) -> tuple[str, str]:
+    m = _members(obj, where, frozenset({"id", "email"}), frozenset({"at"}))
+    return _text(m, "id", where), _text(m, "email", where, allow_empty=True, limit=320)
+
+
+def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
+    """Check a parsed receipt's structure and return it typed.
+
+    ``signed=True`` requires ``signature.value``; ``signed=False`` requires its absence. Raises
+    ``VerificationError`` with code ``malformed``, ``unsupported_version`` or ``unsupported_alg``. Version
+    and algorithm are checked first so a future format is reported as such, not as malformed.
+    """
+    if not isinstance(obj, dict):
+        raise _malformed("receipt must be a JSON object")
+    if "version" not in obj:
+        raise _malformed("receipt lacks member 'version'")
+    if obj["version"] != RECEIPT_VERSION or not isinstance(obj["version"], str):
+        raise VerificationError("unsupported_version", f"unknown receipt version {_show(obj['version'])}")
+    sig = obj.get("signature")
+    if not isinstance(sig, dict) or "alg" not in sig:
+        raise _malformed("receipt lacks signature.alg")
+    if sig["alg"] != ALG_ED25519 or not isinstance(sig["alg"], str):
+        raise VerificationError("unsupported_alg", f"signature algorithm {_show(sig['alg'])} is not Ed25519")
+
+    top = _members(obj, "receipt", TOP_LEVEL_MEMBERS)
+    sig = _members(top["signature"], "signature", frozenset({"alg", "keyId"}), frozenset({"value"}))
+    key_id = sig["keyId"]
+    if not isinstance(key_id, str) or _KEY_ID_RE.match(key_id) is None:
+        raise _malformed("signature.keyId must be 1..128 base64url characters")
+    value = sig.get("value")
+    if signed and not isinstance(value, str):
+        raise _malformed("signature.value must be a string")
+    if not signed and "value" in sig:
+        raise _malformed("an unsigned receipt must not carry signature.value")
+
+    status = top["status"]
+    if not isinstance(status, str) or _STATUS_RE.match(status) is None:
+        raise _malformed("status must be an upper-case word")
+    request_id = top["requestId"]
+    if not isinstance(request_id, str) or _REQUEST_ID_RE.match(request_id) is None:
+        raise _malformed("requestId must be 'req_' followed by a ULID")
+    issued_at = parse_time(top["issuedAt"])
+    expires_at = parse_time(top["expiresAt"])
+    if expires_at <= issued_at:
+        raise _malformed("expiresAt must be after issuedAt")
+
+    approver = ApproverRef(*_person(top["approver"], "approver"))
+    if "at" in top["approver"]:
+        raise _malformed("approver has unknown member 'at'")
+    raw_approvals = top["approvals"]
+    if not isinstance(raw_approvals, list) or not 1 <= len(raw_approvals) <= MAX_APPROVALS:
+        raise _malformed(f"approvals must be a list of 1..{MAX_APPROVALS} entries")
+    approvals: list[ApprovalEntry] = []
+    for i, entry in enumerate(raw_approvals):
+        uid, email = _person(entry, f"approvals[{i}]")
+        if "at" not in entry:
+            raise _malformed(f"approvals[{i}] lacks member 'at'")
+        approvals.append(ApprovalEntry(uid, email, parse_time(entry["at"])))
+    if len({a.id for a in approvals}) != len(approvals):
+        raise _malformed("approvals must name distinct approvers")
+    if not any(a.id == approver.id and a.email == approver.email for a in approvals):
+        raise _malformed("approver must be one of approvals")
+
+    return Receipt(
+        version=RECEIPT_VERSION,
+        status=status,
+        request_id=request_id,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        scope=_scope(top["scope"]),
+        approver=approver,
+        approvals=tuple(approvals),
+        requester=_text(top, "requester", "receipt"),
+        alg=ALG_ED25519,
+        key_id=key_id,
+        signature_value=value if signed else None,
+    )
+
+
+def unsigned_receipt(
+    *,
+    request_id: str,
+    status: str,
+    issued_at: datetime,
+    expires_at: datetime,
+    scope: Scope,
+    approver: ApproverRef,
+    approvals: Sequence[ApprovalEntry],
+    requester: str,
+    alg: str = ALG_ED25519,
+    key_id: str,
+) -> dict[str, Any]:
+    """Build a receipt without ``signature.value``, checked by the same rules ``keyturn verify`` applies.
+
+    Raises ``VerificationError`` (code ``malformed`` etc.) rather than produce a receipt no verifier accepts.
+    """
+    receipt: dict[str, Any] = {
+        "version": RECEIPT_VERSION,
+        "status": status,
+        "requestId": request_id,
+        "issuedAt": format_time(issued_at),
+        "expiresAt": format_time(expires_at),
+        "scope": scope.to_json(),
+        "approver": approver.to_json(),
+        "approvals": [a.to_json() for a in approvals],
+        "requester": requester,
+        "signature": {"alg": alg, "keyId": key_id},
+    }
+    parse_receipt(receipt, signed=False)
+    return receipt
+
+
+# --- signing bytes and DSSE -------------------------------------------------------------------------------
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE pre-authentication encoding: ``"DSSEv1" SP len(type) SP type SP len(body) SP body``."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
+
+
+def _without_value(receipt: Mapping[str, Any]) -> dict[str, Any]:
+    sig = receipt.get("signature")
+    if not isinstance(sig, Mapping):
+        raise _malformed("receipt lacks a signature object")
+    body = {k: v for k, v in receipt.items() if k != "signature"}
+    body["signature"] = {k: v for k, v in sig.items() if k != "value"}
+    return body
+
+
+def signed_payload(receipt: Mapping[str, Any]) -> bytes:
+    """JCS bytes of the receipt with only ``signature.value`` removed: the DSSE payload."""
+    return canonical_json(_without_value(receipt))
+
+
+def signing_bytes(receipt: Mapping[str, Any]) -> bytes:
+    """The bytes an Ed25519 signature covers: ``PAE(PAYLOAD_TYPE, JCS(receipt minus signature.value))``."""
+    return pae(PAYLOAD_TYPE, signed_payload(receipt))
+
+
+def to_dsse(receipt: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert a signed receipt to a DSSE envelope (lossless: ``from_dsse(to_dsse(r)) == r``)."""
+    parsed = parse_receipt(dict(receipt), signed=True)
+    assert parsed.signature_value is not None
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": b64encode(signed_payload(receipt)),
+        "signatures": [{"keyid": parsed.key_id, "sig": parsed.signature_value}],
+    }
+
+
+def is_dsse(obj: Mapping[str, Any]) -> bool:
+    """True if ``obj`` looks like a DSSE envelope rather than a plain receipt."""
+    return "payloadType" in obj or "payload" in obj or "signatures" in obj
+
+
+def from_dsse(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert a DSSE envelope back to a plain receipt. The payload must be the receipt's canonical (JCS)
+    bytes, so both forms sign the very same bytes. Raises ``VerificationError("malformed")``."""
+    env = _members(dict(envelope), "envelope", frozenset({"payloadType", "payload", "signatures"}))
+    if env["payloadType"] != PAYLOAD_TYPE:
+        raise _malformed(f"payloadType must be {PAYLOAD_TYPE!r}")
+    try:
+        payload = b64decode(env["payload"])
+    except ValueError:
+        raise _malformed("envelope payload is not canonical base64") from None
+    sigs = env["signatures"]
+    if not isinstance(sigs, list) or len(sigs) != 1:
+        raise _malformed("envelope must carry exactly one signature")
+    entry = _members(sigs[0], "signatures[0]", frozenset({"keyid", "sig"}))
+    if not isinstance(entry["sig"], str) or not isinstance(entry["keyid"], str):
+        raise _malformed("signatures[0].keyid and .sig must be strings")
+    receipt = strict_loads(payload)
+    if canonical_json(receipt) != payload:
+        raise _malformed("envelope payload is not the canonical (RFC 8785) form")
+    sig = receipt.get("signature")
+    if not isinstance(sig, dict) or "value" in sig:
+        raise _malformed("envelope payload must carry signature without value")
+    if sig.get("keyId") != entry["keyid"]:
+        raise _malformed("envelope keyid differs from the payload's signature.keyId")
+    sig["value"] = entry["sig"]
+    return receipt
