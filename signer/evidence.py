@@ -1,0 +1,727 @@
+"""Pure checks of the evidence the signer is shown: CI and Slack signatures, request bodies, approve clicks.
+
+Implements issue 4, "The signer" points 1-4, and design.md §5-6. Nothing here does I/O or reads a clock:
+bytes, secrets and ``now`` go in; parsed, verified values come out, or a :class:`EvidenceError` with a stable
+``code`` is raised. The service (``signer/service.py``) is the thin I/O layer around :func:`assess`.
+
+The steps of :func:`assess` are numbered in comments against the issue's points 1-4. The card rule (point 3)
+is spelled out in :func:`check_card` and in docs/security.md; the bot's card builder follows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from signer.errors import KeyturnError
+from signer.policy import Policy, is_slack_team_id, is_slack_user_id
+from signer.receipt import Scope
+
+__all__ = [
+    "CALLBACK_KEY_LABEL",
+    "CI_BODY_MAX",
+    "DEFAULT_WORKFLOW",
+    "MAX_SKEW",
+    "ApproveClick",
+    "Assessment",
+    "CiEvidence",
+    "CiRequestBody",
+    "CountedApproval",
+    "EvidenceError",
+    "RequestClaim",
+    "Secrets",
+    "SlackEvidence",
+    "assess",
+    "callback_key",
+    "callback_signature",
+    "card_texts",
+    "check_card",
+    "ci_signature",
+    "is_request_id",
+    "parse_approve_click",
+    "parse_ci_request_body",
+    "parse_slash_request",
+    "parse_timestamp",
+    "slack_signature",
+    "verify_ci_request",
+    "verify_slack_request",
+]
+
+MAX_SKEW = 300  # seconds either side of "now" for a request or click as it arrives (design.md §6)
+CI_BODY_MAX = 64 * 1024  # the bot answers 413 above this; the signer refuses it as evidence too
+DEFAULT_WORKFLOW = "manual"  # slash-command requests without a workflow (design.md §7)
+CALLBACK_KEY_LABEL = b"keyturn callback v1"
+MAX_CLICK_BODY = 256 * 1024
+
+_TS_RE = re.compile(r"\A[0-9]{1,12}\Z")  # ASCII digits only: int() would accept " 1", "+1", "1_0", "١"
+_HEX_SIG_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+_METHOD_RE = re.compile(r"\A[A-Z]{1,16}\Z")
+_PATH_RE = re.compile(r"\A/[\x21-\x7e]{0,2047}\Z")  # printable ASCII, no spaces; "?" is refused separately
+_REPO_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}\Z")
+_SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+_ENV_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
+_REQUESTER_RE = re.compile(r"\A[^\s<>&\x00-\x1f\x7f]{1,255}\Z")
+_REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
+_URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
+
+# Characters that may be part of a displayed value (repo, sha, environment, workflow). A value is displayed
+# only if it appears with none of these immediately before or after it: "acme/web" is not shown by
+# "acme/web2", nor by ".../acme/web/..." inside a URL.
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/@:+-")
+_ALNUM_RUN_RE = re.compile(r"[A-Za-z0-9]+")
+_HEXLIKE_RE = re.compile(r"\A(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})\Z")
+
+
+class EvidenceError(KeyturnError):
+    """Evidence was refused. ``code`` names the check (``bad_ci_signature``, ``card_mismatch``, ...).
+
+    ``fields`` maps a request-body field to what is wrong with it, when the refusal is about body fields.
+    """
+
+    def __init__(self, code: str, message: str, *, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.fields = dict(fields or {})
+
+
+# --- primitives -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The two shared secrets the signer holds. Never logged: ``repr`` hides them."""
+
+    slack_signing_secret: str = field(repr=False)
+    ci_secret: str = field(repr=False)
+
+
+def parse_timestamp(value: object, code: str) -> int:
+    """A signature timestamp as whole Unix seconds; anything but 1-12 ASCII digits raises ``code``."""
+    if not isinstance(value, str) or not _TS_RE.match(value):
+        raise EvidenceError(code, "timestamp is not a number of seconds")
+    return int(value)
+
+
+def _epoch(now: datetime) -> float:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.timestamp()
+
+
+def _mac(key: bytes, message: bytes) -> str:
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _check_sig(expected_hex: str, signature: object, prefix: str, code: str) -> None:
+    if not isinstance(signature, str) or not signature.startswith(prefix):
+        raise EvidenceError(code, f"signature must be '{prefix}<hex>'")
+    given = signature[len(prefix) :]
+    # The shape check leaks nothing about the secret; the comparison itself is constant-time.
+    if not _HEX_SIG_RE.match(given) or not hmac.compare_digest(given, expected_hex):
+        raise EvidenceError(code, "signature does not match")
+
+
+def _check_fresh(ts: int, now: datetime) -> None:
+    if abs(_epoch(now) - ts) > MAX_SKEW:
+        raise EvidenceError("stale_request", f"timestamp is more than {MAX_SKEW} s away from now")
+
+
+def ci_signature(secret: str, method: str, path: str, body: bytes, timestamp: str) -> str:
+    """``v1=<hex>``: HMAC-SHA256(secret, ``v1:{timestamp}:{METHOD}:{path}:{body}``) (design.md §6)."""
+    message = f"v1:{timestamp}:{method}:{path}:".encode() + body
+    return "v1=" + _mac(secret.encode(), message)
+
+
+def slack_signature(secret: str, body: str, timestamp: str) -> str:
+    """``v0=<hex>``: Slack's request signature, HMAC-SHA256(secret, ``v0:{timestamp}:{body}``)."""
+    return "v0=" + _mac(secret.encode(), f"v0:{timestamp}:{body}".encode())
+
+
+def callback_key(ci_secret: str) -> bytes:
+    """The callback MAC key, ``HMAC-SHA256(ci_secret, "keyturn callback v1")`` (design.md §5).
+
+    Derived, so that a callback signature is never a valid CI request signature.
+    """
+    return hmac.new(ci_secret.encode(), CALLBACK_KEY_LABEL, hashlib.sha256).digest()
+
+
+def callback_signature(ci_secret: str, path: str, timestamp: str, body: bytes) -> str:
+    """``v1=<hex>`` over ``v1:{timestamp}:POST:{path}:{body}`` with :func:`callback_key` (design.md §6)."""
+    _check_ci_shape("POST", path)
+    parse_timestamp(timestamp, "bad_request")
+    message = f"v1:{timestamp}:POST:{path}:".encode() + body
+    return "v1=" + _mac(callback_key(ci_secret), message)
+
+
+def _check_ci_shape(method: str, path: str) -> None:
+    if not _METHOD_RE.match(method):
+        raise EvidenceError("bad_ci_signature", "method must be upper-case letters")
+    if not _PATH_RE.match(path) or "?" in path:
+        raise EvidenceError("bad_ci_signature", "path must start with '/' and carry no query string")
+
+
+def _verify_ci_mac(secret: str, method: str, path: str, body: bytes, timestamp: str, signature: str) -> int:
+    _check_ci_shape(method, path)
+    ts = parse_timestamp(timestamp, "bad_ci_signature")
+    expected = ci_signature(secret, method, path, body, timestamp)[3:]
+    _check_sig(expected, signature, "v1=", "bad_ci_signature")
+    return ts
+
+
+def _verify_slack_mac(secret: str, body: str, timestamp: str, signature: str, code: str) -> int:
+    ts = parse_timestamp(timestamp, code)
+    expected = slack_signature(secret, body, timestamp)[3:]
+    _check_sig(expected, signature, "v0=", code)
+    return ts
+
+
+def verify_ci_request(
+    secret: str, method: str, path: str, body: bytes, timestamp: str, signature: str, now: datetime
+) -> int:
+    """Check a CI request as it arrives: the v1 HMAC, and the timestamp within ±5 minutes of ``now``.
+
+    Returns the timestamp. Raises ``bad_ci_signature`` or ``stale_request``. The MAC is checked first, so an
+    unauthenticated caller learns nothing about the window.
+    """
+    ts = _verify_ci_mac(secret, method, path, body, timestamp, signature)
+    _check_fresh(ts, now)
+    return ts
+
+
+def verify_slack_request(secret: str, body: str, timestamp: str, signature: str, now: datetime) -> int:
+    """Check a Slack request as it arrives: the v0 signature and ±5 minutes. Returns the timestamp.
+
+    Raises ``bad_slack_signature`` (also for a non-numeric timestamp) or ``stale_request``.
+    """
+    ts = _verify_slack_mac(secret, body, timestamp, signature, "bad_slack_signature")
+    _check_fresh(ts, now)
+    return ts
+
+
+# --- strict parsing helpers -------------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate member {key!r}")
+        out[key] = value
+    return out
+
+
+def _strict_json(text: str | bytes, code: str, what: str) -> Any:
+    # Duplicate names are refused: two parsers picking different duplicates is a classic bypass.
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise EvidenceError(code, f"{what} is not valid JSON ({exc})") from None
+
+
+def _parse_form(body: str, code: str, what: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(
+            body, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=64
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise EvidenceError(code, f"{what} is not a valid form body") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EvidenceError(code, f"{what} repeats the field {key!r}")
+        out[key] = value
+    return out
+
+
+def is_request_id(value: object) -> bool:
+    """True if ``value`` is ``req_`` + a ULID (upper-case Crockford base32)."""
+    return isinstance(value, str) and bool(_REQUEST_ID_RE.match(value))
+
+
+def _scope_problems(repo: str, sha: str, environment: str, workflow: str) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    if not _REPO_RE.match(repo) or repo.split("/")[1] in (".", ".."):
+        problems["repo"] = "must be 'owner/name'"
+    if not _SHA_RE.match(sha):
+        problems["sha"] = "must be 40 or 64 lowercase hex characters"
+    if not _ENV_RE.match(environment):
+        problems["environment"] = "must be 1-64 letters, digits, '.', '_' or '-'"
+    if not _WORKFLOW_RE.match(workflow):
+        problems["workflow"] = "must be 1-200 letters, digits or ._/@:+- (no spaces)"
+    return problems
+
+
+# --- the CI request body ----------------------------------------------------------------------------------
+
+
+class CiRequestBody(BaseModel):
+    """``POST /v1/requests``: the fields a pipeline sends (issue 5, "CI API"). Strict and closed.
+
+    The bot validates the same body with this model, so the bot and the signer never disagree about what a
+    request asked for.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    repo: str
+    sha: str
+    environment: str
+    workflow: str
+    requester: str
+    ref: str | None = Field(default=None, min_length=1, max_length=255)
+    runUrl: str | None = Field(default=None, max_length=2048)
+    title: str | None = Field(default=None, min_length=1, max_length=300)
+    callbackUrl: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if problem := _scope_problems(v, "0" * 40, "e", "w").get("repo"):
+            raise ValueError(problem)
+        return v
+
+    @field_validator("sha")
+    @classmethod
+    def _sha(cls, v: str) -> str:
+        if not _SHA_RE.match(v):
+            raise ValueError("must be 40 or 64 lowercase hex characters")
+        return v
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, v: str) -> str:
+        if not _ENV_RE.match(v):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow(cls, v: str) -> str:
+        if not _WORKFLOW_RE.match(v):
+            raise ValueError("must be 1-200 letters, digits or ._/@:+- (no spaces)")
+        return v
+
+    @field_validator("requester")
+    @classmethod
+    def _requester(cls, v: str) -> str:
+        if not _REQUESTER_RE.match(v):
+            raise ValueError("must be 1-255 characters without spaces, '<', '>' or '&'")
+        return v
+
+    @field_validator("runUrl", "callbackUrl")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not _URL_RE.match(v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @property
+    def scope(self) -> Scope:
+        """The scope a receipt for this request would authorize."""
+        return Scope(self.repo, self.sha, self.environment, self.workflow)
+
+
+@dataclass(frozen=True)
+class RequestClaim:
+    """What an authenticated origin request asks for: the scope and who asked."""
+
+    scope: Scope
+    requester: str
+    team_id: str | None = None
+
+
+def parse_ci_request_body(body: bytes) -> CiRequestBody:
+    """Parse a ``POST /v1/requests`` body strictly (UTF-8 JSON object, no duplicate names, closed schema).
+
+    Raises ``EvidenceError("bad_request_body")`` whose ``fields`` maps each bad field to its problem.
+    """
+    if len(body) > CI_BODY_MAX:
+        raise EvidenceError("bad_request_body", f"body is larger than {CI_BODY_MAX} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EvidenceError("bad_request_body", "body is not UTF-8") from None
+    obj = _strict_json(text, "bad_request_body", "body")
+    if not isinstance(obj, dict):
+        raise EvidenceError("bad_request_body", "body must be a JSON object")
+    try:
+        return CiRequestBody.model_validate(obj)
+    except ValidationError as exc:
+        fields: dict[str, str] = {}
+        for err in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in err["loc"]) or "body"
+            msg = "required" if err["type"] == "missing" else str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            fields.setdefault(name, msg)
+        detail = "; ".join(f"{k}: {v}" for k, v in fields.items())
+        raise EvidenceError("bad_request_body", f"invalid request: {detail}", fields=fields) from None
+
+
+# --- the slash command ------------------------------------------------------------------------------------
+
+
+def parse_slash_request(body: str, policy: Policy) -> RequestClaim:
+    """Parse ``/keyturn request <repo> <sha> <environment> [workflow]`` from a slash-command form body.
+
+    The body is parsed as a form, whatever it contains: unlike Bolt's heuristic, the substring ``payload``
+    anywhere in it (``text=... payload-svc``) changes nothing. The command must be the policy's
+    ``slack.command`` and, if the policy names a workspace, come from it. The requester is
+    ``slack:<user_id>``. Raises ``EvidenceError("bad_origin")``.
+    """
+    form = _parse_form(body, "bad_origin", "slash command")
+    if "payload" in form:
+        raise EvidenceError("bad_origin", "an interactivity payload is not a slash command")
+    if form.get("command") != policy.slack.command:
+        raise EvidenceError("bad_origin", f"not the {policy.slack.command} command")
+    user_id = form.get("user_id", "")
+    if not is_slack_user_id(user_id):
+        raise EvidenceError("bad_origin", "slash command has no valid user_id")
+    team_id = form.get("team_id") or None
+    _check_team(team_id, policy, "bad_origin", "slash command")
+    words = form.get("text", "").split()
+    if len(words) not in (4, 5) or words[0].lower() != "request":
+        raise EvidenceError(
+            "bad_origin", f"expected '{policy.slack.command} request <repo> <sha> <environment> [workflow]'"
+        )
+    repo, sha, environment = words[1:4]
+    workflow = words[4] if len(words) == 5 else DEFAULT_WORKFLOW
+    problems = _scope_problems(repo, sha, environment, workflow)
+    if problems:
+        detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
+        raise EvidenceError("bad_origin", f"invalid request: {detail}", fields=problems)
+    return RequestClaim(Scope(repo, sha, environment, workflow), f"slack:{user_id}", team_id)
+
+
+def _check_team(team_id: str | None, policy: Policy, code: str, what: str) -> None:
+    expected = policy.slack.team_id
+    if expected is not None and team_id != expected:
+        raise EvidenceError(code, f"{what} comes from another Slack workspace")
+
+
+# --- the approve click and the card -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApproveClick:
+    """A genuine approve click: who clicked, in which workspace, on which request, and when (signed ts)."""
+
+    user_id: str
+    team_id: str | None
+    request_id: str
+    at: int
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _text_of(obj: object, out: list[str]) -> None:
+    """Append the text of a ``plain_text``/``mrkdwn`` text object; anything else adds nothing."""
+    if isinstance(obj, dict) and obj.get("type") in ("plain_text", "mrkdwn"):
+        text = obj.get("text")
+        if isinstance(text, str):
+            out.append(text)
+
+
+def _rich_text(obj: object, out: list[str]) -> None:
+    if isinstance(obj, dict):
+        if obj.get("type") in ("text", "link") and isinstance(obj.get("text"), str):
+            out.append(obj["text"])
+        elif obj.get("type") == "link" and isinstance(obj.get("url"), str):
+            out.append(obj["url"])  # a link without a label shows its URL
+        _rich_text(obj.get("elements"), out)
+    elif isinstance(obj, list):
+        for item in obj:
+            _rich_text(item, out)
+
+
+def card_texts(blocks: object) -> list[str]:
+    """The texts a card shows without any interaction, in block order.
+
+    Collected from: ``header.text``; ``section.text`` and each of ``section.fields``; the ``plain_text`` and
+    ``mrkdwn`` elements of ``context`` blocks; the ``text`` (and ``link``) elements of ``rich_text`` blocks.
+    Not collected: anything inside accessories, buttons, menus, confirm dialogs, inputs, images or
+    ``block_id``/``value`` attributes — those are hidden or not prose. Raises ``card_mismatch`` if ``blocks``
+    is not a list of objects.
+    """
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise EvidenceError("card_mismatch", "the clicked message carries no blocks")
+    out: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "header":
+            _text_of(block.get("text"), out)
+        elif kind == "section":
+            _text_of(block.get("text"), out)
+            fields = block.get("fields")
+            if isinstance(fields, list):
+                for f in fields:
+                    _text_of(f, out)
+        elif kind == "context":
+            elements = block.get("elements")
+            if isinstance(elements, list):
+                for e in elements:
+                    _text_of(e, out)
+        elif kind == "rich_text":
+            _rich_text(block.get("elements"), out)
+    return out
+
+
+def _shows_token(texts: Sequence[str], value: str) -> bool:
+    needle = _escape(value)
+    for text in texts:
+        start = text.find(needle)
+        while start != -1:
+            end = start + len(needle)
+            before_ok = start == 0 or text[start - 1] not in _TOKEN_CHARS
+            after_ok = end == len(text) or text[end] not in _TOKEN_CHARS
+            if before_ok and after_ok:
+                return True
+            start = text.find(needle, start + 1)
+    return False
+
+
+def check_card(blocks: object, scope: Scope) -> None:
+    """Refuse (``card_mismatch``) unless the card displays exactly this scope.
+
+    **The card rule** (the bot's card builder follows it; docs/security.md repeats it):
+
+    1. Only the texts listed in :func:`card_texts` count as displayed.
+    2. Each of ``repo``, ``sha`` (all 40/64 characters), ``environment`` and ``workflow`` must appear in one
+       of those texts, Slack-escaped (``&``, ``<``, ``>``), as a *whole token*: the characters immediately
+       before and after it, if any, are none of ``A-Z a-z 0-9 . _ / @ : + -``. So ``*Repo:* `acme/web` `` and
+       ``sha 4f8a…e17`` display their values; ``acme/web2``, a 12-character short sha, ``_production_`` and
+       ``https://github.com/acme/web/...`` do not.
+    3. No other commit hash may be displayed: every run of ASCII letters and digits in those texts that is
+       40 or 64 hex characters long must equal ``sha``. A card cannot show the real sha in small print and
+       another one prominently.
+
+    Values are checked independently; the rule proves the card showed the truth, not that it showed nothing
+    else (a title or ref is free text).
+    """
+    texts = card_texts(blocks)
+    for name, value in scope.to_json().items():
+        if not _shows_token(texts, value):
+            raise EvidenceError(
+                "card_mismatch", f"the card the approver saw does not show the {name} {value}"
+            )
+    for text in texts:
+        for run in _ALNUM_RUN_RE.findall(text):
+            if _HEXLIKE_RE.match(run) and run != scope.sha:
+                raise EvidenceError("card_mismatch", f"the card the approver saw shows another sha {run}")
+
+
+def parse_approve_click(
+    body: str, timestamp: int, request_id: str, scope: Scope, policy: Policy
+) -> ApproveClick:
+    """Parse an approve click's raw form body (already signature-checked) and run the card check.
+
+    Requires: a single ``payload`` form field holding a JSON object (duplicate names refused) with
+    ``type == "block_actions"``, exactly one action with ``action_id == "approve"`` and
+    ``value == request_id``, a ``user.id`` that is a Slack user id, the policy's workspace if it names one,
+    and a ``message.blocks`` that passes :func:`check_card`. Codes: ``bad_click``, ``wrong_request``,
+    ``wrong_team``, ``card_mismatch``.
+    """
+    form = _parse_form(body, "bad_click", "click")
+    if set(form) != {"payload"}:
+        raise EvidenceError("bad_click", "a click body is a single 'payload' form field")
+    payload = _strict_json(form["payload"], "bad_click", "click payload")
+    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+        raise EvidenceError("bad_click", "not a block_actions click")
+    actions = payload.get("actions")
+    if not isinstance(actions, list) or len(actions) != 1 or not isinstance(actions[0], dict):
+        raise EvidenceError("bad_click", "a click carries exactly one action")
+    action = actions[0]
+    if action.get("action_id") != "approve":
+        raise EvidenceError("bad_click", "not an approve click")
+    if action.get("value") != request_id:
+        raise EvidenceError("wrong_request", "the click approves another request")
+    user = payload.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    if not isinstance(user_id, str) or not is_slack_user_id(user_id):
+        raise EvidenceError("bad_click", "the click names no valid user")
+    team = payload.get("team")
+    team_id = team.get("id") if isinstance(team, dict) else None
+    if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
+        raise EvidenceError("bad_click", "the click names an invalid team")
+    _check_team(team_id, policy, "wrong_team", "the click")
+    message = payload.get("message")
+    if not isinstance(message, dict):
+        raise EvidenceError("card_mismatch", "the click carries no message (ephemeral cards cannot approve)")
+    check_card(message.get("blocks"), scope)
+    return ApproveClick(user_id, team_id, request_id, timestamp)
+
+
+# --- the sign decision ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CiEvidence:
+    """The original CI request as the bot received it (design.md §5 ``Origin`` kind ``ci``)."""
+
+    method: str
+    path: str
+    body: bytes
+    timestamp: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class SlackEvidence:
+    """A Slack request as the bot received it: a slash command or an approve click."""
+
+    body: str
+    timestamp: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class CountedApproval:
+    """An approval that counted towards the quorum."""
+
+    user_id: str
+    email: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything the signer needs to write a receipt; produced only when every check passed."""
+
+    request_id: str
+    scope: Scope
+    requester: str
+    approvals: tuple[CountedApproval, ...]
+    approver: CountedApproval
+    issued_at: datetime
+    expires_at: datetime
+    request_deadline: datetime
+
+
+def _requester_email(requester: str) -> str | None:
+    candidate = requester.removeprefix("email:")
+    return candidate.casefold() if "@" in candidate else None
+
+
+def assess(
+    *,
+    policy: Policy,
+    secrets: Secrets,
+    request_id: str,
+    origin: CiEvidence | SlackEvidence,
+    clicks: Sequence[SlackEvidence],
+    group_members: Mapping[str, Collection[str]],
+    emails: Mapping[str, str],
+    now: datetime,
+) -> Assessment:
+    """Decide whether a receipt may be issued; return what it says, or raise :class:`EvidenceError`.
+
+    ``group_members`` and ``emails`` come from the bot (which asked Slack); see docs/security.md for how far
+    they are trusted: group membership can only admit users of groups the policy lists, and an email can only
+    refuse (a requester match) or label an approver, never admit one.
+    """
+    if not is_request_id(request_id):
+        raise EvidenceError("bad_request", "requestId must be 'req_' + a ULID")
+    now_s = _epoch(now)
+
+    # 1. The request is authentic; its scope and requester come from its own signed bytes.
+    if isinstance(origin, CiEvidence):
+        t0 = _verify_ci_mac(
+            secrets.ci_secret, origin.method, origin.path, origin.body, origin.timestamp, origin.signature
+        )
+        if (origin.method, origin.path) != ("POST", "/v1/requests"):
+            raise EvidenceError("bad_origin", "the origin is not a POST /v1/requests")
+        try:
+            body = parse_ci_request_body(origin.body)
+        except EvidenceError as exc:
+            raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+        claim = RequestClaim(body.scope, body.requester)
+    else:
+        t0 = _verify_slack_mac(
+            secrets.slack_signing_secret,
+            origin.body,
+            origin.timestamp,
+            origin.signature,
+            "bad_slack_signature",
+        )
+        claim = parse_slash_request(origin.body, policy)
+    env = policy.environment(claim.scope.environment)  # raises unknown_environment
+
+    # Freshness at signing time is the request's own lifetime [t0, t0 + request_ttl], by the signer's clock.
+    deadline = t0 + env.request_ttl.total_seconds()
+    if t0 > now_s + MAX_SKEW:
+        raise EvidenceError("evidence_outside_lifetime", "the request is dated in the future")
+    if now_s >= deadline:
+        raise EvidenceError("request_expired", "the request's lifetime (request_ttl) is over")
+
+    # 2./3. Each approval is a genuine approve click on this request's card, inside the request lifetime.
+    if not clicks:
+        raise EvidenceError("insufficient_approvals", "no approvals were supplied")
+    parsed: list[ApproveClick] = []
+    for i, click in enumerate(clicks):
+        if len(click.body) > MAX_CLICK_BODY:
+            raise EvidenceError("bad_click", f"approval {i} is too large")
+        try:
+            ts = _verify_slack_mac(
+                secrets.slack_signing_secret,
+                click.body,
+                click.timestamp,
+                click.signature,
+                "bad_click_signature",
+            )
+        except EvidenceError as exc:
+            raise EvidenceError(exc.code, f"approval {i}: {exc.message}") from None
+        if not t0 <= ts <= deadline:
+            raise EvidenceError(
+                "evidence_outside_lifetime", f"approval {i} lies outside the request lifetime"
+            )
+        try:
+            parsed.append(parse_approve_click(click.body, ts, request_id, claim.scope, policy))
+        except EvidenceError as exc:
+            raise EvidenceError(exc.code, f"approval {i}: {exc.message}", fields=exc.fields) from None
+
+    # 4. Policy: every clicker is authorized and not the requester; distinct users reach the quorum.
+    requester_uid = policy.resolve_requester(claim.requester)
+    requester_mail = _requester_email(claim.requester)
+    first_click: dict[str, ApproveClick] = {}
+    for click_ in sorted(parsed, key=lambda c: c.at):  # stable: equal times keep the order given
+        uid = click_.user_id
+        if not env.authorizes(uid, group_members):
+            raise EvidenceError("not_authorized", f"{uid} is not an approver for {claim.scope.environment}")
+        if not env.allow_self_approval and (
+            uid == requester_uid
+            or (requester_mail is not None and emails.get(uid, "").casefold() == requester_mail)
+        ):
+            raise EvidenceError("self_approval", f"{uid} requested this deploy and may not approve it")
+        first_click.setdefault(uid, click_)  # a repeated click by the same user counts once
+    if len(first_click) < env.required_approvals:
+        raise EvidenceError(
+            "insufficient_approvals",
+            f"{len(first_click)} distinct approver(s), {env.required_approvals} required",
+        )
+    counted = tuple(
+        CountedApproval(c.user_id, emails.get(c.user_id, ""), datetime.fromtimestamp(c.at, UTC))
+        for c in list(first_click.values())[: env.required_approvals]
+    )
+    issued_at = datetime.fromtimestamp(int(now_s), UTC)
+    return Assessment(
+        request_id=request_id,
+        scope=claim.scope,
+        requester=claim.requester,
+        approvals=counted,
+        approver=counted[-1],  # the click that completed the quorum
+        issued_at=issued_at,
+        # The receipt lives receipt_ttl from issue, not capped by the request lifetime (docs/security.md).
+        expires_at=issued_at + timedelta(seconds=int(env.receipt_ttl.total_seconds())),
+        request_deadline=datetime.fromtimestamp(deadline, UTC),
+    )

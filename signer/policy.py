@@ -1,0 +1,362 @@
+"""The policy file ``keyturn.toml``: who may approve what, and for how long (design.md §7, docs/policy.md).
+
+Loaded by both the bot and the signer from the same file. The models are frozen and reject unknown keys, so a
+typo (``required_aprovals``) is an error, never a silently ignored rule. Every validation problem is reported
+with the dotted key that is wrong, e.g. ``environments.production.required_approvals: must be >= 1``.
+
+This module is pure apart from :func:`load_policy`, which reads one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from signer.errors import KeyturnError
+
+__all__ = [
+    "MAX_DURATION",
+    "Environment",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "SlackSettings",
+    "UnknownEnvironment",
+    "is_slack_group_id",
+    "is_slack_team_id",
+    "is_slack_user_id",
+    "load_policy",
+    "parse_duration",
+]
+
+# Slack ids are upper-case alphanumerics after a one-letter kind prefix. Users are U… (W… on Enterprise Grid),
+# channels C… (public) or G… (private), user groups S…, workspaces T… (E… for an Enterprise org).
+_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+_CHANNEL_RE = re.compile(r"^[CG][A-Z0-9]{2,20}$")
+_GROUP_RE = re.compile(r"^S[A-Z0-9]{2,20}$")
+_TEAM_RE = re.compile(r"^[TE][A-Z0-9]{2,20}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_IDENTITY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[^\s:][^\s]{0,254}$")
+_COMMAND_RE = re.compile(r"^/[a-z0-9_-]{1,31}$")
+_DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# No duration in a policy may exceed this: a receipt or request that lives for months is a mistake.
+MAX_DURATION = timedelta(days=30)
+
+
+def is_slack_user_id(value: str) -> bool:
+    """True if ``value`` looks like a Slack user id (``U…`` or ``W…``)."""
+    return bool(_USER_RE.match(value))
+
+
+def is_slack_group_id(value: str) -> bool:
+    """True if ``value`` looks like a Slack user-group id (``S…``)."""
+    return bool(_GROUP_RE.match(value))
+
+
+def is_slack_team_id(value: str) -> bool:
+    """True if ``value`` looks like a Slack workspace id (``T…``, or ``E…`` for an Enterprise org)."""
+    return bool(_TEAM_RE.match(value))
+
+
+def _fail(message: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError("keyturn", message, ctx)
+
+
+def _id_checker(pattern: re.Pattern[str], what: str, example: str) -> BeforeValidator:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise _fail(f"must be a string ({what} like {example})")
+        if not pattern.match(value):
+            raise _fail(f"must be {what} like {example}, got {{value}}", value=repr(value))
+        return value
+
+    return BeforeValidator(check)
+
+
+UserId = Annotated[str, _id_checker(_USER_RE, "a Slack user id", "U0123ABCD")]
+ChannelId = Annotated[str, _id_checker(_CHANNEL_RE, "a Slack channel id", "C0123ABCD")]
+GroupId = Annotated[str, _id_checker(_GROUP_RE, "a Slack user group id", "S0123ABCD")]
+TeamId = Annotated[str, _id_checker(_TEAM_RE, "a Slack workspace id", "T0123ABCD")]
+EnvName = Annotated[
+    str, _id_checker(_ENV_NAME_RE, "an environment name (letters, digits, '.', '_', '-')", "production")
+]
+IdentityKey = Annotated[str, _id_checker(_IDENTITY_RE, "a CI identity 'provider:name'", "github:alice")]
+SlashCommand = Annotated[str, _id_checker(_COMMAND_RE, "a slash command", "/keyturn")]
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse ``"45s"``, ``"30m"``, ``"2h"``, ``"1d"`` or a positive integer number of seconds.
+
+    Raises a pydantic custom error (so it reports under the key being validated) for anything else,
+    including zero, negatives, floats, booleans and durations over :data:`MAX_DURATION`.
+    """
+    if isinstance(value, bool):  # bool is an int subclass; `true` is never a duration
+        raise _fail('must be a duration like "30m", "2h", "1d" or a number of seconds')
+    if isinstance(value, int):
+        if value <= 0:
+            raise _fail("must be > 0 seconds")
+        seconds = value
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise _fail(
+                'must be a duration like "45s", "30m", "2h", "1d" or a number of seconds, got {value}',
+                value=repr(value),
+            )
+        seconds = int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise _fail('must be a duration like "30m", "2h", "1d" or a number of seconds')
+    if seconds > MAX_DURATION.total_seconds():
+        raise _fail("must be at most 30 days")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+class SlackSettings(_Frozen):
+    """The ``[slack]`` table: which slash command and workspace the signer accepts as evidence."""
+
+    command: SlashCommand = "/keyturn"
+    team_id: TeamId | None = None
+
+
+def _at(field: str, detail: str) -> PydanticCustomError:
+    """An error reported at ``<model path>.<field>`` (see ``_format_loc``)."""
+    return PydanticCustomError("keyturn_at", "{detail}", {"field": field, "detail": detail})
+
+
+class Environment(_Frozen):
+    """One ``[environments.<name>]`` table."""
+
+    channel: ChannelId
+    approvers: tuple[UserId, ...] = ()
+    approver_groups: tuple[GroupId, ...] = ()
+    required_approvals: StrictInt = Field(ge=1, le=50)
+    request_ttl: Duration
+    receipt_ttl: Duration
+    allow_self_approval: StrictBool = False
+    confirm_approve: StrictBool = True
+    remind_every: Duration | None = None
+    escalate_after: StrictInt = Field(default=2, ge=1, le=100)
+    escalate_to: tuple[UserId, ...] = ()
+    escalate_to_groups: tuple[GroupId, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Environment:
+        for name in ("approvers", "approver_groups", "escalate_to", "escalate_to_groups"):
+            values: tuple[str, ...] = getattr(self, name)
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise _at(name, f"lists {', '.join(dupes)} more than once")
+        if not self.approvers and not self.approver_groups:
+            raise _at("approvers", "no one can approve: list users in approvers or groups in approver_groups")
+        # Without groups the set of possible approvers is known; a quorum above it could never be met.
+        if not self.approver_groups and self.required_approvals > len(self.approvers):
+            raise _at(
+                "required_approvals",
+                f"must be <= {len(self.approvers)}, the number of approvers (no approver_groups configured)",
+            )
+        return self
+
+    def authorizes(self, user_id: str, group_members: Mapping[str, Collection[str]]) -> bool:
+        """True if ``user_id`` is a listed approver or, per ``group_members``, a member of a listed group.
+
+        ``group_members`` maps a user-group id to its members; groups not listed in ``approver_groups`` are
+        ignored, so a caller cannot widen the policy by supplying extra groups.
+        """
+        if user_id in self.approvers:
+            return True
+        return any(user_id in group_members.get(g, ()) for g in self.approver_groups)
+
+
+class Policy(_Frozen):
+    """A validated ``keyturn.toml``. Build it with :func:`load_policy` or :meth:`Policy.from_bytes`."""
+
+    version: Literal[1]
+    slack: SlackSettings = SlackSettings()
+    identities: dict[IdentityKey, UserId] = Field(default_factory=dict)
+    environments: dict[EnvName, Environment] = Field(min_length=1)
+
+    _sha256: str = PrivateAttr(default="")
+    _identities_folded: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_identities(self) -> Policy:
+        folded: dict[str, str] = {}
+        for key, uid in self.identities.items():
+            k = key.casefold()
+            if k in folded:
+                raise _at("identities", f"{key!r} is listed twice (CI identities are case-insensitive)")
+            folded[k] = uid
+        self._identities_folded = folded
+        return self
+
+    @property
+    def sha256(self) -> str:
+        """Lowercase hex SHA-256 of the exact file bytes this policy was loaded from."""
+        return self._sha256
+
+    def environment(self, name: str) -> Environment:
+        """The environment ``name``; raises :class:`UnknownEnvironment` if the policy has no such table."""
+        env = self.environments.get(name)
+        if env is None:
+            raise UnknownEnvironment(name)
+        return env
+
+    def resolve_requester(self, requester: str) -> str | None:
+        """The Slack user id behind a CI requester, or ``None`` when the policy cannot tell.
+
+        ``slack:U…`` names a Slack user directly (slash-command requests use it). Other identities such as
+        ``github:alice`` are looked up in ``[identities]``, case-insensitively.
+        """
+        if requester.startswith("slack:"):
+            uid = requester[len("slack:") :]
+            return uid if is_slack_user_id(uid) else None
+        return self._identities_folded.get(requester.casefold())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<policy>") -> Policy:
+        """Parse and validate policy bytes (UTF-8 TOML); raises :class:`PolicyError` listing every issue."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(source, [PolicyIssue("", f"not UTF-8 (byte {exc.start})")]) from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(source, [PolicyIssue("", f"not valid TOML: {exc}")]) from None
+        try:
+            policy = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise PolicyError(source, _issues(exc)) from None
+        policy._sha256 = hashlib.sha256(data).hexdigest()
+        return policy
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    """One problem in a policy file: the dotted key path and what is wrong with it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class PolicyError(KeyturnError):
+    """The policy file is invalid. ``issues`` holds every problem found, each with its key path."""
+
+    code = "invalid_policy"
+
+    def __init__(self, source: str, issues: Sequence[PolicyIssue]) -> None:
+        self.source = source
+        self.issues = tuple(issues)
+        super().__init__(f"{source}: " + "; ".join(str(i) for i in self.issues))
+
+
+class UnknownEnvironment(KeyturnError):
+    """A request names an environment the policy does not define."""
+
+    code = "unknown_environment"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no environment {name!r} in the policy")
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate the policy file at ``path``; raises :class:`PolicyError` (also if unreadable)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise PolicyError(str(p), [PolicyIssue("", f"cannot read: {exc.strerror or exc}")]) from None
+    return Policy.from_bytes(data, str(p))
+
+
+# --- error formatting -------------------------------------------------------------------------------------
+
+_SIMPLE_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+}
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item == "[key]":
+            continue  # pydantic marks a bad dict key this way; the key itself is already in the path
+        else:
+            name = item if _BARE_KEY_RE.match(item) else '"' + item.replace('"', '\\"') + '"'
+            parts.append(("." if parts else "") + name)
+    return "".join(parts)
+
+
+def _issues(exc: ValidationError) -> list[PolicyIssue]:
+    issues: list[PolicyIssue] = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        # A union with None reports each arm; the "none" arm's complaint adds nothing.
+        if err["type"] == "none_required":
+            continue
+        loc = [part for part in loc if not (isinstance(part, str) and part.startswith("function-"))]
+        etype = err["type"]
+        ctx = err.get("ctx") or {}
+        if etype == "keyturn_at":
+            loc.append(str(ctx["field"]))
+            message = str(ctx["detail"])
+        elif etype in _SIMPLE_MESSAGES:
+            message = _SIMPLE_MESSAGES[etype]
+        elif etype == "greater_than_equal":
+            message = f"must be >= {ctx['ge']}"
+        elif etype == "less_than_equal":
+            message = f"must be <= {ctx['le']}"
+        elif etype == "too_short" and not loc[1:]:
+            message = "must define at least one entry"
+        elif etype == "literal_error":
+            message = f"must be {ctx.get('expected', 'one of the allowed values')}"
+        else:
+            message = str(err["msg"])
+        if "[key]" in err["loc"]:
+            message = f"invalid key: {message}"
+        issues.append(PolicyIssue(_format_loc(loc), message))
+    return issues

@@ -1,0 +1,365 @@
+"""The signer socket protocol, version 1 (design.md §5): frame models and framing helpers.
+
+A frame is a 4-byte big-endian length, then that many bytes of UTF-8 JSON, at most :data:`MAX_FRAME` bytes.
+Requests are ``{"v":1,"id":str,"op":str,...}``; replies are ``{"v":1,"id":str,"ok":true,"result":{...}}``
+or ``{"v":1,"id":str,"ok":false,"error":{"code":str,"message":str}}``.
+
+Both sides use this module: the signer to parse requests and build replies, the bot's client
+(``bot/signer_client.py``) to build requests and parse replies. Every model is frozen and closed
+(``extra="forbid"``) and strict (no ``"1"`` for ``1``), so an unknown field or a wrong type is refused with
+``bad_request`` rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+)
+
+from signer.errors import KeyturnError
+
+__all__ = [
+    "MAX_FRAME",
+    "OPS",
+    "PROTOCOL_VERSION",
+    "CheckCiRequest",
+    "CheckSlackRequest",
+    "CiOrigin",
+    "ErrorBody",
+    "ErrorReply",
+    "HealthRequest",
+    "HealthResult",
+    "KeysRequest",
+    "KeysResult",
+    "MacCallbackRequest",
+    "MacResult",
+    "OkReply",
+    "Request",
+    "SignRequest",
+    "SignResult",
+    "SlackClick",
+    "SlackCommandOrigin",
+    "WireError",
+    "encode_frame",
+    "error_reply",
+    "ok_reply",
+    "parse_reply",
+    "parse_request",
+    "read_frame",
+]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1024 * 1024
+_HEADER = 4
+MAX_APPROVALS = 100  # far above any sane quorum; bounds the work one request can ask for
+
+
+class WireError(KeyturnError):
+    """A frame could not be read or understood. ``request_id`` is the frame's ``id`` when it had one.
+
+    Codes: ``bad_frame`` (not UTF-8 JSON), ``frame_too_large``, ``truncated_frame``, ``bad_request`` (schema),
+    ``unsupported_version``, ``unknown_op``, and on the client side ``bad_reply``.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
+
+def _b64(value: object) -> bytes:
+    if isinstance(value, bytes):  # built in Python; JSON input is always a string
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("must be standard base64") from None
+    return raw
+
+
+# Raw bytes travel as standard base64 strings.
+B64Bytes = Annotated[
+    bytes,
+    BeforeValidator(_b64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str),
+]
+Text = Annotated[str, Field(max_length=MAX_FRAME)]
+Short = Annotated[str, Field(max_length=2048)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _Request(_Model):
+    v: Literal[1] = 1
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class HealthRequest(_Request):
+    """Is the signer up, and with which key and policy?"""
+
+    op: Literal["health"] = "health"
+
+
+class KeysRequest(_Request):
+    """The public keyset (JWKS)."""
+
+    op: Literal["keys"] = "keys"
+
+
+class CheckCiRequest(_Request):
+    """Check a CI request as it arrives (HMAC v1, ±5 minutes)."""
+
+    op: Literal["check_ci"] = "check_ci"
+    method: Short
+    path: Short
+    body: B64Bytes
+    timestamp: Short
+    signature: Short
+
+
+class CheckSlackRequest(_Request):
+    """Check a Slack request as it arrives (signature v0, ±5 minutes)."""
+
+    op: Literal["check_slack"] = "check_slack"
+    body: Text
+    timestamp: Short
+    signature: Short
+
+
+class CiOrigin(_Model):
+    """The originating CI request, exactly as the bot received it."""
+
+    kind: Literal["ci"] = "ci"
+    method: Short
+    path: Short
+    body: B64Bytes
+    timestamp: Short
+    signature: Short
+
+
+class SlackCommandOrigin(_Model):
+    """The originating ``/keyturn request ...`` slash command, exactly as the bot received it."""
+
+    kind: Literal["slack_command"] = "slack_command"
+    body: Text
+    timestamp: Short
+    signature: Short
+
+
+class SlackClick(_Model):
+    """One approve click exactly as received: raw form body and the ``X-Slack-*`` header values."""
+
+    body: Text
+    timestamp: Short
+    signature: Short
+
+
+Origin = Annotated[CiOrigin | SlackCommandOrigin, Field(discriminator="kind")]
+
+
+class SignRequest(_Request):
+    """Ask for a receipt, with all the evidence (issue 4, points 1-4)."""
+
+    op: Literal["sign"] = "sign"
+    requestId: Short
+    origin: Origin
+    approvals: Annotated[list[SlackClick], Field(max_length=MAX_APPROVALS)]
+    groupMembers: dict[Annotated[str, Field(max_length=64)], Annotated[list[Short], Field(max_length=10_000)]]
+    emails: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=320)]]
+
+
+class MacCallbackRequest(_Request):
+    """MAC a CI callback body with the derived callback key (design.md §5)."""
+
+    op: Literal["mac_callback"] = "mac_callback"
+    path: Short
+    timestamp: Short
+    body: B64Bytes
+
+
+Request = Annotated[
+    HealthRequest | KeysRequest | CheckCiRequest | CheckSlackRequest | SignRequest | MacCallbackRequest,
+    Field(discriminator="op"),
+]
+OPS = frozenset({"health", "keys", "check_ci", "check_slack", "sign", "mac_callback"})
+_REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
+
+
+# --- results and replies ---------------------------------------------------------------------------------
+
+
+class HealthResult(_Model):
+    """``health`` result."""
+
+    keyId: str
+    policySha256: str
+
+
+class KeysResult(_Model):
+    """``keys`` result: the public keyset as a JWKS."""
+
+    jwks: dict[str, Any]
+
+
+class SignResult(_Model):
+    """``sign`` result: the signed receipt."""
+
+    receipt: dict[str, Any]
+
+
+class MacResult(_Model):
+    """``mac_callback`` result: ``v1=<hex>``."""
+
+    signature: str
+
+
+class ErrorBody(_Model):
+    """The ``error`` member of a refusal."""
+
+    code: str
+    message: str
+
+
+class OkReply(_Model):
+    """A successful reply."""
+
+    v: Literal[1] = 1
+    id: str
+    ok: Literal[True] = True
+    result: dict[str, Any]
+
+
+class ErrorReply(_Model):
+    """A refusal or failure."""
+
+    v: Literal[1] = 1
+    id: str
+    ok: Literal[False] = False
+    error: ErrorBody
+
+
+_REPLY: TypeAdapter[OkReply | ErrorReply] = TypeAdapter(
+    Annotated[OkReply | ErrorReply, Field(discriminator="ok")]
+)
+
+
+def ok_reply(request_id: str, result: BaseModel | Mapping[str, Any]) -> OkReply:
+    """The reply carrying ``result``."""
+    body = result.model_dump(mode="json") if isinstance(result, BaseModel) else dict(result)
+    return OkReply(id=request_id, result=body)
+
+
+def error_reply(request_id: str, code: str, message: str) -> ErrorReply:
+    """The reply refusing a request with a stable ``code``."""
+    return ErrorReply(id=request_id, error=ErrorBody(code=code, message=message))
+
+
+# --- parsing ----------------------------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate member {key!r}")
+        out[key] = value
+    return out
+
+
+def _loads(payload: bytes, code: str) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise WireError(code, "frame is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise WireError(code, f"frame is not valid JSON: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"][1:] if not str(p).startswith("function-"))
+        msg = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"])
+        parts.append(f"{loc or 'frame'}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_request(payload: bytes) -> Request:
+    """Parse one request frame's payload; raises :class:`WireError` with the code to answer with."""
+    obj = _loads(payload, "bad_frame")
+    if not isinstance(obj, dict):
+        raise WireError("bad_request", "a request is a JSON object")
+    rid = obj.get("id")
+    request_id = rid if isinstance(rid, str) and len(rid) <= 128 else ""
+    v = obj.get("v")
+    if type(v) is not int:  # bool is an int subclass: `true` is no version
+        raise WireError("bad_request", "v must be an integer", request_id)
+    if v != PROTOCOL_VERSION:
+        raise WireError("unsupported_version", f"protocol version {v} is not supported (1 is)", request_id)
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise WireError("bad_request", "op must be a string", request_id)
+    if op not in OPS:
+        raise WireError("unknown_op", f"unknown op {op[:40]!r}", request_id)
+    try:
+        return _REQUEST.validate_python(obj)
+    except ValidationError as exc:
+        raise WireError("bad_request", _describe(exc), request_id) from None
+
+
+def parse_reply(payload: bytes) -> OkReply | ErrorReply:
+    """Parse one reply frame's payload (client side); raises ``WireError("bad_reply")``."""
+    obj = _loads(payload, "bad_reply")
+    try:
+        return _REPLY.validate_python(obj)
+    except ValidationError as exc:
+        raise WireError("bad_reply", _describe(exc)) from None
+
+
+# --- framing ----------------------------------------------------------------------------------------------
+
+
+def encode_frame(message: BaseModel | Mapping[str, Any]) -> bytes:
+    """Length-prefixed UTF-8 JSON for ``message``; raises ``frame_too_large`` above :data:`MAX_FRAME`."""
+    obj = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
+    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if len(data) > MAX_FRAME:
+        raise WireError("frame_too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    return len(data).to_bytes(_HEADER, "big") + data
+
+
+async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes | None:
+    """Read one frame's payload; ``None`` on a clean end of stream between frames.
+
+    Raises ``frame_too_large`` as soon as the header announces more than ``max_size`` (the payload is not
+    read, so the caller must close the connection) and ``truncated_frame`` if the stream ends mid-frame.
+    """
+    try:
+        header = await reader.readexactly(_HEADER)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise WireError("truncated_frame", "stream ended inside a frame header") from None
+    size = int.from_bytes(header, "big")
+    if size > max_size:
+        raise WireError("frame_too_large", f"frame of {size} bytes exceeds {max_size}")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise WireError("truncated_frame", "stream ended inside a frame") from None
