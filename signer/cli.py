@@ -1,0 +1,378 @@
+"""Signer-side subcommands of ``keyturn``: verify, receipt, keygen, keys, audit (and signer, policy).
+
+Each ``*_main(argv) -> exit code`` is dispatched by ``bot/cli.py``. Top-level imports are the standard library
+only, and each command imports what it needs when it runs: ``keyturn verify`` runs in CI on every deploy and
+loads just the standard library, PyNaCl, ``rfc8785`` and the receipt code (measured in bench/bench_verify.py).
+
+Exit codes: 0 success; 1 refusal (``REJECTED <code>: <detail>`` on stderr for verify); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from signer.keyset import PublicKeyset
+
+OK, REJECTED, USAGE = 0, 1, 2
+MAX_KEYSET_BYTES = 1024 * 1024
+KEYSET_FETCH_TIMEOUT_S = 10.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class _UsageError(Exception):
+    """A bad invocation: exit 2."""
+
+
+class _Rejected(Exception):
+    """A refusal before or outside ``verify_receipt``: exit 1 with this code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _run_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
+    """Parse ``argv``; return the exit code instead of raising SystemExit (``-h`` is 0, errors 2)."""
+    try:
+        return parser.parse_args(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else USAGE
+
+
+def _now() -> datetime:
+    # The one place these commands read the clock; everything below takes the time as a parameter.
+    return datetime.now(UTC)
+
+
+def _read_capped(path: str, limit: int, what: str) -> bytes:
+    """Read at most ``limit`` bytes from a file or ``-`` (stdin); more is a refusal, not a truncation."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as e:
+        raise _Rejected("unreadable", f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise _Rejected(
+            "malformed" if what == "receipt" else "bad_keyset", f"{what} larger than {limit} bytes"
+        )
+    return data
+
+
+# ====================================================================================================
+# Trust core commands: verify, receipt, keygen, keys, audit
+# ====================================================================================================
+
+
+def _checkout_root(start: Path) -> Path | None:
+    """The git work tree containing ``start`` (the checkout being deployed), if any."""
+    for d in (start, *start.parents):
+        if (d / ".git").exists():
+            return d
+    return None
+
+
+def _refuse_keyset_in_checkout(path: str) -> None:
+    """Refuse a keyset file that lives inside the checkout being deployed: a pull request could replace it."""
+    keys = Path(path).resolve()
+    roots = [_checkout_root(Path.cwd().resolve())]
+    if os.environ.get("GITHUB_WORKSPACE"):
+        roots.append(Path(os.environ["GITHUB_WORKSPACE"]).resolve())
+    for root in roots:
+        if root is not None and keys.is_relative_to(root):
+            raise _Rejected(
+                "untrusted_keyset",
+                f"keyset {path} is inside the checkout being deployed ({root}); "
+                "a pull request could replace it. "
+                "Fetch it from the signer (https URL) or a path outside the checkout, "
+                "or pass --trust-keys-in-checkout if this checkout is trusted",
+            )
+
+
+def _is_allowed_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname in _LOOPBACK
+
+
+def _fetch_keyset(url: str) -> bytes:
+    """GET a keyset over https (plain http only to loopback, for tests), size-capped, with a timeout.
+
+    Redirects are followed only to URLs that pass the same rule, so an https URL cannot be downgraded.
+    """
+    import urllib.error
+    import urllib.request
+
+    class _SafeRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+            if not _is_allowed_url(newurl):
+                raise _Rejected("keyset_unavailable", f"refusing redirect of the keyset URL to {newurl}")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(_SafeRedirect)
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked
+    try:
+        with opener.open(request, timeout=KEYSET_FETCH_TIMEOUT_S) as resp:
+            data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        raise _Rejected("keyset_unavailable", f"keyset URL answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise _Rejected("keyset_unavailable", f"cannot fetch keyset: {reason}") from None
+    if len(data) > MAX_KEYSET_BYTES:
+        raise _Rejected("bad_keyset", f"keyset larger than {MAX_KEYSET_BYTES} bytes")
+    return data
+
+
+def _load_keyset(source: str, *, trust_checkout: bool) -> PublicKeyset:
+    from signer.errors import KeysetError
+    from signer.keyset import PublicKeyset
+
+    if "://" in source:
+        data = _fetch_keyset(source)
+    else:
+        if not trust_checkout:
+            _refuse_keyset_in_checkout(source)
+        data = _read_capped(source, MAX_KEYSET_BYTES, "keyset")
+    try:
+        return PublicKeyset.from_jwks(data)
+    except KeysetError as e:
+        raise _Rejected("bad_keyset", str(e)) from None
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keyturn verify",
+        description="Verify a Keyturn receipt offline before deploying. Fails closed: exit 0 only for a "
+        "valid, approved, unexpired receipt for exactly this repo, commit, environment and workflow. "
+        "The keyset must come from a trusted place (the signer's /v1/keys over https, or a pinned file), "
+        "never from the checkout being deployed.",
+    )
+    p.add_argument(
+        "receipt", metavar="RECEIPT", help="receipt file (plain JSON or DSSE envelope), or - for stdin"
+    )
+    p.add_argument(
+        "--keys", required=True, metavar="KEYSET", help="public keyset (JWKS): a file or an https URL"
+    )
+    p.add_argument("--repo", required=True, help="repository being deployed, e.g. acme/service")
+    p.add_argument("--sha", required=True, help="full commit sha being deployed")
+    p.add_argument("--env", required=True, help="environment being deployed to")
+    p.add_argument("--workflow", required=True, help="workflow doing the deploy, e.g. deploy.yml")
+    p.add_argument("--at", metavar="TIME", help="verify as of TIME (RFC 3339 UTC, e.g. 2026-02-28T16:30:00Z)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument(
+        "--allow-dev-keys", action="store_true", help="accept development keys (never in production)"
+    )
+    p.add_argument(
+        "--trust-keys-in-checkout",
+        action="store_true",
+        help="accept a keyset file inside the current git checkout (normally refused)",
+    )
+    return p
+
+
+def verify_main(argv: Sequence[str]) -> int:
+    """``keyturn verify``: exit 0 with one ``OK ...`` line; 1 with ``REJECTED <code>: <detail>`` on stderr;
+    2 for usage errors."""
+    parsed = _run_parser(_verify_parser(), argv)
+    if isinstance(parsed, int):
+        return parsed
+    args = parsed
+    from signer.errors import VerificationError
+    from signer.receipt import Scope, parse_time
+    from signer.verify import verify_receipt
+
+    try:
+        if args.at is not None:
+            try:
+                now = parse_time(args.at)
+            except VerificationError:
+                raise _UsageError(
+                    f"--at must be RFC 3339 UTC like 2026-02-28T16:30:00Z, got {args.at!r}"
+                ) from None
+        else:
+            now = _now()
+        if "://" in args.keys and not _is_allowed_url(args.keys):
+            raise _UsageError("--keys must be a file or an https URL (plain http only to localhost)")
+        keyset = _load_keyset(args.keys, trust_checkout=args.trust_keys_in_checkout)
+        data = _read_capped(args.receipt, 64 * 1024, "receipt")
+        expected = Scope(repo=args.repo, sha=args.sha, environment=args.env, workflow=args.workflow)
+        verified = verify_receipt(data, keyset, expected, now, allow_dev_keys=args.allow_dev_keys)
+    except _UsageError as e:
+        print(f"keyturn verify: {e}", file=sys.stderr)
+        return USAGE
+    except _Rejected as e:
+        return _reject(e.code, e.detail, args.json)
+    except VerificationError as e:
+        return _reject(e.code, e.message, args.json)
+    except Exception as e:  # fail closed: any unexpected error is a refusal, never a pass
+        return _reject("internal_error", f"{type(e).__name__} while verifying", args.json)
+
+    if args.json:
+        out = {
+            "ok": True,
+            "requestId": verified.request_id,
+            "status": verified.status,
+            "scope": verified.scope.to_json(),
+            "approver": verified.approver.to_json(),
+            "approvals": [a.to_json() for a in verified.approvals],
+            "issuedAt": verified.raw["issuedAt"],
+            "expiresAt": verified.raw["expiresAt"],
+            "keyId": verified.key_id,
+        }
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(verified.summary())
+    return OK
+
+
+def _reject(code: str, detail: str, as_json: bool) -> int:
+    print(f"REJECTED {code}: {detail}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "code": code, "detail": detail}, sort_keys=True))
+    return REJECTED
+
+
+def receipt_main(argv: Sequence[str]) -> int:
+    """``keyturn receipt to-dsse|from-dsse FILE``: convert between a plain receipt and a DSSE envelope.
+
+    Converts only (structure is checked, the signature is not): use ``keyturn verify`` to verify.
+    """
+    p = argparse.ArgumentParser(prog="keyturn receipt", description=receipt_main.__doc__)
+    p.add_argument("direction", choices=["to-dsse", "from-dsse"])
+    p.add_argument(
+        "file", metavar="FILE", nargs="?", default="-", help="input file, or - for stdin (default)"
+    )
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    from signer.errors import KeyturnError
+    from signer.receipt import MAX_RECEIPT_BYTES, from_dsse, is_dsse, parse_receipt, strict_loads, to_dsse
+
+    try:
+        obj = strict_loads(_read_capped(parsed.file, MAX_RECEIPT_BYTES, "receipt"))
+        if parsed.direction == "to-dsse":
+            if is_dsse(obj):
+                raise _Rejected("malformed", "input is already a DSSE envelope")
+            out = to_dsse(obj)
+        else:
+            out = from_dsse(obj)
+            parse_receipt(out, signed=True)
+    except _Rejected as e:
+        print(f"keyturn receipt: {e.code}: {e.detail}", file=sys.stderr)
+        return REJECTED
+    except KeyturnError as e:
+        print(f"keyturn receipt: {e.code}: {e}", file=sys.stderr)
+        return REJECTED
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return OK
+
+
+def keygen_main(argv: Sequence[str]) -> int:
+    """``keyturn keygen --out FILE [--dev]``: create a private keyset file (mode 0600) with one active key,
+    and print its key id and public JWK."""
+    p = argparse.ArgumentParser(prog="keyturn keygen", description=keygen_main.__doc__)
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="where to write the private key file (must not exist)"
+    )
+    p.add_argument(
+        "--dev", action="store_true", help="make a development key (kid 'dev-...'; refused by verify)"
+    )
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    from signer.errors import KeyturnError
+    from signer.keys import SigningKeyset
+
+    try:
+        keys = SigningKeyset.generate(parsed.out, dev=parsed.dev, now=_now())
+    except KeyturnError as e:
+        print(f"keyturn keygen: {e}", file=sys.stderr)
+        return REJECTED
+    jwk = next(k for k in keys.public_keyset().to_jwks()["keys"] if k["kid"] == keys.active_kid)
+    print(f"kid: {keys.active_kid}")
+    print(json.dumps(jwk, sort_keys=True))
+    return OK
+
+
+def keys_main(argv: Sequence[str]) -> int:
+    """``keyturn keys rotate|revoke KID|export [--out FILE]`` on the private key file given by ``--key-file``
+    (default: $KEYTURN_KEY_FILE)."""
+    p = argparse.ArgumentParser(prog="keyturn keys", description=keys_main.__doc__)
+    p.add_argument("--key-file", default=os.environ.get("KEYTURN_KEY_FILE"), metavar="FILE")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser(
+        "rotate", help="retire the active key (it keeps verifying older receipts) and add a new one"
+    )
+    rv = sub.add_parser("revoke", help="revoke a retired key: it never verifies again")
+    rv.add_argument("kid")
+    ex = sub.add_parser("export", help="print the public keyset (JWKS) for verifiers")
+    ex.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    if not parsed.key_file:
+        print("keyturn keys: --key-file (or KEYTURN_KEY_FILE) is required", file=sys.stderr)
+        return USAGE
+    from signer.errors import KeyturnError
+    from signer.keys import SigningKeyset
+
+    actions: dict[str, Callable[[], SigningKeyset]] = {
+        "rotate": lambda: SigningKeyset.rotate(parsed.key_file, _now()),
+        "revoke": lambda: SigningKeyset.revoke(parsed.key_file, parsed.kid, _now()),
+        "export": lambda: SigningKeyset.load(parsed.key_file),
+    }
+    try:
+        keys = actions[parsed.action]()
+        if parsed.action == "export":
+            text = json.dumps(keys.public_keyset().to_jwks(), indent=2, sort_keys=True) + "\n"
+            if parsed.out:
+                Path(parsed.out).write_text(text)
+            else:
+                sys.stdout.write(text)
+        else:
+            print(f"active kid: {keys.active_kid}")
+    except (KeyturnError, OSError) as e:
+        print(f"keyturn keys: {e}", file=sys.stderr)
+        return REJECTED
+    return OK
+
+
+def audit_main(argv: Sequence[str]) -> int:
+    """``keyturn audit verify FILE``: check the audit log's hash chain; name the first broken entry."""
+    p = argparse.ArgumentParser(prog="keyturn audit", description=audit_main.__doc__)
+    sub = p.add_subparsers(dest="action", required=True)
+    v = sub.add_parser("verify", help="check the hash chain")
+    v.add_argument("file", metavar="FILE")
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    from signer.audit import verify_file
+    from signer.errors import AuditError
+
+    try:
+        n = verify_file(parsed.file)
+    except AuditError as e:
+        print(f"BROKEN {e}", file=sys.stderr)
+        return REJECTED
+    print(f"OK {n} entries")
+    return OK
+
+
+# ====================================================================================================
+# Signer service commands: signer, policy (owned by the signer-service engineer)
+# ====================================================================================================

@@ -1,0 +1,145 @@
+"""Offline receipt verification: bytes + trusted keyset + expected scope + now -> VerifiedReceipt, or raise.
+
+Implements docs/design.md §3 and the numbered steps of docs/receipt.md ("Verifying a receipt"). Pure: no file,
+network or clock access (the caller passes ``now``), standard library + PyNaCl + ``rfc8785`` only. Every
+refusal is a ``VerificationError`` with a stable code; nothing else is ever returned for a bad receipt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+
+from signer.errors import VerificationError
+from signer.keyset import REVOKED, PublicKeyset
+from signer.receipt import (
+    MAX_RECEIPT_BYTES,
+    SCOPE_FIELDS,
+    STATUS_APPROVED,
+    ApprovalEntry,
+    ApproverRef,
+    Scope,
+    b64decode,
+    format_time,
+    from_dsse,
+    is_dsse,
+    parse_receipt,
+    signing_bytes,
+    strict_loads,
+)
+
+# A receipt may live at most this long, whatever it claims. This bounds what a leaked *rotated* key could
+# still do: receipts backdated before its rotation stop verifying at most this long after the rotation.
+MAX_LIFETIME = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """A receipt that passed every check for the expected scope at the given time."""
+
+    request_id: str
+    status: str
+    scope: Scope
+    approver: ApproverRef
+    approvals: tuple[ApprovalEntry, ...]
+    issued_at: datetime
+    expires_at: datetime
+    key_id: str
+    raw: dict[str, Any]
+
+    def summary(self) -> str:
+        """The one-line success message of ``keyturn verify``."""
+        who = self.approver.email or self.approver.id
+        return f"OK {self.request_id} approved by {who} expires {format_time(self.expires_at)}"
+
+
+def verify_receipt(
+    data: bytes,
+    keyset: PublicKeyset,
+    expected: Scope,
+    now: datetime,
+    *,
+    allow_dev_keys: bool = False,
+    max_skew_s: int = 60,
+) -> VerifiedReceipt:
+    """Verify a receipt (plain JSON or a DSSE envelope) against a trusted keyset, the scope being deployed
+    and the time ``now``. Returns the verified receipt or raises ``VerificationError``.
+
+    ``keyset`` must come from a trusted place (the signer's ``/v1/keys`` or a pinned file), never from the
+    checkout being deployed.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("verify_receipt needs a timezone-aware 'now'")
+
+    # 1. Strict parse: UTF-8, size cap, no duplicate names, no floats; DSSE envelopes are unwrapped.
+    obj = strict_loads(data, max_size=MAX_RECEIPT_BYTES)
+    if is_dsse(obj):
+        obj = from_dsse(obj)
+    # 2-3. Structure, known version, Ed25519 only (unknown members anywhere are refused).
+    receipt = parse_receipt(obj, signed=True)
+    assert receipt.signature_value is not None
+
+    # 4. The key is known and not revoked; development keys only when explicitly allowed.
+    key = keyset.get(receipt.key_id)
+    if key is None:
+        raise VerificationError("unknown_key", f"key {receipt.key_id} is not in the trusted keyset")
+    if key.status == REVOKED:
+        raise VerificationError("revoked_key", f"key {receipt.key_id} is revoked")
+    if key.is_dev and not allow_dev_keys:
+        raise VerificationError(
+            "dev_key", f"key {receipt.key_id} is a development key (see --allow-dev-keys)"
+        )
+
+    # 5. The signature covers PAE(type, JCS(receipt minus signature.value)): every other member is signed.
+    try:
+        sig = b64decode(receipt.signature_value)
+    except ValueError:
+        raise VerificationError("bad_signature", "signature.value is not canonical base64") from None
+    if len(sig) != 64:
+        raise VerificationError("bad_signature", "signature.value is not a 64-byte Ed25519 signature")
+    try:
+        key.verify_key.verify(signing_bytes(obj), sig)
+    except BadSignatureError:
+        raise VerificationError("bad_signature", "signature does not verify") from None
+
+    # 6. Only an approval authorizes a deploy; a signed DENIED (or any other status) is a refusal.
+    if receipt.status != STATUS_APPROVED:
+        raise VerificationError("not_approved", f"status is {receipt.status}")
+
+    # 7. The key was entitled to sign at issuedAt (created before, and not yet rotated away).
+    if not key.valid_at(receipt.issued_at):
+        raise VerificationError(
+            "key_not_valid_at_issue",
+            f"key {key.kid} ({key.status}) was not valid at {format_time(receipt.issued_at)}",
+        )
+    if receipt.expires_at - receipt.issued_at > MAX_LIFETIME:
+        raise VerificationError("lifetime_too_long", f"receipt lifetime exceeds {MAX_LIFETIME}")
+
+    # 8-9. Time window, with a small allowance for the signer's clock running ahead.
+    if receipt.issued_at > now + timedelta(seconds=max_skew_s):
+        raise VerificationError("not_yet_valid", f"issued at {format_time(receipt.issued_at)}, in the future")
+    if now >= receipt.expires_at:
+        raise VerificationError("expired", f"expired at {format_time(receipt.expires_at)}")
+
+    # 10. Scope: byte-for-byte equality of each field with what is being deployed.
+    for field in SCOPE_FIELDS:
+        got, want = getattr(receipt.scope, field), getattr(expected, field)
+        if got != want:
+            raise VerificationError(
+                f"scope_mismatch:{field}", f"receipt is for {field} {got!r}, deploying {want!r}"
+            )
+
+    return VerifiedReceipt(
+        request_id=receipt.request_id,
+        status=receipt.status,
+        scope=receipt.scope,
+        approver=receipt.approver,
+        approvals=receipt.approvals,
+        issued_at=receipt.issued_at,
+        expires_at=receipt.expires_at,
+        key_id=receipt.key_id,
+        raw=obj,
+    )
