@@ -1,0 +1,129 @@
+"""The bot's settings: environment variables with the ``KEYTURN_`` prefix, or an optional ``.env`` file.
+
+Read once in ``bot.server.main`` and passed down; nothing reads the environment at import time. Every
+variable is documented in docs/configuration.md and listed in ``.env.example``. Secrets are ``SecretStr`` so
+they never appear in a repr or a log line; a placeholder Slack token is refused outside dev mode.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_PLACEHOLDER_MARKERS = ("changeme", "change-me", "placeholder", "your-token", "xxxx", "example")
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse ``"45s"``, ``"30m"``, ``"2h"``, ``"1d"``, integer seconds or a timedelta (positive)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise ValueError("not a duration")
+    elif isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value)
+        if not m:
+            raise ValueError('not a duration (use e.g. "45s", "30m", "2h", "1d" or seconds)')
+        seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError("not a duration")
+    if seconds <= 0:
+        raise ValueError("duration must be positive")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseSettings):
+    """Everything ``keyturn bot`` needs to run. See docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEYTURN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    dev: bool = False
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    signer_socket: Path = Path("/run/keyturn/signer.sock")
+    policy: Path = Path("keyturn.toml")
+    slack_bot_token: SecretStr = SecretStr("")
+    slack_api_url: str = "https://slack.com/api/"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    retention: Duration = timedelta(days=7)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    signer_timeout: float = Field(default=10.0, gt=0, le=120)
+    callback_attempts: int = Field(default=8, ge=1, le=30)
+    callback_timeout: float = Field(default=10.0, gt=0, le=120)
+    card_retry_max: Duration = timedelta(seconds=60)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_token(self) -> Settings:
+        token = self.slack_bot_token.get_secret_value()
+        if self.dev:
+            return self
+        lowered = token.lower()
+        if not token:
+            raise ValueError("KEYTURN_SLACK_BOT_TOKEN is required (or set KEYTURN_DEV=true)")
+        if not token.startswith("xoxb-") or any(m in lowered for m in _PLACEHOLDER_MARKERS):
+            raise ValueError(
+                "KEYTURN_SLACK_BOT_TOKEN looks like a placeholder; set the bot's real xoxb- token"
+            )
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients use to reach this bot (``PUBLIC_URL``, else built from host and port)."""
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def describe_error(exc: Exception) -> str:
+    """A one-line, secret-free description of a settings validation error."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            name = f"KEYTURN_{loc.upper()}" if loc else "settings"
+            parts.append(f"{name}: {err.get('msg', 'invalid')}")
+        return "; ".join(parts)
+    return str(exc)

@@ -1,0 +1,534 @@
+"""Redis persistence of deploy requests (redis.asyncio). See docs/design.md §8.
+
+Keys (every key of one request shares the hash tag ``{<requestId>}``, so each Lua script touches one slot and
+the layout works on Redis Cluster):
+
+* ``keyturn:req:{id}``            hash: ``version`` (CAS token), ``status``, ``data`` (DeployRequest JSON),
+                                  ``sign_error`` (last signer failure, JSON; absent when none)
+* ``keyturn:req:{id}:origin``     the originating CI / slash-command request as received (OriginEvidence JSON)
+* ``keyturn:req:{id}:approvals``  hash userId → StoredApproval JSON (the approval and its click evidence)
+* ``keyturn:req:{id}:receipt``    the signed receipt JSON (only once APPROVED)
+* ``keyturn:req:{id}:signing``    the signing claim (a token, with a lease) — one signer call at a time
+* ``keyturn:req:{id}:callbacks``  list of callback delivery attempts (JSON)
+* ``keyturn:scope:{sha256}``      dedupe index: scope → the pending request id (its own slot; see ``create``)
+* ``keyturn:pending``             sorted set of pending request ids, scored by ``expires_at`` (epoch seconds)
+* channel ``keyturn:changed:{id}`` is published on every write (long-polls wait on it; see ``ChangeFeed``)
+
+Every write of a record is a compare-and-swap on ``version`` in Lua (callers retry on conflict), and the
+script itself refuses to change the status of a record that is already final, so final states are sticky in
+Redis too, whatever a caller computed. Pending records carry a TTL of their lifetime plus the retention (a
+safety net); a final record and all its keys get the retention TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict
+from redis.exceptions import RedisError
+
+from bot import lifecycle
+from bot.models import Approval, DeployRequest, OriginEvidence, Scope, SlackEvidence, Status
+from bot.ports import Refused
+
+log = logging.getLogger(__name__)
+
+PREFIX = "keyturn"
+PENDING_KEY = f"{PREFIX}:pending"
+CHANGED_PATTERN = f"{PREFIX}:changed:*"
+MAX_CAS_ATTEMPTS = 50
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached or answered with an error."""
+
+    code = "store_unavailable"
+
+
+class StoreConflict(Exception):
+    """A compare-and-swap kept losing (should not happen outside pathological contention)."""
+
+    code = "store_conflict"
+
+
+def _guard(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn Redis and socket errors into ``StoreUnavailable``, so callers map one exception to 503."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await func(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+def record_key(request_id: str) -> str:
+    """The hash holding a request's record."""
+    return f"{PREFIX}:req:{{{request_id}}}"
+
+
+def _sub_key(request_id: str, name: str) -> str:
+    return f"{record_key(request_id)}:{name}"
+
+
+def changed_channel(request_id: str) -> str:
+    """The pub/sub channel announcing writes to a request."""
+    return f"{PREFIX}:changed:{request_id}"
+
+
+def scope_key(scope: Scope) -> str:
+    """The dedupe index key for a scope (a digest, so user data never shapes key names)."""
+    raw = "\x00".join((scope.repo, scope.sha, scope.environment, scope.workflow)).encode()
+    return f"{PREFIX}:scope:{{{hashlib.sha256(raw).hexdigest()}}}"
+
+
+class StoredApproval(BaseModel):
+    """One counted approval with the click that made it (forwarded to the signer)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    approval: Approval
+    evidence: SlackEvidence
+
+
+class SignError(BaseModel):
+    """The last signer failure on a request still pending (shown in the API and the card's thread)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str
+    message: str
+    at: datetime
+
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'status', ARGV[2], 'data', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[1])
+return 1
+"""
+
+# KEYS[1] record, KEYS[2] receipt, KEYS[3..] the request's other keys (given the retention TTL when final).
+# ARGV: expected version, new version, new status, data, final (0/1), retention seconds, channel, receipt.
+_UPDATE = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if v ~= ARGV[1] then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'PENDING' and status ~= ARGV[3] then return -2 end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[3], 'data', ARGV[4])
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[8])
+  redis.call('HDEL', KEYS[1], 'sign_error')
+end
+if ARGV[5] == '1' then
+  for i = 1, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ARGV[6])
+  end
+end
+redis.call('PUBLISH', ARGV[7], ARGV[2])
+return 1
+"""
+
+# KEYS[1] record, KEYS[2] approvals hash. ARGV: expected version, new version, data, user id,
+# StoredApproval JSON, channel. A user already present is reported before any version check, so a
+# double-click is recognised as such however the race went.
+_ADD_APPROVAL = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then return 2 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return -2 end
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('PUBLISH', ARGV[6], ARGV[2])
+return 1
+"""
+
+_DELETE_IF_EQUALS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_SET_ERROR = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return 0 end
+if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'sign_error')
+else redis.call('HSET', KEYS[1], 'sign_error', ARGV[1]) end
+redis.call('PUBLISH', ARGV[2], 'error')
+return 1
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _epoch(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+class RequestStore:
+    """Deploy requests in Redis: create (deduplicated by scope), read, compare-and-swap transitions."""
+
+    def __init__(self, client: aioredis.Redis, *, retention: timedelta) -> None:
+        self._r = client
+        self._retention = max(1, int(retention.total_seconds()))
+        self._create = client.register_script(_CREATE)
+        self._update = client.register_script(_UPDATE)
+        self._add_approval = client.register_script(_ADD_APPROVAL)
+        self._delete_if_equals = client.register_script(_DELETE_IF_EQUALS)
+        self._set_error = client.register_script(_SET_ERROR)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The underlying client (for the change feed and health checks)."""
+        return self._r
+
+    @_guard
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis answers."""
+        await self._r.ping()
+
+    # -- reads -----------------------------------------------------------------------------------------
+
+    @_guard
+    async def get(self, request_id: str) -> DeployRequest | None:
+        """The request, or None if unknown (or past its retention)."""
+        data = await self._r.hget(record_key(request_id), "data")
+        if data is None:
+            return None
+        return DeployRequest.model_validate_json(data)
+
+    @_guard
+    async def get_many(self, request_ids: list[str]) -> list[DeployRequest]:
+        """The requests that still exist, in the given order."""
+        if not request_ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for rid in request_ids:
+            pipe.hget(record_key(rid), "data")
+        rows = await pipe.execute()
+        return [DeployRequest.model_validate_json(row) for row in rows if row is not None]
+
+    @_guard
+    async def sign_error(self, request_id: str) -> SignError | None:
+        """The last signer failure recorded on a pending request."""
+        raw = await self._r.hget(record_key(request_id), "sign_error")
+        return None if raw is None else SignError.model_validate_json(raw)
+
+    @_guard
+    async def origin(self, request_id: str) -> OriginEvidence | None:
+        """The originating request as received."""
+        raw = await self._r.get(_sub_key(request_id, "origin"))
+        return None if raw is None else OriginEvidence.model_validate_json(raw)
+
+    @_guard
+    async def approvals(self, request_id: str) -> list[StoredApproval]:
+        """Every counted approval with its click evidence, oldest first."""
+        raw = await self._r.hgetall(_sub_key(request_id, "approvals"))
+        items = [StoredApproval.model_validate_json(v) for v in raw.values()]
+        return sorted(items, key=lambda s: (s.approval.at, s.approval.user_id))
+
+    @_guard
+    async def receipt(self, request_id: str) -> dict[str, Any] | None:
+        """The signed receipt of an approved request."""
+        raw = await self._r.get(_sub_key(request_id, "receipt"))
+        if raw is None:
+            return None
+        value: dict[str, Any] = json.loads(raw)
+        return value
+
+    @_guard
+    async def pending_ids(self, limit: int = 1000) -> list[str]:
+        """Ids in the pending index, soonest expiry first (may briefly include just-decided ones)."""
+        rows = await self._r.zrange(PENDING_KEY, 0, limit - 1)
+        return [_text(r) for r in rows]
+
+    @_guard
+    async def due_ids(self, now: datetime, limit: int = 1000) -> list[str]:
+        """Pending ids whose expiry is at or before ``now`` (for the expiry job)."""
+        rows = await self._r.zrangebyscore(PENDING_KEY, "-inf", _epoch(now), start=0, num=limit)
+        return [_text(r) for r in rows]
+
+    # -- create ----------------------------------------------------------------------------------------
+
+    @_guard
+    async def create_or_get(
+        self, request: DeployRequest, origin: OriginEvidence, now: datetime
+    ) -> tuple[DeployRequest, bool]:
+        """Store ``request`` unless a pending request with the same scope exists; return (request, created).
+
+        The record is written first, then the scope index is claimed with SET NX: whoever wins the claim
+        owns the scope, a loser deletes its unreferenced record and returns the winner's. A scope entry
+        pointing at a final, expired or vanished request is stale and removed (compare-and-delete).
+        """
+        skey = scope_key(request.scope)
+        lifetime = max(1, int((request.expires_at - now).total_seconds()))
+        record_ttl = lifetime + self._retention
+        for _ in range(MAX_CAS_ATTEMPTS):
+            raw_id = await self._r.get(skey)
+            if raw_id is not None:
+                existing_id = _text(raw_id)
+                existing = await self.get(existing_id)
+                if (
+                    existing is not None
+                    and existing.status is Status.PENDING
+                    and not lifecycle.is_expired(existing, now)
+                ):
+                    return existing, False
+                await self._delete_if_equals(keys=[skey], args=[existing_id])
+                continue
+            stored = request.model_copy(update={"version": 1})
+            created = await self._create(
+                keys=[record_key(stored.id), _sub_key(stored.id, "origin")],
+                args=[
+                    "1",
+                    stored.status.value,
+                    stored.model_dump_json(),
+                    origin.model_dump_json(),
+                    record_ttl,
+                    changed_channel(stored.id),
+                ],
+            )
+            if not created:
+                raise StoreConflict(f"request id {stored.id} already exists")
+            if await self._r.set(skey, stored.id, nx=True, ex=lifetime + 60):
+                await self._r.zadd(PENDING_KEY, {stored.id: _epoch(stored.expires_at)})
+                return stored, True
+            await self._r.delete(record_key(stored.id), _sub_key(stored.id, "origin"))
+        raise StoreConflict("could not claim the scope index")
+
+    # -- transitions -----------------------------------------------------------------------------------
+
+    def _related_keys(self, request_id: str) -> list[str]:
+        return [
+            record_key(request_id),
+            _sub_key(request_id, "receipt"),
+            _sub_key(request_id, "origin"),
+            _sub_key(request_id, "approvals"),
+            _sub_key(request_id, "callbacks"),
+            _sub_key(request_id, "signing"),
+        ]
+
+    async def _write(
+        self, current: DeployRequest, new: DeployRequest, receipt: dict[str, Any] | None
+    ) -> tuple[int, DeployRequest]:
+        written = new.model_copy(update={"version": current.version + 1})
+        result = await self._update(
+            keys=self._related_keys(current.id),
+            args=[
+                str(current.version),
+                str(written.version),
+                written.status.value,
+                written.model_dump_json(),
+                "1" if written.status.final else "0",
+                self._retention,
+                changed_channel(current.id),
+                "" if receipt is None else json.dumps(receipt, separators=(",", ":")),
+            ],
+        )
+        return int(result), written
+
+    async def _after_final(self, request: DeployRequest) -> None:
+        # Index clean-up lives outside the script (other slots); stale entries are tolerated by readers.
+        await self._r.zrem(PENDING_KEY, request.id)
+        await self._delete_if_equals(keys=[scope_key(request.scope)], args=[request.id])
+
+    @_guard
+    async def transition(
+        self,
+        request_id: str,
+        event: Callable[[DeployRequest], DeployRequest],
+        *,
+        receipt: dict[str, Any] | None = None,
+    ) -> tuple[DeployRequest, bool]:
+        """Apply ``event`` (a pure lifecycle function) with compare-and-swap, retrying on conflict.
+
+        Returns (request, changed). ``event`` may raise ``Refused``; an event returning the request
+        unchanged writes nothing. ``receipt`` is stored in the same atomic step.
+        """
+        for _ in range(MAX_CAS_ATTEMPTS):
+            current = await self.get(request_id)
+            if current is None:
+                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            new = event(current)
+            if new == current:
+                return current, False
+            result, written = await self._write(current, new, receipt)
+            if result == 1:
+                if written.status.final and not current.status.final:
+                    await self._after_final(written)
+                return written, True
+            if result == -1:
+                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            # 0: someone else wrote first; -2: it became final meanwhile — re-read and re-decide.
+        raise StoreConflict(f"too much contention on {request_id}")
+
+    @_guard
+    async def add_approval(
+        self, request_id: str, approval: Approval, evidence: SlackEvidence, now: datetime
+    ) -> DeployRequest:
+        """Count ``approval`` once, atomically, only while pending. Raises ``Refused`` (already_approved…)."""
+        stored = StoredApproval(approval=approval, evidence=evidence).model_dump_json()
+        for _ in range(MAX_CAS_ATTEMPTS):
+            current = await self.get(request_id)
+            if current is None:
+                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            new = lifecycle.add_approval(current, approval, now)
+            written = new.model_copy(update={"version": current.version + 1})
+            result = int(
+                await self._add_approval(
+                    keys=[record_key(request_id), _sub_key(request_id, "approvals")],
+                    args=[
+                        str(current.version),
+                        str(written.version),
+                        written.model_dump_json(),
+                        approval.user_id,
+                        stored,
+                        changed_channel(request_id),
+                    ],
+                )
+            )
+            if result == 1:
+                return written
+            if result == 2:
+                raise Refused("already_approved", "You have already approved this request.")
+            if result == -1:
+                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            # 0 (conflict) or -2 (became final): re-read; lifecycle refuses a final request.
+        raise StoreConflict(f"too much contention on {request_id}")
+
+    # -- signing claim, errors, callbacks ---------------------------------------------------------------
+
+    @_guard
+    async def claim_signing(self, request_id: str, lease: timedelta) -> str | None:
+        """Take the signing claim for ``lease``; the token to release it, or None if someone holds it."""
+        token = secrets.token_hex(16)
+        ok = await self._r.set(
+            _sub_key(request_id, "signing"), token, nx=True, px=int(lease.total_seconds() * 1000)
+        )
+        return token if ok else None
+
+    @_guard
+    async def release_signing(self, request_id: str, token: str) -> None:
+        """Release a claim taken with ``claim_signing`` (only if still ours)."""
+        await self._delete_if_equals(keys=[_sub_key(request_id, "signing")], args=[token])
+
+    @_guard
+    async def set_sign_error(self, request_id: str, error: SignError | None) -> None:
+        """Record (or clear, with None) the last signer failure; ignored once the request is final."""
+        await self._set_error(
+            keys=[record_key(request_id)],
+            args=["" if error is None else error.model_dump_json(), changed_channel(request_id)],
+        )
+
+    @_guard
+    async def record_callback_attempt(self, request_id: str, attempt: dict[str, Any]) -> None:
+        """Append one callback delivery attempt to the request's log."""
+        key = _sub_key(request_id, "callbacks")
+        pipe = self._r.pipeline(transaction=True)
+        pipe.rpush(key, json.dumps(attempt, separators=(",", ":")))
+        pipe.expire(key, self._retention)
+        await pipe.execute()
+
+    @_guard
+    async def callback_attempts(self, request_id: str) -> list[dict[str, Any]]:
+        """Every recorded callback delivery attempt, in order."""
+        rows = await self._r.lrange(_sub_key(request_id, "callbacks"), 0, -1)
+        return [json.loads(r) for r in rows]
+
+
+class ChangeFeed:
+    """One pub/sub connection per process that wakes long-polls when a request is written.
+
+    Waiters register before they read the record, so a write between the read and the wait is never
+    missed. If the subscription drops, every waiter is woken (they re-read) and it reconnects.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start listening (returns once subscribed, or after a short wait if Redis is down)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="keyturn-change-feed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 2.0)
+
+    async def stop(self) -> None:
+        """Stop listening and wake every waiter."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for ev in events:
+                ev.set()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(CHANGED_PATTERN)
+                self._subscribed.set()
+                delay = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=30.0)
+                    if msg is None:
+                        continue
+                    rid = _text(msg.get("channel", b"")).rsplit(":", 1)[-1]
+                    for ev in self._waiters.get(rid, ()):
+                        ev.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect on any subscription failure; waiters re-read meanwhile
+                self._subscribed.clear()
+                log.warning("change feed lost its subscription (%s); reconnecting", type(exc).__name__)
+                self._wake_all()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @contextlib.asynccontextmanager
+    async def watch(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set on the next write to ``request_id`` (register, then read, then wait)."""
+        ev = asyncio.Event()
+        self._waiters.setdefault(request_id, set()).add(ev)
+        try:
+            yield ev
+        finally:
+            waiters = self._waiters.get(request_id)
+            if waiters is not None:
+                waiters.discard(ev)
+                if not waiters:
+                    del self._waiters[request_id]
