@@ -1,0 +1,315 @@
+"""The emulated Slack Web API methods: parameters in, Slack-shaped JSON out.
+
+Each handler takes the workspace state, the merged parameters (query + form + JSON) and ``now``; it returns
+the success body or raises :class:`SlackError` with Slack's error code. Authentication, scopes, faults and
+recording happen around these handlers in :mod:`bot.emulator.core`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from bot.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
+from bot.emulator.errors import SlackError
+from bot.emulator.state import WorkspaceState
+from bot.emulator.workspace import User
+
+MAX_MESSAGE_TEXT = 40_000  # Slack truncates at 40k and answers msg_too_long beyond it
+
+Params = dict[str, Any]
+Handler = Callable[[WorkspaceState, Params, float], dict[str, Any]]
+
+
+def _str(params: Params, name: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool | int | float):
+        return str(value)
+    if not isinstance(value, str):
+        raise SlackError("invalid_arguments", [f"[ERROR] `{name}` must be a string [json-pointer:/{name}]"])
+    return value
+
+
+def _bool(params: Params, name: str) -> bool:
+    value = params.get(name)
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.lower() in ("1", "true", "yes")
+
+
+def _json(params: Params, name: str, bad_code: str = "invalid_arguments") -> Any:
+    """A JSON-valued parameter: a string (form or query) is parsed, a JSON body value taken as is."""
+    value = params.get(name)
+    if isinstance(value, str):
+        if value.strip() == "":
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise SlackError(
+                bad_code, [f"[ERROR] `{name}` is not valid JSON [json-pointer:/{name}]"]
+            ) from None
+    return value
+
+
+def _blocks(params: Params) -> list[dict[str, Any]] | None:
+    blocks = _json(params, "blocks", "invalid_blocks_format")
+    if blocks is None:
+        return None
+    try:
+        validate_message_blocks(blocks)
+    except BlockKitError as exc:
+        raise SlackError(exc.code, exc.messages) from None
+    result: list[dict[str, Any]] = blocks
+    return result
+
+
+def _view(params: Params) -> dict[str, Any]:
+    view = _json(params, "view")
+    if view is None:
+        raise SlackError("invalid_arguments", ["[ERROR] missing required field: view [json-pointer:/view]"])
+    try:
+        validate_view(view)
+    except BlockKitError as exc:
+        raise SlackError(exc.code, exc.messages) from None
+    result: dict[str, Any] = view
+    return result
+
+
+def _attachments(params: Params) -> list[Any] | None:
+    value = _json(params, "attachments")
+    if value is not None and not isinstance(value, list):
+        raise SlackError("invalid_attachments")
+    return value
+
+
+def _message_text(params: Params, blocks: list[Any] | None, attachments: list[Any] | None) -> str | None:
+    text = _str(params, "text")
+    if text is None and not blocks and not attachments:
+        raise SlackError("no_text")
+    if text is not None and len(text) > MAX_MESSAGE_TEXT:
+        raise SlackError("msg_too_long")
+    return text
+
+
+def auth_test(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``auth.test``: who the bot is."""
+    ws = state.workspace
+    return {
+        "ok": True,
+        "url": f"https://{ws.team.domain}.slack.com/",
+        "team": ws.team.name,
+        "user": ws.bot.name,
+        "team_id": ws.team.id,
+        "user_id": ws.bot.user_id,
+        "bot_id": ws.bot.bot_id,
+        "is_enterprise_install": False,
+    }
+
+
+def chat_post_message(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``chat.postMessage``."""
+    channel = _str(params, "channel")
+    if channel is None:
+        raise SlackError("channel_not_found")
+    blocks = _blocks(params)
+    attachments = _attachments(params)
+    text = _message_text(params, blocks, attachments)
+    metadata = _json(params, "metadata")
+    msg = state.post_message(
+        channel,
+        text=text or "",
+        blocks=blocks,
+        now=now,
+        thread_ts=_str(params, "thread_ts"),
+        attachments=attachments,
+        metadata=metadata if isinstance(metadata, dict) else None,
+    )
+    return {"ok": True, "channel": msg.channel, "ts": msg.ts, "message": msg.to_slack()}
+
+
+def chat_update(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``chat.update``: fields not given keep their value."""
+    channel = _str(params, "channel")
+    if channel is None:
+        raise SlackError("channel_not_found")
+    ts = _str(params, "ts")
+    if ts is None:
+        raise SlackError("message_not_found")
+    blocks = _blocks(params)
+    attachments = _attachments(params)
+    text = _message_text(params, blocks, attachments)
+    msg = state.update_message(channel, ts, now=now, text=text, blocks=blocks, attachments=attachments)
+    return {"ok": True, "channel": msg.channel, "ts": msg.ts, "text": msg.text, "message": msg.to_slack()}
+
+
+def chat_post_ephemeral(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``chat.postEphemeral``."""
+    channel = _str(params, "channel")
+    if channel is None:
+        raise SlackError("channel_not_found")
+    user = _str(params, "user")
+    if user is None:
+        raise SlackError("user_not_found")
+    blocks = _blocks(params)
+    text = _message_text(params, blocks, _attachments(params))
+    eph = state.post_ephemeral(
+        channel, user, text=text or "", blocks=blocks, now=now, thread_ts=_str(params, "thread_ts")
+    )
+    return {"ok": True, "message_ts": eph.ts}
+
+
+def chat_delete(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``chat.delete``."""
+    channel = _str(params, "channel")
+    ts = _str(params, "ts")
+    if channel is None:
+        raise SlackError("channel_not_found")
+    if ts is None:
+        raise SlackError("message_not_found")
+    conv = state.conversation(channel)
+    state.delete_message(conv.id, ts)
+    return {"ok": True, "channel": conv.id, "ts": ts}
+
+
+def views_open(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``views.open``: needs a fresh, unused ``trigger_id`` issued by the emulator."""
+    trigger_id = _str(params, "trigger_id")
+    if trigger_id is None:
+        raise SlackError("invalid_arguments", ["[ERROR] missing required field: trigger_id"])
+    view = _view(params)
+    user = state.consume_trigger(trigger_id, now)
+    return {"ok": True, "view": state.open_view(user, view, now).to_slack()}
+
+
+def views_push(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``views.push``: a new view on top of the user's open modal (at most 3 deep, as in Slack)."""
+    trigger_id = _str(params, "trigger_id")
+    if trigger_id is None:
+        raise SlackError("invalid_arguments", ["[ERROR] missing required field: trigger_id"])
+    view = _view(params)
+    user = state.consume_trigger(trigger_id, now)
+    stack = [v for v in state.views.values() if v.user == user and v.is_open]
+    if not stack:
+        raise SlackError("not_found")
+    top = stack[-1]
+    if sum(1 for v in stack if v.root_view_id == top.root_view_id) >= 3:
+        raise SlackError("push_limit_reached")
+    return {"ok": True, "view": state.open_view(user, view, now, previous=top).to_slack()}
+
+
+def views_update(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``views.update`` by ``view_id`` or ``external_id``, with an optional ``hash`` guard."""
+    view_id = _str(params, "view_id")
+    external_id = _str(params, "external_id")
+    if view_id is None and external_id is None:
+        raise SlackError("invalid_arguments", ["[ERROR] either view_id or external_id is required"])
+    view = _view(params)
+    current = state.find_view(view_id, external_id)
+    if not current.is_open:
+        raise SlackError("not_found")
+    updated = state.update_view(view, now, view_id=current.id, hash_=_str(params, "hash"))
+    return {"ok": True, "view": updated.to_slack()}
+
+
+def user_object(state: WorkspaceState, user: User, with_email: bool) -> dict[str, Any]:
+    """A user as ``users.info`` shows it (``profile.email`` only with the ``users:read.email`` scope)."""
+    ws = state.workspace
+    profile: dict[str, Any] = {
+        "real_name": user.real_name,
+        "display_name": user.name,
+        "real_name_normalized": user.real_name,
+        "display_name_normalized": user.name,
+        "team": ws.team.id,
+    }
+    if user.is_bot:
+        profile["bot_id"] = ws.bot.bot_id
+    if with_email and user.email:
+        profile["email"] = user.email
+    return {
+        "id": user.id,
+        "team_id": ws.team.id,
+        "name": user.name,
+        "deleted": user.deleted,
+        "real_name": user.real_name,
+        "tz": user.tz,
+        "is_admin": False,
+        "is_owner": False,
+        "is_bot": user.is_bot,
+        "is_app_user": False,
+        "profile": profile,
+    }
+
+
+def users_info(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``users.info``."""
+    user_id = _str(params, "user")
+    user = state.workspace.user(user_id) if user_id else None
+    if user is None:
+        raise SlackError("user_not_found")
+    with_email = "users:read.email" in state.workspace.bot.scopes
+    return {"ok": True, "user": user_object(state, user, with_email)}
+
+
+def users_lookup_by_email(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``users.lookupByEmail`` (note Slack's plural ``users_not_found``)."""
+    email = _str(params, "email")
+    user = state.workspace.user_by_email(email) if email else None
+    if user is None:
+        raise SlackError("users_not_found")
+    return {"ok": True, "user": user_object(state, user, True)}
+
+
+def usergroups_users_list(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``usergroups.users.list``."""
+    group_id = _str(params, "usergroup")
+    group = state.workspace.group(group_id) if group_id else None
+    if group is None:
+        raise SlackError("no_such_subteam")
+    return {"ok": True, "users": list(group.users)}
+
+
+def conversations_open(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``conversations.open`` for a DM with one user (multi-person DMs are not emulated)."""
+    channel = _str(params, "channel")
+    if channel is not None:
+        conv = state.conversation(channel)
+        if not conv.is_im:
+            raise SlackError("channel_not_found")
+        return {"ok": True, "no_op": True, "already_open": True, "channel": {"id": conv.id}}
+    users = [u.strip() for u in (_str(params, "users") or "").split(",") if u.strip()]
+    if not users:
+        raise SlackError("users_list_not_supplied")
+    for uid in users:
+        if state.workspace.user(uid) is None:
+            raise SlackError("user_not_found")
+    if len(users) > 1:
+        raise SlackError("invalid_arguments", ["[ERROR] the emulator opens DMs with one user only"])
+    user = state.workspace.user(users[0])
+    if user is None or user.is_bot:
+        raise SlackError("cannot_dm_bot")
+    conv = state.conversation(user.id)
+    channel_obj: dict[str, Any] = {"id": conv.id}
+    if _bool(params, "return_im"):
+        channel_obj.update({"is_im": True, "user": user.id, "created": int(now), "is_open": True})
+    return {"ok": True, "channel": channel_obj}
+
+
+# method -> (handler, scopes the bot token needs)
+METHODS: dict[str, tuple[Handler, tuple[str, ...]]] = {
+    "auth.test": (auth_test, ()),
+    "chat.postMessage": (chat_post_message, ("chat:write",)),
+    "chat.update": (chat_update, ("chat:write",)),
+    "chat.postEphemeral": (chat_post_ephemeral, ("chat:write",)),
+    "chat.delete": (chat_delete, ("chat:write",)),
+    "views.open": (views_open, ()),
+    "views.push": (views_push, ()),
+    "views.update": (views_update, ()),
+    "users.info": (users_info, ("users:read",)),
+    "users.lookupByEmail": (users_lookup_by_email, ("users:read.email",)),
+    "usergroups.users.list": (usergroups_users_list, ("usergroups:read",)),
+    "conversations.open": (conversations_open, ("im:write",)),
+}
