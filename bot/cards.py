@@ -7,11 +7,15 @@ its Block Kit limit; mentions are built only from validated Slack ids, links onl
 
 The signer's card check (``signer/evidence.py``) reads the blocks of the message an approve click came from
 and requires them to show the request's repo, full sha, environment and workflow; the "facts" section shows
-each of them verbatim (they are validated identifiers, so escaping never changes them). See docs/slack.md.
+each of them verbatim (they are validated identifiers, so escaping never changes them). The same rule refuses
+a card that shows any *other* full-length commit hash, so hash-like runs in free text (a title "revert
+<sha>", a ref) are shortened to 12 characters, and a run URL naming another commit is shown without a link.
+See docs/slack.md.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +63,38 @@ _REF_MAX = 500
 _TITLE_MAX = 600
 _REQUESTER_MAX = 200
 _REASON_SHOWN_MAX = 1500
+
+
+# The signer's card rule (signer/evidence.py check_card) splits texts into ASCII alphanumeric runs and refuses
+# any run that is a 40- or 64-character hex string other than the request's sha.
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
+_HASH_LIKE = re.compile(r"\A(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})\Z")
+
+
+def _foreign_hashes(text: str, sha: str) -> bool:
+    return any(_HASH_LIKE.match(run) and run != sha for run in _ALNUM_RUN.findall(text))
+
+
+def defuse_hashes(text: str, sha: str) -> str:
+    """Shorten every full-length hash-like run in ``text`` other than ``sha`` to 12 characters plus ``…``."""
+
+    def shorten(m: re.Match[str]) -> str:
+        run = m.group(0)
+        return run[:12] + "…" if _HASH_LIKE.match(run) and run != sha else run
+
+    return _ALNUM_RUN.sub(shorten, text)
+
+
+def _defuse_blocks(node: Any, sha: str) -> Any:
+    """Apply ``defuse_hashes`` to every text object in serialized blocks (only ever shortens a text)."""
+    if isinstance(node, dict):
+        out = {k: _defuse_blocks(v, sha) for k, v in node.items()}
+        if node.get("type") in ("mrkdwn", "plain_text") and isinstance(node.get("text"), str):
+            out["text"] = defuse_hashes(node["text"], sha)
+        return out
+    if isinstance(node, list):
+        return [_defuse_blocks(item, sha) for item in node]
+    return node
 
 
 @dataclass(frozen=True)
@@ -143,7 +179,10 @@ def _facts(request: DeployRequest, now: datetime) -> SectionBlock:
     ]
     if request.ref:
         fields.append(_field("Ref", f"`{safe(one_line(request.ref), _REF_MAX)}`"))
-    if request.run_url:
+    if request.run_url and _foreign_hashes(request.run_url, scope.sha):
+        # A link to another commit would make the card fail the signer's check; show it as text instead.
+        fields.append(_field("Run", safe(defuse_hashes(one_line(request.run_url), scope.sha), 500)))
+    elif request.run_url:
         fields.append(_field("Run", link(request.run_url, "View run", FIELD_MAX - 10)))
     if request.status is Status.PENDING:
         left = format_duration(request.expires_at - now)
@@ -272,7 +311,8 @@ def render_card(request: DeployRequest, env: Environment, now: datetime) -> Card
     blocks = [b.to_dict() for b in card_blocks(request, env, now)]
     if len(blocks) > MAX_BLOCKS:  # pragma: no cover - the layout has a fixed number of blocks
         raise ValueError("card has more than 50 blocks")
-    return Card(blocks=blocks, text=card_text(request))
+    sha = request.scope.sha
+    return Card(blocks=_defuse_blocks(blocks, sha), text=defuse_hashes(card_text(request), sha))
 
 
 def deny_modal(request: DeployRequest) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from bot.cards import deny_modal, format_duration, render_card
 from bot.emulator.blockkit import validate_message_blocks, validate_view
 from bot.models import Approval, DeployRequest, Scope, Status
+from signer.evidence import EvidenceError, check_card
 from signer.policy import Environment, Policy
+from signer.receipt import Scope as SignedScope
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
@@ -175,7 +177,49 @@ def test_malicious_run_url_is_not_a_link() -> None:
     assert "<javascript" not in joined(card.blocks)
 
 
-HUGE = st.text(min_size=0, max_size=6000)
+OTHER_SHA = "b" * 40
+
+
+def signed_scope(req: DeployRequest) -> SignedScope:
+    s = req.scope
+    return SignedScope(repo=s.repo, sha=s.sha, environment=s.environment, workflow=s.workflow)
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_card_passes_the_signers_card_check(status: Status) -> None:
+    req = make_request(status=status, decided_by="U0BOB", deny_reason="no")
+    check_card(render_card(req, PROD, NOW).blocks, signed_scope(req))
+
+
+def test_card_check_would_catch_a_card_for_another_scope() -> None:
+    card = render_card(make_request(), PROD, NOW)
+    with pytest.raises(EvidenceError) as err:
+        check_card(card.blocks, SignedScope("acme/web", OTHER_SHA, "production", "deploy"))
+    assert err.value.code == "card_mismatch"
+
+
+def test_foreign_hashes_in_free_text_do_not_break_the_card_check() -> None:
+    req = make_request(
+        title=f"Revert {OTHER_SHA} and {SHA.upper()}",
+        ref=f"refs/heads/{'c' * 64}",
+        requester=f"github:{'d' * 40}",
+        requester_slack_id=None,
+        run_url=f"https://ci.example/acme/web/commit/{OTHER_SHA}",
+        receipt_id="e" * 40,
+    )
+    card = render_card(req, PROD, NOW)
+    check_card(card.blocks, signed_scope(req))
+    body = joined(card.blocks)
+    assert OTHER_SHA not in body
+    assert "bbbbbbbbbbbb…" in body  # shortened, still recognisable
+    assert f"ci.example/acme/web/commit/{OTHER_SHA[:12]}…" in body  # shown as text, not as a link
+
+
+# Arbitrary text, and text made of hex digits (hash-like runs the signer's card rule refuses).
+HUGE = st.one_of(
+    st.text(min_size=0, max_size=6000),
+    st.text(alphabet="0123456789abcdefABCDEF&<> /", min_size=0, max_size=3000),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -207,6 +251,7 @@ def test_huge_inputs_stay_within_block_kit_limits(
     )
     card = render_card(req, PROD, NOW)  # to_dict() enforces slack_sdk's limits
     validate_message_blocks(card.blocks)  # and the emulator enforces Slack's
+    check_card(card.blocks, signed_scope(req))  # and the signer still accepts it
     assert len(card.blocks) <= 50
     assert len(card.text) <= 3000
     for block in card.blocks:
