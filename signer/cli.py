@@ -376,3 +376,52 @@ def audit_main(argv: Sequence[str]) -> int:
 # ====================================================================================================
 # Signer service commands: signer, policy (owned by the signer-service engineer)
 # ====================================================================================================
+
+
+def signer_main(argv: Sequence[str]) -> int:
+    """``keyturn signer``: run the isolated signer on its Unix socket (configured by ``KEYTURN_*`` variables).
+
+    Refuses to start (one line on stderr, exit 2) on a bad key file, an invalid policy, missing secrets or a
+    socket path in use. Prints ``signer ready on <socket> key <kid>`` once it accepts connections.
+    """
+    p = argparse.ArgumentParser(
+        prog="keyturn signer",
+        description=signer_main.__doc__,
+        epilog="Variables: KEYTURN_SIGNER_SOCKET, KEYTURN_SIGNER_SOCKET_GROUP, KEYTURN_SIGNER_KEYSET, "
+        "KEYTURN_POLICY, KEYTURN_SLACK_SIGNING_SECRET, KEYTURN_CI_SECRET, KEYTURN_AUDIT_LOG "
+        "(see signer/config.py).",
+    )
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    from signer.config import ConfigError, load_settings
+    from signer.service import run
+
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"keyturn signer: refusing to start: {e.code}: {e}", file=sys.stderr)
+        return USAGE
+    return run(settings)
+
+
+def policy_main(argv: Sequence[str]) -> int:
+    """``keyturn policy check FILE``: validate a policy file; print OK, or each error with its key path."""
+    p = argparse.ArgumentParser(prog="keyturn policy", description=policy_main.__doc__)
+    sub = p.add_subparsers(dest="action", required=True)
+    c = sub.add_parser("check", help="validate a keyturn.toml")
+    c.add_argument("file", metavar="FILE")
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    from signer.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(parsed.file)
+    except PolicyError as e:
+        for issue in e.issues:
+            print(f"{e.source}: {issue}", file=sys.stderr)
+        return REJECTED
+    envs = ", ".join(policy.environments)
+    print(f"OK {parsed.file}: {len(policy.environments)} environment(s) ({envs}), sha256 {policy.sha256}")
+    return OK

@@ -47,6 +47,7 @@ __all__ = [
     "MacCallbackRequest",
     "MacResult",
     "OkReply",
+    "Origin",
     "Request",
     "SignRequest",
     "SignResult",

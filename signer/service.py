@@ -1,0 +1,387 @@
+"""The signer process: an asyncio Unix-socket server speaking the wire protocol (design.md §5, issue 4).
+
+This is the I/O edge. Decisions are made by the pure :func:`signer.evidence.assess`; this module reads
+frames, calls it with the signer's own clock, signs with ``signer.keys``, records in ``signer.audit`` and
+writes the reply. Every bad frame gets an error reply and the connection keeps serving, except an oversized
+frame (its payload is never read, so the stream cannot be resynchronised): error reply, then close.
+
+Order for ``sign`` (issue 4, point 5): assess → sign → append to the audit log and fsync → reply.
+No record, no receipt: if the append fails the reply is an error and the receipt is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import hashlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from signer import evidence, wire
+from signer.audit import AuditLog
+from signer.errors import KeyturnError
+from signer.keys import SigningKeyset, sign_receipt
+from signer.policy import Policy, load_policy
+from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, unsigned_receipt
+
+__all__ = [
+    "Clock",
+    "ServiceError",
+    "Signer",
+    "SignerServer",
+    "bind_socket",
+    "file_clock",
+    "run",
+    "system_clock",
+]
+
+log = logging.getLogger("keyturn.signer")
+
+Clock = Callable[[], datetime]
+
+
+class ServiceError(KeyturnError):
+    """The signer cannot start or cannot serve (socket in use, clock unreadable, ...)."""
+
+    code = "signer_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+
+
+def system_clock() -> datetime:
+    """The real clock (UTC)."""
+    return datetime.now(UTC)
+
+
+def file_clock(path: Path) -> Clock:
+    """A dev/test clock reading Unix seconds from ``path`` on every call (``KEYTURN_SIGNER_FAKE_NOW_FILE``).
+
+    An unreadable or malformed file is a refusal (``clock_unavailable``), never a fall-back to the real clock.
+    """
+
+    def now() -> datetime:
+        try:
+            text = path.read_text().strip()
+            return datetime.fromtimestamp(float(text), UTC)
+        except (OSError, ValueError, OverflowError):
+            raise ServiceError(f"fake clock file {path} is unreadable", code="clock_unavailable") from None
+
+    return now
+
+
+@dataclass
+class Signer:
+    """Answers parsed requests. Holds the keys, policy, secrets and audit log; keeps no per-request state."""
+
+    keys: SigningKeyset
+    policy: Policy
+    secrets: evidence.Secrets
+    audit: AuditLog
+    clock: Clock = system_clock
+    timeout: float = 5.0
+
+    async def reply_to(self, payload: bytes) -> wire.OkReply | wire.ErrorReply:
+        """The reply to one frame payload. Never raises: every failure becomes an error reply."""
+        try:
+            request = wire.parse_request(payload)
+        except wire.WireError as exc:
+            return wire.error_reply(exc.request_id, exc.code, exc.message)
+        try:
+            result = await asyncio.wait_for(self.handle(request), self.timeout)
+        except KeyturnError as exc:
+            if request.op == "sign":
+                log.info("sign %s refused: %s", getattr(request, "requestId", "?")[:40], exc.code)
+            return wire.error_reply(request.id, exc.code, exc.message)
+        except TimeoutError:
+            log.warning("%s %s timed out after %ss", request.op, request.id[:40], self.timeout)
+            return wire.error_reply(request.id, "timeout", f"request took longer than {self.timeout} s")
+        except Exception as exc:  # a bug must cost one reply, not the process
+            log.error("%s failed: %s", request.op, type(exc).__name__)
+            return wire.error_reply(request.id, "internal_error", "the signer failed to process the request")
+        return wire.ok_reply(request.id, result)
+
+    async def handle(self, request: wire.Request) -> BaseModel | dict[str, Any]:
+        """Run one request; raises :class:`KeyturnError` subclasses with the code to answer with."""
+        if isinstance(request, wire.HealthRequest):
+            return wire.HealthResult(keyId=self.keys.active_kid, policySha256=self.policy.sha256)
+        if isinstance(request, wire.KeysRequest):
+            return wire.KeysResult(jwks=self.keys.public_keyset().to_jwks())
+        if isinstance(request, wire.CheckCiRequest):
+            evidence.verify_ci_request(
+                self.secrets.ci_secret,
+                request.method,
+                request.path,
+                request.body,
+                request.timestamp,
+                request.signature,
+                self.clock(),
+            )
+            return {}
+        if isinstance(request, wire.CheckSlackRequest):
+            evidence.verify_slack_request(
+                self.secrets.slack_signing_secret,
+                request.body,
+                request.timestamp,
+                request.signature,
+                self.clock(),
+            )
+            return {}
+        if isinstance(request, wire.MacCallbackRequest):
+            sig = evidence.callback_signature(
+                self.secrets.ci_secret, request.path, request.timestamp, request.body
+            )
+            return wire.MacResult(signature=sig)
+        return await self._sign(request)
+
+    async def _sign(self, request: wire.SignRequest) -> wire.SignResult:
+        origin: evidence.CiEvidence | evidence.SlackEvidence
+        if isinstance(request.origin, wire.CiOrigin):
+            o = request.origin
+            origin = evidence.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
+        else:
+            origin = evidence.SlackEvidence(
+                request.origin.body, request.origin.timestamp, request.origin.signature
+            )
+        clicks = [evidence.SlackEvidence(c.body, c.timestamp, c.signature) for c in request.approvals]
+        decision = evidence.assess(
+            policy=self.policy,
+            secrets=self.secrets,
+            request_id=request.requestId,
+            origin=origin,
+            clicks=clicks,
+            group_members=request.groupMembers,
+            emails=request.emails,
+            now=self.clock(),
+        )
+        unsigned = unsigned_receipt(
+            request_id=decision.request_id,
+            status=STATUS_APPROVED,
+            issued_at=decision.issued_at,
+            expires_at=decision.expires_at,
+            scope=decision.scope,
+            approver=ApproverRef(decision.approver.user_id, decision.approver.email),
+            approvals=[ApprovalEntry(a.user_id, a.email, a.at) for a in decision.approvals],
+            requester=decision.requester,
+            key_id=self.keys.active_kid,
+        )
+        receipt = sign_receipt(self.keys, unsigned)
+        # Record first: the receipt leaves this process only once its audit entry is on disk.
+        seq = await self.audit.append_async(_audit_record(receipt, request, self.policy.sha256))
+        log.info("sign %s ok: audit seq %d", decision.request_id, seq)
+        return wire.SignResult(receipt=receipt)
+
+
+def _digest(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _audit_record(receipt: dict[str, Any], request: wire.SignRequest, policy_sha256: str) -> dict[str, Any]:
+    """What the audit log keeps for an issued receipt: the receipt, the policy, and digests of the evidence.
+
+    Digests (not raw bodies) keep entries small and free of short-lived Slack URLs and trigger ids, while
+    still binding each receipt to the exact bytes the bot holds as evidence.
+    """
+    o = request.origin
+    return {
+        "type": "receipt_issued",
+        "receipt": receipt,
+        "policySha256": policy_sha256,
+        "evidence": {
+            "origin": {"kind": o.kind, "timestamp": o.timestamp, "sha256": _digest(o.body)},
+            "approvals": [{"timestamp": c.timestamp, "sha256": _digest(c.body)} for c in request.approvals],
+        },
+    }
+
+
+# --- the socket ---------------------------------------------------------------------------------------------
+
+
+def _resolve_gid(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ServiceError(f"socket group {group!r} does not exist", code="config") from None
+
+
+def bind_socket(path: Path, group: str | None = None) -> socket.socket:
+    """Create the listening Unix socket at ``path``: mode 0600, or 0660 owned by ``group``.
+
+    A stale socket file (nobody listening) is replaced; a live one, or a path that is not a socket, is
+    refused rather than deleted. The socket is created under a 0177 umask, so it is never accessible to
+    others even for an instant.
+    """
+    gid = _resolve_gid(group) if group else None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServiceError(f"{path} exists and is not a socket; refusing to replace it", code="config")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass  # nobody is listening: stale
+            else:
+                raise ServiceError(f"another process is listening on {path}", code="config")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ServiceError(f"cannot listen on {path}: {exc.strerror or exc}", code="config") from None
+    finally:
+        os.umask(old_umask)
+    try:
+        if gid is not None:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        else:
+            os.chmod(path, 0o600)
+    except OSError as exc:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise ServiceError(f"cannot set permissions on {path}: {exc.strerror}", code="config") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class SignerServer:
+    """Serves a :class:`Signer` on a Unix socket: concurrent connections, requests answered in order."""
+
+    def __init__(self, signer: Signer, path: Path, group: str | None = None) -> None:
+        self.signer = signer
+        self.path = path
+        self.group = group
+        self._server: asyncio.Server | None = None
+        self._inode: int | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind and start accepting."""
+        sock = bind_socket(self.path, self.group)
+        self._inode = os.stat(self.path).st_ino
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            while True:
+                try:
+                    payload = await wire.read_frame(reader)
+                except wire.WireError as exc:
+                    if exc.code == "frame_too_large":
+                        writer.write(wire.encode_frame(wire.error_reply("", exc.code, exc.message)))
+                        await writer.drain()
+                    return  # the stream is out of sync: close
+                if payload is None:
+                    return
+                reply = await self.signer.reply_to(payload)
+                try:
+                    frame = wire.encode_frame(reply)
+                except wire.WireError as exc:
+                    frame = wire.encode_frame(wire.error_reply(reply.id, exc.code, exc.message))
+                writer.write(frame)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        """Stop accepting, end open connections, and remove the socket file if it is still ours."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+
+
+# --- the process --------------------------------------------------------------------------------------------
+
+
+def _load(settings: Any) -> tuple[SigningKeyset, Policy, evidence.Secrets, AuditLog, Clock]:
+    keys = SigningKeyset.load(settings.signer_keyset)
+    policy = load_policy(settings.policy)
+    secrets = evidence.Secrets(
+        settings.slack_signing_secret.get_secret_value(), settings.ci_secret.get_secret_value()
+    )
+    clock: Clock = system_clock
+    fake = settings.fake_now_file
+    if fake is not None:
+        clock = file_clock(Path(fake))
+        clock()  # refuse to start on an unreadable fake clock rather than fail every request
+        print(
+            f"keyturn signer: WARNING: dev mode, the clock is read from {fake}", file=sys.stderr, flush=True
+        )
+    audit = AuditLog.open(settings.audit_log)
+    return keys, policy, secrets, audit, clock
+
+
+async def _serve_until_signalled(server: SignerServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"signer ready on {server.path} key {server.signer.keys.active_kid}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def run(settings: Any) -> int:
+    """Load everything, serve until SIGTERM/SIGINT, return the exit code (2 when refusing to start).
+
+    ``settings`` is a :class:`signer.config.SignerSettings`. A start-up refusal prints one line naming the
+    problem (never a secret) and returns 2.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        keys, policy, secrets, audit, clock = _load(settings)
+    except KeyturnError as exc:
+        print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
+        return 2
+    signer = Signer(keys, policy, secrets, audit, clock, settings.signer_request_timeout)
+    server = SignerServer(signer, Path(settings.signer_socket), settings.signer_socket_group)
+    try:
+        asyncio.run(_serve_until_signalled(server))
+    except KeyturnError as exc:
+        print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        audit.close()
+    return 0
