@@ -42,8 +42,8 @@ def _refuse_final(request: DeployRequest) -> Refused:
     return Refused("not_pending", f"This request is {word}; nothing was changed.")
 
 
-def _require_open(request: DeployRequest, now: datetime) -> None:
-    """Raise unless the request is pending and still inside its lifetime."""
+def ensure_open(request: DeployRequest, now: datetime) -> None:
+    """Raise ``Refused("not_pending")`` unless the request is pending and inside its lifetime."""
     if request.status.final:
         raise _refuse_final(request)
     if is_expired(request, now):
@@ -95,7 +95,7 @@ def quorum_reached(request: DeployRequest) -> bool:
 
 def add_approval(request: DeployRequest, approval: Approval, now: datetime) -> DeployRequest:
     """Count ``approval``. Refused if the request is not open or the user already approved."""
-    _require_open(request, now)
+    ensure_open(request, now)
     if has_approved(request, approval.user_id):
         raise Refused("already_approved", "You have already approved this request.")
     return request.model_copy(update={"approvals": [*request.approvals, approval]})
@@ -112,7 +112,7 @@ def mark_approved(
     """Move to APPROVED once the signer issued a receipt. Repeating it with the same receipt is a no-op."""
     if request.status is Status.APPROVED and request.receipt_id == receipt_id:
         return request
-    _require_open(request, now)
+    ensure_open(request, now)
     if not quorum_reached(request):
         raise Refused("quorum_not_reached", "Not enough approvals yet.")
     return request.model_copy(
@@ -136,7 +136,7 @@ def deny(request: DeployRequest, *, by: str, reason: str, now: datetime) -> Depl
     if request.status.final:
         raise _refuse_final(request)
     # A denial after expiry would be harmless, but the outcome must be the expiry the scheduler reports.
-    _require_open(request, now)
+    ensure_open(request, now)
     return request.model_copy(
         update={
             "status": Status.DENIED,

@@ -1,0 +1,568 @@
+"""The approval use cases (implements ``bot.ports.Approvals``): create, approve, deny, cancel, expire.
+
+The service decides nothing the signer would not: it runs the same policy checks up front so a refused
+click gets an immediate, specific answer, and at quorum it forwards the evidence (the original request and
+every counted click, as received) to the signer, which rules. Each use case is safe to run twice: state
+changes go through ``bot/lifecycle.py`` and the store's compare-and-swap; exactly one caller wins each
+transition and only that caller performs its side effects (card update, notices, CI callback, hooks).
+
+Slack trouble never loses a request: posting the card is retried in the background until it succeeds (the
+request records ``card_error`` meanwhile), and other Slack calls are best-effort after the state is stored.
+Signer trouble never drops an approval silently: the request stays pending with the error recorded and
+shown, and the next click retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from bot import lifecycle
+from bot.callbacks import CallbackSender
+from bot.cards import format_duration
+from bot.metrics import Metrics
+from bot.models import (
+    Approval,
+    DeployRequest,
+    OriginEvidence,
+    RequestIn,
+    SlackEvidence,
+    Status,
+)
+from bot.ports import Messenger, Refused
+from bot.slack_text import escape, user_mention
+from bot.store import RequestStore, SignError, StoreUnavailable
+from signer import wire
+from signer.errors import KeyturnError
+from signer.policy import Environment, Policy, UnknownEnvironment
+from signer.receipt import new_request_id, parse_time
+
+log = logging.getLogger(__name__)
+
+
+class LifecycleHooks(Protocol):
+    """Told when a request is created and when it reaches a final state (the scheduler's seam)."""
+
+    async def on_created(self, request: DeployRequest) -> None:
+        """A new pending request was stored (schedule its expiry and reminders)."""
+        ...
+
+    async def on_final(self, request: DeployRequest) -> None:
+        """The request reached a final state (cancel its remaining timers)."""
+        ...
+
+
+class NoHooks:
+    """Hooks that do nothing."""
+
+    async def on_created(self, request: DeployRequest) -> None:
+        """Nothing."""
+
+    async def on_final(self, request: DeployRequest) -> None:
+        """Nothing."""
+
+
+class SignerPort(Protocol):
+    """The part of the signer client the service uses (``bot/signer_client.py``)."""
+
+    async def sign(
+        self,
+        request_id: str,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin,
+        approvals: Sequence[wire.SlackClick],
+        group_members: Mapping[str, Sequence[str]],
+        emails: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Ask for a receipt; raises a ``KeyturnError`` with a code on refusal or outage."""
+        ...
+
+
+def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrigin:
+    """The stored origin evidence in the signer's wire shape (CI bodies back to raw bytes)."""
+    if origin.kind == "ci":
+        return wire.CiOrigin(
+            method=origin.method or "",
+            path=origin.path or "",
+            body=base64.b64decode(origin.body),
+            timestamp=origin.timestamp,
+            signature=origin.signature,
+        )
+    return wire.SlackCommandOrigin(body=origin.body, timestamp=origin.timestamp, signature=origin.signature)
+
+
+def wire_click(evidence: SlackEvidence) -> wire.SlackClick:
+    """A stored click in the signer's wire shape."""
+    return wire.SlackClick(body=evidence.body, timestamp=evidence.timestamp, signature=evidence.signature)
+
+
+def receipt_id_of(receipt: dict[str, Any]) -> str:
+    """A short, stable id for a receipt: ``rcpt_`` + 20 hex of the SHA-256 of its signature value."""
+    sig = receipt.get("signature")
+    value = sig.get("value") if isinstance(sig, dict) else None
+    material = value if isinstance(value, str) else json.dumps(receipt, sort_keys=True)
+    return "rcpt_" + hashlib.sha256(material.encode()).hexdigest()[:20]
+
+
+def _requester_email(requester: str) -> str | None:
+    candidate = requester.removeprefix("email:")
+    return candidate.casefold() if "@" in candidate else None
+
+
+def _origin_time(origin: OriginEvidence) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(origin.timestamp), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def outcome_text(request: DeployRequest, ttl: timedelta | None = None) -> str:
+    """One escaped mrkdwn sentence describing a final outcome (thread reply, DM)."""
+    scope = request.scope
+    what = f"`{escape(scope.repo)}` @ `{escape(scope.sha[:12])}` to *{escape(scope.environment)}*"
+    if request.status is Status.APPROVED:
+        who = ", ".join(user_mention(a.user_id) for a in request.approvals)
+        return f":white_check_mark: Deploy of {what} approved by {who}. Receipt `{request.receipt_id}`."
+    if request.status is Status.DENIED:
+        by = user_mention(request.decided_by) if request.decided_by else "an approver"
+        return f":no_entry: Deploy of {what} denied by {by}: {escape(request.deny_reason or '')}"
+    if request.status is Status.EXPIRED:
+        within = f" within {format_duration(ttl)}" if ttl else ""
+        return f":hourglass: Deploy of {what} expired: no decision{within}."
+    if request.status is Status.CANCELLED:
+        return f":heavy_multiplication_x: Deploy of {what} was cancelled by the pipeline."
+    return f"Deploy of {what} is pending."
+
+
+class ApprovalService:
+    """The approval use cases on top of the store, the messenger and the signer."""
+
+    def __init__(
+        self,
+        store: RequestStore,
+        messenger: Messenger,
+        signer: SignerPort,
+        policy: Policy,
+        *,
+        clock: Callable[[], datetime],
+        hooks: LifecycleHooks | None = None,
+        callbacks: CallbackSender | None = None,
+        metrics: Metrics | None = None,
+        card_retry_max: timedelta = timedelta(seconds=60),
+        card_retry_first: timedelta = timedelta(seconds=1),
+        sign_lease: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self._store = store
+        self._messenger = messenger
+        self._signer = signer
+        self._policy = policy
+        self._clock = clock
+        self.hooks: LifecycleHooks = hooks or NoHooks()
+        self._callbacks = callbacks
+        self._metrics = metrics or Metrics()
+        self._card_retry_max = card_retry_max.total_seconds()
+        self._card_retry_first = card_retry_first.total_seconds()
+        self._sign_lease = sign_lease
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._posting: set[str] = set()
+
+    # -- background work --------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        self._metrics.background_tasks.set(len(self._tasks))
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            self._metrics.background_tasks.set(len(self._tasks))
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed: %r", name, t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def wait_idle(self, within: float = 10.0) -> None:
+        """Wait (at most ``within`` seconds) until no background task is running (tests, shutdown)."""
+        deadline = asyncio.get_running_loop().time() + within
+        while self._tasks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.wait(
+                set(self._tasks), timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+            )
+
+    async def aclose(self) -> None:
+        """Cancel background work (card posting loops, callbacks); the state in Redis is unaffected."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def resume(self) -> int:
+        """At start-up: restart card posting for pending requests that have no card yet."""
+        started = 0
+        for req in await self._store.get_many(await self._store.pending_ids()):
+            if req.status is Status.PENDING and req.card is None:
+                self._start_posting(req.id)
+                started += 1
+        return started
+
+    async def _quietly(self, what: str, call: Awaitable[Any]) -> None:
+        """Run a best-effort Slack call: the state is already stored, so a failure is logged, not raised."""
+        try:
+            await call
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s failed: %s", what, type(exc).__name__)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _environment(self, name: str) -> Environment:
+        try:
+            return self._policy.environment(name)
+        except UnknownEnvironment:
+            raise Refused("unknown_environment", f"There is no environment {name!r} in the policy.") from None
+
+    async def _load(self, request_id: str) -> DeployRequest:
+        req = await self._store.get(request_id)
+        if req is None:
+            raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+        return req
+
+    async def _ensure_authorized(self, env: Environment, environment: str, user_id: str) -> None:
+        if user_id in env.approvers:
+            return
+        lookup_failed = False
+        for group in env.approver_groups:
+            try:
+                members = await self._messenger.group_members(group)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("group lookup %s failed: %s", group, type(exc).__name__)
+                lookup_failed = True
+                continue
+            if user_id in members:
+                return
+        if lookup_failed:
+            raise Refused(
+                "membership_unavailable",
+                "Slack could not tell whether you are in an approver group right now; please try again.",
+            )
+        raise Refused("not_an_approver", f"You are not an approver for {environment}.")
+
+    async def _group_members(self, env: Environment) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for group in env.approver_groups:
+            with contextlib.suppress(Exception):
+                out[group] = sorted(await self._messenger.group_members(group))
+        return out
+
+    def _refused(self, exc: Refused) -> Refused:
+        self._metrics.refusals.labels(exc.code).inc()
+        return exc
+
+    # -- create ----------------------------------------------------------------------------------------
+
+    async def create(self, body: RequestIn, origin: OriginEvidence) -> tuple[DeployRequest, bool]:
+        """Create a request (or return the pending one with the same scope); True if newly created."""
+        env = self._environment(body.environment)
+        now = self._clock()
+        requester_slack_id = self._policy.resolve_requester(body.requester)
+        email = _requester_email(body.requester)
+        if requester_slack_id is None and email is not None:
+            with contextlib.suppress(Exception):
+                requester_slack_id = await self._messenger.user_by_email(email)
+        # The signer dates the request's lifetime from the origin's own timestamp; so does the bot.
+        start = now
+        t0 = _origin_time(origin)
+        if t0 is not None and t0 < now:
+            start = t0
+        request = lifecycle.new_request(
+            new_request_id(now),
+            body,
+            now=start,
+            ttl=env.request_ttl,
+            required_approvals=env.required_approvals,
+            requester_slack_id=requester_slack_id,
+            origin_kind=origin.kind,
+        )
+        request = request.model_copy(update={"created_at": now})
+        stored, created = await self._store.create_or_get(request, origin, now)
+        if created:
+            self._metrics.requests_created.labels(body.environment).inc()
+            await self._quietly("on_created hook", self.hooks.on_created(stored))
+            self._start_posting(stored.id)
+        return stored, created
+
+    def _start_posting(self, request_id: str) -> None:
+        if request_id in self._posting:
+            return
+        self._posting.add(request_id)
+        self._spawn(self._post_card_until_done(request_id), f"post-card-{request_id}")
+
+    async def _post_card_until_done(self, request_id: str) -> None:
+        """Post the card, retrying with backoff until it is posted or the request is gone."""
+        delay = self._card_retry_first
+        try:
+            while True:
+                try:
+                    req = await self._store.get(request_id)
+                except StoreUnavailable:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._card_retry_max)
+                    continue
+                if req is None or req.card is not None:
+                    return
+                try:
+                    card = await self._messenger.post_card(req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._metrics.card_post_failures.inc()
+                    reason = getattr(exc, "slack_error", None) or type(exc).__name__
+                    text = f"card not posted yet ({reason}); retrying"
+                    log.warning("request %s: %s", request_id, text)
+                    with contextlib.suppress(Refused, StoreUnavailable):
+                        await self._store.transition(
+                            request_id, functools.partial(lifecycle.with_card_error, error=text)
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._card_retry_max)
+                    continue
+                done, _ = await self._store.transition(
+                    request_id, functools.partial(lifecycle.with_card, channel=card.channel, ts=card.ts)
+                )
+                if done.status.final:  # decided while the card was being posted: show the outcome
+                    await self._quietly("update_card", self._messenger.update_card(done))
+                return
+        finally:
+            self._posting.discard(request_id)
+
+    # -- approve ---------------------------------------------------------------------------------------
+
+    async def approve(self, request_id: str, user_id: str, evidence: SlackEvidence) -> DeployRequest:
+        """Record ``user_id``'s approval; sign and finish when the quorum is reached. Raises ``Refused``."""
+        try:
+            return await self._approve(request_id, user_id, evidence)
+        except Refused as exc:
+            raise self._refused(exc) from None
+
+    async def _approve(self, request_id: str, user_id: str, evidence: SlackEvidence) -> DeployRequest:
+        req = await self._load(request_id)
+        now = self._clock()
+        lifecycle.ensure_open(req, now)
+        env = self._environment(req.scope.environment)
+        await self._ensure_authorized(env, req.scope.environment, user_id)
+        if not env.allow_self_approval and req.requester_slack_id == user_id:
+            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+        email: str | None = None
+        with contextlib.suppress(Exception):
+            email = await self._messenger.user_email(user_id)
+        requester_email = _requester_email(req.requester)
+        if (
+            not env.allow_self_approval
+            and requester_email is not None
+            and email is not None
+            and email.casefold() == requester_email
+        ):
+            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+        approval = Approval(user_id=user_id, email=email, at=now)
+        try:
+            req = await self._store.add_approval(request_id, approval, evidence, now)
+        except Refused as exc:
+            if exc.code != "already_approved":
+                raise
+            # A repeated click after a failed signing attempt is the retry.
+            current = await self._load(request_id)
+            if current.status is Status.PENDING and lifecycle.quorum_reached(current):
+                return await self._finish(current)
+            raise
+        self._metrics.approvals.labels(req.scope.environment).inc()
+        if lifecycle.quorum_reached(req):
+            return await self._finish(req)
+        await self._quietly("update_card", self._messenger.update_card(req))
+        return req
+
+    async def _finish(self, req: DeployRequest) -> DeployRequest:
+        """At quorum: take the signing claim, ask the signer, store the receipt and move to APPROVED."""
+        token = await self._store.claim_signing(req.id, self._sign_lease)
+        if token is None:
+            return req  # another click is signing right now; it will report the outcome
+        try:
+            current = await self._load(req.id)
+            if current.status.final:
+                return current
+            env = self._environment(current.scope.environment)
+            stored = await self._store.approvals(current.id)
+            origin = await self._store.origin(current.id)
+            if origin is None:
+                raise Refused("unknown_request", "The original request's evidence is gone.")
+            emails = {s.approval.user_id: s.approval.email for s in stored if s.approval.email}
+            groups = await self._group_members(env)
+            started = asyncio.get_running_loop().time()
+            try:
+                receipt = await self._signer.sign(
+                    current.id, wire_origin(origin), [wire_click(s.evidence) for s in stored], groups, emails
+                )
+            except (KeyturnError, OSError, TimeoutError) as exc:
+                code = getattr(exc, "code", None) or "signer_unavailable"
+                if isinstance(exc, OSError | TimeoutError):
+                    code = "signer_unavailable"
+                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                await self._signing_failed(current, code, message)
+                raise Refused(
+                    "signing_failed",
+                    f"Your approval is recorded, but no receipt could be issued ({code}: {message}). "
+                    "Click Approve again to retry.",
+                ) from None
+            self._metrics.sign_latency.observe(asyncio.get_running_loop().time() - started)
+            receipt_id = receipt_id_of(receipt)
+            approver = receipt.get("approver")
+            by = approver.get("id") if isinstance(approver, dict) else None
+            try:
+                expires = parse_time(str(receipt.get("expiresAt")))
+            except (KeyturnError, ValueError):
+                await self._signing_failed(current, "bad_receipt", "the signer returned a malformed receipt")
+                raise Refused("signing_failed", "The signer returned a malformed receipt.") from None
+            done, changed = await self._store.transition(
+                current.id,
+                lambda r: lifecycle.mark_approved(
+                    r,
+                    by=by if isinstance(by, str) else r.approvals[-1].user_id,
+                    receipt_id=receipt_id,
+                    receipt_expires_at=expires,
+                    now=self._clock(),
+                ),
+                receipt=receipt,
+            )
+            if changed:
+                await self._on_final(done, receipt)
+            return done
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release_signing(req.id, token)
+
+    async def _signing_failed(self, req: DeployRequest, code: str, message: str) -> None:
+        self._metrics.sign_failures.labels(code).inc()
+        log.warning("signing %s failed: %s", req.id, code)
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.set_sign_error(
+                req.id, SignError(code=code, message=message[:500], at=self._clock())
+            )
+        if req.card is not None:
+            text = (
+                f":warning: The quorum is reached but no receipt could be issued "
+                f"(`{escape(code)}`: {escape(message[:300])}). The approvals are kept; "
+                "click Approve again to retry."
+            )
+            await self._quietly("reply_in_thread", self._messenger.reply_in_thread(req.card, text))
+
+    # -- deny, cancel, expire --------------------------------------------------------------------------
+
+    async def check_can_decide(self, request_id: str, user_id: str) -> DeployRequest:
+        """Raise ``Refused`` unless ``user_id`` may decide this request now (checked before the modal)."""
+        try:
+            req = await self._load(request_id)
+            lifecycle.ensure_open(req, self._clock())
+            env = self._environment(req.scope.environment)
+            await self._ensure_authorized(env, req.scope.environment, user_id)
+            return req
+        except Refused as exc:
+            raise self._refused(exc) from None
+
+    async def deny(self, request_id: str, user_id: str, reason: str) -> DeployRequest:
+        """Deny with a reason (required). Raises ``Refused``."""
+        try:
+            if not reason.strip():
+                raise Refused("reason_required", "Please give a reason for denying.")
+            req = await self._load(request_id)
+            env = self._environment(req.scope.environment)
+            if not (req.status is Status.DENIED and req.decided_by == user_id):
+                await self._ensure_authorized(env, req.scope.environment, user_id)
+            done, changed = await self._store.transition(
+                request_id, lambda r: lifecycle.deny(r, by=user_id, reason=reason, now=self._clock())
+            )
+        except Refused as exc:
+            raise self._refused(exc) from None
+        if changed:
+            await self._on_final(done)
+        return done
+
+    async def cancel(self, request_id: str) -> DeployRequest:
+        """Cancel a pending request (the pipeline gave up). Cancelling twice is a no-op."""
+        done, changed = await self._store.transition(
+            request_id, lambda r: lifecycle.cancel(r, now=self._clock())
+        )
+        if changed:
+            await self._on_final(done)
+        return done
+
+    async def expire(self, request_id: str) -> DeployRequest | None:
+        """Expire the request if its lifetime is over; a no-op otherwise. Safe to call any number of times.
+
+        Returns the request as it now stands, or None if it is unknown.
+        """
+        try:
+            done, changed = await self._store.transition(
+                request_id, lambda r: lifecycle.expire(r, now=self._clock())
+            )
+        except Refused:
+            return None
+        if changed:
+            await self._on_final(done)
+        return done
+
+    async def _on_final(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> None:
+        """Side effects of reaching a final state, run once by whoever made the transition."""
+        self._metrics.decisions.labels(request.status.value).inc()
+        ttl: timedelta | None = None
+        with contextlib.suppress(Refused):
+            ttl = self._environment(request.scope.environment).request_ttl
+        text = outcome_text(request, ttl)
+        if request.card is not None:
+            await self._quietly("update_card", self._messenger.update_card(request))
+            mention = f"{user_mention(request.requester_slack_id)} " if request.requester_slack_id else ""
+            await self._quietly(
+                "reply_in_thread", self._messenger.reply_in_thread(request.card, mention + text)
+            )
+        if request.requester_slack_id:
+            await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
+        if request.callback_url and self._callbacks is not None:
+            if receipt is None and request.status is Status.APPROVED:
+                with contextlib.suppress(StoreUnavailable):
+                    receipt = await self._store.receipt(request.id)
+            self._spawn(self._callbacks.deliver(request, receipt), f"callback-{request.id}")
+        await self._quietly("on_final hook", self.hooks.on_final(request))
+
+    # -- reads -----------------------------------------------------------------------------------------
+
+    async def get(self, request_id: str) -> DeployRequest:
+        """The request, or ``Refused("unknown_request")``."""
+        return await self._load(request_id)
+
+    async def pending_for(self, user_id: str) -> list[DeployRequest]:
+        """Pending requests ``user_id`` may approve (and has not approved yet)."""
+        now = self._clock()
+        out: list[DeployRequest] = []
+        for req in await self._store.get_many(await self._store.pending_ids()):
+            if req.status.final or lifecycle.is_expired(req, now) or lifecycle.has_approved(req, user_id):
+                continue
+            try:
+                env = self._environment(req.scope.environment)
+                await self._ensure_authorized(env, req.scope.environment, user_id)
+            except Refused:
+                continue
+            if not env.allow_self_approval and req.requester_slack_id == user_id:
+                continue
+            out.append(req)
+        return out
