@@ -1,0 +1,136 @@
+"""``keyturn emulator``: run the Slack emulator (``python -m bot.emulator`` works too).
+
+Settings are read here, once: flags first, then ``KEYTURN_EMULATOR_PORT`` / ``KEYTURN_EMULATOR_BOT_URL``, and
+the signing secret from the environment variable named by ``--signing-secret-env``. The secret is never
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+from pydantic import SecretStr
+
+from bot.emulator.app import create_app
+from bot.emulator.core import EmulatorSettings
+from bot.emulator.errors import WorkspaceError
+from bot.emulator.workspace import load_workspace
+
+DEFAULT_SECRET_ENV = "KEYTURN_SLACK_SIGNING_SECRET"  # noqa: S105 - a variable name, not a secret
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that announces itself once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
+        super().__init__(config)
+        self._ready_line = ready_line
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, then print the ready line (tools wait for it)."""
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            print(self._ready_line, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keyturn emulator", description="Run the Keyturn Slack emulator.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (default $KEYTURN_EMULATOR_PORT or 3000; 0 picks a free one)",
+    )
+    p.add_argument("--workspace", type=Path, default=None, help="workspace TOML (default: the sample)")
+    p.add_argument(
+        "--signing-secret-env",
+        default=DEFAULT_SECRET_ENV,
+        metavar="NAME",
+        help=f"environment variable holding the Slack signing secret (default {DEFAULT_SECRET_ENV})",
+    )
+    p.add_argument(
+        "--bot-url",
+        default=None,
+        help="the bot's Slack request URL (default $KEYTURN_EMULATOR_BOT_URL), e.g. http://127.0.0.1:3001/slack/events",
+    )
+    p.add_argument("--public-url", default=None, help="base URL the bot uses to reach the emulator")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until interrupted; return the exit code (2 for bad settings)."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    port = args.port
+    if port is None:
+        env_port = os.environ.get("KEYTURN_EMULATOR_PORT", "3000")
+        if not env_port.isdigit():
+            print(
+                f"keyturn emulator: KEYTURN_EMULATOR_PORT must be a port number, got {env_port!r}",
+                file=sys.stderr,
+            )
+            return 2
+        port = int(env_port)
+    if not 0 <= port <= 65535:
+        print(f"keyturn emulator: port out of range: {port}", file=sys.stderr)
+        return 2
+    bot_url = args.bot_url or os.environ.get("KEYTURN_EMULATOR_BOT_URL") or None
+    if bot_url is not None and not bot_url.startswith(("http://", "https://")):
+        print("keyturn emulator: --bot-url must be an http(s) URL", file=sys.stderr)
+        return 2
+    try:
+        workspace = load_workspace(args.workspace)
+    except WorkspaceError as exc:
+        print(f"keyturn emulator: {exc}", file=sys.stderr)
+        return 2
+    secret_value = os.environ.get(args.signing_secret_env, "")
+    secret = SecretStr(secret_value) if secret_value.strip() else None
+    if secret is None:
+        print(
+            f"keyturn emulator: warning: ${args.signing_secret_env} is not set; clicks, view submissions and "
+            "commands cannot be sent to the bot until it is",
+            file=sys.stderr,
+        )
+    settings = EmulatorSettings(
+        workspace=workspace, signing_secret=secret, bot_url=bot_url, public_url=args.public_url
+    )
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, port))
+    except OSError as exc:
+        print(f"keyturn emulator: cannot listen on {args.host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    actual_port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+    )
+    server = _Server(config, f"emulator ready on http://{host}:{actual_port}")
+    print(
+        f"keyturn emulator: team {workspace.team.name} ({workspace.team.id}), "
+        f"bot URL {bot_url or '(not set)'}",
+        flush=True,
+    )
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""A Python client of a running emulator's control API, for tests and for ``keyturn dev``.
+
+Uses httpx (a development dependency). :class:`EmulatorClient` is synchronous; :class:`AsyncEmulatorClient`
+has the same methods as coroutines, for tests whose bot shares the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class EmulatorClientError(Exception):
+    """The emulator refused a control request; ``code`` is its stable error code."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{code}: {message} (HTTP {status})")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the emulator sent to the bot (``request``) and what the bot answered (``status``, ``body``).
+
+    ``status`` is None when the request was built but not sent, or the bot timed out / was unreachable
+    (then ``error`` says which)."""
+
+    raw: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """True if the request was delivered (whatever the bot answered)."""
+        return bool(self.raw.get("ok"))
+
+    @property
+    def error(self) -> str | None:
+        """``bot_timeout`` or ``bot_unreachable`` when the bot did not answer."""
+        err = self.raw.get("error")
+        return str(err) if err is not None else None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request as sent: ``url``, ``headers``, ``body`` (exact signed string)."""
+        req: dict[str, Any] = self.raw["request"]
+        return req
+
+    @property
+    def status(self) -> int | None:
+        """The bot's HTTP status."""
+        resp = self.raw.get("response")
+        return int(resp["status"]) if resp else None
+
+    @property
+    def body(self) -> str:
+        """The bot's response body as text ("" if none)."""
+        resp = self.raw.get("response")
+        return str(resp["body"]) if resp else ""
+
+    @property
+    def json(self) -> Any:
+        """The bot's response body parsed as JSON (None if it was not JSON)."""
+        resp = self.raw.get("response")
+        return resp.get("json") if resp else None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The bot's response headers."""
+        resp = self.raw.get("response")
+        return dict(resp["headers"]) if resp else {}
+
+    @property
+    def trigger_id(self) -> str | None:
+        """The trigger id the emulator issued with this interaction."""
+        tid = self.raw.get("trigger_id")
+        return str(tid) if tid is not None else None
+
+    @property
+    def view(self) -> dict[str, Any] | None:
+        """For a view submission: the view afterwards (``is_open``, ``errors``)."""
+        view = self.raw.get("view")
+        return dict(view) if view is not None else None
+
+
+def _check(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise EmulatorClientError("invalid_response", resp.text[:200], resp.status_code) from None
+    if not isinstance(data, dict):
+        raise EmulatorClientError("invalid_response", "not a JSON object", resp.status_code)
+    if resp.status_code >= 400 and not ("request" in data and resp.status_code == 502):
+        raise EmulatorClientError(
+            str(data.get("error", "http_error")), str(data.get("message", "")), resp.status_code
+        )
+    return data
+
+
+def _send_options(send: bool, timestamp: int | None, tamper_signature: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"send": send, "tamper_signature": tamper_signature}
+    if timestamp is not None:
+        out["timestamp"] = timestamp
+    return out
+
+
+def _wait_params(method: str, timeout: float, since: int, filters: dict[str, Any]) -> dict[str, Any]:
+    return {"method": method, "timeout": timeout, "since": since, **{k: str(v) for k, v in filters.items()}}
+
+
+class EmulatorClient:
+    """Synchronous client: ``EmulatorClient("http://127.0.0.1:3000")``."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    @property
+    def api_url(self) -> str:
+        """The ``base_url`` to give ``slack_sdk`` clients."""
+        return self.base_url + "/api/"
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> EmulatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get(self, path: str, **params: Any) -> dict[str, Any]:
+        return _check(self._http.get(path, params={k: v for k, v in params.items() if v is not None}))
+
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _check(self._http.post(path, json=body or {}))
+
+    def click(
+        self,
+        user: str,
+        channel: str,
+        ts: str,
+        action_id: str,
+        value: str | None = None,
+        *,
+        send: bool = True,
+        timestamp: int | None = None,
+        tamper_signature: bool = False,
+    ) -> Delivery:
+        """``user`` clicks the element ``action_id`` on the stored message ``(channel, ts)``."""
+        body = {"user": user, "channel": channel, "ts": ts, "action_id": action_id, "value": value}
+        return Delivery(
+            self._post("/_emulator/click", body | _send_options(send, timestamp, tamper_signature))
+        )
+
+    def submit_view(
+        self,
+        user: str,
+        view_id: str,
+        values: dict[str, dict[str, Any]] | None = None,
+        *,
+        send: bool = True,
+        timestamp: int | None = None,
+        tamper_signature: bool = False,
+    ) -> Delivery:
+        """``user`` submits the open view with ``values`` ``{block_id: {action_id: value}}``."""
+        body = {"user": user, "view_id": view_id, "values": values or {}}
+        return Delivery(
+            self._post("/_emulator/submit_view", body | _send_options(send, timestamp, tamper_signature))
+        )
+
+    def close_view(self, user: str, view_id: str) -> None:
+        """``user`` dismisses the modal."""
+        self._post("/_emulator/close_view", {"user": user, "view_id": view_id})
+
+    def command(
+        self,
+        user: str,
+        channel: str,
+        command: str,
+        text: str = "",
+        *,
+        send: bool = True,
+        timestamp: int | None = None,
+        tamper_signature: bool = False,
+    ) -> Delivery:
+        """``user`` runs ``command text`` in ``channel``."""
+        body = {"user": user, "channel": channel, "command": command, "text": text}
+        return Delivery(
+            self._post("/_emulator/command", body | _send_options(send, timestamp, tamper_signature))
+        )
+
+    def calls(self, method: str | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """Recorded Web API calls (and ``response_url`` posts) after ``since``, oldest first."""
+        calls: list[dict[str, Any]] = self._get("/_emulator/calls", method=method, since=since)["calls"]
+        return calls
+
+    def wait_for(self, method: str, timeout: float = 5.0, since: int = 0, **params: Any) -> dict[str, Any]:
+        """The first call of ``method`` after ``since`` whose params equal ``params``; waits up to ``timeout``
+        seconds for it. Raises :class:`TimeoutError` if none comes."""
+        resp = self._http.get(
+            "/_emulator/wait", params=_wait_params(method, timeout, since, params), timeout=timeout + 10
+        )
+        if resp.status_code == 408:
+            raise TimeoutError(f"no {method} call matching {params} within {timeout}s")
+        call: dict[str, Any] = _check(resp)["call"]
+        return call
+
+    def state(self, user: str | None = None) -> dict[str, Any]:
+        """The whole state (for ``user``: with their ephemeral messages and open views)."""
+        return self._get("/_emulator/state", user=user)
+
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        """Top-level messages of a channel (by id or name) or DM, each with ``replies``."""
+        st = self.state()
+        for conv in st["channels"] + st["ims"]:
+            if channel in (conv["id"], conv["name"], "#" + conv["name"]):
+                msgs: list[dict[str, Any]] = conv["messages"]
+                return msgs
+        raise EmulatorClientError("channel_not_found", channel, 404)
+
+    def message(self, channel: str, ts: str) -> dict[str, Any]:
+        """One message (top-level or reply) by ``ts``."""
+        for msg in self.messages(channel):
+            for m in [msg, *msg["replies"]]:
+                if m["ts"] == ts:
+                    return dict(m)
+        raise EmulatorClientError("message_not_found", f"{channel} {ts}", 404)
+
+    def views(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Open views (of ``user``)."""
+        views: list[dict[str, Any]] = self.state(user)["views"]
+        return views
+
+    def ephemerals(self, user: str) -> list[dict[str, Any]]:
+        """Ephemeral messages shown to ``user``."""
+        eph: list[dict[str, Any]] = self.state(user)["ephemerals"]
+        return eph
+
+    def fault(
+        self,
+        method: str,
+        *,
+        error: str | None = None,
+        status: int = 200,
+        retry_after: int = 1,
+        latency: float = 0.0,
+        times: int | None = None,
+    ) -> dict[str, Any]:
+        """Inject a fault (see ``docs/emulator.md``); returns it with its id."""
+        body: dict[str, Any] = {
+            "method": method,
+            "error": error,
+            "status": status,
+            "retry_after": retry_after,
+        }
+        body |= {"latency": latency, "times": times}
+        fault: dict[str, Any] = self._post("/_emulator/faults", body)["fault"]
+        return fault
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Active faults."""
+        faults: list[dict[str, Any]] = self._get("/_emulator/faults")["faults"]
+        return faults
+
+    def clear_faults(self, method: str | None = None) -> int:
+        """Remove faults (of ``method``, or all); returns how many."""
+        params = {"method": method} if method else {}
+        return int(_check(self._http.delete("/_emulator/faults", params=params))["removed"])
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """Requests sent to the bot and its answers."""
+        deliveries: list[dict[str, Any]] = self._get("/_emulator/deliveries")["deliveries"]
+        return deliveries
+
+    def set_bot_url(self, url: str | None) -> None:
+        """Point the emulator at the bot's Slack request URL."""
+        self._post("/_emulator/config", {"bot_url": url})
+
+    def reset(self) -> None:
+        """Forget messages, views, calls, deliveries and faults."""
+        self._post("/_emulator/reset")
+
+
+class AsyncEmulatorClient:
+    """Asynchronous twin of :class:`EmulatorClient` (same methods, awaited)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    @property
+    def api_url(self) -> str:
+        """The ``base_url`` to give ``slack_sdk`` clients."""
+        return self.base_url + "/api/"
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncEmulatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _check(await self._http.post(path, json=body or {}))
+
+    async def click(
+        self,
+        user: str,
+        channel: str,
+        ts: str,
+        action_id: str,
+        value: str | None = None,
+        *,
+        send: bool = True,
+        timestamp: int | None = None,
+        tamper_signature: bool = False,
+    ) -> Delivery:
+        """``user`` clicks the element ``action_id`` on the stored message ``(channel, ts)``."""
+        body = {"user": user, "channel": channel, "ts": ts, "action_id": action_id, "value": value}
+        data = await self._post("/_emulator/click", body | _send_options(send, timestamp, tamper_signature))
+        return Delivery(data)
+
+    async def submit_view(
+        self,
+        user: str,
+        view_id: str,
+        values: dict[str, dict[str, Any]] | None = None,
+        *,
+        send: bool = True,
+        timestamp: int | None = None,
+        tamper_signature: bool = False,
+    ) -> Delivery:
+        """``user`` submits the open view with ``values`` ``{block_id: {action_id: value}}``."""
+        body = {"user": user, "view_id": view_id, "values": values or {}}
+        opts = _send_options(send, timestamp, tamper_signature)
+        return Delivery(await self._post("/_emulator/submit_view", body | opts))
+
+    async def command(
+        self,
+        user: str,
+        channel: str,
+        command: str,
+        text: str = "",
+        *,
+        send: bool = True,
+        timestamp: int | None = None,
+        tamper_signature: bool = False,
+    ) -> Delivery:
+        """``user`` runs ``command text`` in ``channel``."""
+        body = {"user": user, "channel": channel, "command": command, "text": text}
+        opts = _send_options(send, timestamp, tamper_signature)
+        return Delivery(await self._post("/_emulator/command", body | opts))
+
+    async def calls(self, method: str | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """Recorded calls after ``since``."""
+        params: dict[str, Any] = {"since": since} | ({"method": method} if method else {})
+        calls: list[dict[str, Any]] = _check(await self._http.get("/_emulator/calls", params=params))["calls"]
+        return calls
+
+    async def wait_for(
+        self,
+        method: str,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the server's long-poll deadline
+        since: int = 0,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """The first matching call; raises :class:`TimeoutError` if none comes within ``timeout``."""
+        resp = await self._http.get(
+            "/_emulator/wait", params=_wait_params(method, timeout, since, params), timeout=timeout + 10
+        )
+        if resp.status_code == 408:
+            raise TimeoutError(f"no {method} call matching {params} within {timeout}s")
+        call: dict[str, Any] = _check(resp)["call"]
+        return call
+
+    async def state(self, user: str | None = None) -> dict[str, Any]:
+        """The whole state (for ``user``)."""
+        params = {"user": user} if user else {}
+        return _check(await self._http.get("/_emulator/state", params=params))
+
+    async def fault(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """Inject a fault (same keywords as :meth:`EmulatorClient.fault`)."""
+        fault: dict[str, Any] = (await self._post("/_emulator/faults", {"method": method, **kwargs}))["fault"]
+        return fault
+
+    async def clear_faults(self) -> None:
+        """Remove every fault."""
+        _check(await self._http.delete("/_emulator/faults"))
+
+    async def set_bot_url(self, url: str | None) -> None:
+        """Point the emulator at the bot's Slack request URL."""
+        await self._post("/_emulator/config", {"bot_url": url})
+
+    async def reset(self) -> None:
+        """Forget messages, views, calls, deliveries and faults."""
+        await self._post("/_emulator/reset")
