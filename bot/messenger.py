@@ -354,8 +354,11 @@ class SlackMessenger:
 def make_web_client(token: str, base_url: str | None = None, timeout: int = 10) -> AsyncWebClient:
     """An ``AsyncWebClient`` for the messenger: ``base_url`` points it at the emulator in tests and dev.
 
-    The client keeps slack_sdk's default connection-error retry; 429/5xx retries live in ``SlackMessenger``.
+    slack_sdk's own retry handlers are off (``retry_handlers=[]``): every retry (429, 5xx, connection
+    errors) happens in ``SlackMessenger.call``, once, with its injected sleep and its caps.
     """
     if base_url:
-        return AsyncWebClient(token=token, base_url=base_url.rstrip("/") + "/", timeout=timeout)
-    return AsyncWebClient(token=token, timeout=timeout)
+        return AsyncWebClient(
+            token=token, base_url=base_url.rstrip("/") + "/", timeout=timeout, retry_handlers=[]
+        )
+    return AsyncWebClient(token=token, timeout=timeout, retry_handlers=[])

@@ -1,0 +1,273 @@
+"""SlackMessenger against a running emulator (``keyturn emulator`` as a process): retries, errors, lookups."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.emulator.client import AsyncEmulatorClient
+from bot.messenger import (
+    CardMissing,
+    RetryPolicy,
+    SlackAuthError,
+    SlackMessenger,
+    SlackNotFound,
+    SlackRejected,
+    SlackUnavailable,
+    make_web_client,
+)
+from bot.models import Approval, CardRef, DeployRequest, Scope, Status
+from signer.policy import Policy
+from tests.harness import KEYTURN, Proc, free_port, http_ok, start_process
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
+SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
+TOKEN = "xoxb-keyturn-test"
+
+
+def start_emulator(log_dir: Path, secret: str, bot_url: str | None = None) -> tuple[Proc, str]:
+    """Run ``keyturn emulator`` on a free port; return the process and its base URL."""
+    port = free_port()
+    argv = [*KEYTURN, "emulator", "--port", str(port)]
+    if bot_url:
+        argv += ["--bot-url", bot_url]
+    url = f"http://127.0.0.1:{port}"
+    proc = start_process(
+        "emulator",
+        argv,
+        log_dir,
+        env={"KEYTURN_SLACK_SIGNING_SECRET": secret},
+        ready=http_ok(url + "/_emulator/health"),
+    )
+    return proc, url
+
+
+def make_request(**changes: Any) -> DeployRequest:
+    now = datetime.now(UTC)
+    base: dict[str, Any] = {
+        "id": "req_01JDQ4Z8Y3K6W2V7T5R9P0M1N2",
+        "scope": Scope(repo="acme/web", sha=SHA, environment="production", workflow="deploy"),
+        "requester": "github:alice",
+        "requester_slack_id": "U0ALICE",
+        "created_at": now,
+        "expires_at": now + timedelta(minutes=30),
+        "required_approvals": 2,
+    }
+    base.update(changes)
+    return DeployRequest(**base)
+
+
+async def messages(emu: AsyncEmulatorClient, channel: str) -> list[dict[str, Any]]:
+    """Top-level messages of a channel or DM (by id), each with its ``replies``."""
+    st = await emu.state()
+    for conv in st["channels"] + st["ims"]:
+        if conv["id"] == channel:
+            msgs: list[dict[str, Any]] = conv["messages"]
+            return msgs
+    raise AssertionError(f"no conversation {channel}")
+
+
+async def message(emu: AsyncEmulatorClient, channel: str, ts: str) -> dict[str, Any]:
+    """One top-level message by ``ts``."""
+    (msg,) = [m for m in await messages(emu, channel) if m["ts"] == ts]
+    return msg
+
+
+async def ephemerals(emu: AsyncEmulatorClient, user: str) -> list[dict[str, Any]]:
+    """Ephemeral messages shown to ``user``."""
+    eph: list[dict[str, Any]] = (await emu.state(user))["ephemerals"]
+    return eph
+
+
+async def views(emu: AsyncEmulatorClient, user: str) -> list[dict[str, Any]]:
+    """Views open for ``user``."""
+    v: list[dict[str, Any]] = (await emu.state(user))["views"]
+    return v
+
+
+class Sleeps:
+    """An injected sleep: records each wait and returns at once (retry timing without waiting)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture(scope="module")
+def emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = start_emulator(tmp_path_factory.mktemp("emulator"), secrets.token_hex(16))
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+async def emu(emulator_url: str) -> AsyncIterator[AsyncEmulatorClient]:
+    client = AsyncEmulatorClient(emulator_url)
+    await client.reset()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def messenger(emu: AsyncEmulatorClient, sleeps: Sleeps) -> SlackMessenger:
+    return SlackMessenger(make_web_client(TOKEN, emu.api_url), POLICY, sleep=sleeps)
+
+
+async def test_post_card_lands_in_the_environment_channel(
+    messenger: SlackMessenger, emu: AsyncEmulatorClient
+) -> None:
+    ref = await messenger.post_card(make_request())
+    assert ref.channel == "C0DEPLOYS"
+    msg = await message(emu, "C0DEPLOYS", ref.ts)
+    assert any(b.get("block_id") == "decision" for b in msg["blocks"])
+
+
+async def test_injection_reaches_slack_escaped(messenger: SlackMessenger, emu: AsyncEmulatorClient) -> None:
+    await messenger.post_card(
+        make_request(ref="feat/<!channel>", title="<@U0BOB> <https://evil|x> a&b", requester_slack_id=None)
+    )
+    (call,) = await emu.calls("chat.postMessage")
+    params = call["params"]
+    dumped = str(params["blocks"]) + params["text"]
+    assert "feat/&lt;!channel&gt;" in dumped
+    for raw in ("<!channel>", "<@U0BOB>", "<https://evil", "a&b"):
+        assert raw not in dumped
+    assert not re.search(r"<[!#]", dumped)
+
+
+async def test_rate_limit_then_ok_honours_retry_after(
+    messenger: SlackMessenger, emu: AsyncEmulatorClient, sleeps: Sleeps
+) -> None:
+    await emu.fault("chat.postMessage", status=429, retry_after=2, times=1)
+    ref = await messenger.post_card(make_request())
+    calls = await emu.calls("chat.postMessage")
+    assert [c["status"] for c in calls] == [429, 200]
+    assert sleeps.waits == [2.0]
+    assert (await message(emu, "C0DEPLOYS", ref.ts))["ts"] == ref.ts
+
+
+async def test_server_errors_are_retried_with_capped_backoff(
+    messenger: SlackMessenger, emu: AsyncEmulatorClient, sleeps: Sleeps
+) -> None:
+    await emu.fault("chat.postMessage", status=503, times=2)
+    await messenger.post_card(make_request())
+    assert [c["status"] for c in await emu.calls("chat.postMessage")] == [503, 503, 200]
+    assert len(sleeps.waits) == 2
+    assert all(0 < w <= RetryPolicy().cap for w in sleeps.waits)
+
+
+async def test_persistent_outage_raises_unavailable(emu: AsyncEmulatorClient, sleeps: Sleeps) -> None:
+    m = SlackMessenger(
+        make_web_client(TOKEN, emu.api_url), POLICY, retry=RetryPolicy(attempts=3), sleep=sleeps
+    )
+    await emu.fault("chat.postMessage", status=500)
+    with pytest.raises(SlackUnavailable) as err:
+        await m.post_card(make_request())
+    assert err.value.code == "slack_unavailable"
+    assert len(await emu.calls("chat.postMessage")) == 3
+    assert len(sleeps.waits) == 2
+
+
+async def test_ok_false_maps_to_typed_errors_without_retry(
+    messenger: SlackMessenger, emu: AsyncEmulatorClient, sleeps: Sleeps
+) -> None:
+    await emu.fault("chat.postMessage", error="channel_not_found", times=1)
+    with pytest.raises(SlackNotFound) as nf:
+        await messenger.post_card(make_request())
+    assert (nf.value.code, nf.value.slack_error) == ("slack_not_found", "channel_not_found")
+    await emu.fault("chat.postMessage", error="invalid_auth", times=1)
+    with pytest.raises(SlackAuthError):
+        await messenger.post_card(make_request())
+    await emu.fault("chat.postMessage", error="invalid_blocks", times=1)
+    with pytest.raises(SlackRejected):
+        await messenger.post_card(make_request())
+    assert len(await emu.calls("chat.postMessage")) == 3
+    assert sleeps.waits == []
+
+
+async def test_connection_errors_are_retried_then_unavailable(sleeps: Sleeps) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/api/"
+    m = SlackMessenger(make_web_client(TOKEN, dead), POLICY, retry=RetryPolicy(attempts=2), sleep=sleeps)
+    with pytest.raises(SlackUnavailable) as err:
+        await m.post_card(make_request())
+    assert err.value.slack_error.startswith("connection_error")
+    assert len(sleeps.waits) == 1
+
+
+async def test_update_card_replaces_the_message(messenger: SlackMessenger, emu: AsyncEmulatorClient) -> None:
+    req = make_request()
+    ref = await messenger.post_card(req)
+    decided = make_request(
+        card=ref,
+        status=Status.DENIED,
+        decided_by="U0BOB",
+        deny_reason="not today",
+        approvals=[Approval(user_id="U0CAROL", at=datetime.now(UTC))],
+    )
+    await messenger.update_card(decided)
+    msg = await message(emu, "C0DEPLOYS", ref.ts)
+    assert not any(b["type"] == "actions" for b in msg["blocks"])
+    assert "not today" in str(msg["blocks"])
+
+
+async def test_update_card_without_card_is_refused(messenger: SlackMessenger) -> None:
+    with pytest.raises(CardMissing):
+        await messenger.update_card(make_request())
+
+
+async def test_update_of_unknown_message_is_not_found(messenger: SlackMessenger) -> None:
+    with pytest.raises(SlackNotFound):
+        await messenger.update_card(make_request(card=CardRef(channel="C0DEPLOYS", ts="1.000001")))
+
+
+async def test_thread_reply_dm_and_ephemeral(messenger: SlackMessenger, emu: AsyncEmulatorClient) -> None:
+    ref = await messenger.post_card(make_request())
+    await messenger.reply_in_thread(ref, "approved")
+    await messenger.send_dm("U0ALICE", "your deploy was approved")
+    await messenger.ephemeral("C0DEPLOYS", "U0MALLORY", "You are not an approver for production.")
+    (card,) = [m for m in await messages(emu, "C0DEPLOYS") if m["ts"] == ref.ts]
+    assert [r["text"] for r in card["replies"]] == ["approved"]
+    dm_texts = [m["text"] for im in (await emu.state())["ims"] for m in im["messages"]]
+    assert "your deploy was approved" in dm_texts
+    assert [e["text"] for e in await ephemerals(emu, "U0MALLORY")] == [
+        "You are not an approver for production."
+    ]
+
+
+async def test_group_members_cached_briefly(emu: AsyncEmulatorClient, sleeps: Sleeps) -> None:
+    t = [0.0]
+    m = SlackMessenger(
+        make_web_client(TOKEN, emu.api_url), POLICY, group_ttl=60, clock=lambda: t[0], sleep=sleeps
+    )
+    assert await m.group_members("S0ONCALL") == frozenset({"U0ERIN"})
+    assert await m.group_members("S0ONCALL") == frozenset({"U0ERIN"})
+    assert len(await emu.calls("usergroups.users.list")) == 1
+    t[0] = 61.0
+    await m.group_members("S0ONCALL")
+    assert len(await emu.calls("usergroups.users.list")) == 2
+
+
+async def test_email_lookups(messenger: SlackMessenger) -> None:
+    assert await messenger.user_email("U0BOB") == "bob@example.com"
+    assert await messenger.user_email("U0NOBODY") is None
+    assert await messenger.user_by_email("carol@example.com") == "U0CAROL"
+    assert await messenger.user_by_email("nobody@example.com") is None
+
+
+async def test_deny_modal_with_a_stale_trigger_is_rejected(messenger: SlackMessenger) -> None:
+    with pytest.raises(SlackRejected):
+        await messenger.open_deny_modal("123.456.not-issued", make_request())
