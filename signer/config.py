@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from signer.errors import KeyturnError
@@ -65,10 +65,13 @@ class SignerSettings(BaseSettings):
             raise ValueError("is a placeholder, not a secret")
         return v
 
-    @field_validator("signer_socket_group")
+    @field_validator("signer_socket_group", "signer_fake_now_file", "dev_mode", mode="before")
     @classmethod
-    def _group(cls, v: str | None) -> str | None:
-        return v or None  # an empty variable means "no group"
+    def _empty_is_unset(cls, v: object, info: ValidationInfo) -> object:
+        # An empty variable means "not set" (compose files and shells often export VAR=).
+        if v == "":
+            return False if info.field_name == "dev_mode" else None
+        return v
 
     @property
     def fake_now_file(self) -> Path | None:
