@@ -240,6 +240,8 @@ def strict_loads(data: bytes, max_size: int = MAX_RECEIPT_BYTES) -> dict[str, An
         )
     except _Refused as e:
         raise _malformed(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise _malformed(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:
         raise _malformed(f"not valid JSON: {type(e).__name__}") from None
     if not isinstance(obj, dict):
