@@ -173,6 +173,16 @@ class ApprovalService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._posting: set[str] = set()
 
+    @property
+    def messenger(self) -> Messenger:
+        """The messenger the service talks to Slack through."""
+        return self._messenger
+
+    @property
+    def store(self) -> RequestStore:
+        """The store the service keeps requests in."""
+        return self._store
+
     # -- background work --------------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

@@ -50,14 +50,14 @@ class Settings(BaseSettings):
         env_prefix="KEYTURN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    dev: bool = False
+    dev_mode: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
     signer_socket: Path = Path("/run/keyturn/signer.sock")
     policy: Path = Path("keyturn.toml")
     slack_bot_token: SecretStr = SecretStr("")
     slack_api_url: str = "https://slack.com/api/"
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
     retention: Duration = timedelta(days=7)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -98,11 +98,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> Settings:
         token = self.slack_bot_token.get_secret_value()
-        if self.dev:
+        if self.dev_mode:
             return self
         lowered = token.lower()
         if not token:
-            raise ValueError("KEYTURN_SLACK_BOT_TOKEN is required (or set KEYTURN_DEV=true)")
+            raise ValueError("KEYTURN_SLACK_BOT_TOKEN is required (or set KEYTURN_DEV_MODE=1)")
         if not token.startswith("xoxb-") or any(m in lowered for m in _PLACEHOLDER_MARKERS):
             raise ValueError(
                 "KEYTURN_SLACK_BOT_TOKEN looks like a placeholder; set the bot's real xoxb- token"

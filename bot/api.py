@@ -1,0 +1,455 @@
+"""The CI API (Starlette routes), health, readiness and metrics. Reference: docs/api.md.
+
+Every ``/v1/requests…`` route is authenticated by the signer (design.md §6): the bot forwards the method, the
+path, the raw body and the ``X-Keyturn-*`` headers and gets a yes or a no; any failure is the same bare 401.
+Errors are JSON ``{"error": code, "message": ..., "fields"?: [...]}`` with a stable code; bad input is a 4xx,
+an unreachable Redis or signer a 503, and anything unexpected a 500 ``internal_error`` (logged without
+request data) — never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bot.approvals import ApprovalService
+from bot.metrics import Metrics
+from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
+from bot.ports import Refused
+from bot.store import ChangeFeed, RequestStore, SignError, StoreUnavailable
+from signer.errors import KeyturnError
+from signer.evidence import EvidenceError, parse_ci_request_body
+from signer.receipt import format_time
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60
+# A long-poll re-reads the record at least this often, as a safety net should a notification be lost.
+REREAD_SECONDS = 10.0
+
+
+class ApiSigner(Protocol):
+    """What the API asks of the signer client."""
+
+    async def check_ci(self, method: str, path: str, body: bytes, timestamp: str, signature: str) -> None:
+        """Return if the CI request is authentic and fresh; raise otherwise."""
+        ...
+
+    async def keys(self) -> dict[str, Any]:
+        """The public keyset (JWKS)."""
+        ...
+
+    async def health(self) -> Any:
+        """Raise unless the signer answers."""
+        ...
+
+
+class ApiError(Exception):
+    """An HTTP error with a stable code, rendered as JSON."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: str,
+        message: str,
+        *,
+        fields: list[dict[str, str]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.fields = fields
+        self.extra = extra or {}
+
+    def response(self) -> JSONResponse:
+        """The JSON response for this error."""
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.fields is not None:
+            body["fields"] = self.fields
+        body.update(self.extra)
+        return JSONResponse(body, status_code=self.http_status)
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "authentication failed")
+
+
+_REFUSED_STATUS = {"unknown_request": 404, "not_pending": 409, "unknown_environment": 422}
+
+
+def _time(dt: datetime | None) -> str | None:
+    return None if dt is None else format_time(dt)
+
+
+def request_view(req: DeployRequest, base_url: str, error: SignError | None = None) -> dict[str, Any]:
+    """The public JSON shape of a request (``GET /v1/requests/{id}``)."""
+    link = f"{base_url}/v1/requests/{req.id}"
+    return {
+        "requestId": req.id,
+        "status": req.status.value,
+        "scope": req.scope.model_dump(),
+        "requester": req.requester,
+        "ref": req.ref,
+        "runUrl": req.run_url,
+        "title": req.title,
+        "createdAt": _time(req.created_at),
+        "expiresAt": _time(req.expires_at),
+        "requiredApprovals": req.required_approvals,
+        "approvalsCount": len(req.approvals),
+        "approvals": [{"userId": a.user_id, "email": a.email, "at": _time(a.at)} for a in req.approvals],
+        "decidedBy": req.decided_by,
+        "decidedAt": _time(req.decided_at),
+        "denyReason": req.deny_reason,
+        "receiptId": req.receipt_id,
+        "receiptExpiresAt": _time(req.receipt_expires_at),
+        "card": None if req.card is None else {"channel": req.card.channel, "ts": req.card.ts},
+        "cardError": req.card_error,
+        "error": None
+        if error is None
+        else {"code": error.code, "message": error.message, "at": _time(error.at)},
+        "version": req.version,
+        "links": {"self": link, "receipt": f"{link}/receipt", "cancel": f"{link}/cancel"},
+    }
+
+
+def _fields_from_validation(exc: ValidationError) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for err in exc.errors(include_url=False, include_input=False):
+        name = ".".join(str(p) for p in err["loc"]) or "body"
+        if name in seen:
+            continue
+        seen.add(name)
+        msg = "required" if err["type"] == "missing" else str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append({"field": name, "message": msg})
+    return out
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        except ValueError:
+            raise ApiError(400, "bad_content_length", "Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"{name} must be an integer from {low} to {high}",
+            fields=[{"field": name, "message": f"must be an integer from {low} to {high}"}],
+        )
+    return value
+
+
+class Api:
+    """The CI API's handlers and their dependencies."""
+
+    def __init__(
+        self,
+        service: ApprovalService,
+        store: RequestStore,
+        signer: ApiSigner,
+        feed: ChangeFeed,
+        metrics: Metrics,
+        *,
+        base_url: str,
+        max_body: int = 64 * 1024,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.signer = signer
+        self.feed = feed
+        self.metrics = metrics
+        self.base_url = base_url.rstrip("/")
+        self.max_body = max_body
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
+        timestamp = request.headers.get("x-keyturn-timestamp", "")
+        signature = request.headers.get("x-keyturn-signature", "")
+        if not timestamp or not signature or len(timestamp) > 32 or len(signature) > 256:
+            raise _unauthorized()
+        try:
+            await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
+        except KeyturnError as exc:
+            if exc.code == "signer_unavailable":
+                raise ApiError(
+                    503, "signer_unavailable", "the signer cannot be reached; retry later"
+                ) from None
+            raise _unauthorized() from None
+        except OSError:
+            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+        return timestamp, signature
+
+    def _request_id(self, request: Request) -> str:
+        rid = str(request.path_params.get("request_id", ""))
+        if not REQUEST_ID_RE.fullmatch(rid):
+            raise ApiError(404, "unknown_request", "no such request")
+        return rid
+
+    async def _load(self, rid: str) -> DeployRequest:
+        req = await self.store.get(rid)
+        if req is None:
+            raise ApiError(404, "unknown_request", "no such request")
+        return req
+
+    async def _view(self, req: DeployRequest) -> dict[str, Any]:
+        error = await self.store.sign_error(req.id) if req.status is Status.PENDING else None
+        return request_view(req, self.base_url, error)
+
+    # -- handlers --------------------------------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        """``POST /v1/requests``: 202 with a new request, 200 with the pending one of the same scope."""
+        body = await read_body(request, self.max_body)
+        timestamp, signature = await self._authenticate(request, body)
+        try:
+            parse_ci_request_body(body)
+        except EvidenceError as exc:
+            if exc.fields:
+                fields = [{"field": k, "message": v} for k, v in exc.fields.items()]
+                raise ApiError(422, "invalid_request", exc.message, fields=fields) from None
+            raise ApiError(400, "malformed_body", exc.message) from None
+        try:
+            req_in = RequestIn.model_validate_json(body)
+        except ValidationError as exc:
+            fields = _fields_from_validation(exc)
+            detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+            raise ApiError(422, "invalid_request", f"invalid request: {detail}", fields=fields) from None
+        origin = OriginEvidence(
+            kind="ci",
+            body=base64.b64encode(body).decode("ascii"),
+            timestamp=timestamp,
+            signature=signature,
+            method=request.method,
+            path=request.url.path,
+        )
+        try:
+            req, created = await self.service.create(req_in, origin)
+        except Refused as exc:
+            if exc.code == "unknown_environment":
+                raise ApiError(
+                    422,
+                    "unknown_environment",
+                    exc.message,
+                    fields=[{"field": "environment", "message": "not an environment in the policy"}],
+                ) from None
+            raise
+        view = await self._view(req)
+        return JSONResponse(view, status_code=202 if created else 200)
+
+    async def status(self, request: Request) -> Response:
+        """``GET /v1/requests/{id}[?wait=N[&since=V]]``: the request; with ``wait``, after its next change."""
+        rid = self._request_id(request)
+        await self._authenticate(request, b"")
+        wait = _int_param(request, "wait", 0, MAX_WAIT_SECONDS) or 0
+        since = _int_param(request, "since", 0, 2**53)
+        req = await self._load(rid)
+        if wait and not req.status.final and (since is None or req.version == since):
+            req = await self._wait_for_change(rid, req.version if since is None else since, wait)
+        return JSONResponse(await self._view(req))
+
+    async def _wait_for_change(self, rid: str, version: int, wait: int) -> DeployRequest:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self.feed.watch(rid) as changed:
+            while True:
+                changed.clear()  # before the read, so a write after it still wakes us
+                req = await self._load(rid)
+                remaining = deadline - loop.time()
+                if req.status.final or req.version != version or remaining <= 0:
+                    return req
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, REREAD_SECONDS))
+
+    async def receipt(self, request: Request) -> Response:
+        """``GET /v1/requests/{id}/receipt``: the receipt, or 409 with the status."""
+        rid = self._request_id(request)
+        await self._authenticate(request, b"")
+        req = await self._load(rid)
+        if req.status is not Status.APPROVED:
+            raise ApiError(
+                409, "not_approved", f"the request is {req.status.value}", extra={"status": req.status.value}
+            )
+        receipt = await self.store.receipt(rid)
+        if receipt is None:
+            raise ApiError(
+                410, "receipt_gone", "the receipt is no longer stored", extra={"status": req.status.value}
+            )
+        return JSONResponse(receipt)
+
+    async def cancel(self, request: Request) -> Response:
+        """``POST /v1/requests/{id}/cancel``: CANCELLED (cancelling twice is fine)."""
+        rid = self._request_id(request)
+        body = await read_body(request, self.max_body)
+        await self._authenticate(request, body)
+        await self._load(rid)
+        try:
+            req = await self.service.cancel(rid)
+        except Refused as exc:
+            if exc.code == "not_pending":
+                current = await self._load(rid)
+                raise ApiError(
+                    409,
+                    "not_pending",
+                    f"the request is {current.status.value}",
+                    extra={"status": current.status.value},
+                ) from None
+            raise
+        return JSONResponse(await self._view(req))
+
+    async def keys(self, request: Request) -> Response:
+        """``GET /v1/keys``: the public keyset (no auth)."""
+        try:
+            jwks = await self.signer.keys()
+        except (KeyturnError, OSError):
+            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+        return JSONResponse(jwks, headers={"Cache-Control": "public, max-age=60"})
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the process serves HTTP."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: Redis and the signer both answer."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.store.ping(), 2.0)
+            checks["redis"] = "ok"
+        except (StoreUnavailable, TimeoutError):
+            checks["redis"] = "unavailable"
+        try:
+            await asyncio.wait_for(self.signer.health(), 2.0)
+            checks["signer"] = "ok"
+        except (KeyturnError, OSError, TimeoutError):
+            checks["signer"] = "unavailable"
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ready", **checks})
+        down = ", ".join(k for k, v in checks.items() if v != "ok")
+        return ApiError(503, "not_ready", f"unavailable: {down}", extra=dict(checks)).response()
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus exposition."""
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    def routes(self) -> list[BaseRoute]:
+        """The API's routes, each wrapped so errors become JSON."""
+        w = self._wrap
+        return [
+            Route("/v1/requests", w(self.create), methods=["POST"]),
+            Route("/v1/requests/{request_id}", w(self.status), methods=["GET"]),
+            Route("/v1/requests/{request_id}/receipt", w(self.receipt), methods=["GET"]),
+            Route("/v1/requests/{request_id}/cancel", w(self.cancel), methods=["POST"]),
+            Route("/v1/keys", w(self.keys), methods=["GET"]),
+            Route("/healthz", w(self.healthz), methods=["GET"]),
+            Route("/readyz", w(self.readyz), methods=["GET"]),
+            Route("/metrics", w(self.metrics_endpoint), methods=["GET"]),
+        ]
+
+    def _wrap(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return exc.response()
+            except Refused as exc:
+                status = _REFUSED_STATUS.get(exc.code, 409)
+                return ApiError(status, exc.code, exc.message).response()
+            except StoreUnavailable:
+                return ApiError(503, "store_unavailable", "Redis cannot be reached; retry later").response()
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as JSON."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    return JSONResponse({"error": code, "message": str(detail)}, status_code=status)
+
+
+class GuardMiddleware:
+    """Outermost ASGI middleware: per-route metrics, and a JSON 500 instead of any unhandled exception.
+
+    The exception is logged by type and route only: request bodies and headers may carry secrets.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            log.error("internal error on %s %s: %s", scope.get("method"), route, type(exc).__name__)
+            if not response_started:
+                status = 500
+                response = JSONResponse(
+                    {"error": "internal_error", "message": "internal error; see the bot's log"},
+                    status_code=500,
+                )
+                await response(scope, receive, send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http_requests.labels(route, str(status)).inc()
+            self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)

@@ -1,0 +1,298 @@
+"""``keyturn bot``: assemble the ASGI app (Slack endpoint, CI API, health, metrics) and serve it with uvicorn.
+
+This is the one place that wires the parts together. Settings are read once in ``main`` and passed down; an
+invalid configuration or policy stops the process at start with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from bot.api import Api, GuardMiddleware, http_error_handler
+from bot.approvals import ApprovalService, LifecycleHooks
+from bot.callbacks import CallbackSender
+from bot.config import Settings, describe_error
+from bot.metrics import Metrics
+from bot.store import ChangeFeed, RequestStore, StoreUnavailable
+from signer.errors import KeyturnError
+from signer.policy import Policy, PolicyError, load_policy
+
+log = logging.getLogger("keyturn.bot")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class ExpirySweeper:
+    """Expires due requests from the store's pending index, once a second (idempotent on every replica).
+
+    Used only when the scheduler's timer jobs are not installed: the expiry transition is a compare-and-swap,
+    so several replicas sweeping at once still expire each request exactly once.
+    """
+
+    def __init__(
+        self, service: ApprovalService, store: RequestStore, clock: Clock, every: float = 1.0
+    ) -> None:
+        self._service = service
+        self._store = store
+        self._clock = clock
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> int:
+        """Expire whatever is due now; the number expired."""
+        n = 0
+        for rid in await self._store.due_ids(self._clock()):
+            req = await self._service.expire(rid)
+            if req is not None and req.status.final:
+                n += 1
+        return n
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep sweeping; Redis may come back
+                log.warning("expiry sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(self._every)
+
+    async def start(self) -> None:
+        """Start sweeping in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="keyturn-expiry-sweeper")
+
+    async def stop(self) -> None:
+        """Stop sweeping."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+@dataclass
+class Components:
+    """Everything the app is built from (tests reach in for the store and the service)."""
+
+    settings: Settings
+    policy: Policy
+    redis: aioredis.Redis
+    signer: Any
+    store: RequestStore
+    service: ApprovalService
+    feed: ChangeFeed
+    metrics: Metrics
+    api: Api
+    slack: Any
+    background: list[Any] = field(default_factory=list)
+
+
+def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[LifecycleHooks | None, Any]:
+    """The scheduler's hooks and its start/stop object, if ``bot.timer_jobs`` provides them."""
+    try:
+        from bot import timer_jobs  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None, None
+    install = getattr(timer_jobs, "install", None)
+    if install is None:
+        return None, None
+    result = install(
+        service=service,
+        redis=comps.redis,
+        policy=comps.policy,
+        messenger=service.messenger,
+        store=comps.store,
+        clock=clock,
+    )
+    hooks, runner = result
+    return hooks, runner
+
+
+def build_app(
+    settings: Settings,
+    policy: Policy,
+    *,
+    clock: Clock = utc_now,
+    redis_client: aioredis.Redis | None = None,
+) -> tuple[Starlette, Components]:
+    """Wire the bot: Redis store, signer client, Slack messenger and endpoint, approval service, API."""
+    from bot.app import build_slack_endpoint
+    from bot.messenger import SlackMessenger, make_web_client
+    from bot.signer_client import SignerClient
+
+    metrics = Metrics()
+    client = redis_client or aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    signer = SignerClient(settings.signer_socket, timeout=settings.signer_timeout)
+    web = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
+    messenger = SlackMessenger(web, policy, now=clock)
+    store = RequestStore(client, retention=settings.retention)
+    callbacks = CallbackSender(
+        store,
+        signer,
+        clock=clock,
+        metrics=metrics,
+        attempts=settings.callback_attempts,
+        timeout=settings.callback_timeout,
+    )
+    service = ApprovalService(
+        store,
+        messenger,
+        signer,
+        policy,
+        clock=clock,
+        callbacks=callbacks,
+        metrics=metrics,
+        card_retry_max=settings.card_retry_max,
+    )
+    feed = ChangeFeed(client)
+    api = Api(
+        service, store, signer, feed, metrics, base_url=settings.base_url, max_body=settings.max_body_bytes
+    )
+    slack = build_slack_endpoint(service, messenger, signer, policy, web)
+    comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
+
+    hooks, runner = _timers(service, comps, clock)
+    if hooks is not None:
+        service.hooks = hooks
+    comps.background.append(runner if runner is not None else ExpirySweeper(service, store, clock))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await feed.start()
+        with contextlib.suppress(StoreUnavailable):
+            resumed = await service.resume()
+            if resumed:
+                log.info("resumed card posting for %d pending request(s)", resumed)
+        for part in comps.background:
+            await part.start()
+        try:
+            health = await signer.health()
+            if getattr(health, "policy_sha256", policy.sha256) != policy.sha256:
+                log.warning("the signer loaded a different policy file than the bot (sha256 differs)")
+        except (KeyturnError, OSError):
+            log.warning("the signer is not reachable yet; requests will get 503 until it is")
+        try:
+            yield
+        finally:
+            for part in reversed(comps.background):
+                with contextlib.suppress(Exception):
+                    await part.stop()
+            with contextlib.suppress(Exception):
+                await slack.drain(5.0)
+            await service.wait_idle(5.0)
+            await service.aclose()
+            await feed.stop()
+            with contextlib.suppress(Exception):
+                await signer.close()
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    app = Starlette(
+        routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
+        middleware=[Middleware(GuardMiddleware, metrics=metrics)],
+        exception_handlers={HTTPException: http_error_handler},
+        lifespan=lifespan,
+    )
+    return app, comps
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, announcing readiness on stdout once it accepts connections."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.config.host, self.config.port
+            with contextlib.suppress(Exception):
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+            print(f"bot ready on http://{host}:{port}", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keyturn bot",
+        description="Run the Slack bot and the CI API. Configuration: KEYTURN_* variables or .env "
+        "(see docs/configuration.md).",
+    )
+    p.add_argument("--host", help="listen address (overrides KEYTURN_HOST)")
+    p.add_argument("--port", type=int, help="listen port (overrides KEYTURN_PORT)")
+    p.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    return p
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment and the .env file, with command-line overrides."""
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.env_file:
+        return Settings(_env_file=args.env_file, **overrides)
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``keyturn bot``: exit 2 on invalid configuration or policy, else serve until stopped."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else 2
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        print(f"keyturn bot: invalid configuration: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    if args.env_file and not os.path.exists(args.env_file):
+        print(f"keyturn bot: invalid configuration: no such env file {args.env_file}", file=sys.stderr)
+        return 2
+    try:
+        policy = load_policy(settings.policy)
+    except PolicyError as exc:
+        print(f"keyturn bot: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    app, _ = build_app(settings, policy)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level == "DEBUG",
+        lifespan="on",
+        server_header=False,
+    )
+    server = _Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return 0
+    return 0 if server.started else 1
