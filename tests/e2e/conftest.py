@@ -1,8 +1,8 @@
 """The end-to-end stack: redis-server, ``keyturn signer``, ``keyturn emulator`` and ``keyturn bot``, as real
 processes on free ports and temp sockets, with a temp policy and a fresh (non-dev) keyset.
 
-One stack serves the whole e2e session (starting it costs a few seconds); the ``stack`` fixture hands each test
-a clean Redis and a reset emulator, and prints every process's log when the test failed.
+One stack serves the whole e2e session (starting it costs a few seconds); the ``stack`` fixture hands each
+test a clean Redis and a reset emulator, and prints every process's log when the test failed.
 """
 
 from __future__ import annotations
