@@ -1,0 +1,101 @@
+"""The emulator page in headless Chromium: pick a user, click Approve on the posted card, deny with reason."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from slack_sdk import WebClient
+
+from tests.emulator.conftest import BOT_TOKEN, RunningBot, RunningEmulator
+from tests.emulator.test_interactions import CARD
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, shared by this module (skips when it is not installed)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium not installed: apt-get install -y chromium to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page (own context: no localStorage carried between tests)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def post_card(emu: RunningEmulator, text: str) -> str:
+    """Post the approval card whose section says ``text``; return its ts."""
+    blocks = [*CARD[:1], {"type": "section", "text": {"type": "mrkdwn", "text": text}}, *CARD[2:]]
+    ts: str = WebClient(token=BOT_TOKEN, base_url=emu.api_url).chat_postMessage(
+        channel="C0DEPLOYS", text="Deploy web?", blocks=blocks
+    )["ts"]
+    return ts
+
+
+def test_approve_and_deny_from_the_page(page: Any, emu: RunningEmulator, bot: RunningBot) -> None:
+    # Untrusted text must be shown as text: an injected tag stays inert.
+    ts = post_card(emu, "*alice* wants `abc123` &lt;img src=x onerror=alert(1)&gt; <!channel>")
+    page.goto(emu.url + "/")
+    page.select_option("#user-select", "U0BOB")
+    message = page.locator(f'.message[data-ts="{ts}"]')
+    message.wait_for()
+    assert message.locator("img").count() == 0
+    assert "<img src=x onerror=alert(1)>" in message.inner_text()
+    assert message.locator("b", has_text="alice").count() == 1
+
+    message.locator('button[data-action-id="approve"]').click()
+    page.locator("#status", has_text="HTTP 200").wait_for()
+    [approve] = bot.record.of("approve")
+    assert approve["user"]["id"] == "U0BOB"
+    assert approve["message"]["ts"] == ts
+
+    # Carol denies: the bot opens the modal; an empty reason shows the bot's inline error; a reason closes it.
+    page.select_option("#user-select", "U0CAROL")
+    page.locator(f'.message[data-ts="{ts}"] button[data-action-id="deny"]').click()
+    page.locator("#view-form").wait_for()
+    page.click("#view-submit")
+    page.locator(".input-error", has_text="Please give a reason").wait_for()
+    page.fill("#in-reason", "too risky")
+    page.click("#view-submit")
+    page.locator("#overlay").wait_for(state="hidden")
+    reasons = [b["view"]["state"]["values"]["reason"]["reason_input"]["value"] for b in bot.record.of("view")]
+    assert reasons == ["", "too risky"]
+
+
+def test_slash_command_box(page: Any, emu: RunningEmulator, bot: RunningBot) -> None:
+    page.goto(emu.url + "/")
+    page.select_option("#user-select", "U0ALICE")
+    page.fill("#command-input", "/keyturn deploy web")
+    page.press("#command-input", "Enter")
+    page.locator(".message.ephemeral", has_text="request received: deploy web").wait_for()
+    [body] = bot.record.of("command")
+    assert (body["user_id"], body["text"]) == ("U0ALICE", "deploy web")
