@@ -56,7 +56,7 @@ class Child:
             line = line.rstrip("\n")
             self.tail = [*self.tail[-40:], line]
             print(f"{prefix} {line}", flush=True)
-            if self.ready_marker and self.ready_marker in line:
+            if self.ready_marker and self.ready_marker.lower() in line.lower():
                 self.ready.set()
 
 
@@ -116,12 +116,11 @@ class Stack:
         return next((c for c in self.children if c.popen.poll() is not None), None)
 
     def stop(self) -> None:
-        """SIGTERM every child (newest first), then SIGKILL stragglers."""
+        """Stop children newest first, each before the next, so none logs the loss of the one it needs."""
         for child in reversed(self.children):
             if child.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.popen.pid, signal.SIGTERM)
-        for child in reversed(self.children):
             try:
                 child.popen.wait(8)
             except subprocess.TimeoutExpired:
@@ -206,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                     str(workdir),
                 ],
                 {},
-                "Ready to accept connections",
+                "ready to accept connections",
             )
             redis_url = f"unix://{sock}"
 
@@ -214,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         public = workdir / "keys.public.json"
         _run_quiet([*KEYTURN, "keygen", "--dev", "--out", str(keyset)], "creating dev keys")
         _run_quiet(
-            [*KEYTURN, "keys", "export", "--keyset", str(keyset), "--out", str(public)], "exporting keys"
+            [*KEYTURN, "keys", "--key-file", str(keyset), "export", "--out", str(public)], "exporting keys"
         )
 
         policy = _dev_policy(args.policy)
