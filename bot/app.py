@@ -74,9 +74,9 @@ def _to_starlette(resp: BoltResponse) -> Response:
 
 
 def help_text(command: str) -> str:
-    """The usage text for the slash command (escaped mrkdwn)."""
-    c = escape(command)
-    return (
+    """The usage text for the slash command (escaped mrkdwn: ``<repo>`` must not reach Slack as markup)."""
+    c = command
+    return escape(
         f"*{c}* — deploy approvals\n"
         f"• `{c} request <repo> <sha> <environment> [workflow]` — ask for approval (the card goes to the "
         "environment's channel)\n"
@@ -105,6 +105,21 @@ def _form(raw: str) -> dict[str, str]:
     return dict(parse_qsl(raw, keep_blank_values=True))
 
 
+async def _reparse_slash_command(req: AsyncBoltRequest, next: Callable[[], Awaitable[Any]]) -> Any:
+    """``before_authorize``: re-parse slash commands whose body contains the substring ``payload``.
+
+    Bolt parses any form body containing "payload" as an interactivity payload, so
+    ``/keyturn request acme/payload-svc ...`` would arrive as ``{}`` and be unhandled (platform facts §2.1).
+    """
+    if not req.body and req.raw_body and not req.raw_body.lstrip().startswith("{"):
+        params = _form(req.raw_body)
+        if "payload" not in params and "command" in params:
+            req.body = params
+            req.context = build_async_context(req.context, req.body)
+            req.context.pop("respond", None)  # built earlier without the response_url; rebuilt on use
+    return await next()
+
+
 class SlackEndpoint:
     """The ``/slack/events`` endpoint: ``handle(request)`` is a Starlette request -> response function."""
 
@@ -130,10 +145,41 @@ class SlackEndpoint:
         # through the messenger, never through it.
         base_url = client.base_url if client is not None else None
         bolt_client = AsyncWebClient(base_url=base_url) if base_url else AsyncWebClient()
+        # Bolt injects listener arguments by parameter name and counts ``self`` among them, so bound methods
+        # are wrapped in plain functions with exactly the parameters Bolt should pass.
+
+        async def authorize(
+            enterprise_id: str | None, team_id: str | None, user_id: str | None
+        ) -> AuthorizeResult:
+            # Local: one workspace, the bot token from config. No auth.test round trip before an ack.
+            return AuthorizeResult(
+                enterprise_id=enterprise_id, team_id=team_id, user_id=user_id, bot_token=self._token
+            )
+
+        async def reparse(req: AsyncBoltRequest, next: Callable[[], Awaitable[Any]]) -> Any:
+            return await _reparse_slash_command(req, next)
+
+        async def team_guard(req: AsyncBoltRequest, next: Callable[[], Awaitable[Any]]) -> Any:
+            return await self._team_guard(req, next)
+
+        async def on_approve(ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest) -> None:
+            await self._on_approve(ack, body, request)
+
+        async def on_deny(ack: AsyncAck, body: dict[str, Any]) -> None:
+            await self._on_deny(ack, body)
+
+        async def on_deny_submit(ack: AsyncAck, body: dict[str, Any]) -> None:
+            await self._on_deny_submit(ack, body)
+
+        async def on_command(
+            ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest, respond: AsyncRespond
+        ) -> None:
+            await self._on_command(ack, body, request, respond)
+
         self.app = AsyncApp(
             client=bolt_client,
-            authorize=self._authorize,
-            before_authorize=self._reparse_slash_command,
+            authorize=authorize,
+            before_authorize=reparse,
             request_verification_enabled=False,  # the signer verified the request already
             ssl_check_enabled=False,  # an unsigned ssl_check must not get a 200 either
             url_verification_enabled=False,  # no Events API subscriptions
@@ -142,11 +188,11 @@ class SlackEndpoint:
             raise_error_for_unhandled_request=False,
             name="keyturn",
         )
-        self.app.use(self._team_guard)
-        self.app.action(APPROVE_ACTION)(self._on_approve)
-        self.app.action(DENY_ACTION)(self._on_deny)
-        self.app.view(DENY_CALLBACK)(self._on_deny_submit)
-        self.app.command(self.command)(self._on_command)
+        self.app.use(team_guard)
+        self.app.action(APPROVE_ACTION)(on_approve)
+        self.app.action(DENY_ACTION)(on_deny)
+        self.app.view(DENY_CALLBACK)(on_deny_submit)
+        self.app.command(self.command)(on_command)
 
     # -- HTTP edge -----------------------------------------------------------------------------------------
 
@@ -182,8 +228,9 @@ class SlackEndpoint:
         except Exception:  # never a stack trace to Slack
             log.exception("Slack request dispatch failed")
             return JSONResponse({"error": "internal error"}, status_code=503)
-        if resp.status >= 500:
+        if resp.status >= 500:  # a listener or middleware crashed: logged by Bolt; no 500 leaves the bot
             log.error("Slack request answered %s by Bolt", resp.status)
+            return JSONResponse({"error": "internal error"}, status_code=503)
         return _to_starlette(resp)
 
     async def __call__(self, request: Request) -> Response:
@@ -229,23 +276,6 @@ class SlackEndpoint:
             log.warning("could not tell %s: %s", user_id, getattr(exc, "code", type(exc).__name__))
 
     # -- middleware ----------------------------------------------------------------------------------------
-
-    async def _authorize(self, enterprise_id: str | None, team_id: str | None, user_id: str | None) -> Any:
-        # Local: single workspace, the bot token from config. No auth.test round trip before an ack.
-        return AuthorizeResult(
-            enterprise_id=enterprise_id, team_id=team_id, user_id=user_id, bot_token=self._token
-        )
-
-    @staticmethod
-    async def _reparse_slash_command(req: AsyncBoltRequest, next: Callable[[], Awaitable[Any]]) -> Any:
-        # Bolt parses any form body containing the substring "payload" as an interactivity payload, so
-        # "/keyturn request acme/payload-svc ..." would arrive as {} and be unhandled. Re-parse commands.
-        if not req.body and req.raw_body and not req.raw_body.lstrip().startswith("{"):
-            params = _form(req.raw_body)
-            if "payload" not in params and "command" in params:
-                req.body = params
-                req.context = build_async_context(req.context, req.body)
-        return await next()
 
     async def _team_guard(self, req: AsyncBoltRequest, next: Callable[[], Awaitable[Any]]) -> Any:
         expected = self.policy.slack.team_id
@@ -436,9 +466,8 @@ def _validation_text(exc: ValidationError, command: str) -> str:
         f"{'.'.join(str(p) for p in err['loc'])}: {str(err['msg']).removeprefix('Value error, ')}"
         for err in exc.errors(include_url=False)
     )
-    return (
-        f"Cannot request that: {safe(problems, 1000)}\n"
-        f"Usage: `{escape(command)} request <repo> <sha> <environment> [workflow]`"
+    return f"Cannot request that: {safe(problems, 1000)}\n" + escape(
+        f"Usage: `{command} request <repo> <sha> <environment> [workflow]`"
     )
 
 
