@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -33,11 +35,23 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._ready_line = ready_line
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signals to :func:`_serve`, so SIGTERM is a clean exit (code 0), not a re-raised signal."""
+        yield
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start serving, then print the ready line (tools wait for it)."""
         await super().startup(sockets=sockets)
         if not self.should_exit:
             print(self._ready_line, flush=True)
+
+
+async def _serve(server: _Server, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    await server.serve(sockets=[sock])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(_serve(server, sock))
     except KeyboardInterrupt:
         pass
     finally:
