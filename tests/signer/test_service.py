@@ -522,3 +522,19 @@ async def test_client_times_out_on_a_signer_that_never_answers() -> None:
         server.close()
         await server.wait_closed()
         remove(path)
+
+
+def test_socket_group_makes_it_0660_and_an_unknown_group_is_refused(
+    signer_files: SignerFiles, log_dir: Path
+) -> None:
+    gid = os.getgid()
+    proc = start_signer(signer_files, log_dir, KEYTURN_SIGNER_SOCKET_GROUP=str(gid))
+    try:
+        st = signer_files.socket.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == gid
+    finally:
+        proc.stop()
+    out = run_signer_once(signer_files, KEYTURN_SIGNER_SOCKET_GROUP="no-such-group-keyturn")
+    assert out.returncode == 2
+    assert "no-such-group-keyturn" in out.stderr
