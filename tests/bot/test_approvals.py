@@ -1,0 +1,261 @@
+"""Approval use cases on a real Redis, with a recording messenger and a scripted signer in-process.
+
+The full path through real processes is in tests/e2e/; here the failure modes that are hard to provoke there:
+the signer refusing or down at quorum, Slack failing to post the card, hooks and callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.approvals import ApprovalService
+from bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
+from bot.ports import Refused
+from bot.signer_client import SignerRefused, SignerUnavailable
+from bot.store import RequestStore
+from signer import wire
+from signer.policy import Policy
+
+SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
+POLICY = b"""
+version = 1
+[identities]
+"github:alice" = "U0ALICE"
+[environments.production]
+channel = "C0DEPLOYS"
+approvers = ["U0BOB", "U0CAROL", "U0ALICE"]
+approver_groups = ["S0ONCALL"]
+required_approvals = 2
+request_ttl = "30m"
+receipt_ttl = "15m"
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeMessenger:
+    """Records calls; ``fail_posts`` makes the next N post_card calls fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_posts = 0
+        self.posted = asyncio.Event()
+
+    async def post_card(self, request: DeployRequest) -> CardRef:
+        self.calls.append(("post_card", request.id))
+        if self.fail_posts:
+            self.fail_posts -= 1
+            raise RuntimeError("slack down")
+        self.posted.set()
+        return CardRef(channel="C0DEPLOYS", ts="1.000100")
+
+    async def update_card(self, request: DeployRequest) -> None:
+        self.calls.append(("update_card", request.status))
+
+    async def reply_in_thread(self, card: CardRef, text: str) -> None:
+        self.calls.append(("reply", text))
+
+    async def send_dm(self, user_id: str, text: str) -> None:
+        self.calls.append(("dm", user_id))
+
+    async def ephemeral(self, channel: str, user_id: str, text: str) -> None:
+        self.calls.append(("ephemeral", user_id))
+
+    async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
+        self.calls.append(("modal", trigger_id))
+
+    async def group_members(self, group_id: str) -> frozenset[str]:
+        return frozenset({"U0ERIN"}) if group_id == "S0ONCALL" else frozenset()
+
+    async def user_email(self, user_id: str) -> str | None:
+        return f"{user_id.lower()}@example.com"
+
+    async def user_by_email(self, email: str) -> str | None:
+        return None
+
+
+class FakeSigner:
+    """Returns a receipt-shaped dict, or raises what it is told to."""
+
+    def __init__(self) -> None:
+        self.fail: Exception | None = None
+        self.calls: list[tuple[str, int]] = []
+
+    async def sign(
+        self,
+        request_id: str,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin,
+        approvals: Sequence[wire.SlackClick],
+        group_members: Mapping[str, Sequence[str]],
+        emails: Mapping[str, str],
+    ) -> dict[str, Any]:
+        self.calls.append((request_id, len(approvals)))
+        if self.fail is not None:
+            raise self.fail
+        return {
+            "requestId": request_id,
+            "status": "APPROVED",
+            "expiresAt": "2099-01-01T00:00:00Z",
+            "approver": {"id": "U0CAROL", "email": ""},
+            "signature": {"alg": "Ed25519", "keyId": "k", "value": base64.b64encode(b"s" * 64).decode()},
+        }
+
+
+@pytest.fixture
+async def parts(redis_url: str) -> AsyncIterator[tuple[ApprovalService, FakeMessenger, FakeSigner, Clock]]:
+    client = aioredis.Redis.from_url(redis_url)
+    messenger, signer, clock = FakeMessenger(), FakeSigner(), Clock()
+    service = ApprovalService(
+        RequestStore(client, retention=timedelta(hours=1)),
+        messenger,
+        signer,
+        Policy.from_bytes(POLICY),
+        clock=clock,
+        card_retry_first=timedelta(milliseconds=10),
+        card_retry_max=timedelta(milliseconds=50),
+    )
+    yield service, messenger, signer, clock
+    await service.aclose()
+    await client.aclose()
+
+
+def body(requester: str = "github:alice") -> RequestIn:
+    return RequestIn.model_validate(
+        {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": "deploy.yml",
+         "requester": requester}
+    )  # fmt: skip
+
+
+def origin(clock: Clock) -> OriginEvidence:
+    return OriginEvidence(
+        kind="ci", body="e30=", timestamp=str(int(clock.now.timestamp())), signature="v1=00",
+        method="POST", path="/v1/requests",
+    )  # fmt: skip
+
+
+def click(user: str) -> SlackEvidence:
+    return SlackEvidence(body=f"payload={user}", timestamp="1", signature="v0=00")
+
+
+async def created(service: ApprovalService, messenger: FakeMessenger, clock: Clock) -> DeployRequest:
+    req, is_new = await service.create(body(), origin(clock))
+    assert is_new
+    await asyncio.wait_for(messenger.posted.wait(), 5)
+    await service.wait_idle()
+    return await service.get(req.id)
+
+
+async def test_signer_refusal_keeps_request_pending_and_next_click_retries(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    service, messenger, signer, clock = parts
+    req = await created(service, messenger, clock)
+    assert req.card is not None
+    await service.approve(req.id, "U0BOB", click("U0BOB"))
+    signer.fail = SignerRefused("card_mismatch", "the card lied")
+    with pytest.raises(Refused) as exc:
+        await service.approve(req.id, "U0CAROL", click("U0CAROL"))
+    assert exc.value.code == "signing_failed"
+    assert "card_mismatch" in exc.value.message
+    after = await service.get(req.id)
+    assert after.status is Status.PENDING
+    assert len(after.approvals) == 2
+    error = await service.store.sign_error(req.id)
+    assert error is not None
+    assert error.code == "card_mismatch"
+    assert any(kind == "reply" and "card_mismatch" in str(text) for kind, text in messenger.calls)
+
+    signer.fail = SignerUnavailable("down")
+    with pytest.raises(Refused, match="signer_unavailable"):
+        await service.approve(req.id, "U0CAROL", click("U0CAROL"))
+    signer.fail = None
+    done = await service.approve(req.id, "U0CAROL", click("U0CAROL"))  # the retry
+    assert done.status is Status.APPROVED
+    assert done.receipt_id is not None
+    assert await service.store.sign_error(req.id) is None
+    assert [n for _, n in signer.calls] == [2, 2, 2]
+
+
+async def test_refusals_have_specific_codes(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    service, messenger, _, clock = parts
+    req = await created(service, messenger, clock)
+    for user, code in (("U0ALICE", "self_approval"), ("U0MALLORY", "not_an_approver")):
+        with pytest.raises(Refused) as exc:
+            await service.approve(req.id, user, click(user))
+        assert exc.value.code == code
+    await service.approve(req.id, "U0ERIN", click("U0ERIN"))  # via S0ONCALL
+    with pytest.raises(Refused) as exc:
+        await service.approve(req.id, "U0ERIN", click("U0ERIN"))
+    assert exc.value.code == "already_approved"
+    with pytest.raises(Refused) as exc:
+        await service.deny(req.id, "U0BOB", "  ")
+    assert exc.value.code == "reason_required"
+    with pytest.raises(Refused) as exc:
+        await service.approve("req_01JV7Q4M4T7Z9X4P9G8N2D6R1A", "U0BOB", click("U0BOB"))
+    assert exc.value.code == "unknown_request"
+    assert [r.id for r in await service.pending_for("U0BOB")] == [req.id]
+    assert await service.pending_for("U0ERIN") == []
+
+
+async def test_card_posting_is_retried_and_the_error_is_visible(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    service, messenger, _, clock = parts
+    messenger.fail_posts = 3
+    req, _ = await service.create(body(), origin(clock))
+    await asyncio.wait_for(messenger.posted.wait(), 5)
+    await service.wait_idle()
+    after = await service.get(req.id)
+    assert after.card is not None
+    assert after.card_error is None
+    assert [c for c in messenger.calls if c[0] == "post_card"] == [("post_card", req.id)] * 4
+
+
+async def test_expire_is_idempotent_and_only_when_due(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    service, messenger, _, clock = parts
+    req = await created(service, messenger, clock)
+    assert (await service.expire(req.id)) == req  # not due: nothing changes
+    clock.now = req.expires_at
+    results = await asyncio.gather(*(service.expire(req.id) for _ in range(5)))
+    assert all(r is not None and r.status is Status.EXPIRED for r in results)
+    assert [c for c in messenger.calls if c == ("update_card", Status.EXPIRED)] == [
+        ("update_card", Status.EXPIRED)
+    ]
+    assert await service.expire("req_01JV7Q4M4T7Z9X4P9G8N2D6R1A") is None
+
+
+async def test_hooks_hear_creation_and_the_final_state_once(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    service, messenger, _, clock = parts
+    seen: list[tuple[str, Status]] = []
+
+    class Hooks:
+        async def on_created(self, request: DeployRequest) -> None:
+            seen.append(("created", request.status))
+
+        async def on_final(self, request: DeployRequest) -> None:
+            seen.append(("final", request.status))
+
+    service.hooks = Hooks()
+    req = await created(service, messenger, clock)
+    await service.cancel(req.id)
+    await service.cancel(req.id)
+    assert seen == [("created", Status.PENDING), ("final", Status.CANCELLED)]
