@@ -25,11 +25,13 @@ import pytest
 
 from bot.signer_client import SignerClient, SignerRefused, SignerUnavailable
 from signer import wire
-from signer.audit import verify_file
-from signer.evidence import ci_signature, slack_signature
+from signer.audit import AuditLog, verify_file
+from signer.evidence import Secrets, ci_signature, slack_signature
 from signer.keys import SigningKeyset
 from signer.keyset import PublicKeyset
+from signer.policy import Policy
 from signer.receipt import Scope
+from signer.service import Signer as SignerService
 from signer.verify import verify_receipt
 from tests.harness import KEYTURN, Proc, unix_socket_ready, wait_until
 from tests.signer.conftest import (
@@ -538,3 +540,37 @@ def test_socket_group_makes_it_0660_and_an_unknown_group_is_refused(
     out = run_signer_once(signer_files, KEYTURN_SIGNER_SOCKET_GROUP="no-such-group-keyturn")
     assert out.returncode == 2
     assert "no-such-group-keyturn" in out.stderr
+
+
+class _Misbehaving(SignerService):
+    """A signer whose handler hangs or crashes, to test how the service answers."""
+
+    mode: str = "hang"
+
+    async def handle(self, request: wire.Request) -> dict[str, Any]:
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        raise RuntimeError("secret-looking detail that must not reach the reply")
+
+
+@pytest.mark.parametrize(("mode", "code"), [("hang", "timeout"), ("crash", "internal_error")])
+async def test_hung_or_crashing_requests_get_error_replies(
+    signer_files: SignerFiles, mode: str, code: str
+) -> None:
+    audit = AuditLog.open(signer_files.root / "unit-audit.jsonl")
+    try:
+        svc = _Misbehaving(
+            keys=SigningKeyset.load(signer_files.keyset),
+            policy=Policy.from_bytes(signer_files.policy.read_bytes()),
+            secrets=Secrets(SLACK_SECRET, CI_SECRET),
+            audit=audit,
+            timeout=0.05,
+        )
+        svc.mode = mode
+        reply = await svc.reply_to(HEALTH)
+    finally:
+        audit.close()
+    assert isinstance(reply, wire.ErrorReply)
+    assert reply.error.code == code
+    assert reply.id == "h"
+    assert "secret-looking" not in reply.error.message
