@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
+from typing import ClassVar
 
 import httpx
 
+from signer.evidence import callback_signature
 from tests.e2e.conftest import CI_SECRET, Stack, ci_headers, request_body
 
 
@@ -147,3 +151,39 @@ def test_slack_429_then_success_still_posts_the_card(stack: Stack) -> None:
     req = stack.card(stack.create()["requestId"], timeout=20)
     assert req["card"]["channel"] == "C0DEPLOYS"
     assert req["cardError"] is None
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A CI endpoint that fails its first delivery, then accepts."""
+
+    got: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    arrived = threading.Event()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(500 if len(type(self).got) == 1 else 204)
+        self.end_headers()
+        if len(type(self).got) > 1:
+            type(self).arrived.set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_callback_is_signed_retried_and_recorded(stack: Stack) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hooks/keyturn?run=1"
+        req = stack.card(stack.create(callbackUrl=url)["requestId"])
+        stack.post(f"/v1/requests/{req['requestId']}/cancel", b"")
+        assert _Receiver.arrived.wait(15)
+    finally:
+        server.shutdown()
+    headers, body = _Receiver.got[-1]
+    assert json.loads(body) == {"requestId": req["requestId"], "status": "CANCELLED"}
+    expected = callback_signature(CI_SECRET, "/hooks/keyturn", headers["x-keyturn-timestamp"], body)
+    assert headers["x-keyturn-signature"] == expected
+    assert len(_Receiver.got) == 2
