@@ -29,7 +29,6 @@ step and the tick. The deadlines themselves never enter APScheduler.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
@@ -327,7 +326,6 @@ class Timers:
         lease_s: float = 5.0,
         replica_id: str,
         batch_size: int = 256,
-        max_batches_per_tick: int = 16,
         concurrency: int = 32,
         job_timeout_s: float = 30.0,
         retry_base_s: float = 1.0,
@@ -349,8 +347,8 @@ class Timers:
                 raise BadJob(f"bad job kind {name!r}")
         if not (0 < tick_s <= 60 and 0.3 <= lease_s <= 600 and job_timeout_s > 0):
             raise ValueError("tick_s, lease_s or job_timeout_s out of range")
-        if not (1 <= batch_size <= 10_000 and max_batches_per_tick >= 1 and concurrency >= 1):
-            raise ValueError("batch_size, max_batches_per_tick or concurrency out of range")
+        if not (1 <= batch_size <= 10_000 and concurrency >= 1):
+            raise ValueError("batch_size or concurrency out of range")
         if ":" in replica_id or not replica_id:
             raise ValueError("replica_id must be non-empty and contain no ':'")
         self._redis = redis
@@ -363,8 +361,8 @@ class Timers:
         # The nonce keeps two replicas misconfigured with the same id from both believing they lead.
         self._tag = f"{replica_id}:{secrets.token_hex(4)}"
         self._batch_size = batch_size
-        self._max_batches = max_batches_per_tick
-        self._sem = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._jobs: set[asyncio.Task[None]] = set()
         self._job_timeout_s = job_timeout_s
         # A claim outlives a handler's timeout, so a live leader's claims are only re-queued when stuck.
         self._claim_lease_ms = int((job_timeout_s * 2 + lease_s) * 1000)
@@ -463,19 +461,23 @@ class Timers:
         sched.start()
         self._scheduler = sched
 
-    async def stop(self) -> None:
-        """Stop ticking, let a running tick finish (bounded by the job timeout), and hand the lease back."""
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop ticking, give running jobs ``grace_s`` to finish, and hand the lease back.
+
+        Jobs still running after the grace are cancelled; their claims stay in flight and the next leader
+        re-queues them, so they run again rather than vanish.
+        """
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        task = self._tick_task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self._job_timeout_s + 1)
-            except Exception:
+        pending = [t for t in (self._tick_task, *self._jobs) if t is not None and not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace_s)
+            for task in late:
                 task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            if late:
+                # Bounded: a task cancelled inside a redis-py call has been seen never to finish.
+                await asyncio.wait(late, timeout=1.0)
         value = self._lease_value
         self._lease_value = None
         self._token = None
@@ -515,30 +517,51 @@ class Timers:
             self._lease_valid_until = started + self._lease_s * 0.9
             return True
 
-    async def tick(self) -> int:
-        """If leader, claim and run what is due now (in batches). Returns how many jobs ran."""
-        ran = 0
-        for _ in range(self._max_batches):
+    async def tick(self, *, wait: bool = True) -> int:
+        """If leader, run everything due now. Returns how many jobs were claimed.
+
+        Claims never exceed free handler slots (``concurrency``): a claimed job is always running, and a
+        slow handler delays nothing but itself. While the last claim came back full the tick keeps going,
+        claiming again as slots free up, so a burst of due jobs drains without waiting for the next tick.
+        ``wait=True`` (tests, the bench) returns only once the claimed jobs finished.
+        """
+        started: list[asyncio.Task[None]] = []
+        while True:
             value, token = self._lease_value, self._token
             if value is None or token is None or not self.is_leader:
                 break
+            room = min(self._batch_size, self._concurrency - len(self._jobs))
+            if room <= 0:
+                await asyncio.wait(list(self._jobs), return_when=asyncio.FIRST_COMPLETED)
+                continue
             now_ms = _ms(self._clock())
             until_ms = now_ms + self._claim_lease_ms
             items = await self._s_claim(
                 keys=[LEADER_KEY, DUE_KEY, INFLIGHT_KEY, INFLIGHT_DUE_KEY],
-                args=[value, now_ms, until_ms, self._batch_size],
+                args=[value, now_ms, until_ms, room],
             )
             if not isinstance(items, list):  # -1: fenced out, someone else leads now
                 log.warning("timers: %s was fenced out of a claim", self._replica_id)
                 self._lease_value = None
                 self._token = None
                 break
-            pairs = [(_text(items[i]), float(items[i + 1])) for i in range(0, len(items), 2)]
-            await asyncio.gather(*(self._run_one(m, due, until_ms, token) for m, due in pairs))
-            ran += len(pairs)
-            if len(pairs) < self._batch_size:
+            for i in range(0, len(items), 2):
+                job = asyncio.create_task(
+                    self._run_one(_text(items[i]), float(items[i + 1]), until_ms, token)
+                )
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+                started.append(job)
+            if len(items) // 2 < room:
                 break
-        return ran
+        if wait and started:
+            await asyncio.wait(started)
+        return len(started)
+
+    async def drain(self) -> None:
+        """Wait until no job started by this replica is running (tests and the bench)."""
+        while self._jobs:
+            await asyncio.wait(list(self._jobs))
 
     # --- internals -----------------------------------------------------------------------------------
 
@@ -566,7 +589,7 @@ class Timers:
             log.warning("timers: lease step failed: %s", type(exc).__name__)
 
     async def _tick_job(self) -> None:
-        # The tick runs as its own task so a long batch never makes APScheduler skip (and log) runs.
+        # The claim runs as its own task so a slow Redis never makes APScheduler skip (and log) runs.
         if self._tick_task is not None and not self._tick_task.done():
             return
         if not self.is_leader:
@@ -575,39 +598,44 @@ class Timers:
 
     async def _guarded_tick(self) -> int:
         try:
-            return await self.tick()
+            return await self.tick(wait=False)
         except Exception as exc:
             log.warning("timers: tick failed: %s", type(exc).__name__)
             return 0
 
     async def _run_one(self, member: str, due_ms: float, until_ms: int, token: int) -> None:
-        async with self._sem:
-            try:
-                kind, request_id, n = parse_member(member)
-            except BadJob:
-                log.error("timers: dropping malformed job member")
-                await self._complete(member, "", until_ms)
-                return
-            handler = self._handlers.get(kind)
-            try:
-                if handler is None:
-                    raise BadJob(f"no handler for job kind {kind!r}")
-                ctx = JobContext(kind, request_id, n, _from_ms(due_ms), token)
-                await asyncio.wait_for(handler(ctx), self._job_timeout_s)
-            except StaleLeader:
-                # Our term ended mid-job; the new leader re-queued this claim and will run it.
-                log.info("timers: %s stopped: fenced out", member)
-                return
-            except Exception as exc:
-                attempts = await self._s_retry(
-                    keys=[INFLIGHT_KEY, INFLIGHT_DUE_KEY, ATTEMPTS_KEY, DUE_KEY],
-                    args=[member, until_ms, _ms(self._clock()), self._retry_base_ms, self._retry_max_ms],
-                )
-                log.warning(
-                    "timers: %s failed (%s), attempt %s, will retry", member, type(exc).__name__, attempts
-                )
-                return
-            await self._complete(member, request_id, until_ms)
+        try:
+            await self._run_claimed(member, due_ms, until_ms, token)
+        except Exception as exc:  # Redis trouble while completing: the claim lapses and is re-queued.
+            log.warning("timers: %s: bookkeeping failed (%s)", member, type(exc).__name__)
+
+    async def _run_claimed(self, member: str, due_ms: float, until_ms: int, token: int) -> None:
+        try:
+            kind, request_id, n = parse_member(member)
+        except BadJob:
+            log.error("timers: dropping malformed job member")
+            await self._complete(member, "", until_ms)
+            return
+        handler = self._handlers.get(kind)
+        try:
+            if handler is None:
+                raise BadJob(f"no handler for job kind {kind!r}")
+            ctx = JobContext(kind, request_id, n, _from_ms(due_ms), token)
+            await asyncio.wait_for(handler(ctx), self._job_timeout_s)
+        except StaleLeader:
+            # Our term ended mid-job; the new leader re-queued this claim and runs it.
+            log.info("timers: %s stopped: fenced out", member)
+            return
+        except Exception as exc:
+            attempts = await self._s_retry(
+                keys=[INFLIGHT_KEY, INFLIGHT_DUE_KEY, ATTEMPTS_KEY, DUE_KEY],
+                args=[member, until_ms, _ms(self._clock()), self._retry_base_ms, self._retry_max_ms],
+            )
+            log.warning(
+                "timers: %s failed (%s), attempt %s, will retry", member, type(exc).__name__, attempts
+            )
+            return
+        await self._complete(member, request_id, until_ms)
 
     async def _complete(self, member: str, request_id: str, until_ms: int) -> None:
         reqset = req_key(request_id) if request_id else PREFIX + "req:"
