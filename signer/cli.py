@@ -384,6 +384,8 @@ def signer_main(argv: Sequence[str]) -> int:
     Refuses to start (one line on stderr, exit 2) on a bad key file, an invalid policy, missing secrets or a
     socket path in use. Prints ``signer ready on <socket> key <kid>`` once it accepts connections.
     """
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="keyturn signer",
         description=signer_main.__doc__,
@@ -407,6 +409,8 @@ def signer_main(argv: Sequence[str]) -> int:
 
 def policy_main(argv: Sequence[str]) -> int:
     """``keyturn policy check FILE``: validate a policy file; print OK, or each error with its key path."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="keyturn policy", description=policy_main.__doc__)
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("check", help="validate a keyturn.toml")
