@@ -9,7 +9,6 @@ Exit codes: 0 success; 1 refusal (``REJECTED <code>: <detail>`` on stderr for ve
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,7 +18,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import argparse
+
     from signer.keyset import PublicKeyset
+else:
+
+    class _LazyModule:
+        """Imports the named module on first attribute access (argparse costs ~10 ms; see verify_main)."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> Any:
+            import importlib
+
+            return getattr(importlib.import_module(self._name), attr)
+
+    argparse = _LazyModule("argparse")
 
 OK, REJECTED, USAGE = 0, 1, 2
 MAX_KEYSET_BYTES = 1024 * 1024
@@ -154,75 +169,115 @@ def _load_keyset(source: str, *, trust_checkout: bool) -> PublicKeyset:
         raise _Rejected("bad_keyset", str(e)) from None
 
 
-def _verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="keyturn verify",
-        description="Verify a Keyturn receipt offline before deploying. Fails closed: exit 0 only for a "
-        "valid, approved, unexpired receipt for exactly this repo, commit, environment and workflow. "
-        "The keyset must come from a trusted place (the signer's /v1/keys over https, or a pinned file), "
-        "never from the checkout being deployed.",
-    )
-    p.add_argument(
-        "receipt", metavar="RECEIPT", help="receipt file (plain JSON or DSSE envelope), or - for stdin"
-    )
-    p.add_argument(
-        "--keys", required=True, metavar="KEYSET", help="public keyset (JWKS): a file or an https URL"
-    )
-    p.add_argument("--repo", required=True, help="repository being deployed, e.g. acme/service")
-    p.add_argument("--sha", required=True, help="full commit sha being deployed")
-    p.add_argument("--env", required=True, help="environment being deployed to")
-    p.add_argument("--workflow", required=True, help="workflow doing the deploy, e.g. deploy.yml")
-    p.add_argument("--at", metavar="TIME", help="verify as of TIME (RFC 3339 UTC, e.g. 2026-02-28T16:30:00Z)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-    p.add_argument(
-        "--allow-dev-keys", action="store_true", help="accept development keys (never in production)"
-    )
-    p.add_argument(
-        "--trust-keys-in-checkout",
-        action="store_true",
-        help="accept a keyset file inside the current git checkout (normally refused)",
-    )
-    return p
+VERIFY_USAGE = """\
+usage: keyturn verify RECEIPT --keys KEYSET --repo REPO --sha SHA --env ENV --workflow WORKFLOW
+                      [--at TIME] [--json] [--allow-dev-keys] [--trust-keys-in-checkout]
+
+Verify a Keyturn receipt offline before deploying. Fails closed: exit 0 only for a valid, approved,
+unexpired receipt for exactly this repo, commit, environment and workflow; exit 1 with
+"REJECTED <code>: <detail>" on stderr otherwise; exit 2 for usage errors.
+
+The keyset must come from a trusted place (the signer's /v1/keys over https, or a pinned file),
+never from the checkout being deployed.
+
+arguments:
+  RECEIPT                   receipt file (plain JSON or DSSE envelope), or - for stdin
+  --keys KEYSET             public keyset (JWKS): a file or an https URL
+  --repo REPO               repository being deployed, e.g. acme/service
+  --sha SHA                 full commit sha being deployed
+  --env ENV                 environment being deployed to
+  --workflow WORKFLOW       workflow doing the deploy, e.g. deploy.yml
+  --at TIME                 verify as of TIME (RFC 3339 UTC, e.g. 2026-02-28T16:30:00Z)
+  --json                    print the result as one JSON object on stdout
+  --allow-dev-keys          accept development keys (never in production)
+  --trust-keys-in-checkout  accept a keyset file inside the current git checkout (normally refused)
+"""
+_VERIFY_VALUES = ("--keys", "--repo", "--sha", "--env", "--workflow", "--at")
+_VERIFY_FLAGS = ("--json", "--allow-dev-keys", "--trust-keys-in-checkout")
+
+
+def _parse_verify_args(argv: Sequence[str]) -> dict[str, Any]:
+    """Parse ``keyturn verify`` arguments. A hand-written parser: argparse alone would add about a fifth
+    of the verify floor to every CI deploy (bench/bench_verify.py). Raises ``_UsageError``."""
+    opts: dict[str, Any] = dict.fromkeys(_VERIFY_FLAGS, False)
+    positional: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, inline = arg.partition("=")
+        if arg == "--":
+            positional += args[i + 1 :]
+            break
+        if name in _VERIFY_VALUES:
+            if eq:
+                value = inline
+            elif i + 1 < len(args):
+                i += 1
+                value = args[i]
+            else:
+                raise _UsageError(f"{name} needs a value")
+            if name in opts:
+                raise _UsageError(f"{name} given twice")
+            opts[name] = value
+        elif arg in _VERIFY_FLAGS:
+            opts[arg] = True
+        elif arg.startswith("-") and arg != "-":
+            raise _UsageError(f"unknown option {arg}")
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 1:
+        raise _UsageError("exactly one RECEIPT (a file, or - for stdin) is required")
+    missing = [n for n in _VERIFY_VALUES if n != "--at" and n not in opts]
+    if missing:
+        raise _UsageError(f"missing {', '.join(missing)}")
+    opts["receipt"] = positional[0]
+    return opts
 
 
 def verify_main(argv: Sequence[str]) -> int:
     """``keyturn verify``: exit 0 with one ``OK ...`` line; 1 with ``REJECTED <code>: <detail>`` on stderr;
     2 for usage errors."""
-    parsed = _run_parser(_verify_parser(), argv)
-    if isinstance(parsed, int):
-        return parsed
-    args = parsed
+    if any(a in ("-h", "--help") for a in argv):
+        print(VERIFY_USAGE, end="")
+        return OK
+    as_json = "--json" in argv
     from signer.errors import VerificationError
     from signer.receipt import Scope, parse_time
     from signer.verify import verify_receipt
 
     try:
-        if args.at is not None:
+        args = _parse_verify_args(argv)
+        if "--at" in args:
             try:
-                now = parse_time(args.at)
+                now = parse_time(args["--at"])
             except VerificationError:
                 raise _UsageError(
-                    f"--at must be RFC 3339 UTC like 2026-02-28T16:30:00Z, got {args.at!r}"
+                    f"--at must be RFC 3339 UTC like 2026-02-28T16:30:00Z, got {args['--at']!r}"
                 ) from None
         else:
             now = _now()
-        if "://" in args.keys and not _is_allowed_url(args.keys):
+        keys_source: str = args["--keys"]
+        if "://" in keys_source and not _is_allowed_url(keys_source):
             raise _UsageError("--keys must be a file or an https URL (plain http only to localhost)")
-        keyset = _load_keyset(args.keys, trust_checkout=args.trust_keys_in_checkout)
-        data = _read_capped(args.receipt, 64 * 1024, "receipt")
-        expected = Scope(repo=args.repo, sha=args.sha, environment=args.env, workflow=args.workflow)
-        verified = verify_receipt(data, keyset, expected, now, allow_dev_keys=args.allow_dev_keys)
+        keyset = _load_keyset(keys_source, trust_checkout=args["--trust-keys-in-checkout"])
+        data = _read_capped(args["receipt"], 64 * 1024, "receipt")
+        expected = Scope(
+            repo=args["--repo"], sha=args["--sha"], environment=args["--env"], workflow=args["--workflow"]
+        )
+        verified = verify_receipt(data, keyset, expected, now, allow_dev_keys=args["--allow-dev-keys"])
     except _UsageError as e:
-        print(f"keyturn verify: {e}", file=sys.stderr)
+        print(f"keyturn verify: {e}\n\n{VERIFY_USAGE}", end="", file=sys.stderr)
         return USAGE
     except _Rejected as e:
-        return _reject(e.code, e.detail, args.json)
+        return _reject(e.code, e.detail, as_json)
     except VerificationError as e:
-        return _reject(e.code, e.message, args.json)
+        return _reject(e.code, e.message, as_json)
     except Exception as e:  # fail closed: any unexpected error is a refusal, never a pass
-        return _reject("internal_error", f"{type(e).__name__} while verifying", args.json)
+        return _reject("internal_error", f"{type(e).__name__} while verifying", as_json)
 
-    if args.json:
+    if as_json:
         out = {
             "ok": True,
             "requestId": verified.request_id,

@@ -8,12 +8,11 @@ development keys), so an id can never silently name a different key.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+from nacl.bindings import crypto_hash_sha256
 from nacl.signing import VerifyKey
 
 from signer.errors import KeysetError, VerificationError
@@ -33,7 +32,8 @@ def thumbprint(public_key_bytes: bytes) -> str:
         raise ValueError("an Ed25519 public key is 32 bytes")
     # RFC 7638 §3: required members only, lexicographic order, no whitespace.
     canon = '{"crv":"Ed25519","kty":"OKP","x":"' + b64url_encode(public_key_bytes) + '"}'
-    return b64url_encode(hashlib.sha256(canon.encode("ascii")).digest())
+    # PyNaCl's SHA-256 (already loaded for verification) keeps hashlib off the verify import path.
+    return b64url_encode(crypto_hash_sha256(canon.encode("ascii")))
 
 
 def key_id(public_key_bytes: bytes, *, dev: bool = False) -> str:
@@ -41,8 +41,7 @@ def key_id(public_key_bytes: bytes, *, dev: bool = False) -> str:
     return (DEV_PREFIX if dev else "") + thumbprint(public_key_bytes)
 
 
-@dataclass(frozen=True)
-class PublicKey:
+class PublicKey(NamedTuple):
     """One verification key and its lifecycle."""
 
     kid: str

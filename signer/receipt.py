@@ -2,7 +2,9 @@
 
 Implements docs/design.md §3; the format is specified for other implementers in docs/receipt.md.
 Standard library and ``rfc8785`` only: this module is on ``keyturn verify``'s import path, which CI runs on
-every deploy, so it imports no pydantic, Slack or Redis.
+every deploy, so it imports no pydantic, Slack or Redis. Records are ``typing.NamedTuple`` (immutable, typed)
+rather than frozen dataclasses: importing ``dataclasses`` alone costs about a quarter of the verify floor
+(bench/bench_verify.py); use ``_replace`` where ``dataclasses.replace`` would be used.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import rfc8785
 
@@ -65,8 +66,7 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(NamedTuple):
     """Exactly what a receipt authorizes: this repo, this commit, this environment, this workflow."""
 
     repo: str
@@ -84,8 +84,7 @@ class Scope:
         }
 
 
-@dataclass(frozen=True)
-class ApproverRef:
+class ApproverRef(NamedTuple):
     """The approver whose click completed the quorum."""
 
     id: str
@@ -96,8 +95,7 @@ class ApproverRef:
         return {"id": self.id, "email": self.email}
 
 
-@dataclass(frozen=True)
-class ApprovalEntry:
+class ApprovalEntry(NamedTuple):
     """One approval that counted towards the quorum."""
 
     id: str
@@ -109,8 +107,7 @@ class ApprovalEntry:
         return {"id": self.id, "email": self.email, "at": format_time(self.at)}
 
 
-@dataclass(frozen=True)
-class Receipt:
+class Receipt(NamedTuple):
     """A structurally valid receipt (not yet cryptographically verified)."""
 
     version: str

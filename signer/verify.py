@@ -7,9 +7,8 @@ refusal is a ``VerificationError`` with a stable code; nothing else is ever retu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from nacl.exceptions import BadSignatureError
 
@@ -36,8 +35,7 @@ from signer.receipt import (
 MAX_LIFETIME = timedelta(hours=24)
 
 
-@dataclass(frozen=True)
-class VerifiedReceipt:
+class VerifiedReceipt(NamedTuple):
     """A receipt that passed every check for the expected scope at the given time."""
 
     request_id: str
