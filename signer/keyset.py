@@ -110,7 +110,8 @@ def parse_public_jwk(jwk: object, where: str = "key") -> tuple[PublicKey, bool]:
     if len(x) != 32:
         raise KeysetError(f"{where}.x must be 32 bytes")
     kid = jwk.get("kid")
-    if kid not in (key_id(x), key_id(x, dev=True)):
+    tp = thumbprint(x)
+    if kid not in (tp, DEV_PREFIX + tp):
         raise KeysetError(f"{where}.kid must be the key's RFC 7638 thumbprint (or 'dev-' + thumbprint)")
     assert isinstance(kid, str)
     status = jwk.get("status")
