@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     signer_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Idle connections kept to the signer. Each click's ack waits on one signature check, so a burst of
+    # clicks needs about as many connections as clicks in flight (bench/bench_ack.py: 4 → p99 ×2.4 at 32).
+    signer_pool_size: int = Field(default=32, ge=1, le=256)
     callback_attempts: int = Field(default=8, ge=1, le=30)
     callback_timeout: float = Field(default=10.0, gt=0, le=120)
     card_retry_max: Duration = timedelta(seconds=60)

@@ -146,7 +146,9 @@ def build_app(
 
     metrics = Metrics()
     client = redis_client or aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    signer = SignerClient(settings.signer_socket, timeout=settings.signer_timeout)
+    signer = SignerClient(
+        settings.signer_socket, timeout=settings.signer_timeout, pool_size=settings.signer_pool_size
+    )
     web = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     messenger = SlackMessenger(web, policy, now=clock)
     store = RequestStore(client, retention=settings.retention)
