@@ -105,7 +105,7 @@ def test_naive_now_is_a_programming_error() -> None:
         verify_receipt(VALID.data, KEYSET, VALID.scope, datetime(2026, 2, 28, 16, 30))
 
 
-# --- mutations -------------------------------------------------------------------------------------------
+# --- mutations ------------------------------------------------------------------------------------------
 
 
 def _rejected(data: bytes) -> bool:
@@ -169,7 +169,7 @@ def test_any_added_member_is_rejected(name: str, value: Any) -> None:
     assert _rejected(json.dumps(mutated).encode())
 
 
-# --- key lifecycle, end to end with real key files -------------------------------------------------------
+# --- key lifecycle, end to end with real key files ------------------------------------------------------
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SCOPE = Scope("acme/service", "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17", "production", "deploy.yml")
