@@ -39,7 +39,12 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: preparing .venv with $("$PY" --version)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  # pip's output goes to a log, shown only if the install fails.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } \
+      > .venv/bootstrap.log 2>&1; then
+    cat .venv/bootstrap.log >&2
+    echo "bootstrap: installing dependencies failed (log above, also in .venv/bootstrap.log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
