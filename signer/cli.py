@@ -366,9 +366,9 @@ def keygen_main(argv: Sequence[str]) -> int:
 
 def keys_main(argv: Sequence[str]) -> int:
     """``keyturn keys rotate|revoke KID|export [--out FILE]`` on the private key file given by ``--key-file``
-    (default: $KEYTURN_KEY_FILE)."""
+    (default: $KEYTURN_SIGNER_KEYSET, the signer's own setting)."""
     p = argparse.ArgumentParser(prog="keyturn keys", description=keys_main.__doc__)
-    p.add_argument("--key-file", default=os.environ.get("KEYTURN_KEY_FILE"), metavar="FILE")
+    p.add_argument("--key-file", default=os.environ.get("KEYTURN_SIGNER_KEYSET"), metavar="FILE")
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser(
         "rotate", help="retire the active key (it keeps verifying older receipts) and add a new one"
@@ -381,7 +381,7 @@ def keys_main(argv: Sequence[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     if not parsed.key_file:
-        print("keyturn keys: --key-file (or KEYTURN_KEY_FILE) is required", file=sys.stderr)
+        print("keyturn keys: --key-file (or KEYTURN_SIGNER_KEYSET) is required", file=sys.stderr)
         return USAGE
     from signer.errors import KeyturnError
     from signer.keys import SigningKeyset

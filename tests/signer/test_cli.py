@@ -280,7 +280,7 @@ def test_keygen_keys_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_keys_requires_a_key_file(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("KEYTURN_KEY_FILE", raising=False)
+    monkeypatch.delenv("KEYTURN_SIGNER_KEYSET", raising=False)
     assert keys_main(["export"]) == 2
     assert "--key-file" in capsys.readouterr().err
 
