@@ -149,7 +149,8 @@ def collect(client: redis.Redis, key: str, count: int, timeout: float) -> list[b
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"only {len(out)} of {count} records on {key}")
-        item = client.blpop([key], timeout=max(left, 0.01))
+        # Short blocking reads: redis-py 8's default socket timeout (5 s) would cut a longer BLPOP.
+        item = client.blpop([key], timeout=min(max(left, 0.01), 1.0))
         if item is not None:
             raw = item[1]
             out.append(raw if isinstance(raw, bytes) else raw.encode())
