@@ -68,6 +68,49 @@ def _invalid() -> JSONResponse:
     return JSONResponse({"error": "invalid request"}, status_code=401)
 
 
+def _malformed(problem: str) -> JSONResponse:
+    return JSONResponse({"error": "malformed payload", "message": problem}, status_code=400)
+
+
+# Members that Slack always sends as JSON objects in an interactivity payload. Bolt and the listeners read
+# them with ``.get``; a signed but malformed payload must get a 400, not crash a listener (a 5xx).
+_OBJECT_MEMBERS = (
+    "user", "team", "channel", "container", "view", "message",
+    "enterprise", "state", "event", "workflow_step",
+)  # fmt: skip
+
+
+def _shape_problem(body: object) -> str | None:
+    """Why a parsed Slack request body has a shape no Slack request has, or None if it looks sane."""
+    if not isinstance(body, dict):
+        return "the payload is not a JSON object"
+    for key in ("type", "command", "callback_id", "trigger_id"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return f"{key} must be a string"
+    for key in _OBJECT_MEMBERS:
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            return f"{key} must be an object"
+    actions = body.get("actions")
+    if actions is not None:
+        if not isinstance(actions, list) or not actions or not all(isinstance(a, dict) for a in actions):
+            return "actions must be a non-empty list of objects"
+        for action in actions:
+            for key in ("action_id", "block_id", "type"):
+                if action.get(key) is not None and not isinstance(action[key], str):
+                    return f"actions[].{key} must be a string"
+    view = body.get("view")
+    if isinstance(view, dict):
+        if not isinstance(view.get("type"), str):  # Bolt reads view["type"] unguarded
+            return "view.type must be a string"
+        for key in ("callback_id", "private_metadata", "id"):
+            if view.get(key) is not None and not isinstance(view[key], str):
+                return f"view.{key} must be a string"
+        state = view.get("state")
+        if state is not None and not isinstance(state, dict):
+            return "view.state must be an object"
+    return None
+
+
 def _to_starlette(resp: BoltResponse) -> Response:
     headers = {k: v[0] for k, v in resp.headers.items() if v and k.lower() != "content-length"}
     return Response(content=resp.body or "", status_code=resp.status, headers=headers)
@@ -203,9 +246,15 @@ class SlackEndpoint:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return JSONResponse({"error": "request too large"}, status_code=413)
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            return JSONResponse({"error": "request too large"}, status_code=413)
+        # Read in chunks and stop at the cap: a chunked body has no Content-Length to refuse up front.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                return JSONResponse({"error": "request too large"}, status_code=413)
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             body = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -222,7 +271,14 @@ class SlackEndpoint:
             log.error("signer unavailable: refusing a Slack request")
             return JSONResponse({"error": "signer unavailable"}, status_code=503)
         headers: dict[str, str | Sequence[str]] = {k: v for k, v in request.headers.items()}
-        bolt_req = AsyncBoltRequest(body=body, headers=headers, mode="http")
+        try:
+            # Bolt parses the body here: a ``payload`` that is not a JSON object raises.
+            bolt_req = AsyncBoltRequest(body=body, headers=headers, mode="http")
+        except Exception:  # any parse failure, RecursionError included, is the sender's fault
+            return _malformed("the payload is not a JSON object")
+        problem = _shape_problem(bolt_req.body)
+        if problem is not None:
+            return _malformed(problem)
         try:
             resp = await self.app.async_dispatch(bolt_req)
         except Exception:  # never a stack trace to Slack
@@ -288,7 +344,7 @@ class SlackEndpoint:
 
     async def _on_approve(self, ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest) -> None:
         await ack()
-        user_id = str((body.get("user") or {}).get("id") or "")
+        user_id = _text(_obj(body.get("user")).get("id"))
         channel = _click_channel(body)
         request_id = _action_value(body)
         ts = request.headers.get("x-slack-request-timestamp", [""])[0]
@@ -318,8 +374,8 @@ class SlackEndpoint:
 
     async def _on_deny(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        user_id = str((body.get("user") or {}).get("id") or "")
-        trigger_id = str(body.get("trigger_id") or "")
+        user_id = _text(_obj(body.get("user")).get("id"))
+        trigger_id = _text(body.get("trigger_id"))
         self.spawn("deny", self._open_deny(_action_value(body), user_id, _click_channel(body), trigger_id))
 
     async def _open_deny(
@@ -340,14 +396,17 @@ class SlackEndpoint:
         except TimeoutError:
             await self._tell(channel, user_id, "Keyturn is busy; please click Deny again.")
             return
-        await self.messenger.open_deny_modal(trigger_id, req)
+        try:
+            await self.messenger.open_deny_modal(trigger_id, req)
+        except Exception as exc:  # an expired or bogus trigger_id: Slack refuses the modal
+            log.warning("could not open the deny modal: %s", getattr(exc, "code", type(exc).__name__))
+            await self._tell(channel, user_id, "The deny form could not be opened; please click Deny again.")
 
     async def _on_deny_submit(self, ack: AsyncAck, body: dict[str, Any]) -> None:
-        view = body.get("view") or {}
-        request_id = str(view.get("private_metadata") or "")
-        value = (
-            (((view.get("state") or {}).get("values") or {}).get(REASON_BLOCK) or {}).get(REASON_ACTION) or {}
-        ).get("value")
+        view = _obj(body.get("view"))
+        request_id = _text(view.get("private_metadata"))
+        values = _obj(_obj(view.get("state")).get("values"))
+        value = _obj(_obj(values.get(REASON_BLOCK)).get(REASON_ACTION)).get("value")
         reason = value.strip() if isinstance(value, str) else ""
         if not reason:
             await ack(response_action="errors", errors={REASON_BLOCK: "Please say why you deny this deploy."})
@@ -362,7 +421,7 @@ class SlackEndpoint:
             await ack(response_action="errors", errors={REASON_BLOCK: "This form is not a Keyturn request."})
             return
         await ack()
-        user_id = str((body.get("user") or {}).get("id") or "")
+        user_id = _text(_obj(body.get("user")).get("id"))
         self.spawn("deny_submit", self._deny(request_id, user_id, reason))
 
     async def _deny(self, request_id: str, user_id: str, reason: str) -> None:
@@ -385,9 +444,9 @@ class SlackEndpoint:
     async def _on_command(
         self, ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest, respond: AsyncRespond
     ) -> None:
-        words = str(body.get("text") or "").split()
+        words = _text(body.get("text")).split()
         sub = words[0].lower() if words else "help"
-        user_id = str(body.get("user_id") or "")
+        user_id = _text(body.get("user_id"))
         if sub == "request" and len(words) in (4, 5):
             repo, sha, environment = words[1:4]
             workflow = words[4] if len(words) == 5 else DEFAULT_WORKFLOW
@@ -449,8 +508,18 @@ class SlackEndpoint:
         await respond(text="\n".join(lines), response_type="ephemeral")
 
 
+def _obj(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (payload members are untrusted in shape too)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str:
+    """``value`` if it is a string, else ``""``."""
+    return value if isinstance(value, str) else ""
+
+
 def _click_channel(body: Mapping[str, Any]) -> str | None:
-    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+    channel = _obj(body.get("channel")).get("id") or _obj(body.get("container")).get("channel_id")
     return channel if isinstance(channel, str) and CHANNEL_ID_RE.fullmatch(channel) else None
 
 
