@@ -252,6 +252,9 @@ class Api:
         try:
             req_in = RequestIn.model_validate_json(body)
         except ValidationError as exc:
+            if any(err["type"] == "json_invalid" for err in exc.errors()):
+                # What the signer's parser let through but pydantic's does not, e.g. a lone surrogate escape.
+                raise ApiError(400, "malformed_body", "body is not valid JSON text") from None
             fields = _fields_from_validation(exc)
             detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
             raise ApiError(422, "invalid_request", f"invalid request: {detail}", fields=fields) from None
