@@ -66,7 +66,8 @@ class Recorder:
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    # A database of its own: the session's e2e bot (db 0) takes part in leader election too.
+    client = aioredis.Redis.from_url(f"{redis_url}?db=7")
     yield client
     await client.aclose()
 

@@ -33,6 +33,7 @@ STARTED = "keyturn-test:started"  # members whose hanging handler began
 READY = "keyturn-test:ready:"
 CMD = "keyturn-test:cmd:"
 KINDS = ("expire", "remind", "escalate", "hang")
+ISOLATED_DB = 7  # the redis_url fixture flushes every database before and after each test
 
 
 # --- the worker --------------------------------------------------------------------------------------------
@@ -166,6 +167,19 @@ def send_schedule(client: redis.Redis, replica: str, kind: str, request_id: str,
 
 
 @pytest.fixture
+def turl(redis_url: str) -> str:
+    """The test's Redis in a database of its own: the session's e2e bot (db 0) runs timers too."""
+    return f"{redis_url}?db={ISOLATED_DB}"
+
+
+@pytest.fixture
+def tclient(turl: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(turl)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []
     yield started
@@ -190,79 +204,79 @@ async def schedule_direct(redis_url: str, jobs: list[tuple[str, str, datetime]])
 
 
 def test_job_scheduled_by_a_follower_runs_on_the_leader_within_a_second(
-    redis_url: str, redis_client: redis.Redis, log_dir: Path, procs: list[Proc]
+    turl: str, tclient: redis.Redis, log_dir: Path, procs: list[Proc]
 ) -> None:
-    procs.append(start_replica("A", redis_url, log_dir, redis_client))
-    assert leader_of(redis_client) == "A"
-    procs.append(start_replica("B", redis_url, log_dir, redis_client))
-    assert leader_of(redis_client) == "A"
+    procs.append(start_replica("A", turl, log_dir, tclient))
+    assert leader_of(tclient) == "A"
+    procs.append(start_replica("B", turl, log_dir, tclient))
+    assert leader_of(tclient) == "A"
 
     due = now_ms() + 300
-    send_schedule(redis_client, "B", "remind", "req_1", due)
-    run = Run.parse(collect(redis_client, RUNS, 1, 5)[0])
+    send_schedule(tclient, "B", "remind", "req_1", due)
+    run = Run.parse(collect(tclient, RUNS, 1, 5)[0])
     assert (run.member, run.replica, run.due_ms) == ("remind:req_1", "A", due)
     assert 0 <= run.ran_ms - due < 1000
 
 
 def test_three_replicas_run_a_thousand_jobs_due_in_one_second_exactly_once(
-    redis_url: str, redis_client: redis.Redis, log_dir: Path, procs: list[Proc]
+    turl: str, tclient: redis.Redis, log_dir: Path, procs: list[Proc]
 ) -> None:
     for name in ("A", "B", "C"):
-        procs.append(start_replica(name, redis_url, log_dir, redis_client))
+        procs.append(start_replica(name, turl, log_dir, tclient))
     base = datetime.now(UTC) + timedelta(seconds=1)
     jobs = [("expire", f"req_{i}", base + timedelta(microseconds=900 * i)) for i in range(1000)]
-    asyncio.run(schedule_direct(redis_url, jobs))
+    asyncio.run(schedule_direct(turl, jobs))
 
-    effects = collect(redis_client, EFFECTS, 1000, 20)
+    effects = collect(tclient, EFFECTS, 1000, 20)
     assert Counter(effects) == Counter(f"expire:req_{i}".encode() for i in range(1000))
-    runs = [Run.parse(x) for x in redis_client.lrange(RUNS, 0, -1)]
+    runs = [Run.parse(x) for x in tclient.lrange(RUNS, 0, -1)]
     assert len(runs) == 1000  # delivered exactly once, not merely deduplicated by the once guard
     assert {r.replica for r in runs} == {"A"}  # lateness under load is measured in bench/, not asserted here
 
 
 def test_kill_9_of_the_leader_hands_over_within_10s_and_loses_nothing(
-    redis_url: str, redis_client: redis.Redis, log_dir: Path, procs: list[Proc]
+    turl: str, tclient: redis.Redis, log_dir: Path, procs: list[Proc]
 ) -> None:
-    a = start_replica("A", redis_url, log_dir, redis_client, hang=True)
+    a = start_replica("A", turl, log_dir, tclient, hang=True)
     procs.append(a)
-    procs.append(start_replica("B", redis_url, log_dir, redis_client))
-    assert leader_of(redis_client) == "A"
+    procs.append(start_replica("B", turl, log_dir, tclient))
+    assert leader_of(tclient) == "A"
     start = now_ms()
-    send_schedule(redis_client, "A", "hang", "req_h", start)  # A claims it and dies holding it
+    send_schedule(tclient, "A", "hang", "req_h", start)  # A claims it and dies holding it
     for i in range(10):
-        send_schedule(redis_client, "B", "expire", f"req_{i}", start + 200 + 400 * i)
-    collect(redis_client, STARTED, 1, 5)
-    first = collect(redis_client, EFFECTS, 1, 5)
+        send_schedule(tclient, "B", "expire", f"req_{i}", start + 200 + 400 * i)
+    collect(tclient, STARTED, 1, 5)
+    first = collect(tclient, EFFECTS, 1, 5)
 
     a.kill9()
     killed = time.monotonic()
-    wait_until(lambda: leader_of(redis_client) == "B", 10, "replica B to take the lease")
+    wait_until(lambda: leader_of(tclient) == "B", 10, "replica B to take the lease")
     assert time.monotonic() - killed < 10
 
-    rest = collect(redis_client, EFFECTS, 10, 15)
+    rest = collect(tclient, EFFECTS, 10, 15)
     assert Counter(first + rest) == Counter([b"hang:req_h"] + [f"expire:req_{i}".encode() for i in range(10)])
-    runs = [Run.parse(x) for x in redis_client.lrange(RUNS, 0, -1)]
+    runs = [Run.parse(x) for x in tclient.lrange(RUNS, 0, -1)]
     hang_runs = [r for r in runs if r.member == "hang:req_h"]
     assert [r.replica for r in hang_runs] == ["B"]  # re-queued from the dead leader's claim
     assert all(r.token > min(x.token for x in runs) for r in hang_runs)
 
 
 def test_full_stop_then_one_replica_runs_what_fell_due_meanwhile(
-    redis_url: str, redis_client: redis.Redis, log_dir: Path, procs: list[Proc]
+    turl: str, tclient: redis.Redis, log_dir: Path, procs: list[Proc]
 ) -> None:
-    a = start_replica("A", redis_url, log_dir, redis_client)
+    a = start_replica("A", turl, log_dir, tclient)
     procs.append(a)
     due = now_ms() + 1500
-    send_schedule(redis_client, "A", "expire", "req_1", due)
-    wait_until(lambda: redis_client.zscore(DUE_KEY, "expire:req_1") is not None, 5, "A to schedule it")
+    send_schedule(tclient, "A", "expire", "req_1", due)
+    wait_until(lambda: tclient.zscore(DUE_KEY, "expire:req_1") is not None, 5, "A to schedule it")
     assert a.stop() == 0
-    assert redis_client.llen(RUNS) == 0
-    assert leader_of(redis_client) is None  # a clean stop hands the lease back
+    assert tclient.llen(RUNS) == 0
+    assert leader_of(tclient) is None  # a clean stop hands the lease back
 
     time.sleep(max(0.0, (due - now_ms()) / 1000) + 0.5)  # the scenario: every replica down past the due time
-    procs.append(start_replica("B", redis_url, log_dir, redis_client))
+    procs.append(start_replica("B", turl, log_dir, tclient))
     started = now_ms()
-    run = Run.parse(collect(redis_client, RUNS, 1, 5)[0])
+    run = Run.parse(collect(tclient, RUNS, 1, 5)[0])
     assert (run.member, run.replica) == ("expire:req_1", "B")
     assert run.ran_ms - started < 1000
 
