@@ -124,11 +124,37 @@ def _is_allowed_url(url: str) -> bool:
     return parts.scheme == "http" and parts.hostname in _LOOPBACK
 
 
-def _fetch_keyset(url: str) -> bytes:
-    """GET a keyset over https (plain http only to loopback, for tests), size-capped, with a timeout.
+def _fetch_keyset(url: str, deadline: float = KEYSET_FETCH_TIMEOUT_S) -> bytes:
+    """GET a keyset over https (plain http only to loopback, for tests), size-capped, within ``deadline`` s.
 
-    Redirects are followed only to URLs that pass the same rule, so an https URL cannot be downgraded.
+    The socket timeout bounds each read, not the whole fetch: a server trickling a byte now and then would
+    hold the CI job forever. So the fetch runs in a daemon thread and is abandoned at the deadline.
     """
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["data"] = _fetch_keyset_blocking(url)
+        except Exception as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if worker.is_alive():
+        raise _Rejected("keyset_unavailable", f"the keyset URL did not answer within {deadline:g} s")
+    if "error" in box:
+        raise box["error"]
+    data: bytes = box["data"]
+    return data
+
+
+def _fetch_keyset_blocking(url: str) -> bytes:
+    """The fetch itself. Redirects are followed only to URLs that pass the same rule as ``url``, so an https
+    URL cannot be downgraded."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -145,7 +171,7 @@ def _fetch_keyset(url: str) -> bytes:
             data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
     except urllib.error.HTTPError as e:
         raise _Rejected("keyset_unavailable", f"keyset URL answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise _Rejected("keyset_unavailable", f"cannot fetch keyset: {reason}") from None
     if len(data) > MAX_KEYSET_BYTES:
