@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,10 +32,15 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from signer.keyset import PublicKeyset
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 MAX_POLL = 60
+MAX_KEYSET_BYTES = 1024 * 1024
+KEYSET_FETCH_TIMEOUT = 10.0  # as `keyturn verify`: a keyset is small; a server this slow is not serving it
 SECRET_ENV = "KEYTURN_CI_SECRET"  # noqa: S105 - the variable name, not a secret
 
 
@@ -93,6 +100,8 @@ class BotClient:
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
+        except http.client.HTTPException as exc:  # not HTTP, or cut off mid-answer: as good as unreachable
+            raise OSError(f"bad HTTP answer: {type(exc).__name__}") from None
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
@@ -100,31 +109,73 @@ class BotClient:
         return status, data if isinstance(data, dict) else {}
 
 
+def _fetch(url: str, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+        data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
+        return data
+
+
+def _fetch_within(url: str, timeout: float) -> bytes:
+    """GET ``url`` within ``timeout`` s in all. The socket timeout bounds each read, not a server trickling a
+    byte now and then, so the fetch runs in a daemon thread that is abandoned at the deadline."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["data"] = _fetch(url, timeout)
+        except Exception as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise Exit(UNREACHABLE, f"cannot fetch the keyset from {url}: no answer within {timeout:g} s")
+    error = box.get("error")
+    if isinstance(error, urllib.error.HTTPError):
+        raise Exit(UNREACHABLE, f"cannot fetch the keyset from {url}: HTTP {error.code}")
+    if isinstance(error, urllib.error.URLError | OSError | http.client.HTTPException):
+        raise Exit(UNREACHABLE, f"cannot fetch the keyset from {url}: {error}")
+    if isinstance(error, ValueError):
+        raise Exit(USAGE, f"not a usable keyset URL: {url}")
+    if error is not None:
+        raise error
+    data: bytes = box["data"]
+    return data
+
+
 def _load_keyset(source: str, timeout: float) -> bytes:
     if source.startswith(("http://", "https://")):
+        data = _fetch_within(source, timeout)
+    else:
         try:
-            with urllib.request.urlopen(source, timeout=timeout) as resp:  # noqa: S310 - http(s) only
-                data: bytes = resp.read(1024 * 1024)
-                return data
-        except (urllib.error.URLError, OSError) as exc:
-            raise Exit(UNREACHABLE, f"cannot fetch the keyset from {source}: {exc}") from None
-    try:
-        return Path(source).read_bytes()
-    except OSError as exc:
-        raise Exit(USAGE, f"cannot read the keyset {source}: {exc.strerror}") from None
+            with open(source, "rb") as f:  # capped: /dev/zero or a huge file must not eat the runner
+                data = f.read(MAX_KEYSET_BYTES + 1)
+        except OSError as exc:
+            raise Exit(USAGE, f"cannot read the keyset {source}: {exc.strerror}") from None
+    if len(data) > MAX_KEYSET_BYTES:
+        raise Exit(USAGE, f"invalid keyset: larger than {MAX_KEYSET_BYTES} bytes")
+    return data
 
 
-def verify(receipt: bytes, keyset_bytes: bytes, args: argparse.Namespace, now: datetime) -> str:
-    """Verify ``receipt`` offline for exactly the requested scope; the one-line summary, or ``Exit(1)``."""
+def parse_keyset(keyset_bytes: bytes) -> PublicKeyset:
+    """The trusted keyset, parsed; ``Exit(2)`` if it is not one. Checked before asking for approval, so a
+    broken keyset fails the job at once instead of after people have approved."""
     from signer.errors import KeyturnError
     from signer.keyset import PublicKeyset
+
+    try:
+        return PublicKeyset.from_jwks(keyset_bytes)
+    except (KeyturnError, ValueError, RecursionError) as exc:
+        raise Exit(USAGE, f"invalid keyset: {exc}") from None
+
+
+def verify(receipt: bytes, keyset: PublicKeyset, args: argparse.Namespace, now: datetime) -> str:
+    """Verify ``receipt`` offline for exactly the requested scope; the one-line summary, or ``Exit(1)``."""
+    from signer.errors import KeyturnError
     from signer.receipt import Scope
     from signer.verify import verify_receipt
 
-    try:
-        keyset = PublicKeyset.from_jwks(keyset_bytes)
-    except (KeyturnError, ValueError) as exc:
-        raise Exit(USAGE, f"invalid keyset: {exc}") from None
     try:
         verified = verify_receipt(
             receipt,
@@ -251,7 +302,7 @@ def run(args: argparse.Namespace, secret: str, progress: Callable[[str], None]) 
     """The command, after argument parsing; returns the exit code or raises ``Exit``."""
     if args.wait and not args.keys:
         raise Exit(USAGE, "--wait needs --keys: a trusted keyset to verify the receipt (fail closed)")
-    keyset_bytes = _load_keyset(args.keys, 30.0) if args.keys else b""
+    keyset = parse_keyset(_load_keyset(args.keys, KEYSET_FETCH_TIMEOUT)) if args.keys else None
     client = BotClient(args.url, secret)
     deadline = time.monotonic() + args.timeout
     request = _post_request(client, args)
@@ -272,7 +323,9 @@ def run(args: argparse.Namespace, secret: str, progress: Callable[[str], None]) 
         receipt = _fetch_receipt(client, rid)
     except OSError as exc:
         raise Exit(UNREACHABLE, f"cannot fetch the receipt: {exc}") from None
-    summary = verify(receipt, keyset_bytes, args, datetime.now(UTC))
+    if keyset is None:  # unreachable: --wait requires --keys
+        raise Exit(USAGE, "no keyset to verify the receipt with")
+    summary = verify(receipt, keyset, args, datetime.now(UTC))
     if args.out:
         try:
             Path(args.out).write_bytes(receipt)
@@ -299,6 +352,15 @@ def _fetch_receipt(client: BotClient, rid: str) -> bytes:
         raise Exit(REFUSED, f"no receipt (HTTP {exc.code})") from None
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``keyturn request``; returns the exit code (0 only with a verified receipt)."""
     parser = _parser()
@@ -306,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return OK if exc.code in (0, None) else USAGE
-    if not args.url.startswith(("http://", "https://")):
+    if not _is_http_url(args.url):
         print("keyturn request: --url must be an http(s) URL", file=sys.stderr)
         return USAGE
     secret = os.environ.get(SECRET_ENV, "")
