@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -283,13 +284,40 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# A \uD800-\uDFFF escape: JSON syntax allows it alone, but a lone surrogate is no Unicode text.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _is_text(obj: Any) -> bool:
+    """True if every string in ``obj`` (keys included) encodes as UTF-8, i.e. has no lone surrogate."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def _loads(payload: bytes, code: str) -> Any:
     try:
-        return json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        obj = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
         raise WireError(code, "frame is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        raise WireError(code, f"frame is not valid JSON: {exc}") from None
+        raise WireError(code, f"frame is not valid JSON: {str(exc)[:200]}") from None
+    # Refused here, once: an id with a lone surrogate could not even be echoed in the reply (the reply would
+    # not encode and the connection would drop), and a body with one cannot be MACed.
+    if _SURROGATE_ESCAPE.search(payload) and not _is_text(obj):
+        raise WireError(code, "frame holds a lone surrogate escape (not Unicode text)")
+    return obj
 
 
 def _describe(exc: ValidationError) -> str:
@@ -312,7 +340,10 @@ def parse_request(payload: bytes) -> Request:
     if type(v) is not int:  # bool is an int subclass: `true` is no version
         raise WireError("bad_request", "v must be an integer", request_id)
     if v != PROTOCOL_VERSION:
-        raise WireError("unsupported_version", f"protocol version {v} is not supported (1 is)", request_id)
+        shown = str(v) if -(10**6) < v < 10**6 else "out of range"  # no 4000-digit echo
+        raise WireError(
+            "unsupported_version", f"protocol version {shown} is not supported (1 is)", request_id
+        )
     op = obj.get("op")
     if not isinstance(op, str):
         raise WireError("bad_request", "op must be a string", request_id)
