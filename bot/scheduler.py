@@ -11,7 +11,8 @@ or never (measured in ``bench/bench_scheduler.py jobstore``). So deadlines live 
 * ``keyturn:{timers}:req:<requestId>`` — SET of the request's members, so ``cancel_all`` costs O(its jobs).
 * ``keyturn:{timers}:cancelled:<requestId>`` — tombstone: once cancelled, nothing is scheduled for it again.
 * ``keyturn:{timers}:leader`` / ``keyturn:{timers}:fence`` — the leader lease ``"<token>:<replica>:<nonce>"``
-  and the fencing counter (INCR on every acquisition, so tokens only grow).
+  and the fencing counter (INCR on every acquisition, so tokens only grow; if the counter is lost it restarts
+  from the Redis server's clock in ms, above every earlier token unless leaders changed faster than 1/ms).
 
 Every key carries the hash tag ``{timers}`` so each Lua script touches a single slot.
 
@@ -189,6 +190,11 @@ if cur then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
   end
   return cur
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- A lost counter (Redis restarted empty) restarts above every earlier token: the server clock in ms.
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 end
 local v = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])

@@ -134,6 +134,14 @@ async def test_renewal_keeps_token_and_acquisition_increments_it(
     assert first is not None
     assert b.fencing_token > first
 
+    # Redis restarted empty: the counter restarts from the server clock, still above every earlier token.
+    await b.stop()
+    await aredis.flushdb()
+    secs, micros = await aredis.time()
+    assert await a.lease_step()
+    assert a.fencing_token is not None
+    assert a.fencing_token > secs * 1000 + micros // 1000
+
 
 async def test_paused_ex_leader_is_fenced_out(make: MakeTimers, aredis: aioredis.Redis) -> None:
     clock, rec_a, rec_b = FakeClock(), Recorder(), Recorder()
