@@ -121,7 +121,7 @@ async def _control_body(request: Request, model: type[M]) -> M:
     raw = await _read_body(request)
     try:
         data = json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested too deep
         raise EmulatorError("invalid_json", "the body must be a JSON object", 400) from None
     if not isinstance(data, dict):
         raise EmulatorError("invalid_json", "the body must be a JSON object", 400)
@@ -164,7 +164,7 @@ def create_app(settings: EmulatorSettings, clock: Clock | None = None) -> Starle
             if content_type == "application/json":
                 try:
                     data = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested too deep
                     data = None
                 if not isinstance(data, dict):
                     return _json({"ok": False, "error": "invalid_json"})
@@ -188,7 +188,7 @@ def create_app(settings: EmulatorSettings, clock: Clock | None = None) -> Starle
         raw = await _read_body(request)
         try:
             params: Any = json.loads(raw) if raw.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested too deep
             params = None
         status, text = await emu.post_response(request.path_params["target"], params)
         return PlainTextResponse(text, status_code=status)

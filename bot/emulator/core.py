@@ -66,7 +66,7 @@ def _parse_ack(text: str, content_type: str) -> Any:
     if "json" in content_type or text.lstrip().startswith("{"):
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return text
     return text
 

@@ -48,7 +48,7 @@ def _json(params: Params, name: str, bad_code: str = "invalid_arguments") -> Any
             return None
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             raise SlackError(
                 bad_code, [f"[ERROR] `{name}` is not valid JSON [json-pointer:/{name}]"]
             ) from None
