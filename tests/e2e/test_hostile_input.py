@@ -816,3 +816,31 @@ def test_hanging_keyset_urls_end_in_bounded_time(stack: Stack, tmp_path: Path) -
     assert elapsed < 25
     # Nothing was asked of the approvers: the keyset is checked before the request is made.
     assert not stack.emulator.calls("chat.postMessage")
+
+
+# --- the emulator (a product feature: `keyturn emulator`, `keyturn dev`) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/chat.postMessage",
+        "/api/views.open",
+        "/_emulator/click",
+        "/_emulator/command",
+        "/_emulator/faults",
+        "/_emulator/response/x",
+    ],
+)
+def test_emulator_answers_deep_json_without_a_500(stack: Stack, path: str) -> None:
+    base = stack.emulator.api_url.removesuffix("/").removesuffix("/api")
+    auth = {"Authorization": f"Bearer {BOT_TOKEN}"}
+    deep = "[" * 5000
+    resp = stack.http.post(base + path, content=deep, headers=auth | {"Content-Type": "application/json"})
+    assert resp.status_code < 500, resp.text[:300]
+    if path.startswith("/api/"):  # a JSON-valued parameter nested too deep is Slack's "not valid JSON"
+        form = {"channel": "C0DEPLOYS", "trigger_id": "1.2.3", "blocks": deep, "view": deep}
+        resp = stack.http.post(base + path, data=form, headers=auth)
+        assert resp.status_code == 200, resp.text[:300]
+        assert resp.json()["ok"] is False
+    assert stack.emulator.state()["channels"]
