@@ -28,7 +28,7 @@ import pytest
 
 from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK
 from tests.e2e.conftest import BOT_TOKEN, CI_SECRET, SHA, SLACK_SECRET, Stack, ci_headers, request_body
-from tests.harness import KEYTURN
+from tests.harness import KEYTURN, free_port, http_ok, start_process
 
 SLACK = "/slack/events"
 TEAM = "T0KEYTURN"
@@ -655,6 +655,48 @@ def test_no_secret_in_any_log_or_error_response(stack: Stack) -> None:
             assert secret not in text, f"the {what} is in a response"
 
 
+def test_no_secret_in_a_debug_level_bot_log(stack: Stack, tmp_path: Path) -> None:
+    """A second bot at DEBUG (Bolt, slack_sdk, uvicorn access log all verbose) serves a whole approval: its
+    log holds no secret either. The signer logs at one fixed level, covered by the test above."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bot = start_process(
+        "bot-debug",
+        [*KEYTURN, "bot"],
+        tmp_path / "logs",
+        env={
+            "KEYTURN_REDIS_URL": stack.redis.url,
+            "KEYTURN_SIGNER_SOCKET": str(stack.workdir / "signer.sock"),
+            "KEYTURN_POLICY": str(stack.workdir / "keyturn.toml"),
+            "KEYTURN_SLACK_BOT_TOKEN": BOT_TOKEN,
+            "KEYTURN_SLACK_API_URL": stack.emulator.api_url,
+            "KEYTURN_HOST": "127.0.0.1",
+            "KEYTURN_PORT": str(port),
+            "KEYTURN_PUBLIC_URL": url,
+            "KEYTURN_LOG_LEVEL": "DEBUG",
+        },
+        ready=http_ok(f"{url}/readyz"),
+        cwd=tmp_path,
+    )
+    try:
+        stack.emulator.set_bot_url(f"{url}/slack/events")
+        body = json.dumps(request_body(environment="staging")).encode()
+        resp = stack.http.post(
+            url + "/v1/requests", content=body, headers=ci_headers("POST", "/v1/requests", body)
+        )
+        assert resp.status_code == 202, resp.text
+        req = stack.card(resp.json()["requestId"])
+        stack.click("U0BOB", req)
+        stack.wait_status(req["requestId"], "APPROVED")
+        post_slack(stack, "payload=%7B")  # an error path, at DEBUG
+    finally:
+        bot.stop()
+    log = bot.log()
+    assert "DEBUG" in log  # the level took effect
+    for what, secret in SECRETS.items():
+        assert secret not in log, f"the {what} is in the DEBUG bot log"
+
+
 # --- the CLIs -------------------------------------------------------------------------------------------
 
 
@@ -693,6 +735,10 @@ def _garbage_files(root: Path) -> dict[str, str]:
     files["deep"].write_text("[" * 50_000)
     files["huge-int"].write_text('{"keys":[' + "1" * 6000 + "]}")
     files["big"].write_bytes(b" " * (2 * 1024 * 1024))
+    if os.geteuid() != 0:  # root reads a mode-000 file anyway
+        files["unreadable"] = root / "unreadable.json"
+        files["unreadable"].write_text("{}")
+        files["unreadable"].chmod(0)
     return {name: str(p) for name, p in files.items()}
 
 
