@@ -385,6 +385,8 @@ def test_very_long_and_non_ascii_header_values(stack: Stack) -> None:
         ("POST", "/healthz", 405, "method_not_allowed"),
         ("GET", SLACK, 405, None),
         ("PATCH", SLACK, 405, None),
+        ("OPTIONS", "/v1/requests", 405, "method_not_allowed"),
+        ("TRACE", "/healthz", 405, "method_not_allowed"),
     ],
 )
 def test_unknown_paths_methods_and_ids_are_json_4xx(
