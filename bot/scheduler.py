@@ -451,6 +451,12 @@ class Timers:
         # Both jobs must run late rather than never (misfire_grace_time=None): a late lease step or tick
         # still does the right thing, since each reads the current state from Redis. coalesce=True folds a
         # backlog of missed runs into one; max_instances=1 keeps a slow Redis from piling up lease steps.
+        # APScheduler logs every run of every job at INFO (8 lines a second here); keep its warnings only,
+        # unless the operator configured those loggers explicitly.
+        for name in ("apscheduler.executors.default", "apscheduler.scheduler"):
+            lib_log = logging.getLogger(name)
+            if lib_log.level == logging.NOTSET:
+                lib_log.setLevel(logging.WARNING)
         sched = AsyncIOScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )

@@ -150,9 +150,12 @@ def test_two_replicas_remind_escalate_and_expire_once_each(bots: Bots) -> None:
     try:
         bots.emulator.wait_for("chat.update", timeout=20)
         deadline = time.monotonic() + 15
-        while not any("expired" in t for t in texts(bots.emulator.calls("chat.postMessage"))):
-            bots.emulator.wait_for("chat.postMessage", timeout=max(0.1, deadline - time.monotonic()),
-                                   since=len(bots.emulator.calls()))  # fmt: skip
+        while True:
+            seen = bots.emulator.calls()  # one snapshot: checked, then waited on from its end
+            if any("expired" in t for t in texts([c for c in seen if c.get("method") == "chat.postMessage"])):
+                break
+            left = max(0.1, deadline - time.monotonic())
+            bots.emulator.wait_for("chat.postMessage", timeout=left, since=len(seen))
         posts = texts(bots.emulator.calls("chat.postMessage"))
         assert sum(t.startswith(":bell: Reminder") for t in posts) == 2, posts
         assert sum(t.startswith(":alarm_clock: Last call") for t in posts) == 1, posts
@@ -165,4 +168,6 @@ def test_two_replicas_remind_escalate_and_expire_once_each(bots: Bots) -> None:
         assert len(bots.emulator.calls("conversations.open")) >= 1
     except BaseException:
         print(bots.logs())
+        for c in bots.emulator.calls():
+            print("slack call:", c.get("method"), texts([c]))
         raise
