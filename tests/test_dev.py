@@ -20,13 +20,34 @@ import pytest
 from bot.emulator.client import EmulatorClient
 from tests.harness import KEYTURN, Proc, start_process, wait_until
 
+FAST_POLICY = """
+version = 1
+[slack]
+command = "/keyturn"
+[environments.staging]
+channel = "C0STAGING"
+approvers = ["U0BOB", "U0CAROL"]
+required_approvals = 1
+request_ttl = "9s"
+receipt_ttl = "5m"
+remind_every = "2s"
+escalate_after = 1
+escalate_to = ["U0DAVE"]
+"""
+
 
 @pytest.fixture
-def dev(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Proc, str]]:
+def dev_args() -> list[str]:
+    """Extra `keyturn dev` arguments (overridden by tests that need another policy)."""
+    return []
+
+
+@pytest.fixture
+def dev(log_dir: Path, request: pytest.FixtureRequest, dev_args: list[str]) -> Iterator[tuple[Proc, str]]:
     """A running `keyturn dev` (on free ports) and its banner text."""
     proc = start_process(
         "dev",
-        [*KEYTURN, "dev", "--emulator-port", "0", "--bot-port", "0"],
+        [*KEYTURN, "dev", "--emulator-port", "0", "--bot-port", "0", *_resolve(dev_args, log_dir)],
         log_dir,
         env={"KEYTURN_REDIS_URL": "", "NO_COLOR": "1"},
         ready=lambda: "Ctrl-C stops everything" in (log_dir / "dev.log").read_text(errors="replace"),
@@ -38,6 +59,15 @@ def dev(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Proc, s
         proc.stop(signal.SIGINT)
         if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
             print(proc.log())
+
+
+def _resolve(args: list[str], workdir: Path) -> list[str]:
+    """Replace the placeholder policy name ``FAST`` with a file holding ``FAST_POLICY``."""
+    if "FAST" not in args:
+        return args
+    policy = workdir / "fast.toml"
+    policy.write_text(FAST_POLICY)
+    return [str(policy) if a == "FAST" else a for a in args]
 
 
 def _field(banner: str, pattern: str) -> str:
@@ -88,3 +118,34 @@ def test_demo_recipe_yields_a_verified_dev_receipt(dev: tuple[Proc, str], tmp_pa
     wait_until(lambda: not Path(workdir).exists(), 10, "the dev temp dir to be removed")
     assert proc.popen.returncode == 0
     assert sys.executable  # the same interpreter ran every child
+
+
+@pytest.mark.parametrize("dev_args", [["--policy", "FAST"]])
+def test_demo_shows_reminders_escalation_and_expiry(dev: tuple[Proc, str], dev_args: list[str]) -> None:
+    _, banner = dev
+    emulator_url = _field(banner, r"Slack emulator\s+(http://\S+)")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    with EmulatorClient(emulator_url) as slack:
+        answer = slack.command("U0ALICE", "C0STAGING", "/keyturn", f"request acme/web {sha} staging")
+        assert answer.status == 200
+        card = slack.wait_for("chat.postMessage", timeout=10, channel="C0STAGING")
+        ts = card["response"]["ts"]
+
+        reminder = slack.wait_for("chat.postMessage", timeout=10, thread_ts=ts)
+        text = json.dumps(reminder["params"])
+        assert "<@U0BOB>" in text
+        assert "<@U0CAROL>" in text
+        assert "<@U0ALICE>" not in text  # the requester is not asked to approve her own deploy
+
+        dm = slack.wait_for("conversations.open", timeout=10)
+        assert "U0DAVE" in json.dumps(dm["params"])
+
+        since = 0
+        while True:  # each card update is awaited; the request expires at 9 s
+            update = slack.wait_for("chat.update", timeout=15, since=since, ts=ts)
+            since = update["seq"]
+            if "Expired" in json.dumps(update["params"]):
+                break
+        message = slack.message("C0STAGING", ts)
+        assert "Expired" in json.dumps(message)
+        assert '"approve"' not in json.dumps(message["blocks"])  # the buttons are gone
