@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # even when started with SIGINT ignored (a background job)
     try:
         redis_url = os.environ.get("KEYTURN_REDIS_URL", "")
         if not redis_url:
