@@ -181,7 +181,7 @@ def create_app(settings: EmulatorSettings, clock: Clock | None = None) -> Starle
         body_token = params.pop("token", None)
         if token is None and isinstance(body_token, str):
             token = body_token
-        answer = await emu.call_api(method, params, token)
+        answer = await emu.call_api(method, params, token, base_url=_base_url(request))
         return _json(answer.body, answer.status, answer.headers)
 
     async def response_url(request: Request) -> Response:

@@ -30,7 +30,7 @@ from bot.emulator.interactions import (
 )
 from bot.emulator.recorder import Recorder
 from bot.emulator.state import TRIGGER_TTL, Conversation, Message, WorkspaceState
-from bot.emulator.webapi import METHODS
+from bot.emulator.webapi import LINK_METHODS, METHODS
 from bot.emulator.workspace import User, Workspace, load_workspace
 
 ACK_TIMEOUT = 3.0  # Slack gives up on the bot's answer after 3 s
@@ -112,15 +112,25 @@ class Emulator:
         elif not token.startswith("xoxb-") or len(token) <= len("xoxb-"):
             raise SlackError("invalid_auth")
 
-    async def call_api(self, method: str, params: dict[str, Any], token: str | None) -> ApiAnswer:
-        """Run one Web API call: auth, scopes, faults, the method, and recording. Never raises."""
+    def public_base(self, base_url: str | None) -> str:
+        """The emulator's own URL as links show it: ``public_url`` if set, else the URL it was reached at."""
+        return (self.settings.public_url or base_url or "http://localhost").rstrip("/")
+
+    async def call_api(
+        self, method: str, params: dict[str, Any], token: str | None, *, base_url: str | None = None
+    ) -> ApiAnswer:
+        """Run one Web API call: auth, scopes, faults, the method, and recording. Never raises.
+
+        ``base_url`` is the URL the call reached the emulator at; links in answers (permalinks) use it.
+        """
         status, headers = 200, self._scope_header()
         try:
             entry = METHODS.get(method)
-            if entry is None:
+            link = LINK_METHODS.get(method)
+            if entry is None and link is None:
                 raise SlackError("unknown_method", req_method=method)
             self._check_token(token)
-            handler, needed = entry
+            needed = entry[1] if entry is not None else link[1] if link is not None else ()
             missing = [s for s in needed if s not in self.state.workspace.bot.scopes]
             if missing:
                 raise SlackError(
@@ -139,7 +149,10 @@ class Emulator:
                     raise SlackError(fault.error or "internal_error")
                 if fault.error:
                     raise SlackError(fault.error)
-            body = handler(self.state, params, self.clock.now())
+            if link is not None:
+                body = link[0](self.state, params, self.clock.now(), self.public_base(base_url))
+            elif entry is not None:
+                body = entry[0](self.state, params, self.clock.now())
         except SlackError as exc:
             body = exc.body()
         await self.recorder.record(method, params, token, self.clock.now(), status, body)

@@ -20,6 +20,7 @@ MAX_MESSAGE_TEXT = 40_000  # Slack truncates at 40k and answers msg_too_long bey
 
 Params = dict[str, Any]
 Handler = Callable[[WorkspaceState, Params, float], dict[str, Any]]
+LinkHandler = Callable[[WorkspaceState, Params, float, str], dict[str, Any]]
 
 
 def _str(params: Params, name: str) -> str | None:
@@ -162,6 +163,27 @@ def chat_post_ephemeral(state: WorkspaceState, params: Params, now: float) -> di
     return {"ok": True, "message_ts": eph.ts}
 
 
+def permalink(base_url: str, channel: str, ts: str) -> str:
+    """The emulator's link to a message: its own page, which opens the conversation and highlights it."""
+    return f"{base_url.rstrip('/')}/#{channel}/{ts}"
+
+
+def chat_get_permalink(state: WorkspaceState, params: Params, now: float, base_url: str) -> dict[str, Any]:
+    """``chat.getPermalink``: a link to an existing message (Slack needs no scope for it).
+
+    Slack's permalinks point into its web client; the emulator's point at its own page (``base_url``),
+    ``http://HOST:PORT/#<channel>/<ts>``, which scrolls to the message and highlights it.
+    """
+    channel = _str(params, "channel")
+    if channel is None:
+        raise SlackError("channel_not_found")
+    conv = state.conversation(channel)
+    ts = _str(params, "message_ts")
+    if ts is None or state.message(conv.id, ts) is None:
+        raise SlackError("message_not_found")
+    return {"ok": True, "channel": conv.id, "permalink": permalink(base_url, conv.id, ts)}
+
+
 def chat_delete(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``chat.delete``."""
     channel = _str(params, "channel")
@@ -297,6 +319,11 @@ def conversations_open(state: WorkspaceState, params: Params, now: float) -> dic
         channel_obj.update({"is_im": True, "user": user.id, "created": int(now), "is_open": True})
     return {"ok": True, "channel": channel_obj}
 
+
+# Methods whose answer links to the emulator itself: called with its public base URL as well.
+LINK_METHODS: dict[str, tuple[LinkHandler, tuple[str, ...]]] = {
+    "chat.getPermalink": (chat_get_permalink, ()),  # Slack: no scope required
+}
 
 # method -> (handler, scopes the bot token needs)
 METHODS: dict[str, tuple[Handler, tuple[str, ...]]] = {

@@ -99,3 +99,32 @@ def test_slash_command_box(page: Any, emu: RunningEmulator, bot: RunningBot) -> 
     page.locator(".message.ephemeral", has_text="request received: deploy web").wait_for()
     [body] = bot.record.of("command")
     assert (body["user_id"], body["text"]) == ("U0ALICE", "deploy web")
+
+
+def test_a_permalink_opens_the_conversation_and_highlights_the_message(
+    page: Any, emu: RunningEmulator, bot: RunningBot
+) -> None:
+    web = WebClient(token=BOT_TOKEN, base_url=emu.api_url)
+    for i in range(30):
+        web.chat_postMessage(channel="C0DEPLOYS", text=f"before {i}")
+    card = post_card(emu, "*alice* wants to deploy")
+    for i in range(30):  # the page would otherwise open scrolled to the bottom, the card out of view
+        web.chat_postMessage(channel="C0DEPLOYS", text=f"after {i}")
+    link = web.chat_getPermalink(channel="C0DEPLOYS", message_ts=card)["permalink"]
+    page.goto(link)
+    target = page.locator(f'.message.highlight[data-ts="{card}"]')
+    target.wait_for()
+    assert page.locator(".message.highlight").count() == 1
+    assert page.locator("#channel-title").inner_text() == "# deploys"
+    in_view = """(node) => {
+        const box = node.getBoundingClientRect(), pane = node.parentElement.getBoundingClientRect();
+        return box.top >= pane.top && box.top < pane.bottom;
+    }"""
+    assert target.evaluate(in_view)
+
+    # A DM link opens as the user whose DM it is (the bot's DMs are only visible to their user).
+    dm = web.chat_postMessage(channel="U0DAVE", text="please look at the deploy")
+    page.goto(web.chat_getPermalink(channel=dm["channel"], message_ts=dm["ts"])["permalink"])
+    page.locator(f'.message.highlight[data-ts="{dm["ts"]}"]').wait_for()
+    assert page.locator("#user-select").input_value() == "U0DAVE"
+    assert page.locator("#channel-title").inner_text() == "Direct message with keyturn"

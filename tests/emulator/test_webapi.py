@@ -138,6 +138,23 @@ def test_update_errors(web: WebClient) -> None:
     assert slack_error(exc) == "channel_not_found"
 
 
+def test_permalink_links_to_the_message_on_the_emulator_page(web: WebClient, emu: RunningEmulator) -> None:
+    ts = web.chat_postMessage(channel="C0DEPLOYS", text="card")["ts"]
+    reply = web.chat_postMessage(channel="C0DEPLOYS", text="reply", thread_ts=ts)["ts"]
+    resp = web.chat_getPermalink(channel="C0DEPLOYS", message_ts=ts)
+    assert (resp["ok"], resp["channel"]) == (True, "C0DEPLOYS")
+    assert resp["permalink"] == f"{emu.url}/#C0DEPLOYS/{ts}"
+    assert web.chat_getPermalink(channel="C0DEPLOYS", message_ts=reply)["permalink"].endswith(f"/{reply}")
+    dm = web.chat_postMessage(channel="U0DAVE", text="psst")
+    assert web.chat_getPermalink(channel="U0DAVE", message_ts=dm["ts"])["channel"] == "D0DAVE"
+    with pytest.raises(SlackApiError) as exc:
+        web.chat_getPermalink(channel="C0DEPLOYS", message_ts="1700000000.000001")
+    assert slack_error(exc) == "message_not_found"
+    with pytest.raises(SlackApiError) as exc:
+        web.chat_getPermalink(channel="C0NOPE", message_ts=ts)
+    assert slack_error(exc) == "channel_not_found"
+
+
 def test_post_ephemeral_is_seen_only_by_its_user(web: WebClient, emu: RunningEmulator) -> None:
     resp = web.chat_postEphemeral(channel="C0DEPLOYS", user="U0BOB", text="only for bob")
     assert resp["message_ts"]

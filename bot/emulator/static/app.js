@@ -9,6 +9,8 @@ const ui = {
   version: -1,
   dialogViewId: null,
   confirmOpen: false,
+  target: null, // {channel, ts} from a permalink (#C…/<ts>), until the message has been shown
+  highlightTs: null,
 };
 
 function el(tag, attrs, ...children) {
@@ -252,6 +254,35 @@ function renderView(view) {
   ui.dialogViewId = view.id + ":" + view.hash + ":" + JSON.stringify(view.errors || {});
 }
 
+// ---- permalinks ---------------------------------------------------------------------------------------
+// chat.getPermalink answers http://HOST:PORT/#<channel>/<ts>: open that conversation, as a user who can see
+// it if the current one cannot, then scroll to the message and highlight it.
+
+function parseHash() {
+  const m = /^#([A-Z0-9]{1,40})\/(\d{1,12}\.\d{1,6})$/.exec(location.hash);
+  return m ? { channel: m[1], ts: m[2] } : null;
+}
+
+function viewerFor(target) {
+  const st = ui.state;
+  const human = (id) => st.users.some((u) => u.id === id && !u.is_bot);
+  const channel = st.channels.find((c) => c.id === target.channel);
+  if (channel) return channel.members.includes(ui.user) ? ui.user : channel.members.find(human) || ui.user;
+  const owner = st.users.find((u) => !u.is_bot && "D" + u.id.slice(1) === target.channel);
+  return owner ? owner.id : ui.user;
+}
+
+function showTarget() {
+  const target = ui.target;
+  if (!target) return;
+  const node = [...document.querySelectorAll("#messages .message")].find((n) => n.dataset.ts === target.ts);
+  if (!node) return; // not posted yet (or gone): keep trying on the next refresh
+  node.classList.add("highlight");
+  node.scrollIntoView({ block: "center" });
+  ui.highlightTs = target.ts;
+  ui.target = null;
+}
+
 // ---- page ----------------------------------------------------------------------------------------------
 
 function conversations() {
@@ -268,6 +299,17 @@ function render() {
     for (const u of st.users.filter((x) => !x.is_bot)) select.append(el("option", { value: u.id }, `${u.name} — ${u.real_name}`));
   }
   if (!st.users.some((u) => u.id === ui.user && !u.is_bot)) ui.user = select.options[0].value;
+  if (ui.target) {
+    const viewer = viewerFor(ui.target);
+    if (viewer !== ui.user) { // this user cannot see it: switch, and render with that user's state
+      ui.user = viewer;
+      localStorage.setItem("kt-user", viewer);
+      ui.forceRender = true;
+      refresh();
+      return;
+    }
+    ui.channel = ui.target.channel;
+  }
   select.value = ui.user;
 
   const convs = conversations();
@@ -279,7 +321,7 @@ function render() {
     sidebar.append(el("a", {
       class: c.id === ui.channel ? "active" : "",
       dataset: { channel: c.id },
-      onclick: () => { ui.channel = c.id; localStorage.setItem("kt-channel", c.id); render(); },
+      onclick: () => { ui.target = null; ui.channel = c.id; localStorage.setItem("kt-channel", c.id); render(); },
     }, c.is_im ? `keyturn (DM)` : `# ${c.name}`));
   }
 
@@ -291,7 +333,11 @@ function render() {
   items.sort((a, b) => parseFloat(a.ts) - parseFloat(b.ts));
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.replaceChildren(...items.map((i) => i.node));
-  if (atBottom) list.scrollTop = list.scrollHeight;
+  if (ui.highlightTs) {
+    for (const n of list.querySelectorAll(".message")) if (n.dataset.ts === ui.highlightTs) n.classList.add("highlight");
+  }
+  if (ui.target) showTarget();
+  else if (atBottom) list.scrollTop = list.scrollHeight;
 
   if (!ui.confirmOpen) {
     const view = st.views.filter((v) => v.user === ui.user && v.type === "modal").pop();
@@ -318,6 +364,7 @@ async function refresh() {
 }
 
 document.getElementById("user-select").addEventListener("change", (event) => {
+  ui.target = null;
   ui.user = event.target.value;
   localStorage.setItem("kt-user", ui.user);
   ui.forceRender = true;
@@ -337,5 +384,12 @@ document.getElementById("command-form").addEventListener("submit", async (event)
   refresh();
 });
 
+window.addEventListener("hashchange", () => {
+  ui.target = parseHash();
+  ui.forceRender = true;
+  refresh();
+});
+
+ui.target = parseHash();
 refresh();
 setInterval(refresh, 1000);
