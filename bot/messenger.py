@@ -296,6 +296,23 @@ class SlackMessenger:
             lambda: self.client.chat_postEphemeral(channel=channel, user=user_id, text=text),
         )
 
+    async def permalink(self, card: CardRef) -> str | None:
+        """A link to the card's message, or None when Slack cannot give one (gone, unreachable, refused).
+
+        ``chat.getPermalink`` needs no scope. A link is only a convenience in a message, so every failure,
+        after the usual retries, is None rather than an error.
+        """
+        try:
+            resp = await self.call(
+                "chat.getPermalink",
+                lambda: self.client.chat_getPermalink(channel=card.channel, message_ts=card.ts),
+            )
+        except SlackError as exc:
+            log.warning("slack chat.getPermalink: %s", exc.slack_error)
+            return None
+        link = resp.get("permalink")
+        return link if isinstance(link, str) and link else None
+
     async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
         """Open the deny-with-reason modal now (the trigger lives 3 s; retries stay inside that window)."""
         view = deny_modal(request)

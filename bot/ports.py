@@ -50,6 +50,10 @@ class Messenger(Protocol):
         """Show ``text`` to one user only."""
         ...
 
+    async def permalink(self, card: CardRef) -> str | None:
+        """A link to the card's message (``chat.getPermalink``), or None if Slack cannot give one."""
+        ...
+
     async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
         """Open the deny-with-reason modal. Must be called within 3 s of the click (trigger_id lifetime)."""
         ...

@@ -44,6 +44,8 @@ log = logging.getLogger("keyturn.timer_jobs")
 Clock = Callable[[], datetime]
 
 CHANNEL_RE = re.compile(r"^[CG][A-Z0-9]{2,30}$")
+# A permalink fit to sit inside <url|label>: Slack's are https; the emulator's are http to its own page.
+LINK_RE = re.compile(r"https?://[^\s<>|]{1,2000}")
 MAX_MENTIONS = 20
 FINAL_LEAD_MAX = timedelta(minutes=5)
 ONCE_MARGIN_S = 86_400  # once-keys outlive the request by a day
@@ -272,14 +274,13 @@ class TimerJobs:
         card = req.card
         if card is None:
             return ""
-        permalink = getattr(self._messenger, "permalink", None)
-        if permalink is not None:
-            try:
-                url = await permalink(card)
-                if isinstance(url, str) and url.startswith("https://"):
-                    return f"<{escape(url)}|Open the request>"
-            except Exception as exc:
-                log.warning("permalink unavailable (%s)", type(exc).__name__)
+        try:
+            url = await self._messenger.permalink(card)
+        except Exception as exc:  # a link is a convenience: the DM goes out without it
+            log.warning("permalink unavailable (%s)", type(exc).__name__)
+            url = None
+        if isinstance(url, str) and LINK_RE.fullmatch(url):
+            return f"<{escape(url)}|Open the request>"
         # A channel mention is a native link in Slack; the card is the request's message there.
         return f"The request is in <#{card.channel}>." if CHANNEL_RE.fullmatch(card.channel) else ""
 

@@ -74,6 +74,9 @@ class FakeMessenger:
     async def ephemeral(self, channel: str, user_id: str, text: str) -> None:
         self.calls.append(("ephemeral", user_id))
 
+    async def permalink(self, card: CardRef) -> str | None:
+        return None
+
     async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
         self.calls.append(("modal", trigger_id))
 

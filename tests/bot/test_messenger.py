@@ -271,3 +271,17 @@ async def test_email_lookups(messenger: SlackMessenger) -> None:
 async def test_deny_modal_with_a_stale_trigger_is_rejected(messenger: SlackMessenger) -> None:
     with pytest.raises(SlackRejected):
         await messenger.open_deny_modal("123.456.not-issued", make_request())
+
+
+async def test_permalink_of_the_card_with_retries_and_none_on_failure(
+    messenger: SlackMessenger, emu: AsyncEmulatorClient, emulator_url: str, sleeps: Sleeps
+) -> None:
+    ref = await messenger.post_card(make_request())
+    await emu.fault("chat.getPermalink", status=429, retry_after=1, times=1)
+    assert await messenger.permalink(ref) == f"{emulator_url}/#C0DEPLOYS/{ref.ts}"
+    assert sleeps.waits == [1.0]  # the same retry policy as every other call
+    assert await messenger.permalink(CardRef(channel="C0DEPLOYS", ts="1700000000.000001")) is None
+    assert await messenger.permalink(CardRef(channel="C0NOPE", ts=ref.ts)) is None
+    await emu.fault("chat.getPermalink", status=500)
+    assert await messenger.permalink(ref) is None  # Slack down: no link, no exception
+    assert [c["status"] for c in await emu.calls("chat.getPermalink")][-1] == 500

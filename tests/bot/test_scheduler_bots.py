@@ -160,7 +160,13 @@ def test_two_replicas_remind_escalate_and_expire_once_each(bots: Bots) -> None:
         assert sum(t.startswith(":bell: Reminder") for t in posts) == 2, posts
         assert sum(t.startswith(":alarm_clock: Last call") for t in posts) == 1, posts
         assert sum(t.startswith(":rotating_light: Escalating") for t in posts) == 1, posts
-        assert sum(t.startswith(":rotating_light: A deploy") for t in posts) == 1, posts  # the DM
+        [dm] = [t for t in posts if t.startswith(":rotating_light: A deploy")]
+        # The DM links to the card itself: the emulator's permalink is its page, opened at the card.
+        card = next(
+            c for c in bots.emulator.calls("chat.postMessage") if "thread_ts" not in (c.get("params") or {})
+        )
+        card_ts = card["response"]["ts"]
+        assert dm.endswith(f"<{bots.emulator.base_url}/#C0DEPLOYS/{card_ts}|Open the request>"), dm
         assert sum("expired" in t for t in posts) >= 1, posts
         first = next(t for t in posts if t.startswith(":bell:"))
         assert "<@U0BOB>" in first

@@ -68,6 +68,10 @@ class Messenger:
         self.dms: list[tuple[str, str]] = []
         self.card_ok = True
         self.posted = asyncio.Event()
+        self.link: str | None = "https://acme.slack.com/archives/C0DEPLOYS/p1000100"
+
+    async def permalink(self, card: CardRef) -> str | None:
+        return self.link
 
     async def post_card(self, request: DeployRequest) -> CardRef:
         if not self.card_ok:
@@ -227,7 +231,8 @@ async def test_reminders_escalation_and_expiry_in_order(world: World) -> None:
     assert "<@U0DAVE>" in escalation
     assert "<!subteam^S0LEADS>" in escalation
     assert sorted(u for u, _ in m.dms) == ["U0DAVE", "U0FRANK"]
-    assert all("<#C0DEPLOYS>" in text and "10m left" in text for _, text in m.dms)
+    link = "<https://acme.slack.com/archives/C0DEPLOYS/p1000100|Open the request>"
+    assert all(text.endswith(link) and "10m left" in text for _, text in m.dms)
 
     assert await world.at(25) == 1
     assert m.replies[3].startswith(":alarm_clock: Last call: this deploy expires in 5m")
@@ -237,6 +242,33 @@ async def test_reminders_escalation_and_expiry_in_order(world: World) -> None:
     assert await world.redis.zcard(DUE_KEY) == 0  # nothing left for the request
     assert len(m.replies) == 5  # the expiry notice from the service
     assert await world.at(120) == 0
+
+
+EMU_LINK = "http://127.0.0.1:3000/#C0DEPLOYS/1.000100"
+IN_CHANNEL = "The request is in <#C0DEPLOYS>."
+
+
+@pytest.mark.parametrize(
+    ("link", "expected"),
+    [
+        pytest.param(None, IN_CHANNEL, id="no-permalink"),
+        pytest.param("javascript:alert(1)", IN_CHANNEL, id="not-http"),
+        pytest.param("https://x.test/a|<!channel>", IN_CHANNEL, id="breaks-out"),
+        pytest.param(EMU_LINK, f"<{EMU_LINK}|Open the request>", id="emulator"),
+    ],
+)
+async def test_escalation_dm_links_to_the_card_or_names_its_channel(
+    world: World, link: str | None, expected: str
+) -> None:
+    world.messenger.link = link
+    req = await world.create()
+    jobs = handlers(world)
+    world.clock.now = T0 + timedelta(minutes=20)
+    await jobs.escalate(
+        JobContext("escalate", req.id, None, world.clock.now, world.runner.timers.fencing_token or 0)
+    )
+    assert world.messenger.dms
+    assert all(text.endswith(expected) for _, text in world.messenger.dms)
 
 
 async def test_a_decision_cancels_the_remaining_deadlines(world: World) -> None:
