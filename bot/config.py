@@ -52,6 +52,10 @@ class Settings(BaseSettings):
 
     dev_mode: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # One pool per process, shared by the API, the change feed (holds one for good) and the timers. When
+    # every connection is busy a caller waits up to redis_pool_timeout seconds, then gets a 503.
+    redis_max_connections: int = Field(default=64, ge=8, le=10_000)
+    redis_pool_timeout: float = Field(default=5.0, gt=0, le=60)
     signer_socket: Path = Path("/run/keyturn/signer.sock")
     policy: Path = Path("keyturn.toml")
     slack_bot_token: SecretStr = SecretStr("")

@@ -39,6 +39,27 @@ log = logging.getLogger("keyturn.bot")
 
 Clock = Callable[[], datetime]
 
+# redis-py's own default, made explicit: a command whose answer takes longer than this fails (and the store
+# turns that into a 503). Pub/sub waits (the change feed) pass their own timeout and are not bound by it.
+REDIS_SOCKET_TIMEOUT = 5.0
+
+
+def make_redis(settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT) -> aioredis.Redis:
+    """The process's async Redis client, on a bounded blocking pool.
+
+    redis-py's default pool raises as soon as its connections are all in use; a ``BlockingConnectionPool``
+    makes the caller wait for one instead, but only ``redis_pool_timeout`` seconds: then redis-py raises
+    ``ConnectionError``, which the store reports as ``StoreUnavailable`` (HTTP 503), never a hang or a 500.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+    )
+    return aioredis.Redis.from_pool(pool)
+
 
 def utc_now() -> datetime:
     """The wall clock, timezone-aware."""
@@ -127,6 +148,8 @@ def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[
         messenger=service.messenger,
         store=comps.store,
         clock=clock,
+        # Timer handlers share the Redis pool with the API: leave most of it to requests.
+        concurrency=max(1, min(16, comps.settings.redis_max_connections // 4)),
     )
     hooks, runner = result
     return hooks, runner
@@ -145,7 +168,7 @@ def build_app(
     from bot.signer_client import SignerClient
 
     metrics = Metrics()
-    client = redis_client or aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = redis_client or make_redis(settings)
     signer = SignerClient(
         settings.signer_socket, timeout=settings.signer_timeout, pool_size=settings.signer_pool_size
     )

@@ -362,7 +362,8 @@ def install(
     """Build this replica's timers; return the service's hooks and the start/stop runner.
 
     ``timer_options`` go to :class:`~bot.scheduler.Timers` (e.g. ``tick_s``, ``lease_s``). Handler
-    concurrency defaults to 16, well inside redis-py's default pool of 100 connections shared with the app.
+    concurrency defaults to 16; ``bot/server.py`` passes a quarter of ``KEYTURN_REDIS_MAX_CONNECTIONS`` (the
+    pool shared with the app), capped at 16.
     """
     jobs = TimerJobs(
         service=service, store=store, messenger=messenger, policy=policy, redis=redis, clock=clock
