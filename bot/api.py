@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.approvals import ApprovalService
+from bot.callbacks import CallbackPolicy, CallbackRefused
 from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
@@ -192,8 +193,10 @@ class Api:
         *,
         base_url: str,
         max_body: int = 64 * 1024,
+        callback_policy: CallbackPolicy | None = None,
     ) -> None:
         self.service = service
+        self.callback_policy = callback_policy or CallbackPolicy()  # strict unless told otherwise
         self.store = store
         self.signer = signer
         self.feed = feed
@@ -258,6 +261,16 @@ class Api:
             fields = _fields_from_validation(exc)
             detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
             raise ApiError(422, "invalid_request", f"invalid request: {detail}", fields=fields) from None
+        if req_in.callback_url is not None:
+            try:
+                self.callback_policy.check_url(req_in.callback_url)
+            except CallbackRefused as exc:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    f"invalid request: callbackUrl: {exc.reason}",
+                    fields=[{"field": "callbackUrl", "message": exc.reason}],
+                ) from None
         origin = OriginEvidence(
             kind="ci",
             body=base64.b64encode(body).decode("ascii"),

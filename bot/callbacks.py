@@ -5,19 +5,31 @@ The body is signed like a CI request (design.md §6: headers ``X-Keyturn-Timesta
 signer derives from the CI secret (design.md §5, ``mac_callback``): the bot never holds the CI secret, and a
 callback signature can never pass as a CI request. Delivery is retried with exponential backoff; every
 attempt is recorded in Redis (``keyturn:req:{id}:callbacks``) and counted in the metrics.
+
+A callback URL comes from a CI job, so it must not let that job make the bot call internal services (SSRF).
+:class:`CallbackPolicy` holds the rules (docs/security.md, "Callback URLs"): ``https://`` only (``http://`` in
+dev mode), an optional host allowlist (``KEYTURN_CALLBACK_HOSTS``) checked when the request is made, and at
+delivery the host's addresses must all be public unless the host is allowlisted or dev mode is on. The POST
+then connects to exactly the addresses that were checked (a pinned resolver), so there is no second DNS
+lookup for a rebinding attacker to answer differently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-from collections.abc import Callable
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bot.metrics import Metrics
 from bot.models import DeployRequest
@@ -32,6 +44,166 @@ class CallbackMac(Protocol):
     async def mac_callback(self, path: str, timestamp: str, body: bytes) -> Any:
         """``v1=<hex>`` (or ``{"signature": "v1=<hex>"}``) over the callback body."""
         ...
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+# One allowlist entry: a host name, "*.suffix", or an IP literal (IPv6 without brackets).
+_HOST_PATTERN_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+class CallbackRefused(Exception):
+    """A callback URL or address the rules forbid: a stable ``code``, and a ``reason`` naming the rule."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_host_patterns(value: str) -> tuple[str, ...]:
+    """``KEYTURN_CALLBACK_HOSTS``: comma-separated host names, ``*.suffix`` patterns or IP literals.
+
+    Raises ``ValueError`` naming the first entry that is none of these (so the bot refuses to start).
+    """
+    out: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip().lower().rstrip(".")
+        if not entry:
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(entry)))
+            continue
+        except ValueError:
+            pass
+        if not _HOST_PATTERN_RE.fullmatch(entry) or len(entry) > 253:
+            raise ValueError(f"{raw.strip()!r} is not a host name, *.suffix pattern or IP address")
+        out.append(entry)
+    return tuple(dict.fromkeys(out))
+
+
+def address_problem(ip: IPAddress) -> str | None:
+    """Why a callback may not go to ``ip`` (e.g. ``"loopback"``), or None for a public unicast address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return address_problem(ip.ipv4_mapped)  # ::ffff:127.0.0.1 is 127.0.0.1
+    for label, bad in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("not globally routable", not ip.is_global),  # e.g. 100.64.0.0/10, 192.0.0.0/24, 2001:db8::/32
+    ):
+        if bad:
+            return label
+    return None
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    """Where callbacks may go. The default is the strict one: https, any public host, no internal address.
+
+    ``dev_mode`` allows ``http://`` and internal addresses (``keyturn dev``, tests). ``hosts`` is the
+    allowlist: when set, only matching hosts are accepted; an allowlisted host may resolve to internal
+    addresses.
+    """
+
+    dev_mode: bool = False
+    hosts: tuple[str, ...] = ()
+
+    def allowlisted(self, host: str) -> bool:
+        """True if ``host`` (lower case, no trailing dot) matches an allowlist entry."""
+        for pattern in self.hosts:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                    return True
+            elif host == pattern:
+                return True
+        return False
+
+    def check_url(self, url: str) -> tuple[str, int]:
+        """The URL's host and port if the rules allow it; raise ``CallbackRefused`` otherwise.
+
+        Checked when a request is made (422 naming ``callbackUrl``) and again before delivery.
+        """
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise CallbackRefused("callback_url_invalid", "not a valid URL") from None
+        schemes = ("https", "http") if self.dev_mode else ("https",)
+        if parts.scheme not in schemes:
+            need = "http(s)" if self.dev_mode else "https (http only in dev mode)"
+            raise CallbackRefused("callback_url_scheme", f"must be an {need} URL")
+        if parts.username is not None or parts.password is not None:
+            raise CallbackRefused("callback_url_invalid", "must not carry a user name or password")
+        host = (parts.hostname or "").rstrip(".")
+        if not host:
+            raise CallbackRefused("callback_url_invalid", "has no host")
+        if self.hosts and not self.allowlisted(host):
+            raise CallbackRefused(
+                "callback_host_not_allowed", f"host {host} is not in KEYTURN_CALLBACK_HOSTS"
+            )
+        if not self.dev_mode and not self.allowlisted(host):
+            if host == "localhost" or host.endswith(".localhost"):
+                raise CallbackRefused("callback_address_refused", f"host {host} is a loopback name")
+            try:
+                literal: IPAddress | None = ipaddress.ip_address(host)
+            except ValueError:
+                literal = None
+            if literal is not None:
+                self.check_addresses(host, [literal])
+        return host, port if port is not None else (443 if parts.scheme == "https" else 80)
+
+    def check_addresses(self, host: str, addresses: Iterable[IPAddress]) -> None:
+        """Raise ``CallbackRefused`` if any address of ``host`` is internal (unless allowed by dev/allowlist).
+
+        Every address must pass, not just one: the connection may use any of them.
+        """
+        if self.dev_mode or self.allowlisted(host):
+            return
+        for ip in addresses:
+            problem = address_problem(ip)
+            if problem is not None:
+                raise CallbackRefused(
+                    "callback_address_refused", f"{host} resolves to {ip}, a {problem} address"
+                )
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The host's addresses from the system resolver (one lookup; an IP literal is returned as is)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class _PinnedResolver(AbstractResolver):
+    """An aiohttp resolver answering with the addresses already checked: the POST goes where we looked."""
+
+    def __init__(self) -> None:
+        self.addresses: list[IPAddress] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if not self.addresses:
+            raise OSError("no checked address for the callback host")
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for ip in self.addresses
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 def callback_body(request: DeployRequest, receipt: dict[str, Any] | None) -> bytes:
@@ -56,7 +228,11 @@ class CallbackSender:
         timeout: float = 10.0,
         first_delay: float = 1.0,
         max_delay: float = 60.0,
+        policy: CallbackPolicy | None = None,
+        resolve: Resolve = system_resolve,
     ) -> None:
+        self._policy = policy or CallbackPolicy()
+        self._resolve = resolve
         self._store = store
         self._signer = signer
         self._clock = clock
@@ -82,27 +258,49 @@ class CallbackSender:
         except StoreUnavailable:
             log.warning("could not record callback attempt %s for %s", attempt["attempt"], request_id)
 
+    async def _checked_addresses(self, host: str, port: int) -> list[IPAddress]:
+        """Resolve ``host`` once and check every address (``CallbackRefused``); OSError if DNS fails."""
+        try:
+            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in await self._resolve(host, port)]
+        except ValueError:
+            raise OSError(f"the resolver returned a non-address for {host}") from None
+        if not addresses:
+            raise OSError(f"no address for {host}")
+        self._policy.check_addresses(host, addresses)
+        return addresses
+
     async def deliver(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> bool:
-        """POST the outcome to ``request.callback_url`` until a 2xx answer or the attempts run out."""
+        """POST the outcome to ``request.callback_url`` until a 2xx answer or the attempts run out.
+
+        A URL or address the policy refuses is recorded once (``error`` = the refusal code, ``reason``) and
+        not retried: retrying cannot make it acceptable.
+        """
         url = request.callback_url
         if not url:
             return False
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            host, port = self._policy.check_url(url)
+        except CallbackRefused as exc:
             await self._record(
                 request.id,
-                {"attempt": 0, "at": self._clock().isoformat(), "outcome": "invalid_url"},
-            )
+                {"attempt": 0, "at": self._clock().isoformat(), "outcome": "invalid_url",
+                 "error": exc.code, "reason": exc.reason},
+            )  # fmt: skip
+            log.warning("callback for %s refused: %s", request.id, exc.reason)
             return False
-        path = parts.path or "/"
+        path = urlsplit(url).path or "/"
         body = callback_body(request, receipt)
         delay = self._first_delay
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        resolver = _PinnedResolver()
+        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             for attempt in range(1, self._attempts + 1):
                 at = self._clock()
                 record: dict[str, Any] = {"attempt": attempt, "at": at.isoformat()}
+                refused = False
                 try:
+                    resolver.addresses = await self._checked_addresses(host, port)
                     timestamp = str(int(at.timestamp()))
                     signature = await self._signature(path, timestamp, body)
                     async with session.post(
@@ -119,13 +317,19 @@ class CallbackSender:
                         ok = 200 <= resp.status < 300
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # any failure is one failed attempt; the loop retries
+                except CallbackRefused as exc:
+                    record.update(error=exc.code, reason=exc.reason)
+                    ok, refused = False, True
+                except Exception as exc:  # any other failure is one failed attempt; the loop retries
                     record["error"] = type(exc).__name__
                     ok = False
                 record["outcome"] = "delivered" if ok else "failed"
                 await self._record(request.id, record)
                 if ok:
                     return True
+                if refused:
+                    log.warning("callback for %s refused: %s", request.id, record["reason"])
+                    return False
                 if attempt < self._attempts:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_delay)

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     signer_pool_size: int = Field(default=32, ge=1, le=256)
     callback_attempts: int = Field(default=8, ge=1, le=30)
     callback_timeout: float = Field(default=10.0, gt=0, le=120)
+    # Comma-separated host names, "*.suffix" patterns or IP literals; empty: any public https host.
+    callback_hosts: str = ""
     card_retry_max: Duration = timedelta(seconds=60)
 
     @field_validator("log_level", mode="before")
@@ -94,6 +96,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _callback_hosts(cls, value: str) -> str:
+        from bot.callbacks import parse_host_patterns
+
+        return ",".join(parse_host_patterns(value))
 
     @field_validator("redis_url")
     @classmethod

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
-from bot.callbacks import CallbackSender
+from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error
 from bot.metrics import Metrics
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
@@ -175,6 +175,9 @@ def build_app(
     web = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     messenger = SlackMessenger(web, policy, now=clock)
     store = RequestStore(client, retention=settings.retention)
+    callback_policy = CallbackPolicy(
+        dev_mode=settings.dev_mode, hosts=parse_host_patterns(settings.callback_hosts)
+    )
     callbacks = CallbackSender(
         store,
         signer,
@@ -182,6 +185,7 @@ def build_app(
         metrics=metrics,
         attempts=settings.callback_attempts,
         timeout=settings.callback_timeout,
+        policy=callback_policy,
     )
     service = ApprovalService(
         store,
@@ -195,7 +199,14 @@ def build_app(
     )
     feed = ChangeFeed(client)
     api = Api(
-        service, store, signer, feed, metrics, base_url=settings.base_url, max_body=settings.max_body_bytes
+        service,
+        store,
+        signer,
+        feed,
+        metrics,
+        base_url=settings.base_url,
+        max_body=settings.max_body_bytes,
+        callback_policy=callback_policy,
     )
     slack = build_slack_endpoint(service, messenger, signer, policy, web)
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)

@@ -226,6 +226,10 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
                 "KEYTURN_PUBLIC_URL": bot_url,
                 "KEYTURN_CARD_RETRY_MAX": "1",
                 "KEYTURN_CALLBACK_ATTEMPTS": "3",
+                # The test receivers are plain http on 127.0.0.1: dev mode allows http and internal
+                # addresses; the allowlist still refuses every other host (docs/security.md).
+                "KEYTURN_DEV_MODE": "1",
+                "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
             },
             ready=http_ok(f"{bot_url}/readyz"),
             cwd=workdir,

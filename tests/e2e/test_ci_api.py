@@ -9,6 +9,7 @@ import time
 from typing import ClassVar
 
 import httpx
+import pytest
 
 from signer.evidence import callback_signature
 from tests.e2e.conftest import CI_SECRET, Stack, ci_headers, request_body
@@ -187,3 +188,18 @@ def test_callback_is_signed_retried_and_recorded(stack: Stack) -> None:
     expected = callback_signature(CI_SECRET, "/hooks/keyturn", headers["x-keyturn-timestamp"], body)
     assert headers["x-keyturn-signature"] == expected
     assert len(_Receiver.got) == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:9/hook", "http://169.254.169.254/latest/meta-data/", "https://ci.example.com/hook"],
+)
+def test_callback_to_a_host_outside_the_allowlist_is_422_naming_callback_url(stack: Stack, url: str) -> None:
+    resp = stack.post("/v1/requests", json.dumps(request_body(callbackUrl=url)).encode())
+    assert resp.status_code == 422, resp.text
+    data = resp.json()
+    assert data["error"] == "invalid_request"
+    [field] = data["fields"]
+    assert field["field"] == "callbackUrl"
+    assert "KEYTURN_CALLBACK_HOSTS" in field["message"]
+    assert stack.emulator.calls("chat.postMessage") == []  # refused before anything was created
