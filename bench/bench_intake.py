@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,14 +35,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import harness  # noqa: E402
 from tests.harness import (  # noqa: E402
-    KEYTURN,
     Proc,
     free_port,
-    http_ok,
     redis_server,
     start_process,
-    unix_socket_ready,
 )
 
 CI_SECRET = "bench-ci-secret-0123456789abcdef0123456789"
@@ -92,9 +88,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", a
 
 def ci_headers(method: str, path: str, body: bytes) -> dict[str, str]:
     """Signed ``X-Keyturn-*`` headers."""
-    ts = str(int(time.time()))
-    mac = hmac.new(CI_SECRET.encode(), f"v1:{ts}:{method}:{path}:".encode() + body, hashlib.sha256)
-    return {"X-Keyturn-Timestamp": ts, "X-Keyturn-Signature": "v1=" + mac.hexdigest()}
+    return harness.ci_headers(CI_SECRET, method, path, body)
 
 
 @dataclass
@@ -116,36 +110,28 @@ def keyturn_stack() -> Iterator[BenchStack]:
         logs = work / "logs"
         policy = work / "keyturn.toml"
         policy.write_text(POLICY)
-        keyset = work / "keys.json"
-        subprocess.run([*KEYTURN, "keygen", "--out", str(keyset)], check=True, capture_output=True)
-        sock = work / "signer.sock"
-        emu_port, bot_port = free_port(), free_port()
-        bot_url, emu_url = f"http://127.0.0.1:{bot_port}", f"http://127.0.0.1:{emu_port}"
+        keyset, _ = harness.keygen(work)
+        bot_port = free_port()
+        bot_url = f"http://127.0.0.1:{bot_port}"
         procs: dict[str, Proc] = {}
         with redis_server(work / "redis") as srv:
             try:
-                procs["signer"] = start_process(
-                    "signer", [*KEYTURN, "signer"], logs,
-                    env={"KEYTURN_SIGNER_SOCKET": str(sock), "KEYTURN_SIGNER_KEYSET": str(keyset),
-                         "KEYTURN_POLICY": str(policy), "KEYTURN_SLACK_SIGNING_SECRET": SLACK_SECRET,
-                         "KEYTURN_CI_SECRET": CI_SECRET, "KEYTURN_AUDIT_LOG": str(work / "audit.jsonl")},
-                    ready=unix_socket_ready(sock),
-                )  # fmt: skip
-                procs["emulator"] = start_process(
-                    "emulator",
-                    [*KEYTURN, "emulator", "--port", str(emu_port), "--bot-url", f"{bot_url}/slack/events"],
-                    logs,
-                    env={"KEYTURN_SLACK_SIGNING_SECRET": SLACK_SECRET},
-                    ready=http_ok(f"{emu_url}/_emulator/state"),
+                procs["signer"], sock = harness.start_signer(
+                    work, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
                 )
-                procs["bot"] = start_process(
-                    "bot", [*KEYTURN, "bot"], logs,
-                    env={"KEYTURN_REDIS_URL": srv.url, "KEYTURN_SIGNER_SOCKET": str(sock),
-                         "KEYTURN_POLICY": str(policy), "KEYTURN_SLACK_BOT_TOKEN": "xoxb-bench-token",
-                         "KEYTURN_SLACK_API_URL": f"{emu_url}/api/", "KEYTURN_PORT": str(bot_port),
-                         "KEYTURN_LOG_LEVEL": "WARNING"},
-                    ready=http_ok(f"{bot_url}/readyz"), cwd=work,
-                )  # fmt: skip
+                procs["emulator"], emu_url = harness.start_emulator(
+                    logs, slack_secret=SLACK_SECRET, bot_url=bot_url
+                )
+                procs["bot"] = harness.start_bot(
+                    logs,
+                    port=bot_port,
+                    redis_url=srv.url,
+                    signer_socket=sock,
+                    policy=policy,
+                    emulator_url=emu_url,
+                    cwd=work,
+                    env={"KEYTURN_LOG_LEVEL": "WARNING"},
+                )
                 yield BenchStack(bot_url, emu_url, srv.url, work, procs)
             finally:
                 for p in reversed(list(procs.values())):

@@ -207,3 +207,112 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
         yield RedisServer(proc, sock)
     finally:
         proc.stop()
+
+
+# --- Keyturn processes, started as in a deployment (for e2e tests, scheduler tests and benchmarks) ---
+
+
+def ci_headers(secret: str, method: str, path: str, body: bytes, ts: int | None = None) -> dict[str, str]:
+    """The ``X-Keyturn-*`` headers a pipeline sends (design.md §6), signed with ``secret``."""
+    from signer.evidence import ci_signature  # the one implementation of the scheme
+
+    stamp = str(int(time.time()) if ts is None else ts)
+    return {
+        "X-Keyturn-Timestamp": stamp,
+        "X-Keyturn-Signature": ci_signature(secret, method, path, body, stamp),
+        "Content-Type": "application/json",
+    }
+
+
+def keygen(workdir: Path, *, dev: bool = False) -> tuple[Path, Path]:
+    """Write a private keyset and its public JWKS with ``keyturn keygen``/``keys export``; their paths."""
+    keyset, public = workdir / "signing-keys.json", workdir / "keys.public.json"
+    for argv in (
+        [*KEYTURN, "keygen", *(["--dev"] if dev else []), "--out", str(keyset)],
+        [*KEYTURN, "keys", "--key-file", str(keyset), "export", "--out", str(public)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv} failed: {done.stderr}")
+    return keyset, public
+
+
+def start_signer(
+    workdir: Path,
+    logs: Path,
+    *,
+    policy: Path,
+    keyset: Path,
+    slack_secret: str,
+    ci_secret: str,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Proc, Path]:
+    """``keyturn signer`` on a socket in ``workdir``; the process and the socket path."""
+    sock = workdir / "signer.sock"
+    proc = start_process(
+        "signer",
+        [*KEYTURN, "signer"],
+        logs,
+        env={
+            "KEYTURN_SIGNER_SOCKET": str(sock),
+            "KEYTURN_SIGNER_KEYSET": str(keyset),
+            "KEYTURN_POLICY": str(policy),
+            "KEYTURN_SLACK_SIGNING_SECRET": slack_secret,
+            "KEYTURN_CI_SECRET": ci_secret,
+            "KEYTURN_AUDIT_LOG": str(workdir / "audit.jsonl"),
+            **(env or {}),
+        },
+        ready=unix_socket_ready(sock),
+    )
+    return proc, sock
+
+
+def start_emulator(logs: Path, *, slack_secret: str, bot_url: str | None = None) -> tuple[Proc, str]:
+    """``keyturn emulator`` on a free port, signing requests to ``bot_url`` (if given); process and URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [*KEYTURN, "emulator", "--port", str(port)]
+    if bot_url is not None:
+        argv += ["--bot-url", f"{bot_url}/slack/events"]
+    proc = start_process(
+        "emulator",
+        argv,
+        logs,
+        env={"KEYTURN_SLACK_SIGNING_SECRET": slack_secret},
+        ready=http_ok(f"{url}/_emulator/health"),
+    )
+    return proc, url
+
+
+def start_bot(
+    logs: Path,
+    *,
+    port: int,
+    redis_url: str,
+    signer_socket: Path,
+    policy: Path,
+    emulator_url: str,
+    cwd: Path,
+    name: str = "bot",
+    env: Mapping[str, str] | None = None,
+) -> Proc:
+    """``keyturn bot`` on ``port``, talking to the emulator as its Slack; waits for ``/readyz``."""
+    url = f"http://127.0.0.1:{port}"
+    return start_process(
+        name,
+        [*KEYTURN, "bot"],
+        logs,
+        env={
+            "KEYTURN_REDIS_URL": redis_url,
+            "KEYTURN_SIGNER_SOCKET": str(signer_socket),
+            "KEYTURN_POLICY": str(policy),
+            "KEYTURN_SLACK_BOT_TOKEN": "xoxb-keyturn-test-token",
+            "KEYTURN_SLACK_API_URL": f"{emulator_url}/api/",
+            "KEYTURN_HOST": "127.0.0.1",
+            "KEYTURN_PORT": str(port),
+            "KEYTURN_PUBLIC_URL": url,
+            **(env or {}),
+        },
+        ready=http_ok(f"{url}/readyz"),
+        cwd=cwd,
+    )

@@ -34,8 +34,9 @@ from signer.evidence import parse_approve_click, parse_slash_request, verify_sla
 from signer.policy import Policy
 from signer.receipt import Scope as SignedScope
 from signer.receipt import new_request_id
-from tests.bot.test_messenger import ephemerals, message, start_emulator, views
-from tests.harness import KEYTURN, free_port, start_process, unix_socket_ready
+from tests import harness
+from tests.bot.test_messenger import ephemerals, message, views
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_PATH = ROOT / "bot" / "dev_policy.toml"
@@ -56,25 +57,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real signer (dev keys, the dev policy) and a running emulator sharing one signing secret."""
     work = tmp_path_factory.mktemp("slack")
     secret = secrets.token_hex(16)
-    keyset = work / "keys.json"
-    start_process("keygen", [*KEYTURN, "keygen", "--dev", "--out", str(keyset)], work).popen.wait(30)
-    sock = work / "signer.sock"
-    signer = start_process(
-        "signer",
-        [*KEYTURN, "signer"],
+    keyset, _ = harness.keygen(work, dev=True)
+    signer, sock = harness.start_signer(
         work,
-        env={
-            "KEYTURN_DEV_MODE": "1",
-            "KEYTURN_SIGNER_SOCKET": str(sock),
-            "KEYTURN_SIGNER_KEYSET": str(keyset),
-            "KEYTURN_POLICY": str(POLICY_PATH),
-            "KEYTURN_SLACK_SIGNING_SECRET": secret,
-            "KEYTURN_CI_SECRET": secrets.token_hex(24),
-            "KEYTURN_AUDIT_LOG": str(work / "audit.jsonl"),
-        },
-        ready=unix_socket_ready(sock),
+        work,
+        policy=POLICY_PATH,
+        keyset=keyset,
+        slack_secret=secret,
+        ci_secret=secrets.token_hex(24),
+        env={"KEYTURN_DEV_MODE": "1"},
     )
-    emulator, url = start_emulator(work, secret)
+    emulator, url = harness.start_emulator(work, slack_secret=secret)
     yield Stack(secret, sock, url)
     emulator.stop()
     signer.stop()

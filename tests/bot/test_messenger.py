@@ -24,29 +24,12 @@ from bot.messenger import (
 )
 from bot.models import Approval, CardRef, DeployRequest, Scope, Status
 from signer.policy import Policy
-from tests.harness import KEYTURN, Proc, free_port, http_ok, start_process
+from tests.harness import free_port, start_emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
 SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
 TOKEN = "xoxb-keyturn-test"
-
-
-def start_emulator(log_dir: Path, secret: str, bot_url: str | None = None) -> tuple[Proc, str]:
-    """Run ``keyturn emulator`` on a free port; return the process and its base URL."""
-    port = free_port()
-    argv = [*KEYTURN, "emulator", "--port", str(port)]
-    if bot_url:
-        argv += ["--bot-url", bot_url]
-    url = f"http://127.0.0.1:{port}"
-    proc = start_process(
-        "emulator",
-        argv,
-        log_dir,
-        env={"KEYTURN_SLACK_SIGNING_SECRET": secret},
-        ready=http_ok(url + "/_emulator/health"),
-    )
-    return proc, url
 
 
 def make_request(**changes: Any) -> DeployRequest:
@@ -104,7 +87,7 @@ class Sleeps:
 
 @pytest.fixture(scope="module")
 def emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = start_emulator(tmp_path_factory.mktemp("emulator"), secrets.token_hex(16))
+    proc, url = start_emulator(tmp_path_factory.mktemp("emulator"), slack_secret=secrets.token_hex(16))
     yield url
     proc.stop()
 

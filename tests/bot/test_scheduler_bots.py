@@ -7,10 +7,7 @@ escalation and the expiry exactly once in Slack, whichever replica leads.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +18,8 @@ import httpx
 import pytest
 
 from bot.emulator.client import EmulatorClient
-from tests.harness import KEYTURN, Proc, free_port, http_ok, start_process, unix_socket_ready
+from tests import harness
+from tests.harness import Proc, free_port
 
 CI_SECRET = "sched-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "sched-slack-signing-secret-0123456789abcdef"
@@ -59,57 +57,26 @@ class Bots:
 def bots(redis_url: str, tmp_path: Path) -> Iterator[Bots]:
     policy = tmp_path / "keyturn.toml"
     policy.write_text(POLICY)
-    keyset = tmp_path / "keys.json"
-    done = subprocess.run(
-        [*KEYTURN, "keygen", "--out", str(keyset)], capture_output=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    sock = tmp_path / "signer.sock"
+    keyset, _ = harness.keygen(tmp_path)
     logs = tmp_path / "logs"
-    emu_port = free_port()
-    emu_url = f"http://127.0.0.1:{emu_port}"
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
     procs: dict[str, Proc] = {}
     try:
-        procs["signer"] = start_process(
-            "signer",
-            [*KEYTURN, "signer"],
-            logs,
-            env={
-                "KEYTURN_SIGNER_SOCKET": str(sock),
-                "KEYTURN_SIGNER_KEYSET": str(keyset),
-                "KEYTURN_POLICY": str(policy),
-                "KEYTURN_SLACK_SIGNING_SECRET": SLACK_SECRET,
-                "KEYTURN_CI_SECRET": CI_SECRET,
-                "KEYTURN_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
-            },
-            ready=unix_socket_ready(sock),
+        procs["signer"], sock = harness.start_signer(
+            tmp_path, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
         )
-        ports = [free_port(), free_port()]
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        procs["emulator"] = start_process(
-            "emulator",
-            [*KEYTURN, "emulator", "--port", str(emu_port), "--bot-url", f"{urls[0]}/slack/events"],
-            logs,
-            env={"KEYTURN_SLACK_SIGNING_SECRET": SLACK_SECRET},
-            ready=http_ok(f"{emu_url}/_emulator/state"),
-        )
-        for name, port, url in zip(("bot-a", "bot-b"), ports, urls, strict=True):
-            procs[name] = start_process(
-                name,
-                [*KEYTURN, "bot"],
+        procs["emulator"], emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=urls[0])
+        for name, port in zip(("bot-a", "bot-b"), ports, strict=True):
+            procs[name] = harness.start_bot(
                 logs,
-                env={
-                    # A database of its own: the session's e2e bot (db 0) runs timers too.
-                    "KEYTURN_REDIS_URL": f"{redis_url}?db=7",
-                    "KEYTURN_SIGNER_SOCKET": str(sock),
-                    "KEYTURN_POLICY": str(policy),
-                    "KEYTURN_SLACK_BOT_TOKEN": "xoxb-sched-test-token",
-                    "KEYTURN_SLACK_API_URL": f"{emu_url}/api/",
-                    "KEYTURN_HOST": "127.0.0.1",
-                    "KEYTURN_PORT": str(port),
-                    "KEYTURN_PUBLIC_URL": url,
-                },
-                ready=http_ok(f"{url}/readyz"),
+                name=name,
+                port=port,
+                # A database of its own: the session's e2e bot (db 0) runs timers too.
+                redis_url=f"{redis_url}?db=7",
+                signer_socket=sock,
+                policy=policy,
+                emulator_url=emu_url,
                 cwd=tmp_path,
             )
     except Exception:
@@ -124,13 +91,7 @@ def bots(redis_url: str, tmp_path: Path) -> Iterator[Bots]:
 
 def ci_post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:
     raw = json.dumps(body).encode()
-    stamp = str(int(time.time()))
-    sig = hmac.new(CI_SECRET.encode(), f"v1:{stamp}:POST:{path}:".encode() + raw, hashlib.sha256).hexdigest()
-    headers = {
-        "X-Keyturn-Timestamp": stamp,
-        "X-Keyturn-Signature": f"v1={sig}",
-        "Content-Type": "application/json",
-    }
+    headers = harness.ci_headers(CI_SECRET, "POST", path, raw)
     return httpx.post(url + path, content=raw, headers=headers, timeout=30)
 
 

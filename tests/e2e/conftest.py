@@ -7,10 +7,7 @@ test a clean Redis and a reset emulator, and prints every process's log when the
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +18,9 @@ import httpx
 import pytest
 
 from bot.emulator.client import EmulatorClient
+from tests import harness
 from tests.conftest import failed
-from tests.harness import KEYTURN, Proc, RedisServer, free_port, http_ok, start_process, unix_socket_ready
+from tests.harness import Proc, RedisServer, free_port
 
 CI_SECRET = "e2e-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "e2e-slack-signing-secret-0123456789abcdef"
@@ -70,15 +68,8 @@ receipt_ttl = "15m"
 def ci_headers(
     method: str, path: str, body: bytes, *, secret: str = CI_SECRET, ts: int | None = None
 ) -> dict[str, str]:
-    """The ``X-Keyturn-*`` headers of a CI request (design.md §6)."""
-    stamp = str(int(time.time()) if ts is None else ts)
-    msg = f"v1:{stamp}:{method}:{path}:".encode() + body
-    sig = hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
-    return {
-        "X-Keyturn-Timestamp": stamp,
-        "X-Keyturn-Signature": f"v1={sig}",
-        "Content-Type": "application/json",
-    }
+    """The ``X-Keyturn-*`` headers of a CI request (design.md §6), with the stack's CI secret by default."""
+    return harness.ci_headers(secret, method, path, body, ts)
 
 
 def request_body(**over: Any) -> dict[str, Any]:
@@ -163,19 +154,6 @@ class Stack:
         return "\n".join(f"===== {name} =====\n{p.log()[-20000:]}" for name, p in self.procs.items())
 
 
-def _keygen(workdir: Path) -> tuple[Path, Path]:
-    keyset = workdir / "signing-keys.json"
-    public = workdir / "keys.public.json"
-    for argv in (
-        [*KEYTURN, "keygen", "--out", str(keyset)],
-        [*KEYTURN, "keys", "--key-file", str(keyset), "export", "--out", str(public)],
-    ):
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeError(f"{argv} failed: {done.stderr}")
-    return keyset, public
-
-
 @pytest.fixture(scope="session")
 def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The long-lived stack (one per session)."""
@@ -183,56 +161,31 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     logs = workdir / "logs"
     policy = workdir / "keyturn.toml"
     policy.write_text(POLICY)
-    keyset, public = _keygen(workdir)
-    sock = workdir / "signer.sock"
-    emu_port, bot_port = free_port(), free_port()
+    keyset, public = harness.keygen(workdir)
+    bot_port = free_port()
     bot_url = f"http://127.0.0.1:{bot_port}"
-    emu_url = f"http://127.0.0.1:{emu_port}"
     procs: dict[str, Proc] = {}
     try:
-        procs["signer"] = start_process(
-            "signer",
-            [*KEYTURN, "signer"],
-            logs,
-            env={
-                "KEYTURN_SIGNER_SOCKET": str(sock),
-                "KEYTURN_SIGNER_KEYSET": str(keyset),
-                "KEYTURN_POLICY": str(policy),
-                "KEYTURN_SLACK_SIGNING_SECRET": SLACK_SECRET,
-                "KEYTURN_CI_SECRET": CI_SECRET,
-                "KEYTURN_AUDIT_LOG": str(workdir / "audit.jsonl"),
-            },
-            ready=unix_socket_ready(sock),
+        procs["signer"], sock = harness.start_signer(
+            workdir, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
         )
-        procs["emulator"] = start_process(
-            "emulator",
-            [*KEYTURN, "emulator", "--port", str(emu_port), "--bot-url", f"{bot_url}/slack/events"],
+        procs["emulator"], emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=bot_url)
+        procs["bot"] = harness.start_bot(
             logs,
-            env={"KEYTURN_SLACK_SIGNING_SECRET": SLACK_SECRET},
-            ready=http_ok(f"{emu_url}/_emulator/state"),
-        )
-        procs["bot"] = start_process(
-            "bot",
-            [*KEYTURN, "bot"],
-            logs,
+            port=bot_port,
+            redis_url=redis_srv.url,
+            signer_socket=sock,
+            policy=policy,
+            emulator_url=emu_url,
+            cwd=workdir,
             env={
-                "KEYTURN_REDIS_URL": redis_srv.url,
-                "KEYTURN_SIGNER_SOCKET": str(sock),
-                "KEYTURN_POLICY": str(policy),
                 "KEYTURN_SLACK_BOT_TOKEN": BOT_TOKEN,
-                "KEYTURN_SLACK_API_URL": f"{emu_url}/api/",
-                "KEYTURN_HOST": "127.0.0.1",
-                "KEYTURN_PORT": str(bot_port),
-                "KEYTURN_PUBLIC_URL": bot_url,
                 "KEYTURN_CARD_RETRY_MAX": "1",
                 "KEYTURN_CALLBACK_ATTEMPTS": "3",
-                # The test receivers are plain http on 127.0.0.1: dev mode allows http and internal
-                # addresses; the allowlist still refuses every other host (docs/security.md).
+                # The test receivers are plain http on 127.0.0.1, which the strict callback rules refuse.
                 "KEYTURN_DEV_MODE": "1",
                 "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
             },
-            ready=http_ok(f"{bot_url}/readyz"),
-            cwd=workdir,
         )
     except Exception:
         for p in procs.values():
