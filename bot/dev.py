@@ -129,6 +129,12 @@ class Stack:
                 child.popen.wait(5)
 
 
+def private_redis_argv(binary: str, sock: Path, workdir: Path) -> list[str]:
+    """A throwaway redis-server: Unix socket only (no TCP port), owner-only, nothing persisted."""
+    return [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+            "--save", "", "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
+
+
 def _run_quiet(argv: Sequence[str], what: str, env: Mapping[str, str] | None = None) -> str:
     result = subprocess.run(
         list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
@@ -190,21 +196,7 @@ def run(args: argparse.Namespace) -> int:
             sock = workdir / "redis.sock"
             stack.start(
                 "redis",
-                [
-                    binary,
-                    "--port",
-                    "0",
-                    "--unixsocket",
-                    str(sock),
-                    "--unixsocketperm",
-                    "700",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
+                private_redis_argv(binary, sock, workdir),
                 {},
                 "ready to accept connections",
             )

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+from bot.dev import private_redis_argv
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYTURN = [sys.executable, "-m", "bot"]
 
@@ -187,21 +189,7 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     """Run a throwaway redis-server in ``workdir`` (no persistence, no TCP port)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "redis.sock"
-    argv = [
-        redis_server_binary(),
-        "--port",
-        "0",
-        "--unixsocket",
-        str(sock),
-        "--unixsocketperm",
-        "700",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
+    argv = private_redis_argv(redis_server_binary(), sock, workdir)
     proc = start_process("redis", argv, workdir, ready=unix_socket_ready(sock))
     try:
         yield RedisServer(proc, sock)
