@@ -8,15 +8,19 @@ development keys), so an id can never silently name a different key.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from datetime import datetime
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from nacl.bindings import crypto_hash_sha256
 from nacl.signing import VerifyKey
 
 from signer.errors import KeysetError, VerificationError
-from signer.receipt import b64url_decode, b64url_encode, format_time, parse_time, strict_loads
+from signer.receipt import Record, b64url_decode, b64url_encode, format_time, parse_time, strict_loads
+
+if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
+    from collections.abc import Iterator
+    from datetime import datetime
+    from typing import Any
 
 ACTIVE = "active"
 ROTATED = "rotated"
@@ -41,15 +45,28 @@ def key_id(public_key_bytes: bytes, *, dev: bool = False) -> str:
     return (DEV_PREFIX if dev else "") + thumbprint(public_key_bytes)
 
 
-class PublicKey(NamedTuple):
+class PublicKey(Record):
     """One verification key and its lifecycle."""
 
+    _fields = ("kid", "status", "created_at", "rotated_at", "revoked_at", "verify_key")
+    __slots__ = _fields
     kid: str
     status: str
     created_at: datetime
     rotated_at: datetime | None
     revoked_at: datetime | None
     verify_key: VerifyKey
+
+    def __init__(
+        self,
+        kid: str,
+        status: str,
+        created_at: datetime,
+        rotated_at: datetime | None,
+        revoked_at: datetime | None,
+        verify_key: VerifyKey,
+    ) -> None:
+        self._set(kid, status, created_at, rotated_at, revoked_at, verify_key)
 
     @property
     def is_dev(self) -> bool:

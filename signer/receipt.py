@@ -2,9 +2,10 @@
 
 Implements docs/design.md §3; the format is specified for other implementers in docs/receipt.md.
 Standard library and ``rfc8785`` only: this module is on ``keyturn verify``'s import path, which CI runs on
-every deploy, so it imports no pydantic, Slack or Redis. Records are ``typing.NamedTuple`` (immutable, typed)
-rather than frozen dataclasses: importing ``dataclasses`` alone costs about a quarter of the verify floor
-(bench/bench_verify.py); use ``_replace`` where ``dataclasses.replace`` would be used.
+every deploy (bench/bench_verify.py), so it imports no pydantic, Slack or Redis, and importing it does little
+work: records are small ``__slots__`` classes (``Record``), because a ``NamedTuple`` or frozen dataclass is
+built at import time (``dataclasses`` alone costs about a quarter of the verify floor), and identifiers are
+checked against character sets rather than regular expressions, which every process would compile anew.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import base64
 import binascii
 import json
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING
 
 import rfc8785
 
 from signer.errors import VerificationError
+
+if TYPE_CHECKING:  # annotations only (postponed by the __future__ import): nothing to load at run time
+    from typing import Any, ClassVar
 
 RECEIPT_VERSION = "1.0"
 PAYLOAD_TYPE = "application/vnd.keyturn.receipt+json"
@@ -46,14 +49,19 @@ TOP_LEVEL_MEMBERS = frozenset(
 )
 SCOPE_FIELDS = ("repo", "sha", "environment", "workflow")
 
-# ASCII-only classes: Python's \d would also match non-ASCII digits.
-_TIME_RE = re.compile(r"\A([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
-_REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
-_SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
-_STATUS_RE = re.compile(r"\A[A-Z][A-Z_]{0,31}\Z")
-_KEY_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
+# Explicit ASCII character sets (str.isdigit() and friends also accept non-ASCII digits and letters).
+_DIGITS = frozenset("0123456789")
+_LOWER_HEX = frozenset("0123456789abcdef")
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_UPPER_OR_UNDERSCORE = _UPPER | {"_"}
+_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_SET = frozenset(_CROCKFORD)
+# 'D' is any ASCII digit; every other character stands for itself.
+_TIME_SHAPE = "DDDD-DD-DDTDD:DD:DDZ"
 _MAX_TEXT = 256
+_MAX_STATUS = 32
+_MAX_KEY_ID = 128
 
 
 def _malformed(message: str) -> VerificationError:
@@ -66,13 +74,86 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class Scope(NamedTuple):
+def _is_time_text(s: str) -> bool:
+    return len(s) == len(_TIME_SHAPE) and all(
+        c in _DIGITS if shape == "D" else c == shape for c, shape in zip(s, _TIME_SHAPE, strict=True)
+    )
+
+
+def _is_request_id(s: str) -> bool:
+    """``req_`` + a ULID: 26 Crockford base32 characters, the first at most 7 (a ULID is 128 bits)."""
+    return len(s) == 30 and s.startswith("req_") and s[4] in "01234567" and _CROCKFORD_SET.issuperset(s[5:])
+
+
+def _is_sha(s: str) -> bool:
+    """A full git object id: 40 (SHA-1) or 64 (SHA-256) lower-case hex digits."""
+    return len(s) in (40, 64) and _LOWER_HEX.issuperset(s)
+
+
+def _is_status(s: str) -> bool:
+    """An upper-case word: a letter, then letters or underscores, at most 32 characters."""
+    return 1 <= len(s) <= _MAX_STATUS and s[0] in _UPPER and _UPPER_OR_UNDERSCORE.issuperset(s)
+
+
+def _is_key_id(s: str) -> bool:
+    return 1 <= len(s) <= _MAX_KEY_ID and _BASE64URL.issuperset(s)
+
+
+class Record:
+    """Base of Keyturn's immutable, typed records (here, in signer.keyset and in signer.verify).
+
+    Each subclass names its fields in order in ``_fields`` (also its ``__slots__``), declares their types,
+    and has an explicit ``__init__`` (so mypy checks construction by position and keyword) that hands the
+    values to ``_set``. Records compare equal when of the same type with equal fields, hash like the tuple of
+    their fields, refuse assignment, and copy and pickle.
+    """
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+    __slots__ = ()
+
+    def _set(self, *values: object) -> None:
+        for name, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[type[Record], tuple[object, ...]]:
+        # copy and pickle rebuild through __init__, since assignment is refused.
+        return type(self), self._values()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class Scope(Record):
     """Exactly what a receipt authorizes: this repo, this commit, this environment, this workflow."""
 
+    _fields = ("repo", "sha", "environment", "workflow")
+    __slots__ = _fields
     repo: str
     sha: str
     environment: str
     workflow: str
+
+    def __init__(self, repo: str, sha: str, environment: str, workflow: str) -> None:
+        self._set(repo, sha, environment, workflow)
 
     def to_json(self) -> dict[str, str]:
         """The receipt's ``scope`` member."""
@@ -84,32 +165,57 @@ class Scope(NamedTuple):
         }
 
 
-class ApproverRef(NamedTuple):
+class ApproverRef(Record):
     """The approver whose click completed the quorum."""
 
+    _fields = ("id", "email")
+    __slots__ = _fields
     id: str
     email: str
+
+    def __init__(self, id: str, email: str) -> None:
+        self._set(id, email)
 
     def to_json(self) -> dict[str, str]:
         """The receipt's ``approver`` member."""
         return {"id": self.id, "email": self.email}
 
 
-class ApprovalEntry(NamedTuple):
+class ApprovalEntry(Record):
     """One approval that counted towards the quorum."""
 
+    _fields = ("id", "email", "at")
+    __slots__ = _fields
     id: str
     email: str
     at: datetime
+
+    def __init__(self, id: str, email: str, at: datetime) -> None:
+        self._set(id, email, at)
 
     def to_json(self) -> dict[str, str]:
         """One element of the receipt's ``approvals`` member."""
         return {"id": self.id, "email": self.email, "at": format_time(self.at)}
 
 
-class Receipt(NamedTuple):
+class Receipt(Record):
     """A structurally valid receipt (not yet cryptographically verified)."""
 
+    _fields = (
+        "version",
+        "status",
+        "request_id",
+        "issued_at",
+        "expires_at",
+        "scope",
+        "approver",
+        "approvals",
+        "requester",
+        "alg",
+        "key_id",
+        "signature_value",
+    )
+    __slots__ = _fields
     version: str
     status: str
     request_id: str
@@ -122,6 +228,36 @@ class Receipt(NamedTuple):
     alg: str
     key_id: str
     signature_value: str | None
+
+    def __init__(
+        self,
+        version: str,
+        status: str,
+        request_id: str,
+        issued_at: datetime,
+        expires_at: datetime,
+        scope: Scope,
+        approver: ApproverRef,
+        approvals: tuple[ApprovalEntry, ...],
+        requester: str,
+        alg: str,
+        key_id: str,
+        signature_value: str | None,
+    ) -> None:
+        self._set(
+            version,
+            status,
+            request_id,
+            issued_at,
+            expires_at,
+            scope,
+            approver,
+            approvals,
+            requester,
+            alg,
+            key_id,
+            signature_value,
+        )
 
 
 # --- time and ids -----------------------------------------------------------------------------------------
@@ -139,11 +275,17 @@ def format_time(dt: datetime) -> str:
 
 def parse_time(s: str) -> datetime:
     """Parse exactly ``YYYY-MM-DDTHH:MM:SSZ`` into an aware UTC datetime; anything else is ``malformed``."""
-    m = _TIME_RE.match(s) if isinstance(s, str) else None
-    if m is None:
+    if not isinstance(s, str) or not _is_time_text(s):
         raise _malformed(f"time must be RFC 3339 UTC 'YYYY-MM-DDTHH:MM:SSZ', got {_show(s)}")
     try:
-        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        y, mo, d, h, mi, sec = (
+            int(s[0:4]),
+            int(s[5:7]),
+            int(s[8:10]),
+            int(s[11:13]),
+            int(s[14:16]),
+            int(s[17:19]),
+        )
         return datetime(y, mo, d, h, mi, sec, tzinfo=UTC)
     except ValueError:
         raise _malformed(f"time out of range: {_show(s)}") from None
@@ -288,7 +430,7 @@ def _text(
 def _scope(obj: object) -> Scope:
     m = _members(obj, "scope", frozenset(SCOPE_FIELDS))
     sha = m["sha"]
-    if not isinstance(sha, str) or _SHA_RE.match(sha) is None:
+    if not isinstance(sha, str) or not _is_sha(sha):
         raise _malformed("scope.sha must be 40 or 64 lowercase hex digits")
     return Scope(
         repo=_text(m, "repo", "scope"),
@@ -325,7 +467,7 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
     top = _members(obj, "receipt", TOP_LEVEL_MEMBERS)
     sig = _members(top["signature"], "signature", frozenset({"alg", "keyId"}), frozenset({"value"}))
     key_id = sig["keyId"]
-    if not isinstance(key_id, str) or _KEY_ID_RE.match(key_id) is None:
+    if not isinstance(key_id, str) or not _is_key_id(key_id):
         raise _malformed("signature.keyId must be 1..128 base64url characters")
     value = sig.get("value")
     if signed and not isinstance(value, str):
@@ -334,10 +476,10 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
         raise _malformed("an unsigned receipt must not carry signature.value")
 
     status = top["status"]
-    if not isinstance(status, str) or _STATUS_RE.match(status) is None:
+    if not isinstance(status, str) or not _is_status(status):
         raise _malformed("status must be an upper-case word")
     request_id = top["requestId"]
-    if not isinstance(request_id, str) or _REQUEST_ID_RE.match(request_id) is None:
+    if not isinstance(request_id, str) or not _is_request_id(request_id):
         raise _malformed("requestId must be 'req_' followed by a ULID")
     issued_at = parse_time(top["issuedAt"])
     expires_at = parse_time(top["expiresAt"])

@@ -7,8 +7,8 @@ refusal is a ``VerificationError`` with a stable code; nothing else is ever retu
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from nacl.exceptions import BadSignatureError
 
@@ -20,6 +20,7 @@ from signer.receipt import (
     STATUS_APPROVED,
     ApprovalEntry,
     ApproverRef,
+    Record,
     Scope,
     b64decode,
     format_time,
@@ -30,14 +31,30 @@ from signer.receipt import (
     strict_loads,
 )
 
+if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
+    from datetime import datetime
+    from typing import Any
+
 # A receipt may live at most this long, whatever it claims. This bounds what a leaked *rotated* key could
 # still do: receipts backdated before its rotation stop verifying at most this long after the rotation.
 MAX_LIFETIME = timedelta(hours=24)
 
 
-class VerifiedReceipt(NamedTuple):
+class VerifiedReceipt(Record):
     """A receipt that passed every check for the expected scope at the given time."""
 
+    _fields = (
+        "request_id",
+        "status",
+        "scope",
+        "approver",
+        "approvals",
+        "issued_at",
+        "expires_at",
+        "key_id",
+        "raw",
+    )
+    __slots__ = _fields
     request_id: str
     status: str
     scope: Scope
@@ -47,6 +64,20 @@ class VerifiedReceipt(NamedTuple):
     expires_at: datetime
     key_id: str
     raw: dict[str, Any]
+
+    def __init__(
+        self,
+        request_id: str,
+        status: str,
+        scope: Scope,
+        approver: ApproverRef,
+        approvals: tuple[ApprovalEntry, ...],
+        issued_at: datetime,
+        expires_at: datetime,
+        key_id: str,
+        raw: dict[str, Any],
+    ) -> None:
+        self._set(request_id, status, scope, approver, approvals, issued_at, expires_at, key_id, raw)
 
     def summary(self) -> str:
         """The one-line success message of ``keyturn verify``."""
