@@ -19,8 +19,9 @@ from signer.receipt import Record, b64url_decode, b64url_encode, format_time, pa
 
 if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
     from collections.abc import Iterator
-    from datetime import datetime
     from typing import Any
+
+    from signer.receipt import datetime
 
 ACTIVE = "active"
 ROTATED = "rotated"

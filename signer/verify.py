@@ -7,7 +7,6 @@ refusal is a ``VerificationError`` with a stable code; nothing else is ever retu
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from nacl.exceptions import BadSignatureError
@@ -29,11 +28,13 @@ from signer.receipt import (
     parse_receipt,
     signing_bytes,
     strict_loads,
+    timedelta,
 )
 
 if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
-    from datetime import datetime
     from typing import Any
+
+    from signer.receipt import datetime
 
 # A receipt may live at most this long, whatever it claims. This bounds what a leaked *rotated* key could
 # still do: receipts backdated before its rotation stop verifying at most this long after the rotation.
