@@ -7,8 +7,10 @@ private key. ``keyturn verify`` runs on every deploy, so its import path stays l
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,25 @@ def test_verify_path_is_light(module: str) -> None:
     heavy = {"pydantic", "slack_sdk", "slack_bolt", "redis", "apscheduler", "starlette", "uvicorn", "aiohttp"}
     loaded = {m.split(".")[0] for m in _loaded_after_import(module)}
     assert loaded & heavy == set()
+
+
+def test_verify_cli_loads_little_beyond_pynacl() -> None:
+    """What ``keyturn verify`` imports beyond the benchmark's floor (PyNaCl), as in an installed package: run
+    without ``site`` so the development install's path hooks (which load pathlib) do not hide anything."""
+    code = (
+        "import sys\nfrom nacl.signing import VerifyKey\nbefore = set(sys.modules)\n"
+        "import bot.cli, signer.cli, signer.verify\nprint('\\n'.join(sorted(set(sys.modules) - before)))"
+    )
+    paths = sysconfig.get_paths()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), paths["purelib"], paths["platlib"]])}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    added = {m.split(".")[0] for m in out.stdout.split()}
+    # json and rfc8785 (with math) do the work; _datetime is the C datetime types without the datetime module.
+    # Not here, each costing a CI deploy milliseconds: datetime, dataclasses, pathlib, argparse, hashlib, ...
+    expected = {"bot", "signer", "json", "_json", "rfc8785", "math", "_datetime", "__future__", "importlib"}
+    assert added - expected == set()
 
 
 def test_running_bot_never_loads_the_private_key_code() -> None:

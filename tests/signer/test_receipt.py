@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import signer.receipt as rc
 from signer.errors import VerificationError
 from signer.receipt import (
     PAYLOAD_TYPE,
@@ -159,3 +164,58 @@ def test_b64decode_refuses_non_canonical_spellings() -> None:
     for bad in ("AR==", "AQ", "AQ==\n", "A Q==", "AQ=="[::-1], "-_8="):
         with pytest.raises(ValueError, match="base64"):
             b64decode(bad)
+
+
+# --- records and identifier checks (kept cheap to import: see the module docstring) ------------------------
+
+
+def test_records_are_immutable_values() -> None:
+    a = ApprovalEntry("U1", "a@example.com", NOW)
+    same = ApprovalEntry(id="U1", email="a@example.com", at=NOW)
+    assert a == same
+    assert len({a, same}) == 1
+    assert a != ApprovalEntry("U2", "a@example.com", NOW)
+    assert ApproverRef("U1", "a@example.com") != ("U1", "a@example.com")  # a record is not a tuple
+    assert repr(ApproverRef("U1", "a@example.com")) == "ApproverRef(id='U1', email='a@example.com')"
+    with pytest.raises(AttributeError):
+        SCOPE.sha = "0" * 40
+    with pytest.raises(AttributeError):
+        del SCOPE.repo
+    assert copy.deepcopy(a) == a
+    assert copy.copy(SCOPE) == SCOPE
+
+
+# The checks as regular expressions: the specification the cheaper character-set checks must match exactly.
+_SPEC = {
+    rc._is_time_text: r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
+    rc._is_request_id: r"req_[0-7][0-9A-HJKMNP-TV-Z]{25}",
+    rc._is_sha: r"(?:[0-9a-f]{40}|[0-9a-f]{64})",
+    rc._is_status: r"[A-Z][A-Z_]{0,31}",
+    rc._is_key_id: r"[A-Za-z0-9_-]{1,128}",
+}
+# ASCII near misses plus look-alikes that str.isdigit()/isalpha() would accept.
+_CHARS = "0179afAFHIJLOUVZ_-:Tqr\u0663\uff21\u00e9 \n"
+_NEAR = {
+    rc._is_time_text: "2026-02-28T16:00:05Z",
+    rc._is_request_id: "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A",
+    rc._is_sha: "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17",
+    rc._is_status: "APPROVED_X",
+    rc._is_key_id: "jK7moQyWjzOfDUkb6iCmNfyyZFKctIrvW9DMLcHYsMw",
+}
+
+
+@pytest.mark.parametrize("check", list(_SPEC), ids=lambda f: f.__name__)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_identifier_checks_match_their_regular_expressions(check: Any, data: st.DataObject) -> None:
+    valid = _NEAR[check]
+    # Mostly a valid value with one character replaced, dropped or added; sometimes a random string.
+    i = data.draw(st.integers(0, len(valid)))
+    c = data.draw(st.sampled_from(_CHARS))
+    s = data.draw(
+        st.sampled_from(
+            [valid, valid[:i] + c + valid[i + 1 :], valid[:i] + valid[i + 1 :], valid[:i] + c + valid[i:]]
+        )
+        | st.text(alphabet=_CHARS, max_size=70)
+    )
+    assert check(s) == (re.fullmatch(_SPEC[check], s) is not None), repr(s)
