@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -157,6 +158,7 @@ class ApprovalService:
         metrics: Metrics | None = None,
         card_retry_max: timedelta = timedelta(seconds=60),
         card_retry_first: timedelta = timedelta(seconds=1),
+        card_lease: timedelta = timedelta(seconds=15),
         sign_lease: timedelta = timedelta(seconds=60),
     ) -> None:
         self._store = store
@@ -169,6 +171,7 @@ class ApprovalService:
         self._metrics = metrics or Metrics()
         self._card_retry_max = card_retry_max.total_seconds()
         self._card_retry_first = card_retry_first.total_seconds()
+        self._card_lease = card_lease  # how long a dead poster blocks others, beyond its retry delay
         self._sign_lease = sign_lease
         self._tasks: set[asyncio.Task[Any]] = set()
         self._posting: set[str] = set()
@@ -217,7 +220,8 @@ class ApprovalService:
                 await t
 
     async def resume(self) -> int:
-        """At start-up: restart card posting for pending requests that have no card yet."""
+        """Restart card posting for pending requests that have no card yet (at start-up, and from the
+        leader's backstop, so a card whose posting replica died is still posted)."""
         started = 0
         for req in await self._store.get_many(await self._store.pending_ids()):
             if req.status is Status.PENDING and req.card is None:
@@ -321,18 +325,26 @@ class ApprovalService:
         self._spawn(self._post_card_until_done(request_id), f"post-card-{request_id}")
 
     async def _post_card_until_done(self, request_id: str) -> None:
-        """Post the card, retrying with backoff until it is posted or the request is gone."""
+        """Post the card, retrying with backoff until it is posted or the request is gone.
+
+        Holds a lease in Redis while trying, so replicas never post the same card twice while alive; the
+        leader's backstop (``resume``) takes over a card whose poster died.
+        """
         delay = self._card_retry_first
+        token = secrets.token_hex(8)
         try:
             while True:
                 try:
                     req = await self._store.get(request_id)
+                    if req is None or req.card is not None:
+                        return
+                    lease = timedelta(seconds=delay) + self._card_lease
+                    if not await self._store.hold_card_posting(request_id, token, lease):
+                        return  # another replica is posting it
                 except StoreUnavailable:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._card_retry_max)
                     continue
-                if req is None or req.card is not None:
-                    return
                 try:
                     card = await self._messenger.post_card(req)
                 except asyncio.CancelledError:
@@ -357,6 +369,8 @@ class ApprovalService:
                 return
         finally:
             self._posting.discard(request_id)
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release_card_posting(request_id, token)
 
     # -- approve ---------------------------------------------------------------------------------------
 

@@ -165,6 +165,16 @@ redis.call('PUBLISH', ARGV[6], ARGV[2])
 return 1
 """
 
+# Take a claim that is free, or extend one we hold. KEYS: claim. ARGV: token, lease ms.
+_HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _DELETE_IF_EQUALS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -197,6 +207,7 @@ class RequestStore:
         self._update = client.register_script(_UPDATE)
         self._add_approval = client.register_script(_ADD_APPROVAL)
         self._delete_if_equals = client.register_script(_DELETE_IF_EQUALS)
+        self._hold = client.register_script(_HOLD)
         self._set_error = client.register_script(_SET_ERROR)
 
     @property
@@ -433,6 +444,23 @@ class RequestStore:
     async def release_signing(self, request_id: str, token: str) -> None:
         """Release a claim taken with ``claim_signing`` (only if still ours)."""
         await self._delete_if_equals(keys=[_sub_key(request_id, "signing")], args=[token])
+
+    @_guard
+    async def hold_card_posting(self, request_id: str, token: str, lease: timedelta) -> bool:
+        """Take (or extend, if ``token`` already holds it) the right to post this request's card.
+
+        One replica posts a card at a time; if it dies mid-post its claim lapses after ``lease`` and another
+        replica's backstop posts the card. (Slack has no idempotency key: a replica that died after Slack
+        accepted the card but before its ts was stored leaves an orphan card, whose buttons still act on the
+        same request. That is the price of never leaving a request without a card.)
+        """
+        ms = max(1, int(lease.total_seconds() * 1000))
+        return bool(await self._hold(keys=[_sub_key(request_id, "card_posting")], args=[token, ms]))
+
+    @_guard
+    async def release_card_posting(self, request_id: str, token: str) -> None:
+        """Release a claim taken with ``hold_card_posting`` (only if still ours)."""
+        await self._delete_if_equals(keys=[_sub_key(request_id, "card_posting")], args=[token])
 
     @_guard
     async def set_sign_error(self, request_id: str, error: SignError | None) -> None:

@@ -286,7 +286,7 @@ class TimerJobs:
 
 
 class TimerRunner:
-    """Starts and stops the replica's timers, plus a slow backstop sweep of the store's expiry index.
+    """Starts and stops the replica's timers, plus a slow backstop sweep (expiry index, orphaned cards).
 
     The backstop (leader only, every ``sweep_s``) expires pending requests that have no expire deadline:
     created before the scheduler was installed, or whose ``on_created`` hook failed. It costs one
@@ -309,13 +309,15 @@ class TimerRunner:
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> int:
-        """Expire what the store says is due (leader only); the number expired."""
+        """Expire what the store says is due, and restart posting of cards nobody is posting (a replica
+        died mid-post); leader only. The number expired."""
         if not self.timers.is_leader:
             return 0
         n = 0
         for rid in await self._store.due_ids(self._clock()):
             req = await self._service.expire(rid)
             n += int(req is not None and req.status.final)
+        await self._service.resume()
         return n
 
     async def _loop(self) -> None:

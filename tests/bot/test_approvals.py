@@ -262,3 +262,46 @@ async def test_hooks_hear_creation_and_the_final_state_once(
     await service.cancel(req.id)
     await service.cancel(req.id)
     assert seen == [("created", Status.PENDING), ("final", Status.CANCELLED)]
+
+
+class HangingMessenger(FakeMessenger):
+    """A replica whose Slack call never returns (it is about to die mid-post)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def post_card(self, request: DeployRequest) -> CardRef:
+        self.calls.append(("post_card", request.id))
+        self.entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_card_whose_poster_died_is_posted_by_another_replica_never_twice_by_live_ones(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    store = RequestStore(client, retention=timedelta(hours=1))
+    policy, clock = Policy.from_bytes(POLICY), Clock()
+    dying, survivor = HangingMessenger(), FakeMessenger()
+    a = ApprovalService(store, dying, FakeSigner(), policy, clock=clock)
+    b = ApprovalService(store, survivor, FakeSigner(), policy, clock=clock)
+    try:
+        req, _ = await a.create(body(), origin(clock))
+        await asyncio.wait_for(dying.entered.wait(), 5)
+        # A is alive and posting: B's backstop must not post a second card.
+        await b.resume()
+        await b.wait_idle()
+        assert survivor.calls == []
+        # A dies without releasing its claim; the claim lapses (its key expires), and B's backstop takes over.
+        await client.delete(f"keyturn:req:{{{req.id}}}:card_posting")
+        assert await b.resume() == 1
+        await asyncio.wait_for(survivor.posted.wait(), 5)
+        await b.wait_idle()
+        assert (await b.get(req.id)).card is not None
+        assert survivor.calls == [("post_card", req.id)]
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await client.aclose()

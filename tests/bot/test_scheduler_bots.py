@@ -217,8 +217,25 @@ def create_timed(bots: Bots, callback_url: str) -> dict[str, Any]:
          "requester": "github:alice", "callbackUrl": callback_url},
     )  # fmt: skip
     assert resp.status_code == 202, resp.text
-    bots.emulator.wait_for("chat.postMessage", timeout=10, channel="C0DEPLOYS")
     data: dict[str, Any] = resp.json()
+    # Wait until the card is stored (not just posted), so a kill now tests the timers' takeover; a poster
+    # dying between Slack's answer and the store is covered in tests/bot/test_approvals.py.
+    path = f"/v1/requests/{data['requestId']}"
+    deadline = time.monotonic() + 10
+    while True:
+        current = httpx.get(
+            bots.urls[0] + path, headers=harness.ci_headers(CI_SECRET, "GET", path, b"")
+        ).json()
+        if current.get("card") or time.monotonic() > deadline:
+            break
+        since = {"wait": 5, "since": current["version"]}
+        httpx.get(
+            bots.urls[0] + path,
+            params=since,
+            headers=harness.ci_headers(CI_SECRET, "GET", path, b""),
+            timeout=15,
+        )
+    assert current.get("card"), current
     return data
 
 
