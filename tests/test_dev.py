@@ -96,6 +96,11 @@ def test_demo_recipe_yields_a_verified_dev_receipt(dev: tuple[Proc, str], tmp_pa
             channel, ts = post["response"]["channel"], post["response"]["ts"]
             card = slack.message(channel, ts)
             assert sha in json.dumps(card["blocks"])
+            # The tour's step 4: a non-approver's click changes nothing and says why, to her alone.
+            assert slack.click("U0MALLORY", channel, ts, "approve").status == 200
+            slack.wait_for("chat.postEphemeral", timeout=10, user="U0MALLORY")
+            [refusal] = slack.ephemerals("U0MALLORY")
+            assert "not an approver for production" in json.dumps(refusal)
             for approver in ("U0BOB", "U0CAROL"):
                 assert slack.click(approver, channel, ts, "approve").status == 200
         _, stderr = waiting.communicate(timeout=60)
