@@ -6,18 +6,26 @@
 | ``KEYTURN_SIGNER_SOCKET_GROUP`` | optional group (name or gid): socket becomes 0660 with that group |
 | ``KEYTURN_SIGNER_KEYSET`` | private keyset file (mode 0600 or stricter) |
 | ``KEYTURN_POLICY`` | the policy file ``keyturn.toml`` |
-| ``KEYTURN_SLACK_SIGNING_SECRET`` | Slack's signing secret |
-| ``KEYTURN_CI_SECRET`` | the CI shared secret |
+| ``KEYTURN_SLACK_SIGNING_SECRET`` | Slack's signing secret (or ``KEYTURN_SLACK_SIGNING_SECRET_FILE``) |
+| ``KEYTURN_CI_SECRET`` | the CI shared secret (or ``KEYTURN_CI_SECRET_FILE``) |
 | ``KEYTURN_AUDIT_LOG`` | the append-only audit log file |
 | ``KEYTURN_SIGNER_REQUEST_TIMEOUT`` | seconds one request may take (default 5) |
 | ``KEYTURN_SIGNER_FAKE_NOW_FILE`` | dev/test only, with ``KEYTURN_DEV_MODE=1``: clock from a file |
 
 No ``.env`` file is read: the signer's secrets come from its own environment (or orchestrator secrets), never
 from a file in the working directory that the bot might share.
+
+Container secrets: ``KEYTURN_SLACK_SIGNING_SECRET_FILE`` / ``KEYTURN_CI_SECRET_FILE`` name a file (e.g.
+``/run/secrets/ci_secret``) whose content, trailing newlines removed, is the secret. Setting a variable and
+its ``_FILE`` twin is refused, as is an unreadable, empty, oversized or non-UTF-8 file; the secret read from
+a file passes the same checks (length, no placeholder). Only :func:`load_settings` honours the ``_FILE``
+variables.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -28,6 +36,8 @@ from signer.errors import KeyturnError
 __all__ = ["ConfigError", "SignerSettings", "load_settings"]
 
 MIN_SECRET_LENGTH = 16
+MAX_SECRET_FILE_BYTES = 64 * 1024  # far above any real secret; stops a mistaken /dev/zero or a log file
+_SECRET_FIELDS = ("slack_signing_secret", "ci_secret")
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "xxx", "todo", "placeholder"})
 
 
@@ -79,17 +89,86 @@ class SignerSettings(BaseSettings):
         return self.signer_fake_now_file if self.dev_mode else None
 
 
-def load_settings() -> SignerSettings:
+def _env_get(environ: Mapping[str, str], name: str) -> str:
+    # pydantic-settings matches variable names case-insensitively; so must the conflict check.
+    for key, value in environ.items():
+        if key.upper() == name:
+            return value
+    return ""
+
+
+def _read_secret_file(var: str, path: str) -> str:
+    """The secret in ``path``; raises :class:`ConfigError` naming ``var`` and the file, never its content."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{var}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(f"{var}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes; not a secret file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{var}: {path} is not UTF-8 text") from None
+    secret = text.rstrip("\r\n")  # editors and `echo` add a final newline; other whitespace is refused
+    if not secret:
+        raise ConfigError(f"{var}: {path} is empty")
+    return secret
+
+
+def _secrets_from_files(environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Secrets given as ``KEYTURN_*_FILE``: (values, file variable names, problems), each keyed by field.
+
+    An empty variable counts as unset, as elsewhere in the signer's settings.
+    """
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for field in _SECRET_FIELDS:
+        var = f"KEYTURN_{field.upper()}"
+        file_var = f"{var}_FILE"
+        path = _env_get(environ, file_var)
+        if not path:
+            continue
+        if _env_get(environ, var):
+            problems[field] = f"{var} and {file_var} are both set; set only one"
+            continue
+        try:
+            values[field] = _read_secret_file(file_var, path)
+        except ConfigError as exc:
+            problems[field] = exc.message
+            continue
+        sources[field] = file_var
+    return values, sources, problems
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> SignerSettings:
     """Read the settings from the environment; raises :class:`ConfigError` naming each bad variable.
 
-    Messages name variables, never values, so a mistyped secret is not echoed to the logs.
+    ``environ`` is only for the ``_FILE`` variables' lookup (default ``os.environ``); the other variables are
+    read by pydantic-settings from the process environment. Messages name variables and files, never values,
+    so a mistyped secret is not echoed to the logs.
     """
+    env = os.environ if environ is None else environ
+    from_files, sources, file_problems = _secrets_from_files(env)
+    problems = list(file_problems.values())
     try:
-        return SignerSettings()
+        # Values read from files are passed as init arguments, which take precedence over the environment.
+        settings = SignerSettings(**from_files)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
         for err in exc.errors(include_url=False):
-            name = "KEYTURN_" + "_".join(str(p) for p in err["loc"]).upper()
-            msg = "is not set" if err["type"] == "missing" else str(err["msg"]).removeprefix("Value error, ")
+            field = "_".join(str(p) for p in err["loc"])
+            if field in file_problems:
+                continue  # already reported, more precisely
+            name = sources.get(field, "KEYTURN_" + field.upper())
+            if err["type"] != "missing":
+                msg = str(err["msg"]).removeprefix("Value error, ")
+            elif field in _SECRET_FIELDS:
+                msg = f"is not set (nor {name}_FILE)"
+            else:
+                msg = "is not set"
             problems.append(f"{name} {msg}")
         raise ConfigError("; ".join(problems)) from None
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
