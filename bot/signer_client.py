@@ -65,6 +65,9 @@ class _Conn:
 _M = TypeVar("_M", bound=BaseModel)
 _ORIGIN: TypeAdapter[wire.CiOrigin | wire.SlackCommandOrigin] = TypeAdapter(wire.Origin)
 
+# Error codes after which the signer closes the connection (design.md §5).
+_HANG_UP_CODES = frozenset({"frame_too_large", "frame_timeout", "too_many_connections"})
+
 OriginLike = wire.CiOrigin | wire.SlackCommandOrigin | Mapping[str, Any]
 ClickLike = wire.SlackClick | Mapping[str, Any]
 
@@ -203,7 +206,8 @@ class SignerClient:
         return reply.result
 
     async def _exchange(self, frame: bytes) -> wire.OkReply | wire.ErrorReply:
-        # A pooled connection may have been closed by a restarted signer: one retry on a fresh connection.
+        # A pooled connection may have been closed by a restarted signer, or by the signer's idle timeout
+        # (KEYTURN_SIGNER_IDLE_TIMEOUT) racing this call: retry on another (at last a fresh) connection.
         while True:
             conn, reused = await self._acquire()
             try:
@@ -228,8 +232,10 @@ class SignerClient:
             except wire.WireError:
                 conn.close()
                 raise SignerUnavailable("the signer sent a malformed reply") from None
-            if isinstance(reply, wire.ErrorReply) and reply.error.code == "frame_too_large":
-                conn.close()  # the signer hangs up after this error
+            if isinstance(reply, wire.ErrorReply) and reply.error.code in _HANG_UP_CODES:
+                conn.close()  # the signer hangs up after these errors
+                if reply.error.code == "too_many_connections":
+                    raise SignerUnavailable("the signer is serving too many connections")
             else:
                 self._release(conn)
             return reply

@@ -9,7 +9,9 @@
 | ``KEYTURN_SLACK_SIGNING_SECRET`` | Slack's signing secret (or ``KEYTURN_SLACK_SIGNING_SECRET_FILE``) |
 | ``KEYTURN_CI_SECRET`` | the CI shared secret (or ``KEYTURN_CI_SECRET_FILE``) |
 | ``KEYTURN_AUDIT_LOG`` | the append-only audit log file |
-| ``KEYTURN_SIGNER_REQUEST_TIMEOUT`` | seconds one request may take (default 5) |
+| ``KEYTURN_SIGNER_REQUEST_TIMEOUT`` | seconds one request may take, and one frame to arrive (default 5) |
+| ``KEYTURN_SIGNER_IDLE_TIMEOUT`` | seconds a connection may wait for its next request (default 300) |
+| ``KEYTURN_SIGNER_MAX_CONNECTIONS`` | concurrent connections served (default 256); more are refused |
 | ``KEYTURN_SIGNER_FAKE_NOW_FILE`` | dev/test only, with ``KEYTURN_DEV_MODE=1``: clock from a file |
 
 No ``.env`` file is read: the signer's secrets come from its own environment (or orchestrator secrets), never
@@ -60,6 +62,8 @@ class SignerSettings(BaseSettings):
     ci_secret: SecretStr
     audit_log: Path
     signer_request_timeout: float = Field(default=5.0, gt=0, le=120)
+    signer_idle_timeout: float = Field(default=300.0, gt=0, le=86400)
+    signer_max_connections: int = Field(default=256, ge=1, le=65536)
     dev_mode: bool = False
     signer_fake_now_file: Path | None = None
 

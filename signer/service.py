@@ -3,7 +3,9 @@
 This is the I/O edge. Decisions are made by the pure :func:`signer.evidence.assess`; this module reads
 frames, calls it with the signer's own clock, signs with ``signer.keys``, records in ``signer.audit`` and
 writes the reply. Every bad frame gets an error reply and the connection keeps serving, except an oversized
-frame (its payload is never read, so the stream cannot be resynchronised): error reply, then close.
+frame (its payload is never read, so the stream cannot be resynchronised) or one whose bytes stop arriving
+(``frame_timeout``): error reply, then close. Idle connections are closed quietly; past the connection cap
+new ones get ``too_many_connections`` and are closed.
 
 Order for ``sign`` (issue 4, point 5): assess → sign → append to the audit log and fsync → reply.
 No record, no receipt: if the append fails the reply is an error and the receipt is dropped.
@@ -266,15 +268,31 @@ def bind_socket(path: Path, group: str | None = None) -> socket.socket:
 
 
 class SignerServer:
-    """Serves a :class:`Signer` on a Unix socket: concurrent connections, requests answered in order."""
+    """Serves a :class:`Signer` on a Unix socket: concurrent connections, requests answered in order.
 
-    def __init__(self, signer: Signer, path: Path, group: str | None = None) -> None:
+    A connection that sends nothing for ``idle_timeout`` seconds, or stops reading its replies for as long, is
+    closed; so is one whose frame does not arrive in full within the signer's request timeout. At most
+    ``max_connections`` are served at once: the next one gets a ``too_many_connections`` error and is closed.
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        path: Path,
+        group: str | None = None,
+        *,
+        idle_timeout: float = 300.0,
+        max_connections: int = 256,
+    ) -> None:
         self.signer = signer
         self.path = path
         self.group = group
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._at_capacity = False  # warn once per episode of refusals, not once per refused connection
 
     async def start(self) -> None:
         """Bind and start accepting."""
@@ -282,19 +300,46 @@ class SignerServer:
         self._inode = os.stat(self.path).st_ino
         self._server = await asyncio.start_unix_server(self._serve, sock=sock)
 
+    async def _send(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        # A peer that does not read its replies is as idle as one that does not write.
+        writer.write(frame)
+        await asyncio.wait_for(writer.drain(), self.idle_timeout)
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        if not self._at_capacity:
+            self._at_capacity = True
+            log.warning("%d connections open: refusing new ones", len(self._connections))
+        reply = wire.error_reply(
+            "", "too_many_connections", f"the signer serves at most {self.max_connections} connections"
+        )
+        with contextlib.suppress(Exception):
+            writer.write(wire.encode_frame(reply))
+            await asyncio.wait_for(writer.drain(), 1.0)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            await self._refuse(writer)
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
         try:
             while True:
                 try:
-                    payload = await wire.read_frame(reader)
+                    payload = await wire.read_frame(
+                        reader, idle_timeout=self.idle_timeout, frame_timeout=self.signer.timeout
+                    )
                 except wire.WireError as exc:
-                    if exc.code == "frame_too_large":
-                        writer.write(wire.encode_frame(wire.error_reply("", exc.code, exc.message)))
-                        await writer.drain()
-                    return  # the stream is out of sync: close
+                    if exc.code == "idle_timeout":
+                        log.debug("closing a connection idle for %s s", self.idle_timeout)
+                    elif exc.code in ("frame_too_large", "frame_timeout"):
+                        await self._send(
+                            writer, wire.encode_frame(wire.error_reply("", exc.code, exc.message))
+                        )
+                    return  # the stream is out of sync (or idle): close
                 if payload is None:
                     return
                 reply = await self.signer.reply_to(payload)
@@ -302,13 +347,17 @@ class SignerServer:
                     frame = wire.encode_frame(reply)
                 except wire.WireError as exc:
                     frame = wire.encode_frame(wire.error_reply(reply.id, exc.code, exc.message))
-                writer.write(frame)
-                await writer.drain()
+                await self._send(writer, frame)
+        except TimeoutError:
+            log.debug("closing a connection that has not read its replies for %s s", self.idle_timeout)
+            return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             if task is not None:
                 self._connections.discard(task)
+                if len(self._connections) < self.max_connections:
+                    self._at_capacity = False
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -376,7 +425,13 @@ def run(settings: Any) -> int:
         print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
         return 2
     signer = Signer(keys, policy, secrets, audit, clock, settings.signer_request_timeout)
-    server = SignerServer(signer, Path(settings.signer_socket), settings.signer_socket_group)
+    server = SignerServer(
+        signer,
+        Path(settings.signer_socket),
+        settings.signer_socket_group,
+        idle_timeout=settings.signer_idle_timeout,
+        max_connections=settings.signer_max_connections,
+    )
     try:
         asyncio.run(_serve_until_signalled(server))
     except KeyturnError as exc:

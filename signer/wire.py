@@ -376,22 +376,39 @@ def encode_frame(message: BaseModel | Mapping[str, Any]) -> bytes:
     return len(data).to_bytes(_HEADER, "big") + data
 
 
-async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes | None:
+async def read_frame(
+    reader: asyncio.StreamReader,
+    max_size: int = MAX_FRAME,
+    *,
+    idle_timeout: float | None = None,
+    frame_timeout: float | None = None,
+) -> bytes | None:
     """Read one frame's payload; ``None`` on a clean end of stream between frames.
 
     Raises ``frame_too_large`` as soon as the header announces more than ``max_size`` (the payload is not
     read, so the caller must close the connection) and ``truncated_frame`` if the stream ends mid-frame.
+    With ``idle_timeout``, raises ``idle_timeout`` when no first byte arrives in time; with ``frame_timeout``,
+    raises ``frame_timeout`` when the rest of the frame does not (after either the stream is unusable).
     """
     try:
-        header = await reader.readexactly(_HEADER)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise WireError("truncated_frame", "stream ended inside a frame header") from None
-    size = int.from_bytes(header, "big")
-    if size > max_size:
-        raise WireError("frame_too_large", f"frame of {size} bytes exceeds {max_size}")
-    try:
-        return await reader.readexactly(size)
+        async with asyncio.timeout(idle_timeout):
+            first = await reader.readexactly(1)
     except asyncio.IncompleteReadError:
-        raise WireError("truncated_frame", "stream ended inside a frame") from None
+        return None
+    except TimeoutError:
+        raise WireError("idle_timeout", f"no request within {idle_timeout} s") from None
+    try:
+        async with asyncio.timeout(frame_timeout):
+            try:
+                header = first + await reader.readexactly(_HEADER - 1)
+            except asyncio.IncompleteReadError:
+                raise WireError("truncated_frame", "stream ended inside a frame header") from None
+            size = int.from_bytes(header, "big")
+            if size > max_size:
+                raise WireError("frame_too_large", f"frame of {size} bytes exceeds {max_size}")
+            try:
+                return await reader.readexactly(size)
+            except asyncio.IncompleteReadError:
+                raise WireError("truncated_frame", "stream ended inside a frame") from None
+    except TimeoutError:
+        raise WireError("frame_timeout", f"frame not received within {frame_timeout} s") from None
