@@ -488,8 +488,9 @@ def signer_main(argv: Sequence[str]) -> int:
         prog="keyturn signer",
         description=signer_main.__doc__,
         epilog="Variables: KEYTURN_SIGNER_SOCKET, KEYTURN_SIGNER_SOCKET_GROUP, KEYTURN_SIGNER_KEYSET, "
-        "KEYTURN_POLICY, KEYTURN_SLACK_SIGNING_SECRET, KEYTURN_CI_SECRET, KEYTURN_AUDIT_LOG "
-        "(see signer/config.py).",
+        "KEYTURN_POLICY, KEYTURN_SLACK_SIGNING_SECRET (or _FILE), KEYTURN_CI_SECRET (or _FILE), "
+        "KEYTURN_AUDIT_LOG, KEYTURN_SIGNER_IDLE_TIMEOUT, KEYTURN_SIGNER_MAX_CONNECTIONS "
+        "(see docs/configuration.md).",
     )
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
