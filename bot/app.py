@@ -42,7 +42,7 @@ from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION,
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
 from bot.ports import Approvals, Messenger, Refused
 from bot.signer_client import SignerRefused, SignerUnavailable
-from bot.slack_text import CHANNEL_ID_RE, escape, is_user_id, safe
+from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
 from signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
@@ -482,7 +482,8 @@ class SlackEndpoint:
             await respond(text=escape(refused.message), response_type="ephemeral")
             return
         env = self.policy.environments.get(req.scope.environment)
-        where = f" in <#{env.channel}>" if env and CHANNEL_ID_RE.fullmatch(env.channel) else ""
+        mention = channel_mention(env.channel) if env else None
+        where = f" in {mention}" if mention else ""
         if created:
             text = f"Requested `{req.id}`: the approval card is posted{where}."
         else:

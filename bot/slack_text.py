@@ -26,6 +26,8 @@ _LONGEST_ESCAPE = max(len(v) for v in _ESCAPES.values())
 USER_ID_RE = re.compile(r"^[UW][A-Z0-9]{2,30}$")
 GROUP_ID_RE = re.compile(r"^S[A-Z0-9]{2,30}$")
 CHANNEL_ID_RE = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
+# A channel that ``<#…>`` can link to: public (C…) or private (G…), not a DM.
+LINKABLE_CHANNEL_RE = re.compile(r"^[CG][A-Z0-9]{2,30}$")
 
 # Characters that would end or split Slack's <url|label> markup, or that Slack would read as markup, inside a
 # URL: percent-encode them rather than trust the URL.
@@ -86,6 +88,11 @@ def group_mention(group_id: str) -> str:
     if not GROUP_ID_RE.fullmatch(group_id):
         raise UnsafeSlackId(f"not a Slack user group id: {group_id!r}")
     return f"<!subteam^{group_id}>"
+
+
+def channel_mention(channel_id: str) -> str | None:
+    """``<#C…>`` for a linkable channel id, or None for anything else (the caller then says nothing)."""
+    return f"<#{channel_id}>" if LINKABLE_CHANNEL_RE.fullmatch(channel_id) else None
 
 
 def is_user_id(value: str) -> bool:

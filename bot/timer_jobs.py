@@ -35,7 +35,7 @@ from bot.cards import format_duration, format_time
 from bot.models import DeployRequest
 from bot.ports import Messenger
 from bot.scheduler import JobContext, Timers, check_fence, once, once_key
-from bot.slack_text import escape, group_mention, is_user_id, user_mention
+from bot.slack_text import channel_mention, escape, group_mention, is_user_id, user_mention
 from bot.store import RequestStore
 from signer.policy import Environment, Policy, UnknownEnvironment
 
@@ -43,7 +43,6 @@ log = logging.getLogger("keyturn.timer_jobs")
 
 Clock = Callable[[], datetime]
 
-CHANNEL_RE = re.compile(r"^[CG][A-Z0-9]{2,30}$")
 # A permalink fit to sit inside <url|label>: Slack's are https; the emulator's are http to its own page.
 LINK_RE = re.compile(r"https?://[^\s<>|]{1,2000}")
 MAX_MENTIONS = 20
@@ -282,7 +281,8 @@ class TimerJobs:
         if isinstance(url, str) and LINK_RE.fullmatch(url):
             return f"<{escape(url)}|Open the request>"
         # A channel mention is a native link in Slack; the card is the request's message there.
-        return f"The request is in <#{card.channel}>." if CHANNEL_RE.fullmatch(card.channel) else ""
+        mention = channel_mention(card.channel)
+        return f"The request is in {mention}." if mention else ""
 
 
 class TimerRunner:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from bot.slack_text import (
     UnsafeSlackId,
+    channel_mention,
     escape,
     group_mention,
     link,
@@ -106,3 +107,17 @@ def test_link_respects_limit() -> None:
     out = link("https://ci.example/" + "a" * 5000, "Run")
     assert len(out) <= 3000
     assert "<" not in out  # too long to be a link: shown as text
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [
+        ("C0DEPLOYS", "<#C0DEPLOYS>"),
+        ("G0PRIVATE", "<#G0PRIVATE>"),
+        ("D0DIRECT", None),
+        ("C0<!here>", None),
+        ("", None),
+    ],
+)
+def test_channel_mention_links_only_channels_it_can_vouch_for(channel: str, expected: str | None) -> None:
+    assert channel_mention(channel) == expected
