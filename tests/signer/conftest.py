@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -250,3 +251,47 @@ def new_id() -> str:
 def dump(obj: Mapping[str, Any]) -> bytes:
     """Compact JSON bytes."""
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+HEALTH = b'{"v":1,"id":"h","op":"health"}'
+
+
+class RawConn:
+    """A raw connection to the signer socket: send any bytes, read whole reply frames."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+
+    def send_frame(self, payload: bytes) -> None:
+        self.sock.sendall(len(payload).to_bytes(4, "big") + payload)
+
+    def recv(self) -> dict[str, Any] | None:
+        """The next reply, or None when the signer closed the connection cleanly between frames."""
+        header = self._exact(4)
+        if header is None:
+            return None
+        body = self._exact(int.from_bytes(header, "big"))
+        assert body is not None, "the signer closed the connection inside a reply"
+        reply: dict[str, Any] = json.loads(body)
+        return reply
+
+    def ask(self, payload: bytes) -> dict[str, Any]:
+        self.send_frame(payload)
+        reply = self.recv()
+        assert reply is not None, "the signer hung up instead of answering"
+        return reply
+
+    def _exact(self, n: int) -> bytes | None:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                assert not buf, "the signer closed the connection inside a reply"
+                return None
+            buf += chunk
+        return buf
+
+    def close(self) -> None:
+        self.sock.close()

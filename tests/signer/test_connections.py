@@ -18,8 +18,8 @@ import pytest
 
 from bot.signer_client import SignerClient, SignerUnavailable
 from tests.harness import Proc, wait_until
-from tests.signer.conftest import SignerFiles, make_files, start_signer
-from tests.signer.test_hostile_frames import HEALTH, Conn, assert_error
+from tests.signer.conftest import HEALTH, RawConn, SignerFiles, make_files, start_signer
+from tests.signer.test_hostile_frames import assert_error
 
 Signer = tuple[SignerFiles, Proc]
 IDLE = 0.3
@@ -51,8 +51,8 @@ def assert_quiet(proc: Proc) -> None:
 
 def test_an_idle_connection_is_closed_quietly_after_the_idle_timeout(quick_signer: Signer) -> None:
     files, proc = quick_signer
-    silent = Conn(files.socket)
-    used = Conn(files.socket)
+    silent = RawConn(files.socket)
+    used = RawConn(files.socket)
     try:
         assert used.ask(HEALTH)["ok"] is True  # the timer starts again after each reply
         started = time.monotonic()
@@ -62,7 +62,7 @@ def test_an_idle_connection_is_closed_quietly_after_the_idle_timeout(quick_signe
     finally:
         silent.close()
         used.close()
-    fresh = Conn(files.socket)
+    fresh = RawConn(files.socket)
     try:
         assert fresh.ask(HEALTH)["ok"] is True
     finally:
@@ -80,7 +80,7 @@ def test_an_idle_connection_is_closed_quietly_after_the_idle_timeout(quick_signe
 )
 def test_a_frame_that_stops_arriving_is_refused_and_closed(quick_signer: Signer, partial: bytes) -> None:
     files, proc = quick_signer
-    c = Conn(files.socket)
+    c = RawConn(files.socket)
     try:
         c.sock.sendall(partial)
         started = time.monotonic()
@@ -137,9 +137,9 @@ async def test_the_pooled_client_replaces_an_idle_connection_it_saw_closed(quick
         await client.close()
 
 
-def serve_one(path: Path) -> Conn | None:
+def serve_one(path: Path) -> RawConn | None:
     """A connection the signer is serving, or None if it was refused."""
-    c = Conn(path)
+    c = RawConn(path)
     try:
         c.send_frame(HEALTH)
         reply = c.recv()
@@ -155,7 +155,7 @@ def test_connections_past_the_cap_are_refused_until_one_closes(
     signer_files: SignerFiles, log_dir: Path
 ) -> None:
     proc = start_signer(signer_files, log_dir, KEYTURN_SIGNER_MAX_CONNECTIONS="3")
-    held: list[Conn] = []
+    held: list[RawConn] = []
     try:
         # The readiness probe's connection may not be released yet: take the three slots as they come free.
         def take() -> bool:
@@ -167,7 +167,7 @@ def test_connections_past_the_cap_are_refused_until_one_closes(
         wait_until(take, 5, "three connections served")
         log_before = len(proc.log())
         for _ in range(3):
-            extra = Conn(signer_files.socket)
+            extra = RawConn(signer_files.socket)
             try:
                 reply = extra.recv()
                 assert reply is not None

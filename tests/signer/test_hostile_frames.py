@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,63 +22,21 @@ from hypothesis import strategies as st
 
 from signer import wire
 from tests.harness import Proc
-from tests.signer.conftest import SignerFiles
+from tests.signer.conftest import HEALTH, RawConn, SignerFiles
 
 Signer = tuple[SignerFiles, Proc]
-HEALTH = b'{"v":1,"id":"h","op":"health"}'
-
-
-class Conn:
-    """A raw connection to the signer socket: send any bytes, read whole reply frames."""
-
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-
-    def send_frame(self, payload: bytes) -> None:
-        self.sock.sendall(len(payload).to_bytes(4, "big") + payload)
-
-    def recv(self) -> dict[str, Any] | None:
-        """The next reply, or None when the signer closed the connection cleanly between frames."""
-        header = self._exact(4)
-        if header is None:
-            return None
-        body = self._exact(int.from_bytes(header, "big"))
-        assert body is not None, "the signer closed the connection inside a reply"
-        reply: dict[str, Any] = json.loads(body)
-        return reply
-
-    def ask(self, payload: bytes) -> dict[str, Any]:
-        self.send_frame(payload)
-        reply = self.recv()
-        assert reply is not None, "the signer hung up instead of answering"
-        return reply
-
-    def _exact(self, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                assert not buf, "the signer closed the connection inside a reply"
-                return None
-            buf += chunk
-        return buf
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
-def conn(running_signer: Signer) -> Iterator[Conn]:
-    c = Conn(running_signer[0].socket)
+def conn(running_signer: Signer) -> Iterator[RawConn]:
+    c = RawConn(running_signer[0].socket)
     yield c
     c.close()
 
 
 def assert_healthy(signer: Signer) -> None:
     """A fresh client gets a valid ``health`` reply at once, and the process is alive."""
-    fresh = Conn(signer[0].socket, timeout=2.0)
+    fresh = RawConn(signer[0].socket, timeout=2.0)
     try:
         reply = fresh.ask(HEALTH)
     finally:
@@ -99,7 +56,7 @@ def assert_error(reply: dict[str, Any], code: str) -> None:
     assert "Traceback" not in message
 
 
-def assert_closed(c: Conn) -> None:
+def assert_closed(c: RawConn) -> None:
     """The signer closed the connection (EOF) without sending anything more."""
     assert c.sock.recv(1) == b""
 
@@ -119,7 +76,7 @@ def assert_closed(c: Conn) -> None:
     ],
 )
 def test_truncated_frames_then_close_are_clean(running_signer: Signer, junk: bytes) -> None:
-    c = Conn(running_signer[0].socket)
+    c = RawConn(running_signer[0].socket)
     c.sock.sendall(junk)
     c.sock.shutdown(socket.SHUT_WR)  # the client is done: the frame will never be completed
     try:
@@ -129,14 +86,14 @@ def test_truncated_frames_then_close_are_clean(running_signer: Signer, junk: byt
     assert_healthy(running_signer)
 
 
-def test_zero_length_frame_is_bad_frame_and_the_connection_keeps_serving(conn: Conn) -> None:
+def test_zero_length_frame_is_bad_frame_and_the_connection_keeps_serving(conn: RawConn) -> None:
     assert_error(conn.ask(b""), "bad_frame")
     assert conn.ask(HEALTH)["ok"] is True
 
 
 @pytest.mark.parametrize("size", [wire.MAX_FRAME + 1, 2**31, 2**32 - 1], ids=["max-plus-one", "2GiB", "4GiB"])
 def test_huge_length_prefix_is_refused_without_reading_then_closed(
-    running_signer: Signer, conn: Conn, size: int
+    running_signer: Signer, conn: RawConn, size: int
 ) -> None:
     started = time.monotonic()
     conn.sock.sendall(size.to_bytes(4, "big") + b"{}")
@@ -149,7 +106,7 @@ def test_huge_length_prefix_is_refused_without_reading_then_closed(
     assert_healthy(running_signer)
 
 
-def test_frame_of_exactly_the_maximum_size_is_read_and_refused_on_content(conn: Conn) -> None:
+def test_frame_of_exactly_the_maximum_size_is_read_and_refused_on_content(conn: RawConn) -> None:
     head = b'{"v":1,"id":"big","op":"health","pad":"'
     payload = head + b"x" * (wire.MAX_FRAME - len(head) - 2) + b'"}'
     assert len(payload) == wire.MAX_FRAME
@@ -162,8 +119,8 @@ def test_frame_of_exactly_the_maximum_size_is_read_and_refused_on_content(conn: 
 
 def test_silent_and_stalled_clients_do_not_block_others(running_signer: Signer) -> None:
     path = running_signer[0].socket
-    silent = [Conn(path) for _ in range(20)]
-    stalled = [Conn(path) for _ in range(20)]
+    silent = [RawConn(path) for _ in range(20)]
+    stalled = [RawConn(path) for _ in range(20)]
     for i, c in enumerate(stalled):  # half a header, or a header and part of the body, then nothing
         c.sock.sendall(b"\x00\x00" if i % 2 else b"\x00\x00\x00\x40" + HEALTH[:8])
     try:
@@ -180,7 +137,7 @@ def test_silent_and_stalled_clients_do_not_block_others(running_signer: Signer) 
 
 
 def test_a_client_that_never_reads_its_replies_does_not_block_others(running_signer: Signer) -> None:
-    hog = Conn(running_signer[0].socket)
+    hog = RawConn(running_signer[0].socket)
     hog.sock.setblocking(False)
     big = b'{"v":1,"id":"' + b"k" * 100 + b'","op":"keys"}'
     frame = len(big).to_bytes(4, "big") + big
@@ -216,7 +173,7 @@ def test_many_concurrent_garbage_connections(running_signer: Signer) -> None:
     def hammer(i: int) -> None:
         try:
             for j in range(5):
-                c = Conn(path)
+                c = RawConn(path)
                 try:
                     c.sock.sendall(junk[(i + j) % len(junk)])
                     if j % 2:
@@ -277,7 +234,7 @@ def test_many_concurrent_garbage_connections(running_signer: Signer) -> None:
         ),
     ],
 )
-def test_json_edge_cases_get_an_error_code(conn: Conn, payload: bytes, code: str) -> None:
+def test_json_edge_cases_get_an_error_code(conn: RawConn, payload: bytes, code: str) -> None:
     assert_error(conn.ask(payload), code)
     assert conn.ask(HEALTH)["ok"] is True
 
@@ -297,13 +254,13 @@ def test_json_edge_cases_get_an_error_code(conn: Conn, payload: bytes, code: str
         ),
     ],
 )
-def test_lone_surrogate_escapes_are_refused_as_bad_frames(conn: Conn, payload: bytes) -> None:
+def test_lone_surrogate_escapes_are_refused_as_bad_frames(conn: RawConn, payload: bytes) -> None:
     """JSON syntax, but not Unicode text: refused up front, never an internal error or a dropped reply."""
     assert_error(conn.ask(payload), "bad_frame")
     assert conn.ask(HEALTH)["ok"] is True
 
 
-def test_escaped_surrogate_pairs_are_ordinary_text(conn: Conn) -> None:
+def test_escaped_surrogate_pairs_are_ordinary_text(conn: RawConn) -> None:
     """A correctly paired escape (an emoji written as ``\\ud83d\\ude80``) is valid text, not refused."""
     reply = conn.ask(b'{"v":1,"id":"rocket-\\ud83d\\ude80","op":"health"}')
     assert reply["ok"] is True
@@ -331,13 +288,13 @@ def _check_ci(body_b64: str) -> bytes:
     "value",
     ["YQ", "YQ=", "YQ===", "Y Q==", "YQ==\n", "-_8=", "YQ==YQ==", "=", "é", "YQ\x00=", "Y" * 4001],
 )
-def test_bad_base64_is_bad_request(conn: Conn, value: str) -> None:
+def test_bad_base64_is_bad_request(conn: RawConn, value: str) -> None:
     assert_error(conn.ask(_check_ci(value)), "bad_request")
     assert conn.ask(HEALTH)["ok"] is True
 
 
 @pytest.mark.parametrize("raw", [b"", b"a", b"\x00\xff" * 1000])
-def test_valid_base64_reaches_the_signature_check(conn: Conn, raw: bytes) -> None:
+def test_valid_base64_reaches_the_signature_check(conn: RawConn, raw: bytes) -> None:
     """Control for the test above: well-formed base64 parses, and the forged MAC is what gets refused."""
     assert_error(conn.ask(_check_ci(base64.b64encode(raw).decode())), "bad_ci_signature")
 
@@ -363,7 +320,7 @@ def test_valid_base64_reaches_the_signature_check(conn: Conn, raw: bytes) -> Non
         ).map(lambda obj: json.dumps({"v": 1, "id": "f", "op": "sign", "x": obj}).encode()),
     )
 )
-def test_any_payload_gets_a_reply_and_the_connection_survives(conn: Conn, payload: bytes) -> None:
+def test_any_payload_gets_a_reply_and_the_connection_survives(conn: RawConn, payload: bytes) -> None:
     reply = conn.ask(payload)
     assert reply["ok"] is False
     assert reply["error"]["code"] in {"bad_frame", "bad_request", "unknown_op", "unsupported_version"}

@@ -36,10 +36,12 @@ from signer.verify import verify_receipt
 from tests.harness import KEYTURN, Proc, unix_socket_ready, wait_until
 from tests.signer.conftest import (
     CI_SECRET,
+    HEALTH,
     OTHER_SHA,
     SCOPE,
     SHA,
     SLACK_SECRET,
+    RawConn,
     SignerFiles,
     card_blocks,
     ci_origin,
@@ -81,48 +83,6 @@ def audit_lines(files: SignerFiles) -> list[dict[str, Any]]:
 # --- raw frames -----------------------------------------------------------------------------------------
 
 
-class Raw:
-    """A bare socket connection that sends arbitrary bytes and reads replies."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(5)
-        self.sock.connect(str(path))
-
-    def send(self, payload: bytes) -> None:
-        self.sock.sendall(len(payload).to_bytes(4, "big") + payload)
-
-    def recv(self) -> dict[str, Any] | None:
-        header = self._exact(4)
-        if header is None:
-            return None
-        body = self._exact(int.from_bytes(header, "big"))
-        assert body is not None
-        reply: dict[str, Any] = json.loads(body)
-        return reply
-
-    def ask(self, payload: bytes) -> dict[str, Any]:
-        self.send(payload)
-        reply = self.recv()
-        assert reply is not None, "the signer hung up"
-        return reply
-
-    def _exact(self, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-HEALTH = b'{"v":1,"id":"h","op":"health"}'
-
-
 @pytest.mark.parametrize(
     ("payload", "code"),
     [
@@ -146,7 +106,7 @@ HEALTH = b'{"v":1,"id":"h","op":"health"}'
 def test_bad_frames_get_an_error_and_the_connection_keeps_serving(
     running_signer: Signer, payload: bytes, code: str
 ) -> None:
-    raw = Raw(running_signer[0].socket)
+    raw = RawConn(running_signer[0].socket)
     try:
         reply = raw.ask(payload)
         assert reply["ok"] is False
@@ -160,7 +120,7 @@ def test_bad_frames_get_an_error_and_the_connection_keeps_serving(
 
 
 def test_error_replies_echo_the_request_id(running_signer: Signer) -> None:
-    raw = Raw(running_signer[0].socket)
+    raw = RawConn(running_signer[0].socket)
     try:
         assert raw.ask(b'{"v":9,"id":"abc","op":"health"}')["id"] == "abc"
     finally:
@@ -168,7 +128,7 @@ def test_error_replies_echo_the_request_id(running_signer: Signer) -> None:
 
 
 def test_oversized_frame_is_refused_then_closed(running_signer: Signer) -> None:
-    raw = Raw(running_signer[0].socket)
+    raw = RawConn(running_signer[0].socket)
     try:
         raw.sock.sendall((wire.MAX_FRAME + 1).to_bytes(4, "big") + b"{")
         reply = raw.recv()
@@ -177,7 +137,7 @@ def test_oversized_frame_is_refused_then_closed(running_signer: Signer) -> None:
         assert raw.recv() is None  # then the signer hangs up
     finally:
         raw.close()
-    fresh = Raw(running_signer[0].socket)
+    fresh = RawConn(running_signer[0].socket)
     try:
         assert fresh.ask(HEALTH)["ok"] is True
     finally:
@@ -186,10 +146,10 @@ def test_oversized_frame_is_refused_then_closed(running_signer: Signer) -> None:
 
 def test_truncated_frames_and_dropped_connections_do_not_hurt(running_signer: Signer) -> None:
     for junk in (b"\x00\x00", b'\x00\x00\x00\x10{"v":1'):
-        raw = Raw(running_signer[0].socket)
+        raw = RawConn(running_signer[0].socket)
         raw.sock.sendall(junk)
         raw.close()
-    raw = Raw(running_signer[0].socket)
+    raw = RawConn(running_signer[0].socket)
     try:
         assert raw.ask(HEALTH)["ok"] is True
     finally:
@@ -198,10 +158,10 @@ def test_truncated_frames_and_dropped_connections_do_not_hurt(running_signer: Si
 
 
 def test_pipelined_requests_are_answered_in_order(running_signer: Signer) -> None:
-    raw = Raw(running_signer[0].socket)
+    raw = RawConn(running_signer[0].socket)
     try:
         for i in range(5):
-            raw.send(b'{"v":1,"id":"p%d","op":"health"}' % i)
+            raw.send_frame(b'{"v":1,"id":"p%d","op":"health"}' % i)
         ids = [r["id"] for r in (raw.recv() for _ in range(5)) if r is not None]
         assert ids == [f"p{i}" for i in range(5)]
     finally:
