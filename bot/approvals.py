@@ -43,8 +43,10 @@ from bot.slack_text import escape, user_mention
 from bot.store import RequestStore, SignError, StoreUnavailable
 from signer import wire
 from signer.errors import KeyturnError
+from signer.evidence import CiEvidence, request_id_for
+from signer.evidence import SlackEvidence as SignedSlackRequest
 from signer.policy import Environment, Policy, UnknownEnvironment
-from signer.receipt import new_request_id, parse_time
+from signer.receipt import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,19 @@ def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrig
             signature=origin.signature,
         )
     return wire.SlackCommandOrigin(body=origin.body, timestamp=origin.timestamp, signature=origin.signature)
+
+
+def origin_evidence(origin: OriginEvidence) -> CiEvidence | SignedSlackRequest:
+    """The stored origin as the trust core's evidence type (CI bodies back to raw bytes)."""
+    if origin.kind == "ci":
+        return CiEvidence(
+            origin.method or "",
+            origin.path or "",
+            base64.b64decode(origin.body),
+            origin.timestamp,
+            origin.signature,
+        )
+    return SignedSlackRequest(origin.body, origin.timestamp, origin.signature)
 
 
 def wire_click(evidence: SlackEvidence) -> wire.SlackClick:
@@ -302,7 +317,8 @@ class ApprovalService:
         if t0 is not None and t0 < now:
             start = t0
         request = lifecycle.new_request(
-            new_request_id(now),
+            # Bound to the origin (signer.evidence.request_id_for): the signer recomputes it at signing.
+            request_id_for(origin_evidence(origin)),
             body,
             now=start,
             ttl=env.request_ttl,

@@ -1,100 +1,57 @@
-"""The approval card and the deny modal, as Block Kit (pure: request + environment policy + now -> blocks).
+"""The approval card and the deny modal, as Block Kit (pure: request + policy + now -> blocks).
 
-Built from ``slack_sdk.models.blocks`` objects and serialized with ``to_dict()``, which runs slack_sdk's own
-limit checks; the limits it does not check (section fields, context elements, 50 blocks per message) are kept
-here by construction. Every string the bot did not write is escaped (``bot.slack_text``) and truncated within
-its Block Kit limit; mentions are built only from validated Slack ids, links only from http(s) URLs.
-
-The signer's card check (``signer/evidence.py``) reads the blocks of the message an approve click came from
-and requires them to show the request's repo, full sha, environment and workflow; the "facts" section shows
-each of them verbatim (they are validated identifiers, so escaping never changes them). The same rule refuses
-a card that shows any *other* full-length commit hash, so hash-like runs in free text (a title "revert
-<sha>", a ref) are shortened to 12 characters, and a run URL naming another commit is shown without a link.
-See docs/slack.md.
+The pending card — the one with the Approve button — is rendered by the trust core (``signer.card``), the same
+code the signer runs to check every approve click: the signer accepts a click only when the clicked message
+is exactly that card for the request's signed origin ("render, don't search"; docs/security.md). So this
+module adds nothing of its own to a pending card. Cards in a final state (approved, denied, expired,
+cancelled) have no Approve button; they reuse the trust core's header, scope fields, unverified free text and
+footer, and add the outcome. Every string the bot did not write is escaped (``bot.slack_text``) or passed
+through ``signer.card.unverified_text``. See docs/slack.md.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from slack_sdk.models.blocks import (
-    ActionsBlock,
-    Block,
-    ButtonElement,
-    ConfirmObject,
-    ContextBlock,
-    HeaderBlock,
-    InputBlock,
-    MarkdownTextObject,
-    PlainTextInputElement,
-    PlainTextObject,
-    SectionBlock,
-)
+from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, PlainTextObject, SectionBlock
 from slack_sdk.models.views import View
 
 from bot.models import DeployRequest, Status
-from bot.slack_text import escape, is_user_id, link, one_line, safe, truncate, user_mention
-from signer.policy import Environment
+from bot.slack_text import escape, one_line, safe, truncate, user_mention
+from signer import card as trusted
+from signer.card import APPROVE_ACTION, DECISION_BLOCK, DENY_ACTION, format_duration, format_time
+from signer.policy import Policy
+from signer.receipt import Scope
 
-# Action and callback ids: the Bolt listeners in bot/app.py route on these.
-APPROVE_ACTION = "approve"
-DENY_ACTION = "deny"
-DECISION_BLOCK = "decision"
-FACTS_BLOCK = "facts"
+__all__ = [
+    "APPROVE_ACTION",
+    "DECISION_BLOCK",
+    "DENY_ACTION",
+    "DENY_CALLBACK",
+    "REASON_ACTION",
+    "REASON_BLOCK",
+    "REASON_MAX",
+    "Card",
+    "card_facts",
+    "card_text",
+    "deny_modal",
+    "format_duration",
+    "format_time",
+    "render_card",
+]
+
 DENY_CALLBACK = "deny_reason"
 REASON_BLOCK = "reason"
 REASON_ACTION = "reason_input"
 REASON_MAX = 1000
 
 # Block Kit limits (platform facts §5.1).
-HEADER_MAX = 150
 SECTION_MAX = 3000
-FIELD_MAX = 2000
-CONFIRM_TEXT_MAX = 300
-CONFIRM_TITLE_MAX = 100
 FALLBACK_MAX = 3000
-MAX_BLOCKS = 50
 
-# Budgets for untrusted values inside one field (each field also carries its label).
-_REF_MAX = 500
-_TITLE_MAX = 600
-_REQUESTER_MAX = 200
 _REASON_SHOWN_MAX = 1500
-
-
-# The signer's card rule (signer/evidence.py check_card) splits texts into ASCII alphanumeric runs and refuses
-# any run that is a 40- or 64-character hex string other than the request's sha.
-_ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
-_HASH_LIKE = re.compile(r"\A(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})\Z")
-
-
-def _foreign_hashes(text: str, sha: str) -> bool:
-    return any(_HASH_LIKE.match(run) and run != sha for run in _ALNUM_RUN.findall(text))
-
-
-def defuse_hashes(text: str, sha: str) -> str:
-    """Shorten every full-length hash-like run in ``text`` other than ``sha`` to 12 characters plus ``…``."""
-
-    def shorten(m: re.Match[str]) -> str:
-        run = m.group(0)
-        return run[:12] + "…" if _HASH_LIKE.match(run) and run != sha else run
-
-    return _ALNUM_RUN.sub(shorten, text)
-
-
-def _defuse_blocks(node: Any, sha: str) -> Any:
-    """Apply ``defuse_hashes`` to every text object in serialized blocks (only ever shortens a text)."""
-    if isinstance(node, dict):
-        out = {k: _defuse_blocks(v, sha) for k, v in node.items()}
-        if node.get("type") in ("mrkdwn", "plain_text") and isinstance(node.get("text"), str):
-            out["text"] = defuse_hashes(node["text"], sha)
-        return out
-    if isinstance(node, list):
-        return [_defuse_blocks(item, sha) for item in node]
-    return node
 
 
 @dataclass(frozen=True)
@@ -105,39 +62,28 @@ class Card:
     text: str
 
 
-def format_duration(delta: timedelta) -> str:
-    """A short human duration: ``45s``, ``30m``, ``1h 5m``, ``2d 3h`` (rounded down; never negative)."""
-    seconds = max(0, int(delta.total_seconds()))
-    days, rem = divmod(seconds, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes, secs = divmod(rem, 60)
-    if days:
-        return f"{days}d {hours}h" if hours else f"{days}d"
-    if hours:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m {secs}s" if secs and minutes < 5 else f"{minutes}m"
-    return f"{secs}s"
+def _scope(request: DeployRequest) -> Scope:
+    s = request.scope
+    return Scope(s.repo, s.sha, s.environment, s.workflow)
 
 
-def format_time(when: datetime, now: datetime) -> str:
-    """``14:05 UTC`` on the same UTC day as ``now``, else ``2026-11-26 14:05 UTC``."""
-    utc = when.astimezone(UTC)
-    if utc.date() == now.astimezone(UTC).date():
-        return utc.strftime("%H:%M UTC")
-    return utc.strftime("%Y-%m-%d %H:%M UTC")
+def card_facts(request: DeployRequest, policy: Policy) -> trusted.CardFacts:
+    """What the card shows from the request's origin. The requester is mapped to a Slack user by the policy
+    only (never by an e-mail lookup), because the signer must render the very same card."""
+    return trusted.CardFacts(
+        request_id=request.id,
+        scope=_scope(request),
+        requester=request.requester,
+        requester_user=policy.resolve_requester(request.requester),
+        origin_kind=request.origin_kind,
+        title=request.title,
+        ref=request.ref,
+        run_url=request.run_url,
+    )
 
 
-def _mrkdwn(text: str) -> MarkdownTextObject:
-    # verbatim: Slack must not auto-link or auto-mention anything; the only markup is what we wrote.
-    return MarkdownTextObject(text=text, verbatim=True)
-
-
-def _requester(request: DeployRequest) -> str:
-    """The requester as a mention when they map to a Slack user, else their CI identity, escaped."""
-    if request.requester_slack_id and is_user_id(request.requester_slack_id):
-        return user_mention(request.requester_slack_id)
-    return safe(one_line(request.requester), _REQUESTER_MAX) or "unknown"
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 def _people(user_ids: list[str], budget: int) -> str:
@@ -145,7 +91,10 @@ def _people(user_ids: list[str], budget: int) -> str:
     shown: list[str] = []
     used = 0
     for i, uid in enumerate(user_ids):
-        piece = user_mention(uid) if is_user_id(uid) else safe(uid, 40)
+        try:
+            piece = user_mention(uid)
+        except ValueError:
+            piece = safe(uid, 40)
         more = f" and {len(user_ids) - i} more"
         if used + len(piece) + 2 + len(more) > budget and shown:
             return ", ".join(shown) + more
@@ -154,85 +103,7 @@ def _people(user_ids: list[str], budget: int) -> str:
     return ", ".join(shown)
 
 
-def _approvals_line(request: DeployRequest) -> str:
-    count = f"{len(request.approvals)} of {request.required_approvals}"
-    if not request.approvals:
-        return count
-    who = _people([a.user_id for a in request.approvals], FIELD_MAX - 40)
-    return f"{count}: {who}"
-
-
-def _field(label: str, value: str) -> MarkdownTextObject:
-    return _mrkdwn(truncate(f"*{label}*\n{value}", FIELD_MAX))
-
-
-def _facts(request: DeployRequest, now: datetime) -> SectionBlock:
-    """The request's scope and context: the fields the signer's card check looks for."""
-    scope = request.scope
-    fields = [
-        _field("Repository", f"`{scope.repo}`"),
-        _field("Commit", f"`{scope.sha}`"),
-        _field("Environment", f"`{scope.environment}`"),
-        _field("Workflow", f"`{scope.workflow}`"),
-        _field("Requested by", _requester(request)),
-        _field("Approvals", _approvals_line(request)),
-    ]
-    if request.ref:
-        fields.append(_field("Ref", f"`{safe(one_line(request.ref), _REF_MAX)}`"))
-    if request.run_url and _foreign_hashes(request.run_url, scope.sha):
-        # A link to another commit would make the card fail the signer's check; show it as text instead.
-        fields.append(_field("Run", safe(defuse_hashes(one_line(request.run_url), scope.sha), 500)))
-    elif request.run_url:
-        fields.append(_field("Run", link(request.run_url, "View run", FIELD_MAX - 10)))
-    if request.status is Status.PENDING:
-        left = format_duration(request.expires_at - now)
-        fields.append(_field("Expires", f"{format_time(request.expires_at, now)} (in {left})"))
-    return SectionBlock(block_id=FACTS_BLOCK, fields=fields)
-
-
-def _summary(request: DeployRequest) -> SectionBlock:
-    scope = request.scope
-    text = (
-        f"{_requester(request)} wants to deploy *{scope.repo}* at `{scope.sha[:12]}` "
-        f"to *{scope.environment}*."
-    )
-    if request.title:
-        text += f"\n{safe(one_line(request.title), _TITLE_MAX)}"
-    return SectionBlock(block_id="summary", text=_mrkdwn(truncate(text, SECTION_MAX)))
-
-
-def _decision_buttons(request: DeployRequest, env: Environment) -> ActionsBlock:
-    scope = request.scope
-    confirm = None
-    if env.confirm_approve:
-        confirm = ConfirmObject(
-            title=truncate("Approve this deploy?", CONFIRM_TITLE_MAX),
-            text=_mrkdwn(
-                truncate(
-                    f"Deploy `{scope.repo}` at `{scope.sha[:12]}` to *{scope.environment}*"
-                    f" ({scope.workflow}).",
-                    CONFIRM_TEXT_MAX,
-                )
-            ),
-            confirm="Approve",
-            deny="Cancel",
-        )
-    return ActionsBlock(
-        block_id=DECISION_BLOCK,
-        elements=[
-            ButtonElement(
-                text="Approve",
-                action_id=APPROVE_ACTION,
-                value=request.id,
-                style="primary",
-                confirm=confirm,
-            ),
-            ButtonElement(text="Deny", action_id=DENY_ACTION, value=request.id, style="danger"),
-        ],
-    )
-
-
-def _outcome(request: DeployRequest, now: datetime) -> SectionBlock:
+def _outcome(request: DeployRequest, now: datetime) -> dict[str, Any]:
     """The final state, in place of the buttons."""
     if request.status is Status.APPROVED:
         who = _people([a.user_id for a in request.approvals], 1500)
@@ -252,14 +123,7 @@ def _outcome(request: DeployRequest, now: datetime) -> SectionBlock:
         text = f":hourglass: Expired — no decision within {ttl}."
     else:  # CANCELLED
         text = ":no_entry_sign: *Cancelled* — the pipeline withdrew this request."
-    return SectionBlock(block_id="outcome", text=_mrkdwn(truncate(text, SECTION_MAX)))
-
-
-def _footer(request: DeployRequest) -> ContextBlock:
-    parts = [f"Request `{request.id}`"]
-    if request.status is Status.PENDING and request.card_error:
-        parts.append("Slack trouble: " + safe(one_line(request.card_error), 200))
-    return ContextBlock(block_id="footer", elements=[_mrkdwn(" · ".join(parts))])
+    return {"type": "section", "block_id": "kt_outcome", "text": _mrkdwn(truncate(text, SECTION_MAX))}
 
 
 _HEADER_EMOJI = {
@@ -271,28 +135,34 @@ _HEADER_EMOJI = {
 }
 
 
-def card_blocks(request: DeployRequest, env: Environment, now: datetime) -> list[Block]:
-    """The card as Block Kit objects: header, summary, facts, buttons (pending) or outcome, footer."""
-    scope = request.scope
-    header = HeaderBlock(
-        block_id="header",
-        text=PlainTextObject(
-            text=truncate(
-                escape(f"{_HEADER_EMOJI[request.status]} Deploy {scope.repo} to {scope.environment}"),
-                HEADER_MAX,
+def _final_blocks(request: DeployRequest, policy: Policy, now: datetime) -> list[dict[str, Any]]:
+    facts = card_facts(request, policy)
+    names = policy.environments.keys()
+    status = {
+        "type": "section",
+        "block_id": trusted.STATUS_BLOCK,
+        "fields": [
+            trusted.requester_field(facts, names),
+            _mrkdwn(
+                trusted.APPROVALS_LABEL
+                + trusted.approvals_text([a.user_id for a in request.approvals], request.required_approvals)
             ),
-            emoji=True,
-        ),
-    )
-    action: Block = (
-        _decision_buttons(request, env) if request.status is Status.PENDING else _outcome(request, now)
-    )
-    return [header, _summary(request), _facts(request, now), action, _footer(request)]
+        ],
+    }
+    blocks = [
+        trusted.header_block(facts.scope, _HEADER_EMOJI[request.status]),
+        {"type": "section", "block_id": trusted.SCOPE_BLOCK, "fields": trusted.scope_fields(facts.scope)},
+        status,
+    ]
+    unverified = trusted.unverified_block(facts, names)
+    if unverified is not None:
+        blocks.append(unverified)
+    return [*blocks, _outcome(request, now), trusted.footer_block(request.id)]
 
 
-def card_text(request: DeployRequest) -> str:
+def card_text(request: DeployRequest, policy: Policy) -> str:
     """The top-level ``text`` (notification fallback; Slack parses it as mrkdwn, so it is escaped too)."""
-    scope = request.scope
+    scope = _scope(request)
     state = {
         Status.PENDING: "approval needed",
         Status.APPROVED: "approved",
@@ -300,19 +170,30 @@ def card_text(request: DeployRequest) -> str:
         Status.EXPIRED: "expired",
         Status.CANCELLED: "cancelled",
     }[request.status]
-    text = f"Deploy {scope.repo}@{scope.sha[:12]} to {scope.environment}: {state}"
+    text = escape(f"Deploy {scope.repo}@{scope.sha[:12]} to {scope.environment}: {state}")
     if request.title:
-        text += f" — {one_line(request.title)}"
-    return truncate(escape(text), FALLBACK_MAX)
+        text += " — " + trusted.unverified_text(request.title, scope, policy.environments.keys(), 400)
+    return truncate(text, FALLBACK_MAX)
 
 
-def render_card(request: DeployRequest, env: Environment, now: datetime) -> Card:
-    """The card for ``request`` in its current state, validated (``to_dict()`` raises on a broken limit)."""
-    blocks = [b.to_dict() for b in card_blocks(request, env, now)]
-    if len(blocks) > MAX_BLOCKS:  # pragma: no cover - the layout has a fixed number of blocks
-        raise ValueError("card has more than 50 blocks")
-    sha = request.scope.sha
-    return Card(blocks=_defuse_blocks(blocks, sha), text=defuse_hashes(card_text(request), sha))
+def render_card(request: DeployRequest, policy: Policy, now: datetime) -> Card:
+    """The card for ``request`` in its current state.
+
+    Pending: exactly :func:`signer.card.render_pending` — the card the signer expects back in every approve
+    click. Final: the same header, scope and free text with the outcome in place of the buttons.
+    """
+    if request.status is Status.PENDING:
+        env = policy.environment(request.scope.environment)
+        blocks = trusted.render_pending(
+            card_facts(request, policy),
+            environments=policy.environments.keys(),
+            confirm=env.confirm_approve,
+            approvals=trusted.approvals_text([a.user_id for a in request.approvals], env.required_approvals),
+            expires=trusted.expires_text(request.expires_at, now),
+        )
+    else:
+        blocks = _final_blocks(request, policy, now)
+    return Card(blocks=blocks, text=card_text(request, policy))
 
 
 def deny_modal(request: DeployRequest) -> dict[str, Any]:

@@ -242,7 +242,7 @@ class SlackMessenger:
     async def post_card(self, request: DeployRequest) -> CardRef:
         """Post the card in the environment's channel; return where it lives."""
         env = self.policy.environment(request.scope.environment)
-        card = render_card(request, env, self._now())
+        card = render_card(request, self.policy, self._now())
         resp = await self.call(
             "chat.postMessage",
             lambda: self.client.chat_postMessage(
@@ -260,8 +260,7 @@ class SlackMessenger:
         if request.card is None:
             raise CardMissing("chat.update", "no_card")
         card_ref = request.card
-        env = self.policy.environment(request.scope.environment)
-        card = render_card(request, env, self._now())
+        card = render_card(request, self.policy, self._now())
         await self.call(
             "chat.update",
             lambda: self.client.chat_update(

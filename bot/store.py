@@ -322,6 +322,11 @@ class RequestStore:
                 ],
             )
             if not created:
+                # Request ids are bound to their origin: the same origin arrived before. Its request, in
+                # whatever state, is the answer; a decided request is never reopened.
+                again = await self.get(stored.id)
+                if again is not None:
+                    return again, False
                 raise StoreConflict(f"request id {stored.id} already exists")
             if await self._r.set(skey, stored.id, nx=True, ex=lifetime + 60):
                 await self._r.zadd(PENDING_KEY, {stored.id: _epoch(stored.expires_at)})

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from signer import card
 from signer.errors import KeyturnError
 from signer.policy import Policy, is_slack_team_id, is_slack_user_id
 from signer.receipt import Scope
@@ -43,14 +44,15 @@ __all__ = [
     "assess",
     "callback_key",
     "callback_signature",
-    "card_texts",
-    "check_card",
+    "card_facts",
     "ci_signature",
     "is_request_id",
+    "origin_claim",
     "parse_approve_click",
     "parse_ci_request_body",
     "parse_slash_request",
     "parse_timestamp",
+    "request_id_for",
     "slack_signature",
     "verify_ci_request",
     "verify_slack_request",
@@ -73,13 +75,8 @@ _WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
 _REQUESTER_RE = re.compile(r"\A[^\s<>&\x00-\x1f\x7f]{1,255}\Z")
 _REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
 _URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
-
-# Characters that may be part of a displayed value (repo, sha, environment, workflow). A value is displayed
-# only if it appears with none of these immediately before or after it: "acme/web" is not shown by
-# "acme/web2", nor by ".../acme/web/..." inside a URL.
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/@:+-")
-_ALNUM_RUN_RE = re.compile(r"[A-Za-z0-9]+")
-_HEXLIKE_RE = re.compile(r"\A(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})\Z")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+REQUEST_ID_LABEL = b"keyturn request id v1"
 
 
 class EvidenceError(KeyturnError):
@@ -332,11 +329,14 @@ class CiRequestBody(BaseModel):
 
 @dataclass(frozen=True)
 class RequestClaim:
-    """What an authenticated origin request asks for: the scope and who asked."""
+    """What an origin request asks for: the scope, who asked, and the free text the card shows with it."""
 
     scope: Scope
     requester: str
     team_id: str | None = None
+    title: str | None = None
+    ref: str | None = None
+    run_url: str | None = None
 
 
 def parse_ci_request_body(body: bytes) -> CiRequestBody:
@@ -421,116 +421,15 @@ class ApproveClick:
     at: int
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _text_of(obj: object, out: list[str]) -> None:
-    """Append the text of a ``plain_text``/``mrkdwn`` text object; anything else adds nothing."""
-    if isinstance(obj, dict) and obj.get("type") in ("plain_text", "mrkdwn"):
-        text = obj.get("text")
-        if isinstance(text, str):
-            out.append(text)
-
-
-def _rich_text(obj: object, out: list[str]) -> None:
-    if isinstance(obj, dict):
-        if obj.get("type") in ("text", "link") and isinstance(obj.get("text"), str):
-            out.append(obj["text"])
-        elif obj.get("type") == "link" and isinstance(obj.get("url"), str):
-            out.append(obj["url"])  # a link without a label shows its URL
-        _rich_text(obj.get("elements"), out)
-    elif isinstance(obj, list):
-        for item in obj:
-            _rich_text(item, out)
-
-
-def card_texts(blocks: object) -> list[str]:
-    """The texts a card shows without any interaction, in block order.
-
-    Collected from: ``header.text``; ``section.text`` and each of ``section.fields``; the ``plain_text`` and
-    ``mrkdwn`` elements of ``context`` blocks; the ``text`` (and ``link``) elements of ``rich_text`` blocks.
-    Not collected: anything inside accessories, buttons, menus, confirm dialogs, inputs, images or
-    ``block_id``/``value`` attributes — those are hidden or not prose. Raises ``card_mismatch`` if ``blocks``
-    is not a list of objects.
-    """
-    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
-        raise EvidenceError("card_mismatch", "the clicked message carries no blocks")
-    out: list[str] = []
-    for block in blocks:
-        kind = block.get("type")
-        if kind == "header":
-            _text_of(block.get("text"), out)
-        elif kind == "section":
-            _text_of(block.get("text"), out)
-            fields = block.get("fields")
-            if isinstance(fields, list):
-                for f in fields:
-                    _text_of(f, out)
-        elif kind == "context":
-            elements = block.get("elements")
-            if isinstance(elements, list):
-                for e in elements:
-                    _text_of(e, out)
-        elif kind == "rich_text":
-            _rich_text(block.get("elements"), out)
-    return out
-
-
-def _shows_token(texts: Sequence[str], value: str) -> bool:
-    needle = _escape(value)
-    for text in texts:
-        start = text.find(needle)
-        while start != -1:
-            end = start + len(needle)
-            before_ok = start == 0 or text[start - 1] not in _TOKEN_CHARS
-            after_ok = end == len(text) or text[end] not in _TOKEN_CHARS
-            if before_ok and after_ok:
-                return True
-            start = text.find(needle, start + 1)
-    return False
-
-
-def check_card(blocks: object, scope: Scope) -> None:
-    """Refuse (``card_mismatch``) unless the card displays exactly this scope.
-
-    **The card rule** (the bot's card builder follows it; docs/security.md repeats it):
-
-    1. Only the texts listed in :func:`card_texts` count as displayed.
-    2. Each of ``repo``, ``sha`` (all 40/64 characters), ``environment`` and ``workflow`` must appear in one
-       of those texts, Slack-escaped (``&``, ``<``, ``>``), as a *whole token*: the characters immediately
-       before and after it, if any, are none of ``A-Z a-z 0-9 . _ / @ : + -``. So ``*Repo:* `acme/web` `` and
-       ``sha 4f8a…e17`` display their values; ``acme/web2``, a 12-character short sha, ``_production_`` and
-       ``https://github.com/acme/web/...`` do not.
-    3. No other commit hash may be displayed: every run of ASCII letters and digits in those texts that is
-       40 or 64 hex characters long must equal ``sha``. A card cannot show the real sha in small print and
-       another one prominently.
-
-    Values are checked independently; the rule proves the card showed the truth, not that it showed nothing
-    else (a title or ref is free text).
-    """
-    texts = card_texts(blocks)
-    for name, value in scope.to_json().items():
-        if not _shows_token(texts, value):
-            raise EvidenceError(
-                "card_mismatch", f"the card the approver saw does not show the {name} {value}"
-            )
-    for text in texts:
-        for run in _ALNUM_RUN_RE.findall(text):
-            if _HEXLIKE_RE.match(run) and run != scope.sha:
-                raise EvidenceError("card_mismatch", f"the card the approver saw shows another sha {run}")
-
-
-def parse_approve_click(
-    body: str, timestamp: int, request_id: str, scope: Scope, policy: Policy
-) -> ApproveClick:
+def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy: Policy) -> ApproveClick:
     """Parse an approve click's raw form body (already signature-checked) and run the card check.
 
     Requires: a single ``payload`` form field holding a JSON object (duplicate names refused) with
-    ``type == "block_actions"``, exactly one action with ``action_id == "approve"`` and
-    ``value == request_id``, a ``user.id`` that is a Slack user id, the policy's workspace if it names one,
-    and a ``message.blocks`` that passes :func:`check_card`. Codes: ``bad_click``, ``wrong_request``,
-    ``wrong_team``, ``card_mismatch``.
+    ``type == "block_actions"``, exactly one action with ``action_id == "approve"`` in the card's decision
+    block and ``value ==`` the request id, a ``user.id`` that is a Slack user id, the policy's workspace if it
+    names one, and a ``message`` that is exactly the card :mod:`signer.card` renders for ``facts``
+    (:func:`signer.card.check_clicked_card`). Codes: ``bad_click``, ``wrong_request``, ``wrong_team``,
+    ``card_mismatch``.
     """
     form = _parse_form(body, "bad_click", "click")
     if set(form) != {"payload"}:
@@ -542,8 +441,9 @@ def parse_approve_click(
     if not isinstance(actions, list) or len(actions) != 1 or not isinstance(actions[0], dict):
         raise EvidenceError("bad_click", "a click carries exactly one action")
     action = actions[0]
-    if action.get("action_id") != "approve":
-        raise EvidenceError("bad_click", "not an approve click")
+    if action.get("action_id") != card.APPROVE_ACTION or action.get("block_id") != card.DECISION_BLOCK:
+        raise EvidenceError("bad_click", "not a click on the card's Approve button")
+    request_id = facts.request_id
     if action.get("value") != request_id:
         raise EvidenceError("wrong_request", "the click approves another request")
     user = payload.get("user")
@@ -555,10 +455,17 @@ def parse_approve_click(
     if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
         raise EvidenceError("bad_click", "the click names an invalid team")
     _check_team(team_id, policy, "wrong_team", "the click")
-    message = payload.get("message")
-    if not isinstance(message, dict):
-        raise EvidenceError("card_mismatch", "the click carries no message (ephemeral cards cannot approve)")
-    check_card(message.get("blocks"), scope)
+    env = policy.environment(facts.scope.environment)
+    try:
+        card.check_clicked_card(
+            payload.get("message"),
+            facts,
+            environments=policy.environments.keys(),
+            confirm=env.confirm_approve,
+            required_approvals=env.required_approvals,
+        )
+    except card.CardMismatch as exc:
+        raise EvidenceError("card_mismatch", exc.message) from None
     return ApproveClick(user_id, team_id, request_id, timestamp)
 
 
@@ -583,6 +490,65 @@ class SlackEvidence:
     body: str
     timestamp: str
     signature: str
+
+
+def _frame(*parts: bytes) -> bytes:
+    # Length-prefixed, so no two different origins frame to the same bytes.
+    return b"".join(len(p).to_bytes(8, "big") + p for p in parts)
+
+
+def request_id_for(origin: CiEvidence | SlackEvidence) -> str:
+    """The request id bound to ``origin``: ``req_`` + a ULID whose time is the origin's signed timestamp and
+    whose 80 random bits are the first 80 bits of SHA-256 over the whole origin as received.
+
+    The bot mints ids with this function and the signer recomputes it, so clicks collected for one request
+    (whose card shows its id) cannot be spent on another origin, whatever Redis or the bot says.
+    """
+    if isinstance(origin, CiEvidence):
+        kind, body = b"ci", _frame(origin.method.encode(), origin.path.encode(), origin.body)
+    else:
+        kind, body = b"slack_command", origin.body.encode()
+    digest = hashlib.sha256(
+        _frame(REQUEST_ID_LABEL, kind, origin.timestamp.encode(), origin.signature.encode(), body)
+    ).digest()
+    seconds = int(origin.timestamp) if _TS_RE.match(origin.timestamp) else 0
+    value = (((seconds * 1000) & (2**48 - 1)) << 80) | int.from_bytes(digest[:10], "big")
+    chars = [_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1)]
+    return "req_" + "".join(chars)
+
+
+def origin_claim(origin: CiEvidence | SlackEvidence, policy: Policy) -> RequestClaim:
+    """What ``origin`` asks for, parsed from its bytes exactly as :func:`assess` parses it, *without*
+    checking its signature (the bot uses this to render the card the signer will expect; the signer checks
+    the signature first). Raises ``EvidenceError("bad_origin")``."""
+    if isinstance(origin, CiEvidence):
+        if (origin.method, origin.path) != ("POST", "/v1/requests"):
+            raise EvidenceError("bad_origin", "the origin is not a POST /v1/requests")
+        try:
+            body = parse_ci_request_body(origin.body)
+        except EvidenceError as exc:
+            raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+        return RequestClaim(
+            body.scope, body.requester, None, title=body.title, ref=body.ref, run_url=body.runUrl
+        )
+    return parse_slash_request(origin.body, policy)
+
+
+def card_facts(
+    request_id: str, claim: RequestClaim, origin: CiEvidence | SlackEvidence, policy: Policy
+) -> card.CardFacts:
+    """The facts the card shows for this origin: the scope, the requester (mapped to a Slack user only by the
+    policy), the origin's free text and the request id."""
+    return card.CardFacts(
+        request_id=request_id,
+        scope=claim.scope,
+        requester=claim.requester,
+        requester_user=policy.resolve_requester(claim.requester),
+        origin_kind="ci" if isinstance(origin, CiEvidence) else "slack_command",
+        title=claim.title,
+        ref=claim.ref,
+        run_url=claim.run_url,
+    )
 
 
 @dataclass(frozen=True)
@@ -639,13 +605,6 @@ def assess(
         t0 = _verify_ci_mac(
             secrets.ci_secret, origin.method, origin.path, origin.body, origin.timestamp, origin.signature
         )
-        if (origin.method, origin.path) != ("POST", "/v1/requests"):
-            raise EvidenceError("bad_origin", "the origin is not a POST /v1/requests")
-        try:
-            body = parse_ci_request_body(origin.body)
-        except EvidenceError as exc:
-            raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
-        claim = RequestClaim(body.scope, body.requester)
     else:
         t0 = _verify_slack_mac(
             secrets.slack_signing_secret,
@@ -654,8 +613,13 @@ def assess(
             origin.signature,
             "bad_slack_signature",
         )
-        claim = parse_slash_request(origin.body, policy)
+    claim = origin_claim(origin, policy)
     env = policy.environment(claim.scope.environment)  # raises unknown_environment
+    # The request id is a function of the origin: clicks on this request's card name this id (and the card
+    # shows it), so they cannot be combined with any other origin.
+    if request_id != request_id_for(origin):
+        raise EvidenceError("request_id_mismatch", "requestId is not the id bound to this origin")
+    facts = card_facts(request_id, claim, origin, policy)
 
     # Freshness at signing time is the request's own lifetime [t0, t0 + request_ttl], by the signer's clock.
     deadline = t0 + env.request_ttl.total_seconds()
@@ -686,7 +650,7 @@ def assess(
                 "evidence_outside_lifetime", f"approval {i} lies outside the request lifetime"
             )
         try:
-            parsed.append(parse_approve_click(click.body, ts, request_id, claim.scope, policy))
+            parsed.append(parse_approve_click(click.body, ts, facts, policy))
         except EvidenceError as exc:
             raise EvidenceError(exc.code, f"approval {i}: {exc.message}", fields=exc.fields) from None
 

@@ -20,8 +20,18 @@ from urllib.parse import urlencode
 import pytest
 
 from signer import wire
-from signer.evidence import ci_signature, slack_signature
+from signer.card import render_pending
+from signer.evidence import (
+    CiEvidence,
+    SlackEvidence,
+    card_facts,
+    ci_signature,
+    origin_claim,
+    request_id_for,
+    slack_signature,
+)
 from signer.keys import SigningKeyset
+from signer.policy import Policy
 from signer.receipt import Scope, new_request_id
 from tests.harness import KEYTURN, Proc, start_process, unix_socket_ready
 
@@ -58,6 +68,7 @@ request_ttl = "10m"
 receipt_ttl = "1h"
 allow_self_approval = true
 """
+POLICY = Policy.from_bytes(POLICY_TOML.encode())
 
 
 def ci_request_body(scope: Scope = SCOPE, requester: str = "github:alice", **extra: Any) -> bytes:
@@ -98,53 +109,67 @@ def slash_origin(ts: int, body: str, secret: str = SLACK_SECRET) -> wire.SlackCo
     )
 
 
-def card_blocks(scope: Scope = SCOPE, request_id: str = "req_x") -> list[dict[str, Any]]:
-    """A card that follows the card rule: every scope value shown as a whole token."""
-    return [
-        {"type": "header", "text": {"type": "plain_text", "text": "Deploy approval needed"}},
-        {
-            "type": "section",
-            "fields": [
-                {"type": "mrkdwn", "text": f"*Repo*\n`{scope.repo}`"},
-                {"type": "mrkdwn", "text": f"*Environment*\n`{scope.environment}`"},
-                {"type": "mrkdwn", "text": f"*Commit*\n`{scope.sha}`"},
-                {"type": "mrkdwn", "text": f"*Workflow*\n`{scope.workflow}`"},
-            ],
-        },
-        {
-            "type": "actions",
-            "elements": [
-                {
-                    "type": "button",
-                    "action_id": "approve",
-                    "value": request_id,
-                    "text": {"type": "plain_text", "text": "Approve"},
-                },
-            ],
-        },
-    ]
+Origin = wire.CiOrigin | wire.SlackCommandOrigin
+
+
+def as_evidence(origin: Origin) -> CiEvidence | SlackEvidence:
+    """A wire origin as the trust core's evidence type."""
+    if isinstance(origin, wire.CiOrigin):
+        return CiEvidence(origin.method, origin.path, origin.body, origin.timestamp, origin.signature)
+    return SlackEvidence(origin.body, origin.timestamp, origin.signature)
+
+
+def rid_of(origin: Origin) -> str:
+    """The request id bound to ``origin`` (what the bot mints and the signer recomputes)."""
+    return request_id_for(as_evidence(origin))
+
+
+def true_card(
+    origin: Origin,
+    *,
+    policy: Policy | None = None,
+    approvals: str | None = None,
+    expires: str = "14:05 UTC (in 25m)",
+) -> list[dict[str, Any]]:
+    """The pending card the trust core renders for ``origin`` — what the bot posts and Slack echoes."""
+    pol = policy or POLICY
+    evidence = as_evidence(origin)
+    facts = card_facts(rid_of(origin), origin_claim(evidence, pol), evidence, pol)
+    env = pol.environment(facts.scope.environment)
+    return render_pending(
+        facts,
+        environments=pol.environments.keys(),
+        confirm=env.confirm_approve,
+        approvals=approvals or f"0 of {env.required_approvals}",
+        expires=expires,
+    )
 
 
 def click_body(
-    request_id: str,
+    origin: Origin,
     user: str,
     *,
     blocks: list[dict[str, Any]] | None = None,
+    message: dict[str, Any] | None = None,
     team: str = TEAM,
     action_id: str = "approve",
+    block_id: str = "kt_decision",
     value: str | None = None,
+    policy: Policy | None = None,
 ) -> str:
-    """An approve-click form body (``payload=<json>``) as Slack sends it."""
+    """An approve-click form body (``payload=<json>``) as Slack sends it, on ``origin``'s true card unless
+    ``blocks`` (or a whole ``message``) says otherwise."""
     payload = {
         "type": "block_actions",
         "team": {"id": team, "domain": "acme"},
         "user": {"id": user, "username": user.lower(), "team_id": team},
         "container": {"type": "message", "channel_id": "C0DEPLOYS", "is_ephemeral": False},
         "channel": {"id": "C0DEPLOYS", "name": "deploys"},
-        "message": {
+        "message": message
+        or {
             "type": "message",
             "text": "Deploy approval",
-            "blocks": card_blocks() if blocks is None else blocks,
+            "blocks": true_card(origin, policy=policy) if blocks is None else blocks,
         },
         "trigger_id": "1.2.3",
         "response_url": "http://127.0.0.1:9/response/xyz",
@@ -152,8 +177,8 @@ def click_body(
             {
                 "type": "button",
                 "action_id": action_id,
-                "block_id": "decision",
-                "value": request_id if value is None else value,
+                "block_id": block_id,
+                "value": rid_of(origin) if value is None else value,
                 "action_ts": "1700000001.000200",
             }
         ],

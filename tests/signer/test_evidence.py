@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
+from signer import card
 from signer import evidence as ev
 from signer.evidence import EvidenceError, Secrets
 from signer.policy import Policy, UnknownEnvironment
@@ -20,15 +21,18 @@ from tests.signer.conftest import (
     SCOPE,
     SHA,
     SLACK_SECRET,
+    Origin,
+    as_evidence,
     at,
-    card_blocks,
     ci_origin,
     ci_request_body,
     click,
     click_body,
     new_id,
+    rid_of,
     slash_body,
     slash_origin,
+    true_card,
 )
 
 POLICY = Policy.from_bytes(POLICY_TOML.encode())
@@ -206,125 +210,71 @@ def test_slash_command_refusals(body: str) -> None:
     assert code_of(exc) == "bad_origin"
 
 
-# --- the card rule --------------------------------------------------------------------------------------
+# --- clicks and the card ---------------------------------------------------------------------------------
 
 
-def section(text: str) -> dict[str, object]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+def facts_of(origin: Origin) -> card.CardFacts:
+    evidence = as_evidence(origin)
+    return ev.card_facts(rid_of(origin), ev.origin_claim(evidence, POLICY), evidence, POLICY)
 
 
-FULL = f"*acme/web* → production · {SHA} · deploy.yml"
+def test_click_on_the_true_card_parses_user_team_and_time() -> None:
+    o = ci_origin(T0)
+    parsed = ev.parse_approve_click(click_body(o, "U0BOB"), T0 + 5, facts_of(o), POLICY)
+    assert (parsed.user_id, parsed.team_id, parsed.request_id, parsed.at) == (
+        "U0BOB",
+        "T0TEAM",
+        rid_of(o),
+        T0 + 5,
+    )
 
 
-@pytest.mark.parametrize(
-    "blocks",
-    [
-        card_blocks(),
-        [section(FULL)],
-        [
-            section(f"Repo: `acme/web`\nsha {SHA}"),
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": "production deploy.yml"}]},
-        ],
-        [
-            {
-                "type": "rich_text",
-                "elements": [{"type": "rich_text_section", "elements": [{"type": "text", "text": FULL}]}],
-            }
-        ],
-        [
-            {"type": "header", "text": {"type": "plain_text", "text": "acme/web to production"}},
-            section(f"{SHA} (deploy.yml)"),
-        ],
-    ],
-)
-def test_cards_that_show_the_scope_pass(blocks: list[dict[str, object]]) -> None:
-    ev.check_card(blocks, SCOPE)
+def test_the_card_shows_the_scope_as_plain_text_fields() -> None:
+    blocks = true_card(ci_origin(T0))
+    scope_block = next(b for b in blocks if b["block_id"] == card.SCOPE_BLOCK)
+    assert [f["type"] for f in scope_block["fields"]] == ["plain_text"] * 4
+    assert [f["text"].split("\n")[1] for f in scope_block["fields"]] == [
+        "acme/web",
+        SHA,
+        "production",
+        "deploy.yml",
+    ]
 
 
-@pytest.mark.parametrize(
-    ("blocks", "why"),
-    [
-        ([section(FULL.replace(SHA, OTHER_SHA))], "another sha"),
-        ([section(FULL.replace(SHA, SHA[:12]))], "a short sha"),
-        ([section(FULL), section(f"previous: {OTHER_SHA}")], "a second, misleading sha"),
-        ([section(FULL.replace("production", "staging"))], "another environment"),
-        ([section(FULL.replace("production", "production-eu"))], "a longer environment name"),
-        ([section(FULL.replace("*acme/web*", "acme/web2"))], "a longer repo"),
-        (
-            [section(FULL.replace("*acme/web*", "https://github.com/acme/web/pull/1"))],
-            "repo only inside a URL",
-        ),
-        ([section(FULL.replace("deploy.yml", "deploy.yml.bak"))], "another workflow"),
-        (
-            [
-                section(FULL.replace(SHA, "")),
-                {
-                    "type": "actions",
-                    "elements": [{"type": "button", "text": {"type": "plain_text", "text": SHA}}],
-                },
-            ],
-            "sha only on a button",
-        ),
-        (
-            [{**section(FULL.replace(SHA, "")), "accessory": {"type": "image", "alt_text": SHA}}],
-            "sha in alt text",
-        ),
-        ([], "no blocks"),
-        ("not a list", "not blocks"),
-    ],
-)
-def test_lying_cards_are_refused(blocks: object, why: str) -> None:
-    with pytest.raises(EvidenceError) as exc:
-        ev.check_card(blocks, SCOPE)
-    assert code_of(exc) == "card_mismatch", why
-
-
-# --- clicks ---------------------------------------------------------------------------------------------
-
-
-def test_click_parses_user_team_and_time() -> None:
-    rid = new_id()
-    parsed = ev.parse_approve_click(click_body(rid, "U0BOB"), T0 + 5, rid, SCOPE, POLICY)
-    assert (parsed.user_id, parsed.team_id, parsed.request_id, parsed.at) == ("U0BOB", "T0TEAM", rid, T0 + 5)
+OTHER = ci_origin(T0 + 1, ci_request_body(Scope("acme/web", OTHER_SHA, "production", "deploy.yml")))
 
 
 @pytest.mark.parametrize(
     ("make", "code"),
     [
-        (lambda rid: click_body(rid, "U0BOB", value=new_id()), "wrong_request"),
-        (lambda rid: click_body(rid, "U0BOB", action_id="deny"), "bad_click"),
-        (lambda rid: click_body(rid, "U0BOB", team="T0EVIL"), "wrong_team"),
-        (lambda rid: click_body(rid, "not-a-user"), "bad_click"),
+        (lambda o: click_body(o, "U0BOB", value=new_id()), "wrong_request"),
+        (lambda o: click_body(o, "U0BOB", action_id="deny"), "bad_click"),
+        (lambda o: click_body(o, "U0BOB", block_id="elsewhere"), "bad_click"),
+        (lambda o: click_body(o, "U0BOB", team="T0EVIL"), "wrong_team"),
+        (lambda o: click_body(o, "not-a-user"), "bad_click"),
+        (lambda o: click_body(o, "U0BOB", blocks=true_card(OTHER)), "card_mismatch"),
+        (lambda o: click_body(o, "U0BOB") + "&payload=%7B%7D", "bad_click"),
         (
-            lambda rid: click_body(
-                rid, "U0BOB", blocks=card_blocks(Scope("acme/web", OTHER_SHA, "production", "deploy.yml"))
-            ),
-            "card_mismatch",
-        ),
-        (lambda rid: click_body(rid, "U0BOB") + "&payload=%7B%7D", "bad_click"),
-        (
-            lambda rid: urlencode({"payload": '{"type":"block_actions","type":"view_submission"}'}),
+            lambda o: urlencode({"payload": '{"type":"block_actions","type":"view_submission"}'}),
             "bad_click",
         ),
-        (lambda rid: "payload=%7Bnot-json", "bad_click"),
+        (lambda o: "payload=%7Bnot-json", "bad_click"),
     ],
 )
 def test_click_refusals(make: object, code: str) -> None:
-    rid = new_id()
+    o = ci_origin(T0)
     assert callable(make)
     with pytest.raises(EvidenceError) as exc:
-        ev.parse_approve_click(make(rid), T0, rid, SCOPE, POLICY)
+        ev.parse_approve_click(make(o), T0, facts_of(o), POLICY)
     assert code_of(exc) == code
 
 
 def test_ephemeral_click_without_message_is_refused() -> None:
-    rid = new_id()
-    payload = json.loads(
-        dict(__import__("urllib.parse").parse.parse_qsl(click_body(rid, "U0BOB")))["payload"]
-    )
+    o = ci_origin(T0)
+    payload = json.loads(dict(parse_qsl(click_body(o, "U0BOB")))["payload"])
     del payload["message"]
     with pytest.raises(EvidenceError) as exc:
-        ev.parse_approve_click(urlencode({"payload": json.dumps(payload)}), T0, rid, SCOPE, POLICY)
+        ev.parse_approve_click(urlencode({"payload": json.dumps(payload)}), T0, facts_of(o), POLICY)
     assert code_of(exc) == "card_mismatch"
 
 
@@ -336,23 +286,21 @@ def decide(
     *,
     now: int = T0 + 120,
     rid: str | None = None,
-    origin: ev.CiEvidence | ev.SlackEvidence | None = None,
+    origin: Origin | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     emails: Mapping[str, str] | None = None,
-    click_rid: str | None = None,
+    click_origin: Origin | None = None,
 ) -> ev.Assessment:
-    rid = rid or new_id()
-    o = ci_origin(T0)
-    the_origin = origin or ev.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
+    the_origin = origin or ci_origin(T0)
     evid = []
     for ts, user in clicks:
-        c = click(ts, click_body(click_rid or rid, user))
+        c = click(ts, click_body(click_origin or the_origin, user))
         evid.append(ev.SlackEvidence(c.body, c.timestamp, c.signature))
     return ev.assess(
         policy=POLICY,
         secrets=SECRETS,
-        request_id=rid,
-        origin=the_origin,
+        request_id=rid or rid_of(the_origin),
+        origin=as_evidence(the_origin),
         clicks=evid,
         group_members=groups or {},
         emails=emails or {},
@@ -399,31 +347,17 @@ def test_self_approval_via_identities_is_refused() -> None:
 
 
 def test_self_approval_via_email_requester_is_refused() -> None:
-    o = ci_origin(T0, ci_request_body(requester="carol@example.com"))
-    origin = ev.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
     refused(
         "self_approval",
         [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL")],
-        origin=origin,
+        origin=ci_origin(T0, ci_request_body(requester="carol@example.com")),
         emails={"U0CAROL": "Carol@Example.com"},
     )
 
 
 def test_self_approval_allowed_where_the_policy_says_so() -> None:
-    staging = Scope("acme/web", SHA, "staging", "manual")
     o = slash_origin(T0, slash_body(f"request acme/web {SHA} staging", user="U0ALICE"))
-    rid = new_id()
-    c = click(T0 + 5, click_body(rid, "U0ALICE", blocks=card_blocks(staging)))
-    a = ev.assess(
-        policy=POLICY,
-        secrets=SECRETS,
-        request_id=rid,
-        origin=ev.SlackEvidence(o.body, o.timestamp, o.signature),
-        clicks=[ev.SlackEvidence(c.body, c.timestamp, c.signature)],
-        group_members={},
-        emails={},
-        now=at(T0 + 10),
-    )
+    a = decide([(T0 + 5, "U0ALICE")], origin=o, now=T0 + 10)
     assert a.requester == "slack:U0ALICE"
     assert a.approver.user_id == "U0ALICE"
     assert a.expires_at - a.issued_at == timedelta(hours=1)
@@ -447,44 +381,50 @@ def test_request_lifetime_bounds_the_evidence_and_the_signing() -> None:
 
 
 def test_forged_and_misdirected_clicks_are_refused() -> None:
-    rid = new_id()
     o = ci_origin(T0)
-    origin = ev.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
-    good = click(T0 + 10, click_body(rid, "U0BOB"))
-    forged = click(T0 + 20, click_body(rid, "U0CAROL"), secret="not-the-slack-secret-000")
+    good = click(T0 + 10, click_body(o, "U0BOB"))
+    forged = click(T0 + 20, click_body(o, "U0CAROL"), secret="not-the-slack-secret-000")
     with pytest.raises(EvidenceError) as exc:
         ev.assess(
             policy=POLICY,
             secrets=SECRETS,
-            request_id=rid,
-            origin=origin,
+            request_id=rid_of(o),
+            origin=as_evidence(o),
             clicks=[ev.SlackEvidence(c.body, c.timestamp, c.signature) for c in (good, forged)],
             group_members={},
             emails={},
             now=at(T0 + 60),
         )
     assert exc.value.code == "bad_click_signature"
-    refused("wrong_request", [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL")], click_rid=new_id())
+    refused("wrong_request", [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL")], click_origin=OTHER)
 
 
 def test_forged_origin_and_unknown_environment() -> None:
-    o = ci_origin(T0, secret="not-the-ci-secret-0000000")
     refused(
-        "bad_ci_signature",
-        [(T0 + 10, "U0BOB")],
-        origin=ev.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature),
+        "bad_ci_signature", [(T0 + 10, "U0BOB")], origin=ci_origin(T0, secret="not-the-ci-secret-0000000")
     )
-    o = ci_origin(T0, ci_request_body(Scope("acme/web", SHA, "moon", "deploy.yml")))
-    refused(
-        "unknown_environment",
-        [(T0 + 10, "U0BOB")],
-        origin=ev.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature),
-    )
+    moon = ci_origin(T0, ci_request_body(Scope("acme/web", SHA, "moon", "deploy.yml")))
+    with pytest.raises(UnknownEnvironment):
+        ev.assess(
+            policy=POLICY,
+            secrets=SECRETS,
+            request_id=rid_of(moon),
+            origin=as_evidence(moon),
+            clicks=[],
+            group_members={},
+            emails={},
+            now=at(T0 + 60),
+        )
     s = slash_origin(T0, slash_body(f"request acme/web {SHA} production"), secret="not-the-slack-secret-000")
-    refused(
-        "bad_slack_signature", [(T0 + 10, "U0BOB")], origin=ev.SlackEvidence(s.body, s.timestamp, s.signature)
-    )
+    refused("bad_slack_signature", [(T0 + 10, "U0BOB")], origin=s)
 
 
 def test_request_id_must_be_a_ulid() -> None:
     refused("bad_request", [(T0 + 10, "U0BOB")], rid="req_short")
+
+
+def test_request_id_is_bound_to_the_origin() -> None:
+    refused("request_id_mismatch", [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL")], rid=new_id())
+    assert rid_of(ci_origin(T0)) == rid_of(ci_origin(T0))
+    assert rid_of(ci_origin(T0)) != rid_of(ci_origin(T0 + 1))
+    assert ev.is_request_id(rid_of(ci_origin(T0)))

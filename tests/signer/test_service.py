@@ -43,15 +43,16 @@ from tests.signer.conftest import (
     SLACK_SECRET,
     RawConn,
     SignerFiles,
-    card_blocks,
     ci_origin,
     ci_request_body,
     click,
     click_body,
     new_id,
+    rid_of,
     slash_body,
     slash_origin,
     start_signer,
+    true_card,
 )
 
 Signer = tuple[SignerFiles, Proc]
@@ -231,10 +232,10 @@ async def sign(
     emails: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     t0 = now_s() - 60 if t0 is None else t0
-    rid = rid or new_id()
     origin = origin or ci_origin(t0)
+    rid = rid or rid_of(origin)
     if clicks is None:
-        clicks = [click(t0 + 10 + i, click_body(rid, u)) for i, u in enumerate(users)]
+        clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(users)]
     return await client.sign(rid, origin, clicks, groups or {}, emails or {})
 
 
@@ -276,7 +277,8 @@ async def test_concurrent_signs_all_succeed_and_are_all_recorded(
 ) -> None:
     files = running_signer[0]
     before = len(audit_lines(files))
-    receipts = await asyncio.gather(*(sign(client, ["U0BOB", "U0CAROL"]) for _ in range(8)))
+    t0 = now_s() - 60
+    receipts = await asyncio.gather(*(sign(client, ["U0BOB", "U0CAROL"], t0=t0 - i) for i in range(8)))
     assert len({r["requestId"] for r in receipts}) == 8
     recorded = {line["record"]["receipt"]["requestId"] for line in audit_lines(files)[before:]}
     assert recorded == {r["requestId"] for r in receipts}
@@ -312,17 +314,25 @@ async def test_sign_refusals_record_nothing_and_the_signer_keeps_serving(
     files = running_signer[0]
     before = len(audit_lines(files))
     t0 = now_s() - how.get("t0_ago", 60)
-    rid = new_id()
     scope = Scope("acme/web", SHA, how.get("environment", "production"), "deploy.yml")
     body = ci_request_body(scope)
     sig = ci_signature(how.get("origin_secret", CI_SECRET), "POST", "/v1/requests", body, str(t0))
     origin = wire.CiOrigin(method="POST", path="/v1/requests", body=body, timestamp=str(t0), signature=sig)
+    rid = rid_of(origin)
     users = how.get("users", ["U0BOB", "U0CAROL"])
     offsets = how.get("click_offsets", [10 + i for i in range(len(users))])
-    blocks = card_blocks(Scope("acme/web", how.get("card_sha", SHA), scope.environment, "deploy.yml"))
-    click_rid = new_id() if how.get("click_rid") else rid
+    # Another request of the same scope but another commit: its true card, and clicks on it.
+    other = ci_origin(t0 + 1, ci_request_body(Scope("acme/web", OTHER_SHA, scope.environment, "deploy.yml")))
+    blocks = true_card(other) if how.get("card_sha") else None
+    if "environment" in how:
+        blocks = []  # no card can be rendered for an environment the policy does not know
+    clicked = other if how.get("click_rid") else origin
     clicks = [
-        click(t0 + off, click_body(click_rid, u, blocks=blocks), secret=how.get("click_secret", SLACK_SECRET))
+        click(
+            t0 + off,
+            click_body(clicked, u, blocks=blocks, value=rid_of(clicked)),
+            secret=how.get("click_secret", SLACK_SECRET),
+        )
         for u, off in zip(users, offsets, strict=True)
     ]
     with pytest.raises(SignerRefused) as exc:
