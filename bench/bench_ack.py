@@ -97,7 +97,7 @@ def click_body() -> str:
         required_approvals=2,
         card=CardRef(channel="C0DEPLOYS", ts="1700000000.000100"),
     )
-    card = render_card(req, POLICY.environment("production"), now)
+    card = render_card(req, POLICY, now)
     payload = {
         "type": "block_actions",
         "api_app_id": "A0KEYTURN",
@@ -112,7 +112,7 @@ def click_body() -> str:
             {
                 "type": "button",
                 "action_id": "approve",
-                "block_id": "decision",
+                "block_id": "kt_decision",
                 "value": RID,
                 "action_ts": "1700000001.000200",
             }

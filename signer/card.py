@@ -407,7 +407,11 @@ def header_block(scope: Scope, emoji: str = ":rocket:") -> dict[str, Any]:
     return {
         "type": "header",
         "block_id": HEADER_BLOCK,
-        "text": {"type": "plain_text", "text": f"{emoji} Deploy {scope.repo} to {scope.environment}"},
+        # Block Kit caps a header at 150 characters; a 140-character repo is cut here, and in full below.
+        "text": {
+            "type": "plain_text",
+            "text": _truncate(f"{emoji} Deploy {scope.repo} to {scope.environment}", 150),
+        },
     }
 
 

@@ -12,12 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.cards import deny_modal, format_duration, render_card
+from bot.cards import card_facts, deny_modal, format_duration, render_card
 from bot.emulator.blockkit import validate_message_blocks, validate_view
 from bot.models import Approval, DeployRequest, Scope, Status
-from signer.evidence import EvidenceError, check_card
+from signer.card import CardMismatch, check_clicked_card
 from signer.policy import Environment, Policy
-from signer.receipt import Scope as SignedScope
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
@@ -80,7 +79,7 @@ def joined(blocks: list[dict[str, Any]]) -> str:
 
 
 def test_pending_card_shows_scope_and_buttons() -> None:
-    card = render_card(make_request(), PROD, NOW + timedelta(minutes=1))
+    card = render_card(make_request(), POLICY, NOW + timedelta(minutes=1))
     validate_message_blocks(card.blocks)
     body = joined(card.blocks)
     for needle in ["acme/web", SHA, "production", "deploy", "refs/heads/main", "<@U0ALICE>", "0 of 2"]:
@@ -96,19 +95,19 @@ def test_pending_card_shows_scope_and_buttons() -> None:
 
 def test_confirm_dialog_only_where_policy_asks() -> None:
     req = make_request(scope=Scope(repo="acme/web", sha=SHA, environment="staging", workflow="deploy"))
-    approve, _ = actions(render_card(req, STAGING, NOW).blocks)
+    approve, _ = actions(render_card(req, POLICY, NOW).blocks)
     assert "confirm" not in approve
 
 
 def test_requester_without_slack_user_is_shown_escaped() -> None:
-    card = render_card(make_request(requester="github:<!channel>", requester_slack_id=None), PROD, NOW)
+    card = render_card(make_request(requester="github:<!channel>", requester_slack_id=None), POLICY, NOW)
     assert "github:&lt;!channel&gt;" in joined(card.blocks)
     assert_no_untrusted_markup(card.blocks, card.text)
 
 
 def test_approvals_so_far_lists_who() -> None:
     req = make_request(approvals=[Approval(user_id="U0BOB", at=NOW)])
-    assert "1 of 2: <@U0BOB>" in joined(render_card(req, PROD, NOW).blocks)
+    assert "1 of 2: <@U0BOB>" in joined(render_card(req, POLICY, NOW).blocks)
 
 
 def test_approved_card_has_no_buttons_and_names_receipt() -> None:
@@ -119,7 +118,7 @@ def test_approved_card_has_no_buttons_and_names_receipt() -> None:
         receipt_id="rcpt_01JDQ5",
         receipt_expires_at=NOW + timedelta(minutes=15),
     )
-    card = render_card(req, PROD, NOW)
+    card = render_card(req, POLICY, NOW)
     validate_message_blocks(card.blocks)
     assert actions(card.blocks) == []
     body = joined(card.blocks)
@@ -130,7 +129,7 @@ def test_approved_card_has_no_buttons_and_names_receipt() -> None:
 
 def test_denied_card_says_who_and_why_escaped() -> None:
     req = make_request(status=Status.DENIED, decided_by="U0BOB", deny_reason="no <!channel> & not today")
-    card = render_card(req, PROD, NOW)
+    card = render_card(req, POLICY, NOW)
     assert actions(card.blocks) == []
     body = joined(card.blocks)
     assert "*Denied* by <@U0BOB>" in body
@@ -139,14 +138,14 @@ def test_denied_card_says_who_and_why_escaped() -> None:
 
 
 def test_expired_card() -> None:
-    card = render_card(make_request(status=Status.EXPIRED), PROD, NOW + timedelta(hours=1))
+    card = render_card(make_request(status=Status.EXPIRED), POLICY, NOW + timedelta(hours=1))
     assert actions(card.blocks) == []
     assert "Expired — no decision within 30m" in joined(card.blocks)
     assert "Expires" not in joined(card.blocks)
 
 
 def test_cancelled_card() -> None:
-    card = render_card(make_request(status=Status.CANCELLED), PROD, NOW)
+    card = render_card(make_request(status=Status.CANCELLED), POLICY, NOW)
     assert actions(card.blocks) == []
     assert "*Cancelled*" in joined(card.blocks)
     assert "cancelled" in card.text
@@ -166,13 +165,13 @@ def test_untrusted_strings_never_reach_slack_unescaped(raw: str, status: Status)
         deny_reason=raw,
         receipt_id=raw,
     )
-    card = render_card(req, PROD, NOW)
+    card = render_card(req, POLICY, NOW)
     validate_message_blocks(card.blocks)
     assert_no_untrusted_markup(card.blocks, card.text)
 
 
 def test_malicious_run_url_is_not_a_link() -> None:
-    card = render_card(make_request(run_url="javascript:alert(1)"), PROD, NOW)
+    card = render_card(make_request(run_url="javascript:alert(1)"), POLICY, NOW)
     assert "javascript:alert(1)" in joined(card.blocks)
     assert "<javascript" not in joined(card.blocks)
 
@@ -180,37 +179,44 @@ def test_malicious_run_url_is_not_a_link() -> None:
 OTHER_SHA = "b" * 40
 
 
-def signed_scope(req: DeployRequest) -> SignedScope:
-    s = req.scope
-    return SignedScope(repo=s.repo, sha=s.sha, environment=s.environment, workflow=s.workflow)
+def signer_accepts(req: DeployRequest, blocks: list[dict[str, Any]]) -> None:
+    """The signer's own check of a clicked card (signer.card), as it runs on the echo of this card."""
+    env = POLICY.environment(req.scope.environment)
+    check_clicked_card(
+        {"type": "message", "blocks": blocks},
+        card_facts(req, POLICY),
+        environments=POLICY.environments.keys(),
+        confirm=env.confirm_approve,
+        required_approvals=env.required_approvals,
+    )
 
 
-@pytest.mark.parametrize("status", list(Status))
-def test_card_passes_the_signers_card_check(status: Status) -> None:
-    req = make_request(status=status, decided_by="U0BOB", deny_reason="no")
-    check_card(render_card(req, PROD, NOW).blocks, signed_scope(req))
+def test_pending_card_is_exactly_what_the_signer_expects() -> None:
+    req = make_request(approvals=[Approval(user_id="U0BOB", at=NOW)])
+    signer_accepts(req, render_card(req, POLICY, NOW).blocks)
 
 
 def test_card_check_would_catch_a_card_for_another_scope() -> None:
-    card = render_card(make_request(), PROD, NOW)
-    with pytest.raises(EvidenceError) as err:
-        check_card(card.blocks, SignedScope("acme/web", OTHER_SHA, "production", "deploy"))
-    assert err.value.code == "card_mismatch"
+    other = make_request(
+        scope=Scope(repo="acme/web", sha=OTHER_SHA, environment="production", workflow="deploy")
+    )
+    with pytest.raises(CardMismatch):
+        signer_accepts(make_request(), render_card(other, POLICY, NOW).blocks)
 
 
-def test_foreign_hashes_in_free_text_do_not_break_the_card_check() -> None:
+def test_foreign_hashes_in_free_text_are_defused() -> None:
     req = make_request(
         title=f"Revert {OTHER_SHA} and {SHA.upper()}",
         ref=f"refs/heads/{'c' * 64}",
         requester=f"github:{'d' * 40}",
         requester_slack_id=None,
         run_url=f"https://ci.example/acme/web/commit/{OTHER_SHA}",
-        receipt_id="e" * 40,
     )
-    card = render_card(req, PROD, NOW)
-    check_card(card.blocks, signed_scope(req))
+    card = render_card(req, POLICY, NOW)
+    signer_accepts(req, card.blocks)
     body = joined(card.blocks)
     assert OTHER_SHA not in body
+    assert SHA.upper() not in body
     assert "bbbbbbbbbbbb…" in body  # shortened, still recognisable
     assert f"ci.example/acme/web/commit/{OTHER_SHA[:12]}…" in body  # shown as text, not as a link
 
@@ -249,9 +255,10 @@ def test_huge_inputs_stay_within_block_kit_limits(
         receipt_id="rcpt_" + title[:3000],
         receipt_expires_at=NOW,
     )
-    card = render_card(req, PROD, NOW)  # to_dict() enforces slack_sdk's limits
+    card = render_card(req, POLICY, NOW)  # to_dict() enforces slack_sdk's limits
     validate_message_blocks(card.blocks)  # and the emulator enforces Slack's
-    check_card(card.blocks, signed_scope(req))  # and the signer still accepts it
+    if status is Status.PENDING:
+        signer_accepts(req, card.blocks)  # and the signer accepts the card it expects
     assert len(card.blocks) <= 50
     assert len(card.text) <= 3000
     for block in card.blocks:

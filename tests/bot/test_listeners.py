@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from bot.app import SlackEndpoint, build_slack_endpoint
+from bot.cards import card_facts
 from bot.emulator.client import AsyncEmulatorClient, Delivery
 from bot.messenger import SlackMessenger, make_web_client
 from bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, Scope, SlackEvidence, Status
@@ -32,7 +33,6 @@ from bot.ports import Refused
 from bot.signer_client import SignerClient
 from signer.evidence import parse_approve_click, parse_slash_request, verify_slack_request
 from signer.policy import Policy
-from signer.receipt import Scope as SignedScope
 from signer.receipt import new_request_id
 from tests import harness
 from tests.bot.test_messenger import ephemerals, message, views
@@ -127,10 +127,7 @@ class FakeApprovals:
         ts = verify_slack_request(
             self.secret, evidence.body, evidence.timestamp, evidence.signature, datetime.now(UTC)
         )
-        s = req.scope
-        parse_approve_click(
-            evidence.body, ts, request_id, SignedScope(s.repo, s.sha, s.environment, s.workflow), POLICY
-        )
+        parse_approve_click(evidence.body, ts, card_facts(req, POLICY), POLICY)
         self.evidence_checked.append(user_id)
         if any(a.user_id == user_id for a in req.approvals):
             raise Refused("already_approved", "You already approved this deploy.")

@@ -116,7 +116,7 @@ async def test_post_card_lands_in_the_environment_channel(
     ref = await messenger.post_card(make_request())
     assert ref.channel == "C0DEPLOYS"
     msg = await message(emu, "C0DEPLOYS", ref.ts)
-    assert any(b.get("block_id") == "decision" for b in msg["blocks"])
+    assert any(b.get("block_id") == "kt_decision" for b in msg["blocks"])
 
 
 async def test_injection_reaches_slack_escaped(messenger: SlackMessenger, emu: AsyncEmulatorClient) -> None:

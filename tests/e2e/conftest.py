@@ -7,6 +7,7 @@ test a clean Redis and a reset emulator, and prints every process's log when the
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -72,8 +73,15 @@ def ci_headers(
     return harness.ci_headers(secret, method, path, body, ts)
 
 
+_RUNS = itertools.count(1)
+
+
 def request_body(**over: Any) -> dict[str, Any]:
-    """A valid ``POST /v1/requests`` body (production, requested by alice)."""
+    """A valid ``POST /v1/requests`` body (production, requested by alice), each from a new CI run.
+
+    A distinct ``runUrl`` per body, as real pipelines send: two identical bodies signed in the same second are
+    the *same* request (its id is bound to the signed bytes), so tests that want two requests must differ.
+    """
     base: dict[str, Any] = {
         "repo": "acme/web",
         "sha": SHA,
@@ -81,6 +89,7 @@ def request_body(**over: Any) -> dict[str, Any]:
         "workflow": "deploy.yml",
         "requester": "github:alice",
         "ref": "refs/heads/main",
+        "runUrl": f"https://ci.example/acme/web/runs/{next(_RUNS)}",
     }
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}

@@ -107,7 +107,7 @@ def block_actions(action: Any, **over: Any) -> dict[str, Any]:
 
 def button(action_id: str = APPROVE_ACTION, value: Any = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A") -> dict[str, Any]:
     """A clicked button."""
-    return {"type": "button", "action_id": action_id, "block_id": "decision", "value": value}
+    return {"type": "button", "action_id": action_id, "block_id": "kt_decision", "value": value}
 
 
 def slash(text: str, user: str = "U0ALICE", response_url: str = "") -> str:
