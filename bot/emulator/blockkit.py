@@ -4,14 +4,11 @@
 a bot that builds dicts learns about a 3001-character section only from Slack. The emulator answers the way
 Slack does: every problem found, each as ``[ERROR] <what> [json-pointer:/blocks/3/text/text]``.
 
-Also here: :func:`normalize_blocks`, which adds what Slack adds to a stored message (a ``block_id`` and
-``action_id`` where missing, ``emoji``/``verbatim`` defaults), so the bot sees its blocks back as Slack
-returns them.
+What Slack adds to blocks it stores (generated ids, defaults, escaping) is :mod:`bot.emulator.echo`'s job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 MAX_MESSAGE_BLOCKS = 50
@@ -302,43 +299,3 @@ def validate_view(view: Any) -> None:
         checker.err("/view/submit", "must provide submit when the view has input blocks")
     if checker.errors:
         raise InvalidView(checker.errors)
-
-
-def _normalize_text(obj: Any) -> Any:
-    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        if obj.get("type") == "plain_text":
-            return {**obj, "emoji": obj.get("emoji", True)}
-        if obj.get("type") == "mrkdwn":
-            return {**obj, "verbatim": obj.get("verbatim", False)}
-    return obj
-
-
-def _normalize_element(el: Any, new_id: Callable[[], str]) -> Any:
-    if not isinstance(el, dict):
-        return el
-    out = {k: _normalize_text(v) for k, v in el.items()}
-    if el.get("type") in ACTION_ELEMENTS and "action_id" not in out:
-        out["action_id"] = new_id()
-    return out
-
-
-def normalize_blocks(blocks: list[Any], new_id: Callable[[], str]) -> list[Any]:
-    """Blocks as Slack stores them: missing ``block_id``/``action_id`` filled with ``new_id()``, and the
-    ``emoji``/``verbatim`` defaults made explicit. ``blocks`` must already be valid."""
-    out: list[Any] = []
-    for block in blocks:
-        b = {k: _normalize_text(v) for k, v in block.items()}
-        if "block_id" not in b:
-            b["block_id"] = new_id()
-        if isinstance(b.get("fields"), list):
-            b["fields"] = [_normalize_text(f) for f in b["fields"]]
-        if isinstance(b.get("elements"), list):
-            if b.get("type") == "context":
-                b["elements"] = [_normalize_text(e) for e in b["elements"]]
-            else:
-                b["elements"] = [_normalize_element(e, new_id) for e in b["elements"]]
-        for key in ("accessory", "element"):
-            if key in b:
-                b[key] = _normalize_element(b[key], new_id)
-        out.append(b)
-    return out

@@ -217,16 +217,18 @@ class Emulator:
                 eph = self.state.ephemeral(channel, message_ts, user)
                 if eph is None:
                     raise SlackError("message_not_found")
-                self.state.replace_ephemeral(eph, text or "", blocks)
+                self.state.replace_ephemeral(eph, text or None, blocks)
             else:
-                self.state.update_message(channel, message_ts, now=now, text=text or "", blocks=blocks or [])
+                self.state.update_message(
+                    channel, message_ts, now=now, text=text or None, blocks=blocks or [], replace=True
+                )
             return
         thread_ts = params.get("thread_ts") if isinstance(params.get("thread_ts"), str) else None
         if params.get("response_type") == "in_channel":
-            self.state.post_message(channel, text=text or "", blocks=blocks, now=now, thread_ts=thread_ts)
+            self.state.post_message(channel, text=text or None, blocks=blocks, now=now, thread_ts=thread_ts)
         else:
             self.state.post_ephemeral(
-                channel, user, text=text or "", blocks=blocks, now=now, thread_ts=thread_ts
+                channel, user, text=text or None, blocks=blocks, now=now, thread_ts=thread_ts
             )
 
     # -- acting as Slack -------------------------------------------------------------------------------------
@@ -469,7 +471,7 @@ class Emulator:
         if isinstance(ack, str):
             self.state.post_ephemeral(conv.id, user.id, text=ack, blocks=None, now=now)
         elif isinstance(ack, dict) and (ack.get("text") or ack.get("blocks")):
-            text = str(ack.get("text") or "")
+            text = str(ack.get("text") or "") or None
             blocks = ack.get("blocks")
             try:
                 if blocks is not None:

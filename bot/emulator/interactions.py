@@ -70,9 +70,18 @@ def sign_request(
     return SignedRequest(kind, url, body, headers)
 
 
+def slack_json(payload: Any) -> str:
+    """JSON as Slack writes it in interaction payloads: compact, keys in insertion order (the emulator builds
+    them in Slack's order, note §1.7), and ``/`` escaped as ``\\/`` (note §1.7; captures H, L, A).
+
+    Replacing every ``/`` is safe: outside strings JSON has no ``/``, and inside a string ``\\/`` is a valid
+    escape of ``/`` (an original backslash is already doubled, so ``\\`` + ``/`` cannot merge with it)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
+
+
 def interactivity_body(payload: dict[str, Any]) -> str:
     """``payload=<json>``, form-encoded once, as Slack posts interactions."""
-    return urlencode({"payload": json.dumps(payload, separators=(",", ":"), ensure_ascii=False)})
+    return urlencode({"payload": slack_json(payload)})
 
 
 def _user(state: WorkspaceState, user: User) -> dict[str, Any]:
@@ -125,14 +134,19 @@ def block_actions_payload(
 ) -> dict[str, Any]:
     """The ``block_actions`` payload of ``user`` clicking ``action_id`` on ``source`` as stored."""
     block_id, el, option = find_action(source.blocks, action_id, value)
-    action: dict[str, Any] = {"type": el["type"], "action_id": action_id, "block_id": block_id}
+    action: dict[str, Any]
     if el["type"] == "button":
-        action["text"] = copy.deepcopy(el.get("text"))
+        # Key order of the captures (H 2020, A 2025):
+        # action_id, block_id, text, value, style, type, action_ts.
+        action = {"action_id": action_id, "block_id": block_id, "text": copy.deepcopy(el.get("text"))}
         if "value" in el:
             action["value"] = el["value"]
         if "style" in el:
             action["style"] = el["style"]
+        action["type"] = el["type"]
     else:
+        # Key order of the select capture (A 2025): type, action_id, block_id, selected_option, placeholder.
+        action = {"type": el["type"], "action_id": action_id, "block_id": block_id}
         action["selected_option"] = copy.deepcopy(option)
         if "placeholder" in el:
             action["placeholder"] = copy.deepcopy(el["placeholder"])

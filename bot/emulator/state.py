@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.emulator.blockkit import normalize_blocks
+from bot.emulator.echo import echo_blocks, echo_view, fallback_text
 from bot.emulator.errors import SlackError
 from bot.emulator.workspace import Workspace, load_workspace
 
@@ -53,9 +53,19 @@ class Conversation:
     im_user: str | None = None
 
 
+def message_text(text: str | None, blocks: list[dict[str, Any]]) -> tuple[str, bool]:
+    """The stored ``text`` and whether Slack generated it: the app's text, or when it sent none, the fallback
+    Slack builds from the (echoed) blocks (note §1.16, :func:`bot.emulator.echo.fallback_text`)."""
+    if text:
+        return text, False
+    if blocks:
+        return fallback_text(blocks), True
+    return "", False
+
+
 @dataclass
 class Message:
-    """A message in a channel or DM, as posted (blocks normalized as Slack stores them)."""
+    """A message in a channel or DM, as posted (blocks in the form Slack echoes them: bot.emulator.echo)."""
 
     channel: str
     ts: str
@@ -70,15 +80,23 @@ class Message:
     attachments: list[Any] | None = None
     metadata: dict[str, Any] | None = None
     edited: dict[str, str] | None = None
+    text_generated: bool = False  # the app sent no text: Slack built it from the blocks (note §1.16)
 
     def to_slack(self) -> dict[str, Any]:
-        """The message object as Slack returns it (``chat.postMessage`` and interaction payloads)."""
-        out: dict[str, Any] = {"type": "message", "text": self.text, "user": self.user, "ts": self.ts}
+        """The message object as Slack returns it (``chat.postMessage`` and interaction payloads).
+
+        Members and their order as in the 2023 capture (note §1.15, L): ``bot_id, type, text, user, ts,
+        app_id, blocks, team``; ``attachments`` only when the app sent some (§1.14); ``edited`` after an
+        update.
+        """
+        out: dict[str, Any] = {}
         if self.bot_id:
             out["bot_id"] = self.bot_id
+        out.update(type="message", text=self.text, user=self.user, ts=self.ts)
+        if self.bot_id:
             out["app_id"] = self.app_id
-        out["team"] = self.team
         out["blocks"] = copy.deepcopy(self.blocks)
+        out["team"] = self.team
         if self.attachments:
             out["attachments"] = copy.deepcopy(self.attachments)
         if self.metadata:
@@ -218,9 +236,6 @@ class WorkspaceState:
         self._last_ts_us = us
         return format_ts(us)
 
-    def _new_id(self) -> str:
-        return f"kt{next(self._ids)}"
-
     # -- conversations ---------------------------------------------------------------------------------------
 
     def im_id(self, user_id: str) -> str:
@@ -254,14 +269,16 @@ class WorkspaceState:
         self,
         channel: str,
         *,
-        text: str,
+        text: str | None,
         blocks: list[dict[str, Any]] | None,
         now: float,
         thread_ts: str | None = None,
         attachments: list[Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Message:
-        """Post as the bot. ``blocks`` must be valid already; ``thread_ts`` must name a message here."""
+        """Post as the bot. ``blocks`` must be valid already; ``thread_ts`` must name a message here.
+
+        ``blocks`` are stored as Slack echoes them; without ``text``, the fallback built from them."""
         conv = self.conversation(channel)
         root: Message | None = None
         if thread_ts is not None:
@@ -271,11 +288,14 @@ class WorkspaceState:
             if root.thread_ts and root.thread_ts != root.ts:  # a reply: the thread is its root's
                 root = self.messages[(conv.id, root.thread_ts)]
         bot = self.workspace.bot
+        echoed = echo_blocks(blocks or [])
+        stored_text, generated = message_text(text, echoed)
         msg = Message(
             channel=conv.id,
             ts=self.next_ts(now),
-            text=text,
-            blocks=normalize_blocks(blocks or [], self._new_id),
+            text=stored_text,
+            text_generated=generated,
+            blocks=echoed,
             user=bot.user_id,
             bot_id=bot.bot_id,
             app_id=bot.app_id,
@@ -301,21 +321,30 @@ class WorkspaceState:
         text: str | None = None,
         blocks: list[dict[str, Any]] | None = None,
         attachments: list[Any] | None = None,
+        replace: bool = False,
     ) -> Message:
-        """Edit a bot message; fields left as None keep their old value (as Slack's chat.update does)."""
+        """Edit a bot message; fields left as None keep their old value (as Slack's chat.update does).
+
+        Exceptions: a text Slack generated from the old blocks is generated again from new blocks (Decision:
+        the fallback describes the blocks it was built from), and so is a text not given with ``replace``
+        (``replace_original`` replaces the whole message). ``edited`` is set as in the captures (note
+        §1.15: the bot id as ``user``, a whole-second ``ts``)."""
         conv = self.conversation(channel)
         msg = self.messages.get((conv.id, ts))
         if msg is None:
             raise SlackError("message_not_found")
         if msg.user != self.workspace.bot.user_id:
             raise SlackError("cant_update_message")
-        if text is not None:
-            msg.text = text
         if blocks is not None:
-            msg.blocks = normalize_blocks(blocks, self._new_id)
+            msg.blocks = echo_blocks(blocks)
+        if text:
+            msg.text, msg.text_generated = text, False
+        elif blocks is not None and (replace or msg.text_generated or not msg.text):
+            msg.text, msg.text_generated = message_text(None, msg.blocks)
         if attachments is not None:
             msg.attachments = attachments
-        msg.edited = {"user": self.workspace.bot.user_id, "ts": self.next_ts(now)}
+        bot = self.workspace.bot
+        msg.edited = {"user": bot.bot_id or bot.user_id, "ts": f"{int(now)}.000000"}
         self._changed()
         return msg
 
@@ -332,7 +361,7 @@ class WorkspaceState:
         channel: str,
         user: str,
         *,
-        text: str,
+        text: str | None,
         blocks: list[dict[str, Any]] | None,
         now: float,
         thread_ts: str | None = None,
@@ -344,12 +373,13 @@ class WorkspaceState:
             raise SlackError("user_not_found")
         if user not in conv.members:
             raise SlackError("user_not_in_channel")
+        echoed = echo_blocks(blocks or [])
         eph = Ephemeral(
             channel=conv.id,
             ts=self.next_ts(now),
             user=user,
-            text=text,
-            blocks=normalize_blocks(blocks or [], self._new_id),
+            text=message_text(text, echoed)[0],
+            blocks=echoed,
             thread_ts=thread_ts,
         )
         self.ephemerals[(conv.id, eph.ts)] = eph
@@ -392,7 +422,7 @@ class WorkspaceState:
         """Open (or push, with ``previous``) a modal for ``user``. ``spec`` must be valid already."""
         bot = self.workspace.bot
         view_id = f"V{next(self._ids):010d}"
-        spec = {**spec, "blocks": normalize_blocks(spec.get("blocks", []), self._new_id)}
+        spec = echo_view(spec)
         view = View(
             id=view_id,
             team_id=self.workspace.team.id,
@@ -430,7 +460,7 @@ class WorkspaceState:
         view = self.find_view(view_id, external_id)
         if hash_ is not None and hash_ != view.hash:
             raise SlackError("hash_conflict")
-        view.spec = {**spec, "blocks": normalize_blocks(spec.get("blocks", []), self._new_id)}
+        view.spec = echo_view(spec)
         view.hash = f"{int(now)}.{secrets.token_hex(4)}"
         view.errors = {}
         self._changed()
@@ -480,10 +510,12 @@ class WorkspaceState:
         self.ephemerals.pop((channel, ts), None)
         self._changed()
 
-    def replace_ephemeral(self, eph: Ephemeral, text: str, blocks: list[dict[str, Any]] | None) -> None:
+    def replace_ephemeral(
+        self, eph: Ephemeral, text: str | None, blocks: list[dict[str, Any]] | None
+    ) -> None:
         """Replace an ephemeral message's content (``replace_original`` from its response URL)."""
-        eph.text = text
-        eph.blocks = normalize_blocks(blocks or [], self._new_id)
+        eph.blocks = echo_blocks(blocks or [])
+        eph.text = message_text(text, eph.blocks)[0]
         self._changed()
 
     # -- snapshot --------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def chat_post_message(state: WorkspaceState, params: Params, now: float) -> dict
     metadata = _json(params, "metadata")
     msg = state.post_message(
         channel,
-        text=text or "",
+        text=text,
         blocks=blocks,
         now=now,
         thread_ts=_str(params, "thread_ts"),
@@ -158,7 +158,7 @@ def chat_post_ephemeral(state: WorkspaceState, params: Params, now: float) -> di
     blocks = _blocks(params)
     text = _message_text(params, blocks, _attachments(params))
     eph = state.post_ephemeral(
-        channel, user, text=text or "", blocks=blocks, now=now, thread_ts=_str(params, "thread_ts")
+        channel, user, text=text, blocks=blocks, now=now, thread_ts=_str(params, "thread_ts")
     )
     return {"ok": True, "message_ts": eph.ts}
 

@@ -4,6 +4,7 @@ Bolt ``AsyncApp`` served the same way as "the bot"."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import threading
 import time
@@ -166,3 +167,41 @@ def bot(emu: RunningEmulator) -> Iterator[RunningBot]:
     with serve_in_thread(handler, "bot") as url:
         emu.client.set_bot_url(url + "/slack/events")
         yield RunningBot(url + "/slack/events", record)
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, one per test module (skips when it is not installed)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium not installed: apt-get install -y chromium to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page (own context: no localStorage carried between tests)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        yield page
+    finally:
+        context.close()

@@ -1,9 +1,8 @@
-"""The emulator page in headless Chromium: pick a user, click Approve on the posted card, deny with reason."""
+"""The emulator page in headless Chromium: pick a user, click Approve on the posted card, deny with reason.
+(The ``browser`` and ``page`` fixtures are in conftest.py.)"""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,43 +12,6 @@ from tests.emulator.conftest import BOT_TOKEN, RunningBot, RunningEmulator
 from tests.emulator.test_interactions import CARD
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright, shared by this module (skips when it is not installed)."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium not installed: apt-get install -y chromium to run the browser test")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page (own context: no localStorage carried between tests)."""
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def post_card(emu: RunningEmulator, text: str) -> str:

@@ -126,7 +126,7 @@ def test_update_keeps_fields_not_given_and_marks_edited(web: WebClient, emu: Run
     stored = emu.client.message("C0DEPLOYS", ts)
     assert stored["text"] == "approved"
     assert stored["blocks"][0]["text"]["text"] == SECTION["text"]["text"]  # type: ignore[index]
-    assert stored["edited"]["user"] == "U0KEYTURNBOT"
+    assert stored["edited"]["user"] == "B0KEYTURN"  # the bot id, as Slack (note §1.15)
 
 
 def test_update_errors(web: WebClient) -> None:

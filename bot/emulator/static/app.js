@@ -50,63 +50,207 @@ function describeDelivery(what, result) {
   return `${what}: the bot answered HTTP ${d.response.status}`;
 }
 
-// ---- mrkdwn --------------------------------------------------------------------------------------------
+// ---- text: plain_text and mrkdwn, rendered as Slack's client shows them ---------------------------------
+// Stored text is what Slack echoes (docs/emulator.md, "How the emulator echoes blocks"): plain_text is
+// entity-escaped, mrkdwn keeps its control sequences. Everything below builds DOM nodes from text nodes only.
+// Unicode format characters (U+200B, U+00AD, U+2060 …) are neither stripped nor shown: the browser renders
+// them invisibly, as Slack's client does.
 
 const ENTITIES = { "&lt;": "<", "&gt;": ">", "&amp;": "&" };
 function unescapeSlack(text) {
   return text.replace(/&(lt|gt|amp);/g, (m) => ENTITIES[m]);
 }
 
+// Common emoji codes; an unknown :code: stays as text, as Slack shows a code it does not know.
+const EMOJI = {
+  "+1": "👍", "-1": "👎", "100": "💯", alarm_clock: "⏰", arrow_down: "⬇️", arrow_left: "⬅️",
+  arrow_right: "➡️", arrow_up: "⬆️", bangbang: "‼️", bell: "🔔", bomb: "💣", boom: "💥", bug: "🐛",
+  bulb: "💡", calendar: "📆", clap: "👏", clipboard: "📋", clock1: "🕐", closed_lock_with_key: "🔐",
+  construction: "🚧", cry: "😢", date: "📅", dart: "🎯", eyes: "👀", fire: "🔥", gear: "⚙️", ghost: "👻",
+  green_circle: "🟢", grinning: "😀", hammer: "🔨", heart: "❤️", heavy_check_mark: "✔️",
+  heavy_minus_sign: "➖", heavy_multiplication_x: "✖️", heavy_plus_sign: "➕", hourglass: "⌛",
+  hourglass_flowing_sand: "⏳", information_source: "ℹ️", key: "🔑", large_blue_circle: "🔵",
+  large_green_circle: "🟢", large_yellow_circle: "🟡", link: "🔗", lock: "🔒", mag: "🔍", memo: "📝",
+  no_bell: "🔕", no_entry: "⛔", no_entry_sign: "🚫", octagonal_sign: "🛑", ok: "🆗", ok_hand: "👌",
+  one: "1️⃣", two: "2️⃣", three: "3️⃣", four: "4️⃣", five: "5️⃣", package: "📦", pencil: "📝",
+  pencil2: "✏️", point_right: "👉", pray: "🙏", question: "❓", exclamation: "❗", raised_hands: "🙌",
+  red_circle: "🔴", robot_face: "🤖", rocket: "🚀", rotating_light: "🚨", shield: "🛡️", ship: "🚢",
+  slightly_smiling_face: "🙂", smile: "😄", sparkles: "✨", star: "⭐", stop_sign: "🛑", stopwatch: "⏱️",
+  tada: "🎉", thumbsdown: "👎", thumbsup: "👍", timer_clock: "⏲️", unlock: "🔓", warning: "⚠️",
+  wave: "👋", white_check_mark: "✅", x: "❌", zap: "⚡",
+};
+const EMOJI_CODE = /:([a-z0-9_+'-]+):/g;
+
+function emojify(text) {
+  return text.replace(EMOJI_CODE, (m, name) => (Object.hasOwn(EMOJI, name) ? EMOJI[name] : m));
+}
+
 function userName(id) {
   const u = ui.state && ui.state.users.find((x) => x.id === id);
-  return u ? u.name : id;
+  return u ? u.name : null;
 }
 
-function renderControl(inner) {
-  // Slack's <...> control sequences: mentions, channels, special mentions, links.
-  const [target, label] = inner.split("|", 2);
-  if (target.startsWith("@")) return el("span", { class: "mention" }, "@" + (label || userName(target.slice(1))));
-  if (target.startsWith("#")) return el("span", { class: "mention" }, "#" + (label || target.slice(1)));
-  if (target.startsWith("!subteam^")) return el("span", { class: "mention" }, label || "@group");
-  if (target.startsWith("!")) return el("span", { class: "mention" }, "@" + target.slice(1).split("^")[0]);
-  if (/^(https?:\/\/|mailto:)/i.test(target)) {
-    return el("a", { href: target, target: "_blank", rel: "noopener noreferrer" }, unescapeSlack(label || target));
+function appendLines(parent, text) {
+  // Newlines are line breaks, as in Slack; other whitespace is kept (CSS white-space: pre-wrap).
+  text.split("\n").forEach((line, i) => {
+    if (i > 0) parent.append(el("br"));
+    if (line) parent.append(document.createTextNode(line));
+  });
+}
+
+// plain_text: entities decoded, :codes: as emoji when `emoji` is true (missing counts as true, as Slack).
+function plainString(obj) {
+  if (!obj || typeof obj.text !== "string") return "";
+  const text = unescapeSlack(obj.text);
+  return obj.emoji === false ? text : emojify(text);
+}
+
+function renderPlain(obj) {
+  const out = el("span", { class: "plain" });
+  appendLines(out, plainString(obj));
+  return out;
+}
+
+// ---- mrkdwn ----
+
+function controlTarget(inner) {
+  const bar = inner.indexOf("|");
+  return bar < 0 ? [inner, ""] : [inner.slice(0, bar), inner.slice(bar + 1)];
+}
+
+// Slack's <…> control sequences. Returns a node (chip or link), or text for what Slack shows as text.
+function renderControl(inner, plainOnly) {
+  const [target, rawLabel] = controlTarget(inner);
+  const label = unescapeSlack(rawLabel);
+  const st = ui.state || { users: [], channels: [], groups: [] };
+  const chip = (text) => (plainOnly ? document.createTextNode(text) : el("span", { class: "mention" }, text));
+  if (target.startsWith("@")) { // Slack shows the user's current name, whatever label was sent
+    return chip("@" + (userName(target.slice(1)) || label || target.slice(1)));
   }
-  return document.createTextNode("<" + unescapeSlack(inner) + ">");
+  if (target.startsWith("#")) {
+    const channel = st.channels.find((c) => c.id === target.slice(1));
+    return chip("#" + (channel ? channel.name : label || target.slice(1)));
+  }
+  if (target.startsWith("!subteam^")) {
+    const group = (st.groups || []).find((g) => g.id === target.slice("!subteam^".length));
+    return chip(group ? "@" + group.handle : label || "@group");
+  }
+  if (target.startsWith("!date^")) return document.createTextNode(label || target); // the fallback text
+  if (target.startsWith("!")) {
+    const name = target.slice(1).split("^")[0];
+    if (["here", "channel", "everyone"].includes(name)) return chip("@" + name);
+    return document.createTextNode(label || "<" + unescapeSlack(inner) + ">");
+  }
+  const url = unescapeSlack(target);
+  const shown = label || url;
+  if (!plainOnly && /^(https?:\/\/|mailto:)/i.test(url)) {
+    return el("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, shown);
+  }
+  return plainOnly ? document.createTextNode(shown) : el("span", { class: "link", title: url }, shown);
 }
 
-function renderInline(text, parent) {
-  // `code`, *bold*, _italic_, ~strike~ — one level, as Slack mostly renders them.
-  const pattern = /`([^`]+)`|\*([^*\n]+)\*|_([^_\n]+)_|~([^~\n]+)~/g;
+// Atoms are parts of a line that formatting never splits: code spans, control sequences and emoji codes.
+// A line becomes an array of single characters and atom objects; the formatting parser walks that array.
+const ATOM = /`([^`\n]+)`|<([^<>\n]+)>|:([a-z0-9_+'-]+):/g;
+
+function tokenize(line) {
+  const items = [];
+  const pushText = (raw) => { for (const ch of unescapeSlack(raw)) items.push(ch); };
   let last = 0;
-  for (const m of text.matchAll(pattern)) {
-    if (m.index > last) parent.append(document.createTextNode(unescapeSlack(text.slice(last, m.index))));
-    const [tag, body] = m[1] !== undefined ? ["code", m[1]] : m[2] !== undefined ? ["b", m[2]]
-      : m[3] !== undefined ? ["i", m[3]] : ["s", m[4]];
-    parent.append(el(tag, {}, unescapeSlack(body)));
+  for (const m of line.matchAll(ATOM)) {
+    pushText(line.slice(last, m.index));
+    if (m[1] !== undefined) items.push({ node: () => renderCode(m[1]) });
+    else if (m[2] !== undefined) items.push({ node: () => renderControl(m[2], false) });
+    else items.push({ node: () => document.createTextNode(Object.hasOwn(EMOJI, m[3]) ? EMOJI[m[3]] : m[0]) });
     last = m.index + m[0].length;
   }
-  if (last < text.length) parent.append(document.createTextNode(unescapeSlack(text.slice(last))));
+  pushText(line.slice(last));
+  return items;
+}
+
+function renderCode(raw) {
+  // Inside code nothing is formatted; control sequences show their text (no chip, no link).
+  const out = el("code", {});
+  let last = 0;
+  for (const m of raw.matchAll(/<([^<>\n]+)>/g)) {
+    out.append(document.createTextNode(unescapeSlack(raw.slice(last, m.index))));
+    out.append(renderControl(m[1], true));
+    last = m.index + m[0].length;
+  }
+  out.append(document.createTextNode(unescapeSlack(raw.slice(last))));
+  return out;
+}
+
+const STYLE_TAG = { "*": "b", _: "i", "~": "s" };
+const isSpace = (x) => typeof x === "string" && /\s/.test(x);
+const isWordChar = (x) => typeof x === "string" && /[\p{L}\p{N}]/u.test(x);
+
+// *bold*, _italic_, ~strike~ as Slack applies them: the opening mark not after a letter or digit and not
+// before a space, the closing one not after a space and not before a letter or digit; marks nest.
+function renderItems(items, start, end, parent) {
+  let buf = "";
+  const flush = () => { if (buf) { parent.append(document.createTextNode(buf)); buf = ""; } };
+  for (let i = start; i < end; i++) {
+    const item = items[i];
+    if (typeof item !== "string") { flush(); parent.append(item.node()); continue; }
+    const tag = STYLE_TAG[item];
+    if (tag && !isWordChar(items[i - 1]) && i + 1 < end && !isSpace(items[i + 1]) && items[i + 1] !== item) {
+      let j = i + 1;
+      for (; j < end; j++) {
+        if (items[j] === item && !isSpace(items[j - 1]) && j > i + 1 && !isWordChar(items[j + 1])) break;
+      }
+      if (j < end) {
+        flush();
+        const node = el(tag, {});
+        renderItems(items, i + 1, j, node);
+        parent.append(node);
+        i = j;
+        continue;
+      }
+    }
+    buf += item;
+  }
+  flush();
+}
+
+function renderLine(line, parent) {
+  const items = tokenize(line);
+  renderItems(items, 0, items.length, parent);
 }
 
 function renderMrkdwn(text) {
   const out = el("span", { class: "mrkdwn" });
-  text.split("\n").forEach((line, i) => {
-    if (i > 0) out.append(el("br"));
-    let last = 0;
-    for (const m of line.matchAll(/<([^<>]+)>/g)) {
-      renderInline(line.slice(last, m.index), out);
-      out.append(renderControl(m[1]));
-      last = m.index + m[0].length;
+  // ```pre``` blocks first: their content is shown as written (entities decoded), never formatted.
+  const parts = text.split(/```([\s\S]*?)```/);
+  parts.forEach((part, k) => {
+    if (k % 2 === 1) {
+      const pre = el("pre", {});
+      pre.append(...renderCode(part.replace(/^\n/, "")).childNodes);
+      out.append(pre);
+      return;
     }
-    renderInline(line.slice(last), out);
+    // A pre block is a block of its own: the line break right before or after it is not shown again.
+    if (k > 0) part = part.replace(/^\n/, "");
+    if (k < parts.length - 1) part = part.replace(/\n$/, "");
+    if (!part) return;
+    part.split("\n").forEach((line, i) => {
+      if (i > 0) out.append(el("br"));
+      const quote = /^(&gt;|>) ?/.exec(line);
+      if (quote) {
+        const q = el("span", { class: "quote" });
+        renderLine(line.slice(quote[0].length), q);
+        out.append(q);
+      } else {
+        renderLine(line, out);
+      }
+    });
   });
   return out;
 }
 
 function renderText(obj) {
   if (!obj || typeof obj.text !== "string") return el("span");
-  return obj.type === "mrkdwn" ? renderMrkdwn(obj.text) : el("span", {}, obj.text);
+  return obj.type === "mrkdwn" ? renderMrkdwn(obj.text) : renderPlain(obj);
 }
 
 // ---- Block Kit -----------------------------------------------------------------------------------------
@@ -116,13 +260,13 @@ function askConfirm(confirm) {
     ui.confirmOpen = true;
     const done = (answer) => { ui.confirmOpen = false; closeDialog(); resolve(answer); };
     openDialog(
-      el("h2", {}, (confirm.title && confirm.title.text) || "Are you sure?"),
+      el("h2", {}, plainString(confirm.title) || "Are you sure?"),
       el("p", {}, renderText(confirm.text)),
       el("div", { class: "buttons" },
         el("button", { type: "button", id: "confirm-deny", onclick: () => done(false) },
-          (confirm.deny && confirm.deny.text) || "Cancel"),
+          plainString(confirm.deny) || "Cancel"),
         el("button", { type: "button", id: "confirm-ok", class: confirm.style === "danger" ? "danger" : "primary",
-          onclick: () => done(true) }, (confirm.confirm && confirm.confirm.text) || "Yes")),
+          onclick: () => done(true) }, plainString(confirm.confirm) || "Yes")),
     );
   });
 }
@@ -143,12 +287,12 @@ function renderElement(element, source) {
       class: element.style || "",
       dataset: { actionId: element.action_id || "" },
       onclick: () => click(source, element, element.value),
-    }, (element.text && element.text.text) || "");
+    }, renderPlain(element.text));
   }
   if (element.type === "static_select" || element.type === "overflow") {
     const select = el("select", { dataset: { actionId: element.action_id || "" } },
-      el("option", { value: "" }, (element.placeholder && element.placeholder.text) || "Choose…"));
-    for (const opt of element.options || []) select.append(el("option", { value: opt.value }, opt.text.text));
+      el("option", { value: "" }, plainString(element.placeholder) || "Choose…"));
+    for (const opt of element.options || []) select.append(el("option", { value: opt.value }, plainString(opt.text)));
     select.addEventListener("change", () => { if (select.value) click(source, element, select.value); });
     return select;
   }
@@ -162,9 +306,11 @@ function renderBlock(block, source) {
     case "header": node.append(renderText(block.text)); break;
     case "divider": node.append(el("hr")); break;
     case "section": {
-      if (block.text) node.append(el("div", {}, renderText(block.text)));
-      if (block.fields) node.append(el("div", { class: "fields" }, ...block.fields.map((f) => el("div", {}, renderText(f)))));
-      if (block.accessory) node.append(renderElement(block.accessory, source));
+      const body = el("div", { class: "section-body" });
+      if (block.text) body.append(el("div", {}, renderText(block.text)));
+      if (block.fields) body.append(el("div", { class: "fields" }, ...block.fields.map((f) => el("div", {}, renderText(f)))));
+      node.append(body);
+      if (block.accessory) { node.classList.add("has-accessory"); node.append(renderElement(block.accessory, source)); }
       break;
     }
     case "context":
@@ -183,7 +329,7 @@ function renderBlock(block, source) {
 
 function renderMessage(msg, extraClass) {
   const source = { channel: msg.channel, ts: msg.ts };
-  const author = msg.subtype === "ephemeral" ? "keyturn (only visible to you)" : userName(msg.user);
+  const author = msg.subtype === "ephemeral" ? "keyturn (only visible to you)" : userName(msg.user) || msg.user;
   const when = new Date(parseFloat(msg.ts) * 1000).toLocaleTimeString();
   const node = el("div", { class: "message " + (extraClass || ""), dataset: { ts: msg.ts } },
     el("div", { class: "meta" }, el("b", {}, author), when, msg.edited ? el("span", { class: "edited" }, "(edited)") : null));
@@ -223,9 +369,9 @@ function renderView(view) {
       ? el("textarea", { id, rows: "3", dataset: { blockId: block.block_id } })
       : el("input", { id, dataset: { blockId: block.block_id } });
     if (element.initial_value) field.value = element.initial_value;
-    if (element.placeholder) field.placeholder = element.placeholder.text;
+    if (element.placeholder) field.placeholder = plainString(element.placeholder);
     inputs.push({ block, element, field });
-    form.append(el("label", { for: id }, (block.label && block.label.text) || ""), field);
+    form.append(el("label", { for: id }, plainString(block.label)), field);
     const error = view.errors && view.errors[block.block_id];
     if (error) form.append(el("div", { class: "input-error" }, error));
   }
@@ -245,11 +391,11 @@ function renderView(view) {
     refresh();
   };
   openDialog(
-    el("h2", {}, (view.title && view.title.text) || ""),
+    el("h2", {}, plainString(view.title)),
     form,
     el("div", { class: "buttons" },
-      el("button", { type: "button", id: "view-close", onclick: close }, (view.close && view.close.text) || "Cancel"),
-      view.submit ? el("button", { type: "submit", id: "view-submit", class: "primary", form: "view-form" }, view.submit.text) : null),
+      el("button", { type: "button", id: "view-close", onclick: close }, plainString(view.close) || "Cancel"),
+      view.submit ? el("button", { type: "submit", id: "view-submit", class: "primary", form: "view-form" }, plainString(view.submit)) : null),
   );
   ui.dialogViewId = view.id + ":" + view.hash + ":" + JSON.stringify(view.errors || {});
 }
