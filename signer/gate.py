@@ -204,12 +204,26 @@ def _fetch(url: str, timeout_s: float) -> bytes:
     URL cannot be downgraded to plain http, nor a loopback one sent elsewhere in clear text."""
     import http.client
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    def check(target: str) -> None:
+        if not keyset_url_allowed(target):
+            raise GateError(UNTRUSTED_KEYSET, f"refusing redirect of the keyset URL to {target}")
+
     class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
+        def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+            # Checked before urllib's own scheme check, so every redirect breaking the rule (file://, ftp://,
+            # plain http elsewhere) is refused with the same code.
+            location = headers.get("location") or headers.get("uri")
+            if location is not None:
+                check(urllib.parse.urljoin(req.full_url, location))
+            return super().http_error_302(req, fp, code, msg, headers)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
         def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-            if not keyset_url_allowed(newurl):
-                raise GateError(UNTRUSTED_KEYSET, f"refusing redirect of the keyset URL to {newurl}")
+            check(newurl)  # the URL urllib will actually request
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     opener = urllib.request.build_opener(_CheckedRedirect)
