@@ -60,7 +60,10 @@ def _run_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpars
     command ran.
     """
     args = list(argv)
-    if any(a in HELP_ARGS for a in args) and len(args) != 1:
+    # -hx (short options bundled) and --he (an abbreviation) would print help too.
+    if any(a.startswith("-h") or (len(a) > 2 and "--help".startswith(a)) for a in args) and not (
+        len(args) == 1 and args[0] in HELP_ARGS
+    ):
         print(f"{parser.prog}: -h/--help must be the only argument", file=sys.stderr)
         return USAGE
     try:
