@@ -60,10 +60,11 @@ def _run_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpars
     command ran.
     """
     args = list(argv)
-    # -hx (short options bundled) and --he (an abbreviation) would print help too.
-    if any(a.startswith("-h") or (len(a) > 2 and "--help".startswith(a)) for a in args) and not (
-        len(args) == 1 and args[0] in HELP_ARGS
-    ):
+    options = args[: args.index("--")] if "--" in args else args
+    # Before "--", -hx (bundled short options) and --he (an abbreviation) would print help too; after it they
+    # are operands (a key id may start with "-h"), but a bare -h/--help is refused anywhere.
+    help_like = any(a.startswith("-h") or (len(a) > 2 and "--help".startswith(a)) for a in options)
+    if (help_like or any(a in HELP_ARGS for a in args)) and not (len(args) == 1 and args[0] in HELP_ARGS):
         print(f"{parser.prog}: -h/--help must be the only argument", file=sys.stderr)
         return USAGE
     try:

@@ -127,6 +127,7 @@ def test_audit_verify_help_among_args_does_not_pass(tmp_path: Path) -> None:
         ["audit", "verify", "--he"],
         ["audit", "verify", "--help=x", str(log)],
         ["audit", "verify", "-hx", str(log)],
+        ["audit", "verify", "--", "-h"],
     ):
         p = keyturn(argv, cwd=tmp_path)
         assert p.returncode == 2, argv
