@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE_EXIT = 2
+HELP_ARGS = ("-h", "--help", "help")
 
 
 def _usage() -> str:
@@ -47,9 +48,17 @@ def _resolve(target: str) -> Callable[[Sequence[str]], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``keyturn <command> ...`` and return its exit code (2 for usage errors)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage(), file=sys.stdout if args else sys.stderr)
-        return 0 if args else USAGE_EXIT
+    if not args:
+        print(_usage(), file=sys.stderr)
+        return USAGE_EXIT
+    if args[0] in HELP_ARGS:
+        # Help exits 0 only alone: `keyturn -h verify …` (a CI variable in front of the command) must not
+        # skip the gate and still pass.
+        if len(args) == 1:
+            print(_usage())
+            return 0
+        print(f"keyturn: {args[0]} must be the only argument\n\n{_usage()}", file=sys.stderr)
+        return USAGE_EXIT
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"keyturn: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

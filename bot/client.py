@@ -1,15 +1,17 @@
 """``keyturn request``: ask the bot for an approval from CI and, with ``--wait``, wait for a verified receipt.
 
-Standard library HTTP (urllib) plus the offline verifier (``signer.verify``): a pipeline needs nothing else.
-The CI secret comes from ``KEYTURN_CI_SECRET`` only (never a flag: flags end up in process lists and logs).
+Standard library HTTP (urllib) plus the gate (``signer.gate``), the same receipt check as ``keyturn verify``:
+same keyset source rules, same development-key refusal, same exact-scope verification. A pipeline needs
+nothing else. The CI secret comes from ``KEYTURN_CI_SECRET`` only (never a flag: flags end up in process lists
+and logs). Arguments follow the gate commands' rules (``signer.cli_args``): ``-h`` is help only alone.
 
 Exit codes — never 0 on doubt:
 
 * 0  approved, and the receipt verified offline against ``--keys`` for exactly this scope (``--wait`` only)
-* 1  denied, expired, cancelled, an invalid receipt, or (without ``--wait``) not approved yet
-* 2  usage or configuration error (bad arguments, no secret, no keyset, request refused as invalid or
-     unauthorized)
-* 3  the bot cannot be reached, or the wait timed out
+* 1  denied, expired, cancelled, a receipt the gate refused, or (without ``--wait``) not approved yet
+* 2  usage or configuration error (bad arguments, no secret, no keyset, a keyset the gate refuses to load,
+     request refused as invalid or unauthorized)
+* 3  the bot or the keyset URL cannot be reached, or the wait timed out
 
 The keyset must come from a trusted place (a pinned file, or the bot's ``/v1/keys`` over TLS you trust),
 never from the checkout being deployed: whoever controls the keyset controls what verifies.
@@ -17,31 +19,37 @@ never from the checkout being deployed: whoever controls the keyset controls wha
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import http.client
 import json
 import os
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from signer import gate
+from signer.cli_args import UsageError, parse, wants_help
+from signer.receipt import Scope
 
 if TYPE_CHECKING:
     from signer.keyset import PublicKeyset
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 MAX_POLL = 60
-MAX_KEYSET_BYTES = 1024 * 1024
-KEYSET_FETCH_TIMEOUT = 10.0  # as `keyturn verify`: a keyset is small; a server this slow is not serving it
 SECRET_ENV = "KEYTURN_CI_SECRET"  # noqa: S105 - the variable name, not a secret
+
+# The gate's keyset refusals as exit codes (docs/api.md). The keyset is loaded before anything is posted, so
+# a keyset the gate will not use is a configuration error (2), except one that cannot be fetched right now,
+# which is like an unreachable bot (3). Every refusal of the receipt itself is 1 (see _verify).
+_KEYSET_EXIT = {gate.KEYSET_UNAVAILABLE: UNREACHABLE}
 
 
 class Exit(Exception):
@@ -54,15 +62,15 @@ class Exit(Exception):
 
 
 def parse_duration(text: str) -> float:
-    """``"45s"``, ``"30m"``, ``"2h"``, ``"1d"`` or plain seconds."""
+    """``"45s"``, ``"30m"``, ``"2h"``, ``"1d"`` or plain seconds; ``UsageError`` otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     raw = text.strip()
     try:
         value = float(int(raw[:-1]) * units[raw[-1]]) if raw and raw[-1] in units else float(int(raw))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 2h, 90)") from None
+        raise UsageError(f"not a duration: {text!r} (use e.g. 30m, 2h, 90)") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError("the timeout must be positive")
+        raise UsageError("the timeout must be positive")
     return value
 
 
@@ -109,119 +117,121 @@ class BotClient:
         return status, data if isinstance(data, dict) else {}
 
 
-def _fetch(url: str, timeout: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
-        data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
-        return data
-
-
-def _fetch_within(url: str, timeout: float) -> bytes:
-    """GET ``url`` within ``timeout`` s in all. The socket timeout bounds each read, not a server trickling a
-    byte now and then, so the fetch runs in a daemon thread that is abandoned at the deadline."""
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["data"] = _fetch(url, timeout)
-        except Exception as exc:  # handed to the caller's thread below
-            box["error"] = exc
-
-    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise Exit(UNREACHABLE, f"cannot fetch the keyset from {url}: no answer within {timeout:g} s")
-    error = box.get("error")
-    if isinstance(error, urllib.error.HTTPError):
-        raise Exit(UNREACHABLE, f"cannot fetch the keyset from {url}: HTTP {error.code}")
-    if isinstance(error, urllib.error.URLError | OSError | http.client.HTTPException):
-        raise Exit(UNREACHABLE, f"cannot fetch the keyset from {url}: {error}")
-    if isinstance(error, ValueError):
-        raise Exit(USAGE, f"not a usable keyset URL: {url}")
-    if error is not None:
-        raise error
-    data: bytes = box["data"]
-    return data
-
-
-def _load_keyset(source: str, timeout: float) -> bytes:
-    if source.startswith(("http://", "https://")):
-        data = _fetch_within(source, timeout)
-    else:
-        try:
-            with open(source, "rb") as f:  # capped: /dev/zero or a huge file must not eat the runner
-                data = f.read(MAX_KEYSET_BYTES + 1)
-        except OSError as exc:
-            raise Exit(USAGE, f"cannot read the keyset {source}: {exc.strerror}") from None
-    if len(data) > MAX_KEYSET_BYTES:
-        raise Exit(USAGE, f"invalid keyset: larger than {MAX_KEYSET_BYTES} bytes")
-    return data
-
-
-def parse_keyset(keyset_bytes: bytes) -> PublicKeyset:
-    """The trusted keyset, parsed; ``Exit(2)`` if it is not one. Checked before asking for approval, so a
-    broken keyset fails the job at once instead of after people have approved."""
-    from signer.errors import KeyturnError
-    from signer.keyset import PublicKeyset
-
+def _load_keyset(source: str, args: RequestArgs) -> PublicKeyset:
+    """The trusted keyset through the gate, ``Exit`` if the gate refuses it. Called before asking for
+    approval, so a broken or untrusted keyset fails the job at once instead of after people have approved."""
     try:
-        return PublicKeyset.from_jwks(keyset_bytes)
-    except (KeyturnError, ValueError, RecursionError) as exc:
-        raise Exit(USAGE, f"invalid keyset: {exc}") from None
+        return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout)
+    except gate.GateError as exc:
+        raise Exit(_KEYSET_EXIT.get(exc.code, USAGE), f"REJECTED {exc.code}: {exc.message}") from None
 
 
-def verify(receipt: bytes, keyset: PublicKeyset, args: argparse.Namespace, now: datetime) -> str:
-    """Verify ``receipt`` offline for exactly the requested scope; the one-line summary, or ``Exit(1)``."""
-    from signer.errors import KeyturnError
-    from signer.receipt import Scope
-    from signer.verify import verify_receipt
-
+def _verify(receipt: bytes, keyset: PublicKeyset, args: RequestArgs, now: datetime) -> str:
+    """The gate's check of ``receipt`` for exactly the requested scope: its summary line, or ``Exit(1)``."""
     try:
-        verified = verify_receipt(
-            receipt,
-            keyset,
-            Scope(args.repo, args.sha, args.env, args.workflow),
-            now,
-            allow_dev_keys=args.allow_dev_keys,
-        )
-    except KeyturnError as exc:
-        raise Exit(REFUSED, f"REJECTED {exc.code}: {exc}") from None
-    except Exception as exc:  # any surprise in verification is a rejection, never a pass
-        raise Exit(REFUSED, f"REJECTED invalid_receipt: {type(exc).__name__}") from None
+        verified = gate.check_receipt(receipt, keyset, args.scope, now, allow_dev_keys=args.allow_dev_keys)
+    except gate.GateError as exc:
+        raise Exit(REFUSED, f"REJECTED {exc.code}: {exc.message}") from None
     return verified.summary()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="keyturn request",
-        description="Ask Keyturn for a deploy approval; with --wait, wait for it and verify the receipt. "
-        f"The CI secret is read from ${SECRET_ENV}.",
-        epilog="Exit codes: 0 approved with a verified receipt; 1 denied/expired/cancelled/invalid (or not "
-        "approved yet without --wait); 2 usage; 3 bot unreachable or timed out.",
-    )
-    p.add_argument("--url", required=True, help="the bot's base URL, e.g. https://keyturn.example.com")
-    p.add_argument("--repo", required=True, help="owner/name")
-    p.add_argument("--sha", required=True, help="the full commit sha being deployed")
-    p.add_argument("--env", required=True, help="the environment (as in the policy)")
-    p.add_argument("--workflow", required=True, help="the workflow doing the deploy, e.g. deploy.yml")
-    p.add_argument("--requester", required=True, help="who asks, e.g. github:alice or alice@example.com")
-    p.add_argument("--ref", help="branch or tag (shown on the card)")
-    p.add_argument("--run-url", help="link to the pipeline run (shown on the card)")
-    p.add_argument("--title", help="a short title (shown on the card)")
-    p.add_argument("--callback-url", help="where the bot POSTs the outcome")
-    p.add_argument("--wait", action="store_true", help="wait for the decision and fetch the receipt")
-    p.add_argument("--timeout", type=parse_duration, default=1800.0, help="how long to wait (default 30m)")
-    p.add_argument("--out", help="write the verified receipt here (default: stdout)")
-    p.add_argument(
-        "--keys", help="trusted public keyset (file or URL) to verify the receipt; required with --wait"
-    )
-    p.add_argument(
-        "--allow-dev-keys", action="store_true", help="accept receipts signed by `keyturn dev` keys"
-    )
-    return p
+REQUEST_USAGE = f"""\
+usage: keyturn request --url URL --repo REPO --sha SHA --env ENV --workflow WORKFLOW --requester WHO
+                       [--ref REF] [--run-url URL] [--title TITLE] [--callback-url URL]
+                       [--wait --keys KEYSET [--timeout DURATION] [--out FILE]]
+                       [--allow-dev-keys] [--trust-keys-in-checkout]
+
+Ask Keyturn for a deploy approval; with --wait, wait for it, fetch the receipt and verify it offline
+with the same check as `keyturn verify`. The CI secret is read from ${SECRET_ENV}.
+
+arguments:
+  --url URL                 the bot's base URL, e.g. https://keyturn.example.com
+  --repo REPO               owner/name
+  --sha SHA                 the full commit sha being deployed
+  --env ENV                 the environment (as in the policy)
+  --workflow WORKFLOW       the workflow doing the deploy, e.g. deploy.yml
+  --requester WHO           who asks, e.g. github:alice or alice@example.com
+  --ref REF                 branch or tag (shown on the card)
+  --run-url URL             link to the pipeline run (shown on the card)
+  --title TITLE             a short title (shown on the card)
+  --callback-url URL        where the bot POSTs the outcome
+  --wait                    wait for the decision, fetch and verify the receipt
+  --timeout DURATION        how long to wait, e.g. 30m, 2h, 90 (default 30m)
+  --out FILE                write the verified receipt here (default: stdout)
+  --keys KEYSET             trusted public keyset (a file, or an https URL); required with --wait
+  --allow-dev-keys          accept receipts signed by `keyturn dev` keys (never in production)
+  --trust-keys-in-checkout  accept a keyset file inside the current git checkout (normally refused)
+
+Exit codes: 0 approved with a verified receipt; 1 denied/expired/cancelled/receipt refused (or not
+approved yet without --wait); 2 usage, configuration, or a keyset the gate refuses; 3 bot or keyset URL
+unreachable, or timed out. Each option at most once; a value starting with '-' is written
+--option=VALUE. -h/--help shows this only as the sole argument: anywhere else it is a usage error.
+"""
+_VALUES = (
+    "--url", "--repo", "--sha", "--env", "--workflow", "--requester", "--ref", "--run-url", "--title",
+    "--callback-url", "--timeout", "--out", "--keys",
+)  # fmt: skip
+_FLAGS = ("--wait", "--allow-dev-keys", "--trust-keys-in-checkout")
+_REQUIRED = ("--url", "--repo", "--sha", "--env", "--workflow", "--requester")
 
 
-def _post_request(client: BotClient, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RequestArgs:
+    """The parsed ``keyturn request`` arguments."""
+
+    url: str
+    repo: str
+    sha: str
+    env: str
+    workflow: str
+    requester: str
+    ref: str | None = None
+    run_url: str | None = None
+    title: str | None = None
+    callback_url: str | None = None
+    wait: bool = False
+    timeout: float = 1800.0
+    out: str | None = None
+    keys: str | None = None
+    allow_dev_keys: bool = False
+    trust_keys_in_checkout: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        """What is being deployed: the scope requested and the one the receipt must match exactly."""
+        return Scope(self.repo, self.sha, self.env, self.workflow)
+
+
+def parse_args(argv: Sequence[str]) -> RequestArgs:
+    """Parse ``keyturn request`` arguments by the gate commands' rules; ``UsageError`` otherwise."""
+    parsed = parse(argv, values=_VALUES, flags=_FLAGS, required=_REQUIRED)
+    if parsed.positionals:
+        raise UsageError(f"unexpected argument {parsed.positionals[0]!r}")
+    v = parsed.values
+    url = v["--url"]
+    if not _is_http_url(url):
+        raise UsageError("--url must be an http(s) URL")
+    return RequestArgs(
+        url=url,
+        repo=v["--repo"],
+        sha=v["--sha"],
+        env=v["--env"],
+        workflow=v["--workflow"],
+        requester=v["--requester"],
+        ref=v.get("--ref"),
+        run_url=v.get("--run-url"),
+        title=v.get("--title"),
+        callback_url=v.get("--callback-url"),
+        wait="--wait" in parsed.flags,
+        timeout=parse_duration(v["--timeout"]) if "--timeout" in v else 1800.0,
+        out=v.get("--out"),
+        keys=v.get("--keys"),
+        allow_dev_keys="--allow-dev-keys" in parsed.flags,
+        trust_keys_in_checkout="--trust-keys-in-checkout" in parsed.flags,
+    )
+
+
+def _post_request(client: BotClient, args: RequestArgs) -> dict[str, Any]:
     body: dict[str, Any] = {
         "repo": args.repo,
         "sha": args.sha,
@@ -298,11 +308,11 @@ def _wait(
         time.sleep(min(2.0 ** min(failures, 4), max(0.0, deadline - time.monotonic())))
 
 
-def run(args: argparse.Namespace, secret: str, progress: Callable[[str], None]) -> int:
+def run(args: RequestArgs, secret: str, progress: Callable[[str], None]) -> int:
     """The command, after argument parsing; returns the exit code or raises ``Exit``."""
     if args.wait and not args.keys:
         raise Exit(USAGE, "--wait needs --keys: a trusted keyset to verify the receipt (fail closed)")
-    keyset = parse_keyset(_load_keyset(args.keys, KEYSET_FETCH_TIMEOUT)) if args.keys else None
+    keyset = _load_keyset(args.keys, args) if args.keys else None
     client = BotClient(args.url, secret)
     deadline = time.monotonic() + args.timeout
     request = _post_request(client, args)
@@ -325,7 +335,7 @@ def run(args: argparse.Namespace, secret: str, progress: Callable[[str], None]) 
         raise Exit(UNREACHABLE, f"cannot fetch the receipt: {exc}") from None
     if keyset is None:  # unreachable: --wait requires --keys
         raise Exit(USAGE, "no keyset to verify the receipt with")
-    summary = verify(receipt, keyset, args, datetime.now(UTC))
+    summary = _verify(receipt, keyset, args, datetime.now(UTC))
     if args.out:
         try:
             Path(args.out).write_bytes(receipt)
@@ -362,14 +372,15 @@ def _is_http_url(url: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``keyturn request``; returns the exit code (0 only with a verified receipt)."""
-    parser = _parser()
+    """``keyturn request``; returns the exit code (0 only with a verified receipt, whatever argv holds)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(args_list):
+        print(REQUEST_USAGE, end="")
+        return OK
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:
-        return OK if exc.code in (0, None) else USAGE
-    if not _is_http_url(args.url):
-        print("keyturn request: --url must be an http(s) URL", file=sys.stderr)
+        args = parse_args(args_list)
+    except UsageError as exc:
+        print(f"keyturn request: {exc}\n\n{REQUEST_USAGE}", end="", file=sys.stderr)
         return USAGE
     secret = os.environ.get(SECRET_ENV, "")
     if not secret:

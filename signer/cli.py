@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
 
-    from signer.keyset import PublicKeyset
+    from signer.cli_args import ParsedArgs
 else:
 
     class _LazyModule:
@@ -39,17 +39,11 @@ else:
     argparse = _LazyModule("argparse")
 
 OK, REJECTED, USAGE = 0, 1, 2
-MAX_KEYSET_BYTES = 1024 * 1024
-KEYSET_FETCH_TIMEOUT_S = 10.0
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-class _UsageError(Exception):
-    """A bad invocation: exit 2."""
+HELP_ARGS = ("-h", "--help")
 
 
 class _Rejected(Exception):
-    """A refusal before or outside ``verify_receipt``: exit 1 with this code."""
+    """A refusal outside the gate (an unreadable or malformed input): exit 1 with this code."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
@@ -58,11 +52,25 @@ class _Rejected(Exception):
 
 
 def _run_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
-    """Parse ``argv``; return the exit code instead of raising SystemExit (``-h`` is 0, errors 2)."""
+    """Parse ``argv``; return the exit code instead of raising SystemExit.
+
+    Help exits 0 only when ``-h``/``--help`` is the sole argument. argparse would also print help and exit 0
+    for ``-h`` anywhere (``keyturn audit verify -h`` from a CI variable naming the file) or an abbreviation
+    (``--he``): any such exit, like every parse error, is a usage error (2), so exit 0 always means the
+    command ran.
+    """
+    args = list(argv)
+    options = args[: args.index("--")] if "--" in args else args
+    # Before "--", -hx (bundled short options) and --he (an abbreviation) would print help too; after it they
+    # are operands (a key id may start with "-h"), but a bare -h/--help is refused anywhere.
+    help_like = any(a.startswith("-h") or (len(a) > 2 and "--help".startswith(a)) for a in options)
+    if (help_like or any(a in HELP_ARGS for a in args)) and not (len(args) == 1 and args[0] in HELP_ARGS):
+        print(f"{parser.prog}: -h/--help must be the only argument", file=sys.stderr)
+        return USAGE
     try:
-        return parser.parse_args(list(argv))
+        return parser.parse_args(args)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else USAGE
+        return OK if e.code == 0 and len(args) == 1 and args[0] in HELP_ARGS else USAGE
 
 
 def _now() -> datetime:
@@ -81,134 +89,13 @@ def _read_capped(path: str, limit: int, what: str) -> bytes:
     except OSError as e:
         raise _Rejected("unreadable", f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) > limit:
-        raise _Rejected(
-            "malformed" if what == "receipt" else "bad_keyset", f"{what} larger than {limit} bytes"
-        )
+        raise _Rejected("malformed", f"{what} larger than {limit} bytes")
     return data
 
 
 # ====================================================================================================
 # Trust core commands: verify, receipt, keygen, keys, audit
 # ====================================================================================================
-
-
-def _exists(path: str) -> bool:
-    """Whether ``path`` exists. Only "no such file" is False: any other error (say, no permission to look)
-    propagates, so doubt about the checkout is a refusal, never a pass."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
-
-
-def _checkout_root(start: str) -> str | None:
-    """The git work tree containing the resolved directory ``start`` (the checkout being deployed), if any."""
-    d = start
-    while not _exists(os.path.join(d, ".git")):
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
-    return d
-
-
-def _refuse_keyset_in_checkout(path: str) -> None:
-    """Refuse a keyset file that lives inside the checkout being deployed: a pull request could replace it."""
-    keys = os.path.realpath(path)
-    roots = [_checkout_root(os.path.realpath(os.getcwd()))]
-    if os.environ.get("GITHUB_WORKSPACE"):
-        roots.append(os.path.realpath(os.environ["GITHUB_WORKSPACE"]))
-    for root in roots:
-        # Both are absolute and resolved: a common path equal to root means keys is root or lies below it.
-        if root is not None and os.path.commonpath([keys, root]) == root:
-            raise _Rejected(
-                "untrusted_keyset",
-                f"keyset {path} is inside the checkout being deployed ({root}); "
-                "a pull request could replace it. "
-                "Fetch it from the signer (https URL) or a path outside the checkout, "
-                "or pass --trust-keys-in-checkout if this checkout is trusted",
-            )
-
-
-def _is_allowed_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return True
-    return parts.scheme == "http" and parts.hostname in _LOOPBACK
-
-
-def _fetch_keyset(url: str, deadline: float = KEYSET_FETCH_TIMEOUT_S) -> bytes:
-    """GET a keyset over https (plain http only to loopback, for tests), size-capped, within ``deadline`` s.
-
-    The socket timeout bounds each read, not the whole fetch: a server trickling a byte now and then would
-    hold the CI job forever. So the fetch runs in a daemon thread and is abandoned at the deadline.
-    """
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["data"] = _fetch_keyset_blocking(url)
-        except Exception as e:  # handed to the caller's thread below
-            box["error"] = e
-
-    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
-    worker.start()
-    worker.join(deadline)
-    if worker.is_alive():
-        raise _Rejected("keyset_unavailable", f"the keyset URL did not answer within {deadline:g} s")
-    if "error" in box:
-        raise box["error"]
-    data: bytes = box["data"]
-    return data
-
-
-def _fetch_keyset_blocking(url: str) -> bytes:
-    """The fetch itself. Redirects are followed only to URLs that pass the same rule as ``url``, so an https
-    URL cannot be downgraded."""
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    class _SafeRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-            if not _is_allowed_url(newurl):
-                raise _Rejected("keyset_unavailable", f"refusing redirect of the keyset URL to {newurl}")
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-    opener = urllib.request.build_opener(_SafeRedirect)
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked
-    try:
-        with opener.open(request, timeout=KEYSET_FETCH_TIMEOUT_S) as resp:
-            data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
-    except urllib.error.HTTPError as e:
-        raise _Rejected("keyset_unavailable", f"keyset URL answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", e)
-        raise _Rejected("keyset_unavailable", f"cannot fetch keyset: {reason}") from None
-    if len(data) > MAX_KEYSET_BYTES:
-        raise _Rejected("bad_keyset", f"keyset larger than {MAX_KEYSET_BYTES} bytes")
-    return data
-
-
-def _load_keyset(source: str, *, trust_checkout: bool) -> PublicKeyset:
-    from signer.errors import KeysetError
-    from signer.keyset import PublicKeyset
-
-    if "://" in source:
-        data = _fetch_keyset(source)
-    else:
-        if not trust_checkout:
-            _refuse_keyset_in_checkout(source)
-        data = _read_capped(source, MAX_KEYSET_BYTES, "keyset")
-    try:
-        return PublicKeyset.from_jwks(data)
-    except KeysetError as e:
-        raise _Rejected("bad_keyset", str(e)) from None
 
 
 VERIFY_USAGE = """\
@@ -233,89 +120,70 @@ arguments:
   --json                    print the result as one JSON object on stdout
   --allow-dev-keys          accept development keys (never in production)
   --trust-keys-in-checkout  accept a keyset file inside the current git checkout (normally refused)
+
+Each option at most once; a value starting with '-' is written --option=VALUE. -h/--help shows this
+only as the sole argument: anywhere else it is a usage error (exit 2), never a pass.
 """
 _VERIFY_VALUES = ("--keys", "--repo", "--sha", "--env", "--workflow", "--at")
 _VERIFY_FLAGS = ("--json", "--allow-dev-keys", "--trust-keys-in-checkout")
+_VERIFY_REQUIRED = ("--keys", "--repo", "--sha", "--env", "--workflow")
 
 
-def _parse_verify_args(argv: Sequence[str]) -> dict[str, Any]:
-    """Parse ``keyturn verify`` arguments. A hand-written parser: argparse alone would add about a fifth
-    of the verify floor to every CI deploy (bench/bench_verify.py). Raises ``_UsageError``."""
-    opts: dict[str, Any] = dict.fromkeys(_VERIFY_FLAGS, False)
-    positional: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, inline = arg.partition("=")
-        if arg == "--":
-            positional += args[i + 1 :]
-            break
-        if name in _VERIFY_VALUES:
-            if eq:
-                value = inline
-            elif i + 1 < len(args):
-                i += 1
-                value = args[i]
-            else:
-                raise _UsageError(f"{name} needs a value")
-            if name in opts:
-                raise _UsageError(f"{name} given twice")
-            opts[name] = value
-        elif arg in _VERIFY_FLAGS:
-            opts[arg] = True
-        elif arg.startswith("-") and arg != "-":
-            raise _UsageError(f"unknown option {arg}")
-        else:
-            positional.append(arg)
-        i += 1
-    if len(positional) != 1:
-        raise _UsageError("exactly one RECEIPT (a file, or - for stdin) is required")
-    missing = [n for n in _VERIFY_VALUES if n != "--at" and n not in opts]
-    if missing:
-        raise _UsageError(f"missing {', '.join(missing)}")
-    opts["receipt"] = positional[0]
-    return opts
+def _parse_verify_args(argv: Sequence[str]) -> ParsedArgs:
+    """Parse ``keyturn verify`` arguments by the gate commands' rules (signer/cli_args.py). Hand-written:
+    argparse alone would add about a fifth of the verify floor to every CI deploy (bench/bench_verify.py),
+    and it turns ``-h`` anywhere into exit 0. Raises ``UsageError``."""
+    from signer.cli_args import UsageError, parse
+
+    args = parse(argv, values=_VERIFY_VALUES, flags=_VERIFY_FLAGS, required=_VERIFY_REQUIRED)
+    if len(args.positionals) != 1:
+        raise UsageError("exactly one RECEIPT (a file, or - for stdin) is required")
+    return args
 
 
 def verify_main(argv: Sequence[str]) -> int:
-    """``keyturn verify``: exit 0 with one ``OK ...`` line; 1 with ``REJECTED <code>: <detail>`` on stderr;
-    2 for usage errors."""
-    if any(a in ("-h", "--help") for a in argv):
+    """``keyturn verify``: exit 0 with one ``OK ...`` line only after a completed verification; 1 with
+    ``REJECTED <code>: <detail>`` on stderr; 2 for usage errors (``-h`` anywhere but alone is one)."""
+    from signer.cli_args import UsageError, wants_help
+
+    if wants_help(argv):
         print(VERIFY_USAGE, end="")
         return OK
-    as_json = "--json" in argv
+    as_json = False
+    from signer import gate
     from signer.errors import VerificationError
     from signer.receipt import Scope, parse_time
-    from signer.verify import verify_receipt
 
     try:
         args = _parse_verify_args(argv)
-        if "--at" in args:
+        opts, as_json = args.values, "--json" in args.flags
+        if "--at" in opts:
             try:
-                now = parse_time(args["--at"])
+                now = parse_time(opts["--at"])
             except VerificationError:
-                raise _UsageError(
-                    f"--at must be RFC 3339 UTC like 2026-02-28T16:30:00Z, got {args['--at']!r}"
+                raise UsageError(
+                    f"--at must be RFC 3339 UTC like 2026-02-28T16:30:00Z, got {opts['--at']!r}"
                 ) from None
         else:
             now = _now()
-        keys_source: str = args["--keys"]
-        if "://" in keys_source and not _is_allowed_url(keys_source):
-            raise _UsageError("--keys must be a file or an https URL (plain http only to localhost)")
-        keyset = _load_keyset(keys_source, trust_checkout=args["--trust-keys-in-checkout"])
-        data = _read_capped(args["receipt"], 64 * 1024, "receipt")
-        expected = Scope(
-            repo=args["--repo"], sha=args["--sha"], environment=args["--env"], workflow=args["--workflow"]
+        keyset = gate.load_keyset(
+            opts["--keys"], trust_keys_in_checkout="--trust-keys-in-checkout" in args.flags
         )
-        verified = verify_receipt(data, keyset, expected, now, allow_dev_keys=args["--allow-dev-keys"])
-    except _UsageError as e:
-        print(f"keyturn verify: {e}\n\n{VERIFY_USAGE}", end="", file=sys.stderr)
-        return USAGE
+        data = _read_capped(args.positionals[0], 64 * 1024, "receipt")
+        expected = Scope(
+            repo=opts["--repo"], sha=opts["--sha"], environment=opts["--env"], workflow=opts["--workflow"]
+        )
+        verified = gate.check_receipt(
+            data, keyset, expected, now, allow_dev_keys="--allow-dev-keys" in args.flags
+        )
+    except UsageError as e:
+        return _verify_usage(str(e))
+    except gate.GateError as e:
+        if e.code == gate.BAD_KEYSET_URL:  # known from the arguments alone: a usage error, as documented
+            return _verify_usage(e.message)
+        return _reject(e.code, e.message, as_json)
     except _Rejected as e:
         return _reject(e.code, e.detail, as_json)
-    except VerificationError as e:
-        return _reject(e.code, e.message, as_json)
     except Exception as e:  # fail closed: any unexpected error is a refusal, never a pass
         return _reject("internal_error", f"{type(e).__name__} while verifying", as_json)
 
@@ -335,6 +203,11 @@ def verify_main(argv: Sequence[str]) -> int:
     else:
         print(verified.summary())
     return OK
+
+
+def _verify_usage(message: str) -> int:
+    print(f"keyturn verify: {message}\n\n{VERIFY_USAGE}", end="", file=sys.stderr)
+    return USAGE
 
 
 def _reject(code: str, detail: str, as_json: bool) -> int:

@@ -98,3 +98,33 @@ def test_pure_modules_do_no_io(module: str) -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
     direct = {m.split(".")[0] for m in imported_modules(path)}
     assert direct & io == set()
+
+
+def _names_used(path: Path) -> set[str]:
+    """Every name a source file refers to: plain names, attributes and imported names."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_one_gate_only_signer_gate_checks_receipts_and_parses_keysets() -> None:
+    """Every "deploy or not" decision (``keyturn verify``, ``keyturn request --wait``) goes through
+    ``signer/gate.py``: no other module calls the verifier or parses a public keyset, so no command can grow
+    its own, drifting, trust rules again (docs/security.md, "The gate: one receipt check")."""
+    own = {ROOT / "signer" / "verify.py", ROOT / "signer" / "keyset.py", ROOT / "signer" / "gate.py"}
+    trust_calls = {"verify_receipt", "from_jwks"}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_names_used(p) & trust_calls)
+        for p in [*sources("bot"), *sources("signer")]
+        if p not in own
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    for command in ("bot/client.py", "signer/cli.py"):
+        assert "signer.gate" in imported_modules(ROOT / command), command

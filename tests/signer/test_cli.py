@@ -202,7 +202,7 @@ def keys_server() -> Iterator[str]:
     [
         ("/keys", 0, ""),
         ("/missing", 1, "REJECTED keyset_unavailable: keyset URL answered HTTP 404"),
-        ("/redirect", 1, "REJECTED keyset_unavailable: refusing redirect"),
+        ("/redirect", 1, "REJECTED untrusted_keyset: refusing redirect"),
         ("/huge", 1, "REJECTED bad_keyset: keyset larger than"),
     ],
 )

@@ -1,0 +1,241 @@
+"""The gate: the one receipt check behind every "deploy or not" decision.
+
+``keyturn verify`` and ``keyturn request --wait`` both call ``load_keyset`` and ``check_receipt`` here, so
+they apply the same trust rules (docs/security.md, "The gate: one receipt check"):
+
+1. **Keyset source** (``load_keyset``). A file is read (at most 1 MiB) unless it lies inside the checkout
+   being deployed — the git work tree around the current directory, or ``$GITHUB_WORKSPACE`` — where a pull
+   request could replace it (``untrusted_keyset``; ``trust_keys_in_checkout`` overrides). A URL must be
+   ``https://``, or plain ``http://`` to a loopback host only (``bad_keyset_url``); a redirect is followed
+   only to a URL passing the same rule (``untrusted_keyset``); the body is at most 1 MiB (``bad_keyset``) and
+   the whole fetch ends within 10 s (``keyset_unavailable``).
+2. **Keyset** parsed strictly as a public JWKS (``bad_keyset``).
+3. **Receipt** (``check_receipt``): ``signer.verify.verify_receipt`` for exactly the expected scope at the
+   given time, development keys refused unless ``allow_dev_keys`` (``dev_key``, ``scope_mismatch:…``, …).
+
+Every refusal is one ``GateError`` with a stable code; the commands map codes to their exit codes. Standard
+library + PyNaCl + ``rfc8785`` only, and the URL machinery (urllib, threading: milliseconds) is imported only
+when a URL is fetched, because ``keyturn verify`` runs on every deploy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from signer.errors import KeyturnError
+
+if TYPE_CHECKING:
+    from signer.keyset import PublicKeyset
+    from signer.receipt import Scope, datetime
+    from signer.verify import VerifiedReceipt
+
+MAX_KEYSET_BYTES = 1024 * 1024
+KEYSET_FETCH_DEADLINE_S = 10.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+# The gate's own codes (the receipt codes are docs/receipt.md §4's).
+BAD_KEYSET_URL = "bad_keyset_url"  # the --keys URL breaks the source rule: known from the arguments alone
+UNTRUSTED_KEYSET = "untrusted_keyset"  # a keyset file in the checkout, or a redirect breaking the rule
+KEYSET_UNAVAILABLE = "keyset_unavailable"  # the URL could not be fetched (network, HTTP error, deadline)
+BAD_KEYSET = "bad_keyset"  # not a usable public JWKS, or larger than MAX_KEYSET_BYTES
+UNREADABLE = "unreadable"  # the keyset file cannot be read
+INTERNAL_ERROR = "internal_error"  # an unexpected exception while verifying: a refusal, never a pass
+
+
+class GateError(KeyturnError):
+    """The gate refused: ``code`` is stable (branch on it), ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+def keyset_url_allowed(url: str) -> bool:
+    """Whether a keyset URL (or a redirect target) passes the source rule: https to a named host, or plain
+    http to loopback only (tests, a local signer)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+
+
+def load_keyset(
+    source: str, *, trust_keys_in_checkout: bool, deadline_s: float = KEYSET_FETCH_DEADLINE_S
+) -> PublicKeyset:
+    """The trusted public keyset from ``source`` (a file path, or a URL when it contains ``://``), checked
+    against the source rules above. Raises ``GateError``."""
+    from signer.errors import KeysetError, VerificationError
+    from signer.keyset import PublicKeyset
+
+    if "://" in source:
+        if not keyset_url_allowed(source):
+            raise GateError(
+                BAD_KEYSET_URL,
+                f"--keys must be a file or an https URL (plain http only to localhost): {source}",
+            )
+        data = _fetch_within(source, deadline_s)
+    else:
+        if not trust_keys_in_checkout:
+            _refuse_keyset_in_checkout(source)
+        data = _read_file(source)
+    try:
+        return PublicKeyset.from_jwks(data)
+    except (KeysetError, VerificationError, ValueError, RecursionError) as e:
+        raise GateError(BAD_KEYSET, str(e) or type(e).__name__) from None
+
+
+def check_receipt(
+    receipt: bytes, keyset: PublicKeyset, expected: Scope, now: datetime, *, allow_dev_keys: bool
+) -> VerifiedReceipt:
+    """Verify ``receipt`` against ``keyset`` for exactly the ``expected`` scope at ``now``; the verified
+    receipt, or ``GateError`` with the code of the first failed step of docs/receipt.md §4."""
+    from signer.errors import VerificationError
+    from signer.verify import verify_receipt
+
+    try:
+        return verify_receipt(receipt, keyset, expected, now, allow_dev_keys=allow_dev_keys)
+    except VerificationError as e:
+        raise GateError(e.code, e.message) from None
+    except Exception as e:  # fail closed: a surprise in verification is a refusal, never a pass
+        raise GateError(INTERNAL_ERROR, f"{type(e).__name__} while verifying") from None
+
+
+# --- keyset files -------------------------------------------------------------------------------------------
+
+
+def _read_file(path: str) -> bytes:
+    """Read at most ``MAX_KEYSET_BYTES``: more is refused, not truncated (``/dev/zero`` must not hang)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEYSET_BYTES + 1)
+    except OSError as e:
+        raise GateError(UNREADABLE, f"cannot read keyset {path}: {e.strerror}") from None
+    if len(data) > MAX_KEYSET_BYTES:
+        raise GateError(BAD_KEYSET, f"keyset larger than {MAX_KEYSET_BYTES} bytes")
+    return data
+
+
+def _exists(path: str) -> bool:
+    """Whether ``path`` exists. Only "no such file" is False: any other error (say, no permission to look)
+    propagates, so doubt about the checkout is a refusal, never a pass."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _checkout_root(start: str) -> str | None:
+    """The git work tree containing the resolved directory ``start`` (the checkout being deployed), if any."""
+    d = start
+    while not _exists(os.path.join(d, ".git")):
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+    return d
+
+
+def _refuse_keyset_in_checkout(path: str) -> None:
+    """Refuse a keyset file that lives inside the checkout being deployed: a pull request could replace it."""
+    try:
+        keys = os.path.realpath(path)
+        roots = [_checkout_root(os.path.realpath(os.getcwd()))]
+    except OSError as e:
+        raise GateError(
+            UNTRUSTED_KEYSET, f"cannot tell whether keyset {path} is in the checkout: {e}"
+        ) from None
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    if workspace:
+        roots.append(os.path.realpath(workspace))
+    for root in roots:
+        # Both are absolute and resolved: a common path equal to root means keys is root or lies below it.
+        if root is not None and os.path.commonpath([keys, root]) == root:
+            raise GateError(
+                UNTRUSTED_KEYSET,
+                f"keyset {path} is inside the checkout being deployed ({root}); "
+                "a pull request could replace it. "
+                "Fetch it from the signer (https URL) or a path outside the checkout, "
+                "or pass --trust-keys-in-checkout if this checkout is trusted",
+            )
+
+
+# --- keyset URLs --------------------------------------------------------------------------------------------
+
+
+def _fetch_within(url: str, deadline_s: float) -> bytes:
+    """GET ``url`` within ``deadline_s`` seconds in all.
+
+    The socket timeout bounds each read, not the whole fetch: a server trickling a byte now and then would
+    hold the CI job forever. So the fetch runs in a daemon thread that is abandoned at the deadline.
+    """
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["data"] = _fetch(url, deadline_s)
+        except Exception as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    if worker.is_alive():
+        raise GateError(KEYSET_UNAVAILABLE, f"the keyset URL did not answer within {deadline_s:g} s")
+    if "error" in box:
+        error: Exception = box["error"]
+        if isinstance(error, GateError):
+            raise error
+        raise GateError(KEYSET_UNAVAILABLE, f"cannot fetch keyset: {type(error).__name__}") from None
+    data: bytes = box["data"]
+    return data
+
+
+def _fetch(url: str, timeout_s: float) -> bytes:
+    """The fetch itself. Redirects are followed only to URLs that pass the same rule as ``url``, so an https
+    URL cannot be downgraded to plain http, nor a loopback one sent elsewhere in clear text."""
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def check(target: str) -> None:
+        if not keyset_url_allowed(target):
+            raise GateError(UNTRUSTED_KEYSET, f"refusing redirect of the keyset URL to {target}")
+
+    class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
+        def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+            # Checked before urllib's own scheme check, so every redirect breaking the rule (file://, ftp://,
+            # plain http elsewhere) is refused with the same code.
+            location = headers.get("location") or headers.get("uri")
+            if location is not None:
+                check(urllib.parse.urljoin(req.full_url, location))
+            return super().http_error_302(req, fp, code, msg, headers)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+            check(newurl)  # the URL urllib will actually request
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(_CheckedRedirect)
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked
+    try:
+        with opener.open(request, timeout=timeout_s) as resp:
+            data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        raise GateError(KEYSET_UNAVAILABLE, f"keyset URL answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise GateError(KEYSET_UNAVAILABLE, f"cannot fetch keyset: {reason}") from None
+    if len(data) > MAX_KEYSET_BYTES:
+        raise GateError(BAD_KEYSET, f"keyset larger than {MAX_KEYSET_BYTES} bytes")
+    return data
