@@ -81,10 +81,11 @@ def _read_capped(path: str, limit: int, what: str) -> bytes:
     except OSError as e:
         raise _Rejected("unreadable", f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) > limit:
-        raise _Rejected(
-            "malformed" if what == "receipt" else "bad_keyset", f"{what} larger than {limit} bytes"
-        )
+        raise _Rejected(_TOO_LARGE.get(what, "malformed"), f"{what} larger than {limit} bytes")
     return data
+
+
+_TOO_LARGE = {"receipt": "malformed", "keyset": "bad_keyset", "checkpoint": "bad_checkpoint"}
 
 
 # ====================================================================================================
@@ -141,7 +142,13 @@ def _is_allowed_url(url: str) -> bool:
 
 
 def _fetch_keyset(url: str, deadline: float = KEYSET_FETCH_TIMEOUT_S) -> bytes:
-    """GET a keyset over https (plain http only to loopback, for tests), size-capped, within ``deadline`` s.
+    """GET a keyset over https (plain http only to loopback, for tests), size-capped, within ``deadline``."""
+    return _fetch(url, "keyset", MAX_KEYSET_BYTES, deadline)
+
+
+def _fetch(url: str, what: str, limit: int, deadline: float = KEYSET_FETCH_TIMEOUT_S) -> bytes:
+    """GET ``what`` (a keyset, a checkpoint) over https (plain http only to loopback, for tests), at most
+    ``limit`` bytes, within ``deadline`` s. Refusals: ``<what>_unavailable``, or ``what``'s too-large code.
 
     The socket timeout bounds each read, not the whole fetch: a server trickling a byte now and then would
     hold the CI job forever. So the fetch runs in a daemon thread and is abandoned at the deadline.
@@ -152,22 +159,22 @@ def _fetch_keyset(url: str, deadline: float = KEYSET_FETCH_TIMEOUT_S) -> bytes:
 
     def work() -> None:
         try:
-            box["data"] = _fetch_keyset_blocking(url)
+            box["data"] = _fetch_blocking(url, what, limit)
         except Exception as e:  # handed to the caller's thread below
             box["error"] = e
 
-    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
+    worker = threading.Thread(target=work, name=f"{what}-fetch", daemon=True)
     worker.start()
     worker.join(deadline)
     if worker.is_alive():
-        raise _Rejected("keyset_unavailable", f"the keyset URL did not answer within {deadline:g} s")
+        raise _Rejected(f"{what}_unavailable", f"the {what} URL did not answer within {deadline:g} s")
     if "error" in box:
         raise box["error"]
     data: bytes = box["data"]
     return data
 
 
-def _fetch_keyset_blocking(url: str) -> bytes:
+def _fetch_blocking(url: str, what: str, limit: int) -> bytes:
     """The fetch itself. Redirects are followed only to URLs that pass the same rule as ``url``, so an https
     URL cannot be downgraded."""
     import http.client
@@ -177,21 +184,21 @@ def _fetch_keyset_blocking(url: str) -> bytes:
     class _SafeRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
             if not _is_allowed_url(newurl):
-                raise _Rejected("keyset_unavailable", f"refusing redirect of the keyset URL to {newurl}")
+                raise _Rejected(f"{what}_unavailable", f"refusing redirect of the {what} URL to {newurl}")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     opener = urllib.request.build_opener(_SafeRedirect)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked
     try:
         with opener.open(request, timeout=KEYSET_FETCH_TIMEOUT_S) as resp:
-            data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
+            data: bytes = resp.read(limit + 1)
     except urllib.error.HTTPError as e:
-        raise _Rejected("keyset_unavailable", f"keyset URL answered HTTP {e.code}") from None
+        raise _Rejected(f"{what}_unavailable", f"{what} URL answered HTTP {e.code}") from None
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise _Rejected("keyset_unavailable", f"cannot fetch keyset: {reason}") from None
-    if len(data) > MAX_KEYSET_BYTES:
-        raise _Rejected("bad_keyset", f"keyset larger than {MAX_KEYSET_BYTES} bytes")
+        raise _Rejected(f"{what}_unavailable", f"cannot fetch {what}: {reason}") from None
+    if len(data) > limit:
+        raise _Rejected(_TOO_LARGE[what], f"{what} larger than {limit} bytes")
     return data
 
 
@@ -450,24 +457,181 @@ def keys_main(argv: Sequence[str]) -> int:
     return OK
 
 
+AUDIT_EPILOG = """\
+The hash chain alone reveals edits to all but a log's last entries: whoever can write the file can cut it
+short, or edit an entry and recompute every hash after it. Signed checkpoints of the log's head, fetched from
+the bot (GET /v1/audit/checkpoint) and archived away from the signer ('keyturn audit checkpoint'), anchor it:
+'verify --checkpoint' refuses a log that lacks an anchored entry (audit_truncated) or holds another one in its
+place (audit_rewritten). See docs/security.md, "Anchoring the audit log".
+
+Exit 0: OK; 1: REJECTED <code>: <detail> on stderr; 2: usage error.
+"""
+
+
 def audit_main(argv: Sequence[str]) -> int:
-    """``keyturn audit verify FILE``: check the audit log's hash chain; name the first broken entry."""
-    p = argparse.ArgumentParser(prog="keyturn audit", description=audit_main.__doc__)
+    """``keyturn audit verify LOG [--checkpoint PATH ...] [--keys KEYSET]``: check the audit log's hash chain
+    and, against archived signed checkpoints, that it was neither cut short nor rewritten.
+    ``keyturn audit checkpoint --url URL --keys KEYSET --out FILE``: fetch, verify, archive the latest one."""
+    p = argparse.ArgumentParser(
+        prog="keyturn audit",
+        description=audit_main.__doc__,
+        epilog=AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="action", required=True)
-    v = sub.add_parser("verify", help="check the hash chain")
-    v.add_argument("file", metavar="FILE")
+    v = sub.add_parser("verify", help="check the hash chain, and the log against signed checkpoints")
+    v.add_argument("file", metavar="LOG", help="the audit log (KEYTURN_AUDIT_LOG), or a copy of it")
+    v.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a checkpoint file (as GET /v1/audit/checkpoint serves it) or a directory of them (*.json); "
+        "repeatable; needs --keys",
+    )
+    c = sub.add_parser(
+        "checkpoint", help="fetch the latest signed checkpoint from the bot, verify, archive it"
+    )
+    c.add_argument("--url", required=True, help="the bot's base URL, e.g. https://keyturn.example.com")
+    c.add_argument("--out", required=True, metavar="FILE", help="where to save it (must not exist)")
+    for cmd, needed in ((v, False), (c, True)):
+        cmd.add_argument(
+            "--keys",
+            required=needed,
+            metavar="KEYSET",
+            help="public keyset (JWKS, as 'keyturn keys export' writes it): a file or an https URL",
+        )
+        cmd.add_argument("--allow-dev-keys", action="store_true", help="accept development keys")
+        cmd.add_argument(
+            "--trust-keys-in-checkout",
+            action="store_true",
+            help="accept a keyset file inside the current git checkout (normally refused)",
+        )
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
-    from signer.audit import verify_file
-    from signer.errors import AuditError
+    from signer.errors import AuditError, VerificationError
 
     try:
-        n = verify_file(parsed.file)
-    except AuditError as e:
-        print(f"BROKEN {e}", file=sys.stderr)
+        if parsed.keys is not None and "://" in parsed.keys and not _is_allowed_url(parsed.keys):
+            raise _UsageError("--keys must be a file or an https URL (plain http only to localhost)")
+        if parsed.action == "verify":
+            return _audit_verify(parsed)
+        return _audit_checkpoint(parsed)
+    except _UsageError as e:
+        print(f"keyturn audit: {e}", file=sys.stderr)
+        return USAGE
+    except _Rejected as e:
+        print(f"REJECTED {e.code}: {e.detail}", file=sys.stderr)
         return REJECTED
-    print(f"OK {n} entries")
+    except (AuditError, VerificationError) as e:
+        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
+        return REJECTED
+    except Exception as e:  # fail closed: an unexpected error is a refusal, never an OK
+        print(f"REJECTED internal_error: {type(e).__name__} while checking the audit log", file=sys.stderr)
+        return REJECTED
+
+
+def _checkpoint_paths(paths: Sequence[str]) -> list[str]:
+    """Each ``--checkpoint`` PATH: the file itself, or every ``*.json`` file in a directory (sorted)."""
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json"))
+            if not found:
+                raise _Rejected("bad_checkpoint", f"no checkpoint files (*.json) in {path}")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def _audit_verify(parsed: argparse.Namespace) -> int:
+    from signer.audit import verify_log
+    from signer.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, verify_checkpoint
+    from signer.errors import AuditError, VerificationError
+
+    if parsed.checkpoint and parsed.keys is None:
+        raise _UsageError("--checkpoint needs --keys KEYSET, the public keyset that verifies it")
+    # 1. Every checkpoint given must verify: one that does not is a refusal, never silently skipped.
+    anchors: dict[Checkpoint, str] = {}
+    if parsed.checkpoint:
+        keyset = _load_keyset(parsed.keys, trust_checkout=parsed.trust_keys_in_checkout)
+        for path in _checkpoint_paths(parsed.checkpoint):
+            data = _read_capped(path, MAX_CHECKPOINT_BYTES, "checkpoint")
+            try:
+                checkpoint = verify_checkpoint(data, keyset, allow_dev_keys=parsed.allow_dev_keys)
+            except VerificationError as e:
+                raise _Rejected(e.code, f"checkpoint {path}: {e.message}") from None
+            anchors.setdefault(checkpoint, path)
+    # 2. The chain, then the log against each checkpoint, then a torn tail (verify_log's order).
+    try:
+        with open(parsed.file, "rb") as f:
+            log_bytes = f.read()
+    except OSError as e:
+        raise _Rejected("audit_unreadable", f"cannot read audit log {parsed.file}: {e.strerror}") from None
+    try:
+        result = verify_log(log_bytes, anchors)
+    except AuditError as e:
+        if isinstance(e.anchor, Checkpoint):
+            cp = e.anchor
+            issued = _time_text(cp.issued_at)
+            e.message += f" (checkpoint {anchors[cp]}: seq {cp.seq}, head {cp.head}, issued {issued})"
+        raise
+    summary = f"OK {result.entries} entries, head {result.head}"
+    if anchors:
+        latest = max(anchors, key=lambda a: a.seq)
+        summary += (
+            f"; matches {len(anchors)} signed checkpoint(s), the latest at seq {latest.seq} "
+            f"issued {_time_text(latest.issued_at)}"
+        )
+        if result.entries > latest.seq:
+            summary += f"; entries {latest.seq + 1}-{result.entries} not anchored yet"
+    else:
+        print(
+            "keyturn audit: note: no --checkpoint given: only the chain was checked, which cannot reveal a "
+            'log cut short or rewritten and re-chained (docs/security.md, "Anchoring the audit log")',
+            file=sys.stderr,
+        )
+    print(summary)
+    return OK
+
+
+def _time_text(dt: datetime) -> str:
+    from signer.receipt import format_time
+
+    return format_time(dt)
+
+
+def _audit_checkpoint(parsed: argparse.Namespace) -> int:
+    from signer.checkpoint import MAX_CHECKPOINT_BYTES, verify_checkpoint
+    from signer.errors import VerificationError
+
+    path = "/v1/audit/checkpoint"
+    url = parsed.url if parsed.url.rstrip("/").endswith(path) else parsed.url.rstrip("/") + path
+    if not _is_allowed_url(url):
+        raise _UsageError("--url must be an https URL (plain http only to localhost)")
+    keyset = _load_keyset(parsed.keys, trust_checkout=parsed.trust_keys_in_checkout)
+    data = _fetch(url, "checkpoint", MAX_CHECKPOINT_BYTES)
+    try:
+        cp = verify_checkpoint(data, keyset, allow_dev_keys=parsed.allow_dev_keys)
+    except VerificationError as e:
+        raise _Rejected(e.code, f"checkpoint from {url}: {e.message}") from None
+    # Archived files are never overwritten: an archive that can be rewritten anchors nothing.
+    try:
+        fd = os.open(parsed.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        raise _Rejected("unwritable", f"cannot create {parsed.out}: {e.strerror}") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print(
+        f"OK checkpoint seq {cp.seq} head {cp.head} issued {_time_text(cp.issued_at)} saved to {parsed.out}"
+    )
     return OK
 
 
