@@ -457,10 +457,18 @@ def keys_main(argv: Sequence[str]) -> int:
     return OK
 
 
+AUDIT_DESCRIPTION = """\
+  keyturn audit verify LOG [--checkpoint PATH ...] [--keys KEYSET]
+  keyturn audit checkpoint --url URL --keys KEYSET --out FILE
+
+'verify' checks the audit log's hash chain and, against archived signed checkpoints, that the log was neither
+cut short nor rewritten. 'checkpoint' fetches the latest signed checkpoint from the bot, verifies it and saves
+it to a new file.
+"""
 AUDIT_EPILOG = """\
-The hash chain alone reveals edits to all but a log's last entries: whoever can write the file can cut it
-short, or edit an entry and recompute every hash after it. Signed checkpoints of the log's head, fetched from
-the bot (GET /v1/audit/checkpoint) and archived away from the signer ('keyturn audit checkpoint'), anchor it:
+The hash chain alone shows an entry edited without recomputing the hashes after it. It cannot show a log cut
+short, nor one edited and re-chained: whoever can write the file can do both. Signed checkpoints of the log's
+head, fetched from the bot (GET /v1/audit/checkpoint) and archived away from the signer, anchor it:
 'verify --checkpoint' refuses a log that lacks an anchored entry (audit_truncated) or holds another one in its
 place (audit_rewritten). See docs/security.md, "Anchoring the audit log".
 
@@ -474,12 +482,17 @@ def audit_main(argv: Sequence[str]) -> int:
     ``keyturn audit checkpoint --url URL --keys KEYSET --out FILE``: fetch, verify, archive the latest one."""
     p = argparse.ArgumentParser(
         prog="keyturn audit",
-        description=audit_main.__doc__,
+        description=AUDIT_DESCRIPTION,
         epilog=AUDIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="action", required=True)
-    v = sub.add_parser("verify", help="check the hash chain, and the log against signed checkpoints")
+    v = sub.add_parser(
+        "verify",
+        help="check the hash chain, and the log against signed checkpoints",
+        description="Check the audit log's hash chain and, against archived signed checkpoints, that it was "
+        "neither cut short nor rewritten. Exit 0 OK; 1 REJECTED <code>: <detail>; 2 usage.",
+    )
     v.add_argument("file", metavar="LOG", help="the audit log (KEYTURN_AUDIT_LOG), or a copy of it")
     v.add_argument(
         "--checkpoint",
@@ -490,7 +503,10 @@ def audit_main(argv: Sequence[str]) -> int:
         "repeatable; needs --keys",
     )
     c = sub.add_parser(
-        "checkpoint", help="fetch the latest signed checkpoint from the bot, verify, archive it"
+        "checkpoint",
+        help="fetch the latest signed checkpoint from the bot, verify, archive it",
+        description="Fetch the latest signed checkpoint of the audit log from the bot, verify it against the "
+        "keyset and save it to FILE, which must not exist. Exit 0 OK; 1 REJECTED <code>: <detail>; 2 usage.",
     )
     c.add_argument("--url", required=True, help="the bot's base URL, e.g. https://keyturn.example.com")
     c.add_argument("--out", required=True, metavar="FILE", help="where to save it (must not exist)")
