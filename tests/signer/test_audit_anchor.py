@@ -538,6 +538,11 @@ def test_any_cut_or_rechained_edit_below_a_checkpoint_is_detected(
     m = data.draw(st.integers(0, k - 1), label="cut to")
     extra = [{"forged": j} for j in range(data.draw(st.integers(0, 3), label="appended"))]
     assert check(records[:m] + extra) == (TRUNCATED if m + len(extra) < k else REWRITTEN)
+    # Cut at any byte before the end of line k, even mid-line (a tail that then looks torn): caught.
+    cut = data.draw(st.integers(0, len(b"".join(lines[:k])) - 1), label="byte cut")
+    with pytest.raises(AuditError) as exc:
+        verify_log(b"".join(lines)[:cut], [anchor])
+    assert exc.value.code == TRUNCATED
     # Any entry at or below k changed, the chain recomputed after it: caught.
     i = data.draw(st.integers(0, k - 1), label="edited index")
     edited = [*records[:i], {**records[i], "i": -1}, *records[i + 1 :]]
