@@ -53,6 +53,10 @@ class ApiSigner(Protocol):
         """The public keyset (JWKS)."""
         ...
 
+    async def checkpoint(self) -> dict[str, Any]:
+        """The latest signed checkpoint of the audit log's head (DSSE envelope)."""
+        ...
+
     async def health(self) -> Any:
         """Raise unless the signer answers."""
         ...
@@ -361,6 +365,18 @@ class Api:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
         return JSONResponse(jwks, headers={"Cache-Control": "public, max-age=60"})
 
+    async def audit_checkpoint(self, request: Request) -> Response:
+        """``GET /v1/audit/checkpoint``: the signer's latest signed checkpoint of its audit log (no auth).
+
+        Public data (a signed hash and a count), served like ``/v1/keys`` so operators can archive it away
+        from the signer. Never cached: it changes with every receipt.
+        """
+        try:
+            envelope = await self.signer.checkpoint()
+        except (KeyturnError, OSError):
+            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+        return JSONResponse(envelope, headers={"Cache-Control": "no-store"})
+
     async def healthz(self, request: Request) -> Response:
         """Liveness: the process serves HTTP."""
         return JSONResponse({"status": "ok"})
@@ -396,6 +412,7 @@ class Api:
             Route("/v1/requests/{request_id}/receipt", w(self.receipt), methods=["GET"]),
             Route("/v1/requests/{request_id}/cancel", w(self.cancel), methods=["POST"]),
             Route("/v1/keys", w(self.keys), methods=["GET"]),
+            Route("/v1/audit/checkpoint", w(self.audit_checkpoint), methods=["GET"]),
             Route("/healthz", w(self.healthz), methods=["GET"]),
             Route("/readyz", w(self.readyz), methods=["GET"]),
             Route("/metrics", w(self.metrics_endpoint), methods=["GET"]),

@@ -45,10 +45,13 @@ class SignerRefused(KeyturnError):
 
 @dataclass(frozen=True)
 class SignerHealth:
-    """What ``health`` reports: the active key id and the SHA-256 of the signer's policy file."""
+    """What ``health`` reports: the active key id, the SHA-256 of the signer's policy file, and the audit
+    log's last durable entry (``audit_seq``) and its hash (``audit_head``)."""
 
     key_id: str
     policy_sha256: str
+    audit_seq: int
+    audit_head: str
 
 
 class _Conn:
@@ -97,12 +100,18 @@ class SignerClient:
         """The signer's active key id and policy hash."""
         result = await self._call(lambda rid: wire.HealthRequest(id=rid))
         parsed = self._result(wire.HealthResult, result)
-        return SignerHealth(parsed.keyId, parsed.policySha256)
+        return SignerHealth(parsed.keyId, parsed.policySha256, parsed.auditSeq, parsed.auditHead)
 
     async def keys(self) -> dict[str, Any]:
         """The public keyset (JWKS) for ``GET /v1/keys``."""
         result = await self._call(lambda rid: wire.KeysRequest(id=rid))
         return self._result(wire.KeysResult, result).jwks
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """The latest signed checkpoint of the audit log's head (a DSSE envelope) for
+        ``GET /v1/audit/checkpoint``. The bot passes it on as is: only its signature gives it any worth."""
+        result = await self._call(lambda rid: wire.CheckpointRequest(id=rid))
+        return self._result(wire.CheckpointResult, result).checkpoint
 
     async def check_ci(self, method: str, path: str, body: bytes, timestamp: str, signature: str) -> None:
         """Check an inbound CI request (raw body, ``X-Keyturn-*`` header values; path without query).

@@ -1,25 +1,39 @@
-"""The signer's append-only, hash-chained audit log (JSON lines), and its verifier.
+"""The signer's append-only, hash-chained audit log (JSON lines), its verifier, and its anchors.
 
 Each line is the RFC 8785 (JCS) form of ``{"seq": n, "prev": hex, "record": {...}}``: ``seq`` counts from 1,
 ``prev`` is the SHA-256 (hex) of the previous line's bytes (without its newline; 64 zeros for the first).
-Changing, removing or reordering any line breaks the chain at the next line. The chain cannot by itself reveal
-a removed or edited *last* entry: compare the head (``AuditLog.head``) with a copy kept elsewhere for that.
+Changing, removing or reordering any line breaks the chain at the next line. The chain alone cannot reveal a
+log cut short, nor one edited and re-chained from the edit on: whoever can write the file can recompute every
+hash after it. Signed checkpoints of the head (``signer/checkpoint.py``), archived away from the signer,
+anchor the log: :func:`verify_log` refuses a log that lacks an anchored entry (``audit_truncated``) or holds
+another one in its place (``audit_rewritten``). A log's id is the hash of its first line (``GENESIS`` while
+empty).
 
 Appends are durable before they return (``fsync``): "no record, no receipt". Threads appending concurrently
 share fsyncs (group commit): whoever syncs covers every line written before its sync began. After any write or
-sync failure the log refuses further appends, since its on-disk state is then unknown.
+sync failure the log refuses further appends, since its on-disk state is then unknown. ``durable_head`` is the
+last entry known to be on disk; only it is ever checkpointed, so no checkpoint anchors a line a crash could
+still lose.
+
+A last line without its newline is a torn write (a crash or a full disk mid-append). No receipt was returned
+for it (an append returns only once its whole line is synced) and no checkpoint covers it, so the signer moves
+those bytes aside at start and carries on (``AuditLog.open(..., repair_torn_tail_at=now)``). A broken chain
+among the complete lines is tampering, never repaired. Docs: docs/security.md, "Anchoring the audit log".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from signer.errors import AuditError, VerificationError
 from signer.receipt import canonical_json, strict_loads
@@ -27,6 +41,13 @@ from signer.receipt import canonical_json, strict_loads
 GENESIS = "0" * 64
 MAX_LINE_BYTES = 1024 * 1024
 _ENTRY_MEMBERS = frozenset({"seq", "prev", "record"})
+
+# Codes of AuditError raised by the checks (stable; listed in docs/security.md).
+CHAIN_BROKEN = "audit_chain_broken"
+TORN_TAIL = "audit_torn_tail"
+TRUNCATED = "audit_truncated"
+REWRITTEN = "audit_rewritten"
+UNREADABLE = "audit_unreadable"
 
 
 def _line_hash(line: bytes) -> str:
@@ -36,70 +57,208 @@ def _line_hash(line: bytes) -> str:
 def _check_line(line: bytes, number: int, expected_prev: str) -> None:
     """Check one line (without newline) as entry ``number``; raise ``AuditError`` naming it."""
     where = f"entry seq {number} (line {number})"
+
+    def broken(message: str) -> AuditError:
+        return AuditError(f"{where}: {message}", seq=number, line=number, code=CHAIN_BROKEN)
+
     try:
         entry = strict_loads(line, max_size=MAX_LINE_BYTES)
     except VerificationError as e:
-        raise AuditError(f"{where}: not a JSON object: {e}", seq=number, line=number) from None
+        raise broken(f"not a JSON object: {e}") from None
     if set(entry) != _ENTRY_MEMBERS or not isinstance(entry["record"], dict):
-        raise AuditError(f"{where}: must have exactly seq, prev and record", seq=number, line=number)
+        raise broken("must have exactly seq, prev and record")
     if entry["seq"] != number or isinstance(entry["seq"], bool):
-        raise AuditError(
-            f"{where}: has seq {entry['seq']!r}; entries missing or reordered", seq=number, line=number
-        )
+        raise broken(f"has seq {entry['seq']!r}; entries missing or reordered")
     if entry["prev"] != expected_prev:
-        raise AuditError(
-            f"{where}: prev does not match the previous entry's hash; it or the entry before it was altered",
-            seq=number,
-            line=number,
-        )
+        raise broken("prev does not match the previous entry's hash; it or the entry before it was altered")
 
 
-def _scan(data: bytes) -> tuple[int, str]:
-    """Verify a whole log's bytes; return (entries, hash of the last line)."""
-    if not data:
-        return 0, GENESIS
+@dataclass(frozen=True)
+class AuditHead:
+    """Where a log stands: its id (hash of line 1, ``GENESIS`` when empty), its last ``seq`` and that line's
+    hash (``head``; ``GENESIS`` when empty). What a checkpoint signs."""
+
+    log: str
+    seq: int
+    head: str
+
+
+class Anchor(Protocol):
+    """What a verified checkpoint vouches for: log ``log`` had entry ``seq`` whose line hashes to ``head``."""
+
+    @property
+    def log(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def head(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class AuditScan:
+    """A log's bytes, checked: its complete entries (chain intact), and the size of any torn tail.
+
+    ``complete_size`` is the byte length up to and including the last newline; ``torn`` the bytes after it;
+    ``hashes`` the line hash of each entry whose ``seq`` was asked for.
+    """
+
+    entries: int
+    head: str
+    log: str
+    complete_size: int
+    torn: int
+    hashes: Mapping[int, str]
+
+    @property
+    def tip(self) -> AuditHead:
+        """The last complete entry."""
+        return AuditHead(self.log, self.entries, self.head)
+
+    def check_anchor(self, anchor: Anchor) -> None:
+        """Raise unless this log holds the entry ``anchor`` vouches for (same log, same line at ``seq``).
+
+        ``audit_truncated``: the log ends before ``seq``. ``audit_rewritten``: the entry at ``seq`` (or the
+        first entry, which names the log) is not the one signed. The scan must have been asked for ``seq``.
+        """
+        try:
+            self._check_anchor(anchor)
+        except AuditError as e:
+            e.anchor = anchor
+            raise
+
+    def _check_anchor(self, anchor: Anchor) -> None:
+        seq = anchor.seq
+        if seq > self.entries:
+            raise AuditError(
+                f"the log has {self.entries} complete entries but a signed checkpoint anchors entry "
+                f"seq {seq}: entries were removed from its end",
+                seq=seq,
+                code=TRUNCATED,
+            )
+        if seq == 0:
+            return  # a checkpoint of an empty log vouches for nothing
+        if seq not in self.hashes:
+            raise ValueError(f"scan was not asked for the hash of entry {seq}")
+        # The chain makes entry seq's hash commit to every entry before it, entry 1 included: a different
+        # log id is the same finding, reported at the first entry.
+        if self.log != anchor.log:
+            raise AuditError(
+                "entry seq 1 (line 1) is not the first entry the checkpoint's log id names: this is another "
+                "log, or it was rewritten from its first entry on",
+                seq=1,
+                line=1,
+                code=REWRITTEN,
+            )
+        if self.hashes[seq] != anchor.head:
+            raise AuditError(
+                f"entry seq {seq} (line {seq}) is not the entry a signed checkpoint anchors there: it or an "
+                "entry before it was rewritten and the chain recomputed",
+                seq=seq,
+                line=seq,
+                code=REWRITTEN,
+            )
+
+
+def scan(data: bytes, at: Collection[int] = ()) -> AuditScan:
+    """Check the hash chain of a log's bytes (pure) and describe it; see :class:`AuditScan`.
+
+    A torn tail (bytes after the last newline) is measured, not refused: callers decide. Raises
+    ``AuditError`` (``audit_chain_broken``) naming the first broken complete entry.
+    """
     lines = data.split(b"\n")
-    if lines[-1] != b"":
-        n = len(lines)
-        raise AuditError(f"entry seq {n} (line {n}): incomplete last line (no newline)", seq=n, line=n)
-    prev = GENESIS
-    for i, line in enumerate(lines[:-1], start=1):
-        _check_line(line, i, prev)
+    torn = len(lines.pop())  # what follows the last newline: empty unless the last write was torn
+    want = set(at)
+    hashes: dict[int, str] = {}
+    prev = first = GENESIS
+    for number, line in enumerate(lines, start=1):
+        _check_line(line, number, prev)
         prev = _line_hash(line)
-    return len(lines) - 1, prev
+        if number == 1:
+            first = prev
+        if number in want:
+            hashes[number] = prev
+    return AuditScan(len(lines), prev, first, len(data) - torn, torn, hashes)
+
+
+def _torn_error(result: AuditScan) -> AuditError:
+    n = result.entries + 1
+    return AuditError(
+        f"entry seq {n} (line {n}): incomplete last line (no newline): {result.torn} bytes of a write torn "
+        "by a crash or a full disk; no receipt was returned for them, and the signer moves them aside at its "
+        "next start",
+        seq=n,
+        line=n,
+        code=TORN_TAIL,
+    )
+
+
+def verify_log(data: bytes, anchors: Iterable[Anchor] = ()) -> AuditScan:
+    """Check a log's bytes against its chain and against every anchor (verified checkpoints); pure.
+
+    Raises ``AuditError``, reporting tampering before a torn tail: ``audit_chain_broken``, then
+    ``audit_truncated`` or ``audit_rewritten`` for the anchor of lowest ``seq`` that the log fails, then
+    ``audit_torn_tail``. Returns the scan of an intact log.
+    """
+    ordered = sorted(anchors, key=lambda a: a.seq)
+    result = scan(data, {a.seq for a in ordered})
+    for anchor in ordered:
+        result.check_anchor(anchor)
+    if result.torn:
+        raise _torn_error(result)
+    return result
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise AuditError(f"cannot read audit log {os.fspath(path)}: {e.strerror}", code=UNREADABLE) from None
 
 
 def verify_file(path: str | os.PathLike[str]) -> int:
     """Check the hash chain of the log at ``path``; return the number of entries.
 
-    Raises ``AuditError`` naming the first broken entry (``e.seq``, ``e.line``) or an unreadable file.
+    Raises ``AuditError`` naming the first broken entry (``e.seq``, ``e.line``), a torn last line or an
+    unreadable file. Only the chain: anchors are checked by :func:`verify_log`.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise AuditError(f"cannot read audit log {os.fspath(path)}: {e.strerror}") from None
-    return _scan(data)[0]
+    return verify_log(_read(path)).entries
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A torn last line that ``AuditLog.open`` moved aside: its size in bytes and the file now holding it."""
+
+    size: int
+    aside: Path
 
 
 class AuditLog:
     """An open audit log. One process at a time (an exclusive ``flock``); thread-safe within it."""
 
-    def __init__(self, fd: int, path: Path, seq: int, head: str) -> None:
+    def __init__(self, fd: int, path: Path, tip: AuditHead, repaired: TornTail | None = None) -> None:
         self._fd = fd
         self._path = path
-        self._seq = seq
-        self._head = head
+        self._log = tip.log
+        self._seq = tip.seq
+        self._head = tip.head
+        self._durable = tip  # everything read at open is on disk
         self._written = 0  # bytes appended by this process
         self._synced = 0  # bytes known durable
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._failed: str | None = None
+        self.repaired = repaired  # the torn last line moved aside at open, if there was one
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> AuditLog:
+    def open(cls, path: str | os.PathLike[str], *, repair_torn_tail_at: datetime | None = None) -> AuditLog:
         """Open (creating, mode 0600) the log at ``path``, verify its whole chain, and take an exclusive lock.
 
-        Refuses a broken chain, an incomplete last line or a log another process holds.
+        Refuses a broken chain (``audit_chain_broken``) or a log another process holds. A torn last line
+        (no newline) is refused (``audit_torn_tail``) unless ``repair_torn_tail_at`` is given: its bytes are
+        then moved to ``<path>.torn-<unix seconds of that time>`` (fsynced) and the log is truncated to its
+        last complete line (fsynced); ``repaired`` says so, for the caller to report.
         """
         p = Path(path)
         try:
@@ -116,21 +275,32 @@ class AuditLog:
             while chunk := os.pread(fd, 1 << 20, offset):
                 chunks.append(chunk)
                 offset += len(chunk)
-            seq, head = _scan(b"".join(chunks))
+            data = b"".join(chunks)
+            result = scan(data)
+            repaired = None
+            if result.torn:
+                if repair_torn_tail_at is None:
+                    raise _torn_error(result)
+                repaired = _move_aside(fd, p, data, result.complete_size, repair_torn_tail_at)
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, p, seq, head)
+        return cls(fd, p, result.tip, repaired)
 
     @property
     def seq(self) -> int:
-        """Sequence number of the last entry (0 when empty)."""
+        """Sequence number of the last entry written (0 when empty)."""
         return self._seq
 
     @property
     def head(self) -> str:
-        """SHA-256 (hex) of the last line: keep a copy elsewhere to detect truncation of the tail."""
+        """SHA-256 (hex) of the last line written."""
         return self._head
+
+    @property
+    def durable_head(self) -> AuditHead:
+        """The last entry known to be on disk: the only head a checkpoint may vouch for."""
+        return self._durable
 
     def append(self, record: Mapping[str, Any]) -> int:
         """Append ``record`` as the next entry and return its ``seq`` once it is durable on disk."""
@@ -151,6 +321,8 @@ class AuditLog:
                 self._failed = f"write failed: {e.strerror}"
                 raise AuditError(f"audit log write failed: {e.strerror}") from None
             self._seq, self._head = seq, _line_hash(line)
+            if seq == 1:
+                self._log = self._head
             self._written += len(line) + 1
             mine = self._written
         self._sync_until(mine)
@@ -164,13 +336,16 @@ class AuditLog:
         with self._sync_lock:
             if self._synced >= position:
                 return  # another thread's fsync, begun after our write, already covered it
-            target = self._written  # everything written so far is covered by the fsync below
+            with self._write_lock:  # a consistent snapshot: the head of exactly the bytes the fsync covers
+                target = self._written
+                head = AuditHead(self._log, self._seq, self._head)
             try:
                 os.fsync(self._fd)
             except OSError as e:
                 self._failed = f"fsync failed: {e.strerror}"
                 raise AuditError(f"audit log fsync failed: {e.strerror}") from None
             self._synced = target
+            self._durable = head
 
     def close(self) -> None:
         """Release the lock and close the file."""
@@ -189,3 +364,44 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _move_aside(fd: int, path: Path, data: bytes, keep: int, now: datetime) -> TornTail:
+    """Save the bytes of ``data`` after ``keep`` beside the log (fsynced), then cut them from it (fsynced).
+
+    In that order, so a crash in between leaves the bytes in both places, never in neither; the next start
+    then finds the tail again and saves a second copy.
+    """
+    torn = data[keep:]
+    stamp = int(now.timestamp())
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        for n in range(1000):
+            aside = path.with_name(f"{path.name}.torn-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                out = os.open(aside, flags, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise AuditError(f"cannot move the torn tail of {path} aside: too many .torn-{stamp} files")
+        try:
+            _write_all(out, torn)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        _fsync_dir(path.parent)
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+    except OSError as e:
+        raise AuditError(f"cannot move the torn tail of {path} aside: {e.strerror}", code=TORN_TAIL) from None
+    return TornTail(len(torn), aside)

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from signer.cli_args import UsageError as _UsageError
 from signer.receipt import UTC, datetime
 
 if TYPE_CHECKING:
@@ -89,8 +90,11 @@ def _read_capped(path: str, limit: int, what: str) -> bytes:
     except OSError as e:
         raise _Rejected("unreadable", f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) > limit:
-        raise _Rejected("malformed", f"{what} larger than {limit} bytes")
+        raise _Rejected(_TOO_LARGE.get(what, "malformed"), f"{what} larger than {limit} bytes")
     return data
+
+
+_TOO_LARGE = {"receipt": "malformed", "keyset": "bad_keyset", "checkpoint": "bad_checkpoint"}
 
 
 # ====================================================================================================
@@ -323,24 +327,200 @@ def keys_main(argv: Sequence[str]) -> int:
     return OK
 
 
+AUDIT_DESCRIPTION = """\
+  keyturn audit verify LOG [--checkpoint PATH ...] [--keys KEYSET]
+  keyturn audit checkpoint --url URL --keys KEYSET --out FILE
+
+'verify' checks the audit log's hash chain and, against archived signed checkpoints, that the log was neither
+cut short nor rewritten. 'checkpoint' fetches the latest signed checkpoint from the bot, verifies it and saves
+it to a new file.
+"""
+AUDIT_EPILOG = """\
+The hash chain alone shows an entry edited without recomputing the hashes after it. It cannot show a log cut
+short, nor one edited and re-chained: whoever can write the file can do both. Signed checkpoints of the log's
+head, fetched from the bot (GET /v1/audit/checkpoint) and archived away from the signer, anchor it:
+'verify --checkpoint' refuses a log that lacks an anchored entry (audit_truncated) or holds another one in its
+place (audit_rewritten). See docs/security.md, "Anchoring the audit log".
+
+Exit 0: OK; 1: REJECTED <code>: <detail> on stderr; 2: usage error.
+"""
+
+
 def audit_main(argv: Sequence[str]) -> int:
-    """``keyturn audit verify FILE``: check the audit log's hash chain; name the first broken entry."""
-    p = argparse.ArgumentParser(prog="keyturn audit", description=audit_main.__doc__)
+    """``keyturn audit verify LOG [--checkpoint PATH ...] [--keys KEYSET]``: check the audit log's hash chain
+    and, against archived signed checkpoints, that it was neither cut short nor rewritten.
+    ``keyturn audit checkpoint --url URL --keys KEYSET --out FILE``: fetch, verify, archive the latest one."""
+    p = argparse.ArgumentParser(
+        prog="keyturn audit",
+        description=AUDIT_DESCRIPTION,
+        epilog=AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="action", required=True)
-    v = sub.add_parser("verify", help="check the hash chain")
-    v.add_argument("file", metavar="FILE")
+    v = sub.add_parser(
+        "verify",
+        help="check the hash chain, and the log against signed checkpoints",
+        description="Check the audit log's hash chain and, against archived signed checkpoints, that it was "
+        "neither cut short nor rewritten. Exit 0 OK; 1 REJECTED <code>: <detail>; 2 usage.",
+    )
+    v.add_argument("file", metavar="LOG", help="the audit log (KEYTURN_AUDIT_LOG), or a copy of it")
+    v.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a checkpoint file (as GET /v1/audit/checkpoint serves it) or a directory of them (*.json); "
+        "repeatable; needs --keys",
+    )
+    c = sub.add_parser(
+        "checkpoint",
+        help="fetch the latest signed checkpoint from the bot, verify, archive it",
+        description="Fetch the latest signed checkpoint of the audit log from the bot, verify it against the "
+        "keyset and save it to FILE, which must not exist. Exit 0 OK; 1 REJECTED <code>: <detail>; 2 usage.",
+    )
+    c.add_argument("--url", required=True, help="the bot's base URL, e.g. https://keyturn.example.com")
+    c.add_argument("--out", required=True, metavar="FILE", help="where to save it (must not exist)")
+    for cmd, needed in ((v, False), (c, True)):
+        cmd.add_argument(
+            "--keys",
+            required=needed,
+            metavar="KEYSET",
+            help="public keyset (JWKS, as 'keyturn keys export' writes it): a file or an https URL",
+        )
+        cmd.add_argument("--allow-dev-keys", action="store_true", help="accept development keys")
+        cmd.add_argument(
+            "--trust-keys-in-checkout",
+            action="store_true",
+            help="accept a keyset file inside the current git checkout (normally refused)",
+        )
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
-    from signer.audit import verify_file
-    from signer.errors import AuditError
+    from signer.errors import AuditError, VerificationError
+    from signer.gate import GateError, keyset_url_allowed
 
     try:
-        n = verify_file(parsed.file)
-    except AuditError as e:
-        print(f"BROKEN {e}", file=sys.stderr)
+        if parsed.keys is not None and "://" in parsed.keys and not keyset_url_allowed(parsed.keys):
+            raise _UsageError("--keys must be a file or an https URL (plain http only to localhost)")
+        if parsed.action == "verify":
+            return _audit_verify(parsed)
+        return _audit_checkpoint(parsed)
+    except _UsageError as e:
+        print(f"keyturn audit: {e}", file=sys.stderr)
+        return USAGE
+    except _Rejected as e:
+        print(f"REJECTED {e.code}: {e.detail}", file=sys.stderr)
         return REJECTED
-    print(f"OK {n} entries")
+    except (AuditError, VerificationError, GateError) as e:
+        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
+        return REJECTED
+    except Exception as e:  # fail closed: an unexpected error is a refusal, never an OK
+        print(f"REJECTED internal_error: {type(e).__name__} while checking the audit log", file=sys.stderr)
+        return REJECTED
+
+
+def _checkpoint_paths(paths: Sequence[str]) -> list[str]:
+    """Each ``--checkpoint`` PATH: the file itself, or every ``*.json`` file in a directory (sorted)."""
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json"))
+            if not found:
+                raise _Rejected("bad_checkpoint", f"no checkpoint files (*.json) in {path}")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def _audit_verify(parsed: argparse.Namespace) -> int:
+    from signer import gate
+    from signer.audit import verify_log
+    from signer.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, verify_checkpoint
+    from signer.errors import AuditError, VerificationError
+
+    if parsed.checkpoint and parsed.keys is None:
+        raise _UsageError("--checkpoint needs --keys KEYSET, the public keyset that verifies it")
+    # 1. Every checkpoint given must verify: one that does not is a refusal, never silently skipped.
+    anchors: dict[Checkpoint, str] = {}
+    if parsed.checkpoint:
+        keyset = gate.load_keyset(parsed.keys, trust_keys_in_checkout=parsed.trust_keys_in_checkout)
+        for path in _checkpoint_paths(parsed.checkpoint):
+            data = _read_capped(path, MAX_CHECKPOINT_BYTES, "checkpoint")
+            try:
+                checkpoint = verify_checkpoint(data, keyset, allow_dev_keys=parsed.allow_dev_keys)
+            except VerificationError as e:
+                raise _Rejected(e.code, f"checkpoint {path}: {e.message}") from None
+            anchors.setdefault(checkpoint, path)
+    # 2. The chain, then the log against each checkpoint, then a torn tail (verify_log's order).
+    try:
+        with open(parsed.file, "rb") as f:
+            log_bytes = f.read()
+    except OSError as e:
+        raise _Rejected("audit_unreadable", f"cannot read audit log {parsed.file}: {e.strerror}") from None
+    try:
+        result = verify_log(log_bytes, anchors)
+    except AuditError as e:
+        if isinstance(e.anchor, Checkpoint):
+            cp = e.anchor
+            issued = _time_text(cp.issued_at)
+            e.message += f" (checkpoint {anchors[cp]}: seq {cp.seq}, head {cp.head}, issued {issued})"
+        raise
+    summary = f"OK {result.entries} entries, head {result.head}"
+    if anchors:
+        latest = max(anchors, key=lambda a: a.seq)
+        summary += (
+            f"; matches {len(anchors)} signed checkpoint(s), the latest at seq {latest.seq} "
+            f"issued {_time_text(latest.issued_at)}"
+        )
+        if result.entries > latest.seq:
+            summary += f"; entries {latest.seq + 1}-{result.entries} not anchored yet"
+    else:
+        print(
+            "keyturn audit: note: no --checkpoint given: only the chain was checked, which cannot reveal a "
+            'log cut short or rewritten and re-chained (docs/security.md, "Anchoring the audit log")',
+            file=sys.stderr,
+        )
+    print(summary)
+    return OK
+
+
+def _time_text(dt: datetime) -> str:
+    from signer.receipt import format_time
+
+    return format_time(dt)
+
+
+def _audit_checkpoint(parsed: argparse.Namespace) -> int:
+    from signer import gate
+    from signer.checkpoint import MAX_CHECKPOINT_BYTES, verify_checkpoint
+    from signer.errors import VerificationError
+
+    path = "/v1/audit/checkpoint"
+    url = parsed.url if parsed.url.rstrip("/").endswith(path) else parsed.url.rstrip("/") + path
+    if not gate.keyset_url_allowed(url):
+        raise _UsageError("--url must be an https URL (plain http only to localhost)")
+    keyset = gate.load_keyset(parsed.keys, trust_keys_in_checkout=parsed.trust_keys_in_checkout)
+    data = gate.fetch_document(url, what="checkpoint", limit=MAX_CHECKPOINT_BYTES, too_large="bad_checkpoint")
+    try:
+        cp = verify_checkpoint(data, keyset, allow_dev_keys=parsed.allow_dev_keys)
+    except VerificationError as e:
+        raise _Rejected(e.code, f"checkpoint from {url}: {e.message}") from None
+    # Archived files are never overwritten: an archive that can be rewritten anchors nothing.
+    try:
+        fd = os.open(parsed.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        raise _Rejected("unwritable", f"cannot create {parsed.out}: {e.strerror}") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print(
+        f"OK checkpoint seq {cp.seq} head {cp.head} issued {_time_text(cp.issued_at)} saved to {parsed.out}"
+    )
     return OK
 
 

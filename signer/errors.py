@@ -44,14 +44,21 @@ class KeysetError(KeyturnError):
 
 
 class AuditError(KeyturnError):
-    """The audit log cannot be written, or its hash chain is broken.
+    """The audit log cannot be written (code ``audit_log``), or checking it found a problem.
 
-    ``seq`` and ``line`` (1-based) name the first broken entry when the chain is checked.
+    Codes of the checks (docs/security.md, "Anchoring the audit log"): ``audit_chain_broken`` (an entry does
+    not link to the one before it), ``audit_torn_tail`` (the last line has no newline: a torn write),
+    ``audit_truncated`` (fewer entries than a signed checkpoint anchors), ``audit_rewritten`` (an anchored
+    entry differs from the one the checkpoint signed), ``audit_unreadable``. ``seq`` and ``line`` (1-based)
+    name the entry concerned, when there is one.
     """
 
     code = "audit_log"
 
-    def __init__(self, message: str, *, seq: int | None = None, line: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, seq: int | None = None, line: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
         self.seq = seq
         self.line = line
+        self.anchor: object | None = None  # the checkpoint the log failed, for audit_truncated/_rewritten

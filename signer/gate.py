@@ -79,7 +79,7 @@ def load_keyset(
                 BAD_KEYSET_URL,
                 f"--keys must be a file or an https URL (plain http only to localhost): {source}",
             )
-        data = _fetch_within(source, deadline_s)
+        data = fetch_document(source, deadline_s=deadline_s)
     else:
         if not trust_keys_in_checkout:
             _refuse_keyset_in_checkout(source)
@@ -169,8 +169,17 @@ def _refuse_keyset_in_checkout(path: str) -> None:
 # --- keyset URLs --------------------------------------------------------------------------------------------
 
 
-def _fetch_within(url: str, deadline_s: float) -> bytes:
-    """GET ``url`` within ``deadline_s`` seconds in all.
+def fetch_document(
+    url: str,
+    *,
+    what: str = "keyset",
+    limit: int = MAX_KEYSET_BYTES,
+    too_large: str = BAD_KEYSET,
+    deadline_s: float = KEYSET_FETCH_DEADLINE_S,
+) -> bytes:
+    """GET ``what`` (a keyset; an audit checkpoint) from ``url`` within ``deadline_s`` seconds in all, at most
+    ``limit`` bytes, under the keyset source rule. Refusals: ``<what>_unavailable``, ``untrusted_<what>``
+    (a redirect breaking the rule) and ``too_large``. The caller checks ``url`` itself first.
 
     The socket timeout bounds each read, not the whole fetch: a server trickling a byte now and then would
     hold the CI job forever. So the fetch runs in a daemon thread that is abandoned at the deadline.
@@ -181,25 +190,25 @@ def _fetch_within(url: str, deadline_s: float) -> bytes:
 
     def work() -> None:
         try:
-            box["data"] = _fetch(url, deadline_s)
+            box["data"] = _fetch(url, deadline_s, what, limit, too_large)
         except Exception as e:  # handed to the caller's thread below
             box["error"] = e
 
-    worker = threading.Thread(target=work, name="keyset-fetch", daemon=True)
+    worker = threading.Thread(target=work, name=f"{what}-fetch", daemon=True)
     worker.start()
     worker.join(deadline_s)
     if worker.is_alive():
-        raise GateError(KEYSET_UNAVAILABLE, f"the keyset URL did not answer within {deadline_s:g} s")
+        raise GateError(f"{what}_unavailable", f"the {what} URL did not answer within {deadline_s:g} s")
     if "error" in box:
         error: Exception = box["error"]
         if isinstance(error, GateError):
             raise error
-        raise GateError(KEYSET_UNAVAILABLE, f"cannot fetch keyset: {type(error).__name__}") from None
+        raise GateError(f"{what}_unavailable", f"cannot fetch {what}: {type(error).__name__}") from None
     data: bytes = box["data"]
     return data
 
 
-def _fetch(url: str, timeout_s: float) -> bytes:
+def _fetch(url: str, timeout_s: float, what: str, limit: int, too_large: str) -> bytes:
     """The fetch itself. Redirects are followed only to URLs that pass the same rule as ``url``, so an https
     URL cannot be downgraded to plain http, nor a loopback one sent elsewhere in clear text."""
     import http.client
@@ -209,7 +218,7 @@ def _fetch(url: str, timeout_s: float) -> bytes:
 
     def check(target: str) -> None:
         if not keyset_url_allowed(target):
-            raise GateError(UNTRUSTED_KEYSET, f"refusing redirect of the keyset URL to {target}")
+            raise GateError(f"untrusted_{what}", f"refusing redirect of the {what} URL to {target}")
 
     class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
         def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
@@ -230,12 +239,12 @@ def _fetch(url: str, timeout_s: float) -> bytes:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked
     try:
         with opener.open(request, timeout=timeout_s) as resp:
-            data: bytes = resp.read(MAX_KEYSET_BYTES + 1)
+            data: bytes = resp.read(limit + 1)
     except urllib.error.HTTPError as e:
-        raise GateError(KEYSET_UNAVAILABLE, f"keyset URL answered HTTP {e.code}") from None
+        raise GateError(f"{what}_unavailable", f"{what} URL answered HTTP {e.code}") from None
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise GateError(KEYSET_UNAVAILABLE, f"cannot fetch keyset: {reason}") from None
-    if len(data) > MAX_KEYSET_BYTES:
-        raise GateError(BAD_KEYSET, f"keyset larger than {MAX_KEYSET_BYTES} bytes")
+        raise GateError(f"{what}_unavailable", f"cannot fetch {what}: {reason}") from None
+    if len(data) > limit:
+        raise GateError(too_large, f"{what} larger than {limit} bytes")
     return data

@@ -22,6 +22,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from signer import checkpoint as _checkpoint
 from signer.errors import KeyFileError, KeysetError, KeyturnError, VerificationError
 from signer.keyset import (
     ACTIVE,
@@ -286,3 +287,18 @@ def sign_receipt(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[str, 
     signed = dict(unsigned)
     signed["signature"] = {**unsigned["signature"], "value": b64encode(sig)}
     return signed
+
+
+def sign_checkpoint(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[str, Any]:
+    """Sign a checkpoint of the audit log's head (from ``signer.checkpoint.unsigned_checkpoint``) with the
+    active key; return its DSSE envelope.
+
+    The signature covers the checkpoint's own payload type (never the receipt's), so neither kind of
+    signature can stand in for the other. The checkpoint must name the active key and be well formed.
+    """
+    parsed = _checkpoint.parse_checkpoint(dict(unsigned))
+    if parsed.key_id != keys.active_kid:
+        raise KeyturnError("checkpoint names a key other than the active key", code="key_mismatch")
+    payload = _checkpoint.payload_bytes(unsigned)
+    kid, sig = keys.sign(_checkpoint.signing_bytes(payload))
+    return _checkpoint.envelope(payload, kid, sig)

@@ -7,8 +7,11 @@ frame (its payload is never read, so the stream cannot be resynchronised) or one
 (``frame_timeout``): error reply, then close. Idle connections are closed quietly; past the connection cap
 new ones get ``too_many_connections`` and are closed.
 
-Order for ``sign`` (issue 4, point 5): assess → sign → append to the audit log and fsync → reply.
-No record, no receipt: if the append fails the reply is an error and the receipt is dropped.
+Order for ``sign`` (issue 4, point 5): assess → sign → append to the audit log and fsync → re-sign the
+checkpoint of the log's head → reply. No record, no receipt: if the append fails the reply is an error and the
+receipt is dropped. The signer holds a signed checkpoint of its durable head from start on and serves the
+latest with the ``checkpoint`` op (docs/security.md, "Anchoring the audit log"). At start a torn last line of
+the log is moved aside with a warning; a broken chain is a refusal to start.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import socket
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from signer import evidence, wire
-from signer.audit import AuditLog
+from signer.audit import AuditHead, AuditLog
+from signer.checkpoint import unsigned_checkpoint
 from signer.errors import KeyturnError
-from signer.keys import SigningKeyset, sign_receipt
+from signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
 from signer.policy import Policy, load_policy
 from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, unsigned_receipt
 
@@ -94,6 +98,26 @@ class Signer:
     audit: AuditLog
     clock: Clock = system_clock
     timeout: float = 5.0
+    _checkpoint: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _checkpoint_head: AuditHead | None = field(default=None, init=False, repr=False)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The signed checkpoint (DSSE envelope) of the audit log's durable head, re-signed when it moved.
+
+        The durable head only grows, so the checkpoint held never goes back. Raises ``KeyturnError`` if the
+        clock cannot be read (then the previous checkpoint, if any, stays held).
+        """
+        head = self.audit.durable_head
+        if self._checkpoint is None or self._checkpoint_head != head:
+            unsigned = unsigned_checkpoint(
+                log=head.log,
+                seq=head.seq,
+                head=head.head,
+                issued_at=self.clock(),
+                key_id=self.keys.active_kid,
+            )
+            self._checkpoint, self._checkpoint_head = sign_checkpoint(self.keys, unsigned), head
+        return self._checkpoint
 
     async def reply_to(self, payload: bytes) -> wire.OkReply | wire.ErrorReply:
         """The reply to one frame payload. Never raises: every failure becomes an error reply."""
@@ -118,9 +142,17 @@ class Signer:
     async def handle(self, request: wire.Request) -> BaseModel | dict[str, Any]:
         """Run one request; raises :class:`KeyturnError` subclasses with the code to answer with."""
         if isinstance(request, wire.HealthRequest):
-            return wire.HealthResult(keyId=self.keys.active_kid, policySha256=self.policy.sha256)
+            head = self.audit.durable_head
+            return wire.HealthResult(
+                keyId=self.keys.active_kid,
+                policySha256=self.policy.sha256,
+                auditSeq=head.seq,
+                auditHead=head.head,
+            )
         if isinstance(request, wire.KeysRequest):
             return wire.KeysResult(jwks=self.keys.public_keyset().to_jwks())
+        if isinstance(request, wire.CheckpointRequest):
+            return wire.CheckpointResult(checkpoint=self.checkpoint())
         if isinstance(request, wire.CheckCiRequest):
             evidence.verify_ci_request(
                 self.secrets.ci_secret,
@@ -183,6 +215,10 @@ class Signer:
         # Record first: the receipt leaves this process only once its audit entry is on disk.
         seq = await self.audit.append_async(_audit_record(receipt, request, self.policy.sha256))
         log.info("sign %s ok: audit seq %d", decision.request_id, seq)
+        try:
+            self.checkpoint()  # so the checkpoint served covers this receipt's entry from now on
+        except KeyturnError as exc:  # the receipt is recorded: it is returned; the next call re-signs
+            log.warning("checkpoint of audit seq %d not signed: %s", seq, exc.code)
         return wire.SignResult(receipt=receipt)
 
 
@@ -395,7 +431,18 @@ def _load(settings: Any) -> tuple[SigningKeyset, Policy, evidence.Secrets, Audit
         print(
             f"keyturn signer: WARNING: dev mode, the clock is read from {fake}", file=sys.stderr, flush=True
         )
-    audit = AuditLog.open(settings.audit_log)
+    audit = AuditLog.open(settings.audit_log, repair_torn_tail_at=clock())
+    if audit.repaired is not None:
+        # Loud, once, at start: an operator should know. No checkpoint can cover these bytes (only synced
+        # entries are checkpointed) and no receipt was returned for them.
+        log.warning(
+            "AUDIT LOG TORN TAIL REPAIRED: %d bytes after entry seq %d of %s had no newline (a write cut "
+            "short by a crash or a full disk; no receipt was returned for it); moved aside to %s",
+            audit.repaired.size,
+            audit.seq,
+            settings.audit_log,
+            audit.repaired.aside,
+        )
     return keys, policy, secrets, audit, clock
 
 
@@ -425,6 +472,12 @@ def run(settings: Any) -> int:
         print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
         return 2
     signer = Signer(keys, policy, secrets, audit, clock, settings.signer_request_timeout)
+    try:
+        signer.checkpoint()  # hold a checkpoint of the head from the start
+    except KeyturnError as exc:
+        audit.close()
+        print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
+        return 2
     server = SignerServer(
         signer,
         Path(settings.signer_socket),

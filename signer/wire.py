@@ -38,6 +38,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "CheckCiRequest",
     "CheckSlackRequest",
+    "CheckpointRequest",
+    "CheckpointResult",
     "CiOrigin",
     "ErrorBody",
     "ErrorReply",
@@ -124,6 +126,12 @@ class KeysRequest(_Request):
     op: Literal["keys"] = "keys"
 
 
+class CheckpointRequest(_Request):
+    """The latest signed checkpoint of the audit log's head (public: docs/security.md, "Anchoring")."""
+
+    op: Literal["checkpoint"] = "checkpoint"
+
+
 class CheckCiRequest(_Request):
     """Check a CI request as it arrives (HMAC v1, ±5 minutes)."""
 
@@ -196,10 +204,16 @@ class MacCallbackRequest(_Request):
 
 
 Request = Annotated[
-    HealthRequest | KeysRequest | CheckCiRequest | CheckSlackRequest | SignRequest | MacCallbackRequest,
+    HealthRequest
+    | KeysRequest
+    | CheckpointRequest
+    | CheckCiRequest
+    | CheckSlackRequest
+    | SignRequest
+    | MacCallbackRequest,
     Field(discriminator="op"),
 ]
-OPS = frozenset({"health", "keys", "check_ci", "check_slack", "sign", "mac_callback"})
+OPS = frozenset({"health", "keys", "checkpoint", "check_ci", "check_slack", "sign", "mac_callback"})
 _REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
 
@@ -207,16 +221,24 @@ _REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
 
 class HealthResult(_Model):
-    """``health`` result."""
+    """``health`` result; ``auditSeq``/``auditHead`` are the audit log's last durable entry and its hash."""
 
     keyId: str
     policySha256: str
+    auditSeq: int
+    auditHead: str
 
 
 class KeysResult(_Model):
     """``keys`` result: the public keyset as a JWKS."""
 
     jwks: dict[str, Any]
+
+
+class CheckpointResult(_Model):
+    """``checkpoint`` result: the DSSE envelope of the latest signed checkpoint (``signer/checkpoint.py``)."""
+
+    checkpoint: dict[str, Any]
 
 
 class SignResult(_Model):

@@ -47,6 +47,9 @@ class AcceptingSigner:
     async def keys(self) -> dict[str, Any]:
         return {"keys": []}
 
+    async def checkpoint(self) -> dict[str, Any]:
+        return {}
+
     async def health(self) -> Any:
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -302,11 +303,20 @@ def test_audit_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         for i in range(3):
             log.append({"requestId": f"req_{i}"})
     assert audit_main(["verify", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == "OK 3 entries"
+    out = capsys.readouterr()
+    assert (
+        out.out.strip()
+        == f"OK 3 entries, head {hashlib.sha256(path.read_bytes().splitlines()[2]).hexdigest()}"
+    )
+    assert "no --checkpoint given" in out.err  # the chain alone is not an anchor: say so
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + lines[1].replace(b"req_1", b"req_9") + lines[2])
     assert audit_main(["verify", str(path)]) == 1
-    assert capsys.readouterr().err.startswith("BROKEN entry seq 3 (line 3)")
+    assert capsys.readouterr().err.startswith("REJECTED audit_chain_broken: entry seq 3 (line 3)")
+    assert audit_main(["verify", str(tmp_path / "missing.jsonl")]) == 1
+    assert capsys.readouterr().err.startswith("REJECTED audit_unreadable: ")
+    assert audit_main(["verify", str(path), "--checkpoint", str(path)]) == 2  # no --keys to verify it with
+    assert "--checkpoint needs --keys" in capsys.readouterr().err
 
 
 def test_verify_main_in_process_never_raises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
