@@ -337,7 +337,6 @@ def decide(
     now: int = T0 + 120,
     rid: str | None = None,
     origin: ev.CiEvidence | ev.SlackEvidence | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
     emails: Mapping[str, str] | None = None,
     click_rid: str | None = None,
 ) -> ev.Assessment:
@@ -354,7 +353,6 @@ def decide(
         request_id=rid,
         origin=the_origin,
         clicks=evid,
-        group_members=groups or {},
         emails=emails or {},
         now=at(now),
     )
@@ -379,9 +377,7 @@ def test_two_of_n_yields_the_approvals_in_click_order() -> None:
 
 
 def test_more_clicks_than_needed_count_up_to_the_quorum() -> None:
-    a = decide(
-        [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL"), (T0 + 30, "U0XTRA")], groups={"S0ONCALL": ["U0XTRA"]}
-    )
+    a = decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL"), (T0 + 30, "U0XTRA")])  # U0XTRA: pinned
     assert [x.user_id for x in a.approvals] == ["U0BOB", "U0CAROL"]
 
 
@@ -420,7 +416,6 @@ def test_self_approval_allowed_where_the_policy_says_so() -> None:
         request_id=rid,
         origin=ev.SlackEvidence(o.body, o.timestamp, o.signature),
         clicks=[ev.SlackEvidence(c.body, c.timestamp, c.signature)],
-        group_members={},
         emails={},
         now=at(T0 + 10),
     )
@@ -429,12 +424,10 @@ def test_self_approval_allowed_where_the_policy_says_so() -> None:
     assert a.expires_at - a.issued_at == timedelta(hours=1)
 
 
-def test_unauthorized_user_is_refused_and_group_members_are_admitted() -> None:
+def test_unauthorized_user_is_refused_and_pinned_group_members_are_admitted() -> None:
     refused("not_authorized", [(T0 + 10, "U0BOB"), (T0 + 20, "U0MALLORY")])
-    a = decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0ONCALL")], groups={"S0ONCALL": ["U0ONCALL"]})
+    a = decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0ONCALL")])  # pinned in the policy's [groups.S0ONCALL]
     assert a.approver.user_id == "U0ONCALL"
-    # A group the policy does not list admits nobody, whatever the bot says about it.
-    refused("not_authorized", [(T0 + 10, "U0BOB"), (T0 + 20, "U0MALLORY")], groups={"S0OTHER": ["U0MALLORY"]})
 
 
 def test_request_lifetime_bounds_the_evidence_and_the_signing() -> None:
@@ -459,7 +452,6 @@ def test_forged_and_misdirected_clicks_are_refused() -> None:
             request_id=rid,
             origin=origin,
             clicks=[ev.SlackEvidence(c.body, c.timestamp, c.signature) for c in (good, forged)],
-            group_members={},
             emails={},
             now=at(T0 + 60),
         )
