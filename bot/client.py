@@ -42,6 +42,7 @@ MAX_POLL = 60
 MAX_KEYSET_BYTES = 1024 * 1024
 KEYSET_FETCH_TIMEOUT = 10.0  # as `keyturn verify`: a keyset is small; a server this slow is not serving it
 SECRET_ENV = "KEYTURN_CI_SECRET"  # noqa: S105 - the variable name, not a secret
+REPLAY_ATTEMPTS = 3
 
 
 class Exit(Exception):
@@ -238,8 +239,29 @@ def _post_request(client: BotClient, args: argparse.Namespace) -> dict[str, Any]
         if value:
             body[key] = value
     raw = json.dumps(body, separators=(",", ":")).encode()
-    try:
-        status, data = client.call("POST", "/v1/requests", raw)
+    # The bot accepts each signed request once (docs/api.md, "Replays"). Two runs of this command with the
+    # same arguments in the same second sign identical bytes, so the second is told it is a replay: it then
+    # continues with the request the first one made, exactly as a retried pipeline gets the pending request.
+    for attempt in range(REPLAY_ATTEMPTS):
+        try:
+            status, data = client.call("POST", "/v1/requests", raw)
+        except OSError as exc:
+            raise Exit(UNREACHABLE, f"cannot reach the bot at {client.base}: {exc}") from None
+        if status != 409 or data.get("error") != "replayed_request":
+            return _check_status(status, data)
+        rid = data.get("requestId")
+        if isinstance(rid, str) and rid:
+            return _get_request(client, rid)
+        # The first copy is still being handled: sign anew once the clock has moved to the next second
+        # (the signature covers whole seconds, so nothing sooner would differ).
+        if attempt + 1 < REPLAY_ATTEMPTS:
+            time.sleep(1.0 - (time.time() % 1.0) + 0.01)
+    raise Exit(UNREACHABLE, "the bot kept answering replayed_request; try again")
+
+
+def _get_request(client: BotClient, rid: str) -> dict[str, Any]:
+    try:  # quoted: the id comes from an answer, and must stay one path segment
+        status, data = client.call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}")
     except OSError as exc:
         raise Exit(UNREACHABLE, f"cannot reach the bot at {client.base}: {exc}") from None
     return _check_status(status, data)
