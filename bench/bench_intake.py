@@ -66,6 +66,8 @@ required_approvals = 1
 request_ttl = "30m"
 receipt_ttl = "30m"
 confirm_approve = false
+[groups.S0ONCALL]
+members = ["U0ERIN"]
 """
 
 FLOOR_APP = """

@@ -129,7 +129,6 @@ def sign_in_process(
         request_id=rid,
         origin=ev.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature),
         clicks=[ev.SlackEvidence(c.body, c.timestamp, c.signature) for c in clicks],
-        group_members={},
         emails={},
         now=datetime.now(UTC),
     )
@@ -189,7 +188,7 @@ async def over_socket(sock: Path, seconds: float, clients: int, t0: int) -> floa
         i = k
         while time.perf_counter() < stop:
             rid, o, clicks = sets[i % len(sets)]
-            await client.sign(rid, o, clicks, {}, {})
+            await client.sign(rid, o, clicks, {})
             done += 1
             i += clients
 

@@ -30,7 +30,7 @@ from bot.callbacks import CallbackPolicy, CallbackRefused
 from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
-from bot.store import ChangeFeed, RequestStore, SignError, StoreUnavailable
+from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.evidence import EvidenceError, parse_ci_request_body
 from signer.receipt import format_time
@@ -92,6 +92,23 @@ class ApiError(Exception):
 
 def _unauthorized() -> ApiError:
     return ApiError(401, "unauthorized", "authentication failed")
+
+
+def _replayed(seen: SeenRequest) -> ApiError:
+    if seen.request_id is None:
+        return ApiError(
+            409,
+            "replayed_request",
+            "this signed request was already received and is still being handled; a signed request is "
+            "accepted once: sign a new one to retry",
+        )
+    return ApiError(
+        409,
+        "replayed_request",
+        f"this signed request was already accepted ({seen.action} of {seen.request_id}); a signed request is "
+        "accepted once: sign a new one to ask again",
+        extra={"requestId": seen.request_id},
+    )
 
 
 _REFUSED_STATUS = {"unknown_request": 404, "not_pending": 409, "unknown_environment": 422}
@@ -227,6 +244,27 @@ class Api:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
         return timestamp, signature
 
+    async def _accept_once(self, signature: str) -> None:
+        """Remember this signed state-changing request before acting on it; 409 ``replayed_request`` if it was
+        seen before. The MAC's ±300 s window alone would let anyone who saw the bytes send them again (say,
+        recreate a request already decided); this makes each signed request count once. Redis down: 503."""
+        seen = await self.store.claim_ci_request(signature)
+        if seen is not None:
+            self.metrics.refusals.labels("replayed_request").inc()
+            raise _replayed(seen)
+
+    async def _acted(self, signature: str, action: str, request_id: str) -> None:
+        try:
+            await self.store.bind_ci_request(signature, action, request_id)
+        except StoreUnavailable:  # the claim stays "in flight": a replay is still refused, less helpfully
+            log.warning("could not record what a signed %s request did", action)
+
+    async def _failed(self, signature: str) -> None:
+        try:
+            await self.store.release_ci_request(signature)
+        except StoreUnavailable:  # the claim lapses after REPLAY_TTL; the client signs a new request anyway
+            log.warning("could not release the replay claim of a failed request")
+
     def _request_id(self, request: Request) -> str:
         rid = str(request.path_params.get("request_id", ""))
         if not REQUEST_ID_RE.fullmatch(rid):
@@ -283,10 +321,12 @@ class Api:
             method=request.method,
             path=request.url.path,
         )
+        await self._accept_once(signature)
         try:
             req, created = await self.service.create(req_in, origin)
-        except Refused as exc:
-            if exc.code == "unknown_environment":
+        except Exception as exc:
+            await self._failed(signature)  # nothing was created: the same bytes may be sent again
+            if isinstance(exc, Refused) and exc.code == "unknown_environment":
                 raise ApiError(
                     422,
                     "unknown_environment",
@@ -294,6 +334,7 @@ class Api:
                     fields=[{"field": "environment", "message": "not an environment in the policy"}],
                 ) from None
             raise
+        await self._acted(signature, "create", req.id)
         view = await self._view(req)
         return JSONResponse(view, status_code=202 if created else 200)
 
@@ -341,12 +382,14 @@ class Api:
         """``POST /v1/requests/{id}/cancel``: CANCELLED (cancelling twice is fine)."""
         rid = self._request_id(request)
         body = await read_body(request, self.max_body)
-        await self._authenticate(request, body)
+        _, signature = await self._authenticate(request, body)
         await self._load(rid)
+        await self._accept_once(signature)
         try:
             req = await self.service.cancel(rid)
-        except Refused as exc:
-            if exc.code == "not_pending":
+        except Exception as exc:
+            await self._failed(signature)  # nothing was cancelled: a replay gets the same answer again
+            if isinstance(exc, Refused) and exc.code == "not_pending":
                 current = await self._load(rid)
                 raise ApiError(
                     409,
@@ -355,6 +398,7 @@ class Api:
                     extra={"status": current.status.value},
                 ) from None
             raise
+        await self._acted(signature, "cancel", rid)
         return JSONResponse(await self._view(req))
 
     async def keys(self, request: Request) -> Response:

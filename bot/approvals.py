@@ -81,7 +81,6 @@ class SignerPort(Protocol):
         request_id: str,
         origin: wire.CiOrigin | wire.SlackCommandOrigin,
         approvals: Sequence[wire.SlackClick],
-        group_members: Mapping[str, Sequence[str]],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
         """Ask for a receipt; raises a ``KeyturnError`` with a code on refusal or outage."""
@@ -267,34 +266,14 @@ class ApprovalService:
             raise Refused("unknown_request", "No such request (it may have been cleaned up).")
         return req
 
-    async def _ensure_authorized(self, env: Environment, environment: str, user_id: str) -> None:
-        if user_id in env.approvers:
-            return
-        lookup_failed = False
-        for group in env.approver_groups:
-            try:
-                members = await self._messenger.group_members(group)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("group lookup %s failed: %s", group, type(exc).__name__)
-                lookup_failed = True
-                continue
-            if user_id in members:
-                return
-        if lookup_failed:
-            raise Refused(
-                "membership_unavailable",
-                "Slack could not tell whether you are in an approver group right now; please try again.",
-            )
-        raise Refused("not_an_approver", f"You are not an approver for {environment}.")
-
-    async def _group_members(self, env: Environment) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for group in env.approver_groups:
-            with contextlib.suppress(Exception):
-                out[group] = sorted(await self._messenger.group_members(group))
-        return out
+    def _ensure_authorized(self, environment: str, user_id: str) -> None:
+        # The policy's own rule, with the group members pinned in it: the signer asks its copy of the same
+        # file, so a click refused here would be refused there, and one admitted here is admitted there.
+        # Live Slack membership is not consulted (a user added to the group in Slack but not yet pinned is
+        # refused until an admin runs `keyturn policy pin-groups`).
+        self._environment(environment)  # Refused("unknown_environment") rather than a bare KeyturnError
+        if not self._policy.authorizes(environment, user_id):
+            raise Refused("not_an_approver", f"You are not an approver for {environment}.")
 
     def _refused(self, exc: Refused) -> Refused:
         self._metrics.refusals.labels(exc.code).inc()
@@ -402,7 +381,7 @@ class ApprovalService:
         now = self._clock()
         lifecycle.ensure_open(req, now)
         env = self._environment(req.scope.environment)
-        await self._ensure_authorized(env, req.scope.environment, user_id)
+        self._ensure_authorized(req.scope.environment, user_id)
         if not env.allow_self_approval and req.requester_slack_id == user_id:
             raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
         email: str | None = None
@@ -442,17 +421,15 @@ class ApprovalService:
             current = await self._load(req.id)
             if current.status.final:
                 return current
-            env = self._environment(current.scope.environment)
             stored = await self._store.approvals(current.id)
             origin = await self._store.origin(current.id)
             if origin is None:
                 raise Refused("unknown_request", "The original request's evidence is gone.")
             emails = {s.approval.user_id: s.approval.email for s in stored if s.approval.email}
-            groups = await self._group_members(env)
             started = asyncio.get_running_loop().time()
             try:
                 receipt = await self._signer.sign(
-                    current.id, wire_origin(origin), [wire_click(s.evidence) for s in stored], groups, emails
+                    current.id, wire_origin(origin), [wire_click(s.evidence) for s in stored], emails
                 )
             except (KeyturnError, OSError, TimeoutError) as exc:
                 code = getattr(exc, "code", None) or "signer_unavailable"
@@ -514,8 +491,7 @@ class ApprovalService:
         try:
             req = await self._load(request_id)
             lifecycle.ensure_open(req, self._clock())
-            env = self._environment(req.scope.environment)
-            await self._ensure_authorized(env, req.scope.environment, user_id)
+            self._ensure_authorized(req.scope.environment, user_id)
             return req
         except Refused as exc:
             raise self._refused(exc) from None
@@ -526,9 +502,8 @@ class ApprovalService:
             if not reason.strip():
                 raise Refused("reason_required", "Please give a reason for denying.")
             req = await self._load(request_id)
-            env = self._environment(req.scope.environment)
             if not (req.status is Status.DENIED and req.decided_by == user_id):
-                await self._ensure_authorized(env, req.scope.environment, user_id)
+                self._ensure_authorized(req.scope.environment, user_id)
             done, changed = await self._store.transition(
                 request_id, lambda r: lifecycle.deny(r, by=user_id, reason=reason, now=self._clock())
             )
@@ -599,7 +574,7 @@ class ApprovalService:
                 continue
             try:
                 env = self._environment(req.scope.environment)
-                await self._ensure_authorized(env, req.scope.environment, user_id)
+                self._ensure_authorized(req.scope.environment, user_id)
             except Refused:
                 continue
             if not env.allow_self_approval and req.requester_slack_id == user_id:

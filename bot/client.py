@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 MAX_POLL = 60
 SECRET_ENV = "KEYTURN_CI_SECRET"  # noqa: S105 - the variable name, not a secret
+REPLAY_ATTEMPTS = 3
 
 # The gate's keyset refusals as exit codes (docs/api.md). The keyset is loaded before anything is posted, so
 # a keyset the gate will not use is a configuration error (2), except one that cannot be fetched right now,
@@ -248,8 +249,29 @@ def _post_request(client: BotClient, args: RequestArgs) -> dict[str, Any]:
         if value:
             body[key] = value
     raw = json.dumps(body, separators=(",", ":")).encode()
-    try:
-        status, data = client.call("POST", "/v1/requests", raw)
+    # The bot accepts each signed request once (docs/api.md, "Replays"). Two runs of this command with the
+    # same arguments in the same second sign identical bytes, so the second is told it is a replay: it then
+    # continues with the request the first one made, exactly as a retried pipeline gets the pending request.
+    for attempt in range(REPLAY_ATTEMPTS):
+        try:
+            status, data = client.call("POST", "/v1/requests", raw)
+        except OSError as exc:
+            raise Exit(UNREACHABLE, f"cannot reach the bot at {client.base}: {exc}") from None
+        if status != 409 or data.get("error") != "replayed_request":
+            return _check_status(status, data)
+        rid = data.get("requestId")
+        if isinstance(rid, str) and rid:
+            return _get_request(client, rid)
+        # The first copy is still being handled: sign anew once the clock has moved to the next second
+        # (the signature covers whole seconds, so nothing sooner would differ).
+        if attempt + 1 < REPLAY_ATTEMPTS:
+            time.sleep(1.0 - (time.time() % 1.0) + 0.01)
+    raise Exit(UNREACHABLE, "the bot kept answering replayed_request; try again")
+
+
+def _get_request(client: BotClient, rid: str) -> dict[str, Any]:
+    try:  # quoted: the id comes from an answer, and must stay one path segment
+        status, data = client.call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}")
     except OSError as exc:
         raise Exit(UNREACHABLE, f"cannot reach the bot at {client.base}: {exc}") from None
     return _check_status(status, data)

@@ -139,7 +139,6 @@ class SignerClient:
         request_id: str,
         origin: OriginLike,
         approvals: Sequence[ClickLike],
-        group_members: Mapping[str, Sequence[str]],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
         """Ask for a receipt. ``origin``/``approvals`` are the raw evidence as received (wire models or dicts
@@ -165,7 +164,6 @@ class SignerClient:
                 requestId=request_id,
                 origin=origin_model,
                 approvals=clicks,
-                groupMembers={k: list(v) for k, v in group_members.items()},
                 emails=dict(emails),
             )
         )

@@ -12,6 +12,9 @@ the layout works on Redis Cluster):
 * ``keyturn:req:{id}:callbacks``  list of callback delivery attempts (JSON)
 * ``keyturn:scope:{sha256}``      dedupe index: scope → the pending request id (its own slot; see ``create``)
 * ``keyturn:pending``             sorted set of pending request ids, scored by ``expires_at`` (epoch seconds)
+* ``keyturn:ci_seen:{sha256}``    replay guard: a state-changing signed CI request already accepted, keyed by
+                                  the digest of its signature (``pending``, then ``<action>:<requestId>``),
+                                  kept :data:`REPLAY_TTL` (see ``claim_ci_request``)
 * channel ``keyturn:changed:{id}`` is published on every write (long-polls wait on it; see ``ChangeFeed``)
 
 Every write of a record is a compare-and-swap on ``version`` in Lua (callers retry on conflict), and the
@@ -30,6 +33,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -45,6 +49,11 @@ log = logging.getLogger(__name__)
 
 PREFIX = "keyturn"
 PENDING_KEY = f"{PREFIX}:pending"
+# A signed CI request is fresh while its timestamp is within ±300 s of the signer's clock, i.e. for up to
+# 600 s of real time; remembered for longer than that, a replay can never outlive the memory of it. The
+# extra minute covers the time between the signer's check and the claim, and clock steps.
+REPLAY_TTL = timedelta(seconds=660)
+_IN_FLIGHT = "pending"
 CHANGED_PATTERN = f"{PREFIX}:changed:*"
 MAX_CAS_ATTEMPTS = 50
 
@@ -104,6 +113,20 @@ class StoredApproval(BaseModel):
 
     approval: Approval
     evidence: SlackEvidence
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """A signed CI request already accepted: ``action`` (``create``, ``cancel``, or ``pending`` while the
+    first copy is still being handled) and the request it concerned, when known."""
+
+    action: str
+    request_id: str | None
+
+
+def ci_seen_key(signature: str) -> str:
+    """The replay-guard key of a signed CI request: a digest of its signature (its own slot)."""
+    return f"{PREFIX}:ci_seen:{{{hashlib.sha256(signature.encode()).hexdigest()}}}"
 
 
 class SignError(BaseModel):
@@ -180,6 +203,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] the replay key. ARGV: placeholder, ttl seconds. Nil if newly claimed, else what it holds.
+_CLAIM_ONCE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+
 _SET_ERROR = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return 0 end
 if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'sign_error')
@@ -209,6 +238,7 @@ class RequestStore:
         self._delete_if_equals = client.register_script(_DELETE_IF_EQUALS)
         self._hold = client.register_script(_HOLD)
         self._set_error = client.register_script(_SET_ERROR)
+        self._claim_once = client.register_script(_CLAIM_ONCE)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -489,6 +519,36 @@ class RequestStore:
         """Every recorded callback delivery attempt, in order."""
         rows = await self._r.lrange(_sub_key(request_id, "callbacks"), 0, -1)
         return [json.loads(r) for r in rows]
+
+    # -- replay guard for signed CI requests --------------------------------------------------------------
+
+    @_guard
+    async def claim_ci_request(self, signature: str) -> SeenRequest | None:
+        """Remember a state-changing signed CI request before acting on it (atomic ``SET NX``, kept
+        :data:`REPLAY_TTL`). None: first time, go ahead. Otherwise it was seen: what it did, if known.
+
+        ``signature`` is the ``X-Keyturn-Signature`` value the signer accepted. The signer takes exactly one
+        spelling of a MAC (``v1=`` and 64 lowercase hex), so a replayer cannot dodge the key by respelling.
+        """
+        seen = await self._claim_once(
+            keys=[ci_seen_key(signature)], args=[_IN_FLIGHT, int(REPLAY_TTL.total_seconds())]
+        )
+        if seen is None:
+            return None
+        action, _, request_id = _text(seen).partition(":")
+        return SeenRequest(action=action, request_id=request_id or None)
+
+    @_guard
+    async def bind_ci_request(self, signature: str, action: str, request_id: str) -> None:
+        """Record what a claimed CI request did (``create`` or ``cancel`` of ``request_id``), keeping its TTL,
+        so a replay can be told which request it was about."""
+        await self._r.set(ci_seen_key(signature), f"{action}:{request_id}", xx=True, keepttl=True)
+
+    @_guard
+    async def release_ci_request(self, signature: str) -> None:
+        """Forget a claim whose request failed before it changed anything (only while still in flight), so
+        the client may send the same bytes again; a request that did act stays remembered."""
+        await self._delete_if_equals(keys=[ci_seen_key(signature)], args=[_IN_FLIGHT])
 
 
 class ChangeFeed:

@@ -560,16 +560,36 @@ def signer_main(argv: Sequence[str]) -> int:
 
 
 def policy_main(argv: Sequence[str]) -> int:
-    """``keyturn policy check FILE``: validate a policy file; print OK, or each error with its key path."""
-    import argparse
-
+    """``keyturn policy check FILE`` validates a policy file (OK, or each error with its key path).
+    ``keyturn policy pin-groups FILE`` asks Slack for the members of every approver group and prints the
+    ``[groups]`` tables (``--write``: replaces them in FILE). The Slack bot token is read from
+    $KEYTURN_SLACK_BOT_TOKEN only."""
     p = argparse.ArgumentParser(prog="keyturn policy", description=policy_main.__doc__)
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("check", help="validate a keyturn.toml")
     c.add_argument("file", metavar="FILE")
+    g = sub.add_parser(
+        "pin-groups",
+        help="pin approver group members from Slack into [groups]",
+        description="Ask Slack (usergroups.users.list) for the members of every group named in "
+        "approver_groups and print the [groups.<id>] tables, or replace them in FILE with --write. "
+        "Fails closed: any Slack error or an invalid result exits 1 and writes nothing. "
+        "The bot token is read from $KEYTURN_SLACK_BOT_TOKEN (never a flag).",
+    )
+    g.add_argument("file", metavar="FILE")
+    g.add_argument(
+        "--api-url",
+        help="Slack Web API base URL (default: $KEYTURN_SLACK_API_URL, else https://slack.com/api/); "
+        "https only, plain http only to loopback",
+    )
+    g.add_argument(
+        "--write", action="store_true", help="replace the [groups] tables in FILE (atomically) after checking"
+    )
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
+    if parsed.action == "pin-groups":
+        return _pin_groups(parsed)
     from signer.policy import PolicyError, load_policy
 
     try:
@@ -580,4 +600,62 @@ def policy_main(argv: Sequence[str]) -> int:
         return REJECTED
     envs = ", ".join(policy.environments)
     print(f"OK {parsed.file}: {len(policy.environments)} environment(s) ({envs}), sha256 {policy.sha256}")
+    return OK
+
+
+def _pin_groups(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from signer import pin_groups as pg
+
+    prog = "keyturn policy pin-groups"
+    token = os.environ.get(pg.TOKEN_ENV, "")
+    if not token.strip():
+        print(f"{prog}: ${pg.TOKEN_ENV} is not set (the bot token, with usergroups:read)", file=sys.stderr)
+        return USAGE
+    try:
+        api_url = pg.check_api_url(args.api_url or os.environ.get(pg.API_URL_ENV) or pg.DEFAULT_API_URL)
+    except pg.PinError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return USAGE
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read(pg.MAX_POLICY_BYTES + 1)
+    except OSError as e:
+        print(f"{prog}: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
+        return USAGE
+    try:
+        if len(data) > pg.MAX_POLICY_BYTES:
+            raise ValueError(f"larger than {pg.MAX_POLICY_BYTES} bytes")
+        text = data.decode("utf-8")
+    except ValueError as e:  # UnicodeDecodeError included
+        reason = "not UTF-8" if isinstance(e, UnicodeDecodeError) else str(e)
+        print(f"{prog}: {args.file}: {reason}", file=sys.stderr)
+        return REJECTED
+    try:
+        result = pg.pin(text, lambda group: pg.fetch_members(api_url, token, group), args.file)
+        if args.write and result.text is None:
+            pg.replace_groups_section(text, result.section)  # raises the reason it cannot be done
+    except pg.PinError as e:
+        print(f"{prog}: {e} (nothing written)" if args.write else f"{prog}: {e}", file=sys.stderr)
+        return REJECTED
+    for line in result.changes or ("no approver_groups: nothing to pin",):
+        print(f"{prog}: {line}", file=sys.stderr)
+    if not args.write:
+        sys.stdout.write(result.section)
+        return OK
+    assert result.text is not None  # checked above
+    if result.text == text:
+        print(f"{prog}: {args.file} is up to date", file=sys.stderr)
+        return OK
+    try:
+        pg.write_atomically(args.file, result.text)
+    except OSError as e:
+        print(f"{prog}: cannot write {args.file}: {e.strerror or e} (nothing written)", file=sys.stderr)
+        return REJECTED
+    digest = hashlib.sha256(result.text.encode("utf-8")).hexdigest()
+    print(
+        f"{prog}: wrote {args.file}, sha256 {digest}; review the diff, then restart the signer and the bot",
+        file=sys.stderr,
+    )
     return OK

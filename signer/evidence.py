@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -586,15 +586,15 @@ def assess(
     request_id: str,
     origin: CiEvidence | SlackEvidence,
     clicks: Sequence[SlackEvidence],
-    group_members: Mapping[str, Collection[str]],
     emails: Mapping[str, str],
     now: datetime,
 ) -> Assessment:
     """Decide whether a receipt may be issued; return what it says, or raise :class:`EvidenceError`.
 
-    ``group_members`` and ``emails`` come from the bot (which asked Slack); see docs/security.md for how far
-    they are trusted: group membership can only admit users of groups the policy lists, and an email can only
-    refuse (a requester match) or label an approver, never admit one.
+    Who may approve comes from ``policy`` alone: listed approvers and the group members pinned in its
+    ``[groups]`` (the bot supplies no membership). ``emails`` come from the bot (which asked Slack); see
+    docs/security.md for how far they are trusted: an email can only refuse (a requester match) or label an
+    approver, never admit one.
     """
     if not is_request_id(request_id):
         raise EvidenceError("bad_request", "requestId must be 'req_' + a ULID")
@@ -660,7 +660,7 @@ def assess(
     first_click: dict[str, ApproveClick] = {}
     for click_ in sorted(parsed, key=lambda c: c.at):  # stable: equal times keep the order given
         uid = click_.user_id
-        if not env.authorizes(uid, group_members):
+        if not policy.authorizes(claim.scope.environment, uid):
             raise EvidenceError("not_authorized", f"{uid} is not an approver for {claim.scope.environment}")
         if not env.allow_self_approval and (
             uid == requester_uid

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +35,9 @@ from signer.errors import KeyturnError
 
 __all__ = [
     "MAX_DURATION",
+    "MAX_GROUP_MEMBERS",
     "Environment",
+    "PinnedGroup",
     "Policy",
     "PolicyError",
     "PolicyIssue",
@@ -63,6 +65,8 @@ _BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 # No duration in a policy may exceed this: a receipt or request that lives for months is a mistake.
 MAX_DURATION = timedelta(days=30)
+# Far above any on-call rota; bounds what one policy file can make the signer hold.
+MAX_GROUP_MEMBERS = 10_000
 
 
 def is_slack_user_id(value: str) -> bool:
@@ -177,7 +181,8 @@ class Environment(_Frozen):
                 raise _at(name, f"lists {', '.join(dupes)} more than once")
         if not self.approvers and not self.approver_groups:
             raise _at("approvers", "no one can approve: list users in approvers or groups in approver_groups")
-        # Without groups the set of possible approvers is known; a quorum above it could never be met.
+        # Without groups the set of possible approvers is known here; with groups the policy checks it
+        # against the pinned members (Policy._check_groups). A quorum above it could never be met.
         if not self.approver_groups and self.required_approvals > len(self.approvers):
             raise _at(
                 "required_approvals",
@@ -185,15 +190,23 @@ class Environment(_Frozen):
             )
         return self
 
-    def authorizes(self, user_id: str, group_members: Mapping[str, Collection[str]]) -> bool:
-        """True if ``user_id`` is a listed approver or, per ``group_members``, a member of a listed group.
 
-        ``group_members`` maps a user-group id to its members; groups not listed in ``approver_groups`` are
-        ignored, so a caller cannot widen the policy by supplying extra groups.
-        """
-        if user_id in self.approvers:
-            return True
-        return any(user_id in group_members.get(g, ()) for g in self.approver_groups)
+class PinnedGroup(_Frozen):
+    """One ``[groups.<group id>]`` table: the members of a Slack user group, pinned in the policy.
+
+    The signer admits a member of an ``approver_groups`` group only if the user is listed here, in its own
+    copy of the policy; it never asks Slack and never takes membership from the bot. ``keyturn policy
+    pin-groups`` writes these tables from Slack's ``usergroups.users.list`` (docs/policy.md).
+    """
+
+    members: tuple[UserId, ...] = Field(max_length=MAX_GROUP_MEMBERS)
+
+    @model_validator(mode="after")
+    def _check_members(self) -> PinnedGroup:
+        dupes = sorted({m for m in self.members if self.members.count(m) > 1})
+        if dupes:
+            raise _at("members", f"lists {', '.join(dupes)} more than once")
+        return self
 
 
 class Policy(_Frozen):
@@ -203,9 +216,12 @@ class Policy(_Frozen):
     slack: SlackSettings = SlackSettings()
     identities: dict[IdentityKey, UserId] = Field(default_factory=dict)
     environments: dict[EnvName, Environment] = Field(min_length=1)
+    groups: dict[GroupId, PinnedGroup] = Field(default_factory=dict)
 
     _sha256: str = PrivateAttr(default="")
     _identities_folded: dict[str, str] = PrivateAttr(default_factory=dict)
+    # environment name -> every user who may approve there (approvers + pinned members of approver_groups)
+    _admitted: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_identities(self) -> Policy:
@@ -216,6 +232,53 @@ class Policy(_Frozen):
                 raise _at("identities", f"{key!r} is listed twice (CI identities are case-insensitive)")
             folded[k] = uid
         self._identities_folded = folded
+        return self
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> Policy:
+        """Every approver group is pinned, every pin is used, and every quorum can be met by who is listed."""
+        problems: list[tuple[tuple[str, ...], str]] = []
+        used: set[str] = set()
+        admitted: dict[str, frozenset[str]] = {}
+        for name, env in self.environments.items():
+            who = set(env.approvers)
+            for group in env.approver_groups:
+                used.add(group)
+                pinned = self.groups.get(group)
+                if pinned is None:
+                    problems.append(
+                        (
+                            ("environments", name, "approver_groups"),
+                            f"group {group} is not pinned: add [groups.{group}] with its members "
+                            "(keyturn policy pin-groups writes it from Slack)",
+                        )
+                    )
+                else:
+                    who.update(pinned.members)
+            unpinned = any(g not in self.groups for g in env.approver_groups)
+            if env.approver_groups and not unpinned and env.required_approvals > len(who):
+                problems.append(
+                    (
+                        ("environments", name, "required_approvals"),
+                        f"must be <= {len(who)}, the number of approvers and pinned members of "
+                        "approver_groups (the quorum could never be met)",
+                    )
+                )
+            admitted[name] = frozenset(who)
+        for group in self.groups:
+            if group not in used:
+                problems.append(
+                    (
+                        ("groups", group),
+                        "is pinned but in no environment's approver_groups (remove it, or rerun "
+                        "keyturn policy pin-groups)",
+                    )
+                )
+        if problems:
+            raise PydanticCustomError(
+                "keyturn_many", "{count} problem(s)", {"count": len(problems), "problems": problems}
+            )
+        self._admitted = admitted
         return self
 
     @property
@@ -229,6 +292,16 @@ class Policy(_Frozen):
         if env is None:
             raise UnknownEnvironment(name)
         return env
+
+    def authorizes(self, environment: str, user_id: str) -> bool:
+        """True if ``user_id`` may approve deploys to ``environment``: a listed approver, or a member of one
+        of its ``approver_groups`` as pinned in this policy's ``[groups]``.
+
+        Nothing else is consulted (no Slack, no caller-supplied membership), so the signer and the bot, each
+        asking its own copy of the same file, give the same answer. Raises :class:`UnknownEnvironment`.
+        """
+        self.environment(environment)
+        return user_id in self._admitted.get(environment, frozenset())
 
     def resolve_requester(self, requester: str) -> str | None:
         """The Slack user id behind a CI requester, or ``None`` when the policy cannot tell.
@@ -252,12 +325,20 @@ class Policy(_Frozen):
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(source, [PolicyIssue("", f"not valid TOML: {exc}")]) from None
-        try:
-            policy = cls.model_validate(raw)
-        except ValidationError as exc:
-            raise PolicyError(source, _issues(exc)) from None
+        policy = cls.from_data(raw, source)
         policy._sha256 = hashlib.sha256(data).hexdigest()
         return policy
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], source: str = "<policy>") -> Policy:
+        """Validate an already parsed TOML document; raises :class:`PolicyError` listing every issue.
+
+        The policy has no ``sha256`` (there are no file bytes): use it to check a document before writing it.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PolicyError(source, _issues(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -341,6 +422,9 @@ def _issues(exc: ValidationError) -> list[PolicyIssue]:
         loc = [part for part in loc if not (isinstance(part, str) and part.startswith("function-"))]
         etype = err["type"]
         ctx = err.get("ctx") or {}
+        if etype == "keyturn_many":  # several cross-table problems, each with its own full key path
+            issues += [PolicyIssue(_format_loc([*loc, *path]), msg) for path, msg in ctx["problems"]]
+            continue
         if etype == "keyturn_at":
             loc.append(str(ctx["field"]))
             message = str(ctx["detail"])

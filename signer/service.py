@@ -196,7 +196,6 @@ class Signer:
             request_id=request.requestId,
             origin=origin,
             clicks=clicks,
-            group_members=request.groupMembers,
             emails=request.emails,
             now=self.clock(),
         )

@@ -184,13 +184,16 @@ Origin = Annotated[CiOrigin | SlackCommandOrigin, Field(discriminator="kind")]
 
 
 class SignRequest(_Request):
-    """Ask for a receipt, with all the evidence (issue 4, points 1-4)."""
+    """Ask for a receipt, with all the evidence (issue 4, points 1-4).
+
+    There is no group membership here: the signer admits group members only from the ``[groups]`` pinned in
+    its own policy (docs/security.md), so a frame that still carries ``groupMembers`` is refused.
+    """
 
     op: Literal["sign"] = "sign"
     requestId: Short
     origin: Origin
     approvals: Annotated[list[SlackClick], Field(max_length=MAX_APPROVALS)]
-    groupMembers: dict[Annotated[str, Field(max_length=64)], Annotated[list[Short], Field(max_length=10_000)]]
     emails: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=320)]]
 
 
@@ -371,6 +374,14 @@ def parse_request(payload: bytes) -> Request:
         raise WireError("bad_request", "op must be a string", request_id)
     if op not in OPS:
         raise WireError("unknown_op", f"unknown op {op[:40]!r}", request_id)
+    if op == "sign" and "groupMembers" in obj:
+        # A bot from before membership was pinned: say why, rather than only "unknown field".
+        raise WireError(
+            "bad_request",
+            "groupMembers: unknown field; the signer no longer takes group membership from the bot "
+            "(it uses the [groups] pinned in its policy): upgrade the bot",
+            request_id,
+        )
     try:
         return _REQUEST.validate_python(obj)
     except ValidationError as exc:

@@ -35,6 +35,8 @@ approver_groups = ["S0ONCALL"]
 required_approvals = 2
 request_ttl = "30m"
 receipt_ttl = "15m"
+[groups.S0ONCALL]
+members = ["U0ERIN"]
 """
 
 
@@ -53,6 +55,8 @@ class FakeMessenger:
         self.calls: list[tuple[str, Any]] = []
         self.fail_posts = 0
         self.posted = asyncio.Event()
+        # What Slack says about groups right now; the approval checks must not depend on it.
+        self.groups: dict[str, frozenset[str]] = {"S0ONCALL": frozenset({"U0ERIN"})}
 
     async def post_card(self, request: DeployRequest) -> CardRef:
         self.calls.append(("post_card", request.id))
@@ -81,7 +85,8 @@ class FakeMessenger:
         self.calls.append(("modal", trigger_id))
 
     async def group_members(self, group_id: str) -> frozenset[str]:
-        return frozenset({"U0ERIN"}) if group_id == "S0ONCALL" else frozenset()
+        self.calls.append(("group_members", group_id))
+        return self.groups.get(group_id, frozenset())
 
     async def user_email(self, user_id: str) -> str | None:
         return f"{user_id.lower()}@example.com"
@@ -102,7 +107,6 @@ class FakeSigner:
         request_id: str,
         origin: wire.CiOrigin | wire.SlackCommandOrigin,
         approvals: Sequence[wire.SlackClick],
-        group_members: Mapping[str, Sequence[str]],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
         self.calls.append((request_id, len(approvals)))
@@ -213,6 +217,23 @@ async def test_refusals_have_specific_codes(
     assert exc.value.code == "unknown_request"
     assert [r.id for r in await service.pending_for("U0BOB")] == [req.id]
     assert await service.pending_for("U0ERIN") == []
+
+
+async def test_precheck_uses_the_pinned_membership_not_slack(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    """Slack (or whoever answers as Slack) says mallory joined on-call and erin left: the early check still
+    follows the policy's pinned [groups], exactly as the signer will, and never asks Slack."""
+    service, messenger, _, clock = parts
+    req = await created(service, messenger, clock)
+    messenger.groups = {"S0ONCALL": frozenset({"U0MALLORY"})}
+    with pytest.raises(Refused) as exc:
+        await service.check_can_decide(req.id, "U0MALLORY")
+    assert exc.value.code == "not_an_approver"
+    assert await service.pending_for("U0MALLORY") == []
+    assert (await service.check_can_decide(req.id, "U0ERIN")).id == req.id
+    await service.approve(req.id, "U0ERIN", click("U0ERIN"))
+    assert not [c for c in messenger.calls if c[0] == "group_members"]
 
 
 async def test_card_posting_is_retried_and_the_error_is_visible(

@@ -152,3 +152,22 @@ async def test_a_quiet_long_poll_outlives_the_socket_timeout(
     assert resp.json()["approvalsCount"] == 1
     assert woke - changed_at < 1.0  # woken by the feed, not by the 10 s safety re-read
     assert not [r for r in caplog.records if "lost its subscription" in r.getMessage()]
+
+
+async def test_replay_guard_with_redis_down_is_503_and_accepts_nothing() -> None:
+    """A create is remembered in Redis before anything is done; with Redis unreachable it cannot be, so the
+    answer is 503 ``store_unavailable`` (fail closed), never an unguarded create."""
+    client = make_redis(settings("redis://127.0.0.1:1/0", redis_pool_timeout=0.5), socket_timeout=0.5)
+    store = RequestStore(client, retention=timedelta(hours=1))
+    # The approval service is never reached: the replay claim comes first.
+    api = Api(None, store, AcceptingSigner(), ChangeFeed(client), Metrics(), base_url="http://bot.test")  # type: ignore[arg-type]
+    app = Starlette(routes=api.routes())
+    body = (
+        b'{"repo":"acme/web","sha":"' + SHA.encode() + b'","environment":"production",'
+        b'"workflow":"deploy.yml","requester":"github:alice"}'
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot.test") as http:
+        resp = await http.post("/v1/requests", content=body, headers=AUTH)
+    await client.aclose()
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"] == "store_unavailable"

@@ -45,6 +45,8 @@ approvers = ["U0BOB"]
 required_approvals = 1
 request_ttl = "30m"
 receipt_ttl = "15m"
+[groups.S0ONCALL]
+members = ["U0ERIN"]
 """
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 
@@ -112,7 +114,6 @@ class NoSigner:
         request_id: str,
         origin: wire.CiOrigin | wire.SlackCommandOrigin,
         approvals: Sequence[wire.SlackClick],
-        group_members: Mapping[str, Sequence[str]],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
         raise AssertionError("no request reaches quorum in these tests")

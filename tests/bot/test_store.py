@@ -14,7 +14,16 @@ from ulid import ULID
 from bot import lifecycle
 from bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
 from bot.ports import Refused
-from bot.store import ChangeFeed, RequestStore, SignError, StoreUnavailable, record_key, scope_key
+from bot.store import (
+    REPLAY_TTL,
+    ChangeFeed,
+    RequestStore,
+    SignError,
+    StoreUnavailable,
+    ci_seen_key,
+    record_key,
+    scope_key,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
@@ -242,3 +251,28 @@ async def test_unreachable_redis_is_a_clear_error() -> None:
             await RequestStore(client, retention=timedelta(hours=1)).get(new_id())
     finally:
         await client.aclose()
+
+
+async def test_ci_request_claim_is_once_and_outlives_the_signature_window(
+    store: RequestStore, aredis: aioredis.Redis
+) -> None:
+    sig = "v1=" + "ab" * 32
+    rid = new_id()
+    assert await store.claim_ci_request(sig) is None  # first time: go ahead
+    in_flight = await store.claim_ci_request(sig)
+    assert in_flight is not None
+    assert in_flight.request_id is None  # the first copy has not finished
+    await store.bind_ci_request(sig, "create", rid)
+    seen = await store.claim_ci_request(sig)
+    assert seen is not None
+    assert (seen.action, seen.request_id) == ("create", rid)
+    # Kept longer than the ±300 s a signature is fresh for, and the key holds no part of the signature.
+    assert 600 < await aredis.ttl(ci_seen_key(sig)) <= REPLAY_TTL.total_seconds()
+    assert sig.encode() not in b"".join([k async for k in aredis.scan_iter("keyturn:ci_seen:*")])
+    # A claim that acted is not released; one that failed before acting is.
+    await store.release_ci_request(sig)
+    assert await store.claim_ci_request(sig) is not None
+    other = "v1=" + "cd" * 32
+    assert await store.claim_ci_request(other) is None
+    await store.release_ci_request(other)
+    assert await store.claim_ci_request(other) is None

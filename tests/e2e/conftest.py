@@ -63,6 +63,9 @@ approvers = ["U0BOB", "U0CAROL"]
 required_approvals = 1
 request_ttl = "3s"
 receipt_ttl = "15m"
+
+[groups.S0ONCALL]
+members = ["U0ERIN"]
 """
 
 

@@ -11,18 +11,21 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from bot.cards import REASON_ACTION, REASON_BLOCK
 from signer.evidence import callback_signature
 from tests.e2e.conftest import CI_SECRET, Stack, ci_headers, request_body
 
 
 def test_duplicate_ci_request_returns_the_same_request_and_one_card(stack: Stack) -> None:
+    """A retried webhook: the same body, signed anew each time (distinct timestamps)."""
     body = json.dumps(request_body()).encode()
-    first = stack.post("/v1/requests", body)
-    second = stack.post("/v1/requests", body)
+    now = int(time.time())
+    first = stack.post("/v1/requests", body, ts=now)
+    second = stack.post("/v1/requests", body, ts=now - 1)
     assert (first.status_code, second.status_code) == (202, 200)
     assert first.json()["requestId"] == second.json()["requestId"]
     stack.card(first.json()["requestId"])
-    third = stack.post("/v1/requests", body)
+    third = stack.post("/v1/requests", body, ts=now - 2)
     assert third.status_code == 200
     posts = [c for c in stack.emulator.calls("chat.postMessage") if "thread_ts" not in c["params"]]
     assert len(posts) == 1
@@ -86,9 +89,11 @@ def test_reads_receipt_cancel_and_keys(stack: Stack) -> None:
     pending = stack.get(f"/v1/requests/{rid}/receipt")
     assert (pending.status_code, pending.json()["status"]) == (409, "PENDING")
     req = stack.card(rid)
-    cancelled = stack.post(f"/v1/requests/{rid}/cancel", b"")
+    now = int(time.time())
+    cancelled = stack.post(f"/v1/requests/{rid}/cancel", b"", ts=now)
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "CANCELLED")
-    assert stack.post(f"/v1/requests/{rid}/cancel", b"").status_code == 200  # idempotent
+    again = stack.post(f"/v1/requests/{rid}/cancel", b"", ts=now - 1)  # signed anew: idempotent
+    assert again.status_code == 200
     stack.emulator.wait_for("chat.update", channel="C0DEPLOYS", ts=req["card"]["ts"])
     keys = httpx.get(stack.bot_url + "/v1/keys")
     assert keys.status_code == 200
@@ -205,3 +210,90 @@ def test_callback_to_a_host_outside_the_allowlist_is_422_naming_callback_url(sta
     assert field["field"] == "callbackUrl"
     assert "KEYTURN_CALLBACK_HOSTS" in field["message"]
     assert stack.emulator.calls("chat.postMessage") == []  # refused before anything was created
+
+
+# --- replays (issue 9, point 9): a signed CI request is accepted once ---------------------------------------
+
+
+def _signed(stack: Stack, path: str, body: bytes) -> tuple[bytes, dict[str, str]]:
+    """One signed request, to be sent as is more than once (what a network replayer holds)."""
+    return body, ci_headers("POST", path, body)
+
+
+def _send(stack: Stack, path: str, signed: tuple[bytes, dict[str, str]]) -> httpx.Response:
+    body, headers = signed
+    return stack.http.post(stack.bot_url + path, content=body, headers=headers)
+
+
+def _replays_counted(stack: Stack) -> float:
+    """``keyturn_refusals_total{code="replayed_request"}`` (the bot lives for the whole session)."""
+    for line in httpx.get(stack.bot_url + "/metrics").text.splitlines():
+        if line.startswith('keyturn_refusals_total{code="replayed_request"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_ci_create_replay_refused_409(stack: Stack) -> None:
+    counted = _replays_counted(stack)
+    signed = _signed(stack, "/v1/requests", json.dumps(request_body()).encode())
+    first = _send(stack, "/v1/requests", signed)
+    assert first.status_code == 202
+    rid = first.json()["requestId"]
+    replay = _send(stack, "/v1/requests", signed)
+    assert replay.status_code == 409
+    data = replay.json()
+    assert data["error"] == "replayed_request"
+    assert data["requestId"] == rid  # a client that lost the first answer can carry on with it
+    assert "accepted once" in data["message"]
+    # The same body signed anew is an ordinary retry: the pending request of that scope, one card.
+    retry = stack.post("/v1/requests", signed[0], ts=int(signed[1]["X-Keyturn-Timestamp"]) - 1)
+    assert (retry.status_code, retry.json()["requestId"]) == (200, rid)
+    stack.card(rid)
+    posts = [c for c in stack.emulator.calls("chat.postMessage") if "thread_ts" not in c["params"]]
+    assert len(posts) == 1
+    assert _replays_counted(stack) == counted + 1
+
+
+def test_ci_cancel_replay_refused(stack: Stack) -> None:
+    rid = stack.card(stack.create()["requestId"])["requestId"]
+    path = f"/v1/requests/{rid}/cancel"
+    signed = _signed(stack, path, b"")
+    first = _send(stack, path, signed)
+    assert (first.status_code, first.json()["status"]) == (200, "CANCELLED")
+    replay = _send(stack, path, signed)
+    assert replay.status_code == 409
+    assert (replay.json()["error"], replay.json()["requestId"]) == ("replayed_request", rid)
+    # Reads are not state-changing: the same signed GET may repeat.
+    get_headers = ci_headers("GET", f"/v1/requests/{rid}", b"")
+    for _ in range(2):
+        assert stack.http.get(f"{stack.bot_url}/v1/requests/{rid}", headers=get_headers).status_code == 200
+
+
+def test_replay_of_decided_request_does_not_reopen(stack: Stack) -> None:
+    """The request is denied; replaying the CI request that made it (inside the 300 s window) must not put a
+    new card for the same scope in front of approvers."""
+    signed = _signed(stack, "/v1/requests", json.dumps(request_body()).encode())
+    created = _send(stack, "/v1/requests", signed)
+    assert created.status_code == 202
+    req = stack.card(created.json()["requestId"])
+    rid = req["requestId"]
+    since = len(stack.emulator.calls())
+    stack.click("U0BOB", req, action="deny")
+    view_id = stack.emulator.wait_for("views.open", since=since)["response"]["view"]["id"]
+    stack.emulator.submit_view("U0BOB", view_id, {REASON_BLOCK: {REASON_ACTION: "not today"}})
+    assert stack.wait_status(rid, "DENIED")["decidedBy"] == "U0BOB"
+
+    replay = _send(stack, "/v1/requests", signed)
+    assert replay.status_code == 409
+    assert (replay.json()["error"], replay.json()["requestId"]) == ("replayed_request", rid)
+    assert stack.get(f"/v1/requests/{rid}").json()["status"] == "DENIED"
+    redis = stack.redis.client()
+    try:
+        assert redis.zcard("keyturn:pending") == 0  # nothing pending: nothing reopened
+    finally:
+        redis.close()
+    cards = stack.emulator.calls("chat.postMessage")
+    assert (
+        len([c for c in cards if c["params"]["channel"] == "C0DEPLOYS" and "thread_ts" not in c["params"]])
+        == 1
+    )

@@ -107,3 +107,28 @@ def test_unreachable_bot_exits_3(stack: Stack) -> None:
     proc = _start(argv)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, stderr
+
+
+def test_two_identical_runs_in_one_second_share_the_request(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs with the same arguments in the same second sign identical bytes: the bot accepts the first
+    and answers the second 409 ``replayed_request`` naming the request, which the second then continues with
+    (as a retried pipeline gets the pending request back)."""
+    import types
+
+    from bot import client
+
+    frozen = float(int(time.time()))
+    clock = types.SimpleNamespace(time=lambda: frozen, monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(client, "time", clock)
+    monkeypatch.setenv("KEYTURN_CI_SECRET", CI_SECRET)
+    argv = _request(stack)[len(KEYTURN) + 1 :]
+    assert client.main(argv) == 1  # submitted, not approved yet (no --wait)
+    first = capsys.readouterr().out.strip()
+    assert client.main(argv) == 1
+    second = capsys.readouterr().out.strip()
+    assert first.startswith("req_")
+    assert second == first
+    metrics = stack.http.get(stack.bot_url + "/metrics").text
+    assert 'keyturn_refusals_total{code="replayed_request"}' in metrics

@@ -67,6 +67,9 @@ required_approvals = 1
 request_ttl = "10m"
 receipt_ttl = "1h"
 allow_self_approval = true
+
+[groups.S0ONCALL]
+members = ["U0ONCALL", "U0XTRA"]
 """
 POLICY = Policy.from_bytes(POLICY_TOML.encode())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -54,6 +55,7 @@ from tests.signer.conftest import (
     click_body,
     make_files,
     new_id,
+    rid_of,
     start_signer,
 )
 
@@ -145,11 +147,14 @@ class Anchored:
         return d
 
 
+_ORIGINS = itertools.count()
+
+
 async def sign_one(client: SignerClient) -> dict[str, Any]:
-    t0 = int(time.time()) - 60
-    rid = new_id()
-    clicks = [click(t0 + 10 + i, click_body(rid, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
-    return await client.sign(rid, ci_origin(t0), clicks, {}, {})
+    t0 = int(time.time()) - 60 - next(_ORIGINS)  # a distinct origin (and so request) per call
+    origin = ci_origin(t0)
+    clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
+    return await client.sign(rid_of(origin), origin, clicks, {})
 
 
 @pytest.fixture(scope="module")

@@ -287,7 +287,6 @@ def decide(
     now: int = T0 + 120,
     rid: str | None = None,
     origin: Origin | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
     emails: Mapping[str, str] | None = None,
     click_origin: Origin | None = None,
 ) -> ev.Assessment:
@@ -302,7 +301,6 @@ def decide(
         request_id=rid or rid_of(the_origin),
         origin=as_evidence(the_origin),
         clicks=evid,
-        group_members=groups or {},
         emails=emails or {},
         now=at(now),
     )
@@ -327,9 +325,7 @@ def test_two_of_n_yields_the_approvals_in_click_order() -> None:
 
 
 def test_more_clicks_than_needed_count_up_to_the_quorum() -> None:
-    a = decide(
-        [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL"), (T0 + 30, "U0XTRA")], groups={"S0ONCALL": ["U0XTRA"]}
-    )
+    a = decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL"), (T0 + 30, "U0XTRA")])  # U0XTRA: pinned
     assert [x.user_id for x in a.approvals] == ["U0BOB", "U0CAROL"]
 
 
@@ -363,12 +359,10 @@ def test_self_approval_allowed_where_the_policy_says_so() -> None:
     assert a.expires_at - a.issued_at == timedelta(hours=1)
 
 
-def test_unauthorized_user_is_refused_and_group_members_are_admitted() -> None:
+def test_unauthorized_user_is_refused_and_pinned_group_members_are_admitted() -> None:
     refused("not_authorized", [(T0 + 10, "U0BOB"), (T0 + 20, "U0MALLORY")])
-    a = decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0ONCALL")], groups={"S0ONCALL": ["U0ONCALL"]})
+    a = decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0ONCALL")])  # pinned in the policy's [groups.S0ONCALL]
     assert a.approver.user_id == "U0ONCALL"
-    # A group the policy does not list admits nobody, whatever the bot says about it.
-    refused("not_authorized", [(T0 + 10, "U0BOB"), (T0 + 20, "U0MALLORY")], groups={"S0OTHER": ["U0MALLORY"]})
 
 
 def test_request_lifetime_bounds_the_evidence_and_the_signing() -> None:
@@ -391,7 +385,6 @@ def test_forged_and_misdirected_clicks_are_refused() -> None:
             request_id=rid_of(o),
             origin=as_evidence(o),
             clicks=[ev.SlackEvidence(c.body, c.timestamp, c.signature) for c in (good, forged)],
-            group_members={},
             emails={},
             now=at(T0 + 60),
         )
@@ -411,7 +404,6 @@ def test_forged_origin_and_unknown_environment() -> None:
             request_id=rid_of(moon),
             origin=as_evidence(moon),
             clicks=[],
-            group_members={},
             emails={},
             now=at(T0 + 60),
         )

@@ -228,7 +228,7 @@ def test_many_concurrent_garbage_connections(running_signer: Signer) -> None:
         ),
         pytest.param(
             b'{"v":1,"id":"x","op":"sign","requestId":"r","origin":{"kind":"ci"},'
-            b'"approvals":[],"groupMembers":{},"emails":{},"requestId":"s"}',
+            b'"approvals":[],"emails":{},"requestId":"s"}',
             "bad_frame",
             id="duplicate-nested-key",
         ),

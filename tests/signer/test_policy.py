@@ -64,11 +64,40 @@ def test_resolve_requester() -> None:
     assert policy.resolve_requester("github:mallory") is None
 
 
-def test_authorizes_users_and_listed_groups_only() -> None:
-    env = Policy.from_bytes(POLICY_TOML.encode()).environment("production")
-    assert env.authorizes("U0BOB", {})
-    assert env.authorizes("U0X", {"S0ONCALL": ["U0X"]})
-    assert not env.authorizes("U0X", {"S0OTHER": ["U0X"]})
+def test_authorizes_listed_users_and_pinned_group_members_only() -> None:
+    policy = Policy.from_bytes(POLICY_TOML.encode())
+    assert policy.authorizes("production", "U0BOB")
+    assert policy.authorizes("production", "U0ONCALL")  # pinned in [groups.S0ONCALL]
+    assert not policy.authorizes("production", "U0MALLORY")
+    assert not policy.authorizes("staging", "U0ONCALL")  # staging names no group
+    with pytest.raises(UnknownEnvironment):
+        policy.authorizes("moon", "U0BOB")
+
+
+def test_pinned_group_member_admitted() -> None:
+    """A member pinned in [groups] is an approver of every environment naming the group, and only those."""
+    text = MINIMAL + 'approver_groups = ["S0ONCALL"]\n[groups.S0ONCALL]\nmembers = ["U0ERIN", "W0GRID"]\n'
+    policy = Policy.from_bytes(text.encode())
+    assert policy.authorizes("production", "U0ERIN")
+    assert policy.authorizes("production", "W0GRID")  # Enterprise Grid user ids too
+    assert not policy.authorizes("production", "U0DAVE")
+
+
+def test_policy_check_refuses_unpinned_approver_group(tmp_path: Path) -> None:
+    """An approver group without [groups.<id>] is refused, naming the group: the signer would otherwise have
+    no membership to go on (and never takes it from the bot)."""
+    text = MINIMAL + 'approver_groups = ["S0ONCALL", "S0LEADS"]\n[groups.S0LEADS]\nmembers = ["U0DAVE"]\n'
+    found = issues_of(text)
+    assert found == [
+        "environments.production.approver_groups: group S0ONCALL is not pinned: add [groups.S0ONCALL] with "
+        "its members (keyturn policy pin-groups writes it from Slack)"
+    ]
+    path = tmp_path / "unpinned.toml"
+    path.write_text(text)
+    out = run_check("check", str(path))
+    assert out.returncode == 1
+    assert f"{path}: environments.production.approver_groups: group S0ONCALL is not pinned" in out.stderr
+    assert out.stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -144,9 +173,42 @@ def test_each_mistake_is_named(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in found), found
 
 
-def test_required_approvals_may_exceed_listed_users_when_groups_exist() -> None:
-    text = MINIMAL.replace("required_approvals = 2", 'required_approvals = 3\napprover_groups = ["S0ONCALL"]')
+def test_required_approvals_counts_pinned_group_members() -> None:
+    groups = 'required_approvals = 3\napprover_groups = ["S0ONCALL"]'
+    text = (
+        MINIMAL.replace("required_approvals = 2", groups)
+        + '[groups.S0ONCALL]\nmembers = ["U0BOB", "U0ERIN"]\n'
+    )
     assert Policy.from_bytes(text.encode()).environment("production").required_approvals == 3
+    # Bob is both listed and pinned: he counts once, so two people can never make a quorum of four.
+    found = issues_of(text.replace("required_approvals = 3", "required_approvals = 4"))
+    assert found == [
+        "environments.production.required_approvals: must be <= 3, the number of approvers and pinned "
+        "members of approver_groups (the quorum could never be met)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        (
+            '[groups.S0ONCALL]\nmembers = ["U0A", "U0A"]\n',
+            "groups.S0ONCALL.members: lists U0A more than once",
+        ),
+        ('[groups.S0ONCALL]\nmembers = ["bob"]\n', "groups.S0ONCALL.members[0]: must be a Slack user id"),
+        ("[groups.S0ONCALL]\n", "groups.S0ONCALL.members: required"),
+        ('[groups.S0ONCALL]\nmembers = []\nhandle = "oncall"\n', "groups.S0ONCALL.handle: unknown key"),
+        ('[groups.oncall]\nmembers = ["U0A"]\n', "groups.oncall: invalid key"),
+        (
+            '[groups.S0ONCALL]\nmembers = ["U0A"]\n[groups.S0STALE]\nmembers = ["U0A"]\n',
+            "groups.S0STALE: is pinned but in no environment's approver_groups",
+        ),
+    ],
+)
+def test_pinned_groups_are_validated_strictly(groups: str, expected: str) -> None:
+    text = MINIMAL + 'approver_groups = ["S0ONCALL"]\n' + groups
+    found = issues_of(text)
+    assert any(i.startswith(expected) for i in found), found
 
 
 def test_every_issue_is_reported_at_once() -> None:
