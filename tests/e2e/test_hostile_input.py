@@ -860,7 +860,7 @@ def test_hanging_keyset_urls_end_in_bounded_time(stack: Stack, tmp_path: Path) -
             assert err.startswith("REJECTED keyset_unavailable"), err
         else:
             assert code == 3, err
-            assert "cannot fetch the keyset" in err, err
+            assert "keyset_unavailable" in err, err  # the one gate's code, as verify says it
     assert elapsed < 25
     # Nothing was asked of the approvers: the keyset is checked before the request is made.
     assert not stack.emulator.calls("chat.postMessage")
