@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -98,6 +98,7 @@ MENTIONS_MAX = 1900
 _USER_ID = r"[UW][A-Z0-9]{2,30}"
 _USER_ID_RE = re.compile(rf"\A{_USER_ID}\Z")
 _MENTION = rf"<@{_USER_ID}>"
+_MENTION_RE = re.compile(rf"<@({_USER_ID})>")
 # The only texts the status part may hold. Neither can spell a repo, commit, environment or workflow.
 _APPROVALS_RE = re.compile(
     rf"\A[0-9]{{1,3}} of [0-9]{{1,3}}(?:: {_MENTION}(?:, {_MENTION})*(?: and [0-9]{{1,3}} more)?)?\Z"
@@ -109,11 +110,15 @@ _EXPIRES_RE = re.compile(
 )
 # A Slack emoji code: ``:name:``. In mrkdwn, and in plain_text with emoji on, Slack draws it as a picture
 # (custom emoji are pictures a workspace member uploads: one could show any word).
-_EMOJI_CODE_RE = re.compile(r":[A-Za-z0-9_+'-]+:")
-_EMOJI_START_RE = re.compile(r":(?=[A-Za-z0-9_+'-]+:)")
+_EMOJI_CODE_RE = re.compile(r":[^\s:]+:")
+# Any ``:name:`` — custom emoji names need not be ASCII.
+_EMOJI_START_RE = re.compile(r":(?=[^\s:]+:)")
 _RATIO = "\u2236"  # ∶ — shown in place of the colon that would start an emoji code
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _ESCAPE_RE = re.compile(r"[&<>]")
+_IDENTITY_RE = re.compile(
+    r"\A(?:[a-z][a-z0-9-]{0,30}:[A-Za-z0-9][A-Za-z0-9._-]{0,99}|[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190})\Z"
+)
 _URL_RE = re.compile(r"\Ahttps://[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?(?:/[\x21-\x7e]*)?\Z")
 _URL_FORBIDDEN = frozenset("<>|\"'`\\")
 
@@ -153,17 +158,6 @@ def _escape(text: str) -> str:
     return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], text)
 
 
-def _truncate(text: str, limit: int) -> str:
-    """Cut escaped ``text`` to ``limit`` characters with ``…``; never inside ``&amp;``/``&lt;``/``&gt;``."""
-    if len(text) <= limit:
-        return text
-    head = text[: limit - len(ELLIPSIS)]
-    amp = head.rfind("&", max(0, len(head) - 4))
-    if amp != -1 and ";" not in head[amp:]:
-        head = head[:amp]
-    return head + ELLIPSIS
-
-
 def _invisible(ch: str) -> bool:
     """Characters a person cannot see that could glue or split what they read: Unicode format characters
     (zero-width space and joiners, soft hyphen, word joiner, bidi controls, ...), the combining grapheme
@@ -186,7 +180,7 @@ def _invisible(ch: str) -> bool:
 _LOOKALIKES = {
     **dict.fromkeys("аɑαа", "a"),
     **dict.fromkeys("ƅЬьᏏ", "b"),
-    **dict.fromkeys("сϲᴄⅽ", "c"),
+    **dict.fromkeys("сϲᴄⅽⲥ", "c"),
     **dict.fromkeys("ԁɗⅾ", "d"),
     **dict.fromkeys("еҽℯ", "e"),
     **dict.fromkeys("ſ", "f"),
@@ -198,9 +192,11 @@ _LOOKALIKES = {
     **dict.fromkeys("ⅼ", "l"),
     **dict.fromkeys("ⅿ", "m"),
     **dict.fromkeys("ոп", "n"),
-    **dict.fromkeys("οоօσ", "o"),
-    **dict.fromkeys("рρ", "p"),
+    **dict.fromkeys("οоօσⲟ", "o"),
+    **dict.fromkeys("рρⲣ", "p"),
     **dict.fromkeys("ԛ", "q"),
+    **dict.fromkeys("гᴦꭇⲅ", "r"),
+    **dict.fromkeys("τтᴛ", "t"),
     **dict.fromkeys("ѕ", "s"),
     **dict.fromkeys("υս", "u"),
     **dict.fromkeys("νѵⅴ", "v"),
@@ -239,12 +235,30 @@ _HEXISH = frozenset("0123456789abcdefABCDEFoOlI")
 
 
 def _skeleton_char(ch: str) -> str:
+    """The ASCII letter or digit a reader would take ``ch`` for, or ``ch`` itself.
+
+    In order: ASCII as is; the look-alike table; any decimal digit of any script as its value (Malayalam ൦ is
+    a 0); NFKD without combining marks (accented and compatibility forms); a character whose Unicode name
+    says it is a Latin letter (``NEGATIVE SQUARED LATIN CAPITAL LETTER P``, ``LATIN LETTER SMALL CAPITAL R``).
+    """
     if ch.isascii():
         return ch
     if ch in _LOOKALIKES:
         return _LOOKALIKES[ch]
+    digit = unicodedata.digit(ch, None)
+    if digit is not None:
+        return str(digit)
     base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
-    return base if len(base) == 1 and base.isascii() else ch
+    if len(base) == 1 and base.isascii():
+        return base
+    name = unicodedata.name(ch, "")
+    m = _LATIN_NAME_RE.search(name)
+    if m:
+        return m.group(1).lower() if "SMALL" in name else m.group(1)
+    return ch
+
+
+_LATIN_NAME_RE = re.compile(r"\bLATIN\b.*\bLETTER\b(?: [A-Z]+)*? ([A-Z])\Z")
 
 
 def _runs(flags: Sequence[bool]) -> Iterable[tuple[int, int]]:
@@ -261,7 +275,10 @@ def _defuse(text: str, scope: Scope, environments: Collection[str]) -> str:
     """Shorten foreign hash-like runs and replace other environments' names in cleaned ``text``.
 
     Detection reads a *skeleton* of the text (each look-alike as the ASCII character a reader would see;
-    combining marks skipped), so a commit written with Cyrillic letters is found as well.
+    combining marks skipped), so a commit written with Cyrillic letters is found as well. Environment names
+    are matched longest first, so ``prod-eu`` is found as itself and not as ``prod`` plus ``-eu``; a name is
+    a whole word when its neighbours are not ASCII letters or digits *as written* (``production٠`` reads as
+    ``production.``).
     """
     kept = [i for i, ch in enumerate(text) if not unicodedata.combining(ch)]
     skel = "".join(_skeleton_char(text[i]) for i in kept)
@@ -273,11 +290,12 @@ def _defuse(text: str, scope: Scope, environments: Collection[str]) -> str:
                 replace.append((a, b, text[a : a + 12] + ELLIPSIS))
     # Per character, so indexes stay aligned with ``skel`` (str.casefold can lengthen: "ß" -> "ss").
     lower = "".join(c.lower() if len(c.lower()) == 1 else c for c in skel)
-    own = _environments_in(lower, [scope.environment.lower()])
-    others = sorted({n.lower() for n in environments} - {scope.environment.lower()}, key=len, reverse=True)
-    for s, e in _environments_in(lower, others):
-        if any(s < oe and os_ < e for os_, oe in own):
-            continue  # part of this deploy's own environment name (``prod`` inside ``prod-eu``)
+    original = "".join(text[i] for i in kept)
+    own = scope.environment.lower()
+    names = sorted({n.lower() for n in environments} | {own}, key=len, reverse=True)
+    for s, e, name in _environments_in(lower, original, names):
+        if name == own:
+            continue
         a, b = kept[s], kept[e - 1] + 1
         if not any(a < rb and ra < b for ra, rb, _ in replace):
             replace.append((a, b, OTHER_ENVIRONMENT))
@@ -286,22 +304,37 @@ def _defuse(text: str, scope: Scope, environments: Collection[str]) -> str:
     return text
 
 
-def _environments_in(lower: str, names: Sequence[str]) -> list[tuple[int, int]]:
-    """Spans of whole-word occurrences of ``names`` (lower-case) in lower-cased ``lower``; earlier names win
-    overlaps, so callers pass the longest first."""
-    found: list[tuple[int, int]] = []
+def _ascii_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def _environments_in(lower: str, original: str, names: Sequence[str]) -> list[tuple[int, int, str]]:
+    """Whole-word occurrences of ``names`` (lower-case) in the lower-cased skeleton ``lower``; a match that
+    overlaps an earlier one is skipped, so callers pass the longest names first. Word boundaries are read
+    in ``original`` (same indexes): only an ASCII letter or digit continues a word."""
+    found: list[tuple[int, int, str]] = []
     for name in names:
         if not name:
             continue
         start = lower.find(name)
         while start != -1:
             end = start + len(name)
-            before = start == 0 or not lower[start - 1].isalnum()
-            after = end == len(lower) or not lower[end].isalnum()
-            if before and after and not any(start < fe and fs < end for fs, fe in found):
-                found.append((start, end))
+            before = start == 0 or not _ascii_alnum(original[start - 1])
+            after = end == len(lower) or not _ascii_alnum(original[end])
+            if before and after and not any(start < fe and fs < end for fs, fe, _ in found):
+                found.append((start, end, name))
             start = lower.find(name, start + 1)
     return found
+
+
+def _clean(text: str) -> str:
+    nfkc = unicodedata.normalize("NFKC", text)
+    cleaned = "".join(ch for ch in nfkc if not _invisible(ch) or ch in "\t\n\r")
+    return " ".join(cleaned.split())
+
+
+def _shown(cleaned: str, scope: Scope, environments: Collection[str]) -> str:
+    return _escape(_EMOJI_START_RE.sub(_RATIO, _defuse(cleaned, scope, environments)))
 
 
 def unverified_text(text: str, scope: Scope, environments: Collection[str], limit: int) -> str:
@@ -311,13 +344,23 @@ def unverified_text(text: str, scope: Scope, environments: Collection[str], limi
     runs of 40+ characters other than ``scope.sha`` cut to 12 characters and ``…``; whole-word names of the
     policy's *other* environments replaced by ``[other environment]``; the colon opening an emoji code
     replaced by ``∶`` so Slack shows the code as text; ``&``, ``<``, ``>`` escaped; at most ``limit`` chars.
+
+    Too long a text loses whole words from its end (then ``…``), never part of one: a cut inside a word
+    could turn ``production-eu`` into ``production…``. A single word longer than ``limit`` is shown as ``…``.
     """
-    nfkc = unicodedata.normalize("NFKC", text)
-    cleaned = "".join(ch for ch in nfkc if not _invisible(ch) or ch in "\t\n\r")
-    cleaned = " ".join(cleaned.split())
-    cleaned = _defuse(cleaned, scope, environments)
-    cleaned = _EMOJI_START_RE.sub(_RATIO, cleaned)
-    return _truncate(_escape(cleaned), limit)
+    cleaned = _clean(text)
+    shown = _shown(cleaned, scope, environments)
+    if len(shown) <= limit:
+        return shown
+    words = cleaned.split(" ")
+    lo, hi = 0, len(words) - 1  # the largest number of leading words that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(_shown(" ".join(words[:mid]), scope, environments)) + 2 <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _shown(" ".join(words[:lo]), scope, environments) + " " + ELLIPSIS if lo else ELLIPSIS
 
 
 # --- status texts -------------------------------------------------------------------------------------------
@@ -401,17 +444,20 @@ def scope_fields(scope: Scope) -> list[dict[str, Any]]:
     ]
 
 
+def _header_text(scope: Scope, emoji: str) -> str:
+    # Block Kit caps a header at 150 characters. Nothing is ever cut (a cut could turn ``production-eu``
+    # into ``production…``): a header that would not fit leaves the repo to the scope block below.
+    full = f"{emoji} Deploy {scope.repo} to {scope.environment}"
+    return full if len(full) <= 150 else f"{emoji} Deploy to {scope.environment}"
+
+
 def header_block(scope: Scope, emoji: str = ":rocket:") -> dict[str, Any]:
     """The header: ``<emoji> Deploy <repo> to <environment>`` (plain text; repo and environment hold no
     colon, so the only emoji is the one given)."""
     return {
         "type": "header",
         "block_id": HEADER_BLOCK,
-        # Block Kit caps a header at 150 characters; a 140-character repo is cut here, and in full below.
-        "text": {
-            "type": "plain_text",
-            "text": _truncate(f"{emoji} Deploy {scope.repo} to {scope.environment}", 150),
-        },
+        "text": {"type": "plain_text", "text": _header_text(scope, emoji)},
     }
 
 
@@ -420,11 +466,18 @@ def requester_field(facts: CardFacts, environments: Collection[str]) -> dict[str
 
     For a CI origin the label says it is the pipeline's claim: the CI secret's holder chooses it.
     """
-    label = "*Requested by*" if facts.origin_kind == "slack_command" else "*Requested by* (per the pipeline)"
+    if facts.origin_kind == "slack_command":
+        label = "*Requested by*"
+    else:
+        label = "*Requested by* (unverified: the pipeline's claim)"
     if facts.requester_user and _USER_ID_RE.match(facts.requester_user):
         who = f"<@{facts.requester_user}>"
-    else:
+    elif _IDENTITY_RE.match(facts.requester):
         who = unverified_text(facts.requester, facts.scope, environments, REQUESTER_MAX) or "unknown"
+    else:
+        # Only an identity (``provider:name``, an e-mail address) is shown: anything else could name a repo
+        # or workflow beside the verified scope.
+        who = "a name that is not an identity (not shown)"
     return _mrkdwn(f"{label}\n{who}")
 
 
@@ -570,14 +623,17 @@ def check_clicked_card(
     environments: Collection[str],
     confirm: bool,
     required_approvals: int,
+    may_approve: Callable[[str], bool],
 ) -> None:
     """Refuse (:class:`CardMismatch`) unless ``message`` — the ``message`` object of an approve click, as
     Slack sent it — is exactly the pending card :func:`render_pending` makes for ``facts``.
 
     1. ``message`` is an object with a list of ``blocks``, and no ``attachments`` or ``files`` (an
        ephemeral card has no ``message`` and cannot approve).
-    2. The status texts are read from the echo; each must match its grammar, and the approvals count must be
-       out of this environment's ``required_approvals``.
+    2. The status texts are read from the echo; each must match its grammar, the approvals count must be
+       out of this environment's ``required_approvals``, and every user it mentions must be one who
+       ``may_approve`` here (Slack draws a mention as the member's self-chosen display name: only approvers
+       may appear).
     3. The card is rendered from ``facts`` with those status texts and compared, after
        :func:`normalize_blocks` on both sides, for equality.
     """
@@ -593,6 +649,8 @@ def check_clicked_card(
     # "N of M" or "N of M: <@U…>, …": M must be this environment's quorum.
     if not _APPROVALS_RE.match(approvals) or approvals.split(" ")[2].rstrip(":") != str(required_approvals):
         raise CardMismatch("the clicked card's approvals line is not in Keyturn's form")
+    if not all(may_approve(uid) for uid in _MENTION_RE.findall(approvals)):
+        raise CardMismatch("the clicked card's approvals line names someone who is not an approver here")
     if not _EXPIRES_RE.match(expires):
         raise CardMismatch("the clicked card's expiry line is not in Keyturn's form")
     expected = render_pending(

@@ -312,6 +312,9 @@ class CiRequestBody(BaseModel):
     def _requester(cls, v: str) -> str:
         if not _REQUESTER_RE.match(v):
             raise ValueError("must be 1-255 characters without spaces, '<', '>' or '&'")
+        if v.lower().startswith("slack:"):
+            # ``slack:U…`` means "proven by Slack's signature" (slash commands); a pipeline cannot claim it.
+            raise ValueError("must not start with 'slack:' (reserved for requesters Slack proves)")
         return v
 
     @field_validator("runUrl", "callbackUrl")
@@ -463,6 +466,7 @@ def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy
             environments=policy.environments.keys(),
             confirm=env.confirm_approve,
             required_approvals=env.required_approvals,
+            may_approve=lambda uid: policy.authorizes(facts.scope.environment, uid),
         )
     except card.CardMismatch as exc:
         raise EvidenceError("card_mismatch", exc.message) from None

@@ -131,22 +131,25 @@ def _exists(path: str) -> bool:
     return True
 
 
-def _checkout_root(start: str) -> str | None:
-    """The git work tree containing the resolved directory ``start`` (the checkout being deployed), if any."""
+def _checkout_roots(start: str) -> list[str]:
+    """Every git work tree enclosing the resolved directory ``start``, innermost first: from a submodule or a
+    nested repository the outer checkout is being deployed too."""
+    roots: list[str] = []
     d = start
-    while not _exists(os.path.join(d, ".git")):
+    while True:
+        if _exists(os.path.join(d, ".git")):
+            roots.append(d)
         parent = os.path.dirname(d)
         if parent == d:
-            return None
+            return roots
         d = parent
-    return d
 
 
 def _refuse_keyset_in_checkout(path: str) -> None:
     """Refuse a keyset file that lives inside the checkout being deployed: a pull request could replace it."""
     try:
         keys = os.path.realpath(path)
-        roots = [_checkout_root(os.path.realpath(os.getcwd()))]
+        roots: list[str | None] = [*_checkout_roots(os.path.realpath(os.getcwd()))]
     except OSError as e:
         raise GateError(
             UNTRUSTED_KEYSET, f"cannot tell whether keyset {path} is in the checkout: {e}"

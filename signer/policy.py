@@ -235,6 +235,17 @@ class Policy(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _check_environment_names(self) -> Policy:
+        # The card defuses other environments' names case-insensitively (signer/card.py); two names that
+        # differ only in case could not be told apart there, nor by a person reading the card.
+        seen: dict[str, str] = {}
+        for name in self.environments:
+            other = seen.setdefault(name.lower(), name)
+            if other != name:
+                raise _at("environments", f"{other!r} and {name!r} differ only in case")
+        return self
+
+    @model_validator(mode="after")
     def _check_groups(self) -> Policy:
         """Every approver group is pinned, every pin is used, and every quorum can be met by who is listed."""
         problems: list[tuple[tuple[str, ...], str]] = []

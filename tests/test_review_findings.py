@@ -1,5 +1,5 @@
 """Attacker-minded review findings: each test asserts the refusal the product should give, and is marked
-``xfail(strict=True)`` while the product does not give it (so the suite stays green and a fix flips it).
+``xfail(strict=True)`` while the product did not give it; each is fixed now and holds as a regression test.
 
 Attackers played: a compromised bot (no secret), a compromised Redis, a hostile CI job holding the CI secret,
 hostile argv/environment of ``keyturn verify``/``request``/``audit verify``. Property under test
@@ -98,7 +98,9 @@ def _scope(env: str, repo: str = "acme/web") -> Scope:
 
 
 def _other_env_words(shown: str, own: str, envs: list[str]) -> list[str]:
-    """Other environments' names visible as whole words (ASCII reading) in ``shown``."""
+    """Other environments' names visible as whole words (ASCII reading) in ``shown``; this deploy's own name,
+    where it stands whole, is read first (``production-eu`` shows no ``production``)."""
+    shown = re.sub(rf"(?<![A-Za-z0-9]){re.escape(own)}(?![A-Za-z0-9])", " ", shown, flags=re.IGNORECASE)
     found = []
     for name in envs:
         if name == own:
@@ -132,11 +134,6 @@ def _assess(
 # --- hostile CI job: free text that shows another environment ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: _defuse skips another environment's name whenever it overlaps a whole-word occurrence "
-    "of this deploy's own name, so a card for 'prod' shows 'prod-eu' (and one for 'eu' would show 'prod-eu')",
-)
 def test_other_environment_containing_own_environment_word_is_shown_on_the_signed_card() -> None:
     origin = ci_origin(T0, ci_request_body(_scope("prod"), title="hotfix, ship to prod-eu now"))
     blocks = true_card(origin, policy=TWO_PRODS)
@@ -146,11 +143,6 @@ def test_other_environment_containing_own_environment_word_is_shown_on_the_signe
     assert _other_env_words(shown, "prod", ENVS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: free text is defused *before* it is truncated, so padding ('&' escapes to 5 chars) puts "
-    "the cut inside this deploy's 'production-eu' and the card shows 'production…', another environment",
-)
 def test_title_truncation_cuts_own_environment_into_another() -> None:
     # 94 chars (<= 300); 399 once escaped, so the cut lands right after 'production'
     title = "&" * 77 + "xxx production-eu"
@@ -159,22 +151,12 @@ def test_title_truncation_cuts_own_environment_into_another() -> None:
     assert _other_env_words(shown.replace(card.ELLIPSIS, " "), "production-eu", ENVS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the 150-char header cut (after a 119-char repo) leaves 'Deploy … to production…' for a "
-    "deploy to production-eu: the largest text on the card names another environment",
-)
 def test_header_truncation_shows_another_environment() -> None:
     repo = "a" * 39 + "/" + "b" * 79  # 119 characters: valid owner/name
     header = card.header_block(_scope("production-eu", repo=repo))["text"]["text"]
     assert _other_env_words(header.replace(card.ELLIPSIS, " "), "production-eu", ENVS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the look-alike skeleton has no entry for many confusables (Cyrillic ghe U+0433 and "
-    "Latin U+AB47 for 'r', Greek tau for 't', negative squared letters), so they spell another environment",
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -190,43 +172,23 @@ def test_lookalikes_outside_the_skeleton_spell_another_environment(text: str) ->
     assert card.OTHER_ENVIRONMENT in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: whole-word matching uses str.isalnum(), so a non-ASCII letter/digit that looks like "
-    "punctuation (Arabic-Indic zero U+0660 reads as '.', katakana U+30FC reads as a dash) hides the name",
-)
 @pytest.mark.parametrize("text", ["deploying to production\u0660", "\u30fcproduction\u30fc"])
 def test_non_ascii_alnum_neighbour_hides_environment_from_whole_word_match(text: str) -> None:
     shown = card.unverified_text(text, _scope("staging"), ENVS, card.TITLE_MAX)
     assert card.OTHER_ENVIRONMENT in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: one look-alike digit outside the skeleton (Malayalam zero U+0D66 for '0') splits a "
-    "foreign full sha into two runs under 40, so another commit is shown in full",
-)
 def test_foreign_full_sha_with_one_unlisted_lookalike_digit_is_shortened() -> None:
     spoof = "\u0d66" + OTHER_SHA[1:]  # OTHER_SHA starts with '0'
     shown = card.unverified_text(f"really deploys {spoof}", _scope("staging"), ENVS, card.TITLE_MAX)
     assert card.ELLIPSIS in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the emoji-code breaker only knows ASCII names; Slack custom emoji may have non-ASCII "
-    "names (common in Japanese workspaces), and a custom emoji is a picture that can show any word",
-)
 def test_non_ascii_custom_emoji_code_in_free_text_is_broken() -> None:
     shown = card.unverified_text("deploy to :\u672c\u756a:", _scope("staging"), ENVS, card.TITLE_MAX)
     assert ":\u672c\u756a:" not in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the requester is shown outside the 'Unverified' block and is only defused for commits "
-    "and environments, so a CI job can name another repo/workflow next to the verified scope",
-)
 def test_ci_requester_naming_another_repo_is_not_shown_outside_the_unverified_block() -> None:
     facts = ev.card_facts(
         "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A",
@@ -241,11 +203,6 @@ def test_ci_requester_naming_another_repo_is_not_shown_outside_the_unverified_bl
 # --- compromised bot: the status part ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the approvals grammar admits a mention of ANY user id; Slack draws it as that member's "
-    "self-chosen display name, so the bot can add arbitrary text (a member named 'production') to the card",
-)
 def test_status_mention_of_a_user_outside_the_policy_is_refused() -> None:
     origin = ci_origin(T0, ci_request_body(_scope("staging")))
     blocks = true_card(origin, policy=TWO_PRODS, approvals="0 of 1: <@U0MALLORY>")
@@ -257,11 +214,6 @@ def test_status_mention_of_a_user_outside_the_policy_is_refused() -> None:
 # --- hostile CI job: the requester --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a CI origin may name requester 'slack:U…', the namespace that means 'Slack-proven' for "
-    "slash commands; the receipt then carries it with no trace that it was only the pipeline's claim",
-)
 def test_ci_origin_cannot_claim_a_slack_proven_requester() -> None:
     origin = ci_origin(T0, ci_request_body(POLICY_SCOPE, requester="slack:U0CAROL"))
     with pytest.raises(EvidenceError) as exc:
@@ -289,11 +241,6 @@ POLICY_SCOPE = Scope("acme/web", SHA, "production", "deploy.yml")
 # --- policy: environments that differ only in case --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the policy accepts 'prod' and 'PROD' as two environments, and the card's defusing "
-    "compares names case-insensitively, so a card for one freely shows the other",
-)
 def test_policy_refuses_environment_names_differing_only_in_case() -> None:
     with pytest.raises(PolicyError):
         Policy.from_bytes(
@@ -318,11 +265,6 @@ receipt_ttl = "10m"
 # --- hostile checkout: the gate's keyset rule -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: _checkout_root stops at the innermost .git, so run from a submodule/nested repo the "
-    "gate accepts a keyset file in the outer checkout being deployed",
-)
 def test_keyset_in_outer_checkout_seen_from_a_nested_repo_is_untrusted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
