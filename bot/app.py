@@ -43,6 +43,7 @@ from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, 
 from bot.ports import Approvals, Messenger, Refused
 from bot.signer_client import SignerRefused, SignerUnavailable
 from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
+from signer import contract
 from signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
@@ -50,7 +51,7 @@ log = logging.getLogger("keyturn.slack")
 MAX_BODY = 512 * 1024  # a click carries the whole card; 512 KiB is far above any real Slack request
 _TS_RE = re.compile(r"\A[0-9]{1,12}\Z")
 _SIG_RE = re.compile(r"\Av0=[0-9a-f]{64}\Z")
-DEFAULT_WORKFLOW = "manual"
+DEFAULT_WORKFLOW = contract.DEFAULT_WORKFLOW
 # How long the deny listener may spend checking the click before opening the modal: the trigger_id lives
 # 3 s from the click, and the modal call itself needs time too.
 DENY_CHECK_BUDGET = 1.2

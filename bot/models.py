@@ -6,34 +6,37 @@ listeners). Security-relevant models are frozen and forbid unknown fields. See d
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,100}$")
-SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-ENV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-WORKFLOW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-REQUEST_ID_RE = re.compile(r"^req_[0-9A-HJKMNP-TV-Z]{26}$")
+from signer import contract
+
+# The scope grammar is the signer's (signer/contract.py): the bot takes in exactly what the signer can sign.
+REQUEST_ID_RE = contract.REQUEST_ID_RE
 
 
-def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
+def _valid(problem: Callable[[str], str | None], what: str) -> AfterValidator:
     def check(value: str) -> str:
-        if not pattern.fullmatch(value):
-            raise ValueError(f"not a valid {what}")
+        if (why := problem(value)) is not None:
+            raise ValueError(f"not a valid {what}: {why}")
         return value
 
     return AfterValidator(check)
 
 
-Repo = Annotated[str, _matches(REPO_RE, "repository (owner/name)")]
-Sha = Annotated[str, _matches(SHA_RE, "commit sha (40 or 64 lowercase hex)")]
-EnvName = Annotated[str, _matches(ENV_RE, "environment name")]
-Workflow = Annotated[str, _matches(WORKFLOW_RE, "workflow name")]
-RequestId = Annotated[str, _matches(REQUEST_ID_RE, "request id (req_ + ULID)")]
+def _request_id_problem(value: str) -> str | None:
+    return None if contract.is_request_id(value) else "must be 'req_' + a ULID"
+
+
+Repo = Annotated[str, _valid(contract.repo_problem, "repository (owner/name)")]
+Sha = Annotated[str, _valid(contract.sha_problem, "commit sha (40 or 64 lowercase hex)")]
+EnvName = Annotated[str, _valid(contract.environment_problem, "environment name")]
+Workflow = Annotated[str, _valid(contract.workflow_problem, "workflow name")]
+RequestId = Annotated[str, _valid(_request_id_problem, "request id (req_ + ULID)")]
 
 
 class Status(StrEnum):
@@ -71,7 +74,7 @@ class RequestIn(_Frozen):
     sha: Sha
     environment: EnvName
     workflow: Workflow
-    requester: str = Field(min_length=1, max_length=200)
+    requester: str = Field(min_length=1, max_length=255)  # as the signer (signer/evidence.py)
     ref: str | None = Field(default=None, max_length=500)
     run_url: str | None = Field(default=None, alias="runUrl", max_length=2000)
     title: str | None = Field(default=None, max_length=500)

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from signer import card
+from signer import card, contract
 from signer.errors import KeyturnError
 from signer.policy import Policy, is_slack_team_id, is_slack_user_id
 from signer.receipt import Scope
@@ -60,7 +60,7 @@ __all__ = [
 
 MAX_SKEW = 300  # seconds either side of "now" for a request or click as it arrives (design.md §6)
 CI_BODY_MAX = 64 * 1024  # the bot answers 413 above this; the signer refuses it as evidence too
-DEFAULT_WORKFLOW = "manual"  # slash-command requests without a workflow (design.md §7)
+DEFAULT_WORKFLOW = contract.DEFAULT_WORKFLOW
 CALLBACK_KEY_LABEL = b"keyturn callback v1"
 MAX_CLICK_BODY = 256 * 1024
 
@@ -68,12 +68,7 @@ _TS_RE = re.compile(r"\A[0-9]{1,12}\Z")  # ASCII digits only: int() would accept
 _HEX_SIG_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 _METHOD_RE = re.compile(r"\A[A-Z]{1,16}\Z")
 _PATH_RE = re.compile(r"\A/[\x21-\x7e]{0,2047}\Z")  # printable ASCII, no spaces; "?" is refused separately
-_REPO_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}\Z")
-_SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
-_ENV_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
 _REQUESTER_RE = re.compile(r"\A[^\s<>&\x00-\x1f\x7f]{1,255}\Z")
-_REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
 _URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REQUEST_ID_LABEL = b"keyturn request id v1"
@@ -241,20 +236,11 @@ def _parse_form(body: str, code: str, what: str) -> dict[str, str]:
 
 def is_request_id(value: object) -> bool:
     """True if ``value`` is ``req_`` + a ULID (upper-case Crockford base32)."""
-    return isinstance(value, str) and bool(_REQUEST_ID_RE.match(value))
+    return contract.is_request_id(value)
 
 
 def _scope_problems(repo: str, sha: str, environment: str, workflow: str) -> dict[str, str]:
-    problems: dict[str, str] = {}
-    if not _REPO_RE.match(repo) or repo.split("/")[1] in (".", ".."):
-        problems["repo"] = "must be 'owner/name'"
-    if not _SHA_RE.match(sha):
-        problems["sha"] = "must be 40 or 64 lowercase hex characters"
-    if not _ENV_RE.match(environment):
-        problems["environment"] = "must be 1-64 letters, digits, '.', '_' or '-'"
-    if not _WORKFLOW_RE.match(workflow):
-        problems["workflow"] = "must be 1-200 letters, digits or ._/@:+- (no spaces)"
-    return problems
+    return contract.scope_problems(repo, sha, environment, workflow)
 
 
 # --- the CI request body ----------------------------------------------------------------------------------
@@ -282,29 +268,29 @@ class CiRequestBody(BaseModel):
     @field_validator("repo")
     @classmethod
     def _repo(cls, v: str) -> str:
-        if problem := _scope_problems(v, "0" * 40, "e", "w").get("repo"):
+        if problem := contract.repo_problem(v):
             raise ValueError(problem)
         return v
 
     @field_validator("sha")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not _SHA_RE.match(v):
-            raise ValueError("must be 40 or 64 lowercase hex characters")
+        if problem := contract.sha_problem(v):
+            raise ValueError(problem)
         return v
 
     @field_validator("environment")
     @classmethod
     def _environment(cls, v: str) -> str:
-        if not _ENV_RE.match(v):
-            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        if problem := contract.environment_problem(v):
+            raise ValueError(problem)
         return v
 
     @field_validator("workflow")
     @classmethod
     def _workflow(cls, v: str) -> str:
-        if not _WORKFLOW_RE.match(v):
-            raise ValueError("must be 1-200 letters, digits or ._/@:+- (no spaces)")
+        if problem := contract.workflow_problem(v):
+            raise ValueError(problem)
         return v
 
     @field_validator("requester")

@@ -1,0 +1,72 @@
+"""Rules the bot and the signer must agree on, in one place (stdlib only): what a scope field, a request id
+and a slash-command workflow default are.
+
+Both sides import these, so a value one accepts the other accepts too: a request the bot takes in is one the
+signer can sign (tests/test_contract.py holds the two equal by property). The verify path (signer/receipt.py)
+checks the same grammar with character sets, to stay light; a property test holds that equal as well.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "DEFAULT_WORKFLOW",
+    "ENV_RE",
+    "REPO_RE",
+    "REQUEST_ID_RE",
+    "SHA_RE",
+    "WORKFLOW_RE",
+    "environment_problem",
+    "is_request_id",
+    "repo_problem",
+    "scope_problems",
+    "sha_problem",
+    "workflow_problem",
+]
+
+DEFAULT_WORKFLOW = "manual"  # slash-command requests without a workflow (design.md §7)
+
+REPO_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}\Z")
+SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
+ENV_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
+REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
+
+
+def repo_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a repository (``owner/name``, GitHub's rules), or None."""
+    if not REPO_RE.match(value) or value.split("/")[1] in (".", ".."):
+        return "must be 'owner/name'"
+    return None
+
+
+def sha_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a full commit sha, or None."""
+    return None if SHA_RE.match(value) else "must be 40 or 64 lowercase hex characters"
+
+
+def environment_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as an environment name, or None."""
+    return None if ENV_RE.match(value) else "must be 1-64 letters, digits, '.', '_' or '-'"
+
+
+def workflow_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a workflow name, or None."""
+    return None if WORKFLOW_RE.match(value) else "must be 1-200 letters, digits or ._/@:+- (no spaces)"
+
+
+def scope_problems(repo: str, sha: str, environment: str, workflow: str) -> dict[str, str]:
+    """Each scope field that is invalid, mapped to what is wrong with it (empty when all are valid)."""
+    checks = {
+        "repo": repo_problem(repo),
+        "sha": sha_problem(sha),
+        "environment": environment_problem(environment),
+        "workflow": workflow_problem(workflow),
+    }
+    return {name: problem for name, problem in checks.items() if problem is not None}
+
+
+def is_request_id(value: object) -> bool:
+    """True if ``value`` is ``req_`` + a ULID (upper-case Crockford base32)."""
+    return isinstance(value, str) and bool(REQUEST_ID_RE.match(value))
