@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("signer.cli:keygen_main", "create a private signing keyset file"),
     "keys": ("signer.cli:keys_main", "rotate, revoke or export keys"),
     "audit": ("signer.cli:audit_main", "verify the audit log against signed checkpoints; archive them"),
+    "secrets": ("signer.cli:secrets_main", "make a CI secret (keyturn secrets new)"),
     "policy": ("signer.cli:policy_main", "check a keyturn.toml policy file"),
     "signer": ("signer.cli:signer_main", "run the isolated signer"),
     "bot": ("bot.server:main", "run the Slack bot and CI API"),

@@ -388,6 +388,53 @@ _KEYS_NEXT_STEP = {
 }
 
 
+SECRETS_EPILOG = """\
+Where it goes: the signer's KEYTURN_CI_SECRET (or the file named by KEYTURN_CI_SECRET_FILE, e.g. a container
+secret such as deploy/secrets/ci_secret.txt, mode 0600), and your CI's secret store as KEYTURN_CI_SECRET
+(GitHub: Settings > Secrets and variables > Actions). Never in the bot's configuration: the bot refuses to
+start with it. Changing it: set the new value in both places, then restart the signer.
+"""
+
+
+def secrets_main(argv: Sequence[str]) -> int:
+    """``keyturn secrets new [--out FILE]``: print a fresh CI secret (256 random bits, URL-safe base64), or
+    write it to a new file (mode 0600, never overwritten)."""
+    p = argparse.ArgumentParser(
+        prog="keyturn secrets",
+        description=secrets_main.__doc__,
+        epilog=SECRETS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="make a CI secret (KEYTURN_CI_SECRET)")
+    new.add_argument("--out", metavar="FILE", help="write it to FILE (created 0600) instead of stdout")
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    import secrets
+
+    value = secrets.token_urlsafe(32)
+    if parsed.out:
+        try:
+            fd = os.open(
+                parsed.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+            )
+        except OSError as e:
+            print(f"keyturn secrets: cannot create {parsed.out}: {e.strerror}", file=sys.stderr)
+            return REJECTED
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        print(f"keyturn secrets: wrote a new CI secret to {parsed.out} (mode 0600)", file=sys.stderr)
+    else:
+        print(value)
+    print(
+        "keyturn secrets: give it to the signer (KEYTURN_CI_SECRET or KEYTURN_CI_SECRET_FILE) and to CI "
+        "(secret KEYTURN_CI_SECRET); never to the bot",
+        file=sys.stderr,
+    )
+    return OK
+
+
 AUDIT_DESCRIPTION = """\
   keyturn audit verify LOG [--checkpoint PATH ...] [--keys KEYSET]
   keyturn audit checkpoint --url URL --keys KEYSET --out FILE
