@@ -650,7 +650,9 @@ def signer_main(argv: Sequence[str]) -> int:
         description=signer_main.__doc__,
         epilog="Variables: KEYTURN_SIGNER_SOCKET, KEYTURN_SIGNER_SOCKET_GROUP, KEYTURN_SIGNER_KEYSET, "
         "KEYTURN_POLICY, KEYTURN_SLACK_SIGNING_SECRET (or _FILE), KEYTURN_CI_SECRET (or _FILE), "
-        "KEYTURN_AUDIT_LOG, KEYTURN_SIGNER_IDLE_TIMEOUT, KEYTURN_SIGNER_MAX_CONNECTIONS "
+        "KEYTURN_AUDIT_LOG, KEYTURN_SIGNER_REQUEST_TIMEOUT, KEYTURN_SIGNER_IDLE_TIMEOUT, "
+        "KEYTURN_SIGNER_MAX_CONNECTIONS; dev only: KEYTURN_DEV_MODE, KEYTURN_SIGNER_FAKE_NOW_FILE. "
+        "SIGHUP re-reads the key file (docs/keys.md) "
         "(see docs/configuration.md).",
     )
     parsed = _run_parser(p, argv)

@@ -143,3 +143,13 @@ def test_secrets_new_prints_a_fresh_strong_secret_and_writes_0600(tmp_path: Path
         check=False,
     )
     assert again.returncode == 1  # never overwrites
+
+
+def test_signer_help_names_every_variable_it_reads() -> None:
+    done = subprocess.run(
+        [*KEYTURN, "signer", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for name in SignerSettings.model_fields:
+        assert f"KEYTURN_{name.upper()}" in text, name
