@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint bootstrap bench vectors clean
+.PHONY: demo test lint bootstrap bench vectors dist clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -24,5 +24,13 @@ bench: bootstrap
 vectors: bootstrap
 	$(PY) tests/vectors/generate.py
 
+# sdist and wheel in dist/, metadata checked (twine check --strict), with their SHA-256 sums (dist/SHA256SUMS)
+# for the release page: a CI job installs the wheel only after checking its hash (README, "Install").
+dist: bootstrap
+	rm -rf dist build
+	$(PY) -m build --sdist --wheel --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	cd dist && sha256sum *.whl *.tar.gz > SHA256SUMS && cat SHA256SUMS
+
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache dist build

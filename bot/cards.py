@@ -12,7 +12,7 @@ through ``signer.card.unverified_text``. See docs/slack.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, PlainTextObject, SectionBlock
@@ -119,7 +119,11 @@ def _outcome(request: DeployRequest, now: datetime) -> dict[str, Any]:
         if request.deny_reason:
             text += f"\nReason: {safe(one_line(request.deny_reason), _REASON_SHOWN_MAX)}"
     elif request.status is Status.EXPIRED:
-        ttl = format_duration(request.expires_at - request.created_at)
+        # Round to whole seconds: policy TTLs are whole seconds, while the stored times may differ from
+        # them by a fraction (format_duration rounds down, which turned "5m" into "4m 59s").
+        ttl = format_duration(
+            timedelta(seconds=round((request.expires_at - request.created_at).total_seconds()))
+        )
         text = f":hourglass: Expired — no decision within {ttl}."
     else:  # CANCELLED
         text = ":no_entry_sign: *Cancelled* — the pipeline withdrew this request."

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("signer.cli:keygen_main", "create a private signing keyset file"),
     "keys": ("signer.cli:keys_main", "rotate, revoke or export keys"),
     "audit": ("signer.cli:audit_main", "verify the audit log against signed checkpoints; archive them"),
+    "secrets": ("signer.cli:secrets_main", "make a CI secret (keyturn secrets new)"),
     "policy": ("signer.cli:policy_main", "check a keyturn.toml policy file"),
     "signer": ("signer.cli:signer_main", "run the isolated signer"),
     "bot": ("bot.server:main", "run the Slack bot and CI API"),
@@ -29,11 +30,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 USAGE_EXIT = 2
 HELP_ARGS = ("-h", "--help", "help")
+VERSION_ARGS = ("-V", "--version")
+
+
+def version() -> str:
+    """The installed distribution's version (package metadata: one source of truth, pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("keyturn")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: keyturn <command> [options]", "", "commands:"]
+    lines = ["usage: keyturn <command> [options]", "       keyturn --version", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'keyturn <command> --help' for a command's options."]
     return "\n".join(lines)
@@ -50,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         print(_usage(), file=sys.stderr)
+        return USAGE_EXIT
+    if args[0] in VERSION_ARGS:
+        if len(args) == 1:
+            print(f"keyturn {version()}")
+            return 0
+        print(f"keyturn: {args[0]} must be the only argument", file=sys.stderr)
         return USAGE_EXIT
     if args[0] in HELP_ARGS:
         # Help exits 0 only alone: `keyturn -h verify …` (a CI variable in front of the command) must not

@@ -8,6 +8,7 @@ they never appear in a repr or a log line; a placeholder Slack token is refused 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -129,6 +130,36 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """The URL clients use to reach this bot (``PUBLIC_URL``, else built from host and port)."""
         return self.public_url or f"http://{self.host}:{self.port}"
+
+
+# The signer's secrets and key (signer/config.py). The bot never needs them: it asks the signer to check Slack
+# and CI signatures. Finding one in the bot's configuration means the two were set up from one file, which
+# puts the secrets on the internet-facing side; refuse rather than start "working" that way.
+SIGNER_ONLY_VARIABLES: tuple[str, ...] = tuple(
+    name + suffix
+    for name in ("KEYTURN_SLACK_SIGNING_SECRET", "KEYTURN_CI_SECRET", "KEYTURN_SIGNER_KEYSET")
+    for suffix in ("", "_FILE")
+)
+
+
+def signer_only_settings_found(environ: Mapping[str, str], env_file: str | Path | None) -> list[str]:
+    """The signer-only variables set (non-empty) in ``environ`` or in ``env_file`` (if it exists), each
+    named with where it was found; never their values.
+
+    Names match case-insensitively, as pydantic-settings reads them.
+    """
+    found: list[str] = []
+    wanted = set(SIGNER_ONLY_VARIABLES)
+    for key, value in environ.items():
+        if key.upper() in wanted and value:
+            found.append(f"{key.upper()} (environment)")
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values  # pydantic-settings' own .env parser
+
+        for key, file_value in dotenv_values(env_file).items():
+            if key.upper() in wanted and file_value:
+                found.append(f"{key.upper()} ({env_file})")
+    return sorted(found)
 
 
 def describe_error(exc: Exception) -> str:

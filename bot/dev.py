@@ -228,6 +228,9 @@ def run(args: argparse.Namespace) -> int:
                 **common,
                 "KEYTURN_SIGNER_KEYSET": str(keyset),
                 "KEYTURN_AUDIT_LOG": str(workdir / "audit.jsonl"),
+                # The secrets above, not files the calling shell may name (both set is a refusal).
+                "KEYTURN_SLACK_SIGNING_SECRET_FILE": "",
+                "KEYTURN_CI_SECRET_FILE": "",
             },
             "signer ready",
         )
@@ -237,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
             {"KEYTURN_SLACK_SIGNING_SECRET": common["KEYTURN_SLACK_SIGNING_SECRET"], "KEYTURN_DEV_MODE": "1"},
             "emulator ready",
         )
+        from bot.config import SIGNER_ONLY_VARIABLES  # here: pydantic stays off the import of this module
+
         # The bot gets no signing secret and no CI secret: it asks the signer to check requests.
         bot_env = {
             "KEYTURN_DEV_MODE": "1",
@@ -248,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
             "KEYTURN_HOST": "127.0.0.1",
             "KEYTURN_PORT": str(bot_port),
             "KEYTURN_PUBLIC_URL": bot_url,
-            "KEYTURN_SLACK_SIGNING_SECRET": "",
-            "KEYTURN_CI_SECRET": "",
+            # Blank (= unset) whatever the calling shell exports: the bot refuses to start with any of them.
+            **dict.fromkeys(SIGNER_ONLY_VARIABLES, ""),
         }
         stack.start("bot", [*KEYTURN, "bot"], bot_env, "bot ready")
         print(_banner(emulator_url, bot_url, common, public), flush=True)

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
 from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
-from bot.config import Settings, describe_error
+from bot.config import Settings, describe_error, signer_only_settings_found
 from bot.metrics import Metrics
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
@@ -299,6 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else 2
+    found = signer_only_settings_found(os.environ, args.env_file or ".env")
+    if found:
+        print(
+            "keyturn bot: refusing to start: the signer's secrets or key are in the bot's configuration: "
+            f"{', '.join(found)}; remove them (only the signer holds them: deploy/signer.env.example)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = load_settings(args)
     except ValidationError as exc:

@@ -283,17 +283,54 @@ def keygen_main(argv: Sequence[str]) -> int:
     return OK
 
 
+KEYS_EPILOG = """\
+Rotation without a failed deploy (docs/keys.md): 'add-next', then 'export' and publish the keyset (it lists
+the active and the next key) to every verifier; once they all have it, 'activate-next'. The running signer
+switches to the new key on its next request (or at once on SIGHUP); the retired key keeps verifying what it
+signed before its rotatedAt. 'revoke' takes effect as soon as the signer sees the file and verifiers fetch
+the new keyset.
+"""
+
+
+def _grace(text: str) -> Any:
+    """``--grace SECONDS`` as a timedelta (argparse type)."""
+    from datetime import timedelta
+
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return timedelta(seconds=seconds)
+
+
 def keys_main(argv: Sequence[str]) -> int:
-    """``keyturn keys rotate|revoke KID|export [--out FILE]`` on the private key file given by ``--key-file``
-    (default: $KEYTURN_SIGNER_KEYSET, the signer's own setting)."""
-    p = argparse.ArgumentParser(prog="keyturn keys", description=keys_main.__doc__)
+    """``keyturn keys add-next|activate-next|rotate|revoke KID|list|export [--out FILE]`` on the private key
+    file given by ``--key-file`` (default: $KEYTURN_SIGNER_KEYSET, the signer's own setting)."""
+    p = argparse.ArgumentParser(
+        prog="keyturn keys",
+        description=keys_main.__doc__,
+        epilog=KEYS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--key-file", default=os.environ.get("KEYTURN_SIGNER_KEYSET"), metavar="FILE")
     sub = p.add_subparsers(dest="action", required=True)
-    sub.add_parser(
-        "rotate", help="retire the active key (it keeps verifying older receipts) and add a new one"
+    grace_help = (
+        "seconds the retired key stays entitled to sign, covering requests in flight while the signer "
+        "switches (default 60, at most 3600)"
     )
-    rv = sub.add_parser("revoke", help="revoke a retired key: it never verifies again")
+    sub.add_parser("add-next", help="create the next key, to publish with 'export' before it signs")
+    an = sub.add_parser("activate-next", help="make the next key active; retire the active key")
+    an.add_argument("--grace", type=_grace, default=None, metavar="SECONDS", help=grace_help)
+    ro = sub.add_parser(
+        "rotate",
+        help="retire the active key and add a new, unpublished active key at once (prefer add-next)",
+    )
+    ro.add_argument("--grace", type=_grace, default=None, metavar="SECONDS", help=grace_help)
+    rv = sub.add_parser("revoke", help="revoke a retired or next key: it never verifies again")
     rv.add_argument("kid")
+    sub.add_parser("list", help="print each key's id, status and times (no key material)")
     ex = sub.add_parser("export", help="print the public keyset (JWKS) for verifiers")
     ex.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     parsed = _run_parser(p, argv)
@@ -303,12 +340,17 @@ def keys_main(argv: Sequence[str]) -> int:
         print("keyturn keys: --key-file (or KEYTURN_SIGNER_KEYSET) is required", file=sys.stderr)
         return USAGE
     from signer.errors import KeyturnError
-    from signer.keys import SigningKeyset
+    from signer.keys import DEFAULT_ROTATION_GRACE, SigningKeyset
 
+    given = getattr(parsed, "grace", None)  # an explicit --grace 0 is honoured (timedelta(0) is falsy)
+    grace = DEFAULT_ROTATION_GRACE if given is None else given
     actions: dict[str, Callable[[], SigningKeyset]] = {
-        "rotate": lambda: SigningKeyset.rotate(parsed.key_file, _now()),
+        "add-next": lambda: SigningKeyset.add_next(parsed.key_file, _now()),
+        "activate-next": lambda: SigningKeyset.activate_next(parsed.key_file, _now(), grace),
+        "rotate": lambda: SigningKeyset.rotate(parsed.key_file, _now(), grace),
         "revoke": lambda: SigningKeyset.revoke(parsed.key_file, parsed.kid, _now()),
         "export": lambda: SigningKeyset.load(parsed.key_file),
+        "list": lambda: SigningKeyset.load(parsed.key_file),
     }
     try:
         keys = actions[parsed.action]()
@@ -319,11 +361,77 @@ def keys_main(argv: Sequence[str]) -> int:
                     f.write(text)
             else:
                 sys.stdout.write(text)
-        else:
-            print(f"active kid: {keys.active_kid}")
+            return OK
+        if parsed.action == "list":
+            for jwk in keys.public_keyset().to_jwks()["keys"]:
+                times = " ".join(f"{k}={jwk[k]}" for k in ("createdAt", "rotatedAt", "revokedAt") if k in jwk)
+                print(f"{jwk['kid']} {jwk['status']} {times}")
+            return OK
     except (KeyturnError, OSError) as e:
         print(f"keyturn keys: {e}", file=sys.stderr)
         return REJECTED
+    print(f"active kid: {keys.active_kid}")
+    if keys.next_kid is not None:
+        print(f"next kid: {keys.next_kid}")
+    print(_KEYS_NEXT_STEP[parsed.action], file=sys.stderr)
+    return OK
+
+
+_KEYS_NEXT_STEP = {
+    "add-next": "next: publish the keyset with both keys ('keyturn keys export'), wait until every verifier "
+    "has it, then run 'keyturn keys activate-next'",
+    "activate-next": "next: the running signer switches on its next request (or send it SIGHUP); then "
+    "publish the new keyset ('keyturn keys export')",
+    "rotate": "next: publish the new keyset at once ('keyturn keys export'): verifiers pinned to the old one "
+    "refuse the new key's receipts (unknown_key) until they have it",
+    "revoke": "next: send the signer SIGHUP (or wait for its next request) and publish the new keyset",
+}
+
+
+SECRETS_EPILOG = """\
+Where it goes: the signer's KEYTURN_CI_SECRET (or the file named by KEYTURN_CI_SECRET_FILE, e.g. a container
+secret such as deploy/secrets/ci_secret.txt, mode 0600), and your CI's secret store as KEYTURN_CI_SECRET
+(GitHub: Settings > Secrets and variables > Actions). Never in the bot's configuration: the bot refuses to
+start with it. Changing it: set the new value in both places, then restart the signer.
+"""
+
+
+def secrets_main(argv: Sequence[str]) -> int:
+    """``keyturn secrets new [--out FILE]``: print a fresh CI secret (256 random bits, URL-safe base64), or
+    write it to a new file (mode 0600, never overwritten)."""
+    p = argparse.ArgumentParser(
+        prog="keyturn secrets",
+        description=secrets_main.__doc__,
+        epilog=SECRETS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="make a CI secret (KEYTURN_CI_SECRET)")
+    new.add_argument("--out", metavar="FILE", help="write it to FILE (created 0600) instead of stdout")
+    parsed = _run_parser(p, argv)
+    if isinstance(parsed, int):
+        return parsed
+    import secrets
+
+    value = secrets.token_urlsafe(32)
+    if parsed.out:
+        try:
+            fd = os.open(
+                parsed.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+            )
+        except OSError as e:
+            print(f"keyturn secrets: cannot create {parsed.out}: {e.strerror}", file=sys.stderr)
+            return REJECTED
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        print(f"keyturn secrets: wrote a new CI secret to {parsed.out} (mode 0600)", file=sys.stderr)
+    else:
+        print(value)
+    print(
+        "keyturn secrets: give it to the signer (KEYTURN_CI_SECRET or KEYTURN_CI_SECRET_FILE) and to CI "
+        "(secret KEYTURN_CI_SECRET); never to the bot",
+        file=sys.stderr,
+    )
     return OK
 
 
@@ -542,7 +650,9 @@ def signer_main(argv: Sequence[str]) -> int:
         description=signer_main.__doc__,
         epilog="Variables: KEYTURN_SIGNER_SOCKET, KEYTURN_SIGNER_SOCKET_GROUP, KEYTURN_SIGNER_KEYSET, "
         "KEYTURN_POLICY, KEYTURN_SLACK_SIGNING_SECRET (or _FILE), KEYTURN_CI_SECRET (or _FILE), "
-        "KEYTURN_AUDIT_LOG, KEYTURN_SIGNER_IDLE_TIMEOUT, KEYTURN_SIGNER_MAX_CONNECTIONS "
+        "KEYTURN_AUDIT_LOG, KEYTURN_SIGNER_REQUEST_TIMEOUT, KEYTURN_SIGNER_IDLE_TIMEOUT, "
+        "KEYTURN_SIGNER_MAX_CONNECTIONS; dev only: KEYTURN_DEV_MODE, KEYTURN_SIGNER_FAKE_NOW_FILE. "
+        "SIGHUP re-reads the key file (docs/keys.md) "
         "(see docs/configuration.md).",
     )
     parsed = _run_parser(p, argv)

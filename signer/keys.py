@@ -1,9 +1,13 @@
 """Private signing keys: the ONLY module that touches Ed25519 private key material.
 
 Implements docs/design.md §4. The private keyset file is JSON, ``{"keys": [JWK + "status", "createdAt",
-"rotatedAt"?, "revokedAt"?]}``, mode 0600 or stricter, with exactly one ``active`` key, which alone carries
-``d`` (the 32-byte seed, base64url) once the others are rotated: the file never keeps old private keys, so a
-later leak of it cannot mint receipts under a retired key id.
+"rotatedAt"?, "revokedAt"?]}``, mode 0600 or stricter, with exactly one ``active`` key and at most one
+``next`` key, which alone carry ``d`` (the 32-byte seed, base64url): the file never keeps old private keys, so
+a later leak of it cannot mint receipts under a retired key id.
+
+Lifecycle (docs/keys.md): ``add_next`` creates the next key, published by ``keyturn keys export`` before it
+signs; ``activate_next`` retires the active key and makes the next one active; the running signer notices the
+changed file and switches without a restart (signer/service.py). Both changes rewrite the file atomically.
 
 Nothing here logs, prints or puts key material into exception messages; ``repr`` shows key ids only.
 """
@@ -16,7 +20,7 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from signer import checkpoint as _checkpoint
 from signer.errors import KeyFileError, KeysetError, KeyturnError, VerificationError
 from signer.keyset import (
     ACTIVE,
+    NEXT,
     REVOKED,
     ROTATED,
     PublicKey,
@@ -36,6 +41,12 @@ from signer.receipt import b64encode, b64url_decode, b64url_encode, parse_receip
 
 MAX_KEY_FILE_BYTES = 1024 * 1024
 FILE_MODE = 0o600
+# How long a retired key stays entitled to sign after ``activate_next``/``rotate`` (its ``rotatedAt`` is this
+# far in the future). A running signer switches keys on its next request after the file changes, but a
+# request that read the clock just before the switch may still be signed with the old key; the overlap keeps
+# such a receipt valid under the keyset exported after the rotation. Emergencies revoke instead.
+DEFAULT_ROTATION_GRACE = timedelta(seconds=60)
+MAX_ROTATION_GRACE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -73,18 +84,30 @@ def _parse_entry(jwk: object, where: str) -> _Entry:
     return _Entry(public, seed)
 
 
-def _new_entry(now: datetime, *, dev: bool) -> _Entry:
+def _new_entry(now: datetime, *, dev: bool, status: str = ACTIVE) -> _Entry:
     from signer.keyset import key_id
 
     sk = SigningKey.generate()
     vk = sk.verify_key
     created = now.replace(microsecond=0)
-    public = PublicKey(key_id(bytes(vk), dev=dev), ACTIVE, created, None, None, vk)
+    public = PublicKey(key_id(bytes(vk), dev=dev), status, created, None, None, vk)
     return _Entry(public, bytes(sk))
 
 
+def _retired(entry: _Entry, at: datetime) -> _Entry:
+    """``entry`` marked rotated at ``at``, without its private part."""
+    p = entry.public
+    return _Entry(PublicKey(p.kid, ROTATED, p.created_at, at, None, p.verify_key), None)
+
+
+def _check_grace(grace: timedelta) -> None:
+    if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
+        raise KeyFileError(f"the rotation grace must be between 0 and {MAX_ROTATION_GRACE}")
+
+
 class SigningKeyset:
-    """The signer's keys: exactly one active key signs; the rest are kept for the public keyset."""
+    """The signer's keys: exactly one active key signs; at most one next key waits, published, to take over;
+    the rest are kept for the public keyset."""
 
     def __init__(self, entries: list[_Entry]) -> None:
         active = [e for e in entries if e.public.status == ACTIVE]
@@ -92,10 +115,16 @@ class SigningKeyset:
             raise KeyFileError(f"a key file needs exactly one active key, found {len(active)}")
         if active[0].seed is None:
             raise KeyFileError("the active key lacks its private part 'd'")
+        staged = [e for e in entries if e.public.status == NEXT]
+        if len(staged) > 1:
+            raise KeyFileError(f"a key file holds at most one next key, found {len(staged)}")
+        if staged and staged[0].seed is None:
+            raise KeyFileError("the next key lacks its private part 'd'")
         if len({e.public.kid for e in entries}) != len(entries):
             raise KeyFileError("duplicate kid in key file")
         self._entries = list(entries)
         self._active = active[0]
+        self._next = staged[0] if staged else None
         self._signing_key = SigningKey(active[0].seed)
 
     def __repr__(self) -> str:
@@ -105,6 +134,15 @@ class SigningKeyset:
     def active_kid(self) -> str:
         """Key id of the key that signs."""
         return self._active.public.kid
+
+    @property
+    def next_kid(self) -> str | None:
+        """Key id of the published key waiting to become active, if any."""
+        return self._next.public.kid if self._next is not None else None
+
+    def active_valid_at(self, at: datetime) -> bool:
+        """Whether the active key may sign something issued at ``at`` (it was created by then)."""
+        return self._active.public.valid_at(at)
 
     def sign(self, message: bytes) -> tuple[str, bytes]:
         """Sign ``message`` with the active key; return ``(kid, 64-byte signature)``."""
@@ -159,31 +197,74 @@ class SigningKeyset:
         return keys
 
     @classmethod
-    def rotate(cls, path: str | os.PathLike[str], now: datetime) -> SigningKeyset:
-        """Mark the active key ``rotated`` at ``now`` (dropping its private part) and add a new active key.
-
-        The new key is a dev key if the old one was.
-        """
+    def add_next(cls, path: str | os.PathLike[str], now: datetime) -> SigningKeyset:
+        """Add a ``next`` key (same dev-ness as the active one) to publish before it signs. Refuses if one is
+        already staged."""
         old = cls.load(path)
-        at = now.replace(microsecond=0)
+        if old._next is not None:
+            staged = old._next.public.kid
+            raise KeyFileError(f"a next key is already staged ({staged}); activate or revoke it")
+        keys = cls([*old._entries, _new_entry(now, dev=old._active.public.is_dev, status=NEXT)])
+        _replace(Path(path), keys.to_json())
+        return keys
+
+    @classmethod
+    def activate_next(
+        cls, path: str | os.PathLike[str], now: datetime, grace: timedelta = DEFAULT_ROTATION_GRACE
+    ) -> SigningKeyset:
+        """Make the staged ``next`` key active and mark the active key ``rotated`` at ``now + grace``,
+        dropping its private part. Refuses when no next key is staged."""
+        _check_grace(grace)
+        old = cls.load(path)
+        if old._next is None:
+            raise KeyFileError("no next key is staged: run 'keyturn keys add-next' and publish it first")
+        return cls._switch(Path(path), old, old._next, now, grace)
+
+    @classmethod
+    def rotate(
+        cls, path: str | os.PathLike[str], now: datetime, grace: timedelta = timedelta(0)
+    ) -> SigningKeyset:
+        """Mark the active key ``rotated`` at ``now + grace`` (dropping its private part) and add a new active
+        key at once, unpublished: verifiers pinned to an older keyset refuse its receipts (``unknown_key``)
+        until they fetch the new one. Prefer ``add_next`` + ``activate_next``. Refuses while a next key is
+        staged (activate it instead). The new key is a dev key if the old one was.
+        """
+        _check_grace(grace)
+        old = cls.load(path)
+        if old._next is not None:
+            raise KeyFileError(
+                f"a next key is staged ({old._next.public.kid}): run 'keyturn keys activate-next' instead"
+            )
+        return cls._switch(Path(path), old, _new_entry(now, dev=old._active.public.is_dev), now, grace)
+
+    @classmethod
+    def _switch(
+        cls, path: Path, old: SigningKeyset, successor: _Entry, now: datetime, grace: timedelta
+    ) -> SigningKeyset:
+        at = now.replace(microsecond=0) + grace
         if at < old._active.public.created_at:
             raise KeyFileError("rotation time is before the active key's creation")
+        p = successor.public
+        promoted = _Entry(PublicKey(p.kid, ACTIVE, p.created_at, None, None, p.verify_key), successor.seed)
         entries: list[_Entry] = []
         for e in old._entries:
             if e is old._active:
-                p = e.public
-                e = _Entry(PublicKey(p.kid, ROTATED, p.created_at, at, None, p.verify_key), None)
+                e = _retired(e, at)
+            elif e is successor:
+                e = promoted
             entries.append(e)
-        entries.append(_new_entry(now, dev=old._active.public.is_dev))
+        if successor is not old._next:
+            entries.append(promoted)
         keys = cls(entries)
-        _replace(Path(path), keys.to_json())
+        _replace(path, keys.to_json())
         return keys
 
     @classmethod
     def revoke(cls, path: str | os.PathLike[str], kid: str, now: datetime) -> SigningKeyset:
         """Mark key ``kid`` revoked at ``now``: it never verifies again. Revoking a revoked key is a no-op.
 
-        The active key cannot be revoked directly: rotate first, so there is always exactly one signing key.
+        A next key (e.g. one exposed before use) may be revoked; it loses its private part. The active key
+        cannot be revoked directly: rotate first, so there is always exactly one signing key.
         """
         old = cls.load(path)
         target = next((e for e in old._entries if e.public.kid == kid), None)
@@ -268,6 +349,18 @@ def generate(path: str | os.PathLike[str], *, dev: bool = False, now: datetime) 
 def rotate(path: str | os.PathLike[str], now: datetime) -> SigningKeyset:
     """Module-level alias of ``SigningKeyset.rotate``."""
     return SigningKeyset.rotate(path, now)
+
+
+def add_next(path: str | os.PathLike[str], now: datetime) -> SigningKeyset:
+    """Module-level alias of ``SigningKeyset.add_next``."""
+    return SigningKeyset.add_next(path, now)
+
+
+def activate_next(
+    path: str | os.PathLike[str], now: datetime, grace: timedelta = DEFAULT_ROTATION_GRACE
+) -> SigningKeyset:
+    """Module-level alias of ``SigningKeyset.activate_next``."""
+    return SigningKeyset.activate_next(path, now, grace)
 
 
 def revoke(path: str | os.PathLike[str], kid: str, now: datetime) -> SigningKeyset:

@@ -1,9 +1,12 @@
 """The public keyset: Ed25519 verification keys with their status (JWKS, RFC 7517 / RFC 8037 OKP keys).
 
 Implements docs/design.md §4 (public half). Standard library and PyNaCl only: on ``keyturn verify``'s path.
-Rules: exactly the keys listed verify; ``rotated`` keys verify receipts issued before ``rotatedAt``;
-``revoked`` keys never verify. A key's ``kid`` must be its RFC 7638 thumbprint (``dev-`` + thumbprint for
-development keys), so an id can never silently name a different key.
+Rules: exactly the keys listed verify; ``active`` and ``next`` keys verify receipts issued from
+``createdAt`` on; ``rotated`` keys verify receipts issued before ``rotatedAt``; ``revoked`` keys never
+verify. A ``next`` key is published before it signs (docs/keys.md), so verifiers that pinned the keyset
+already trust it on the day it becomes active: publishing a key is trusting it. A key's ``kid`` must be its
+RFC 7638 thumbprint (``dev-`` + thumbprint for development keys), so an id can never silently name a
+different key.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light 
     from signer.receipt import datetime
 
 ACTIVE = "active"
+NEXT = "next"
 ROTATED = "rotated"
 REVOKED = "revoked"
-STATUSES = frozenset({ACTIVE, ROTATED, REVOKED})
+STATUSES = frozenset({ACTIVE, NEXT, ROTATED, REVOKED})
 DEV_PREFIX = "dev-"
 MAX_KEYSET_BYTES = 1024 * 1024
 
@@ -75,7 +79,11 @@ class PublicKey(Record):
         return self.kid.startswith(DEV_PREFIX)
 
     def valid_at(self, issued_at: datetime) -> bool:
-        """Whether this key may have issued a receipt at ``issued_at`` (status and lifetime)."""
+        """Whether this key may have issued a receipt at ``issued_at`` (status and lifetime).
+
+        A ``next`` key counts as active from its creation: the signer may switch to it at any moment after
+        it was published, and a verifier pinned to that keyset must not fail the first receipts it signs.
+        """
         if self.status == REVOKED or issued_at < self.created_at:
             return False
         return not (self.status == ROTATED and self.rotated_at is not None and issued_at >= self.rotated_at)
@@ -134,7 +142,7 @@ def parse_public_jwk(jwk: object, where: str = "key") -> tuple[PublicKey, bool]:
     assert isinstance(kid, str)
     status = jwk.get("status")
     if status not in STATUSES:
-        raise KeysetError(f"{where}.status must be one of active, rotated, revoked")
+        raise KeysetError(f"{where}.status must be one of active, next, rotated, revoked")
     assert isinstance(status, str)
     if "createdAt" not in jwk:
         raise KeysetError(f"{where} lacks createdAt")
@@ -146,8 +154,8 @@ def parse_public_jwk(jwk: object, where: str = "key") -> tuple[PublicKey, bool]:
         raise KeysetError(f"{where}: a rotated key needs rotatedAt")
     if status == REVOKED and revoked is None:
         raise KeysetError(f"{where}: a revoked key needs revokedAt")
-    if status == ACTIVE and (rotated is not None or revoked is not None):
-        raise KeysetError(f"{where}: an active key has no rotatedAt/revokedAt")
+    if status in (ACTIVE, NEXT) and (rotated is not None or revoked is not None):
+        raise KeysetError(f"{where}: a key with status {status} has no rotatedAt/revokedAt")
     if rotated is not None and rotated < created:
         raise KeysetError(f"{where}: rotatedAt is before createdAt")
     key = PublicKey(kid, status, created, rotated, revoked, VerifyKey(x))

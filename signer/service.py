@@ -12,6 +12,10 @@ checkpoint of the log's head → reply. No record, no receipt: if the append fai
 receipt is dropped. The signer holds a signed checkpoint of its durable head from start on and serves the
 latest with the ``checkpoint`` op (docs/security.md, "Anchoring the audit log"). At start a torn last line of
 the log is moved aside with a warning; a broken chain is a refusal to start.
+
+Keys are reloaded without a restart (docs/keys.md): on SIGHUP, and before every ``sign`` and checkpoint when
+the key file's identity (inode, size, mtime) changed since it was last read. A reload is all or nothing: a
+file that does not load keeps the keys held, with an error in the log naming the key still signing.
 """
 
 from __future__ import annotations
@@ -88,9 +92,47 @@ def file_clock(path: Path) -> Clock:
     return now
 
 
+FileIdentity = tuple[int, int, int, int]
+
+
+def _identity(path: Path) -> FileIdentity | None:
+    """What tells a replaced or rewritten key file from the one read: device, inode, size, mtime (ns).
+
+    ``os.stat`` follows symlinks, so a Kubernetes secret volume's swapped ``..data`` link counts as a change.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+_RANK = {"next": 0, "active": 1, "rotated": 2, "revoked": 3}
+
+
+def _reload_refusal(old: SigningKeyset, new: SigningKeyset) -> str | None:
+    """Why ``new`` must not replace ``old`` in a running signer, or None.
+
+    A key file only moves forward: the key signing now stays listed (else the receipts it signed would lose
+    their key), and no key goes back in its lifecycle (a restored backup would re-activate a retired key).
+    Switching to an unrelated key file takes a restart, on purpose.
+    """
+    after = {k.kid: k.status for k in new.public_keyset()}
+    if old.active_kid not in after:
+        return f"the new file lacks the active key {old.active_kid}; restart the signer to change key files"
+    for key in old.public_keyset():
+        status = after.get(key.kid)
+        if status is not None and _RANK[status] < _RANK[key.status]:
+            return f"key {key.kid} would go back from {key.status} to {status}"
+    return None
+
+
 @dataclass
 class Signer:
-    """Answers parsed requests. Holds the keys, policy, secrets and audit log; keeps no per-request state."""
+    """Answers parsed requests. Holds the keys, policy, secrets and audit log; keeps no per-request state.
+
+    With ``key_file`` set, the keys follow that file (see :meth:`reload_keys`).
+    """
 
     keys: SigningKeyset
     policy: Policy
@@ -98,8 +140,57 @@ class Signer:
     audit: AuditLog
     clock: Clock = system_clock
     timeout: float = 5.0
+    key_file: Path | None = None
     _checkpoint: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _checkpoint_head: AuditHead | None = field(default=None, init=False, repr=False)
+    _key_file_seen: FileIdentity | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.key_file is not None:
+            self._key_file_seen = _identity(self.key_file)
+
+    def reload_keys(self, *, force: bool = False) -> bool:
+        """Re-read the key file if it changed (or always, with ``force``: SIGHUP); return whether the keys
+        held changed.
+
+        All or nothing: a file that is missing, unreadable, too open or invalid keeps the keys held and logs
+        an error once per version of the file (so a broken file does not flood the log on every request).
+        """
+        if self.key_file is None:
+            return False
+        seen = _identity(self.key_file)
+        if not force and seen == self._key_file_seen:
+            return False
+        self._key_file_seen = seen
+        try:
+            keys = SigningKeyset.load(self.key_file)
+        except KeyturnError as exc:
+            log.error(
+                "KEY FILE RELOAD FAILED, still signing with %s: %s: %s",
+                self.keys.active_kid,
+                exc.code,
+                exc.message,
+            )
+            return False
+        old = self.keys
+        refusal = _reload_refusal(old, keys)
+        if refusal is not None:
+            log.error("KEY FILE RELOAD REFUSED, still signing with %s: %s", old.active_kid, refusal)
+            return False
+        changed = keys.public_keyset().to_jwks() != old.public_keyset().to_jwks()
+        self.keys = keys
+        if keys.active_kid != old.active_kid:
+            self._checkpoint = None  # re-signed by the new key on next use
+            log.warning("keys reloaded: now signing with %s (was %s)", keys.active_kid, old.active_kid)
+        log.info(
+            "keys reloaded from %s: active %s, next %s, %d key(s)%s",
+            self.key_file,
+            keys.active_kid,
+            keys.next_kid or "none",
+            len(keys.public_keyset()),
+            "" if changed else " (unchanged)",
+        )
+        return changed
 
     def checkpoint(self) -> dict[str, Any]:
         """The signed checkpoint (DSSE envelope) of the audit log's durable head, re-signed when it moved.
@@ -107,16 +198,18 @@ class Signer:
         The durable head only grows, so the checkpoint held never goes back. Raises ``KeyturnError`` if the
         clock cannot be read (then the previous checkpoint, if any, stays held).
         """
+        self.reload_keys()
         head = self.audit.durable_head
         if self._checkpoint is None or self._checkpoint_head != head:
+            keys = self.keys
             unsigned = unsigned_checkpoint(
                 log=head.log,
                 seq=head.seq,
                 head=head.head,
                 issued_at=self.clock(),
-                key_id=self.keys.active_kid,
+                key_id=keys.active_kid,
             )
-            self._checkpoint, self._checkpoint_head = sign_checkpoint(self.keys, unsigned), head
+            self._checkpoint, self._checkpoint_head = sign_checkpoint(keys, unsigned), head
         return self._checkpoint
 
     async def reply_to(self, payload: bytes) -> wire.OkReply | wire.ErrorReply:
@@ -142,6 +235,7 @@ class Signer:
     async def handle(self, request: wire.Request) -> BaseModel | dict[str, Any]:
         """Run one request; raises :class:`KeyturnError` subclasses with the code to answer with."""
         if isinstance(request, wire.HealthRequest):
+            self.reload_keys()  # report the key that signs now, not the one loaded at start
             head = self.audit.durable_head
             return wire.HealthResult(
                 keyId=self.keys.active_kid,
@@ -150,6 +244,7 @@ class Signer:
                 auditHead=head.head,
             )
         if isinstance(request, wire.KeysRequest):
+            self.reload_keys()  # so a revocation is published as soon as the file says so
             return wire.KeysResult(jwks=self.keys.public_keyset().to_jwks())
         if isinstance(request, wire.CheckpointRequest):
             return wire.CheckpointResult(checkpoint=self.checkpoint())
@@ -190,6 +285,10 @@ class Signer:
                 request.origin.body, request.origin.timestamp, request.origin.signature
             )
         clicks = [evidence.SlackEvidence(c.body, c.timestamp, c.signature) for c in request.approvals]
+        # Look at the key file before reading the clock: a rotation written before this point is honoured,
+        # and one written after it falls within the retired key's grace (signer/keys.py).
+        self.reload_keys()
+        keys = self.keys  # one keyset for this receipt, even if a SIGHUP swaps it mid-request
         decision = evidence.assess(
             policy=self.policy,
             secrets=self.secrets,
@@ -208,9 +307,16 @@ class Signer:
             approver=ApproverRef(decision.approver.user_id, decision.approver.email),
             approvals=[ApprovalEntry(a.user_id, a.email, a.at) for a in decision.approvals],
             requester=decision.requester,
-            key_id=self.keys.active_kid,
+            key_id=keys.active_kid,
         )
-        receipt = sign_receipt(self.keys, unsigned)
+        if not keys.active_valid_at(decision.issued_at):
+            # A key created "in the future" by a skewed clock: refuse rather than issue a receipt that no
+            # verifier would accept.
+            raise ServiceError(
+                f"the active key {keys.active_kid} was created after this receipt's issue time",
+                code="key_not_valid_at_issue",
+            )
+        receipt = sign_receipt(keys, unsigned)
         # Record first: the receipt leaves this process only once its audit entry is on disk.
         seq = await self.audit.append_async(_audit_record(receipt, request, self.policy.sha256))
         log.info("sign %s ok: audit seq %d", decision.request_id, seq)
@@ -450,6 +556,8 @@ async def _serve_until_signalled(server: SignerServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: re-read the key file now (e.g. to publish a revocation at once, or after fixing a bad file).
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.signer.reload_keys(force=True))
     await server.start()
     print(f"signer ready on {server.path} key {server.signer.keys.active_kid}", flush=True)
     try:
@@ -470,7 +578,15 @@ def run(settings: Any) -> int:
     except KeyturnError as exc:
         print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
         return 2
-    signer = Signer(keys, policy, secrets, audit, clock, settings.signer_request_timeout)
+    signer = Signer(
+        keys,
+        policy,
+        secrets,
+        audit,
+        clock,
+        settings.signer_request_timeout,
+        key_file=Path(settings.signer_keyset),
+    )
     try:
         signer.checkpoint()  # hold a checkpoint of the head from the start
     except KeyturnError as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from bot.config import SIGNER_ONLY_VARIABLES
 from bot.dev import private_redis_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,6 +300,8 @@ def start_bot(
             "KEYTURN_HOST": "127.0.0.1",
             "KEYTURN_PORT": str(port),
             "KEYTURN_PUBLIC_URL": url,
+            # The bot refuses to start with the signer's secrets; blank any the test process exports.
+            **dict.fromkeys(SIGNER_ONLY_VARIABLES, ""),
             **(env or {}),
         },
         ready=http_ok(f"{url}/readyz"),

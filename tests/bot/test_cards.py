@@ -147,6 +147,15 @@ def test_expired_card() -> None:
     assert "Expires" not in joined(card.blocks)
 
 
+def test_expired_card_states_the_ttl_not_a_second_less() -> None:
+    # Stored times a fraction of a second off the whole-second TTL once rendered as "4m 59s".
+    created = NOW + timedelta(milliseconds=400)
+    req = make_request(status=Status.EXPIRED, created_at=created, expires_at=NOW + timedelta(minutes=5))
+    text = joined(render_card(req, POLICY, NOW + timedelta(hours=1)).blocks)
+    assert "within 5m" in text
+    assert "4m 59s" not in text
+
+
 def test_cancelled_card() -> None:
     card = render_card(make_request(status=Status.CANCELLED), POLICY, NOW)
     assert actions(card.blocks) == []
