@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # Comma-separated host names, "*.suffix" patterns or IP literals; empty: any public https host.
     callback_hosts: str = ""
     card_retry_max: Duration = timedelta(seconds=60)
+    # How long a replica's signing claim lasts. A Deny/Cancel waits for a live claim (so the audit log and
+    # the final state agree); a claim whose replica died lapses after this, and the leader's backstop
+    # (every backstop_interval) finishes the signature. Must exceed signer_timeout.
+    sign_lease: Duration = timedelta(seconds=30)
+    backstop_interval: float = Field(default=10.0, gt=0, le=3600)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -110,6 +115,12 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_signer_call(self) -> Settings:
+        if self.sign_lease.total_seconds() <= self.signer_timeout:
+            raise ValueError("KEYTURN_SIGN_LEASE must be longer than KEYTURN_SIGNER_TIMEOUT")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> Settings:

@@ -150,6 +150,7 @@ def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[
         clock=clock,
         # Timer handlers share the Redis pool with the API: leave most of it to requests.
         concurrency=max(1, min(16, comps.settings.redis_max_connections // 4)),
+        sweep_s=comps.settings.backstop_interval,
     )
     hooks, runner = result
     return hooks, runner
@@ -196,6 +197,7 @@ def build_app(
         callbacks=callbacks,
         metrics=metrics,
         card_retry_max=settings.card_retry_max,
+        sign_lease=settings.sign_lease,
     )
     feed = ChangeFeed(client)
     api = Api(
@@ -220,7 +222,7 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await feed.start()
         with contextlib.suppress(StoreUnavailable):
-            resumed = await service.resume()
+            resumed = await service.resume(full=True)
             if resumed:
                 log.info("resumed card posting for %d pending request(s)", resumed)
         for part in comps.background:
