@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     # the final state agree); a claim whose replica died lapses after this, and the leader's backstop
     # (every backstop_interval) finishes the signature. Must exceed signer_timeout.
     sign_lease: Duration = timedelta(seconds=30)
+    # The HTTP edge (docs/configuration.md, "Limits at the edge"): a connection must send its request head
+    # within http_header_timeout s and its body within http_body_timeout s; above http_max_connections
+    # the oldest connection still waiting for a head is closed to make room.
+    http_max_connections: int = Field(default=1024, ge=16, le=100_000)
+    http_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout: float = Field(default=30.0, gt=0, le=600)
+    http_keep_alive: float = Field(default=5.0, gt=0, le=300)
+    http_max_head_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    shutdown_grace: float = Field(default=10.0, gt=0, le=600)
+    # The timers' own Redis pool, so a saturated HTTP side cannot starve the leader lease and deadlines.
+    timers_redis_max_connections: int = Field(default=8, ge=2, le=1000)
     backstop_interval: float = Field(default=10.0, gt=0, le=3600)
 
     @field_validator("log_level", mode="before")

@@ -30,6 +30,7 @@ from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
 from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error
+from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
 from bot.metrics import Metrics
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
@@ -44,7 +45,9 @@ Clock = Callable[[], datetime]
 REDIS_SOCKET_TIMEOUT = 5.0
 
 
-def make_redis(settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT) -> aioredis.Redis:
+def make_redis(
+    settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT, max_connections: int | None = None
+) -> aioredis.Redis:
     """The process's async Redis client, on a bounded blocking pool.
 
     redis-py's default pool raises as soon as its connections are all in use; a ``BlockingConnectionPool``
@@ -53,7 +56,7 @@ def make_redis(settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEO
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
-        max_connections=settings.redis_max_connections,
+        max_connections=max_connections or settings.redis_max_connections,
         timeout=settings.redis_pool_timeout,
         socket_timeout=socket_timeout,
         health_check_interval=30,
@@ -130,9 +133,12 @@ class Components:
     api: Api
     slack: Any
     background: list[Any] = field(default_factory=list)
+    extra_clients: list[aioredis.Redis] = field(default_factory=list)
 
 
-def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[LifecycleHooks | None, Any]:
+def _timers(
+    service: ApprovalService, comps: Components, clock: Clock, *, own_pool: bool = True
+) -> tuple[LifecycleHooks | None, Any]:
     """The scheduler's hooks and its start/stop object, if ``bot.timer_jobs`` provides them."""
     try:
         from bot import timer_jobs  # type: ignore[attr-defined,unused-ignore]
@@ -141,15 +147,21 @@ def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[
     install = getattr(timer_jobs, "install", None)
     if install is None:
         return None, None
+    # A pool of their own: the lease step and the deadlines keep their connections when every request
+    # handler is waiting for one of the shared pool's (issue 14, finding 1).
+    timers_redis = comps.redis
+    if own_pool:
+        timers_redis = make_redis(comps.settings, max_connections=comps.settings.timers_redis_max_connections)
+        comps.extra_clients.append(timers_redis)
     result = install(
         service=service,
-        redis=comps.redis,
+        redis=timers_redis,
         policy=comps.policy,
         messenger=service.messenger,
         store=comps.store,
         clock=clock,
         # Timer handlers share the Redis pool with the API: leave most of it to requests.
-        concurrency=max(1, min(16, comps.settings.redis_max_connections // 4)),
+        concurrency=max(1, min(16, comps.settings.timers_redis_max_connections // 2)),
         sweep_s=comps.settings.backstop_interval,
     )
     hooks, runner = result
@@ -213,7 +225,8 @@ def build_app(
     slack = build_slack_endpoint(service, messenger, signer, policy, web)
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
-    hooks, runner = _timers(service, comps, clock)
+    # An injected client (tests) serves the timers too; a real deployment gives them a pool of their own.
+    hooks, runner = _timers(service, comps, clock, own_pool=redis_client is None)
     if hooks is not None:
         service.hooks = hooks
     comps.background.append(runner if runner is not None else ExpirySweeper(service, store, clock))
@@ -248,10 +261,17 @@ def build_app(
                 await signer.close()
             with contextlib.suppress(Exception):
                 await client.aclose()
+            for extra in comps.extra_clients:
+                with contextlib.suppress(Exception):
+                    await extra.aclose()
 
     app = Starlette(
         routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
-        middleware=[Middleware(GuardMiddleware, metrics=metrics)],
+        middleware=[
+            Middleware(GuardMiddleware, metrics=metrics),
+            # Inside the guard, so a body deadline is a 408 rather than the guard's 500.
+            Middleware(BodyDeadlineMiddleware, body_timeout=settings.http_body_timeout),
+        ],
         exception_handlers={HTTPException: http_error_handler},
         lifespan=lifespan,
     )
@@ -327,6 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=settings.log_level == "DEBUG",
         lifespan="on",
         server_header=False,
+        **uvicorn_limits(
+            max_connections=settings.http_max_connections,
+            header_timeout=settings.http_header_timeout,
+            keep_alive=settings.http_keep_alive,
+            graceful_shutdown=settings.shutdown_grace,
+            max_head_bytes=settings.http_max_head_bytes,
+        ),
     )
     server = _Server(config)
     try:
