@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # Idle connections kept to the signer. Each click's ack waits on one signature check, so a burst of
     # clicks needs about as many connections as clicks in flight (bench/bench_ack.py: 4 → p99 ×2.4 at 32).
     signer_pool_size: int = Field(default=32, ge=1, le=256)
+    # Signer calls in flight per replica, in two lanes: checks of inbound (not yet authenticated) requests,
+    # and signatures/MACs/health. Keep replicas x (both) under the signer's KEYTURN_SIGNER_MAX_CONNECTIONS.
+    signer_max_checks: int = Field(default=32, ge=1, le=1024)
+    signer_max_signs: int = Field(default=16, ge=1, le=1024)
     callback_attempts: int = Field(default=8, ge=1, le=30)
     callback_timeout: float = Field(default=10.0, gt=0, le=120)
     # Comma-separated host names, "*.suffix" patterns or IP literals; empty: any public https host.

@@ -64,6 +64,13 @@ def make_redis(
     return aioredis.Redis.from_pool(pool)
 
 
+DEV_MODE_WARNING = (
+    "KEYTURN_DEV_MODE=1: NOT FOR PRODUCTION. Turned off: the refusal of placeholder Slack tokens, and "
+    "every callbackUrl address check (http:// allowed; loopback, private, link-local and numeric-form "
+    "hosts allowed at request time and at delivery)"
+)
+
+
 def utc_now() -> datetime:
     """The wall clock, timezone-aware."""
     return datetime.now(UTC)
@@ -183,7 +190,11 @@ def build_app(
     metrics = Metrics()
     client = redis_client or make_redis(settings)
     signer = SignerClient(
-        settings.signer_socket, timeout=settings.signer_timeout, pool_size=settings.signer_pool_size
+        settings.signer_socket,
+        timeout=settings.signer_timeout,
+        pool_size=settings.signer_pool_size,
+        max_checks=settings.signer_max_checks,
+        max_signs=settings.signer_max_signs,
     )
     web = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     messenger = SlackMessenger(web, policy, now=clock)
@@ -337,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.dev_mode:
+        log.warning(DEV_MODE_WARNING)
     app, _ = build_app(settings, policy)
     config = uvicorn.Config(
         app,
