@@ -30,6 +30,7 @@ from bot.callbacks import CallbackPolicy, CallbackRefused
 from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
+from bot.prefilter import plausible
 from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.evidence import EvidenceError, parse_ci_request_body
@@ -227,11 +228,18 @@ class Api:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
+    def _precheck(self, request: Request) -> None:
+        """Refuse (401) what the signer would certainly refuse, before reading a body or calling it."""
         timestamp = request.headers.get("x-keyturn-timestamp", "")
         signature = request.headers.get("x-keyturn-signature", "")
-        if not timestamp or not signature or len(timestamp) > 32 or len(signature) > 256:
+        if not plausible(timestamp, signature, kind="ci"):
+            self.metrics.refusals.labels("implausible_signature").inc()
             raise _unauthorized()
+
+    async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
+        self._precheck(request)
+        timestamp = request.headers.get("x-keyturn-timestamp", "")
+        signature = request.headers.get("x-keyturn-signature", "")
         try:
             await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
         except KeyturnError as exc:
@@ -285,6 +293,7 @@ class Api:
 
     async def create(self, request: Request) -> Response:
         """``POST /v1/requests``: 202 with a new request, 200 with the pending one of the same scope."""
+        self._precheck(request)
         body = await read_body(request, self.max_body)
         timestamp, signature = await self._authenticate(request, body)
         try:
@@ -381,6 +390,7 @@ class Api:
     async def cancel(self, request: Request) -> Response:
         """``POST /v1/requests/{id}/cancel``: CANCELLED (cancelling twice is fine)."""
         rid = self._request_id(request)
+        self._precheck(request)
         body = await read_body(request, self.max_body)
         _, signature = await self._authenticate(request, body)
         await self._load(rid)

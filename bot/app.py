@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK, REASON_MAX
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
 from bot.ports import Approvals, Messenger, Refused
+from bot.prefilter import plausible
 from bot.signer_client import SignerRefused, SignerUnavailable
 from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
 from signer import contract
@@ -260,9 +261,10 @@ class SlackEndpoint:
             body = raw.decode("utf-8")
         except UnicodeDecodeError:
             return JSONResponse({"error": "body is not UTF-8"}, status_code=400)
+        # Refused without a signer call: missing, malformed or far-from-now headers (issue 14, finding 2).
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
-        if not _TS_RE.fullmatch(timestamp) or not _SIG_RE.fullmatch(signature):
+        if not plausible(timestamp, signature, kind="slack"):
             return _invalid()
         try:
             await self.signer.check_slack(body, timestamp, signature)

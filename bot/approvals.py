@@ -40,7 +40,7 @@ from bot.models import (
 )
 from bot.ports import Messenger, Refused
 from bot.slack_text import escape, user_mention
-from bot.store import RequestStore, SignError, StoreUnavailable
+from bot.store import RequestStore, SignError, SigningInProgress, StoreUnavailable
 from signer import wire
 from signer.errors import KeyturnError
 from signer.evidence import CiEvidence, request_id_for
@@ -233,15 +233,54 @@ class ApprovalService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    async def resume(self) -> int:
+    async def resume(self, *, full: bool = False) -> int:
         """Restart card posting for pending requests that have no card yet (at start-up, and from the
-        leader's backstop, so a card whose posting replica died is still posted)."""
+        leader's backstop, so a card whose posting replica died is still posted).
+
+        The backstop reads the attention index (every request without a card, however many are pending);
+        ``full`` (start-up) reads the whole pending index in pages and backfills the attention indexes, so
+        requests stored by an older version are covered too.
+        """
         started = 0
-        for req in await self._store.get_many(await self._store.pending_ids()):
-            if req.status is Status.PENDING and req.card is None:
-                self._start_posting(req.id)
-                started += 1
+        if full:
+            ids = await self._store.pending_ids()
+        else:
+            ids = await self._store.needs_card_ids()
+        for page in range(0, len(ids), 500):
+            reqs = [
+                r for r in await self._store.get_many(ids[page : page + 500]) if r.status is Status.PENDING
+            ]
+            if full:
+                await self._store.mark_needs_card([r for r in reqs if r.card is None])
+                await self._store.mark_at_quorum([r for r in reqs if lifecycle.quorum_reached(r)])
+            for req in reqs:
+                if req.card is None:
+                    self._start_posting(req.id)
+                    started += 1
         return started
+
+    async def finish_stuck(self) -> int:
+        """The leader's backstop: finish signing for requests at quorum with no receipt and no recorded
+        signer error, whose signing replica died (nobody holds the claim any more). Exactly once: the
+        signing claim admits one signer call at a time and the final-state CAS one APPROVED write.
+        Returns the number of requests it approved."""
+        done = 0
+        now = self._clock()
+        for rid in await self._store.at_quorum_ids():
+            req = await self._store.get(rid)
+            if req is None or req.status is not Status.PENDING or not lifecycle.quorum_reached(req):
+                continue
+            if lifecycle.is_expired(req, now) or await self._store.sign_error(rid) is not None:
+                continue  # expiry, or a person's next click, decides these
+            if await self._store.signing_claimed(rid):
+                continue  # a live replica is signing it (or its claim has not lapsed yet)
+            log.info("backstop: finishing request %s left at quorum without a receipt", rid)
+            try:
+                result = await self._finish(req)
+            except Refused:
+                continue  # recorded as the request's sign error, shown on its card
+            done += int(result.status is Status.APPROVED)
+        return done
 
     async def _quietly(self, what: str, call: Awaitable[Any]) -> None:
         """Run a best-effort Slack call: the state is already stored, so a failure is logged, not raised."""
@@ -408,6 +447,8 @@ class ApprovalService:
             raise
         self._metrics.approvals.labels(req.scope.environment).inc()
         if lifecycle.quorum_reached(req):
+            # Indexed before signing: if this replica dies mid-signature, the leader's backstop finds it.
+            await self._store.mark_at_quorum([req])
             return await self._finish(req)
         await self._quietly("update_card", self._messenger.update_card(req))
         return req
@@ -416,7 +457,8 @@ class ApprovalService:
         """At quorum: take the signing claim, ask the signer, store the receipt and move to APPROVED."""
         token = await self._store.claim_signing(req.id, self._sign_lease)
         if token is None:
-            return req  # another click is signing right now; it will report the outcome
+            # Another click is signing right now (it reports the outcome), or the request was decided.
+            return await self._load(req.id)
         try:
             current = await self._load(req.id)
             if current.status.final:
@@ -504,7 +546,7 @@ class ApprovalService:
             req = await self._load(request_id)
             if not (req.status is Status.DENIED and req.decided_by == user_id):
                 self._ensure_authorized(req.scope.environment, user_id)
-            done, changed = await self._store.transition(
+            done, changed = await self._final_transition(
                 request_id, lambda r: lifecycle.deny(r, by=user_id, reason=reason, now=self._clock())
             )
         except Refused as exc:
@@ -515,12 +557,34 @@ class ApprovalService:
 
     async def cancel(self, request_id: str) -> DeployRequest:
         """Cancel a pending request (the pipeline gave up). Cancelling twice is a no-op."""
-        done, changed = await self._store.transition(
+        done, changed = await self._final_transition(
             request_id, lambda r: lifecycle.cancel(r, now=self._clock())
         )
         if changed:
             await self._on_final(done)
         return done
+
+    async def _final_transition(
+        self, request_id: str, event: Callable[[DeployRequest], DeployRequest], *, wait: bool = True
+    ) -> tuple[DeployRequest, bool]:
+        """A Deny/Cancel/Expire that waits for an in-flight signature's outcome, then re-decides.
+
+        Decided order (docs/reliability.md, "Abuse and overload"): a signature whose claim was taken first
+        wins, so the receipt in the audit log and the request's final state never disagree; a Deny/Cancel
+        arriving meanwhile gets "already approved" (or proceeds, if the signer refused). The wait is bounded
+        by the claim's lease; past it the answer is ``Refused("signing_in_progress")``.
+        """
+        for _ in range(3):
+            try:
+                return await self._store.transition(request_id, event, unless_signing=True)
+            except SigningInProgress:
+                if not wait:
+                    break
+                await self._store.wait_signing_released(request_id, self._sign_lease.total_seconds() + 1.0)
+        raise Refused(
+            "signing_in_progress",
+            "A receipt is being issued for this request right now; try again in a moment.",
+        )
 
     async def expire(self, request_id: str) -> DeployRequest | None:
         """Expire the request if its lifetime is over; a no-op otherwise. Safe to call any number of times.
@@ -528,10 +592,13 @@ class ApprovalService:
         Returns the request as it now stands, or None if it is unknown.
         """
         try:
-            done, changed = await self._store.transition(
-                request_id, lambda r: lifecycle.expire(r, now=self._clock())
+            # No wait: the timer slot is not held for a signature; its outcome decides, or expiry comes back.
+            done, changed = await self._final_transition(
+                request_id, lambda r: lifecycle.expire(r, now=self._clock()), wait=False
             )
-        except Refused:
+        except Refused as exc:
+            if exc.code == "signing_in_progress":
+                return await self._store.get(request_id)  # still pending: the timer comes back
             return None
         if changed:
             await self._on_final(done)

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import socket
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,6 +102,33 @@ def address_problem(ip: IPAddress) -> str | None:
     return None
 
 
+def canonical_host(host: str) -> str:
+    """The host as a resolver would see it: Unicode compatibility forms folded (``ｌocalhost`` is
+    ``localhost``), lower case, without trailing dots."""
+    return unicodedata.normalize("NFKC", host).casefold().rstrip(".")
+
+
+_LEGACY_IPV4_RE = re.compile(r"\A(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\Z")
+
+
+def legacy_ip_literal(host: str) -> IPAddress | None:
+    """The address an IP literal names, in every spelling a C resolver accepts: dotted quad, IPv6, and the
+    legacy IPv4 forms ``inet_aton`` takes (``2130706433``, ``0x7f.0.0.1``, ``0177.0.0.1``, ``127.1``).
+    None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _LEGACY_IPV4_RE.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            # Digits the resolver will not take as an address (e.g. out of range): not a usable name
+            # either, and never to be resolved as one.
+            return ipaddress.IPv4Address("0.0.0.0")
+    return None
+
+
 @dataclass(frozen=True)
 class CallbackPolicy:
     """Where callbacks may go. The default is the strict one: https, any public host, no internal address.
@@ -139,7 +167,7 @@ class CallbackPolicy:
             raise CallbackRefused("callback_url_scheme", f"must be an {need} URL")
         if parts.username is not None or parts.password is not None:
             raise CallbackRefused("callback_url_invalid", "must not carry a user name or password")
-        host = (parts.hostname or "").rstrip(".")
+        host = canonical_host(parts.hostname or "")
         if not host:
             raise CallbackRefused("callback_url_invalid", "has no host")
         if self.hosts and not self.allowlisted(host):
@@ -149,10 +177,7 @@ class CallbackPolicy:
         if not self.dev_mode and not self.allowlisted(host):
             if host == "localhost" or host.endswith(".localhost"):
                 raise CallbackRefused("callback_address_refused", f"host {host} is a loopback name")
-            try:
-                literal: IPAddress | None = ipaddress.ip_address(host)
-            except ValueError:
-                literal = None
+            literal = legacy_ip_literal(host)
             if literal is not None:
                 self.check_addresses(host, [literal])
         return host, port if port is not None else (443 if parts.scheme == "https" else 80)

@@ -71,11 +71,31 @@ class Settings(BaseSettings):
     # Idle connections kept to the signer. Each click's ack waits on one signature check, so a burst of
     # clicks needs about as many connections as clicks in flight (bench/bench_ack.py: 4 → p99 ×2.4 at 32).
     signer_pool_size: int = Field(default=32, ge=1, le=256)
+    # Signer calls in flight per replica, in two lanes: checks of inbound (not yet authenticated) requests,
+    # and signatures/MACs/health. Keep replicas x (both) under the signer's KEYTURN_SIGNER_MAX_CONNECTIONS.
+    signer_max_checks: int = Field(default=32, ge=1, le=1024)
+    signer_max_signs: int = Field(default=16, ge=1, le=1024)
     callback_attempts: int = Field(default=8, ge=1, le=30)
     callback_timeout: float = Field(default=10.0, gt=0, le=120)
     # Comma-separated host names, "*.suffix" patterns or IP literals; empty: any public https host.
     callback_hosts: str = ""
     card_retry_max: Duration = timedelta(seconds=60)
+    # How long a replica's signing claim lasts. A Deny/Cancel waits for a live claim (so the audit log and
+    # the final state agree); a claim whose replica died lapses after this, and the leader's backstop
+    # (every backstop_interval) finishes the signature. Must exceed signer_timeout.
+    sign_lease: Duration = timedelta(seconds=30)
+    # The HTTP edge (docs/configuration.md, "Limits at the edge"): a connection must send its request head
+    # within http_header_timeout s and its body within http_body_timeout s; above http_max_connections
+    # the oldest connection still waiting for a head is closed to make room.
+    http_max_connections: int = Field(default=1024, ge=16, le=100_000)
+    http_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout: float = Field(default=30.0, gt=0, le=600)
+    http_keep_alive: float = Field(default=5.0, gt=0, le=300)
+    http_max_head_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    shutdown_grace: float = Field(default=10.0, gt=0, le=600)
+    # The timers' own Redis pool, so a saturated HTTP side cannot starve the leader lease and deadlines.
+    timers_redis_max_connections: int = Field(default=8, ge=2, le=1000)
+    backstop_interval: float = Field(default=10.0, gt=0, le=3600)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -111,6 +131,12 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_signer_call(self) -> Settings:
+        if self.sign_lease.total_seconds() <= self.signer_timeout:
+            raise ValueError("KEYTURN_SIGN_LEASE must be longer than KEYTURN_SIGNER_TIMEOUT")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> Settings:

@@ -30,6 +30,7 @@ from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
 from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error, signer_only_settings_found
+from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
 from bot.metrics import Metrics
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
@@ -44,7 +45,9 @@ Clock = Callable[[], datetime]
 REDIS_SOCKET_TIMEOUT = 5.0
 
 
-def make_redis(settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT) -> aioredis.Redis:
+def make_redis(
+    settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT, max_connections: int | None = None
+) -> aioredis.Redis:
     """The process's async Redis client, on a bounded blocking pool.
 
     redis-py's default pool raises as soon as its connections are all in use; a ``BlockingConnectionPool``
@@ -53,12 +56,19 @@ def make_redis(settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEO
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
-        max_connections=settings.redis_max_connections,
+        max_connections=max_connections or settings.redis_max_connections,
         timeout=settings.redis_pool_timeout,
         socket_timeout=socket_timeout,
         health_check_interval=30,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+DEV_MODE_WARNING = (
+    "KEYTURN_DEV_MODE=1: NOT FOR PRODUCTION. Turned off: the refusal of placeholder Slack tokens, and "
+    "every callbackUrl address check (http:// allowed; loopback, private, link-local and numeric-form "
+    "hosts allowed at request time and at delivery)"
+)
 
 
 def utc_now() -> datetime:
@@ -130,9 +140,12 @@ class Components:
     api: Api
     slack: Any
     background: list[Any] = field(default_factory=list)
+    extra_clients: list[aioredis.Redis] = field(default_factory=list)
 
 
-def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[LifecycleHooks | None, Any]:
+def _timers(
+    service: ApprovalService, comps: Components, clock: Clock, *, own_pool: bool = True
+) -> tuple[LifecycleHooks | None, Any]:
     """The scheduler's hooks and its start/stop object, if ``bot.timer_jobs`` provides them."""
     try:
         from bot import timer_jobs  # type: ignore[attr-defined,unused-ignore]
@@ -141,15 +154,22 @@ def _timers(service: ApprovalService, comps: Components, clock: Clock) -> tuple[
     install = getattr(timer_jobs, "install", None)
     if install is None:
         return None, None
+    # A pool of their own: the lease step and the deadlines keep their connections when every request
+    # handler is waiting for one of the shared pool's (issue 14, finding 1).
+    timers_redis = comps.redis
+    if own_pool:
+        timers_redis = make_redis(comps.settings, max_connections=comps.settings.timers_redis_max_connections)
+        comps.extra_clients.append(timers_redis)
     result = install(
         service=service,
-        redis=comps.redis,
+        redis=timers_redis,
         policy=comps.policy,
         messenger=service.messenger,
         store=comps.store,
         clock=clock,
         # Timer handlers share the Redis pool with the API: leave most of it to requests.
-        concurrency=max(1, min(16, comps.settings.redis_max_connections // 4)),
+        concurrency=max(1, min(16, comps.settings.timers_redis_max_connections // 2)),
+        sweep_s=comps.settings.backstop_interval,
     )
     hooks, runner = result
     return hooks, runner
@@ -170,7 +190,11 @@ def build_app(
     metrics = Metrics()
     client = redis_client or make_redis(settings)
     signer = SignerClient(
-        settings.signer_socket, timeout=settings.signer_timeout, pool_size=settings.signer_pool_size
+        settings.signer_socket,
+        timeout=settings.signer_timeout,
+        pool_size=settings.signer_pool_size,
+        max_checks=settings.signer_max_checks,
+        max_signs=settings.signer_max_signs,
     )
     web = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     messenger = SlackMessenger(web, policy, now=clock)
@@ -196,6 +220,7 @@ def build_app(
         callbacks=callbacks,
         metrics=metrics,
         card_retry_max=settings.card_retry_max,
+        sign_lease=settings.sign_lease,
     )
     feed = ChangeFeed(client)
     api = Api(
@@ -211,7 +236,8 @@ def build_app(
     slack = build_slack_endpoint(service, messenger, signer, policy, web)
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
-    hooks, runner = _timers(service, comps, clock)
+    # An injected client (tests) serves the timers too; a real deployment gives them a pool of their own.
+    hooks, runner = _timers(service, comps, clock, own_pool=redis_client is None)
     if hooks is not None:
         service.hooks = hooks
     comps.background.append(runner if runner is not None else ExpirySweeper(service, store, clock))
@@ -220,7 +246,7 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await feed.start()
         with contextlib.suppress(StoreUnavailable):
-            resumed = await service.resume()
+            resumed = await service.resume(full=True)
             if resumed:
                 log.info("resumed card posting for %d pending request(s)", resumed)
         for part in comps.background:
@@ -246,10 +272,17 @@ def build_app(
                 await signer.close()
             with contextlib.suppress(Exception):
                 await client.aclose()
+            for extra in comps.extra_clients:
+                with contextlib.suppress(Exception):
+                    await extra.aclose()
 
     app = Starlette(
         routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
-        middleware=[Middleware(GuardMiddleware, metrics=metrics)],
+        middleware=[
+            Middleware(GuardMiddleware, metrics=metrics),
+            # Inside the guard, so a body deadline is a 408 rather than the guard's 500.
+            Middleware(BodyDeadlineMiddleware, body_timeout=settings.http_body_timeout),
+        ],
         exception_handlers={HTTPException: http_error_handler},
         lifespan=lifespan,
     )
@@ -323,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.dev_mode:
+        log.warning(DEV_MODE_WARNING)
     app, _ = build_app(settings, policy)
     config = uvicorn.Config(
         app,
@@ -333,6 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=settings.log_level == "DEBUG",
         lifespan="on",
         server_header=False,
+        **uvicorn_limits(
+            max_connections=settings.http_max_connections,
+            header_timeout=settings.http_header_timeout,
+            keep_alive=settings.http_keep_alive,
+            graceful_shutdown=settings.shutdown_grace,
+            max_head_bytes=settings.http_max_head_bytes,
+        ),
     )
     server = _Server(config)
     try:

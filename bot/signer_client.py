@@ -84,13 +84,18 @@ class SignerClient:
         timeout: float = 5.0,
         *,
         pool_size: int = 4,
-        max_in_flight: int = 64,
+        max_checks: int = 32,
+        max_signs: int = 16,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
         self._pool_size = pool_size
         self._idle: list[_Conn] = []
-        self._slots = asyncio.Semaphore(max_in_flight)
+        # Two bounded lanes (issue 14, finding 2): checks of inbound requests, which anyone on the network
+        # can cause, and everything else (signatures, callback MACs, health, keys), which only follows
+        # authenticated work. A flood of bogus requests fills the first lane and never the second.
+        self._check_slots = asyncio.Semaphore(max_checks)
+        self._sign_slots = asyncio.Semaphore(max_signs)
         self._ids = itertools.count(1)
         self._prefix = f"c{os.getpid()}-"
 
@@ -122,7 +127,8 @@ class SignerClient:
         await self._call(
             lambda rid: wire.CheckCiRequest(
                 id=rid, method=method, path=path, body=body, timestamp=timestamp, signature=signature
-            )
+            ),
+            check=True,
         )
 
     async def check_slack(self, body: str, timestamp: str, signature: str) -> None:
@@ -131,7 +137,8 @@ class SignerClient:
         Raises :class:`SignerRefused` (``bad_slack_signature``, ``stale_request``) if it is not genuine.
         """
         await self._call(
-            lambda rid: wire.CheckSlackRequest(id=rid, body=body, timestamp=timestamp, signature=signature)
+            lambda rid: wire.CheckSlackRequest(id=rid, body=body, timestamp=timestamp, signature=signature),
+            check=True,
         )
 
     async def sign(
@@ -193,7 +200,7 @@ class SignerClient:
         except ValidationError:
             raise SignerUnavailable(f"the signer sent a malformed {model.__name__}") from None
 
-    async def _call(self, build: Callable[[str], BaseModel]) -> dict[str, Any]:
+    async def _call(self, build: Callable[[str], BaseModel], *, check: bool = False) -> dict[str, Any]:
         rid = f"{self._prefix}{next(self._ids)}"
         try:
             frame = wire.encode_frame(build(rid))
@@ -202,7 +209,7 @@ class SignerClient:
         except wire.WireError as exc:
             raise SignerRefused(exc.code, exc.message) from None
         try:
-            async with asyncio.timeout(self.timeout), self._slots:
+            async with asyncio.timeout(self.timeout), self._check_slots if check else self._sign_slots:
                 reply = await self._exchange(frame)
         except TimeoutError:
             raise SignerUnavailable(f"no answer from the signer within {self.timeout} s") from None

@@ -12,6 +12,9 @@ the layout works on Redis Cluster):
 * ``keyturn:req:{id}:callbacks``  list of callback delivery attempts (JSON)
 * ``keyturn:scope:{sha256}``      dedupe index: scope → the pending request id (its own slot; see ``create``)
 * ``keyturn:pending``             sorted set of pending request ids, scored by ``expires_at`` (epoch seconds)
+* ``keyturn:attention:card``      sorted set (same scores) of pending requests without a card yet
+* ``keyturn:attention:quorum``    sorted set (same scores) of pending requests at quorum without a receipt
+                                  (the leader's backstop reads these two indexes whole, never a window)
 * ``keyturn:ci_seen:{sha256}``    replay guard: a state-changing signed CI request already accepted, keyed by
                                   the digest of its signature (``pending``, then ``<action>:<requestId>``),
                                   kept :data:`REPLAY_TTL` (see ``claim_ci_request``)
@@ -49,6 +52,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "keyturn"
 PENDING_KEY = f"{PREFIX}:pending"
+NEEDS_CARD_KEY = f"{PREFIX}:attention:card"
+AT_QUORUM_KEY = f"{PREFIX}:attention:quorum"
+# Index reads are paged so one call never asks Redis for an unbounded reply.
+INDEX_PAGE = 1000
 # A signed CI request is fresh while its timestamp is within ±300 s of the signer's clock, i.e. for up to
 # 600 s of real time; remembered for longer than that, a replay can never outlive the memory of it. The
 # extra minute covers the time between the signer's check and the claim, and clock steps.
@@ -218,6 +225,46 @@ return 1
 """
 
 
+# As _UPDATE, but a move to a final state other than APPROVED loses to a live signing claim (KEYS[6]):
+# returns -3 and writes nothing. Together with _CLAIM_SIGNING (which only claims a PENDING request) this
+# orders every Deny/Cancel/Expire against a signature: either the final state is written first and the
+# claim is never taken, or the claim is taken first and the final state waits for its outcome.
+_UPDATE_UNLESS_SIGNING = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if v ~= ARGV[1] then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'PENDING' and status ~= ARGV[3] then return -2 end
+if ARGV[3] ~= 'PENDING' and ARGV[3] ~= 'APPROVED' and redis.call('EXISTS', KEYS[6]) == 1 then return -3 end
+""" + _UPDATE.split("if status ~= 'PENDING' and status ~= ARGV[3] then return -2 end", 1)[1]
+
+# KEYS[1] record, KEYS[2] claim. ARGV: token, lease ms. 1 if claimed; 0 if someone holds it; -2 if the
+# request is no longer pending (nothing left to sign); -1 if unknown.
+_CLAIM_SIGNING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'PENDING' then return -2 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# Release our signing claim and announce it, so a Deny/Cancel waiting on it re-reads at once.
+_RELEASE_SIGNING = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'signing_released')
+  return 1
+end
+return 0
+"""
+
+
+class SigningInProgress(Exception):
+    """A final transition lost to a live signing claim: wait for the signature's outcome, then re-decide."""
+
+    code = "signing_in_progress"
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -239,6 +286,9 @@ class RequestStore:
         self._hold = client.register_script(_HOLD)
         self._set_error = client.register_script(_SET_ERROR)
         self._claim_once = client.register_script(_CLAIM_ONCE)
+        self._update_unless_signing = client.register_script(_UPDATE_UNLESS_SIGNING)
+        self._claim_signing = client.register_script(_CLAIM_SIGNING)
+        self._release_signing = client.register_script(_RELEASE_SIGNING)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -300,10 +350,44 @@ class RequestStore:
         return value
 
     @_guard
-    async def pending_ids(self, limit: int = 1000) -> list[str]:
-        """Ids in the pending index, soonest expiry first (may briefly include just-decided ones)."""
-        rows = await self._r.zrange(PENDING_KEY, 0, limit - 1)
-        return [_text(r) for r in rows]
+    async def pending_ids(self, limit: int | None = None) -> list[str]:
+        """Ids in the pending index, soonest expiry first (may briefly include just-decided ones): all of
+        them, read in pages, unless ``limit`` is given."""
+        return await self._index_ids(PENDING_KEY, limit)
+
+    @_guard
+    async def needs_card_ids(self) -> list[str]:
+        """Every pending request that has no card yet (soonest expiry first)."""
+        return await self._index_ids(NEEDS_CARD_KEY, None)
+
+    @_guard
+    async def at_quorum_ids(self) -> list[str]:
+        """Every pending request that reached its quorum and has no receipt yet (soonest expiry first)."""
+        return await self._index_ids(AT_QUORUM_KEY, None)
+
+    async def _index_ids(self, key: str, limit: int | None) -> list[str]:
+        out: list[str] = []
+        start = 0
+        while limit is None or len(out) < limit:
+            page = INDEX_PAGE if limit is None else min(INDEX_PAGE, limit - len(out))
+            rows = await self._r.zrange(key, start, start + page - 1)
+            out.extend(_text(r) for r in rows)
+            if len(rows) < page:
+                break
+            start += page
+        return out
+
+    @_guard
+    async def mark_needs_card(self, requests: list[DeployRequest]) -> None:
+        """Put pending requests without a card into the attention index (start-up backfill)."""
+        if requests:
+            await self._r.zadd(NEEDS_CARD_KEY, {r.id: _epoch(r.expires_at) for r in requests})
+
+    @_guard
+    async def mark_at_quorum(self, requests: list[DeployRequest]) -> None:
+        """Put pending requests at quorum into the attention index (after a click, and start-up backfill)."""
+        if requests:
+            await self._r.zadd(AT_QUORUM_KEY, {r.id: _epoch(r.expires_at) for r in requests})
 
     @_guard
     async def due_ids(self, now: datetime, limit: int = 1000) -> list[str]:
@@ -359,7 +443,11 @@ class RequestStore:
                     return again, False
                 raise StoreConflict(f"request id {stored.id} already exists")
             if await self._r.set(skey, stored.id, nx=True, ex=lifetime + 60):
-                await self._r.zadd(PENDING_KEY, {stored.id: _epoch(stored.expires_at)})
+                score = _epoch(stored.expires_at)
+                pipe = self._r.pipeline(transaction=False)
+                pipe.zadd(PENDING_KEY, {stored.id: score})
+                pipe.zadd(NEEDS_CARD_KEY, {stored.id: score})
+                await pipe.execute()
                 return stored, True
             await self._r.delete(record_key(stored.id), _sub_key(stored.id, "origin"))
         raise StoreConflict("could not claim the scope index")
@@ -377,10 +465,15 @@ class RequestStore:
         ]
 
     async def _write(
-        self, current: DeployRequest, new: DeployRequest, receipt: dict[str, Any] | None
+        self,
+        current: DeployRequest,
+        new: DeployRequest,
+        receipt: dict[str, Any] | None,
+        unless_signing: bool = False,
     ) -> tuple[int, DeployRequest]:
         written = new.model_copy(update={"version": current.version + 1})
-        result = await self._update(
+        script = self._update_unless_signing if unless_signing else self._update
+        result = await script(
             keys=self._related_keys(current.id),
             args=[
                 str(current.version),
@@ -397,7 +490,10 @@ class RequestStore:
 
     async def _after_final(self, request: DeployRequest) -> None:
         # Index clean-up lives outside the script (other slots); stale entries are tolerated by readers.
-        await self._r.zrem(PENDING_KEY, request.id)
+        pipe = self._r.pipeline(transaction=False)
+        for key in (PENDING_KEY, NEEDS_CARD_KEY, AT_QUORUM_KEY):
+            pipe.zrem(key, request.id)
+        await pipe.execute()
         await self._delete_if_equals(keys=[scope_key(request.scope)], args=[request.id])
 
     @_guard
@@ -407,11 +503,13 @@ class RequestStore:
         event: Callable[[DeployRequest], DeployRequest],
         *,
         receipt: dict[str, Any] | None = None,
+        unless_signing: bool = False,
     ) -> tuple[DeployRequest, bool]:
         """Apply ``event`` (a pure lifecycle function) with compare-and-swap, retrying on conflict.
 
         Returns (request, changed). ``event`` may raise ``Refused``; an event returning the request
-        unchanged writes nothing. ``receipt`` is stored in the same atomic step.
+        unchanged writes nothing. ``receipt`` is stored in the same atomic step. With ``unless_signing``, a
+        move to DENIED/CANCELLED/EXPIRED raises :class:`SigningInProgress` while a signing claim is held.
         """
         for _ in range(MAX_CAS_ATTEMPTS):
             current = await self.get(request_id)
@@ -420,11 +518,15 @@ class RequestStore:
             new = event(current)
             if new == current:
                 return current, False
-            result, written = await self._write(current, new, receipt)
+            result, written = await self._write(current, new, receipt, unless_signing)
             if result == 1:
                 if written.status.final and not current.status.final:
                     await self._after_final(written)
+                elif written.card is not None and current.card is None:
+                    await self._r.zrem(NEEDS_CARD_KEY, written.id)
                 return written, True
+            if result == -3:
+                raise SigningInProgress(request_id)
             if result == -1:
                 raise Refused("unknown_request", "No such request (it may have been cleaned up).")
             # 0: someone else wrote first; -2: it became final meanwhile — re-read and re-decide.
@@ -468,17 +570,58 @@ class RequestStore:
 
     @_guard
     async def claim_signing(self, request_id: str, lease: timedelta) -> str | None:
-        """Take the signing claim for ``lease``; the token to release it, or None if someone holds it."""
+        """Take the signing claim for ``lease``, only while the request is pending; the token to release
+        it, or None if someone holds it or the request is no longer pending.
+
+        A final Deny/Cancel/Expire written with ``unless_signing`` loses to a live claim, so the audit log
+        (which records every receipt) and the request's final state tell one story.
+        """
         token = secrets.token_hex(16)
-        ok = await self._r.set(
-            _sub_key(request_id, "signing"), token, nx=True, px=int(lease.total_seconds() * 1000)
+        ms = max(1, int(lease.total_seconds() * 1000))
+        ok = await self._claim_signing(
+            keys=[record_key(request_id), _sub_key(request_id, "signing")], args=[token, ms]
         )
-        return token if ok else None
+        return token if int(ok) == 1 else None
 
     @_guard
     async def release_signing(self, request_id: str, token: str) -> None:
-        """Release a claim taken with ``claim_signing`` (only if still ours)."""
-        await self._delete_if_equals(keys=[_sub_key(request_id, "signing")], args=[token])
+        """Release a claim taken with ``claim_signing`` (only if still ours) and announce it."""
+        await self._release_signing(
+            keys=[_sub_key(request_id, "signing")], args=[token, changed_channel(request_id)]
+        )
+
+    @_guard
+    async def signing_claimed(self, request_id: str) -> bool:
+        """True while someone holds the request's signing claim."""
+        return bool(await self._r.exists(_sub_key(request_id, "signing")))
+
+    @_guard
+    async def wait_signing_released(self, request_id: str, within: float) -> bool:
+        """Wait (at most ``within`` s) until nobody holds the signing claim; True if released in time.
+
+        Subscribes to the request's change channel before looking at the claim, so a release between
+        the look and the wait is never missed; a claim whose holder died lapses with its lease (the
+        PTTL bounds the wait).
+        """
+        key = _sub_key(request_id, "signing")
+        loop = asyncio.get_running_loop()
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(changed_channel(request_id))
+            deadline = loop.time() + within
+            while True:
+                ttl_ms = int(await self._r.pttl(key))
+                if ttl_ms == -2:
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                # A lapsing lease publishes nothing: wake when it would lapse, at the latest.
+                step = min(left, ttl_ms / 1000 + 0.01 if ttl_ms > 0 else left, 1.0)
+                await pubsub.get_message(timeout=step)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @_guard
     async def hold_card_posting(self, request_id: str, token: str, lease: timedelta) -> bool:

@@ -289,8 +289,9 @@ class TimerRunner:
     """Starts and stops the replica's timers, plus a slow backstop sweep (expiry index, orphaned cards).
 
     The backstop (leader only, every ``sweep_s``) expires pending requests that have no expire deadline:
-    created before the scheduler was installed, or whose ``on_created`` hook failed. It costs one
-    ``ZRANGEBYSCORE`` on the store's pending index.
+    created before the scheduler was installed, or whose ``on_created`` hook failed (one ``ZRANGEBYSCORE``
+    on the store's pending index); posts cards nobody is posting, and finishes signing for requests left
+    at quorum by a replica that died mid-signature (both read whole attention indexes, not a window).
     """
 
     def __init__(
@@ -318,6 +319,9 @@ class TimerRunner:
             req = await self._service.expire(rid)
             n += int(req is not None and req.status.final)
         await self._service.resume()
+        finished = await self._service.finish_stuck()
+        if finished:
+            log.info("backstop approved %d request(s) whose signing replica died", finished)
         return n
 
     async def _loop(self) -> None:
@@ -359,6 +363,7 @@ def install(
     messenger: Messenger,
     store: RequestStore,
     clock: Clock,
+    sweep_s: float = 10.0,
     **timer_options: Any,
 ) -> tuple[TimerHooks, TimerRunner]:
     """Build this replica's timers; return the service's hooks and the start/stop runner.
@@ -374,4 +379,4 @@ def install(
     options.update(timer_options)
     timers = Timers(redis, jobs.handlers(), clock=clock, **options)
     jobs.timers = timers
-    return TimerHooks(timers, policy), TimerRunner(timers, service, store, clock)
+    return TimerHooks(timers, policy), TimerRunner(timers, service, store, clock, sweep_s=sweep_s)
