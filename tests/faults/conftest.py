@@ -169,11 +169,12 @@ class FaultStack(Stack):
         )
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        """The signer's audit log, parsed."""
+        """The records of the signer's audit log (each entry's ``record``), in order."""
         path = self.workdir / "audit.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e["record"] for e in entries]
 
     def flush(self) -> None:
         """Empty Redis (start of a test)."""
