@@ -75,6 +75,7 @@ class PersistentRedis:
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
     starts: int = 0
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def socket_path(self) -> Path:
@@ -91,7 +92,7 @@ class PersistentRedis:
         return [
             harness.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket_path), "--unixsocketperm", "700", "--dir", str(self.workdir),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "", *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -213,8 +214,11 @@ def start_emulator(workdir: Path, bot_url: str) -> tuple[Proc, str]:
     return proc, url
 
 
-def build_stack(workdir: Path, *, signer_env: dict[str, str] | None = None) -> FaultStack:
-    """Start redis (AOF), the signer, the emulator and the bot; the stack (caller stops it)."""
+def build_stack(
+    workdir: Path, *, signer_env: dict[str, str] | None = None, bot_env: dict[str, str] | None = None
+) -> FaultStack:
+    """Start redis (AOF), the signer, the emulator and the bot; the stack (caller stops it). With ``bot_env``
+    naming sentinels, the bot uses them and the stack's own Redis only holds nothing."""
     logs = workdir / "logs"
     policy = workdir / "keyturn.toml"
     policy.write_text(POLICY)
@@ -250,6 +254,7 @@ def build_stack(workdir: Path, *, signer_env: dict[str, str] | None = None) -> F
                 "KEYTURN_CALLBACK_ATTEMPTS": "3",
                 "KEYTURN_DEV_MODE": "1",
                 "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
+                **(bot_env or {}),
             },
         )
     except Exception:
