@@ -44,11 +44,21 @@ from bot.ports import Approvals, Messenger, Refused
 from bot.prefilter import plausible
 from bot.signer_client import SignerRefused, SignerUnavailable
 from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
+from bot.store import StoreConflict, StoreUnavailable
 from signer import contract
 from signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
 
+# What an approver reads when Redis stayed unreachable through the store's retries: nothing was recorded.
+STORE_DOWN_APPROVE = (
+    "Keyturn cannot reach its database right now, so your approval was *not* recorded. "
+    "Please click Approve again in a minute."
+)
+STORE_DOWN_DENY = (
+    "Keyturn cannot reach its database right now, so your denial was *not* recorded. "
+    "Please click Deny again in a minute."
+)
 MAX_BODY = 512 * 1024  # a click carries the whole card; 512 KiB is far above any real Slack request
 _TS_RE = re.compile(r"\A[0-9]{1,12}\Z")
 _SIG_RE = re.compile(r"\Av0=[0-9a-f]{64}\Z")
@@ -366,6 +376,12 @@ class SlackEndpoint:
         except Refused as refused:
             await self._tell(channel, user_id, escape(refused.message))
             return
+        except (StoreUnavailable, StoreConflict):
+            # The store already retried on fresh connections for its budget; say plainly that nothing was
+            # counted, so the approver clicks again instead of assuming their approval landed.
+            log.warning("approval by %s on %s not recorded: store unavailable", user_id, request_id)
+            await self._tell(channel, user_id, STORE_DOWN_APPROVE)
+            return
         if not req.status.final:
             await self._tell(
                 channel,
@@ -398,6 +414,9 @@ class SlackEndpoint:
             return
         except TimeoutError:
             await self._tell(channel, user_id, "Keyturn is busy; please click Deny again.")
+            return
+        except (StoreUnavailable, StoreConflict):
+            await self._tell(channel, user_id, STORE_DOWN_DENY)
             return
         try:
             await self.messenger.open_deny_modal(trigger_id, req)
@@ -432,6 +451,9 @@ class SlackEndpoint:
             return
         try:
             await self.approvals.deny(request_id, user_id, reason)
+        except (StoreUnavailable, StoreConflict):
+            log.warning("denial by %s on %s not recorded: store unavailable", user_id, request_id)
+            await self._tell(None, user_id, STORE_DOWN_DENY)
         except Refused as refused:
             # A modal has no channel: answer where the card is, else in a DM.
             channel = None

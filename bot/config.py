@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     # every connection is busy a caller waits up to redis_pool_timeout seconds, then gets a 503.
     redis_max_connections: int = Field(default=64, ge=8, le=10_000)
     redis_pool_timeout: float = Field(default=5.0, gt=0, le=60)
+    # A command that meets a closed connection (Redis restarted, a failover) is retried on a fresh one, with
+    # backoff, for at most this many seconds; then the caller gets a 503 (bot/redisconn.py).
+    redis_retry_budget: float = Field(default=5.0, gt=0, le=60)
+    # Redis Sentinel: "host:port,host:port" of the sentinels and the name of the monitored primary. When
+    # set, the primary is discovered through them (and followed across a failover); redis_url is unused.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
+    redis_sentinel_db: int = Field(default=0, ge=0, le=15)
     signer_socket: Path = Path("/run/keyturn/signer.sock")
     policy: Path = Path("keyturn.toml")
     slack_bot_token: SecretStr = SecretStr("")
@@ -131,6 +139,19 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        from bot.redisconn import parse_sentinels
+
+        return ",".join(f"{h}:{p}" for h, p in parse_sentinels(value))
+
+    @model_validator(mode="after")
+    def _sentinel_master(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("KEYTURN_REDIS_SENTINEL_MASTER is required with KEYTURN_REDIS_SENTINELS")
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_a_signer_call(self) -> Settings:

@@ -32,6 +32,7 @@ from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error, signer_only_settings_found
 from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
 from bot.metrics import Metrics
+from bot.redisconn import make_redis
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.policy import Policy, PolicyError, load_policy
@@ -39,29 +40,6 @@ from signer.policy import Policy, PolicyError, load_policy
 log = logging.getLogger("keyturn.bot")
 
 Clock = Callable[[], datetime]
-
-# redis-py's own default, made explicit: a command whose answer takes longer than this fails (and the store
-# turns that into a 503). Pub/sub waits (the change feed) pass their own timeout and are not bound by it.
-REDIS_SOCKET_TIMEOUT = 5.0
-
-
-def make_redis(
-    settings: Settings, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT, max_connections: int | None = None
-) -> aioredis.Redis:
-    """The process's async Redis client, on a bounded blocking pool.
-
-    redis-py's default pool raises as soon as its connections are all in use; a ``BlockingConnectionPool``
-    makes the caller wait for one instead, but only ``redis_pool_timeout`` seconds: then redis-py raises
-    ``ConnectionError``, which the store reports as ``StoreUnavailable`` (HTTP 503), never a hang or a 500.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections or settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-    )
-    return aioredis.Redis.from_pool(pool)
 
 
 DEV_MODE_WARNING = (

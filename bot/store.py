@@ -24,6 +24,12 @@ Every write of a record is a compare-and-swap on ``version`` in Lua (callers ret
 script itself refuses to change the status of a record that is already final, so final states are sticky in
 Redis too, whatever a caller computed. Pending records carry a TTL of their lifetime plus the retention (a
 safety net); a final record and all its keys get the retention TTL.
+
+Every write is safe to send twice. The client retries a command whose connection failed (bot/redisconn.py),
+and a connection can fail after Redis ran the command but before its answer arrived: the retry then meets its
+own earlier write. So each script recognises its own completed write (by a token or by the exact bytes it
+wrote) and answers as if it had just made it, instead of reporting a conflict or a duplicate; each script
+says how above its text.
 """
 
 from __future__ import annotations
@@ -146,9 +152,15 @@ class SignError(BaseModel):
     at: datetime
 
 
+# KEYS[1] record, KEYS[2] origin. ARGV: version, status, data, origin, ttl, channel, create token.
+# Repeat-safe: the record remembers the token of the call that created it, so a retried create of ours
+# answers 1 again, while another arrival of the same origin (another token) answers 0.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'status', ARGV[2], 'data', ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'create_token') == ARGV[7] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'status', ARGV[2], 'data', ARGV[3], 'create_token', ARGV[7])
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -157,14 +169,21 @@ return 1
 """
 
 # KEYS[1] record, KEYS[2] receipt, KEYS[3..] the request's other keys (given the retention TTL when final).
-# ARGV: expected version, new version, new status, data, final (0/1), retention seconds, channel, receipt.
+# ARGV: expected version, new version, new status, data, final (0/1), retention seconds, channel, receipt,
+# write token.
+# Repeat-safe: every write leaves its caller's one-off token beside the version. A record at the new version
+# with our token is our own write, retried after it landed: answer 1 rather than a conflict, so the caller
+# does not re-decide on what it already wrote (and a receipt is stored once).
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
-if v ~= ARGV[1] then return 0 end
+if v ~= ARGV[1] then
+  if v == ARGV[2] and redis.call('HGET', KEYS[1], 'write_token') == ARGV[9] then return 1 end
+  return 0
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'PENDING' and status ~= ARGV[3] then return -2 end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[3], 'data', ARGV[4])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[3], 'data', ARGV[4], 'write_token', ARGV[9])
 if ARGV[8] ~= '' then
   redis.call('SET', KEYS[2], ARGV[8])
   redis.call('HDEL', KEYS[1], 'sign_error')
@@ -179,16 +198,22 @@ return 1
 """
 
 # KEYS[1] record, KEYS[2] approvals hash. ARGV: expected version, new version, data, user id,
-# StoredApproval JSON, channel. A user already present is reported before any version check, so a
-# double-click is recognised as such however the race went.
+# StoredApproval JSON, channel, call token. A user already present is reported before any version check, so
+# a double-click is recognised as such however the race went.
+# Repeat-safe: the record keeps, per approver, the one-off token of the call that counted them. A user present
+# with our token is this very call, retried after it landed: 3, "counted, by us", never "already approved",
+# which would tell the approver that their only click was a duplicate.
 _ADD_APPROVAL = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
-if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then return 2 end
+if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
+  if redis.call('HGET', KEYS[1], 'approval_token:' .. ARGV[4]) == ARGV[7] then return 3 end
+  return 2
+end
 if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return -2 end
 if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'data', ARGV[3], 'approval_token:' .. ARGV[4], ARGV[7])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('PUBLISH', ARGV[6], ARGV[2])
@@ -196,6 +221,7 @@ return 1
 """
 
 # Take a claim that is free, or extend one we hold. KEYS: claim. ARGV: token, lease ms.
+# Repeat-safe: the token is the caller's own, so a retry after success extends the claim it took.
 _HOLD = """
 local cur = redis.call('GET', KEYS[1])
 if cur == false or cur == ARGV[1] then
@@ -205,17 +231,47 @@ end
 return 0
 """
 
+# Repeat-safe: deleting twice deletes once.
 _DELETE_IF_EQUALS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
 # KEYS[1] the replay key. ARGV: placeholder, ttl seconds. Nil if newly claimed, else what it holds.
+# Repeat-safe: the placeholder carries a per-call token ("pending/<token>"), so a retry of a claim that
+# landed finds its own placeholder and is still "newly claimed", not a replay of itself.
 _CLAIM_ONCE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
-return redis.call('GET', KEYS[1])
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return false end
+return cur
 """
 
+# KEYS[1] the replay key. ARGV: the in-flight prefix. Forget a claim still in flight (any call's).
+_DELETE_IN_FLIGHT = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] the scope index, ARGV: request id, ttl seconds. 1 if the scope is (now) this request's.
+# Repeat-safe: a SET NX retried after it landed finds its own request id and still answers 1; a bare SET NX
+# would answer "taken" and the caller would delete the request it had just indexed.
+_CLAIM_SCOPE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+# KEYS[1] the callback log. ARGV: attempt JSON, retention seconds.
+# Repeat-safe: an attempt carries its number and time, so a last entry equal to it is this call's own append.
+_APPEND_ATTEMPT = """
+if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Repeat-safe: setting the same error twice leaves the same state (a second PUBLISH only wakes readers).
 _SET_ERROR = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return 0 end
 if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'sign_error')
@@ -245,6 +301,8 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status ~= 'PENDING' then return -2 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+-- Our own claim, taken by an earlier try whose answer was lost (a connection retry): still ours.
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
 return 0
 """
 
@@ -289,6 +347,9 @@ class RequestStore:
         self._update_unless_signing = client.register_script(_UPDATE_UNLESS_SIGNING)
         self._claim_signing = client.register_script(_CLAIM_SIGNING)
         self._release_signing = client.register_script(_RELEASE_SIGNING)
+        self._delete_in_flight = client.register_script(_DELETE_IN_FLIGHT)
+        self._claim_scope = client.register_script(_CLAIM_SCOPE)
+        self._append_attempt = client.register_script(_APPEND_ATTEMPT)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -408,6 +469,7 @@ class RequestStore:
         pointing at a final, expired or vanished request is stale and removed (compare-and-delete).
         """
         skey = scope_key(request.scope)
+        token = secrets.token_hex(16)
         lifetime = max(1, int((request.expires_at - now).total_seconds()))
         record_ttl = lifetime + self._retention
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -433,6 +495,7 @@ class RequestStore:
                     origin.model_dump_json(),
                     record_ttl,
                     changed_channel(stored.id),
+                    token,
                 ],
             )
             if not created:
@@ -442,7 +505,7 @@ class RequestStore:
                 if again is not None:
                     return again, False
                 raise StoreConflict(f"request id {stored.id} already exists")
-            if await self._r.set(skey, stored.id, nx=True, ex=lifetime + 60):
+            if await self._claim_scope(keys=[skey], args=[stored.id, lifetime + 60]):
                 score = _epoch(stored.expires_at)
                 pipe = self._r.pipeline(transaction=False)
                 pipe.zadd(PENDING_KEY, {stored.id: score})
@@ -484,6 +547,7 @@ class RequestStore:
                 self._retention,
                 changed_channel(current.id),
                 "" if receipt is None else json.dumps(receipt, separators=(",", ":")),
+                secrets.token_hex(16),
             ],
         )
         return int(result), written
@@ -538,6 +602,7 @@ class RequestStore:
     ) -> DeployRequest:
         """Count ``approval`` once, atomically, only while pending. Raises ``Refused`` (already_approved…)."""
         stored = StoredApproval(approval=approval, evidence=evidence).model_dump_json()
+        token = secrets.token_hex(16)
         for _ in range(MAX_CAS_ATTEMPTS):
             current = await self.get(request_id)
             if current is None:
@@ -554,11 +619,14 @@ class RequestStore:
                         approval.user_id,
                         stored,
                         changed_channel(request_id),
+                        token,
                     ],
                 )
             )
             if result == 1:
                 return written
+            if result == 3:  # our own write, retried after it landed; others may have written since
+                return await self.get(request_id) or written
             if result == 2:
                 raise Refused("already_approved", "You have already approved this request.")
             if result == -1:
@@ -651,11 +719,10 @@ class RequestStore:
     @_guard
     async def record_callback_attempt(self, request_id: str, attempt: dict[str, Any]) -> None:
         """Append one callback delivery attempt to the request's log."""
-        key = _sub_key(request_id, "callbacks")
-        pipe = self._r.pipeline(transaction=True)
-        pipe.rpush(key, json.dumps(attempt, separators=(",", ":")))
-        pipe.expire(key, self._retention)
-        await pipe.execute()
+        await self._append_attempt(
+            keys=[_sub_key(request_id, "callbacks")],
+            args=[json.dumps(attempt, separators=(",", ":")), self._retention],
+        )
 
     @_guard
     async def callback_attempts(self, request_id: str) -> list[dict[str, Any]]:
@@ -673,12 +740,16 @@ class RequestStore:
         ``signature`` is the ``X-Keyturn-Signature`` value the signer accepted. The signer takes exactly one
         spelling of a MAC (``v1=`` and 64 lowercase hex), so a replayer cannot dodge the key by respelling.
         """
+        placeholder = f"{_IN_FLIGHT}/{secrets.token_hex(8)}"
         seen = await self._claim_once(
-            keys=[ci_seen_key(signature)], args=[_IN_FLIGHT, int(REPLAY_TTL.total_seconds())]
+            keys=[ci_seen_key(signature)], args=[placeholder, int(REPLAY_TTL.total_seconds())]
         )
         if seen is None:
             return None
-        action, _, request_id = _text(seen).partition(":")
+        text = _text(seen)
+        if text.startswith(_IN_FLIGHT):
+            return SeenRequest(action=_IN_FLIGHT, request_id=None)
+        action, _, request_id = text.partition(":")
         return SeenRequest(action=action, request_id=request_id or None)
 
     @_guard
@@ -691,7 +762,7 @@ class RequestStore:
     async def release_ci_request(self, signature: str) -> None:
         """Forget a claim whose request failed before it changed anything (only while still in flight), so
         the client may send the same bytes again; a request that did act stays remembered."""
-        await self._delete_if_equals(keys=[ci_seen_key(signature)], args=[_IN_FLIGHT])
+        await self._delete_in_flight(keys=[ci_seen_key(signature)], args=[_IN_FLIGHT])
 
 
 class ChangeFeed:

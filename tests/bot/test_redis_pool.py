@@ -1,4 +1,4 @@
-"""The bot's Redis client (``bot.server.make_redis``) on a real redis-server, through the CI API's routes.
+"""The bot's Redis client (``bot.redisconn.make_redis``) on a real redis-server, through the CI API's routes.
 
 * When every pooled connection is busy, a request waits at most ``KEYTURN_REDIS_POOL_TIMEOUT`` and then gets a
   clean 503 ``store_unavailable`` (redis-py's default pool would raise at once; an unbounded one would hang).
@@ -27,7 +27,7 @@ from bot.api import Api
 from bot.config import Settings
 from bot.metrics import Metrics
 from bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
-from bot.server import make_redis
+from bot.redisconn import make_redis
 from bot.store import ChangeFeed, RequestStore
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
