@@ -105,6 +105,7 @@ _TOO_LARGE = {"receipt": "malformed", "keyset": "bad_keyset", "checkpoint": "bad
 VERIFY_USAGE = """\
 usage: keyturn verify RECEIPT --keys KEYSET --repo REPO --sha SHA --env ENV --workflow WORKFLOW
                       [--at TIME] [--json] [--allow-dev-keys] [--trust-keys-in-checkout]
+                      [--require-oidc]
 
 Verify a Keyturn receipt offline before deploying. Fails closed: exit 0 only for a valid, approved,
 unexpired receipt for exactly this repo, commit, environment and workflow; exit 1 with
@@ -124,12 +125,14 @@ arguments:
   --json                    print the result as one JSON object on stdout
   --allow-dev-keys          accept development keys (never in production)
   --trust-keys-in-checkout  accept a keyset file inside the current git checkout (normally refused)
+  --require-oidc            refuse a receipt whose requester was not proven by the job's OIDC token
+                            (receipt format 1.1 with requesterProof; docs/receipt.md)
 
 Each option at most once; a value starting with '-' is written --option=VALUE. -h/--help shows this
 only as the sole argument: anywhere else it is a usage error (exit 2), never a pass.
 """
 _VERIFY_VALUES = ("--keys", "--repo", "--sha", "--env", "--workflow", "--at")
-_VERIFY_FLAGS = ("--json", "--allow-dev-keys", "--trust-keys-in-checkout")
+_VERIFY_FLAGS = ("--json", "--allow-dev-keys", "--trust-keys-in-checkout", "--require-oidc")
 _VERIFY_REQUIRED = ("--keys", "--repo", "--sha", "--env", "--workflow")
 
 
@@ -178,7 +181,12 @@ def verify_main(argv: Sequence[str]) -> int:
             repo=opts["--repo"], sha=opts["--sha"], environment=opts["--env"], workflow=opts["--workflow"]
         )
         verified = gate.check_receipt(
-            data, keyset, expected, now, allow_dev_keys="--allow-dev-keys" in args.flags
+            data,
+            keyset,
+            expected,
+            now,
+            allow_dev_keys="--allow-dev-keys" in args.flags,
+            require_oidc="--require-oidc" in args.flags,
         )
     except UsageError as e:
         return _verify_usage(str(e))
@@ -203,6 +211,8 @@ def verify_main(argv: Sequence[str]) -> int:
             "expiresAt": verified.raw["expiresAt"],
             "keyId": verified.key_id,
         }
+        if verified.requester_proof is not None:
+            out["requesterProof"] = verified.requester_proof.to_json()
         print(json.dumps(out, sort_keys=True))
     else:
         print(verified.summary())
