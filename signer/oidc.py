@@ -287,10 +287,8 @@ class VerifiedToken:
     expires_at: int
 
 
-def _int_claim(claims: Mapping[str, Any], name: str, required: bool) -> int | None:
+def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     value = claims.get(name)
-    if value is None and not required:
-        return None
     if type(value) is not int or not 0 <= value < 2**40:  # bool is an int subclass; floats are refused
         raise OidcError("oidc_malformed", f"claim {name!r} must be whole seconds")
     return value
@@ -335,10 +333,9 @@ def verify_token(
     if aud != issuer.audience:
         raise OidcError("oidc_wrong_audience", "the token is for another audience")
     # 8. Times: whole seconds; a lifetime that makes sense; inside it at ``now`` give or take ``skew``.
-    exp = _int_claim(claims, "exp", True)
-    iat = _int_claim(claims, "iat", True)
-    nbf = _int_claim(claims, "nbf", False)
-    assert exp is not None and iat is not None
+    exp = _int_claim(claims, "exp")
+    iat = _int_claim(claims, "iat")
+    nbf = _int_claim(claims, "nbf") if "nbf" in claims else None
     if not iat < exp <= iat + MAX_TOKEN_LIFETIME:
         raise OidcError("oidc_malformed", "the token's lifetime (exp - iat) is not plausible")
     if now is not None:
@@ -433,10 +430,10 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         if isinstance(ref_path, str) and ref_path.startswith("refs/"):
             ref = ref_path
         else:
-            kind = {"branch": "heads", "tag": "tags"}.get(str(claims.get("ref_type")))
-            if kind is None:
+            ref_dir = {"branch": "heads", "tag": "tags"}.get(str(claims.get("ref_type")))
+            if ref_dir is None:
                 raise OidcError("oidc_claim_missing", "the token has no usable 'ref_type' claim")
-            ref = f"refs/{kind}/{_str_claim(claims, 'ref')}"
+            ref = f"refs/{ref_dir}/{_str_claim(claims, 'ref')}"
         run = _str_claim(claims, "pipeline_id")
         if not _DIGITS.match(run):
             raise OidcError("oidc_claim_missing", "pipeline_id must be a number")
@@ -454,4 +451,3 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         run=run,
         run_url=run_url,
     )
-

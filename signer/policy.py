@@ -287,7 +287,10 @@ class Policy(_Frozen):
             for issuer in env.oidc.issuers if env.oidc else ():
                 if issuer not in self.oidc.issuers:
                     problems.append(
-                        (("environments", name, "oidc", "issuers"), f"names {issuer!r}, not in [oidc.issuers]")
+                        (
+                            ("environments", name, "oidc", "issuers"),
+                            f"names {issuer!r}, not in [oidc.issuers]",
+                        )
                     )
         seen: dict[str, str] = {}
         for name, iss in self.oidc.issuers.items():

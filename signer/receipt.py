@@ -1,4 +1,5 @@
-"""Receipt formats 1.0 and 1.1 (1.0 plus ``requesterProof``): model, strict parsing, signing bytes (RFC 8785 JCS + DSSE PAE), DSSE conversion.
+"""Receipt formats 1.0 and 1.1 (1.0 plus ``requesterProof``): model, strict parsing, signing bytes (RFC 8785
+JCS + DSSE PAE), DSSE conversion.
 
 Implements docs/design.md §3; the format is specified for other implementers in docs/receipt.md.
 Standard library and ``rfc8785`` only: this module is on ``keyturn verify``'s import path, which CI runs on

@@ -448,7 +448,9 @@ def load_oidc_issuers(policy: Policy, policy_path: Path) -> dict[str, oidc.Issue
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise PolicyError(str(policy_path), [PolicyIssue(where, f"cannot read {path}: {exc.strerror}")]) from None
+            raise PolicyError(
+                str(policy_path), [PolicyIssue(where, f"cannot read {path}: {exc.strerror}")]
+            ) from None
         try:
             keys = oidc.parse_jwks(data, cfg.algorithm)
         except oidc.OidcError as exc:

@@ -83,7 +83,16 @@ class VerifiedReceipt(Record):
         requester_proof: RequesterProof | None = None,
     ) -> None:
         self._set(
-            request_id, status, scope, approver, approvals, issued_at, expires_at, key_id, raw, requester_proof
+            request_id,
+            status,
+            scope,
+            approver,
+            approvals,
+            issued_at,
+            expires_at,
+            key_id,
+            raw,
+            requester_proof,
         )
 
     def summary(self) -> str:
