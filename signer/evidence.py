@@ -533,10 +533,11 @@ def request_id_for(origin: Origin) -> str:
     (whose card shows its id) cannot be spent on another origin, whatever Redis or the bot says.
     """
     if isinstance(origin, OidcEvidence):
-        # The token is the signature; its iat the timestamp. The body is framed too, so two bodies sent
-        # with one token are two requests (they can only differ in text no one is shown).
+        # The token is the signature and its iat the timestamp. The body is left out on purpose: it is
+        # unsigned, and all it may say that counts must equal the token's claims, so one token is one request
+        # whatever body travels with it (a bot rewriting the body gets the same id and the same card).
         timestamp, signature = _oidc_iat(origin.token), origin.token
-        kind, body = b"oidc", origin.body
+        kind, body = b"oidc", b""
     else:
         timestamp, signature = origin.timestamp, origin.signature
         if isinstance(origin, CiEvidence):
