@@ -8,8 +8,8 @@ and logs). Arguments follow the gate commands' rules (``signer.cli_args``): ``-h
 With ``--oidc`` no secret is used: each call carries the job's OIDC ID token (``Authorization: Bearer``). On
 GitHub Actions a fresh one is requested for ``--audience`` from the runtime endpoint
 (``$ACTIONS_ID_TOKEN_REQUEST_URL&audience=…`` with ``$ACTIONS_ID_TOKEN_REQUEST_TOKEN``); on GitLab CI it is
-read from the ``id_tokens`` variable named by ``--id-token-var``. Scope and requester default to the token's own
-claims (read, not trusted: the signer checks them), and the receipt must say the requester was proven.
+read from the ``id_tokens`` variable named by ``--id-token-var``. Scope and requester default to the token's
+own claims (read, not trusted: the signer checks them), and the receipt must say the requester was proven.
 Tokens are never printed.
 
 Exit codes — never 0 on doubt:
