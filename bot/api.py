@@ -262,6 +262,12 @@ class Api:
                 ) from None
             self.metrics.refusals.labels(exc.code[:40]).inc()
             fields = getattr(exc, "fields", None)
+            if exc.code == "oidc_body_mismatch" and body is not None:
+                # The reply carries a code and a message only; the same pure check names the fields here.
+                try:
+                    origin_claim(OidcEvidence(token, body), self.service.policy)
+                except KeyturnError as mine:
+                    fields = getattr(mine, "fields", None)
             if exc.code in ("oidc_body_mismatch", "bad_origin"):
                 raise ApiError(422, exc.code, exc.message, fields=_field_list(fields, exc.message)) from None
             if exc.code == "unknown_environment":

@@ -242,12 +242,15 @@ class OidcEmulator:
         self.reset()
 
     def reset(self) -> None:
-        """Fresh keys are *not* made (pinned files stay valid); the job and the faults go back to defaults,
-        and a rotated key stays rotated (the published set only grows)."""
+        """Back to the first key of each issuer (made once, so files pinned from it stay valid), the
+        default job and no faults: a rotation is undone."""
         if not self.issuers:
             for kind in KINDS:
                 key = IssuerKey.generate()
                 self.issuers[kind] = Issuer(kind, f"{self.public_base}/{kind}", key, [key])
+        for issuer in self.issuers.values():
+            first = issuer.published[-1]
+            issuer.current, issuer.published = first, [first]
         self.job = Job()
         self.faults = Faults()
 
