@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,8 @@ from bot.ports import Refused
 from bot.prefilter import plausible
 from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
 from signer.errors import KeyturnError
-from signer.evidence import EvidenceError, parse_ci_request_body
+from signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
+from signer.oidc import unverified_claims
 from signer.receipt import format_time
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ class ApiSigner(Protocol):
 
     async def check_ci(self, method: str, path: str, body: bytes, timestamp: str, signature: str) -> None:
         """Return if the CI request is authentic and fresh; raise otherwise."""
+        ...
+
+    async def check_oidc(self, token: str, body: bytes | None) -> None:
+        """Return if the OIDC token (and the body, when given) is accepted; raise otherwise."""
         ...
 
     async def keys(self) -> dict[str, Any]:
@@ -150,6 +156,12 @@ def request_view(req: DeployRequest, base_url: str, error: SignError | None = No
     }
 
 
+def _field_list(fields: object, message: str) -> list[dict[str, str]]:
+    if isinstance(fields, dict) and fields:
+        return [{"field": str(k), "message": str(v)} for k, v in fields.items()]
+    return [{"field": "body", "message": message}]
+
+
 def _fields_from_validation(exc: ValidationError) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     seen: set[str] = set()
@@ -228,6 +240,58 @@ class Api:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
+    def _bearer(self, request: Request) -> str | None:
+        """The OIDC ID token of ``Authorization: Bearer <token>``, or None when the header is absent."""
+        auth = request.headers.get("authorization")
+        if auth is None:
+            return None
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token or len(token) > 16 * 1024:
+            raise _unauthorized()
+        return token
+
+    async def _check_oidc(self, token: str, body: bytes | None) -> None:
+        """Ask the signer about an OIDC-authenticated call. A refused token is a 401 that names the code (the
+        caller holds a token the platform issued; the code tells it what to fix, and leaks no secret); a body
+        that disagrees with its token is a 422 naming the fields."""
+        try:
+            await self.signer.check_oidc(token, body)
+        except KeyturnError as exc:
+            if exc.code == "signer_unavailable":
+                raise ApiError(
+                    503, "signer_unavailable", "the signer cannot be reached; retry later"
+                ) from None
+            self.metrics.refusals.labels(exc.code[:40]).inc()
+            fields = getattr(exc, "fields", None)
+            if exc.code == "oidc_body_mismatch" and body is not None:
+                # The reply carries a code and a message only; the same pure check names the fields here.
+                try:
+                    origin_claim(OidcEvidence(token, body), self.service.policy)
+                except KeyturnError as mine:
+                    fields = getattr(mine, "fields", None)
+            if exc.code in ("oidc_body_mismatch", "bad_origin"):
+                raise ApiError(422, exc.code, exc.message, fields=_field_list(fields, exc.message)) from None
+            if exc.code == "unknown_environment":
+                raise ApiError(422, exc.code, exc.message) from None
+            if exc.code.startswith("oidc_") and exc.code.endswith("_not_allowed"):
+                raise ApiError(403, exc.code, exc.message) from None
+            raise ApiError(401, exc.code, exc.message) from None
+        except OSError:
+            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+
+    async def _authenticate_read(self, request: Request, req_id: str) -> None:
+        """Authenticate a read or a cancel: the CI MAC, or an OIDC token for the request's repository."""
+        token = self._bearer(request)
+        if token is None:
+            await self._authenticate(request, b"")
+            return
+        await self._check_oidc(token, None)
+        claims = unverified_claims(token)  # verified by the signer just now
+        repo = claims.get("repository", claims.get("project_path"))
+        req = await self._load(req_id)
+        if req.origin_kind != "oidc" or req.scope.repo != repo:
+            raise ApiError(404, "unknown_request", "no such request")
+
     def _precheck(self, request: Request) -> None:
         """Refuse (401) what the signer would certainly refuse, before reading a body or calling it."""
         timestamp = request.headers.get("x-keyturn-timestamp", "")
@@ -293,9 +357,15 @@ class Api:
 
     async def create(self, request: Request) -> Response:
         """``POST /v1/requests``: 202 with a new request, 200 with the pending one of the same scope."""
-        self._precheck(request)
+        token = self._bearer(request)
+        if token is None:  # an OIDC call carries no MAC headers: the signer checks its token instead
+            self._precheck(request)
         body = await read_body(request, self.max_body)
-        timestamp, signature = await self._authenticate(request, body)
+        if token is not None:
+            await self._check_oidc(token, body)
+            timestamp, signature = "", ""
+        else:
+            timestamp, signature = await self._authenticate(request, body)
         try:
             parse_ci_request_body(body)
         except EvidenceError as exc:
@@ -322,14 +392,32 @@ class Api:
                     f"invalid request: callbackUrl: {exc.reason}",
                     fields=[{"field": "callbackUrl", "message": exc.reason}],
                 ) from None
-        origin = OriginEvidence(
-            kind="ci",
-            body=base64.b64encode(body).decode("ascii"),
-            timestamp=timestamp,
-            signature=signature,
-            method=request.method,
-            path=request.url.path,
-        )
+        if token is not None:
+            # What the card shows comes from the token's claims (the signer renders it so too): the ref and
+            # run link it proves, and none of the body's free text (docs/security.md, "OIDC-proven requests").
+            try:
+                claim = origin_claim(OidcEvidence(token, body), self.service.policy)
+            except KeyturnError as exc:  # the signer accepted it: only a policy out of step gets here
+                raise ApiError(422, exc.code, exc.message) from None
+            req_in = req_in.model_copy(update={"ref": claim.ref, "run_url": claim.run_url, "title": None})
+            iat = unverified_claims(token).get("iat")
+            origin = OriginEvidence(
+                kind="oidc",
+                body=base64.b64encode(body).decode("ascii"),
+                timestamp=str(iat),
+                signature=token,
+            )
+            # The replay key: one token and body create one request, whoever sends them again.
+            signature = "oidc:" + hashlib.sha256(token.encode() + b"\0" + body).hexdigest()
+        else:
+            origin = OriginEvidence(
+                kind="ci",
+                body=base64.b64encode(body).decode("ascii"),
+                timestamp=timestamp,
+                signature=signature,
+                method=request.method,
+                path=request.url.path,
+            )
         await self._accept_once(signature)
         try:
             req, created = await self.service.create(req_in, origin)
@@ -350,7 +438,7 @@ class Api:
     async def status(self, request: Request) -> Response:
         """``GET /v1/requests/{id}[?wait=N[&since=V]]``: the request; with ``wait``, after its next change."""
         rid = self._request_id(request)
-        await self._authenticate(request, b"")
+        await self._authenticate_read(request, rid)
         wait = _int_param(request, "wait", 0, MAX_WAIT_SECONDS) or 0
         since = _int_param(request, "since", 0, 2**53)
         req = await self._load(rid)
@@ -374,7 +462,7 @@ class Api:
     async def receipt(self, request: Request) -> Response:
         """``GET /v1/requests/{id}/receipt``: the receipt, or 409 with the status."""
         rid = self._request_id(request)
-        await self._authenticate(request, b"")
+        await self._authenticate_read(request, rid)
         req = await self._load(rid)
         if req.status is not Status.APPROVED:
             raise ApiError(
@@ -390,9 +478,15 @@ class Api:
     async def cancel(self, request: Request) -> Response:
         """``POST /v1/requests/{id}/cancel``: CANCELLED (cancelling twice is fine)."""
         rid = self._request_id(request)
-        self._precheck(request)
+        token = self._bearer(request)
+        if token is None:  # an OIDC call carries no MAC headers: the signer checks its token instead
+            self._precheck(request)
         body = await read_body(request, self.max_body)
-        _, signature = await self._authenticate(request, body)
+        if token is not None:
+            await self._authenticate_read(request, rid)
+            signature = "oidc-cancel:" + hashlib.sha256(token.encode() + b"\0" + rid.encode()).hexdigest()
+        else:
+            _, signature = await self._authenticate(request, body)
         await self._load(rid)
         await self._accept_once(signature)
         try:

@@ -43,7 +43,7 @@ from bot.slack_text import escape, user_mention
 from bot.store import RequestStore, SignError, SigningInProgress, StoreUnavailable
 from signer import wire
 from signer.errors import KeyturnError
-from signer.evidence import CiEvidence, request_id_for
+from signer.evidence import CiEvidence, OidcEvidence, request_id_for
 from signer.evidence import SlackEvidence as SignedSlackRequest
 from signer.policy import Environment, Policy, UnknownEnvironment
 from signer.receipt import parse_time
@@ -79,7 +79,7 @@ class SignerPort(Protocol):
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
@@ -87,8 +87,10 @@ class SignerPort(Protocol):
         ...
 
 
-def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrigin:
+def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin:
     """The stored origin evidence in the signer's wire shape (CI bodies back to raw bytes)."""
+    if origin.kind == "oidc":
+        return wire.OidcOrigin(token=origin.signature, body=base64.b64decode(origin.body))
     if origin.kind == "ci":
         return wire.CiOrigin(
             method=origin.method or "",
@@ -100,8 +102,10 @@ def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrig
     return wire.SlackCommandOrigin(body=origin.body, timestamp=origin.timestamp, signature=origin.signature)
 
 
-def origin_evidence(origin: OriginEvidence) -> CiEvidence | SignedSlackRequest:
+def origin_evidence(origin: OriginEvidence) -> CiEvidence | SignedSlackRequest | OidcEvidence:
     """The stored origin as the trust core's evidence type (CI bodies back to raw bytes)."""
+    if origin.kind == "oidc":
+        return OidcEvidence(origin.signature, base64.b64decode(origin.body))
     if origin.kind == "ci":
         return CiEvidence(
             origin.method or "",
@@ -189,6 +193,11 @@ class ApprovalService:
         self._sign_lease = sign_lease
         self._tasks: set[asyncio.Task[Any]] = set()
         self._posting: set[str] = set()
+
+    @property
+    def policy(self) -> Policy:
+        """The bot's copy of the policy."""
+        return self._policy
 
     @property
     def messenger(self) -> Messenger:

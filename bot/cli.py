@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bot": ("bot.server:main", "run the Slack bot and CI API"),
     "request": ("bot.client:main", "ask for an approval from CI and wait for the receipt"),
     "emulator": ("bot.emulator.__main__:main", "run the Slack emulator"),
+    "oidc-emulator": ("bot.emulator.oidc:main", "run the OIDC issuer emulator (GitHub/GitLab ID tokens)"),
     "dev": ("bot.dev:main", "run everything locally: Redis, signer, bot and the Slack emulator"),
 }
 

@@ -5,6 +5,13 @@ same keyset source rules, same development-key refusal, same exact-scope verific
 nothing else. The CI secret comes from ``KEYTURN_CI_SECRET`` only (never a flag: flags end up in process lists
 and logs). Arguments follow the gate commands' rules (``signer.cli_args``): ``-h`` is help only alone.
 
+With ``--oidc`` no secret is used: each call carries the job's OIDC ID token (``Authorization: Bearer``). On
+GitHub Actions a fresh one is requested for ``--audience`` from the runtime endpoint
+(``$ACTIONS_ID_TOKEN_REQUEST_URL&audience=…`` with ``$ACTIONS_ID_TOKEN_REQUEST_TOKEN``); on GitLab CI it is
+read from the ``id_tokens`` variable named by ``--id-token-var``. Scope and requester default to the token's
+own claims (read, not trusted: the signer checks them), and the receipt must say the requester was proven.
+Tokens are never printed.
+
 Exit codes — never 0 on doubt:
 
 * 0  approved, and the receipt verified offline against ``--keys`` for exactly this scope (``--wait`` only)
@@ -81,22 +88,80 @@ def sign(secret: str, method: str, path: str, body: bytes, timestamp: str) -> st
     return "v1=" + hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
 
 
-class BotClient:
-    """A tiny signed HTTP client of the bot's CI API."""
+TokenSource = Callable[[], str]
 
-    def __init__(self, base_url: str, secret: str, timeout: float = 30.0) -> None:
+
+def github_token_source(
+    audience: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> TokenSource:
+    """GitHub Actions' runtime token request: ``GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=…`` with
+    ``Authorization: bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN``, answered ``{"value": "<jwt>"}``. The job needs
+    ``permissions: id-token: write``. A fresh token per call: they live minutes, a wait can last hours."""
+    environ = env if env is not None else dict(os.environ)
+    url = environ.get("ACTIONS_ID_TOKEN_REQUEST_URL", "")
+    bearer = environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "")
+    if not url or not bearer:
+        raise Exit(
+            USAGE,
+            "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN are not set (does the job have "
+            "'permissions: id-token: write'? On GitLab, pass --id-token-var)",
+        )
+    if not _is_http_url(url):
+        raise Exit(USAGE, "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL is not an http(s) URL")
+    full = url + ("&" if "?" in url else "?") + urllib.parse.urlencode({"audience": audience})
+
+    def fetch() -> str:
+        req = urllib.request.Request(  # noqa: S310 - checked to be http(s) above
+            full, headers={"Authorization": f"bearer {bearer}", "User-Agent": "keyturn-request/1"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+                data = json.loads(resp.read(64 * 1024))
+        except urllib.error.HTTPError as exc:
+            raise Exit(USAGE, f"--oidc: the token endpoint answered HTTP {exc.code}") from None
+        except (OSError, ValueError) as exc:
+            raise Exit(UNREACHABLE, f"--oidc: cannot get a token: {type(exc).__name__}") from None
+        value = data.get("value") if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            raise Exit(USAGE, "--oidc: the token endpoint's answer has no 'value'")
+        return value
+
+    return fetch
+
+
+def variable_token_source(name: str, env: dict[str, str] | None = None) -> TokenSource:
+    """GitLab CI: the ID token in the ``id_tokens`` variable ``name`` (it lives as long as the job)."""
+    value = (env if env is not None else os.environ).get(name, "")
+    if not value:
+        raise Exit(USAGE, f"--oidc: ${name} is not set (declare it under id_tokens: in the job)")
+    return lambda: value
+
+
+class BotClient:
+    """A tiny HTTP client of the bot's CI API: each call signed with the CI secret, or carrying an OIDC
+    ID token from ``token_source``."""
+
+    def __init__(
+        self, base_url: str, secret: str, timeout: float = 30.0, token_source: TokenSource | None = None
+    ) -> None:
         self.base = base_url.rstrip("/")
         self.secret = secret
         self.timeout = timeout
+        self.token_source = token_source
+
+    def auth_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        """The authentication headers of one call."""
+        if self.token_source is not None:
+            return {"Authorization": f"Bearer {self.token_source()}"}
+        ts = str(int(time.time()))
+        return {"X-Keyturn-Timestamp": ts, "X-Keyturn-Signature": sign(self.secret, method, path, body, ts)}
 
     def call(
         self, method: str, path: str, body: bytes = b"", query: dict[str, Any] | None = None, wait: float = 0
     ) -> tuple[int, dict[str, Any]]:
         """Send one signed request; (status, JSON body). Raises ``OSError`` when the bot is unreachable."""
-        ts = str(int(time.time()))
         headers = {
-            "X-Keyturn-Timestamp": ts,
-            "X-Keyturn-Signature": sign(self.secret, method, path, body, ts),
+            **self.auth_headers(method, path, body),
             "Content-Type": "application/json",
             "User-Agent": "keyturn-request/1",
         }
@@ -130,7 +195,9 @@ def _load_keyset(source: str, args: RequestArgs) -> PublicKeyset:
 def _verify(receipt: bytes, keyset: PublicKeyset, args: RequestArgs, now: datetime) -> str:
     """The gate's check of ``receipt`` for exactly the requested scope: its summary line, or ``Exit(1)``."""
     try:
-        verified = gate.check_receipt(receipt, keyset, args.scope, now, allow_dev_keys=args.allow_dev_keys)
+        verified = gate.check_receipt(
+            receipt, keyset, args.scope, now, allow_dev_keys=args.allow_dev_keys, require_oidc=args.oidc
+        )
     except gate.GateError as exc:
         raise Exit(REFUSED, f"REJECTED {exc.code}: {exc.message}") from None
     return verified.summary()
@@ -139,11 +206,13 @@ def _verify(receipt: bytes, keyset: PublicKeyset, args: RequestArgs, now: dateti
 REQUEST_USAGE = f"""\
 usage: keyturn request --url URL --repo REPO --sha SHA --env ENV --workflow WORKFLOW --requester WHO
                        [--ref REF] [--run-url URL] [--title TITLE] [--callback-url URL]
+                       [--oidc [--audience AUD | --id-token-var NAME]]
                        [--wait --keys KEYSET [--timeout DURATION] [--out FILE]]
                        [--allow-dev-keys] [--trust-keys-in-checkout]
 
 Ask Keyturn for a deploy approval; with --wait, wait for it, fetch the receipt and verify it offline
-with the same check as `keyturn verify`. The CI secret is read from ${SECRET_ENV}.
+with the same check as `keyturn verify`. The CI secret is read from ${SECRET_ENV}; with --oidc the
+job's OIDC ID token is used instead, and --repo/--sha/--env/--workflow/--requester default to its claims.
 
 arguments:
   --url URL                 the bot's base URL, e.g. https://keyturn.example.com
@@ -156,6 +225,10 @@ arguments:
   --run-url URL             link to the pipeline run (shown on the card)
   --title TITLE             a short title (shown on the card)
   --callback-url URL        where the bot POSTs the outcome
+  --oidc                    authenticate with the job's OIDC ID token instead of ${SECRET_ENV}; the
+                            receipt must then say the requester was proven (as verify --require-oidc)
+  --audience AUD            GitHub Actions: the audience to request the token for (the policy's)
+  --id-token-var NAME       GitLab CI: the id_tokens variable holding the token
   --wait                    wait for the decision, fetch and verify the receipt
   --timeout DURATION        how long to wait, e.g. 30m, 2h, 90 (default 30m)
   --out FILE                write the verified receipt here (default: stdout)
@@ -170,9 +243,9 @@ unreachable, or timed out. Each option at most once; a value starting with '-' i
 """
 _VALUES = (
     "--url", "--repo", "--sha", "--env", "--workflow", "--requester", "--ref", "--run-url", "--title",
-    "--callback-url", "--timeout", "--out", "--keys",
+    "--callback-url", "--timeout", "--out", "--keys", "--audience", "--id-token-var",
 )  # fmt: skip
-_FLAGS = ("--wait", "--allow-dev-keys", "--trust-keys-in-checkout")
+_FLAGS = ("--wait", "--allow-dev-keys", "--trust-keys-in-checkout", "--oidc")
 _REQUIRED = ("--url", "--repo", "--sha", "--env", "--workflow", "--requester")
 
 
@@ -196,6 +269,9 @@ class RequestArgs:
     keys: str | None = None
     allow_dev_keys: bool = False
     trust_keys_in_checkout: bool = False
+    oidc: bool = False
+    audience: str | None = None
+    id_token_var: str | None = None
 
     @property
     def scope(self) -> Scope:
@@ -205,20 +281,29 @@ class RequestArgs:
 
 def parse_args(argv: Sequence[str]) -> RequestArgs:
     """Parse ``keyturn request`` arguments by the gate commands' rules; ``UsageError`` otherwise."""
-    parsed = parse(argv, values=_VALUES, flags=_FLAGS, required=_REQUIRED)
+    parsed = parse(argv, values=_VALUES, flags=_FLAGS, required=("--url",))
     if parsed.positionals:
         raise UsageError(f"unexpected argument {parsed.positionals[0]!r}")
     v = parsed.values
+    oidc = "--oidc" in parsed.flags
+    if not oidc:
+        missing = [n for n in _REQUIRED if n not in v]
+        if missing:
+            raise UsageError(f"missing {', '.join(missing)}")
+        if "--audience" in v or "--id-token-var" in v:
+            raise UsageError("--audience and --id-token-var go with --oidc")
+    elif "--audience" in v and "--id-token-var" in v:
+        raise UsageError("--audience (GitHub) and --id-token-var (GitLab) exclude each other")
     url = v["--url"]
     if not _is_http_url(url):
         raise UsageError("--url must be an http(s) URL")
     return RequestArgs(
         url=url,
-        repo=v["--repo"],
-        sha=v["--sha"],
-        env=v["--env"],
-        workflow=v["--workflow"],
-        requester=v["--requester"],
+        repo=v.get("--repo", ""),
+        sha=v.get("--sha", ""),
+        env=v.get("--env", ""),
+        workflow=v.get("--workflow", ""),
+        requester=v.get("--requester", ""),
         ref=v.get("--ref"),
         run_url=v.get("--run-url"),
         title=v.get("--title"),
@@ -229,6 +314,52 @@ def parse_args(argv: Sequence[str]) -> RequestArgs:
         keys=v.get("--keys"),
         allow_dev_keys="--allow-dev-keys" in parsed.flags,
         trust_keys_in_checkout="--trust-keys-in-checkout" in parsed.flags,
+        oidc=oidc,
+        audience=v.get("--audience"),
+        id_token_var=v.get("--id-token-var"),
+    )
+
+
+def with_token_claims(args: RequestArgs, token: str) -> RequestArgs:
+    """``args`` with scope and requester the user left out taken from the token's claims (read without
+    checking: the signer checks the token, and refuses a body that disagrees with it)."""
+    import dataclasses
+
+    from signer.oidc import OidcError, unverified_claims
+
+    try:
+        c = unverified_claims(token)
+    except OidcError as exc:
+        raise Exit(USAGE, f"--oidc: the ID token is malformed ({exc.code})") from None
+    github = "repository" in c
+    repo = c.get("repository") if github else c.get("project_path")
+    ref_uri = str(c.get("job_workflow_ref") if github else c.get("ci_config_ref_uri") or "")
+    before = ref_uri.rpartition("@")[0]
+    if github:
+        prefix = f"{repo}/"
+        workflow = before[len(prefix) :] if before.startswith(prefix) else before
+    else:
+        src, _, path = before.partition("//")
+        own = src.split("/", 1)[1] if "/" in src else ""
+        workflow = path if own == repo else f"{own}/{path}"
+    actor = c.get("actor") if github else c.get("user_login")
+    filled = {
+        "repo": args.repo or str(repo or ""),
+        "sha": args.sha or str(c.get("sha") or ""),
+        "env": args.env or str(c.get("environment") or ""),
+        "workflow": args.workflow or workflow,
+        "requester": args.requester or (f"{'github' if github else 'gitlab'}:{actor}" if actor else ""),
+    }
+    missing = [k for k, value in filled.items() if not value]
+    if missing:
+        raise Exit(USAGE, f"--oidc: the token does not say {', '.join(missing)}; pass them as options")
+    return dataclasses.replace(
+        args,
+        repo=filled["repo"],
+        sha=filled["sha"],
+        env=filled["env"],
+        workflow=filled["workflow"],
+        requester=filled["requester"],
     )
 
 
@@ -281,8 +412,12 @@ def _check_status(status: int, data: dict[str, Any]) -> dict[str, Any]:
     if status in (200, 202):
         return data
     message = str(data.get("message") or data.get("error") or f"HTTP {status}")
+    if status == 401 and str(data.get("error", "")).startswith("oidc_"):
+        raise Exit(USAGE, f"the OIDC token was refused: {data.get('error')}: {message}")
     if status == 401:
         raise Exit(USAGE, f"the bot refused the CI signature: check {SECRET_ENV} and the clock")
+    if status == 403:
+        raise Exit(USAGE, f"refused by policy: {data.get('error')}: {message}")
     if status in (400, 404, 413, 422):
         fields = data.get("fields")
         detail = "; ".join(f"{f.get('field')}: {f.get('message')}" for f in fields) if fields else message
@@ -330,12 +465,26 @@ def _wait(
         time.sleep(min(2.0 ** min(failures, 4), max(0.0, deadline - time.monotonic())))
 
 
-def run(args: RequestArgs, secret: str, progress: Callable[[str], None]) -> int:
+def run(
+    args: RequestArgs,
+    secret: str,
+    progress: Callable[[str], None],
+    token_source: TokenSource | None = None,
+) -> int:
     """The command, after argument parsing; returns the exit code or raises ``Exit``."""
     if args.wait and not args.keys:
         raise Exit(USAGE, "--wait needs --keys: a trusted keyset to verify the receipt (fail closed)")
     keyset = _load_keyset(args.keys, args) if args.keys else None
-    client = BotClient(args.url, secret)
+    if args.oidc:
+        if token_source is None:
+            if args.id_token_var:
+                token_source = variable_token_source(args.id_token_var)
+            else:
+                if not args.audience:
+                    raise Exit(USAGE, "--oidc on GitHub Actions needs --audience (the policy's audience)")
+                token_source = github_token_source(args.audience)
+        args = with_token_claims(args, token_source())
+    client = BotClient(args.url, secret, token_source=token_source if args.oidc else None)
     deadline = time.monotonic() + args.timeout
     request = _post_request(client, args)
     rid = str(request.get("requestId"))
@@ -371,10 +520,8 @@ def run(args: RequestArgs, secret: str, progress: Callable[[str], None]) -> int:
 
 def _fetch_receipt(client: BotClient, rid: str) -> bytes:
     path = f"/v1/requests/{rid}/receipt"
-    ts = str(int(time.time()))
     req = urllib.request.Request(  # noqa: S310 - --url is checked to be http(s)
-        client.base + path,
-        headers={"X-Keyturn-Timestamp": ts, "X-Keyturn-Signature": sign(client.secret, "GET", path, b"", ts)},
+        client.base + path, headers=client.auth_headers("GET", path, b"")
     )
     try:
         with urllib.request.urlopen(req, timeout=client.timeout) as resp:  # noqa: S310 - http(s) only
@@ -405,8 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyturn request: {exc}\n\n{REQUEST_USAGE}", end="", file=sys.stderr)
         return USAGE
     secret = os.environ.get(SECRET_ENV, "")
-    if not secret:
-        print(f"keyturn request: ${SECRET_ENV} is not set", file=sys.stderr)
+    if not secret and not args.oidc:
+        print(f"keyturn request: ${SECRET_ENV} is not set (or use --oidc)", file=sys.stderr)
         return USAGE
 
     def progress(line: str) -> None:

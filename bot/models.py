@@ -97,10 +97,10 @@ class SlackEvidence(_Frozen):
 class OriginEvidence(_Frozen):
     """The request that started it all, as received: a CI API call or a slash command. See design.md §5."""
 
-    kind: Literal["ci", "slack_command"]
-    body: str  # base64 of the raw bytes for "ci"; the raw form body for "slack_command"
-    timestamp: str
-    signature: str
+    kind: Literal["ci", "slack_command", "oidc"]
+    body: str  # base64 of the raw bytes for "ci" and "oidc"; the raw form body for "slack_command"
+    timestamp: str  # for "oidc": the token's iat (the request's lifetime starts there, as at the signer)
+    signature: str  # for "oidc": the raw ID token
     method: str | None = None  # "ci" only
     path: str | None = None  # "ci" only
 
@@ -133,7 +133,7 @@ class DeployRequest(BaseModel):
     run_url: str | None = None
     title: str | None = None
     callback_url: str | None = None
-    origin_kind: Literal["ci", "slack_command"] = "ci"
+    origin_kind: Literal["ci", "slack_command", "oidc"] = "ci"
     status: Status = Status.PENDING
     created_at: datetime
     expires_at: datetime

@@ -66,12 +66,12 @@ class _Conn:
 
 
 _M = TypeVar("_M", bound=BaseModel)
-_ORIGIN: TypeAdapter[wire.CiOrigin | wire.SlackCommandOrigin] = TypeAdapter(wire.Origin)
+_ORIGIN: TypeAdapter[wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin] = TypeAdapter(wire.Origin)
 
 # Error codes after which the signer closes the connection (design.md §5).
 _HANG_UP_CODES = frozenset({"frame_too_large", "frame_timeout", "too_many_connections"})
 
-OriginLike = wire.CiOrigin | wire.SlackCommandOrigin | Mapping[str, Any]
+OriginLike = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | Mapping[str, Any]
 ClickLike = wire.SlackClick | Mapping[str, Any]
 
 
@@ -131,6 +131,11 @@ class SignerClient:
             check=True,
         )
 
+    async def check_oidc(self, token: str, body: bytes | None) -> None:
+        """Check an inbound OIDC-authenticated CI request (the bearer token and the raw body; no body for a
+        read). Raises :class:`SignerRefused` (``oidc_expired``, ``oidc_body_mismatch``, ...) if refused."""
+        await self._call(lambda rid: wire.CheckOidcRequest(id=rid, token=token, body=body))
+
     async def check_slack(self, body: str, timestamp: str, signature: str) -> None:
         """Check an inbound Slack request (raw body, ``X-Slack-*`` header values).
 
@@ -154,7 +159,7 @@ class SignerClient:
         try:
             origin_model = (
                 origin
-                if isinstance(origin, wire.CiOrigin | wire.SlackCommandOrigin)
+                if isinstance(origin, wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin)
                 else _ORIGIN.validate_python(dict(origin))
             )
             clicks = [

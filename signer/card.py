@@ -14,6 +14,7 @@ block               shows                                                       
 ``kt_scope``        repo, full sha, environment, workflow (plain text fields)    the signed origin
 ``kt_status``       requester; approvals so far; expiry (mrkdwn fields)          origin; status grammar
 ``kt_unverified``   title, ref, run link under an "Unverified" label (mrkdwn)   the signed origin (CI text)
+``kt_proven``       (OIDC origins, instead) ref and run link from the token      the token's claims
 ``kt_decision``     Approve (with a confirm dialog where the policy asks) / Deny the request id, the policy
 ``kt_footer``       the request id                                               the request id
 ==================  ==========================================================  ===========================
@@ -28,6 +29,10 @@ compromised bot can thus misstate how many people approved or how long is left; 
 shown only under a label saying it is unverified, after :func:`unverified_text`: Unicode normalised (NFKC),
 invisible and format characters removed, emoji codes broken, any hash-like run of 40+ characters other than
 the scope's sha shortened, any other environment the policy knows replaced, Slack control characters escaped.
+
+**OIDC origins** (issue 11) show no body text at all: the body travels beside the token unsigned, so a
+compromised bot could rewrite it. Their ``kt_proven`` block shows only the ref and the run link derived from
+the verified token's claims, under a label saying so; the requester is labelled as proven by the token.
 
 **Normalisation** before comparing (``../shared/notes/slack-echoed-blocks.md``): parse both sides as JSON
 (key order and ``\\/`` do not matter); ignore ``verbatim`` (every mrkdwn text here contains nothing Slack
@@ -57,6 +62,7 @@ __all__ = [
     "DENY_ACTION",
     "FOOTER_BLOCK",
     "HEADER_BLOCK",
+    "PROVEN_BLOCK",
     "SCOPE_BLOCK",
     "STATUS_BLOCK",
     "UNVERIFIED_BLOCK",
@@ -77,6 +83,7 @@ HEADER_BLOCK = "kt_header"
 SCOPE_BLOCK = "kt_scope"
 STATUS_BLOCK = "kt_status"
 UNVERIFIED_BLOCK = "kt_unverified"
+PROVEN_BLOCK = "kt_proven"
 DECISION_BLOCK = "kt_decision"
 FOOTER_BLOCK = "kt_footer"
 APPROVE_ACTION = "approve"
@@ -85,6 +92,7 @@ DENY_ACTION = "deny"
 APPROVALS_LABEL = "*Approvals*\n"
 EXPIRES_LABEL = "*Expires*\n"
 UNVERIFIED_LABEL = ":warning: *Unverified* (written by the pipeline, not checked by Keyturn)"
+PROVEN_LABEL = ":lock: *From the job's OIDC token* (checked by Keyturn's signer)"
 OTHER_ENVIRONMENT = "[other environment]"
 ELLIPSIS = "…"
 
@@ -138,7 +146,8 @@ class CardFacts:
 
     ``requester_user`` is the Slack user the *policy* maps the requester to (``slack:U…`` or
     ``[identities]``), never a lookup the bot made: the signer must be able to render the same card.
-    ``origin_kind`` is ``"ci"`` (the requester is the pipeline's claim) or ``"slack_command"`` (Slack-proven).
+    ``origin_kind`` is ``"ci"`` (the requester is the pipeline's claim), ``"slack_command"`` (Slack-proven)
+    or ``"oidc"`` (proven by the job's ID token; ``ref`` and ``run_url`` then come from its claims).
     """
 
     request_id: str
@@ -466,10 +475,10 @@ def requester_field(facts: CardFacts, environments: Collection[str]) -> dict[str
 
     For a CI origin the label says it is the pipeline's claim: the CI secret's holder chooses it.
     """
-    if facts.origin_kind == "slack_command":
-        label = "*Requested by*"
-    else:
-        label = "*Requested by* (unverified: the pipeline's claim)"
+    label = {
+        "slack_command": "*Requested by*",
+        "oidc": "*Requested by* (per the job's OIDC token)",
+    }.get(facts.origin_kind, "*Requested by* (unverified: the pipeline's claim)")
     if facts.requester_user and _USER_ID_RE.match(facts.requester_user):
         who = f"<@{facts.requester_user}>"
     elif _IDENTITY_RE.match(facts.requester):
@@ -491,9 +500,21 @@ def _run_link(url: str, scope: Scope, environments: Collection[str]) -> str:
 
 
 def unverified_block(facts: CardFacts, environments: Collection[str]) -> dict[str, Any] | None:
-    """The title, ref and run link, under the "Unverified" label; ``None`` when the origin has none."""
+    """The title, ref and run link, under the "Unverified" label; ``None`` when the origin has none.
+
+    For an OIDC origin: the claim-derived ref and run link under the "From the job's OIDC token" label, and
+    never a title (defused all the same: a claim is proven, not harmless).
+    """
     scope = facts.scope
     parts: list[dict[str, Any]] = []
+    if facts.origin_kind == "oidc":
+        if facts.ref:
+            parts.append(_mrkdwn("*Ref:* " + unverified_text(facts.ref, scope, environments, REF_MAX)))
+        if facts.run_url:
+            parts.append(_mrkdwn("*Run:* " + _run_link(facts.run_url, scope, environments)))
+        if not parts:
+            return None
+        return {"type": "context", "block_id": PROVEN_BLOCK, "elements": [_mrkdwn(PROVEN_LABEL), *parts]}
     if facts.title:
         parts.append(_mrkdwn("*Title:* " + unverified_text(facts.title, scope, environments, TITLE_MAX)))
     if facts.ref:

@@ -105,6 +105,7 @@ _TOO_LARGE = {"receipt": "malformed", "keyset": "bad_keyset", "checkpoint": "bad
 VERIFY_USAGE = """\
 usage: keyturn verify RECEIPT --keys KEYSET --repo REPO --sha SHA --env ENV --workflow WORKFLOW
                       [--at TIME] [--json] [--allow-dev-keys] [--trust-keys-in-checkout]
+                      [--require-oidc]
 
 Verify a Keyturn receipt offline before deploying. Fails closed: exit 0 only for a valid, approved,
 unexpired receipt for exactly this repo, commit, environment and workflow; exit 1 with
@@ -124,12 +125,14 @@ arguments:
   --json                    print the result as one JSON object on stdout
   --allow-dev-keys          accept development keys (never in production)
   --trust-keys-in-checkout  accept a keyset file inside the current git checkout (normally refused)
+  --require-oidc            refuse a receipt whose requester was not proven by the job's OIDC token
+                            (receipt format 1.1 with requesterProof; docs/receipt.md)
 
 Each option at most once; a value starting with '-' is written --option=VALUE. -h/--help shows this
 only as the sole argument: anywhere else it is a usage error (exit 2), never a pass.
 """
 _VERIFY_VALUES = ("--keys", "--repo", "--sha", "--env", "--workflow", "--at")
-_VERIFY_FLAGS = ("--json", "--allow-dev-keys", "--trust-keys-in-checkout")
+_VERIFY_FLAGS = ("--json", "--allow-dev-keys", "--trust-keys-in-checkout", "--require-oidc")
 _VERIFY_REQUIRED = ("--keys", "--repo", "--sha", "--env", "--workflow")
 
 
@@ -178,7 +181,12 @@ def verify_main(argv: Sequence[str]) -> int:
             repo=opts["--repo"], sha=opts["--sha"], environment=opts["--env"], workflow=opts["--workflow"]
         )
         verified = gate.check_receipt(
-            data, keyset, expected, now, allow_dev_keys="--allow-dev-keys" in args.flags
+            data,
+            keyset,
+            expected,
+            now,
+            allow_dev_keys="--allow-dev-keys" in args.flags,
+            require_oidc="--require-oidc" in args.flags,
         )
     except UsageError as e:
         return _verify_usage(str(e))
@@ -203,6 +211,8 @@ def verify_main(argv: Sequence[str]) -> int:
             "expiresAt": verified.raw["expiresAt"],
             "keyId": verified.key_id,
         }
+        if verified.requester_proof is not None:
+            out["requesterProof"] = verified.requester_proof.to_json()
         print(json.dumps(out, sort_keys=True))
     else:
         print(verified.summary())
@@ -695,11 +705,32 @@ def policy_main(argv: Sequence[str]) -> int:
     g.add_argument(
         "--write", action="store_true", help="replace the [groups] tables in FILE (atomically) after checking"
     )
+    o = sub.add_parser(
+        "pin-oidc-keys",
+        help="refresh the pinned JWKS file of each [oidc.issuers.<name>]",
+        description="Fetch each OIDC issuer's discovery document and JWKS over https, check them, and "
+        "replace the jwks_file the policy names (keys the issuer dropped stay pinned for a day, so tokens "
+        "signed before a rotation still verify). Restart the signer afterwards. Fails closed: any error "
+        "exits 1 and writes nothing for that issuer.",
+    )
+    o.add_argument("file", metavar="FILE")
+    o.add_argument("--issuer", action="append", metavar="NAME", help="only this issuer (repeatable)")
+    o.add_argument(
+        "--from",
+        dest="from_",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="fetch NAME's discovery document under URL instead of its issuer URL (the emulator on "
+        "loopback); the document must still name the configured issuer",
+    )
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
     if parsed.action == "pin-groups":
         return _pin_groups(parsed)
+    if parsed.action == "pin-oidc-keys":
+        return _pin_oidc_keys(parsed)
     from signer.policy import PolicyError, load_policy
 
     try:
@@ -711,6 +742,56 @@ def policy_main(argv: Sequence[str]) -> int:
     envs = ", ".join(policy.environments)
     print(f"OK {parsed.file}: {len(policy.environments)} environment(s) ({envs}), sha256 {policy.sha256}")
     return OK
+
+
+def _pin_oidc_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from signer.errors import KeyturnError
+    from signer.pin_oidc import pin_issuer
+    from signer.policy import PolicyError, load_policy
+
+    prog = "keyturn policy pin-oidc-keys"
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as e:
+        for issue in e.issues:
+            print(f"{prog}: {e.source}: {issue}", file=sys.stderr)
+        return REJECTED
+    bases: dict[str, str] = {}
+    for item in args.from_:
+        name, eq, url = item.partition("=")
+        if not eq or not url:
+            print(f"{prog}: --from takes NAME=URL, got {item!r}", file=sys.stderr)
+            return USAGE
+        bases[name] = url
+    names = args.issuer or list(policy.oidc.issuers)
+    unknown = [n for n in [*names, *bases] if n not in policy.oidc.issuers]
+    if unknown:
+        print(f"{prog}: no [oidc.issuers.{unknown[0]}] in {args.file}", file=sys.stderr)
+        return USAGE
+    if not names:
+        print(f"{prog}: no [oidc.issuers] in {args.file}: nothing to pin", file=sys.stderr)
+        return OK
+    status = OK
+    for name in names:
+        try:
+            merged = pin_issuer(
+                name, policy.oidc.issuers[name], Path(args.file), _now(), base_url=bases.get(name)
+            )
+        except KeyturnError as e:
+            print(f"{prog}: {name}: {e.code}: {e.message} (nothing written)", file=sys.stderr)
+            status = REJECTED
+            continue
+        kids = len(merged.document["keys"])
+        print(
+            f"{prog}: {name}: {kids} key(s) pinned; added {list(merged.added)}, "
+            f"retired {list(merged.retired)}, dropped {list(merged.dropped)}",
+            file=sys.stderr,
+        )
+    if status == OK:
+        print(f"{prog}: restart the signer to load the refreshed keys", file=sys.stderr)
+    return status
 
 
 def _pin_groups(args: argparse.Namespace) -> int:

@@ -22,10 +22,10 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from signer import card, contract
+from signer import card, contract, oidc
 from signer.errors import KeyturnError
-from signer.policy import Policy, is_slack_team_id, is_slack_user_id
-from signer.receipt import Scope
+from signer.policy import Environment, Policy, is_slack_team_id, is_slack_user_id
+from signer.receipt import RequesterProof, Scope
 
 __all__ = [
     "CALLBACK_KEY_LABEL",
@@ -38,6 +38,7 @@ __all__ = [
     "CiRequestBody",
     "CountedApproval",
     "EvidenceError",
+    "OidcEvidence",
     "RequestClaim",
     "Secrets",
     "SlackEvidence",
@@ -45,6 +46,8 @@ __all__ = [
     "callback_key",
     "callback_signature",
     "card_facts",
+    "check_ci_secret_allowed",
+    "check_oidc_request",
     "ci_signature",
     "is_request_id",
     "origin_claim",
@@ -326,6 +329,8 @@ class RequestClaim:
     title: str | None = None
     ref: str | None = None
     run_url: str | None = None
+    proof: RequesterProof | None = None  # how the requester was proven, for OIDC origins
+    issuer_name: str | None = None  # the policy's name of the OIDC issuer
 
 
 def parse_ci_request_body(body: bytes) -> CiRequestBody:
@@ -482,35 +487,126 @@ class SlackEvidence:
     signature: str
 
 
+@dataclass(frozen=True)
+class OidcEvidence:
+    """A CI request authenticated by the job's OIDC ID token (issue 11): the raw token and the raw body.
+
+    The body is *not* signed by anything: only what the token proves may reach the card or the receipt.
+    """
+
+    token: str = field(repr=False)  # a bearer credential until it expires: never logged
+    body: bytes
+
+
+Origin = CiEvidence | SlackEvidence | OidcEvidence
+
+
 def _frame(*parts: bytes) -> bytes:
     # Length-prefixed, so no two different origins frame to the same bytes.
     return b"".join(len(p).to_bytes(8, "big") + p for p in parts)
 
 
-def request_id_for(origin: CiEvidence | SlackEvidence) -> str:
+def _oidc_iat(token: str) -> str:
+    """The token's ``iat`` as text, read without checking the signature (for the id's time part only)."""
+    try:
+        iat = oidc.unverified_claims(token).get("iat")
+    except oidc.OidcError:
+        return "0"
+    return str(iat) if type(iat) is int and 0 <= iat < 2**40 else "0"
+
+
+def request_id_for(origin: Origin) -> str:
     """The request id bound to ``origin``: ``req_`` + a ULID whose time is the origin's signed timestamp and
     whose 80 random bits are the first 80 bits of SHA-256 over the whole origin as received.
 
     The bot mints ids with this function and the signer recomputes it, so clicks collected for one request
     (whose card shows its id) cannot be spent on another origin, whatever Redis or the bot says.
     """
-    if isinstance(origin, CiEvidence):
-        kind, body = b"ci", _frame(origin.method.encode(), origin.path.encode(), origin.body)
+    if isinstance(origin, OidcEvidence):
+        # The token is the signature and its iat the timestamp. The body is left out on purpose: it is
+        # unsigned, and all it may say that counts must equal the token's claims, so one token is one request
+        # whatever body travels with it (a bot rewriting the body gets the same id and the same card).
+        timestamp, signature = _oidc_iat(origin.token), origin.token
+        kind, body = b"oidc", b""
     else:
-        kind, body = b"slack_command", origin.body.encode()
+        timestamp, signature = origin.timestamp, origin.signature
+        if isinstance(origin, CiEvidence):
+            kind, body = b"ci", _frame(origin.method.encode(), origin.path.encode(), origin.body)
+        else:
+            kind, body = b"slack_command", origin.body.encode()
     digest = hashlib.sha256(
-        _frame(REQUEST_ID_LABEL, kind, origin.timestamp.encode(), origin.signature.encode(), body)
+        _frame(REQUEST_ID_LABEL, kind, timestamp.encode(), signature.encode(), body)
     ).digest()
-    seconds = int(origin.timestamp) if _TS_RE.match(origin.timestamp) else 0
+    seconds = int(timestamp) if _TS_RE.match(timestamp) else 0
     value = (((seconds * 1000) & (2**48 - 1)) << 80) | int.from_bytes(digest[:10], "big")
     chars = [_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1)]
     return "req_" + "".join(chars)
 
 
-def origin_claim(origin: CiEvidence | SlackEvidence, policy: Policy) -> RequestClaim:
+def _web_base(policy: Policy, name: str) -> str:
+    cfg = policy.oidc.issuers[name]
+    if cfg.web_url:
+        return cfg.web_url
+    return "https://github.com" if cfg.kind == "github" else cfg.issuer
+
+
+def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
+    """What an OIDC origin asks for: everything from the token's claims; the body must agree with them."""
+    claims = oidc.unverified_claims(origin.token)
+    iss = claims.get("iss")
+    name = next((n for n, i in policy.oidc.issuers.items() if isinstance(iss, str) and i.issuer == iss), None)
+    if name is None:
+        raise oidc.OidcError("oidc_unknown_issuer", "the token's issuer is not in the policy")
+    cfg = policy.oidc.issuers[name]
+    who = oidc.identity_from_claims(cfg.kind, _web_base(policy, name), claims)
+    if who.environment is None:
+        raise oidc.OidcError(
+            "oidc_claim_missing", "the token has no 'environment' claim (the job must name its environment)"
+        )
+    problems = _scope_problems(who.repo, who.sha, who.environment, who.workflow)
+    if problems:
+        detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
+        raise oidc.OidcError("oidc_claim_unusable", f"token claims: {detail}", fields=problems)
+    try:
+        body = parse_ci_request_body(origin.body)
+    except EvidenceError as exc:
+        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+    # A body that disagrees with its token is refused, naming the field: never silently "corrected".
+    proven = {
+        "repo": who.repo,
+        "sha": who.sha,
+        "environment": who.environment,
+        "workflow": who.workflow,
+        "requester": who.requester,
+    }
+    mismatched = {k: f"the token says {v!r}" for k, v in proven.items() if getattr(body, k) != v}
+    if mismatched:
+        raise EvidenceError(
+            "oidc_body_mismatch",
+            "the body disagrees with its token on " + ", ".join(sorted(mismatched)),
+            fields=mismatched,
+        )
+    return RequestClaim(
+        Scope(who.repo, who.sha, who.environment, who.workflow),
+        who.requester,
+        None,
+        # No body free text for OIDC origins: the body is unsigned, so a bot could rewrite it. The card shows
+        # the ref and the run link derived from the claims instead (docs/security.md, "OIDC-proven requests").
+        title=None,
+        ref=who.ref,
+        run_url=who.run_url,
+        proof=RequesterProof(issuer=cfg.issuer, subject=who.subject, run=who.run),
+        issuer_name=name,
+    )
+
+
+def origin_claim(origin: Origin, policy: Policy) -> RequestClaim:
     """What ``origin`` asks for, parsed from its bytes exactly as :func:`assess` parses it, *without*
     checking its signature (the bot uses this to render the card the signer will expect; the signer checks
-    the signature first). Raises ``EvidenceError("bad_origin")``."""
+    the signature first). Raises ``EvidenceError("bad_origin")`` (OIDC origins: also ``OidcError`` codes and
+    ``oidc_body_mismatch``)."""
+    if isinstance(origin, OidcEvidence):
+        return _oidc_claim(origin, policy)
     if isinstance(origin, CiEvidence):
         if (origin.method, origin.path) != ("POST", "/v1/requests"):
             raise EvidenceError("bad_origin", "the origin is not a POST /v1/requests")
@@ -524,9 +620,13 @@ def origin_claim(origin: CiEvidence | SlackEvidence, policy: Policy) -> RequestC
     return parse_slash_request(origin.body, policy)
 
 
-def card_facts(
-    request_id: str, claim: RequestClaim, origin: CiEvidence | SlackEvidence, policy: Policy
-) -> card.CardFacts:
+def _origin_kind(origin: Origin) -> str:
+    if isinstance(origin, OidcEvidence):
+        return "oidc"
+    return "ci" if isinstance(origin, CiEvidence) else "slack_command"
+
+
+def card_facts(request_id: str, claim: RequestClaim, origin: Origin, policy: Policy) -> card.CardFacts:
     """The facts the card shows for this origin: the scope, the requester (mapped to a Slack user only by the
     policy), the origin's free text and the request id."""
     return card.CardFacts(
@@ -534,7 +634,7 @@ def card_facts(
         scope=claim.scope,
         requester=claim.requester,
         requester_user=policy.resolve_requester(claim.requester),
-        origin_kind="ci" if isinstance(origin, CiEvidence) else "slack_command",
+        origin_kind=_origin_kind(origin),
         title=claim.title,
         ref=claim.ref,
         run_url=claim.run_url,
@@ -562,6 +662,48 @@ class Assessment:
     issued_at: datetime
     expires_at: datetime
     request_deadline: datetime
+    requester_proof: RequesterProof | None = None
+
+
+def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
+    """The environment's ``[environments.<name>.oidc]`` rules: issuer, repository, branch."""
+    rules = env.oidc
+    if rules is None or claim.issuer_name not in rules.issuers:
+        raise EvidenceError("oidc_issuer_not_allowed", "this issuer may not ask for this environment")
+    if rules.repositories and claim.scope.repo not in rules.repositories:
+        raise EvidenceError("oidc_repository_not_allowed", "this repository may not ask for this environment")
+    if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
+        raise EvidenceError("oidc_branch_not_allowed", "this branch may not ask for this environment")
+
+
+def _check_ci_secret_allowed(env: Environment) -> None:
+    if not env.ci_secret:
+        raise EvidenceError(
+            "ci_secret_not_allowed", "this environment takes only OIDC-proven requests, not the CI secret"
+        )
+
+
+def check_ci_secret_allowed(body: bytes, policy: Policy) -> None:
+    """Refuse, as the request arrives, a shared-secret request for an environment with ``ci_secret =
+    false``. A body that does not parse is left to the usual refusals."""
+    try:
+        parsed = parse_ci_request_body(body)
+    except EvidenceError:
+        return
+    env = policy.environments.get(parsed.environment)
+    if env is not None:
+        _check_ci_secret_allowed(env)
+
+
+def check_oidc_request(
+    token: str, body: bytes, policy: Policy, issuers: Mapping[str, oidc.Issuer], now: datetime
+) -> RequestClaim:
+    """Check an OIDC-authenticated ``POST /v1/requests`` as it arrives: the token (signature, issuer,
+    audience, times at ``now``), the body's agreement with it, and the environment's OIDC rules."""
+    oidc.verify_token(token, issuers, now)
+    claim = _oidc_claim(OidcEvidence(token, body), policy)
+    _check_oidc_allowed(policy.environment(claim.scope.environment), claim)
+    return claim
 
 
 def _requester_email(requester: str) -> str | None:
@@ -574,24 +716,29 @@ def assess(
     policy: Policy,
     secrets: Secrets,
     request_id: str,
-    origin: CiEvidence | SlackEvidence,
+    origin: Origin,
     clicks: Sequence[SlackEvidence],
     emails: Mapping[str, str],
     now: datetime,
+    oidc_issuers: Mapping[str, oidc.Issuer] | None = None,
 ) -> Assessment:
     """Decide whether a receipt may be issued; return what it says, or raise :class:`EvidenceError`.
 
     Who may approve comes from ``policy`` alone: listed approvers and the group members pinned in its
     ``[groups]`` (the bot supplies no membership). ``emails`` come from the bot (which asked Slack); see
     docs/security.md for how far they are trusted: an email can only refuse (a requester match) or label an
-    approver, never admit one.
+    approver, never admit one. ``oidc_issuers`` are the policy's issuers with the keys pinned in the
+    signer's own files (never from the bot).
     """
     if not is_request_id(request_id):
         raise EvidenceError("bad_request", "requestId must be 'req_' + a ULID")
     now_s = _epoch(now)
 
     # 1. The request is authentic; its scope and requester come from its own signed bytes.
-    if isinstance(origin, CiEvidence):
+    if isinstance(origin, OidcEvidence):
+        # The token's times are checked as it arrives; here the request's lifetime, from iat, governs.
+        t0 = oidc.verify_token(origin.token, oidc_issuers or {}, None).issued_at
+    elif isinstance(origin, CiEvidence):
         t0 = _verify_ci_mac(
             secrets.ci_secret, origin.method, origin.path, origin.body, origin.timestamp, origin.signature
         )
@@ -605,6 +752,10 @@ def assess(
         )
     claim = origin_claim(origin, policy)
     env = policy.environment(claim.scope.environment)  # raises unknown_environment
+    if isinstance(origin, OidcEvidence):
+        _check_oidc_allowed(env, claim)
+    elif isinstance(origin, CiEvidence):
+        _check_ci_secret_allowed(env)
     # The request id is a function of the origin: clicks on this request's card name this id (and the card
     # shows it), so they cannot be combined with any other origin.
     if request_id != request_id_for(origin):
@@ -678,4 +829,5 @@ def assess(
         # The receipt lives receipt_ttl from issue, not capped by the request lifetime (docs/security.md).
         expires_at=issued_at + timedelta(seconds=int(env.receipt_ttl.total_seconds())),
         request_deadline=datetime.fromtimestamp(deadline, UTC),
+        requester_proof=claim.proof,
     )

@@ -11,7 +11,8 @@ they apply the same trust rules (docs/security.md, "The gate: one receipt check"
    the whole fetch ends within 10 s (``keyset_unavailable``).
 2. **Keyset** parsed strictly as a public JWKS (``bad_keyset``).
 3. **Receipt** (``check_receipt``): ``signer.verify.verify_receipt`` for exactly the expected scope at the
-   given time, development keys refused unless ``allow_dev_keys`` (``dev_key``, ``scope_mismatch:…``, …).
+   given time, development keys refused unless ``allow_dev_keys`` (``dev_key``, ``scope_mismatch:…``, …);
+   with ``require_oidc``, only a receipt whose requester an OIDC token proved (``requester_not_proven``).
 
 Every refusal is one ``GateError`` with a stable code; the commands map codes to their exit codes. Standard
 library + PyNaCl + ``rfc8785`` only, and the URL machinery (urllib, threading: milliseconds) is imported only
@@ -91,15 +92,29 @@ def load_keyset(
 
 
 def check_receipt(
-    receipt: bytes, keyset: PublicKeyset, expected: Scope, now: datetime, *, allow_dev_keys: bool
+    receipt: bytes,
+    keyset: PublicKeyset,
+    expected: Scope,
+    now: datetime,
+    *,
+    allow_dev_keys: bool,
+    require_oidc: bool = False,
 ) -> VerifiedReceipt:
     """Verify ``receipt`` against ``keyset`` for exactly the ``expected`` scope at ``now``; the verified
-    receipt, or ``GateError`` with the code of the first failed step of docs/receipt.md §4."""
+    receipt, or ``GateError`` with the code of the first failed step of docs/receipt.md §4. With
+    ``require_oidc`` a receipt without ``requesterProof`` is refused (``requester_not_proven``)."""
     from signer.errors import VerificationError
     from signer.verify import verify_receipt
 
     try:
-        return verify_receipt(receipt, keyset, expected, now, allow_dev_keys=allow_dev_keys)
+        return verify_receipt(
+            receipt,
+            keyset,
+            expected,
+            now,
+            allow_dev_keys=allow_dev_keys,
+            require_requester_proof=require_oidc,
+        )
     except VerificationError as e:
         raise GateError(e.code, e.message) from None
     except Exception as e:  # fail closed: a surprise in verification is a refusal, never a pass

@@ -61,6 +61,9 @@ _IDENTITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}:[^\s:][^\s]{0,254}$")
 _COMMAND_RE = re.compile(r"^/[a-z0-9_-]{1,31}$")
 _DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_OIDC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
+_BRANCH_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
 _BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 # No duration in a policy may exceed this: a receipt or request that lives for months is a mistake.
@@ -156,6 +159,44 @@ def _at(field: str, detail: str) -> PydanticCustomError:
     return PydanticCustomError("keyturn_at", "{detail}", {"field": field, "detail": detail})
 
 
+OidcName = Annotated[str, _id_checker(_OIDC_NAME_RE, "an issuer name (letters, digits, '_', '-')", "github")]
+RepoName = Annotated[str, _id_checker(_REPO_NAME_RE, "a repository 'owner/name'", "acme/web")]
+BranchName = Annotated[str, _id_checker(_BRANCH_RE, "a branch name", "main")]
+
+
+class OidcIssuer(_Frozen):
+    """One ``[oidc.issuers.<name>]`` table: a CI platform whose ID tokens the signer accepts (docs/ci.md).
+
+    ``jwks_file`` is the operator-pinned key set (relative paths are relative to the policy file); the
+    signer reads it at start and never fetches keys itself. ``keyturn policy pin-oidc-keys`` refreshes it.
+    """
+
+    issuer: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")]
+    audience: Annotated[str, Field(min_length=1, max_length=255)]
+    jwks_file: Annotated[str, Field(min_length=1, max_length=4096)]
+    algorithm: Literal["RS256"] = "RS256"
+    kind: Literal["github", "gitlab"]
+    web_url: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")] | None = None
+
+
+class OidcSettings(_Frozen):
+    """The ``[oidc]`` table."""
+
+    issuers: dict[OidcName, OidcIssuer] = Field(default_factory=dict)
+
+
+class EnvironmentOidc(_Frozen):
+    """``[environments.<name>.oidc]``: which OIDC-proven jobs may ask for this environment.
+
+    ``issuers`` lists ``[oidc.issuers]`` names; ``repositories`` and ``branches`` (exact names, ``main`` for
+    ``refs/heads/main``) restrict further when non-empty.
+    """
+
+    issuers: tuple[OidcName, ...] = Field(min_length=1)
+    repositories: tuple[RepoName, ...] = ()
+    branches: tuple[BranchName, ...] = ()
+
+
 class Environment(_Frozen):
     """One ``[environments.<name>]`` table."""
 
@@ -171,6 +212,9 @@ class Environment(_Frozen):
     escalate_after: StrictInt = Field(default=2, ge=1, le=100)
     escalate_to: tuple[UserId, ...] = ()
     escalate_to_groups: tuple[GroupId, ...] = ()
+    # May a request authenticated by the shared CI secret's MAC ask for this environment? (issue 11)
+    ci_secret: StrictBool = True
+    oidc: EnvironmentOidc | None = None
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Environment:
@@ -217,6 +261,7 @@ class Policy(_Frozen):
     identities: dict[IdentityKey, UserId] = Field(default_factory=dict)
     environments: dict[EnvName, Environment] = Field(min_length=1)
     groups: dict[GroupId, PinnedGroup] = Field(default_factory=dict)
+    oidc: OidcSettings = OidcSettings()
 
     _sha256: str = PrivateAttr(default="")
     _identities_folded: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -243,6 +288,30 @@ class Policy(_Frozen):
             other = seen.setdefault(name.lower(), name)
             if other != name:
                 raise _at("environments", f"{other!r} and {name!r} differ only in case")
+        return self
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Policy:
+        """Every issuer an environment names is configured, and no two issuers share an ``iss``."""
+        problems: list[tuple[tuple[str, ...], str]] = []
+        for name, env in self.environments.items():
+            for issuer in env.oidc.issuers if env.oidc else ():
+                if issuer not in self.oidc.issuers:
+                    problems.append(
+                        (
+                            ("environments", name, "oidc", "issuers"),
+                            f"names {issuer!r}, not in [oidc.issuers]",
+                        )
+                    )
+        seen: dict[str, str] = {}
+        for name, iss in self.oidc.issuers.items():
+            if iss.issuer in seen:
+                problems.append((("oidc", "issuers", name, "issuer"), f"is also issuer {seen[iss.issuer]!r}"))
+            seen[iss.issuer] = name
+        if problems:
+            raise PydanticCustomError(
+                "keyturn_many", "{count} problem(s)", {"count": len(problems), "problems": problems}
+            )
         return self
 
     @model_validator(mode="after")

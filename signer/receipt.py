@@ -1,4 +1,5 @@
-"""Receipt format 1.0: model, strict parsing, signing bytes (RFC 8785 JCS + DSSE PAE), DSSE conversion.
+"""Receipt formats 1.0 and 1.1 (1.0 plus ``requesterProof``): model, strict parsing, signing bytes (RFC 8785
+JCS + DSSE PAE), DSSE conversion.
 
 Implements docs/design.md §3; the format is specified for other implementers in docs/receipt.md.
 Standard library and ``rfc8785`` only: this module is on ``keyturn verify``'s import path, which CI runs on
@@ -45,6 +46,12 @@ else:
         from datetime import timedelta as timedelta
 
 RECEIPT_VERSION = "1.0"
+# 1.1 adds one optional member, ``requesterProof``: how the requester was proven (issue 11). The signer
+# writes 1.1 only when there is a proof, so receipts of CI-secret and Slack requests stay 1.0 and keep
+# verifying with verifiers that know only 1.0.
+RECEIPT_VERSION_PROVEN = "1.1"
+RECEIPT_VERSIONS = frozenset({RECEIPT_VERSION, RECEIPT_VERSION_PROVEN})
+PROOF_FIELDS = ("issuer", "subject", "run")
 PAYLOAD_TYPE = "application/vnd.keyturn.receipt+json"
 ALG_ED25519 = "Ed25519"
 STATUS_APPROVED = "APPROVED"
@@ -183,6 +190,23 @@ class Scope(Record):
         }
 
 
+class RequesterProof(Record):
+    """``requesterProof`` (format 1.1): the OIDC issuer, the token's subject and the run that asked."""
+
+    _fields = PROOF_FIELDS
+    __slots__ = _fields
+    issuer: str
+    subject: str
+    run: str
+
+    def __init__(self, issuer: str, subject: str, run: str) -> None:
+        self._set(issuer, subject, run)
+
+    def to_json(self) -> dict[str, str]:
+        """The receipt's ``requesterProof`` member."""
+        return {"issuer": self.issuer, "subject": self.subject, "run": self.run}
+
+
 class ApproverRef(Record):
     """The approver whose click completed the quorum."""
 
@@ -232,6 +256,7 @@ class Receipt(Record):
         "alg",
         "key_id",
         "signature_value",
+        "requester_proof",
     )
     __slots__ = _fields
     version: str
@@ -246,6 +271,7 @@ class Receipt(Record):
     alg: str
     key_id: str
     signature_value: str | None
+    requester_proof: RequesterProof | None
 
     def __init__(
         self,
@@ -261,6 +287,7 @@ class Receipt(Record):
         alg: str,
         key_id: str,
         signature_value: str | None,
+        requester_proof: RequesterProof | None = None,
     ) -> None:
         self._set(
             version,
@@ -275,6 +302,7 @@ class Receipt(Record):
             alg,
             key_id,
             signature_value,
+            requester_proof,
         )
 
 
@@ -474,7 +502,8 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
         raise _malformed("receipt must be a JSON object")
     if "version" not in obj:
         raise _malformed("receipt lacks member 'version'")
-    if obj["version"] != RECEIPT_VERSION or not isinstance(obj["version"], str):
+    version = obj["version"]
+    if not isinstance(version, str) or version not in RECEIPT_VERSIONS:
         raise VerificationError("unsupported_version", f"unknown receipt version {_show(obj['version'])}")
     sig = obj.get("signature")
     if not isinstance(sig, dict) or "alg" not in sig:
@@ -482,7 +511,8 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
     if sig["alg"] != ALG_ED25519 or not isinstance(sig["alg"], str):
         raise VerificationError("unsupported_alg", f"signature algorithm {_show(sig['alg'])} is not Ed25519")
 
-    top = _members(obj, "receipt", TOP_LEVEL_MEMBERS)
+    optional = frozenset({"requesterProof"}) if version == RECEIPT_VERSION_PROVEN else frozenset()
+    top = _members(obj, "receipt", TOP_LEVEL_MEMBERS, optional)
     sig = _members(top["signature"], "signature", frozenset({"alg", "keyId"}), frozenset({"value"}))
     key_id = sig["keyId"]
     if not isinstance(key_id, str) or not _is_key_id(key_id):
@@ -521,8 +551,13 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
     if not any(a.id == approver.id and a.email == approver.email for a in approvals):
         raise _malformed("approver must be one of approvals")
 
+    proof: RequesterProof | None = None
+    if "requesterProof" in top:
+        p = _members(top["requesterProof"], "requesterProof", frozenset(PROOF_FIELDS))
+        proof = RequesterProof(*(_text(p, f, "requesterProof", limit=1024) for f in PROOF_FIELDS))
+
     return Receipt(
-        version=RECEIPT_VERSION,
+        version=version,
         status=status,
         request_id=request_id,
         issued_at=issued_at,
@@ -534,6 +569,7 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
         alg=ALG_ED25519,
         key_id=key_id,
         signature_value=value if signed else None,
+        requester_proof=proof,
     )
 
 
@@ -549,13 +585,15 @@ def unsigned_receipt(
     requester: str,
     alg: str = ALG_ED25519,
     key_id: str,
+    requester_proof: RequesterProof | None = None,
 ) -> dict[str, Any]:
     """Build a receipt without ``signature.value``, checked by the same rules ``keyturn verify`` applies.
 
+    With ``requester_proof`` the receipt is format 1.1 and carries ``requesterProof``; without, 1.0.
     Raises ``VerificationError`` (code ``malformed`` etc.) rather than produce a receipt no verifier accepts.
     """
     receipt: dict[str, Any] = {
-        "version": RECEIPT_VERSION,
+        "version": RECEIPT_VERSION if requester_proof is None else RECEIPT_VERSION_PROVEN,
         "status": status,
         "requestId": request_id,
         "issuedAt": format_time(issued_at),
@@ -566,6 +604,8 @@ def unsigned_receipt(
         "requester": requester,
         "signature": {"alg": alg, "keyId": key_id},
     }
+    if requester_proof is not None:
+        receipt["requesterProof"] = requester_proof.to_json()
     parse_receipt(receipt, signed=False)
     return receipt
 

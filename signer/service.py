@@ -38,12 +38,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from signer import evidence, wire
+from signer import evidence, oidc, wire
 from signer.audit import AuditHead, AuditLog
 from signer.checkpoint import unsigned_checkpoint
 from signer.errors import KeyturnError
 from signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
-from signer.policy import Policy, load_policy
+from signer.policy import Policy, PolicyError, PolicyIssue, load_policy
 from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, unsigned_receipt
 
 __all__ = [
@@ -141,6 +141,8 @@ class Signer:
     clock: Clock = system_clock
     timeout: float = 5.0
     key_file: Path | None = None
+    # The policy's OIDC issuers with the keys from their pinned files, read at start (load_oidc_issuers).
+    oidc_issuers: dict[str, oidc.Issuer] = field(default_factory=dict)
     _checkpoint: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _checkpoint_head: AuditHead | None = field(default=None, init=False, repr=False)
     _key_file_seen: FileIdentity | None = field(default=None, init=False, repr=False)
@@ -258,6 +260,16 @@ class Signer:
                 request.signature,
                 self.clock(),
             )
+            if (request.method, request.path) == ("POST", "/v1/requests"):
+                evidence.check_ci_secret_allowed(request.body, self.policy)
+            return {}
+        if isinstance(request, wire.CheckOidcRequest):
+            if request.body is None:
+                oidc.verify_token(request.token, self.oidc_issuers, self.clock())
+            else:
+                evidence.check_oidc_request(
+                    request.token, request.body, self.policy, self.oidc_issuers, self.clock()
+                )
             return {}
         if isinstance(request, wire.CheckSlackRequest):
             evidence.verify_slack_request(
@@ -276,10 +288,12 @@ class Signer:
         return await self._sign(request)
 
     async def _sign(self, request: wire.SignRequest) -> wire.SignResult:
-        origin: evidence.CiEvidence | evidence.SlackEvidence
+        origin: evidence.Origin
         if isinstance(request.origin, wire.CiOrigin):
             o = request.origin
             origin = evidence.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
+        elif isinstance(request.origin, wire.OidcOrigin):
+            origin = evidence.OidcEvidence(request.origin.token, request.origin.body)
         else:
             origin = evidence.SlackEvidence(
                 request.origin.body, request.origin.timestamp, request.origin.signature
@@ -297,6 +311,7 @@ class Signer:
             clicks=clicks,
             emails=request.emails,
             now=self.clock(),
+            oidc_issuers=self.oidc_issuers,
         )
         unsigned = unsigned_receipt(
             request_id=decision.request_id,
@@ -308,6 +323,7 @@ class Signer:
             approvals=[ApprovalEntry(a.user_id, a.email, a.at) for a in decision.approvals],
             requester=decision.requester,
             key_id=keys.active_kid,
+            requester_proof=decision.requester_proof,
         )
         if not keys.active_valid_at(decision.issued_at):
             # A key created "in the future" by a skewed clock: refuse rather than issue a receipt that no
@@ -338,12 +354,17 @@ def _audit_record(receipt: dict[str, Any], request: wire.SignRequest, policy_sha
     still binding each receipt to the exact bytes the bot holds as evidence.
     """
     o = request.origin
+    if isinstance(o, wire.OidcOrigin):
+        # The token's digest, not the token: it may still be a valid bearer credential for a while.
+        origin = {"kind": o.kind, "tokenSha256": _digest(o.token), "sha256": _digest(o.body)}
+    else:
+        origin = {"kind": o.kind, "timestamp": o.timestamp, "sha256": _digest(o.body)}
     return {
         "type": "receipt_issued",
         "receipt": receipt,
         "policySha256": policy_sha256,
         "evidence": {
-            "origin": {"kind": o.kind, "timestamp": o.timestamp, "sha256": _digest(o.body)},
+            "origin": origin,
             "approvals": [{"timestamp": c.timestamp, "sha256": _digest(c.body)} for c in request.approvals],
         },
     }
@@ -522,9 +543,34 @@ class SignerServer:
 # --- the process --------------------------------------------------------------------------------------------
 
 
-def _load(settings: Any) -> tuple[SigningKeyset, Policy, evidence.Secrets, AuditLog, Clock]:
+def load_oidc_issuers(policy: Policy, policy_path: Path) -> dict[str, oidc.Issuer]:
+    """The policy's ``[oidc.issuers]`` with their pinned key sets, read from the files the policy names
+    (relative to the policy's directory). A missing or bad file is a refusal to start (``invalid_policy``):
+    the signer has no network and no other source of issuer keys (docs/ci.md, "Pinned issuer keys")."""
+    out: dict[str, oidc.Issuer] = {}
+    for name, cfg in policy.oidc.issuers.items():
+        path = policy_path.parent / cfg.jwks_file
+        where = f"oidc.issuers.{name}.jwks_file"
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PolicyError(
+                str(policy_path), [PolicyIssue(where, f"cannot read {path}: {exc.strerror}")]
+            ) from None
+        try:
+            keys = oidc.parse_jwks(data, cfg.algorithm)
+        except oidc.OidcError as exc:
+            raise PolicyError(str(policy_path), [PolicyIssue(where, f"{path}: {exc.message}")]) from None
+        out[name] = oidc.Issuer(name, cfg.issuer, cfg.audience, cfg.algorithm, cfg.kind, keys)
+    return out
+
+
+def _load(
+    settings: Any,
+) -> tuple[SigningKeyset, Policy, evidence.Secrets, AuditLog, Clock, dict[str, oidc.Issuer]]:
     keys = SigningKeyset.load(settings.signer_keyset)
     policy = load_policy(settings.policy)
+    issuers = load_oidc_issuers(policy, Path(settings.policy))
     secrets = evidence.Secrets(
         settings.slack_signing_secret.get_secret_value(), settings.ci_secret.get_secret_value()
     )
@@ -548,7 +594,7 @@ def _load(settings: Any) -> tuple[SigningKeyset, Policy, evidence.Secrets, Audit
             settings.audit_log,
             audit.repaired.aside,
         )
-    return keys, policy, secrets, audit, clock
+    return keys, policy, secrets, audit, clock, issuers
 
 
 async def _serve_until_signalled(server: SignerServer) -> None:
@@ -574,7 +620,7 @@ def run(settings: Any) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        keys, policy, secrets, audit, clock = _load(settings)
+        keys, policy, secrets, audit, clock, issuers = _load(settings)
     except KeyturnError as exc:
         print(f"keyturn signer: refusing to start: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
         return 2
@@ -586,6 +632,7 @@ def run(settings: Any) -> int:
         clock,
         settings.signer_request_timeout,
         key_file=Path(settings.signer_keyset),
+        oidc_issuers=issuers,
     )
     try:
         signer.checkpoint()  # hold a checkpoint of the head from the start

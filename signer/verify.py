@@ -20,6 +20,7 @@ from signer.receipt import (
     ApprovalEntry,
     ApproverRef,
     Record,
+    RequesterProof,
     Scope,
     b64decode,
     format_time,
@@ -54,6 +55,7 @@ class VerifiedReceipt(Record):
         "expires_at",
         "key_id",
         "raw",
+        "requester_proof",
     )
     __slots__ = _fields
     request_id: str
@@ -65,6 +67,7 @@ class VerifiedReceipt(Record):
     expires_at: datetime
     key_id: str
     raw: dict[str, Any]
+    requester_proof: RequesterProof | None
 
     def __init__(
         self,
@@ -77,8 +80,20 @@ class VerifiedReceipt(Record):
         expires_at: datetime,
         key_id: str,
         raw: dict[str, Any],
+        requester_proof: RequesterProof | None = None,
     ) -> None:
-        self._set(request_id, status, scope, approver, approvals, issued_at, expires_at, key_id, raw)
+        self._set(
+            request_id,
+            status,
+            scope,
+            approver,
+            approvals,
+            issued_at,
+            expires_at,
+            key_id,
+            raw,
+            requester_proof,
+        )
 
     def summary(self) -> str:
         """The one-line success message of ``keyturn verify``."""
@@ -94,12 +109,14 @@ def verify_receipt(
     *,
     allow_dev_keys: bool = False,
     max_skew_s: int = 60,
+    require_requester_proof: bool = False,
 ) -> VerifiedReceipt:
     """Verify a receipt (plain JSON or a DSSE envelope) against a trusted keyset, the scope being deployed
     and the time ``now``. Returns the verified receipt or raises ``VerificationError``.
 
     ``keyset`` must come from a trusted place (the signer's ``/v1/keys`` or a pinned file), never from the
-    checkout being deployed.
+    checkout being deployed. ``require_requester_proof`` refuses (``requester_not_proven``) a receipt whose
+    requester was not proven by an OIDC token (format 1.0, or 1.1 without ``requesterProof``).
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("verify_receipt needs a timezone-aware 'now'")
@@ -162,6 +179,12 @@ def verify_receipt(
                 f"scope_mismatch:{field}", f"receipt is for {field} {got!r}, deploying {want!r}"
             )
 
+    # 11. When asked: the requester was proven by the job's OIDC token (the signer says so, under signature).
+    if require_requester_proof and receipt.requester_proof is None:
+        raise VerificationError(
+            "requester_not_proven", "the receipt does not say the requester was proven by an OIDC token"
+        )
+
     return VerifiedReceipt(
         request_id=receipt.request_id,
         status=receipt.status,
@@ -172,4 +195,5 @@ def verify_receipt(
         expires_at=receipt.expires_at,
         key_id=receipt.key_id,
         raw=obj,
+        requester_proof=receipt.requester_proof,
     )

@@ -37,6 +37,7 @@ __all__ = [
     "OPS",
     "PROTOCOL_VERSION",
     "CheckCiRequest",
+    "CheckOidcRequest",
     "CheckSlackRequest",
     "CheckpointRequest",
     "CheckpointResult",
@@ -49,6 +50,7 @@ __all__ = [
     "KeysResult",
     "MacCallbackRequest",
     "MacResult",
+    "OidcOrigin",
     "OkReply",
     "Origin",
     "Request",
@@ -102,6 +104,7 @@ B64Bytes = Annotated[
     PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str),
 ]
 Text = Annotated[str, Field(max_length=MAX_FRAME)]
+Token = Annotated[str, Field(min_length=1, max_length=16 * 1024)]  # an OIDC ID token (compact JWS)
 Short = Annotated[str, Field(max_length=2048)]
 
 
@@ -143,6 +146,16 @@ class CheckCiRequest(_Request):
     signature: Short
 
 
+class CheckOidcRequest(_Request):
+    """Check an OIDC-authenticated CI request as it arrives (issue 11): the token (against the keys pinned
+    in the signer's own files, at the signer's time), the body's agreement with it, and the environment's
+    OIDC rules. Without ``body`` only the token is checked (reads of a request's status)."""
+
+    op: Literal["check_oidc"] = "check_oidc"
+    token: Token
+    body: B64Bytes | None = None
+
+
 class CheckSlackRequest(_Request):
     """Check a Slack request as it arrives (signature v0, ±5 minutes)."""
 
@@ -172,6 +185,18 @@ class SlackCommandOrigin(_Model):
     signature: Short
 
 
+class OidcOrigin(_Model):
+    """The originating CI request authenticated by the job's OIDC ID token: the raw token and raw body.
+
+    Closed like every frame model: a frame carrying keys, claims or an issuer of its own is refused
+    (``bad_request``); the signer takes issuer keys only from its pinned files.
+    """
+
+    kind: Literal["oidc"] = "oidc"
+    token: Token
+    body: B64Bytes
+
+
 class SlackClick(_Model):
     """One approve click exactly as received: raw form body and the ``X-Slack-*`` header values."""
 
@@ -180,7 +205,7 @@ class SlackClick(_Model):
     signature: Short
 
 
-Origin = Annotated[CiOrigin | SlackCommandOrigin, Field(discriminator="kind")]
+Origin = Annotated[CiOrigin | SlackCommandOrigin | OidcOrigin, Field(discriminator="kind")]
 
 
 class SignRequest(_Request):
@@ -212,11 +237,14 @@ Request = Annotated[
     | CheckpointRequest
     | CheckCiRequest
     | CheckSlackRequest
+    | CheckOidcRequest
     | SignRequest
     | MacCallbackRequest,
     Field(discriminator="op"),
 ]
-OPS = frozenset({"health", "keys", "checkpoint", "check_ci", "check_slack", "sign", "mac_callback"})
+OPS = frozenset(
+    {"health", "keys", "checkpoint", "check_ci", "check_slack", "check_oidc", "sign", "mac_callback"}
+)
 _REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
 

@@ -64,6 +64,7 @@ def _loaded_after_import(module: str) -> set[str]:
 @pytest.mark.parametrize("module", ["signer.verify", "signer.receipt", "signer.keyset"])
 def test_verify_path_is_light(module: str) -> None:
     heavy = {"pydantic", "slack_sdk", "slack_bolt", "redis", "apscheduler", "starlette", "uvicorn", "aiohttp"}
+    heavy |= {"cryptography"}  # RSA is for OIDC tokens at the signer; a receipt needs only PyNaCl
     loaded = {m.split(".")[0] for m in _loaded_after_import(module)}
     assert loaded & heavy == set()
 
@@ -92,12 +93,22 @@ def test_running_bot_never_loads_the_private_key_code() -> None:
     assert loaded & KEY_HOLDING == set()
 
 
-@pytest.mark.parametrize("module", ["bot.lifecycle", "bot.cards", "bot.slack_text", "signer.evidence"])
+@pytest.mark.parametrize(
+    "module",
+    ["bot.lifecycle", "bot.cards", "bot.slack_text", "signer.evidence", "signer.oidc", "signer.card"],
+)
 def test_pure_modules_do_no_io(module: str) -> None:
     io = {"redis", "socket", "asyncio", "aiohttp", "httpx", "urllib3", "starlette", "uvicorn"}
     path = ROOT / (module.replace(".", "/") + ".py")
     direct = {m.split(".")[0] for m in imported_modules(path)}
     assert direct & io == set()
+
+
+def test_importing_the_oidc_parser_loads_no_rsa_library() -> None:
+    """The bot reads token claims (unverified, to render the card) through signer.oidc; only verifying a
+    signature, in the signer, loads ``cryptography``."""
+    loaded = {m.split(".")[0] for m in _loaded_after_import("signer.oidc")}
+    assert "cryptography" not in loaded
 
 
 def _names_used(path: Path) -> set[str]:

@@ -105,7 +105,7 @@ class FakeSigner:
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:

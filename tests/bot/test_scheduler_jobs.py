@@ -112,7 +112,7 @@ class NoSigner:
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:

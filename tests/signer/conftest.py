@@ -23,6 +23,7 @@ from signer import wire
 from signer.card import render_pending
 from signer.evidence import (
     CiEvidence,
+    OidcEvidence,
     SlackEvidence,
     card_facts,
     ci_signature,
@@ -112,11 +113,13 @@ def slash_origin(ts: int, body: str, secret: str = SLACK_SECRET) -> wire.SlackCo
     )
 
 
-Origin = wire.CiOrigin | wire.SlackCommandOrigin
+Origin = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin
 
 
-def as_evidence(origin: Origin) -> CiEvidence | SlackEvidence:
+def as_evidence(origin: Origin) -> CiEvidence | SlackEvidence | OidcEvidence:
     """A wire origin as the trust core's evidence type."""
+    if isinstance(origin, wire.OidcOrigin):
+        return OidcEvidence(origin.token, origin.body)
     if isinstance(origin, wire.CiOrigin):
         return CiEvidence(origin.method, origin.path, origin.body, origin.timestamp, origin.signature)
     return SlackEvidence(origin.body, origin.timestamp, origin.signature)

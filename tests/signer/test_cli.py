@@ -34,6 +34,7 @@ def _verify_args(vec: load.LoadedVector, receipt: str, keys: str) -> list[str]:
         "verify", receipt, "--keys", keys, "--repo", vec.scope.repo, "--sha", vec.scope.sha,
         "--env", vec.scope.environment, "--workflow", vec.scope.workflow, "--at", vec.at,
     ]  # fmt: skip
+    args += ["--require-oidc"] if vec.require_oidc else []
     return [*args, "--allow-dev-keys"] if vec.allow_dev_keys else args
 
 

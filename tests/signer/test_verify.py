@@ -56,12 +56,26 @@ def test_vector_set_covers_the_required_attacks() -> None:
 @pytest.mark.parametrize("vec", VECTORS, ids=[v.name for v in VECTORS])
 def test_vector(vec: load.LoadedVector) -> None:
     if vec.code is None:
-        verified = verify_receipt(vec.data, KEYSET, vec.scope, vec.now, allow_dev_keys=vec.allow_dev_keys)
+        verified = verify_receipt(
+            vec.data,
+            KEYSET,
+            vec.scope,
+            vec.now,
+            allow_dev_keys=vec.allow_dev_keys,
+            require_requester_proof=vec.require_oidc,
+        )
         assert verified.status == "APPROVED"
         assert verified.scope == vec.scope
     else:
         with pytest.raises(VerificationError) as exc:
-            verify_receipt(vec.data, KEYSET, vec.scope, vec.now, allow_dev_keys=vec.allow_dev_keys)
+            verify_receipt(
+                vec.data,
+                KEYSET,
+                vec.scope,
+                vec.now,
+                allow_dev_keys=vec.allow_dev_keys,
+                require_requester_proof=vec.require_oidc,
+            )
         assert exc.value.code == vec.code, str(exc.value)
 
 

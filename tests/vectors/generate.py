@@ -98,6 +98,12 @@ PARAMS: dict[str, Any] = {
     "workflow": "deploy.yml",
     "at": AT,
     "allowDevKeys": False,
+    "requireOidc": False,
+}
+PROOF = {
+    "issuer": "https://token.actions.githubusercontent.com",
+    "subject": "repo:acme/service:environment:production",
+    "run": "1234567890/1",
 }
 
 
@@ -228,6 +234,53 @@ def _vectors() -> list[Vector]:
         signed(issuedAt="2026-02-28T16:01:00Z"),
         None,
         at="2026-02-28T16:00:00Z",
+    )
+
+    # --- format 1.1: requesterProof (issue 11) --------------------------------------------------------------
+    proven = signed(version="1.1", requesterProof=PROOF)
+    add(
+        "valid_requester_proof",
+        "none: format 1.1, the requester proven by an OIDC token",
+        proven,
+        None,
+    )
+    add(
+        "valid_requester_proof_required",
+        "none: format 1.1 with requesterProof, verified with requireOidc",
+        proven,
+        None,
+        requireOidc=True,
+    )
+    add(
+        "requester_not_proven",
+        "downgrade: a format 1.0 receipt (requester not proven) where OIDC proof is required",
+        valid,
+        "requester_not_proven",
+        requireOidc=True,
+    )
+    add(
+        "requester_proof_in_1_0",
+        "version confusion: requesterProof in a format 1.0 receipt",
+        signed(requesterProof=PROOF),
+        "malformed",
+    )
+    add(
+        "requester_proof_edited_after_signing",
+        "field outside signature: requesterProof.subject replaced",
+        tamper(proven, lambda r: r["requesterProof"].__setitem__("subject", "repo:acme/other:ref:x")),
+        "bad_signature",
+    )
+    add(
+        "requester_proof_stripped_after_signing",
+        "downgrade: requesterProof removed from a signed 1.1 receipt",
+        tamper(proven, lambda r: r.pop("requesterProof")),
+        "bad_signature",
+    )
+    add(
+        "requester_proof_unknown_member",
+        "unknown member inside requesterProof",
+        signed(version="1.1", requesterProof={**PROOF, "verified": True}),
+        "malformed",
     )
 
     # --- fields outside the signature -----------------------------------------------------------------------
@@ -588,7 +641,7 @@ def build() -> dict[str, bytes]:
     files = {f"{x.name}.json": x.data for x in vectors}
     files[KEYSET] = (json.dumps(keyset.to_jwks(), indent=2, sort_keys=True) + "\n").encode()
     manifest = {
-        "description": "Keyturn receipt format 1.0 test vectors; see README.md",
+        "description": "Keyturn receipt format 1.0 and 1.1 test vectors; see README.md",
         "payloadType": PAYLOAD_TYPE,
         "keyset": KEYSET,
         "maxSkewSeconds": 60,

@@ -27,6 +27,7 @@ class LoadedVector:
     scope: Scope
     at: str
     allow_dev_keys: bool
+    require_oidc: bool = False
 
     @property
     def now(self) -> datetime:
@@ -67,6 +68,7 @@ def vectors() -> list[LoadedVector]:
                 scope=Scope(p["repo"], p["sha"], p["environment"], p["workflow"]),
                 at=p["at"],
                 allow_dev_keys=bool(p["allowDevKeys"]),
+                require_oidc=bool(p.get("requireOidc", False)),
             )
         )
     return out
