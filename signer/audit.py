@@ -226,6 +226,48 @@ def verify_file(path: str | os.PathLike[str]) -> int:
     return verify_log(_read(path)).entries
 
 
+def issued_requests(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Each request id with a ``receipt_issued`` entry in the log at ``path``, mapped to that entry's seq.
+
+    The signer reads this at start so it never issues a second receipt for a request (``Signer._sign``).
+    Lines that are not such entries are skipped; the chain itself is checked by :meth:`AuditLog.open`.
+    """
+    out: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for seq, line in enumerate(f, start=1):
+            rid = _receipt_request_id(line)
+            if rid is not None:
+                out.setdefault(rid, seq)
+    return out
+
+
+def _receipt_request_id(line: bytes) -> str | None:
+    try:
+        record = strict_loads(line.rstrip(b"\n"), max_size=MAX_LINE_BYTES).get("record")
+    except VerificationError:
+        return None
+    if not isinstance(record, dict) or record.get("type") != "receipt_issued":
+        return None
+    receipt = record.get("receipt")
+    rid = receipt.get("requestId") if isinstance(receipt, dict) else None
+    return rid if isinstance(rid, str) else None
+
+
+def read_entry(path: str | os.PathLike[str], seq: int) -> dict[str, Any]:
+    """The record of entry ``seq`` of the log at ``path`` (raises ``AuditError`` if there is none)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if number == seq:
+                try:
+                    record = strict_loads(line.rstrip(b"\n"), max_size=MAX_LINE_BYTES)["record"]
+                except (VerificationError, KeyError):
+                    break
+                if isinstance(record, dict):
+                    return record
+                break
+    raise AuditError(f"audit log {os.fspath(path)} has no readable entry seq {seq}", seq=seq, line=seq)
+
+
 @dataclass(frozen=True)
 class TornTail:
     """A torn last line that ``AuditLog.open`` moved aside: its size in bytes and the file now holding it."""
@@ -286,6 +328,11 @@ class AuditLog:
             os.close(fd)
             raise
         return cls(fd, p, result.tip, repaired)
+
+    @property
+    def path(self) -> Path:
+        """Where the log lives."""
+        return self._path
 
     @property
     def seq(self) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from signer import evidence, oidc, wire
-from signer.audit import AuditHead, AuditLog
+from signer.audit import AuditHead, AuditLog, issued_requests, read_entry
 from signer.checkpoint import unsigned_checkpoint
 from signer.errors import KeyturnError
 from signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
@@ -146,8 +146,15 @@ class Signer:
     _checkpoint: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _checkpoint_head: AuditHead | None = field(default=None, init=False, repr=False)
     _key_file_seen: FileIdentity | None = field(default=None, init=False, repr=False)
+    # One receipt per request, ever: request id -> the audit seq of its receipt (read from the log at start),
+    # and the signs in progress, so two at once for one request yield one receipt.
+    _issued: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _signing: tuple[asyncio.Lock, ...] = field(
+        default_factory=lambda: tuple(asyncio.Lock() for _ in range(64)), init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
+        self._issued = issued_requests(self.audit.path)
         if self.key_file is not None:
             self._key_file_seen = _identity(self.key_file)
 
@@ -332,10 +339,31 @@ class Signer:
                 f"the active key {keys.active_kid} was created after this receipt's issue time",
                 code="key_not_valid_at_issue",
             )
+        # Striped locks: the same request always takes the same one, so its signs run one after the other.
+        async with self._signing[hash(decision.request_id) % len(self._signing)]:
+            return await self._issue(decision.request_id, keys, unsigned, request)
+
+    async def _issue(
+        self, request_id: str, keys: SigningKeyset, unsigned: dict[str, Any], request: wire.SignRequest
+    ) -> wire.SignResult:
+        """Sign and record ``unsigned`` — or, if this request already has a receipt, return that one.
+
+        A bot that died after the signer recorded a receipt but before storing it asks again (its backstop
+        does); a second receipt for the same request would be a second authorization on the record. So the
+        answer is the receipt already issued, read back from the audit log (it is the record).
+        """
+        if request_id in self._issued:
+            seq_before = self._issued[request_id]
+            record = await asyncio.to_thread(read_entry, self.audit.path, seq_before)
+            log.info(
+                "sign %s: already issued at audit seq %d; the same receipt again", request_id, seq_before
+            )
+            return wire.SignResult(receipt=record["receipt"])
         receipt = sign_receipt(keys, unsigned)
         # Record first: the receipt leaves this process only once its audit entry is on disk.
         seq = await self.audit.append_async(_audit_record(receipt, request, self.policy.sha256))
-        log.info("sign %s ok: audit seq %d", decision.request_id, seq)
+        self._issued[request_id] = seq
+        log.info("sign %s ok: audit seq %d", request_id, seq)
         try:
             self.checkpoint()  # so the checkpoint served covers this receipt's entry from now on
         except KeyturnError as exc:  # the receipt is recorded: it is returned; the next call re-signs

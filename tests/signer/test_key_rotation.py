@@ -26,7 +26,16 @@ from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, new_requ
 from signer.service import _reload_refusal
 from signer.verify import verify_receipt
 from tests.harness import KEYTURN, Proc, wait_until
-from tests.signer.conftest import SCOPE, SignerFiles, ci_origin, click, click_body, make_files, rid_of
+from tests.signer.conftest import (
+    SCOPE,
+    SignerFiles,
+    ci_origin,
+    ci_request_body,
+    click,
+    click_body,
+    make_files,
+    rid_of,
+)
 from tests.signer.conftest import start_signer as start_signer_process
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -224,8 +233,9 @@ def _keys_cli(files: SignerFiles, *args: str) -> str:
 
 
 async def _sign_one(client: SignerClient, i: int) -> dict[str, Any]:
-    t0 = int(time.time()) - 40 - (i % 200)  # distinct origin timestamps: distinct request ids
-    origin = ci_origin(t0)
+    t0 = int(time.time()) - 40
+    # A request of its own each time (the signer gives a request one receipt, ever).
+    origin = ci_origin(t0, ci_request_body(ref=f"refs/heads/load-{i}-{time.monotonic_ns()}"))
     clicks = [click(t0 + 10 + j, click_body(origin, u)) for j, u in enumerate(["U0BOB", "U0CAROL"])]
     return await client.sign(rid_of(origin), origin, clicks, {})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import socket
@@ -269,10 +270,13 @@ async def test_slash_command_origin_and_pinned_group_member(client: SignerClient
     assert receipt["approver"]["id"] == "U0ONCALL"
 
 
+_FRAMES = itertools.count()
+
+
 def _sign_frame(users: list[str], **extra: Any) -> bytes:
     """A complete, genuinely signed ``sign`` frame (CI origin, one approve click per user), plus ``extra``."""
     t0 = now_s() - 60
-    origin = ci_origin(t0)
+    origin = ci_origin(t0, ci_request_body(ref=f"refs/heads/frame-{next(_FRAMES)}"))  # a request of its own
     frame = wire.SignRequest(
         id="s1",
         requestId=rid_of(origin),
@@ -314,7 +318,10 @@ async def test_concurrent_signs_all_succeed_and_are_all_recorded(
     files = running_signer[0]
     before = len(audit_lines(files))
     t0 = now_s() - 60
-    receipts = await asyncio.gather(*(sign(client, ["U0BOB", "U0CAROL"], t0=t0 - i) for i in range(8)))
+    origins = [ci_origin(t0, ci_request_body(ref=f"refs/heads/concurrent-{i}")) for i in range(8)]
+    receipts = await asyncio.gather(
+        *(sign(client, ["U0BOB", "U0CAROL"], t0=t0, origin=origin) for origin in origins)
+    )
     assert len({r["requestId"] for r in receipts}) == 8
     recorded = {line["record"]["receipt"]["requestId"] for line in audit_lines(files)[before:]}
     assert recorded == {r["requestId"] for r in receipts}
@@ -575,3 +582,37 @@ async def test_hung_or_crashing_requests_get_error_replies(
     assert reply.error.code == code
     assert reply.id == "h"
     assert "secret-looking" not in reply.error.message
+
+
+async def test_one_receipt_per_request_even_when_asked_again_and_after_a_restart(
+    signer_files: SignerFiles, log_dir: Path
+) -> None:
+    """A bot that died after the signer recorded a receipt, but before storing it, asks again (its backstop
+    does). The answer is the receipt already issued — concurrently, sequentially and after a restart of the
+    signer — and the audit log holds one entry for the request: nothing duplicated on the record."""
+    proc = start_signer(signer_files, log_dir)
+    try:
+        client = SignerClient(signer_files.socket, timeout=5.0)
+        t0 = now_s() - 60
+        origin = ci_origin(t0)
+        rid = rid_of(origin)
+        clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
+        first, second = await asyncio.gather(
+            client.sign(rid, origin, clicks, {}), client.sign(rid, origin, clicks, {})
+        )
+        third = await client.sign(rid, origin, clicks, {})
+        await client.close()
+    finally:
+        proc.stop()
+    assert first == second == third
+    proc = start_signer(signer_files, log_dir, name="signer-again")
+    try:
+        client = SignerClient(signer_files.socket, timeout=5.0)
+        after_restart = await client.sign(rid, origin, clicks, {})
+        await client.close()
+    finally:
+        proc.stop()
+    assert after_restart == first
+    lines = audit_lines(signer_files)
+    assert sum(line["record"]["receipt"]["requestId"] == rid for line in lines) == 1
+    assert verify_file(signer_files.audit) == len(lines)
