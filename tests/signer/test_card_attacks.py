@@ -16,6 +16,7 @@ within its grammar) and random free text (never shows a foreign value, always ac
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from signer import wire
@@ -966,6 +967,9 @@ LOOKALIKE_GAPS: list[tuple[str, str, dict[str, str], str]] = [
     ("environment in enclosing squares", "staging", {"title": _each("production", "\u20de")}, "env"),
     ("environment split by a mark of class 0", "staging", {"title": "prod\u0e31uction"}, "env"),
     ("environment with Cyrillic ghe for r", "staging", {"title": "pгoduction"}, "env"),
+    # The foreign hash is cut first ("9c1e5b7d3a2f…"), *after* the environment was judged not a whole word
+    # (it was glued to the hash): the reader then sees "…production".
+    ("environment un-glued by a cut hash", "staging", {"title": OTHER + "production"}, "env"),
     ("sha in Latin small capitals", "production", {"title": OTHER.translate(_SMALL_CAPS)}, "sha"),
     ("sha in Lisu capitals", "production", {"title": OTHER.upper().translate(_LISU)}, "sha"),
     ("sha as keycaps", "production", {"title": _each(OTHER, "\u20e3")}, "sha"),
@@ -1037,11 +1041,24 @@ NEW_KEYS: dict[str, Any] = {
     "title": plain("staging"),
     "text": plain(OTHER),
 }
-APPROVALS_TEXTS = st.from_regex(
-    r"[0-9]{1,3} of [0-9]{1,3}(: <@U0[A-Z]{2,5}>(, <@W1[A-Z]{3}>)?( and 4 more)?)?"
+# Status texts in or near the grammar: mostly well-formed with a plausible quorum (so acceptance is
+# exercised, not just refusal), sometimes off by a mention form, a quorum spelling or a trailing word.
+APPROVALS_TEXTS = st.one_of(
+    st.from_regex(
+        r"[0-9]{1,3} of [0-9]{1,3}(: <@U0[A-Z]{2,5}>(, <@W1[A-Z]{3}>)?( and 4 more)?)?", fullmatch=True
+    ),
+    st.builds(
+        lambda n, q, who, more: f"{n} of {q}{who}{more if who else ''}",
+        st.sampled_from(["0", "1", "2", "10", "999"]),
+        st.sampled_from(["1", "2", "2", "02", "3"]),
+        st.sampled_from(["", ": <@U0BOB>", ": <@U0BOB>, <@W0CAROL>", ": <@U0BOB> <@U0CAROL>", ": <@bob>"]),
+        st.sampled_from(["", " and 4 more", " and more", " staging"]),
+    ),
 )
 EXPIRES_TEXTS = st.from_regex(
     r"(2026-0[1-9]-1[0-9] )?[0-2][0-9]:[0-5][0-9] UTC \(in ([0-9]{1,2}h( [0-9]{1,2}m)?|[0-9]{1,3}d|[0-9]s)\)"
+    r"( staging)?",
+    fullmatch=True,
 )
 
 
@@ -1065,7 +1082,10 @@ def _parent(root: Any, path: tuple[Any, ...]) -> Any:
 def _mutate(data: st.DataObject, blocks: Blocks) -> None:
     """One random mutation of ``blocks`` in place."""
     op = data.draw(
-        st.sampled_from(["char", "char", "list", "flag", "kind", "add_key", "drop_key", "status"]), label="op"
+        st.sampled_from(
+            ["char", "char", "list", "flag", "flag", "kind", "add_key", "drop_key", "status", "status"]
+        ),
+        label="op",
     )
     nodes = list(_nodes(blocks))
     if op == "char":
@@ -1162,10 +1182,12 @@ def test_mutated_card_accepted_only_when_nothing_shown_changed(data: st.DataObje
     which = data.draw(st.integers(0, len(TRUE_CARDS) - 1), label="card")
     origin, original = MUTATION_ORIGINS[which], TRUE_CARDS[which]
     blocks = copy.deepcopy(original)
-    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+    for _ in range(data.draw(st.sampled_from([1, 1, 2, 3]), label="mutations")):
         _mutate(data, blocks)
     message: dict[str, Any] = {"type": "message", "text": "Deploy approval", "blocks": blocks}
-    extra = data.draw(st.sampled_from([None, "attachments", "files", "empty attachments"]), label="extra")
+    extra = data.draw(
+        st.sampled_from([None, None, None, "attachments", "files", "empty attachments"]), label="extra"
+    )
     if extra == "attachments":
         message["attachments"] = [{"text": OTHER}]
     elif extra == "files":
@@ -1185,6 +1207,7 @@ def test_mutated_card_accepted_only_when_nothing_shown_changed(data: st.DataObje
         accepted = True
     except CardMismatch:
         accepted = False
+    event("accepted" if accepted else "refused")
     assert accepted == oracle_accepts(message, original, env.required_approvals), json.dumps(
         message, ensure_ascii=False
     )
@@ -1234,37 +1257,64 @@ INVISIBLES = [
 MARKS = ["\u0301", "\u0332", "\u0336", "\u20d2"]
 
 
-def _variants(ch: str) -> list[str]:
+@functools.cache
+def _variants(ch: str) -> tuple[str, ...]:
     forms = {ch, ch.upper(), fullwidth(ch), math_bold(ch) if ch.islower() or ch.isdigit() else ch}
-    return sorted(forms | set(DOCUMENTED_LOOKALIKES.get(ch, "")))
+    return tuple(sorted(forms | set(DOCUMENTED_LOOKALIKES.get(ch, ""))))
 
 
-def disguised(word: str) -> st.SearchStrategy[str]:
+# Mostly nothing between two characters; sometimes an invisible character or a combining mark.
+GLUES = ["", "", "", "", "", "", *INVISIBLES, *MARKS]
+HEX = "0123456789abcdef"
+# One 16-bit code per character drives every choice (two bytes of a binary draw: far faster to generate and
+# shrink than a tuple of per-character strategies): bits 0-3 a hex digit, bit 4 whether to disguise the
+# character, bits 5-8 which disguise, bits 9-15 what follows it.
+
+
+def codes(n_min: int, n_max: int) -> st.SearchStrategy[list[int]]:
+    """Between ``n_min`` and ``n_max`` 16-bit codes."""
+    return st.binary(min_size=2 * n_min, max_size=2 * n_max).map(
+        lambda b: [int.from_bytes(b[i : i + 2], "little") for i in range(0, len(b) - 1, 2)]
+    )
+
+
+def disguise(word: str, codes: list[int]) -> str:
     """``word`` with each character possibly re-cased, folded or re-spelled, and followed by nothing, an
-    invisible character or a combining mark."""
-    glue = st.sampled_from(["", "", "", *INVISIBLES, *MARKS])
-    per_char = [st.tuples(st.sampled_from(_variants(c)), glue).map("".join) for c in word]
-    return st.tuples(*per_char).map("".join)
+    invisible character or a combining mark, as ``codes`` say."""
+    out: list[str] = []
+    for ch, code in zip(word, codes, strict=False):
+        variants = _variants(ch)
+        out.append(variants[(code >> 5) % len(variants)] if code >> 4 & 1 else ch)
+        out.append(GLUES[(code >> 9) % len(GLUES)])
+    return "".join(out)
 
 
 PIECES = st.one_of(
-    st.text("0123456789abcdef", min_size=40, max_size=64).flatmap(disguised),
-    st.sampled_from(["production", "staging", "prod-eu"]).flatmap(disguised),
+    codes(40, 64).map(lambda c: disguise("".join(HEX[x & 15] for x in c), c)),
+    st.tuples(st.sampled_from(["production", "staging", "prod-eu"]), codes(10, 10)).map(
+        lambda t: disguise(*t)
+    ),
     st.just(SHA),
     st.text(st.characters(codec="utf-8"), max_size=12),
     st.from_regex(r":[a-z0-9_+'-]{1,12}:", fullmatch=True),
 )
+# Pieces are joined by a visible separator: a hash glued straight onto an environment name (or glued by an
+# invisible character, which is removed) is the known gap "environment un-glued by a cut hash"
+# (LOOKALIKE_GAPS), asserted there. Invisibles and marks still glue the characters inside each piece.
 FREE_TEXT = st.lists(
-    st.tuples(PIECES, st.sampled_from(["", " ", "-", "/", "_", "\n"])), min_size=1, max_size=5
+    st.tuples(PIECES, st.sampled_from([" ", "-", "/", "_", "\n"])), min_size=1, max_size=5
 ).map(lambda parts: "".join(p + s for p, s in parts))
 
 
 def _requester(text: str) -> str:
+    # Whitespace becomes "-", not nothing: dropping it would glue pieces together (see FREE_TEXT).
+    text = "".join("-" if c.isspace() else c for c in text)
     kept = "".join(c for c in text if not c.isspace() and c not in "<>&" and ord(c) >= 0x20 and c != "\x7f")
     return (kept or "x")[:255]
 
 
 def _url(text: str) -> str:
+    text = "".join("-" if c.isspace() else c for c in text)
     kept = "".join(
         c for c in text if not c.isspace() and c not in "<>|\"'`" and ord(c) >= 0x20 and c != "\x7f"
     )
@@ -1317,3 +1367,48 @@ def test_reader_model_sees_through_the_tricks() -> None:
     # The class-0 mark used above is a nonspacing mark the renderer's combining() test does not skip.
     assert unicodedata.category("\u0e31") == "Mn"
     assert unicodedata.combining("\u0e31") == 0
+
+
+def _everywhere(node: Any, change: Callable[[dict[str, Any]], None]) -> Any:
+    """Apply ``change`` to every text object under ``node`` (in place); ``node``."""
+    for _path, n in list(_nodes(node)):
+        if isinstance(n, dict) and n.get("type") in ("plain_text", "mrkdwn"):
+            change(n)
+    return node
+
+
+@pytest.mark.parametrize(
+    "tolerated",
+    [
+        pytest.param(
+            lambda b: _everywhere(b, lambda t: t.update(verbatim=False)), id="verbatim false everywhere"
+        ),
+        pytest.param(lambda b: _everywhere(b, lambda t: t.pop("verbatim", None)), id="verbatim dropped"),
+        pytest.param(
+            lambda b: _everywhere(
+                b, lambda t: t.setdefault("emoji", True) if t["type"] == "plain_text" else None
+            ),
+            id="emoji true made explicit (as Slack stores it)",
+        ),
+        pytest.param(lambda b: json.loads(json.dumps(b, sort_keys=True)), id="keys reordered"),
+        pytest.param(lambda b: json.loads(json.dumps(b).replace("/", "\\/")), id="slashes escaped"),
+    ],
+)
+def test_tolerated_echo_differences_are_accepted(tolerated: Callable[[Blocks], Any]) -> None:
+    """What Slack's echo may change without changing the screen is accepted, by the signer and the oracle
+    alike (so the mutation test's acceptance side is not vacuous)."""
+    for origin, original in zip(MUTATION_ORIGINS, TRUE_CARDS, strict=True):
+        blocks = copy.deepcopy(original)
+        echoed = tolerated(blocks)
+        blocks = blocks if echoed is None else echoed
+        facts = _facts(origin)
+        env = ATTACK_POLICY.environment(facts.scope.environment)
+        message = {"type": "message", "blocks": blocks}
+        check_clicked_card(
+            message,
+            facts,
+            environments=ENVIRONMENTS,
+            confirm=env.confirm_approve,
+            required_approvals=env.required_approvals,
+        )
+        assert oracle_accepts(message, original, env.required_approvals)
