@@ -1004,6 +1004,19 @@ def test_honest_card_defuses_lookalikes_outside_its_table(environment: str, fiel
     assert_shows_only_its_own(blocks, environment)
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_GAP + "another environment (end to end)")
+async def test_lookalike_environment_in_title_refused_end_to_end(attacker: Attacker) -> None:
+    """The same gap through the real processes: a genuine staging request whose title spells PRODUCTION in
+    Lisu letters; the honest card is posted, approved, and the real signer issues a receipt — for a message
+    that, as Slack echoed it, shows "PRODUCTION" to the approver."""
+    origin = new_origin("staging", title="PRODUCTION".translate(_LISU) + " hotfix")
+    ts = await attacker.post(card(origin))
+    clicks = await attacker.clicks(ts, APPROVERS["staging"])
+    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {}, {})
+    assert receipt["scope"]["environment"] == "staging"
+    assert foreign_environments(echoed_message(clicks[0])["blocks"], "staging", ENVIRONMENTS) == []
+
+
 # --- hypothesis (a): mutations of the rendered card --------------------------------------------------------
 
 MUTATION_ORIGINS: list[Origin] = [
