@@ -195,7 +195,8 @@ _LOOKALIKES = {
     **dict.fromkeys("ſ", "f"),
     **dict.fromkeys("ɡց", "g"),
     **dict.fromkeys("һհ", "h"),
-    **dict.fromkeys("іıιӏⅰ", "i"),
+    **dict.fromkeys("іıιⅰ", "i"),
+    **dict.fromkeys("ӏ", "l"),  # palochka: a stroke, read as l or 1
     **dict.fromkeys("јϳ", "j"),
     **dict.fromkeys("κк", "k"),
     **dict.fromkeys("ⅼ", "l"),
@@ -234,6 +235,10 @@ _LOOKALIKES = {
     **dict.fromkeys("ХΧ", "X"),
     **dict.fromkeys("ΥҮ", "Y"),
     **dict.fromkeys("ΖᏃ", "Z"),
+    # Lisu capitals, Canadian syllabics and Coptic letters that read as Latin ones.
+    **dict(zip("ꓐꓑꓓꓔꓖꓗꓙꓚꓜꓝꓟꓠꓡꓢꓣꓦꓧꓪꓫꓬꓮꓰꓲꓳꓴ", "BPDTGKJCZFMNLSRVHWXYAEIOU", strict=True)),
+    **dict(zip("ᗩᗷᑕᗪᗞᕮᖴᕼᒍᒪᗰᑎᑭᑫᖇᔕᑌᐯᗯ᙭ᘔ", "ABCDDEFHJLMNPQRSUVWXZ", strict=True)),
+    **dict(zip("ⲀⲂⲈⲒⲔⲘⲚⲞⲢⲤⲦⲨⲬⲁⲉⲓⲕⲛⲧⲭ", "ABEIKMNOPCTYXaeiknt" + "x", strict=True)),
     **dict.fromkeys("Зз", "3"),
     **dict.fromkeys("б", "6"),
     **dict.fromkeys("ȣ", "8"),
@@ -289,28 +294,29 @@ def _defuse(text: str, scope: Scope, environments: Collection[str]) -> str:
     a whole word when its neighbours are not ASCII letters or digits *as written* (``production٠`` reads as
     ``production.``).
     """
-    kept = [i for i, ch in enumerate(text) if not unicodedata.combining(ch)]
-    skel = "".join(_skeleton_char(text[i]) for i in kept)
-    replace: list[tuple[int, int, str]] = []  # spans of ``text`` and what to show instead
-    for s, e in _runs([c in _HEXISH for c in skel]):
-        if e - s >= 40:
-            a, b = kept[s], kept[e - 1] + 1
-            if text[a:b] != scope.sha:
-                replace.append((a, b, text[a : a + 12] + ELLIPSIS))
+    # Hashes first: cutting one ends a word, so a name glued to it (``<sha>production``) becomes whole.
+    kept, skel = _skeleton(text)
+    for s, e in reversed(list(_runs([c in _HEXISH for c in skel]))):
+        a, b = kept[s], kept[e - 1] + 1
+        if e - s >= 40 and text[a:b] != scope.sha:
+            text = text[:a] + text[a : a + 12] + ELLIPSIS + text[b:]
+    kept, skel = _skeleton(text)
     # Per character, so indexes stay aligned with ``skel`` (str.casefold can lengthen: "ß" -> "ss").
     lower = "".join(c.lower() if len(c.lower()) == 1 else c for c in skel)
     original = "".join(text[i] for i in kept)
     own = scope.environment.lower()
     names = sorted({n.lower() for n in environments} | {own}, key=len, reverse=True)
-    for s, e, name in _environments_in(lower, original, names):
-        if name == own:
-            continue
-        a, b = kept[s], kept[e - 1] + 1
-        if not any(a < rb and ra < b for ra, rb, _ in replace):
-            replace.append((a, b, OTHER_ENVIRONMENT))
-    for a, b, shown in sorted(replace, reverse=True):
-        text = text[:a] + shown + text[b:]
+    for s, e, name in sorted(_environments_in(lower, original, names), reverse=True):
+        if name != own:
+            text = text[: kept[s]] + OTHER_ENVIRONMENT + text[kept[e - 1] + 1 :]
     return text
+
+
+def _skeleton(text: str) -> tuple[list[int], str]:
+    """The indexes of ``text`` a reader sees as characters (marks of any kind skipped: enclosing and some
+    nonspacing marks have combining class 0) and the skeleton of those characters."""
+    kept = [i for i, ch in enumerate(text) if not unicodedata.category(ch).startswith("M")]
+    return kept, "".join(_skeleton_char(text[i]) for i in kept)
 
 
 def _ascii_alnum(ch: str) -> bool:
@@ -649,8 +655,8 @@ def check_clicked_card(
     """Refuse (:class:`CardMismatch`) unless ``message`` — the ``message`` object of an approve click, as
     Slack sent it — is exactly the pending card :func:`render_pending` makes for ``facts``.
 
-    1. ``message`` is an object with a list of ``blocks``, and no ``attachments`` or ``files`` (an
-       ephemeral card has no ``message`` and cannot approve).
+    1. ``message`` is an object with a list of ``blocks``, and no ``attachments``, ``files``, ``username``
+       or ``icons`` (an ephemeral card has no ``message`` and cannot approve).
     2. The status texts are read from the echo; each must match its grammar, the approvals count must be
        out of this environment's ``required_approvals``, and every user it mentions must be one who
        ``may_approve`` here (Slack draws a mention as the member's self-chosen display name: only approvers
@@ -663,6 +669,10 @@ def check_clicked_card(
     for extra in ("attachments", "files"):
         if message.get(extra) not in (None, []):
             raise CardMismatch(f"the clicked message carries {extra}, which Keyturn's card never has")
+    # A poster-chosen sender name or picture (chat.postMessage username/icon_*) is shown above the card.
+    for sender in ("username", "icons"):
+        if sender in message:
+            raise CardMismatch(f"the clicked message carries a {sender} of its own, which Keyturn never sets")
     blocks = message.get("blocks")
     if not isinstance(blocks, list):
         raise CardMismatch("the clicked message carries no blocks")

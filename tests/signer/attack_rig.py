@@ -298,12 +298,15 @@ class Attacker:
         return [await self.click(ts, u, value) for u in users]
 
     async def refusal(
-        self, origin: wire.CiOrigin | wire.SlackCommandOrigin, clicks: list[wire.SlackClick], rid: str
+        self,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        clicks: list[wire.SlackClick],
+        rid: str,
     ) -> str:
         """Spend ``clicks`` on ``origin`` under ``rid``; the signer's refusal code. A receipt is a bypass."""
         before = self.rig.audit_lines()
         try:
-            receipt = await self.signer.sign(rid, origin, clicks, {}, {})
+            receipt = await self.signer.sign(rid, origin, clicks, {})
         except SignerRefused as exc:
             assert self.rig.audit_lines() == before, "a refused sign left an audit record"
             return exc.code

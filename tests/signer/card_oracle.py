@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 __all__ = [
@@ -272,10 +272,12 @@ _DURATION = (
 _EXPIRES = re.compile(rf"(?:[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} )?[0-9]{{2}}:[0-9]{{2}} UTC \(in {_DURATION}\)")
 
 
-def approvals_ok(text: str, quorum: int) -> bool:
-    """The approvals status text in Keyturn's grammar, out of this environment's ``quorum``."""
+def approvals_ok(text: str, quorum: int, approver: Callable[[str], bool]) -> bool:
+    """The approvals status text in Keyturn's grammar, out of this environment's ``quorum``, mentioning only
+    users for whom ``approver`` holds (a mention shows a member's self-chosen name)."""
     m = _APPROVALS.fullmatch(text)
-    return m is not None and m.group("quorum") == str(quorum)
+    mentioned = re.findall(r"<@([UW][A-Z0-9]{2,30})>", text)
+    return m is not None and m.group("quorum") == str(quorum) and all(approver(u) for u in mentioned)
 
 
 def expires_ok(text: str) -> bool:

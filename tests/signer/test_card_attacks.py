@@ -217,7 +217,7 @@ async def test_true_card_yields_a_receipt_that_verifies(attacker: Attacker) -> N
     ts = await attacker.post(card(origin))
     clicks = await attacker.clicks(ts, APPROVERS["production"])
     before = attacker.rig.audit_lines()
-    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {}, {})
+    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {})
     keyset = PublicKeyset.from_jwks(await attacker.signer.keys())
     scope = Scope("acme/web", SHA, "production", "deploy.yml")
     verified = verify_receipt(json.dumps(receipt).encode(), keyset, scope, datetime.now(UTC))
@@ -261,7 +261,7 @@ async def test_true_card_variants_are_accepted(
     origin = origin_of()
     ts = await attacker.post(card(origin, **status))
     clicks = await attacker.clicks(ts, APPROVERS[env_of(origin)])
-    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {}, {})
+    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {})
     assert receipt["requestId"] == rid_of(origin)
 
 
@@ -795,13 +795,6 @@ async def test_ephemeral_card_refused(attacker: Attacker) -> None:
     assert await attacker.refusal(origin, clicks, rid_of(origin)) == "card_mismatch"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BYPASS: check_clicked_card compares blocks, attachments and files only; a message posted with "
-    "chat.postMessage username/icon_emoji/icon_url (scope chat:write.customize) shows that name and picture "
-    "as its sender, and Slack echoes them in the clicked message as `username` / `icons`",
-)
 @pytest.mark.parametrize(
     "extra",
     [
@@ -848,7 +841,6 @@ def signer_accepts(origin: wire.CiOrigin, blocks: Blocks) -> None:
         request_id=rid_of(origin),
         origin=as_evidence(origin),
         clicks=[SlackEvidence(c.body, c.timestamp, c.signature) for c in clicks],
-        group_members={},
         emails={},
         now=at(T0 + 60),
     )
@@ -981,30 +973,17 @@ LOOKALIKE_GAPS: list[tuple[str, str, dict[str, str], str]] = [
 
 @pytest.mark.parametrize(
     ("environment", "fields"),
-    [
-        pytest.param(
-            env,
-            fields,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason=_GAP + ("another environment" if what == "env" else "another full commit"),
-            ),
-            id=name,
-        )
-        for name, env, fields, what in LOOKALIKE_GAPS
-    ],
+    [pytest.param(env, fields, id=name) for name, env, fields, _ in LOOKALIKE_GAPS],
 )
 def test_honest_card_defuses_lookalikes_outside_its_table(environment: str, fields: dict[str, str]) -> None:
     """Look-alikes beyond the renderer's table (scripts and marks it does not list): the reader still sees
-    another environment or another commit. Each case is a standing BYPASS until the renderer covers it."""
+    another environment or another commit. Each was a BYPASS found by this catalogue; fixed, they hold."""
     origin = honest_origin(environment, **fields)
     blocks = card(origin)
     signer_accepts(origin, blocks)  # the signer accepts it: what is shown is what was rendered
     assert_shows_only_its_own(blocks, environment)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_GAP + "another environment (end to end)")
 async def test_lookalike_environment_in_title_refused_end_to_end(attacker: Attacker) -> None:
     """The same gap through the real processes: a genuine staging request whose title spells PRODUCTION in
     Lisu letters; the honest card is posted, approved, and the real signer issues a receipt — for a message
@@ -1012,7 +991,7 @@ async def test_lookalike_environment_in_title_refused_end_to_end(attacker: Attac
     origin = new_origin("staging", title="PRODUCTION".translate(_LISU) + " hotfix")
     ts = await attacker.post(card(origin))
     clicks = await attacker.clicks(ts, APPROVERS["staging"])
-    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {}, {})
+    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {})
     assert receipt["scope"]["environment"] == "staging"
     assert foreign_environments(echoed_message(clicks[0])["blocks"], "staging", ENVIRONMENTS) == []
 
@@ -1154,10 +1133,15 @@ def _mutate(data: st.DataObject, blocks: Blocks) -> None:
                 fields[2]["text"] = EXPIRES_LABEL + data.draw(EXPIRES_TEXTS)
 
 
-def oracle_accepts(message: dict[str, Any], original: Blocks, quorum: int) -> bool:
+def oracle_accepts(
+    message: dict[str, Any], original: Blocks, quorum: int, approver: Callable[[str], bool]
+) -> bool:
     """Independent verdict: the echo shows exactly the original card, except status texts that are in
-    their grammar (approvals out of ``quorum``)."""
+    their grammar (approvals out of ``quorum``, naming only approvers); no sender name or picture of its
+    own."""
     if message.get("attachments") not in (None, []) or message.get("files") not in (None, []):
+        return False
+    if "username" in message or "icons" in message:
         return False
     got, want = display_equivalent(message.get("blocks")), display_equivalent(original)
     if got == want:
@@ -1176,7 +1160,7 @@ def oracle_accepts(message: dict[str, Any], original: Blocks, quorum: int) -> bo
         and isinstance(expires, str)
         and approvals.startswith(APPROVALS_LABEL)
         and expires.startswith(EXPIRES_LABEL)
-        and approvals_ok(approvals[len(APPROVALS_LABEL) :], quorum)
+        and approvals_ok(approvals[len(APPROVALS_LABEL) :], quorum, approver)
         and expires_ok(expires[len(EXPIRES_LABEL) :])
         and patched == want
     )
@@ -1216,12 +1200,14 @@ def test_mutated_card_accepted_only_when_nothing_shown_changed(data: st.DataObje
             environments=ENVIRONMENTS,
             confirm=env.confirm_approve,
             required_approvals=env.required_approvals,
+            may_approve=lambda uid: ATTACK_POLICY.authorizes(facts.scope.environment, uid),
         )
         accepted = True
     except CardMismatch:
         accepted = False
     event("accepted" if accepted else "refused")
-    assert accepted == oracle_accepts(message, original, env.required_approvals), json.dumps(
+    approver = functools.partial(ATTACK_POLICY.authorizes, facts.scope.environment)
+    assert accepted == oracle_accepts(message, original, env.required_approvals, approver), json.dumps(
         message, ensure_ascii=False
     )
 
@@ -1423,5 +1409,7 @@ def test_tolerated_echo_differences_are_accepted(tolerated: Callable[[Blocks], A
             environments=ENVIRONMENTS,
             confirm=env.confirm_approve,
             required_approvals=env.required_approvals,
+            may_approve=functools.partial(ATTACK_POLICY.authorizes, facts.scope.environment),
         )
-        assert oracle_accepts(message, original, env.required_approvals)
+        approver = functools.partial(ATTACK_POLICY.authorizes, facts.scope.environment)
+        assert oracle_accepts(message, original, env.required_approvals, approver)
