@@ -19,8 +19,8 @@ SECRET_VALUE = "a-real-looking-ci-secret-0123456789"
 
 
 def _variables(path: Path) -> set[str]:
-    """The variables an example file sets (uncommented ``NAME=`` lines)."""
-    return set(re.findall(r"^(KEYTURN_[A-Z0-9_]+)=", path.read_text(), flags=re.MULTILINE))
+    """The variables an example file sets (``NAME=`` lines), or documents as optional (``# NAME=``)."""
+    return set(re.findall(r"^(?:# )?(KEYTURN_[A-Z0-9_]+)=", path.read_text(), flags=re.MULTILINE))
 
 
 def _bot_env(**extra: str) -> dict[str, str]:

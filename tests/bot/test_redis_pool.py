@@ -34,7 +34,14 @@ SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
 ORIGIN = OriginEvidence(
     kind="ci", body="e30=", timestamp="1", signature="v1=00", method="POST", path="/v1/requests"
 )
-AUTH = {"X-Keyturn-Timestamp": "1", "X-Keyturn-Signature": "v1=00"}
+
+
+def auth() -> dict[str, str]:
+    """Plausible CI signature headers (fresh, well-formed), which the bot's cheap pre-check lets through to
+    the (accepting) signer."""
+    return {"X-Keyturn-Timestamp": str(int(time.time())), "X-Keyturn-Signature": "v1=" + "0" * 64}
+
+
 SOCKET_TIMEOUT = 1.0  # production uses 5 s; the mechanism is the same, the test is 5x faster
 
 
@@ -114,13 +121,13 @@ async def test_an_exhausted_pool_is_a_prompt_503_then_recovers(bot: Bot) -> None
     holders = [asyncio.create_task(hold(i)) for i in range(7)]
     await asyncio.sleep(0.1)  # let them take their connections (a pop that returns early only weakens this)
     started = time.monotonic()
-    resp = await bot.http.get(f"/v1/requests/{req.id}", headers=AUTH)
+    resp = await bot.http.get(f"/v1/requests/{req.id}", headers=auth())
     waited = time.monotonic() - started
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "store_unavailable"
     assert 0.4 <= waited < 3.0  # waited for a connection, for the pool timeout only
     await asyncio.gather(*holders)
-    resp = await bot.http.get(f"/v1/requests/{req.id}", headers=AUTH)
+    resp = await bot.http.get(f"/v1/requests/{req.id}", headers=auth())
     assert resp.status_code == 200
     assert resp.json()["requestId"] == req.id
 
@@ -132,7 +139,7 @@ async def test_a_quiet_long_poll_outlives_the_socket_timeout(
     caplog.set_level(logging.WARNING, logger="keyturn")
     wait = int(SOCKET_TIMEOUT * 2)
     started = time.monotonic()
-    resp = await bot.http.get(f"/v1/requests/{req.id}", params={"wait": wait}, headers=AUTH)
+    resp = await bot.http.get(f"/v1/requests/{req.id}", params={"wait": wait}, headers=auth())
     assert resp.status_code == 200, resp.text
     assert resp.json()["version"] == req.version
     assert time.monotonic() - started >= wait - 0.05
@@ -146,7 +153,7 @@ async def test_a_quiet_long_poll_outlives_the_socket_timeout(
         return time.monotonic()
 
     later = asyncio.create_task(approve_later())
-    resp = await bot.http.get(f"/v1/requests/{req.id}", params={"wait": 30}, headers=AUTH)
+    resp = await bot.http.get(f"/v1/requests/{req.id}", params={"wait": 30}, headers=auth())
     woke = time.monotonic()
     changed_at = await later
     assert resp.json()["approvalsCount"] == 1
@@ -167,7 +174,7 @@ async def test_replay_guard_with_redis_down_is_503_and_accepts_nothing() -> None
         b'"workflow":"deploy.yml","requester":"github:alice"}'
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot.test") as http:
-        resp = await http.post("/v1/requests", content=body, headers=AUTH)
+        resp = await http.post("/v1/requests", content=body, headers=auth())
     await client.aclose()
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "store_unavailable"

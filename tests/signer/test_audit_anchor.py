@@ -51,6 +51,7 @@ from tests.signer.conftest import (
     SCOPE,
     SignerFiles,
     ci_origin,
+    ci_request_body,
     click,
     click_body,
     make_files,
@@ -151,8 +152,9 @@ _ORIGINS = itertools.count()
 
 
 async def sign_one(client: SignerClient) -> dict[str, Any]:
-    t0 = int(time.time()) - 60 - next(_ORIGINS)  # a distinct origin (and so request) per call
-    origin = ci_origin(t0)
+    t0 = int(time.time()) - 60
+    # A distinct origin (and so request) per call: the signer gives a request one receipt, ever.
+    origin = ci_origin(t0, ci_request_body(ref=f"refs/heads/anchor-{next(_ORIGINS)}"))
     clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
     return await client.sign(rid_of(origin), origin, clicks, {})
 
