@@ -2,6 +2,9 @@
 
 Starts a private ``redis-server`` (unless ``KEYTURN_REDIS_URL`` is set), makes throwaway dev keys and secrets,
 then runs the signer, the Slack emulator and the bot as child processes, each log line prefixed with its name.
+With the bundled dev policy it also runs the OIDC issuer emulator, adds its two issuers to a copy of the
+policy and pins their keys (``keyturn policy pin-oidc-keys``) before the signer starts, so that a CI request
+proven by an OIDC token can be tried too.
 Ctrl-C stops everything and removes the temp directory. Dev keys carry ``dev-`` in their key id, and
 ``keyturn verify`` refuses them unless given ``--allow-dev-keys``: a dev receipt can never pass a real gate.
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -23,13 +27,41 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 KEYTURN = [sys.executable, "-m", "bot"]
-COLORS = {"redis": "31", "signer": "35", "emulator": "36", "bot": "32"}
+COLORS = {"redis": "31", "oidc": "33", "signer": "35", "emulator": "36", "bot": "32"}
+
+# What the OIDC emulator's tokens are for; the policy's issuers expect it (any string will do, as in CI).
+DEV_AUDIENCE = "keyturn-dev"
+# The issuers the OIDC emulator names (its default public base); the policy copy allows both everywhere.
+DEV_OIDC_TABLES = f"""
+
+# Added by `keyturn dev`: the OIDC issuer emulator's two issuers, keys pinned from it at start.
+[oidc.issuers.github]
+issuer = "https://oidc.keyturn.test/github"
+audience = "{DEV_AUDIENCE}"
+jwks_file = "github.jwks.json"
+algorithm = "RS256"
+kind = "github"
+
+[oidc.issuers.gitlab]
+issuer = "https://oidc.keyturn.test/gitlab"
+audience = "{DEV_AUDIENCE}"
+jwks_file = "gitlab.jwks.json"
+algorithm = "RS256"
+kind = "gitlab"
+
+[environments.production.oidc]
+issuers = ["github", "gitlab"]
+
+[environments.staging.oidc]
+issuers = ["github", "gitlab"]
+"""
 
 
 class DevError(Exception):
@@ -150,8 +182,76 @@ def _dev_policy(path: str | None) -> Path:
     return Path(str(resources.files("bot").joinpath("dev_policy.toml")))
 
 
-def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path) -> str:
+def _dev_oidc_policy(bundled: Path, workdir: Path) -> Path:
+    """A copy of the bundled dev policy in ``workdir`` with the OIDC emulator's issuers added.
+
+    A copy, because the pinned JWKS files live next to the policy that names them, and the bundled one may sit
+    in a read-only install.
+    """
+    copy = workdir / "keyturn-dev.toml"
+    copy.write_text(bundled.read_text() + DEV_OIDC_TABLES)
+    return copy
+
+
+@dataclass(frozen=True)
+class OidcDemo:
+    """What the banner needs to show an OIDC-proven request: where tokens come from and what they say."""
+
+    url: str
+    runtime_token: str
+    sha: str
+
+
+def _start_oidc(stack: Stack, port: int, policy: Path) -> OidcDemo:
+    """Start the OIDC emulator, point its job at a fresh sha, and pin its keys into ``policy``'s directory."""
+    url = f"http://127.0.0.1:{port}"
+    runtime_token = secrets.token_hex(16)  # so that only whoever reads the banner mints tokens
+    stack.start(
+        "oidc",
+        [*KEYTURN, "oidc-emulator", "--port", str(port), "--runtime-token", runtime_token],
+        {},
+        "oidc emulator ready",
+    )
     sha = secrets.token_hex(20)
+    job = urllib.request.Request(  # noqa: S310 - a loopback http URL we just started
+        f"{url}/_oidc/job",
+        data=json.dumps({"sha": sha}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(job, timeout=10) as resp:  # noqa: S310 - as above
+        resp.read()
+    _run_quiet(
+        [*KEYTURN, "policy", "pin-oidc-keys", str(policy),
+         "--from", f"github={url}/github", "--from", f"gitlab={url}/gitlab"],
+        "pinning the OIDC emulator's keys",
+    )  # fmt: skip
+    return OidcDemo(url, runtime_token, sha)
+
+
+def _oidc_banner(oidc: OidcDemo, bot_url: str, keys: Path) -> str:
+    return f"""
+  Or as a GitHub Actions job that proves who it is with its OIDC token (no shared secret: the token comes
+  from the OIDC issuer emulator, whose keys the signer pinned at start):
+
+    ACTIONS_ID_TOKEN_REQUEST_URL={oidc.url}/github/token \\
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN={oidc.runtime_token} \\
+    .venv/bin/keyturn request --url {bot_url} --oidc --audience {DEV_AUDIENCE} \\
+      --keys {keys} --allow-dev-keys --wait --out receipt-oidc.json
+
+  The token says: acme/web at {oidc.sha},
+  workflow .github/workflows/deploy.yml, environment production, requester github:alice (the card shows it
+  "From the job's OIDC token"). Then check the receipt as the deploy job would:
+
+    .venv/bin/keyturn verify receipt-oidc.json --keys {keys} --allow-dev-keys --require-oidc \\
+      --repo acme/web --sha {oidc.sha} --env production --workflow .github/workflows/deploy.yml
+"""
+
+
+def _banner(
+    emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path, oidc: OidcDemo | None = None
+) -> str:
+    sha = secrets.token_hex(20)
+    oidc_part = _oidc_banner(oidc, bot_url, keys) if oidc is not None else ""
     return f"""
   Keyturn is running (dev mode: throwaway keys and secrets; dev receipts never pass a real gate).
 
@@ -166,7 +266,7 @@ def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path)
       --requester github:alice --keys {keys} --allow-dev-keys --wait --out receipt.json
 
   or type in the emulator's command box, as alice:  /keyturn request acme/web {sha} staging
-
+{oidc_part}
   Production needs 2 approvals (bob, carol, or erin via @oncall); alice requested it, so she cannot approve.
   Reminders come every minute, dave is paged after two, and the request expires after 5 minutes.
   Ctrl-C stops everything and removes the temp files.
@@ -210,6 +310,10 @@ def run(args: argparse.Namespace) -> int:
         )
 
         policy = _dev_policy(args.policy)
+        oidc: OidcDemo | None = None
+        if args.policy is None:  # a policy of one's own names its own issuers, if any
+            policy = _dev_oidc_policy(policy, workdir)
+            oidc = _start_oidc(stack, _free_port(args.oidc_port), policy)
         emulator_port = _free_port(args.emulator_port)
         bot_port = _free_port(args.bot_port)
         bot_url = f"http://127.0.0.1:{bot_port}"
@@ -257,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
             **dict.fromkeys(SIGNER_ONLY_VARIABLES, ""),
         }
         stack.start("bot", [*KEYTURN, "bot"], bot_env, "bot ready")
-        print(_banner(emulator_url, bot_url, common, public), flush=True)
+        print(_banner(emulator_url, bot_url, common, public, oidc), flush=True)
         if args.check:
             return 0
         while True:
@@ -286,6 +390,11 @@ def main(argv: Sequence[str]) -> int:
         "--emulator-port", type=int, default=3000, help="emulator port (default 3000, or a free one)"
     )
     parser.add_argument("--bot-port", type=int, default=8000, help="bot port (default 8000, or a free one)")
-    parser.add_argument("--policy", help="policy file (default: the bundled dev policy)")
+    parser.add_argument(
+        "--oidc-port", type=int, default=8765, help="OIDC issuer emulator port (default 8765, or a free one)"
+    )
+    parser.add_argument(
+        "--policy", help="policy file (default: the bundled dev policy, with the OIDC emulator's issuers)"
+    )
     parser.add_argument("--check", action="store_true", help="start everything, print the banner, then stop")
     return run(parser.parse_args(list(argv)))

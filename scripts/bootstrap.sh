@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything `make demo` and `make test` need, idempotently:
-# a Python 3.11+ virtualenv in .venv with Keyturn and its dev extras, and a redis-server binary.
+# a Python 3.11+ virtualenv in .venv with Keyturn and its dev extras, a redis-server binary, and actionlint.
 # Re-running is cheap: the venv is rebuilt only when pyproject.toml changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,3 +48,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   fi
   echo "$want" > "$stamp"
 fi
+
+# actionlint for the CI templates' test: outside pyproject so that a platform without its wheel still gets a
+# working .venv (the test then skips, saying why).
+./scripts/install-actionlint.sh

@@ -2,7 +2,8 @@
 
 This is the README's five-minute tour, run by a machine: start `keyturn dev`, paste the `keyturn request`
 command it prints, approve as two people in the emulator, and get exit 0 with a receipt that verifies only
-with `--allow-dev-keys`. Ctrl-C (SIGINT) stops everything and removes the temp directory.
+with `--allow-dev-keys`; the same with the OIDC recipe, whose token comes from the OIDC issuer emulator and
+whose receipt passes `--require-oidc`. Ctrl-C (SIGINT) stops everything and removes the temp directory.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def dev_args() -> list[str]:
 @pytest.fixture
 def dev(log_dir: Path, request: pytest.FixtureRequest, dev_args: list[str]) -> Iterator[tuple[Proc, str]]:
     """A running `keyturn dev` (on free ports) and its banner text."""
+    ports = ["--emulator-port", "0", "--bot-port", "0", "--oidc-port", "0"]
     proc = start_process(
         "dev",
-        [*KEYTURN, "dev", "--emulator-port", "0", "--bot-port", "0", *_resolve(dev_args, log_dir)],
+        [*KEYTURN, "dev", *ports, *_resolve(dev_args, log_dir)],
         log_dir,
         env={"KEYTURN_REDIS_URL": "", "NO_COLOR": "1"},
         ready=lambda: "Ctrl-C stops everything" in (log_dir / "dev.log").read_text(errors="replace"),
@@ -123,6 +125,46 @@ def test_demo_recipe_yields_a_verified_dev_receipt(dev: tuple[Proc, str], tmp_pa
     wait_until(lambda: not Path(workdir).exists(), 10, "the dev temp dir to be removed")
     assert proc.popen.returncode == 0
     assert sys.executable  # the same interpreter ran every child
+
+
+def test_demo_oidc_recipe_yields_a_receipt_that_requires_oidc(dev: tuple[Proc, str], tmp_path: Path) -> None:
+    """The banner's second recipe: a GitHub-style job proves itself with a token from the OIDC emulator."""
+    _, banner = dev
+    emulator_url = _field(banner, r"Slack emulator\s+(http://\S+)")
+    command = _field(banner, r"(ACTIONS_ID_TOKEN_REQUEST_URL=.*?--out receipt-oidc\.json)")
+    words = command.replace("\\\n", " ").replace(".venv/bin/keyturn", " ".join(KEYTURN)).split()
+    env = dict(w.split("=", 1) for w in words[:2])
+    assert set(env) == {"ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"}
+    argv = words[2:]
+    assert "--oidc" in argv
+    assert "--requester" not in argv  # everything comes from the token
+    receipt = tmp_path / "receipt-oidc.json"
+    argv[argv.index("receipt-oidc.json")] = str(receipt)
+
+    # No KEYTURN_CI_SECRET anywhere: the token is the only credential.
+    waiting = subprocess.Popen(argv, env={**env, "PATH": "/usr/bin:/bin"}, stderr=subprocess.PIPE, text=True)
+    try:
+        with EmulatorClient(emulator_url) as slack:
+            post = slack.wait_for("chat.postMessage", timeout=20)
+            channel, ts = post["response"]["channel"], post["response"]["ts"]
+            shown = json.dumps(slack.message(channel, ts)["blocks"])
+            assert "From the job's OIDC token" in shown
+            for approver in ("U0BOB", "U0CAROL"):
+                assert slack.click(approver, channel, ts, "approve").status == 200
+        _, stderr = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, stderr
+    assert json.loads(receipt.read_text())["requesterProof"]["issuer"] == "https://oidc.keyturn.test/github"
+
+    verify = _field(banner, r"(\.venv/bin/keyturn verify receipt-oidc\.json.*?deploy\.yml)\n")
+    argv = verify.replace("\\\n", " ").replace(".venv/bin/keyturn", " ".join(KEYTURN)).split()
+    argv[argv.index("receipt-oidc.json")] = str(receipt)
+    assert "--require-oidc" in argv
+    ok = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK req_")
 
 
 @pytest.mark.parametrize("dev_args", [["--policy", "FAST"]])

@@ -319,6 +319,54 @@ def test_keyturn_request_oidc_on_gitlab_reads_the_id_tokens_variable(ostack: Oid
     assert view["scope"]["workflow"] == ".gitlab-ci.yml"
 
 
+def test_a_gitlab_job_waits_for_approval_and_verifies_with_require_oidc(
+    ostack: OidcStack, tmp_path: Path
+) -> None:
+    """What deploy/gitlab/keyturn.gitlab-ci.yml runs: request with the id_tokens variable, wait, verify."""
+    ostack.job(environment="staging", workflow=".gitlab-ci.yml")
+    token = ostack.token("gitlab")
+    claims = unverified_claims(token)
+    out = tmp_path / "keyturn-receipt.json"
+    # The job has no shared secret: only the token in the id_tokens variable.
+    env = {k: v for k, v in os.environ.items() if k != "KEYTURN_CI_SECRET"}
+    env["KEYTURN_ID_TOKEN"] = token
+    argv = [
+        *KEYTURN, "request", "--url", ostack.bot_url, "--oidc", "--id-token-var", "KEYTURN_ID_TOKEN",
+        "--wait", "--timeout", "60", "--keys", str(ostack.keys_file), "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rid = request_id_for(OidcEvidence(token, b""))
+        ostack.emulator.wait_for("chat.postMessage", timeout=20)  # the card is posted while the job waits
+        req = ostack.card(rid)
+        shown = json.dumps(ostack.emulator.message(req["card"]["channel"], req["card"]["ts"]))
+        assert "From the job's OIDC token" in shown
+        ostack.click("U0BOB", req)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "eyJ" not in stdout + stderr  # the token is never echoed into the job log
+    receipt = json.loads(out.read_text())
+    assert receipt["requester"] == "gitlab:alice"
+    assert receipt["requesterProof"] == {
+        "issuer": GITLAB_ISS,
+        "subject": claims["sub"],
+        "run": claims["pipeline_id"],
+    }
+
+    scope = ["--repo", "acme/web", "--sha", claims["sha"], "--env", "staging", "--workflow", ".gitlab-ci.yml"]
+    verify = [*KEYTURN, "verify", str(out), "--keys", str(ostack.keys_file), *scope, "--require-oidc"]
+    done = subprocess.run(verify, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"OK {rid}")
+    # The receipt is for this pipeline's scope only: another workflow file is refused.
+    other = [a if a != ".gitlab-ci.yml" else "deploy/other.gitlab-ci.yml" for a in verify]
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1, refused.stdout
+
+
 # --- refused, each its own attack -----------------------------------------------------------------------
 
 
