@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from signer import card, contract, oidc
 from signer.errors import KeyturnError
 from signer.policy import Environment, Policy, is_slack_team_id, is_slack_user_id
-from signer.receipt import RequesterProof, Scope
+from signer.receipt import RequesterProof, Scope, no_duplicate_members
 
 __all__ = [
     "CALLBACK_KEY_LABEL",
@@ -205,19 +205,10 @@ def verify_slack_request(secret: str, body: str, timestamp: str, signature: str,
 # --- strict parsing helpers -------------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
 def _strict_json(text: str | bytes, code: str, what: str) -> Any:
     # Duplicate names are refused: two parsers picking different duplicates is a classic bypass.
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=no_duplicate_members)
     except (ValueError, RecursionError) as exc:
         raise EvidenceError(code, f"{what} is not valid JSON ({exc})") from None
 

@@ -38,6 +38,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from signer.errors import KeyturnError
+from signer.receipt import b64url_encode, no_duplicate_members
 
 __all__ = [
     "ALGORITHMS",
@@ -86,11 +87,6 @@ class OidcError(KeyturnError):
 # --- base64url and JSON, strictly ---------------------------------------------------------------------------
 
 
-def b64url_encode(raw: bytes) -> str:
-    """Base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def b64url_decode(text: str, what: str = "value", code: str = "oidc_malformed") -> bytes:
     """Decode base64url without padding, refusing anything but its one canonical spelling.
 
@@ -108,15 +104,6 @@ def b64url_decode(text: str, what: str = "value", code: str = "oidc_malformed") 
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -124,7 +111,7 @@ def _reject_constant(name: str) -> Any:
 def _json_object(raw: bytes, what: str, code: str = "oidc_malformed") -> dict[str, Any]:
     try:
         obj = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+            raw.decode("utf-8"), object_pairs_hook=no_duplicate_members, parse_constant=_reject_constant
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise OidcError(code, f"{what} is not a strict JSON object") from None

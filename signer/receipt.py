@@ -391,7 +391,9 @@ class _Refused(ValueError):
     pass
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads`` refusing a repeated member name (a ``ValueError``): two
+    parsers picking different duplicates is a classic bypass. The one copy every strict parser here uses."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -421,7 +423,7 @@ def strict_loads(data: bytes, max_size: int = MAX_RECEIPT_BYTES) -> dict[str, An
         raise _malformed("not valid UTF-8") from None
     try:
         obj = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant
+            text, object_pairs_hook=no_duplicate_members, parse_float=_no_float, parse_constant=_no_constant
         )
     except _Refused as e:
         raise _malformed(str(e)) from None

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from signer.errors import KeyturnError
+from signer.receipt import no_duplicate_members
 
 __all__ = [
     "MAX_FRAME",
@@ -328,15 +329,6 @@ def error_reply(request_id: str, code: str, message: str) -> ErrorReply:
 # --- parsing ----------------------------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
 # A \uD800-\uDFFF escape: JSON syntax allows it alone, but a lone surrogate is no Unicode text.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
@@ -361,7 +353,7 @@ def _is_text(obj: Any) -> bool:
 
 def _loads(payload: bytes, code: str) -> Any:
     try:
-        obj = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        obj = json.loads(payload.decode("utf-8"), object_pairs_hook=no_duplicate_members)
     except UnicodeDecodeError:
         raise WireError(code, "frame is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
