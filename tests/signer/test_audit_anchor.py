@@ -148,10 +148,13 @@ class Anchored:
 
 
 _ORIGINS = itertools.count()
+_ORIGIN_BASE = int(time.time()) - 60  # well inside every request lifetime while this module runs
 
 
 async def sign_one(client: SignerClient) -> dict[str, Any]:
-    t0 = int(time.time()) - 60 - next(_ORIGINS)  # a distinct origin (and so request) per call
+    # A distinct origin (and so request) per call: counted down from one instant fixed at import, since
+    # "now minus a counter" repeats an earlier origin once the clock has moved on by as many seconds.
+    t0 = _ORIGIN_BASE - next(_ORIGINS)
     origin = ci_origin(t0)
     clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
     return await client.sign(rid_of(origin), origin, clicks, {})
