@@ -34,6 +34,19 @@ fi
 
 command -v redis-server >/dev/null 2>&1 || need_root_install redis-server "redis-server"
 
+# kubectl with kustomize renders deploy/kubernetes in tests/test_kubernetes.py. Optional: those tests skip
+# without it, so a non-root developer is told, not stopped. Debian's kubernetes-client has `kubectl kustomize`.
+if ! command -v kubectl >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing kubernetes-client with apt-get (kubectl kustomize, for the Kubernetes tests)" >&2
+    apt-get install -y -q kubernetes-client >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kubernetes-client >/dev/null 2>&1; } \
+      || echo "bootstrap: kubernetes-client could not be installed; the Kubernetes tests will skip" >&2
+  else
+    echo "bootstrap: kubectl is missing; tests/test_kubernetes.py will skip (apt-get install kubernetes-client)" >&2
+  fi
+fi
+
 stamp=.venv/.keyturn-stamp
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

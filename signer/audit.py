@@ -291,6 +291,7 @@ class AuditLog:
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._failed: str | None = None
+        self._size = os.fstat(fd).st_size  # where the last whole entry ends: a failed append is cut back here
         self.repaired = repaired  # the torn last line moved aside at open, if there was one
 
     @classmethod
@@ -365,8 +366,14 @@ class AuditLog:
             try:
                 _write_all(self._fd, line + b"\n")
             except OSError as e:
-                self._failed = f"write failed: {e.strerror}"
-                raise AuditError(f"audit log write failed: {e.strerror}") from None
+                # A full disk (ENOSPC, EDQUOT, EFBIG) may have let part of the line through. Cut the file
+                # back to the entries before it (shrinking needs no space): the chain is as it was, nothing
+                # was recorded, and the next append, once there is room, simply tries again. Only if even
+                # that fails is the log left unusable (the torn tail is then repaired at the next start).
+                if not self._roll_back():
+                    self._failed = f"write failed: {e.strerror}"
+                raise AuditError(f"audit log write failed: {e.strerror}; nothing was recorded") from None
+            self._size += len(line) + 1
             self._seq, self._head = seq, _line_hash(line)
             if seq == 1:
                 self._log = self._head
@@ -374,6 +381,14 @@ class AuditLog:
             mine = self._written
         self._sync_until(mine)
         return seq
+
+    def _roll_back(self) -> bool:
+        """Truncate the file to ``self._size`` (the end of the last whole entry); whether that worked."""
+        try:
+            os.ftruncate(self._fd, self._size)
+            return os.fstat(self._fd).st_size == self._size
+        except OSError:
+            return False
 
     async def append_async(self, record: Mapping[str, Any]) -> int:
         """``append`` from asyncio code without blocking the event loop (fsyncs are shared between calls)."""

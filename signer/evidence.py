@@ -62,6 +62,11 @@ __all__ = [
 ]
 
 MAX_SKEW = 300  # seconds either side of "now" for a request or click as it arrives (design.md §6)
+# How far the signer's clock may lag the newest evidence (the origin's or a click's signed time) at signing.
+# Within it the receipt is dated at that evidence (hosts' clocks differ by a second or two); beyond it the
+# signer's clock is wrong (stepped back) and signing is refused: a receipt is never dated before the request
+# or the approvals it attests.
+CLOCK_BEHIND_TOLERANCE = 30
 CI_BODY_MAX = 64 * 1024  # the bot answers 413 above this; the signer refuses it as evidence too
 DEFAULT_WORKFLOW = contract.DEFAULT_WORKFLOW
 CALLBACK_KEY_LABEL = b"keyturn callback v1"
@@ -809,7 +814,14 @@ def assess(
         CountedApproval(c.user_id, emails.get(c.user_id, ""), datetime.fromtimestamp(c.at, UTC))
         for c in list(first_click.values())[: env.required_approvals]
     )
-    issued_at = datetime.fromtimestamp(int(now_s), UTC)
+    newest = max([t0, *(c.at for c in parsed)])
+    if now_s + CLOCK_BEHIND_TOLERANCE < newest:
+        raise EvidenceError(
+            "clock_behind",
+            f"the signer's clock is {int(newest - now_s)} s behind the request's evidence; "
+            "no receipt is dated before what it approves",
+        )
+    issued_at = datetime.fromtimestamp(int(max(now_s, newest)), UTC)
     return Assessment(
         request_id=request_id,
         scope=claim.scope,

@@ -77,7 +77,7 @@ class Emulator:
     def __init__(self, settings: EmulatorSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.state = WorkspaceState(settings.workspace, settings.trigger_ttl)
+        self.state = WorkspaceState(settings.workspace, settings.trigger_ttl, started_at=self.clock.now())
         self.faults = Faults()
         self.recorder = Recorder()
         self.bot_url = settings.bot_url

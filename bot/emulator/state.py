@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 TRIGGER_TTL = 3.0  # Slack: a trigger_id is good for 3 seconds, once
+# Slack's documented shape of a trigger_id ("132456.7890123.abcdef"), which the emulator's ids also have.
+TRIGGER_FORMAT = re.compile(r"[0-9]+\.[0-9]+\.[0-9a-f]+")
 RESPONSE_URL_TTL = 30 * 60.0  # Slack: a response_url works for 30 minutes...
 RESPONSE_URL_USES = 5  # ...and at most 5 times
 
@@ -210,9 +213,13 @@ class _Trigger:
 class WorkspaceState:
     """Everything that changes while the emulator runs. Not thread-safe: use it from one event loop."""
 
-    def __init__(self, workspace: Workspace, trigger_ttl: float = TRIGGER_TTL) -> None:
+    def __init__(
+        self, workspace: Workspace, trigger_ttl: float = TRIGGER_TTL, started_at: float = 0.0
+    ) -> None:
         self.workspace = workspace
         self.trigger_ttl = trigger_ttl
+        # "created"/"updated" stamps of channels and users that the workspace file does not date.
+        self.started_at = started_at
         self.reset()
 
     def reset(self) -> None:
@@ -369,9 +376,9 @@ class WorkspaceState:
         """Show a message to ``user`` only, in ``channel``."""
         conv = self.conversation(channel)
         target = self.workspace.user(user)
-        if target is None or target.deleted:
-            raise SlackError("user_not_found")
-        if user not in conv.members:
+        # Slack's chat.postEphemeral table has no user_not_found: an unknown or deactivated user is simply
+        # not among the channel's members.
+        if target is None or target.deleted or user not in conv.members:
             raise SlackError("user_not_in_channel")
         echoed = echo_blocks(blocks or [])
         eph = Ephemeral(
@@ -402,17 +409,19 @@ class WorkspaceState:
     def consume_trigger(self, trigger_id: str, now: float) -> str:
         """Use up a trigger id and return its user.
 
-        Raises Slack's ``invalid_arguments`` if the trigger is unknown, expired or already used.
+        The errors are those of Slack's ``views.open`` table: ``invalid_trigger_id`` for one not of the form
+        ``132456.7890123.abcdef``, ``exchanged_trigger_id`` for one already used, ``expired_trigger_id`` past
+        its 3 s; a well-formed id that Slack never issued gets the ``invalid_arguments`` of Slack's example.
         """
+        if not TRIGGER_FORMAT.fullmatch(trigger_id):
+            raise SlackError("invalid_trigger_id")
         trig = self._triggers.get(trigger_id)
         if trig is None:
-            raise SlackError("invalid_arguments", ["[ERROR] invalid `trigger_id` [json-pointer:/trigger_id]"])
+            raise SlackError("invalid_arguments", ["invalid `trigger_id`"])
         if trig.used:
-            raise SlackError(
-                "invalid_arguments", ["[ERROR] `trigger_id` was already used [json-pointer:/trigger_id]"]
-            )
+            raise SlackError("exchanged_trigger_id")
         if now - trig.issued_at > self.trigger_ttl:
-            raise SlackError("invalid_arguments", ["[ERROR] expired `trigger_id` [json-pointer:/trigger_id]"])
+            raise SlackError("expired_trigger_id")
         trig.used = True
         return trig.user
 

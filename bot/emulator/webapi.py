@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from bot.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
 from bot.emulator.errors import SlackError
 from bot.emulator.state import WorkspaceState
-from bot.emulator.workspace import User
+from bot.emulator.workspace import User, zone
 
 MAX_MESSAGE_TEXT = 40_000  # Slack truncates at 40k and answers msg_too_long beyond it
 
@@ -148,13 +149,18 @@ def chat_update(state: WorkspaceState, params: Params, now: float) -> dict[str, 
 
 
 def chat_post_ephemeral(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
-    """``chat.postEphemeral``."""
+    """``chat.postEphemeral``: every error is one of Slack's documented table for this method.
+
+    That table has no ``user_not_found``: a user who does not exist, was deactivated or was never given is
+    "not in the channel" (``user_not_in_channel``), which is what Slack answers for each.
+    """
     channel = _str(params, "channel")
     if channel is None:
         raise SlackError("channel_not_found")
+    state.conversation(channel)  # an unknown channel is refused before the user is looked at, as Slack does
     user = _str(params, "user")
     if user is None:
-        raise SlackError("user_not_found")
+        raise SlackError("user_not_in_channel")
     blocks = _blocks(params)
     text = _message_text(params, blocks, _attachments(params))
     eph = state.post_ephemeral(
@@ -237,14 +243,41 @@ def views_update(state: WorkspaceState, params: Params, now: float) -> dict[str,
     return {"ok": True, "view": updated.to_slack()}
 
 
-def user_object(state: WorkspaceState, user: User, with_email: bool) -> dict[str, Any]:
-    """A user as ``users.info`` shows it (``profile.email`` only with the ``users:read.email`` scope)."""
+# Slack's palette of name colours; a user's colour is picked from it by id so it is stable across runs.
+_COLORS = ("9f69e7", "4bbe2e", "e7392d", "3c989f", "674b1b", "e96699", "e0a729", "5b89d5")
+
+
+def _tz_fields(tz_name: str, now: float) -> dict[str, Any]:
+    """``tz``, ``tz_label`` and ``tz_offset`` (seconds east of UTC, at ``now``: it follows summer time)."""
+    local = datetime.fromtimestamp(now, zone(tz_name))
+    offset = local.utcoffset()
+    label = "Coordinated Universal Time" if tz_name == "UTC" else (local.tzname() or tz_name)
+    return {
+        "tz": tz_name,
+        "tz_label": label,
+        "tz_offset": int(offset.total_seconds()) if offset is not None else 0,
+    }
+
+
+def user_object(state: WorkspaceState, user: User, with_email: bool, now: float) -> dict[str, Any]:
+    """A user as ``users.info`` shows it (``profile.email`` only with the ``users:read.email`` scope).
+
+    The fields are those of Slack's documented ``users.info`` example (roles, time zone with its offset,
+    ``updated``, ``color``, profile images and status); images point at the emulator's own placeholder.
+    """
     ws = state.workspace
+    # Slack links images on its CDN; the emulator needs no network, so an inline empty picture stands in.
+    avatar = "data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E"
     profile: dict[str, Any] = {
+        "avatar_hash": user.id.lower()[-12:],
+        "status_text": "",
+        "status_emoji": "",
         "real_name": user.real_name,
         "display_name": user.name,
         "real_name_normalized": user.real_name,
         "display_name_normalized": user.name,
+        "image_original": avatar,
+        **{f"image_{size}": avatar for size in (24, 32, 48, 72, 192, 512)},
         "team": ws.team.id,
     }
     if user.is_bot:
@@ -256,13 +289,19 @@ def user_object(state: WorkspaceState, user: User, with_email: bool) -> dict[str
         "team_id": ws.team.id,
         "name": user.name,
         "deleted": user.deleted,
+        "color": _COLORS[sum(map(ord, user.id)) % len(_COLORS)],
         "real_name": user.real_name,
-        "tz": user.tz,
-        "is_admin": False,
-        "is_owner": False,
+        **_tz_fields(user.tz, now),
+        "profile": profile,
+        "is_admin": user.is_admin,
+        "is_owner": user.is_owner,
+        "is_primary_owner": user.is_owner and user.is_admin,
+        "is_restricted": user.is_restricted,
+        "is_ultra_restricted": user.is_ultra_restricted,
         "is_bot": user.is_bot,
         "is_app_user": False,
-        "profile": profile,
+        "updated": user.updated or int(state.started_at),
+        "has_2fa": False,
     }
 
 
@@ -273,7 +312,7 @@ def users_info(state: WorkspaceState, params: Params, now: float) -> dict[str, A
     if user is None:
         raise SlackError("user_not_found")
     with_email = "users:read.email" in state.workspace.bot.scopes
-    return {"ok": True, "user": user_object(state, user, with_email)}
+    return {"ok": True, "user": user_object(state, user, with_email, now)}
 
 
 def users_lookup_by_email(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
@@ -282,7 +321,7 @@ def users_lookup_by_email(state: WorkspaceState, params: Params, now: float) -> 
     user = state.workspace.user_by_email(email) if email else None
     if user is None:
         raise SlackError("users_not_found")
-    return {"ok": True, "user": user_object(state, user, True)}
+    return {"ok": True, "user": user_object(state, user, True, now)}
 
 
 def usergroups_users_list(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
@@ -320,6 +359,76 @@ def conversations_open(state: WorkspaceState, params: Params, now: float) -> dic
     return {"ok": True, "channel": channel_obj}
 
 
+# The read scope that conversations.info needs for each kind of conversation (Slack: any one that covers it).
+_READ_SCOPE = {"public": "channels:read", "private": "groups:read", "im": "im:read"}
+
+
+def conversations_info(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``conversations.info`` for a channel or a DM with the bot, shaped like Slack's documented examples.
+
+    The scope is checked here, not in :data:`METHODS`, because it depends on the conversation's kind.
+    """
+    ref = _str(params, "channel")
+    if ref is None:
+        raise SlackError("channel_not_found")
+    # Only ids are accepted, as in Slack (names and user ids are for posting, not for lookups).
+    if not ref.startswith(("C", "G", "D")):
+        raise SlackError("channel_not_found")
+    conv = state.conversation(ref)
+    ws = state.workspace
+    channel = ws.channel(conv.id)
+    kind = "im" if conv.is_im else "private" if channel is not None and channel.is_private else "public"
+    scopes = ws.bot.scopes
+    if _READ_SCOPE[kind] not in scopes:
+        raise SlackError("missing_scope", needed=_READ_SCOPE[kind], provided=",".join(scopes))
+    created = int(state.started_at)
+    if conv.is_im:
+        body: dict[str, Any] = {
+            "id": conv.id,
+            "created": created,
+            "is_im": True,
+            "is_org_shared": False,
+            "user": conv.im_user,
+            "is_open": True,
+            "priority": 0,
+        }
+    else:
+        private = kind == "private"
+        body = {
+            "id": conv.id,
+            "name": conv.name,
+            "is_channel": not private,
+            "is_group": private,
+            "is_im": False,
+            "is_mpim": False,
+            "is_private": private,
+            "created": created,
+            "is_archived": False,
+            "is_general": False,
+            "unlinked": 0,
+            "name_normalized": conv.name,
+            "is_shared": False,
+            "is_frozen": False,
+            "is_org_shared": False,
+            "is_pending_ext_shared": False,
+            "pending_shared": [],
+            "context_team_id": ws.team.id,
+            "updated": created * 1000,  # Slack gives this one in milliseconds
+            "parent_conversation": None,
+            "creator": ws.bot.user_id,
+            "is_ext_shared": False,
+            "shared_team_ids": [ws.team.id],
+            "pending_connected_team_ids": [],
+            "is_member": ws.bot.user_id in conv.members,
+            "topic": {"value": "", "creator": "", "last_set": 0},
+            "purpose": {"value": "", "creator": "", "last_set": 0},
+            "previous_names": [],
+        }
+    if _bool(params, "include_num_members"):
+        body["num_members"] = len(conv.members)
+    return {"ok": True, "channel": body}
+
+
 # Methods whose answer links to the emulator itself: called with its public base URL as well.
 LINK_METHODS: dict[str, tuple[LinkHandler, tuple[str, ...]]] = {
     "chat.getPermalink": (chat_get_permalink, ()),  # Slack: no scope required
@@ -339,4 +448,5 @@ METHODS: dict[str, tuple[Handler, tuple[str, ...]]] = {
     "users.lookupByEmail": (users_lookup_by_email, ("users:read.email",)),
     "usergroups.users.list": (usergroups_users_list, ("usergroups:read",)),
     "conversations.open": (conversations_open, ("im:write",)),
+    "conversations.info": (conversations_info, ()),  # scope depends on the channel: checked by the handler
 }

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.emulator.errors import WorkspaceError
 
@@ -68,6 +70,13 @@ class User:
     is_bot: bool = False
     deleted: bool = False
     tz: str = "UTC"
+    # Roles as users.info reports them: a guest is "restricted" (multi-channel) or "ultra restricted"
+    # (single-channel); Slack documents these fields on every user object.
+    is_admin: bool = False
+    is_owner: bool = False
+    is_restricted: bool = False
+    is_ultra_restricted: bool = False
+    updated: int = 0  # Unix seconds of the profile's last change (0: the emulator's start)
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,39 @@ def _str_list(data: dict[str, Any], key: str, where: str, default: tuple[str, ..
     return tuple(value)
 
 
+def _flag(data: dict[str, Any], key: str, where: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise WorkspaceError(f"{where}: {key!r} must be true or false")
+    return value
+
+
+def _int(data: dict[str, Any], key: str, where: str) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise WorkspaceError(f"{where}: {key!r} must be a non-negative integer")
+    return value
+
+
+def zone(name: str) -> tzinfo:
+    """The time zone called ``name`` (IANA); UTC needs no tz database, so it works on minimal images."""
+    if name == "UTC":
+        return UTC
+    return ZoneInfo(name)
+
+
+def _tz(data: dict[str, Any], where: str) -> str:
+    # Checked at load time: users.info derives tz_offset and tz_label from it, and a typo should fail here.
+    name = data.get("tz", "UTC")
+    if not isinstance(name, str):
+        raise WorkspaceError(f"{where}: 'tz' must be a string")
+    try:
+        zone(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise WorkspaceError(f"{where}: 'tz' {name!r} is not a known IANA time zone") from None
+    return name
+
+
 def _list_of_tables(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -183,7 +225,12 @@ def parse_workspace(data: dict[str, Any]) -> Workspace:
                 email=email,
                 is_bot=bool(u.get("is_bot", False)),
                 deleted=bool(u.get("deleted", False)),
-                tz=str(u.get("tz", "UTC")),
+                tz=_tz(u, where),
+                is_admin=_flag(u, "is_admin", where),
+                is_owner=_flag(u, "is_owner", where),
+                is_restricted=_flag(u, "is_restricted", where),
+                is_ultra_restricted=_flag(u, "is_ultra_restricted", where),
+                updated=_int(u, "updated", where),
             )
         )
     users.append(User(id=bot.user_id, name=bot.name, real_name=bot.name, email=None, is_bot=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,7 @@ class FaultStack(Stack):
     signer_env: dict[str, str] = field(default_factory=dict)
     keyset: Path | None = None
     policy_file: Path | None = None
+    bot_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def persistent(self) -> PersistentRedis:
@@ -168,6 +169,13 @@ class FaultStack(Stack):
             ci_secret=CI_SECRET,
             env=self.signer_env,
         )
+
+    def restart_bot(self, **changes: Any) -> None:
+        """Start the bot again (after it was stopped or killed) with its settings, ``changes`` applied."""
+        if self.procs["bot"].alive():
+            self.procs["bot"].stop()
+        self.bot_kwargs.update(changes)
+        self.procs["bot"] = harness.start_bot(self.workdir / "logs", **self.bot_kwargs)
 
     def audit_lines(self) -> list[dict[str, Any]]:
         """The records of the signer's audit log (each entry's ``record``), in order."""
@@ -215,13 +223,20 @@ def start_emulator(workdir: Path, bot_url: str) -> tuple[Proc, str]:
 
 
 def build_stack(
-    workdir: Path, *, signer_env: dict[str, str] | None = None, bot_env: dict[str, str] | None = None
+    workdir: Path,
+    *,
+    signer_env: dict[str, str] | None = None,
+    bot_env: dict[str, str] | None = None,
+    policy_text: str = POLICY,
+    bot_signer_socket: Callable[[Path], Path] | None = None,
 ) -> FaultStack:
     """Start redis (AOF), the signer, the emulator and the bot; the stack (caller stops it). With ``bot_env``
-    naming sentinels, the bot uses them and the stack's own Redis only holds nothing."""
+    naming sentinels, the bot uses them and the stack's own Redis only holds nothing. ``policy_text``
+    replaces the policy (both processes load it); ``bot_signer_socket`` maps the signer's socket to the one
+    the bot is given (a proxy in front of the signer)."""
     logs = workdir / "logs"
     policy = workdir / "keyturn.toml"
-    policy.write_text(POLICY)
+    policy.write_text(policy_text)
     keyset, public = harness.keygen(workdir)
     pr = PersistentRedis(workdir / "redis")
     pr.start()
@@ -240,15 +255,14 @@ def build_stack(
             env=env,
         )
         procs["emulator"], emu_url = start_emulator(workdir, bot_url)
-        procs["bot"] = harness.start_bot(
-            logs,
-            port=bot_port,
-            redis_url=pr.url,
-            signer_socket=sock,
-            policy=policy,
-            emulator_url=emu_url,
-            cwd=workdir,
-            env={
+        bot_kwargs: dict[str, Any] = {
+            "port": bot_port,
+            "redis_url": pr.url,
+            "signer_socket": sock if bot_signer_socket is None else bot_signer_socket(sock),
+            "policy": policy,
+            "emulator_url": emu_url,
+            "cwd": workdir,
+            "env": {
                 "KEYTURN_SLACK_BOT_TOKEN": BOT_TOKEN,
                 "KEYTURN_CARD_RETRY_MAX": "1",
                 "KEYTURN_CALLBACK_ATTEMPTS": "3",
@@ -256,7 +270,8 @@ def build_stack(
                 "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
                 **(bot_env or {}),
             },
-        )
+        }
+        procs["bot"] = harness.start_bot(logs, **bot_kwargs)
     except Exception:
         for p in procs.values():
             p.stop()
@@ -280,6 +295,7 @@ def build_stack(
         signer_env=env,
         keyset=keyset,
         policy_file=policy,
+        bot_kwargs=bot_kwargs,
     )
 
 

@@ -158,6 +158,34 @@ def test_write_failure_makes_the_log_refuse_further_appends(
     log.close()
 
 
+def test_a_full_disk_records_nothing_and_the_next_append_succeeds_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ENOSPC after part of the line was written: the torn part is cut off, the chain is unchanged, and the
+    # log keeps working (an fsync failure, above, is different: the page cache may have lost entries).
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog.open(path)
+    log.append({"n": 1})
+    before = path.read_bytes()
+    head = log.head
+    real_write = os.write
+
+    def write_then_fill_up(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write_then_fill_up)
+    for _ in range(2):
+        with pytest.raises(AuditError, match="No space left on device; nothing was recorded"):
+            log.append({"n": 2})
+        assert path.read_bytes() == before
+        assert (log.seq, log.head) == (1, head)
+    monkeypatch.undo()
+    assert log.append({"n": 2}) == 2
+    log.close()
+    assert verify_file(path) == 2
+
+
 async def test_append_async(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path / "audit.jsonl") as log:
         assert await log.append_async({"n": 1}) == 1

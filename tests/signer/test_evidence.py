@@ -374,6 +374,19 @@ def test_request_lifetime_bounds_the_evidence_and_the_signing() -> None:
     refused("evidence_outside_lifetime", [(T0 + 10, "U0BOB")], now=T0 - 301)
 
 
+def test_a_receipt_is_never_dated_before_the_evidence_it_attests() -> None:
+    # A signer clock a little behind Slack's (hosts differ by a second or two): dated at the last click.
+    a = decide([(T0 + 10, "U0BOB"), (T0 + 60, "U0CAROL")], now=T0 + 60 - ev.CLOCK_BEHIND_TOLERANCE)
+    assert a.issued_at == at(T0 + 60)
+    assert a.expires_at - a.issued_at == timedelta(minutes=15)
+    # Further behind (a clock stepped back): refused, not a receipt older than its approvals or request.
+    refused(
+        "clock_behind", [(T0 + 10, "U0BOB"), (T0 + 60, "U0CAROL")], now=T0 + 59 - ev.CLOCK_BEHIND_TOLERANCE
+    )
+    refused("clock_behind", [(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL")], now=T0 - 100)
+    assert decide([(T0 + 10, "U0BOB"), (T0 + 20, "U0CAROL")], now=T0 + 21).issued_at == at(T0 + 21)
+
+
 def test_forged_and_misdirected_clicks_are_refused() -> None:
     o = ci_origin(T0)
     good = click(T0 + 10, click_body(o, "U0BOB"))
