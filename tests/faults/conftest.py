@@ -268,6 +268,10 @@ def build_stack(
                 "KEYTURN_CALLBACK_ATTEMPTS": "3",
                 "KEYTURN_DEV_MODE": "1",
                 "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
+                # A signing claim left by a call that met Redis going down is taken over by the leader's
+                # backstop once the lease ends: short here, so a test waits seconds, not the default 40.
+                "KEYTURN_SIGN_LEASE": "15s",  # must exceed the signer timeout (10 s)
+                "KEYTURN_BACKSTOP_INTERVAL": "1",
                 **(bot_env or {}),
             },
         }

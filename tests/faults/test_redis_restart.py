@@ -99,7 +99,7 @@ def test_a_burst_of_requests_and_clicks_across_restarts_loses_nothing(fstack: Fa
         t.join(60)
 
     for rid in ids:
-        done = fstack.wait_status(rid, "APPROVED", timeout=30)
+        done = fstack.wait_status(rid, "APPROVED", timeout=45)
         assert sorted(a["userId"] for a in done["approvals"]) == ["U0BOB", "U0CAROL"]
     # One receipt per request: exactly one audit record names each.
     audit: Counter[str] = Counter()
