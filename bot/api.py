@@ -485,12 +485,22 @@ class Api:
         if token is not None:
             await self._authenticate_read(request, rid)
             signature = "oidc-cancel:" + hashlib.sha256(token.encode() + b"\0" + rid.encode()).hexdigest()
+            # The token is the evidence: the signer checks it again before recording the cancel.
+            evidence = OriginEvidence(kind="oidc", body="", timestamp="", signature=token)
         else:
-            _, signature = await self._authenticate(request, body)
+            timestamp, signature = await self._authenticate(request, body)
+            evidence = OriginEvidence(
+                kind="ci",
+                body=base64.b64encode(body).decode("ascii"),
+                timestamp=timestamp,
+                signature=signature,
+                method=request.method,
+                path=request.url.path,
+            )
         await self._load(rid)
         await self._accept_once(signature)
         try:
-            req = await self.service.cancel(rid)
+            req = await self.service.cancel(rid, evidence)
         except Exception as exc:
             await self._failed(signature)  # nothing was cancelled: a replay gets the same answer again
             if isinstance(exc, Refused) and exc.code == "not_pending":

@@ -48,6 +48,12 @@ class Metrics:
         self.sign_latency = Histogram(
             "keyturn_sign_seconds", "Time to obtain a receipt from the signer", registry=r
         )
+        self.outcome_record_failures = Counter(
+            "keyturn_outcome_record_failures_total",
+            "Denials, cancels and expiries the signer did not record (yet): outage or refusal",
+            ["code"],
+            registry=r,
+        )
         self.card_post_failures = Counter(
             "keyturn_card_post_failures_total", "Failed attempts to post a card", registry=r
         )
