@@ -30,7 +30,7 @@ from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
 from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error, signer_only_settings_found
-from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
+from bot.edge import BodyDeadlineMiddleware, ListenerSplitMiddleware, uvicorn_limits
 from bot.metrics import Metrics
 from bot.redisconn import make_redis
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
@@ -254,9 +254,15 @@ def build_app(
                 with contextlib.suppress(Exception):
                     await extra.aclose()
 
+    split = (
+        []
+        if settings.internal_port is None
+        else [Middleware(ListenerSplitMiddleware, internal_port=settings.internal_port)]
+    )
     app = Starlette(
         routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
         middleware=[
+            *split,  # outermost: a path refused on this port never reaches the guard's counters
             Middleware(GuardMiddleware, metrics=metrics),
             # Inside the guard, so a body deadline is a 408 rather than the guard's 500.
             Middleware(BodyDeadlineMiddleware, body_timeout=settings.http_body_timeout),
@@ -277,6 +283,21 @@ class _Server(uvicorn.Server):
             with contextlib.suppress(Exception):
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
             print(f"bot ready on http://{host}:{port}", flush=True)
+            for server in self.servers[1:]:  # uvicorn makes one asyncio server per socket given
+                for sock in server.sockets:
+                    ihost, iport = sock.getsockname()[:2]
+                    print(f"bot internal listener (metrics, health) on http://{ihost}:{iport}", flush=True)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (IPv4 or IPv6 literal or name), address reuse on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise SystemExit(f"keyturn bot: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -355,8 +376,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     server = _Server(config)
+    sockets: list[socket.socket] | None = None
+    if settings.internal_port is not None:
+        # One server on two sockets: one lifespan, one signal handler, one connection cap; the app routes
+        # by the port a request arrived on (ListenerSplitMiddleware).
+        sockets = [
+            bind_listener(settings.host, settings.port),
+            bind_listener(settings.internal_host, settings.internal_port),
+        ]
+    elif not settings.dev_mode:
+        log.warning(
+            "no internal listener (KEYTURN_INTERNAL_PORT): /metrics is served on the main port; "
+            "keep it off the public proxy (docs/deploy.md)"
+        )
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         return 0
     return 0 if server.started else 1
