@@ -32,6 +32,7 @@ from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
 from bot.prefilter import plausible
+from bot.slack_token import SlackTokenCheck
 from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
@@ -237,6 +238,8 @@ class Api:
         self.metrics = metrics
         self.base_url = base_url.rstrip("/")
         self.max_body = max_body
+        # Set by bot/server.py: the start-time check of the Slack token, reported by /readyz.
+        self.slack_token: SlackTokenCheck | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -540,22 +543,36 @@ class Api:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """Readiness: Redis and the signer both answer."""
+        """Readiness: Redis and the signer answer, and Slack accepted the bot token at start.
+
+        Also reports, for the operator (docs/policy.md, "Changing the policy"): the SHA-256 of the policy the
+        signer loaded (``policySha256``) and of the bot's copy (``botPolicySha256``), the signer's active key
+        and its audit log's durable head. None of it is secret; the endpoint is not proxied (docs/deploy.md).
+        """
         checks: dict[str, str] = {}
+        info: dict[str, Any] = {"botPolicySha256": self.service.policy.sha256}
         try:
             await asyncio.wait_for(self.store.ping(), 2.0)
             checks["redis"] = "ok"
         except (StoreUnavailable, TimeoutError):
             checks["redis"] = "unavailable"
         try:
-            await asyncio.wait_for(self.signer.health(), 2.0)
+            health = await asyncio.wait_for(self.signer.health(), 2.0)
             checks["signer"] = "ok"
+            info.update(
+                policySha256=getattr(health, "policy_sha256", None),
+                keyId=getattr(health, "key_id", None),
+                auditSeq=getattr(health, "audit_seq", None),
+                auditHead=getattr(health, "audit_head", None),
+            )
         except (KeyturnError, OSError, TimeoutError):
             checks["signer"] = "unavailable"
+        if self.slack_token is not None:
+            checks["slack"] = self.slack_token.report
         if all(v == "ok" for v in checks.values()):
-            return JSONResponse({"status": "ready", **checks})
+            return JSONResponse({"status": "ready", **checks, **info})
         down = ", ".join(k for k, v in checks.items() if v != "ok")
-        return ApiError(503, "not_ready", f"unavailable: {down}", extra=dict(checks)).response()
+        return ApiError(503, "not_ready", f"not ready: {down}", extra={**checks, **info}).response()
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus exposition."""

@@ -33,6 +33,7 @@ from bot.config import Settings, describe_error, signer_only_settings_found
 from bot.edge import BodyDeadlineMiddleware, ListenerSplitMiddleware, uvicorn_limits
 from bot.metrics import Metrics
 from bot.redisconn import make_redis
+from bot.slack_token import SlackTokenCheck
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.policy import Policy, PolicyError, load_policy
@@ -212,6 +213,8 @@ def build_app(
         callback_policy=callback_policy,
     )
     slack = build_slack_endpoint(service, messenger, signer, policy, web)
+    token_check = SlackTokenCheck(web, team_id=policy.slack.team_id)
+    api.slack_token = token_check
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
     # An injected client (tests) serves the timers too; a real deployment gives them a pool of their own.
@@ -222,6 +225,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await token_check.start()
         await feed.start()
         with contextlib.suppress(StoreUnavailable):
             resumed = await service.resume(full=True)
@@ -238,6 +242,7 @@ def build_app(
         try:
             yield
         finally:
+            await token_check.stop()
             for part in reversed(comps.background):
                 with contextlib.suppress(Exception):
                     await part.stop()

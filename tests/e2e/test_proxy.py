@@ -230,7 +230,9 @@ def test_metrics_and_health_are_not_public(front: Front) -> None:
     metrics = httpx.get(front.internal_url + "/metrics")
     assert metrics.status_code == 200
     assert "keyturn_http_requests_total" in metrics.text
-    assert httpx.get(front.internal_url + "/readyz").status_code == 200
+    ready = httpx.get(front.internal_url + "/readyz").json()
+    assert (ready["status"], ready["slack"]) == ("ready", "ok")  # the token, checked at start (auth.test)
+    assert ready["policySha256"] == ready["botPolicySha256"]  # signer and bot loaded the same policy
     assert httpx.get(front.internal_url + "/v1/keys").status_code == 404
 
 
