@@ -44,8 +44,8 @@ class El {
   get textContent() { return this.text + this.children.map((c) => c.textContent).join(""); }
 }
 
-const ids = ["status", "team-name", "bot-url", "user-select", "sidebar", "channel-title", "messages", "overlay",
-  "dialog", "command-form", "command-input"];
+const ids = ["status", "team-name", "bot-url", "user-select", "sidebar", "channel-title", "messages",
+  "overlay", "dialog", "command-form", "command-input"];
 const byId = Object.fromEntries(ids.map((id) => [id, new El(id === "user-select" ? "select" : "div")]));
 const document = {
   getElementById: (id) => byId[id],
@@ -56,8 +56,8 @@ const document = {
 const users = ["U0ALICE", "U0BOB"];
 function state(user) {
   const ephemerals = [
-    { channel: "C0DEPLOYS", ts: "1700000001.000100", user: "U0ALICE", subtype: "ephemeral", text: "for alice" },
-    { channel: "C0DEPLOYS", ts: "1700000002.000100", user: "U0BOB", subtype: "ephemeral", text: "for bob" },
+    { channel: "C0DEPLOYS", ts: "1700000001.000100", user: "U0ALICE", subtype: "ephemeral", text: "hi" },
+    { channel: "C0DEPLOYS", ts: "1700000002.000100", user: "U0BOB", subtype: "ephemeral", text: "hey" },
   ].filter((e) => !user || e.user === user);  // as the real endpoint: no user, everyone's
   return {
     ok: true, version: 1, bot_url: "http://127.0.0.1:9/slack/events",
@@ -85,7 +85,8 @@ vm.runInContext(fs.readFileSync(appPath, "utf8"), sandbox);
 async function settle() {  // let every pending fetch and render run (no timers are involved)
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
 }
-const shown = () => byId.messages.children.filter((n) => n.className.includes("ephemeral")).map((n) => n.dataset.ts);
+const shown = () =>
+  byId.messages.children.filter((n) => n.className.includes("ephemeral")).map((n) => n.dataset.ts);
 (async () => {
   await settle();
   const first = shown();
