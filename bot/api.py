@@ -240,6 +240,14 @@ class Api:
         self.max_body = max_body
         # Set by bot/server.py: the start-time check of the Slack token, reported by /readyz.
         self.slack_token: SlackTokenCheck | None = None
+        # Set when the server begins to shut down (SIGTERM): long-polls answer at once rather than hold the
+        # connection until uvicorn's grace runs out and it cancels them (a traceback each).
+        self.closing = asyncio.Event()
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping: answer every long-poll now with the request as it stands."""
+        self.closing.set()
+        self.feed.wake_all()
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -457,7 +465,7 @@ class Api:
                 changed.clear()  # before the read, so a write after it still wakes us
                 req = await self._load(rid)
                 remaining = deadline - loop.time()
-                if req.status.final or req.version != version or remaining <= 0:
+                if req.status.final or req.version != version or remaining <= 0 or self.closing.is_set():
                     return req
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(remaining, REREAD_SECONDS))
@@ -626,9 +634,10 @@ class GuardMiddleware:
     The exception is logged by type and route only: request bodies and headers may carry secrets.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, closing: asyncio.Event | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.closing = closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -647,6 +656,22 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if self.closing is None or not self.closing.is_set():
+                raise
+            # uvicorn cancels what still runs when the shutdown grace is over. Expected then: one line, a 503
+            # if nothing was sent yet, and no traceback (uvicorn logs one for any exception reaching it).
+            route = getattr(scope.get("route"), "path", "unmatched")
+            log.warning("%s %s cut short by shutdown", scope.get("method"), route)
+            if not response_started:
+                status = 503
+                response = JSONResponse(
+                    {"error": "shutting_down", "message": "the bot is stopping; retry"},
+                    status_code=503,
+                    headers={"Connection": "close", "Retry-After": "1"},
+                )
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send)
         except Exception as exc:
             route = getattr(scope.get("route"), "path", "unmatched")
             log.error("internal error on %s %s: %s", scope.get("method"), route, type(exc).__name__)

@@ -268,7 +268,7 @@ def build_app(
         routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
         middleware=[
             *split,  # outermost: a path refused on this port never reaches the guard's counters
-            Middleware(GuardMiddleware, metrics=metrics),
+            Middleware(GuardMiddleware, metrics=metrics, closing=api.closing),
             # Inside the guard, so a body deadline is a 408 rather than the guard's 500.
             Middleware(BodyDeadlineMiddleware, body_timeout=settings.http_body_timeout),
         ],
@@ -279,9 +279,22 @@ def build_app(
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, announcing readiness on stdout once it accepts connections."""
+    """uvicorn, announcing readiness on stdout once it accepts connections, and telling the app at once when
+    a signal asks it to stop (so long-polls end before the grace period, rather than being cancelled)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """uvicorn's signal handler (run between bytecodes of the loop's thread): hand over to the loop."""
+        super().handle_exit(sig, frame)
+        if self._on_exit is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started:
             host, port = self.config.host, self.config.port
@@ -362,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if settings.dev_mode:
         log.warning(DEV_MODE_WARNING)
-    app, _ = build_app(settings, policy)
+    app, comps = build_app(settings, policy)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -380,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_head_bytes=settings.http_max_head_bytes,
         ),
     )
-    server = _Server(config)
+    server = _Server(config, on_exit=comps.api.begin_shutdown)
     sockets: list[socket.socket] | None = None
     if settings.internal_port is not None:
         # One server on two sockets: one lifespan, one signal handler, one connection cap; the app routes

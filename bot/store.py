@@ -814,9 +814,10 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        self._wake_all()
+        self.wake_all()
 
-    def _wake_all(self) -> None:
+    def wake_all(self) -> None:
+        """Wake every waiter (they re-read the request): on stop, and when the server begins shutting down."""
         for events in self._waiters.values():
             for ev in events:
                 ev.set()
@@ -841,7 +842,7 @@ class ChangeFeed:
             except Exception as exc:  # reconnect on any subscription failure; waiters re-read meanwhile
                 self._subscribed.clear()
                 log.warning("change feed lost its subscription (%s); reconnecting", type(exc).__name__)
-                self._wake_all()
+                self.wake_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
