@@ -29,7 +29,8 @@ def test_compose_fronts_the_bot_with_the_tested_nginx_site() -> None:
     env = bot["environment"]
     assert env["KEYTURN_HOST"] == "127.0.0.1"
     assert env["KEYTURN_INTERNAL_PORT"] == "9091"
-    assert "ports" not in services["signer"] and services["signer"]["network_mode"] == "none"
+    assert "ports" not in services["signer"]
+    assert services["signer"]["network_mode"] == "none"
     site = (ROOT / "deploy" / "nginx" / "keyturn.conf").read_text()
     assert f"server 127.0.0.1:{env['KEYTURN_PORT']};" in site
 
