@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -32,6 +33,7 @@ from tests.signer.conftest import (
     click,
     click_body,
     rid_of,
+    start_signer,
 )
 
 Signer = tuple[SignerFiles, Proc]
@@ -229,3 +231,31 @@ async def test_audit_show_answers_who_authorized_or_refused_what_when(
     assert as_json.returncode == 0, as_json.stderr
     rows = [json.loads(r) for r in as_json.stdout.splitlines()]
     assert [r["outcome"] for r in rows] == ["denied"]
+
+
+async def test_one_outcome_per_request_also_after_a_restart(signer_files: SignerFiles, log_dir: Path) -> None:
+    """The signer reads the outcomes on record at start: after a restart, a repeated record gets the same
+    entry and a receipt is still refused."""
+    t0 = int(time.time()) - 60
+    origin = fresh_origin(t0)
+    rid = rid_of(origin)
+    proc = start_signer(signer_files, log_dir)
+    try:
+        client = SignerClient(signer_files.socket, timeout=5.0)
+        seq = await client.record_outcome(rid, "cancelled", origin, cancel=cancel_call(rid, t0 + 5))
+        await client.close()
+    finally:
+        proc.stop()
+    proc = start_signer(signer_files, log_dir, name="signer-again")
+    try:
+        client = SignerClient(signer_files.socket, timeout=5.0)
+        again = await client.record_outcome(rid, "cancelled", origin, cancel=cancel_call(rid, t0 + 9))
+        clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
+        with pytest.raises(SignerRefused) as exc:
+            await client.sign(rid, origin, clicks, {})
+        await client.close()
+    finally:
+        proc.stop()
+    assert again == seq
+    assert exc.value.code == "request_closed"
+    assert sum(r.get("requestId") == rid for r in records(signer_files)) == 1
