@@ -460,6 +460,14 @@ class Api:
     async def _wait_for_change(self, rid: str, version: int, wait: int) -> DeployRequest:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        self.metrics.long_polls.inc()
+        try:
+            return await self._wait_loop(rid, version, deadline)
+        finally:
+            self.metrics.long_polls.dec()
+
+    async def _wait_loop(self, rid: str, version: int, deadline: float) -> DeployRequest:
+        loop = asyncio.get_running_loop()
         async with self.feed.watch(rid) as changed:
             while True:
                 changed.clear()  # before the read, so a write after it still wakes us

@@ -60,6 +60,11 @@ class Metrics:
         self.callback_attempts = Counter(
             "keyturn_callback_attempts_total", "CI callback delivery attempts", ["outcome"], registry=r
         )
+        self.long_polls = Gauge(
+            "keyturn_long_polls",
+            "Status reads waiting for a change (?wait=), i.e. CI jobs waiting",
+            registry=r,
+        )
         self.background_tasks = Gauge(
             "keyturn_background_tasks", "Background tasks in flight (card posting, callbacks)", registry=r
         )

@@ -16,7 +16,14 @@ import pytest
 
 from tests import harness
 from tests.e2e.conftest import BOT_TOKEN, Stack, ci_headers, request_body
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
+
+
+def _gauge(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return -1.0
 
 
 def test_sigterm_under_load_logs_no_traceback(e2e_stack: Stack, tmp_path: Path) -> None:
@@ -68,9 +75,8 @@ def test_sigterm_under_load_logs_no_traceback(e2e_stack: Stack, tmp_path: Path) 
             + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items())
             + b"Content-Length: 1000\r\n\r\n{"
         )
-        # The long-polls are parked once their GET has reached the bot; there is no event to await from
-        # outside the process, so give the last of them a moment to arrive.
-        time.sleep(0.5)
+        # Every long-poll parked in the bot (its gauge; another process: polled), and the stuck body read.
+        wait_until(lambda: _gauge(url, "keyturn_long_polls") == len(rids), 10, "the long-polls to be waiting")
         started = time.monotonic()
         code = bot.stop(signal.SIGTERM, timeout=30)
         took = time.monotonic() - started
