@@ -32,6 +32,7 @@ from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
 from bot.prefilter import plausible
+from bot.slack_token import SlackTokenCheck
 from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
@@ -237,6 +238,16 @@ class Api:
         self.metrics = metrics
         self.base_url = base_url.rstrip("/")
         self.max_body = max_body
+        # Set by bot/server.py: the start-time check of the Slack token, reported by /readyz.
+        self.slack_token: SlackTokenCheck | None = None
+        # Set when the server begins to shut down (SIGTERM): long-polls answer at once rather than hold the
+        # connection until uvicorn's grace runs out and it cancels them (a traceback each).
+        self.closing = asyncio.Event()
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping: answer every long-poll now with the request as it stands."""
+        self.closing.set()
+        self.feed.wake_all()
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -449,12 +460,20 @@ class Api:
     async def _wait_for_change(self, rid: str, version: int, wait: int) -> DeployRequest:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        self.metrics.long_polls.inc()
+        try:
+            return await self._wait_loop(rid, version, deadline)
+        finally:
+            self.metrics.long_polls.dec()
+
+    async def _wait_loop(self, rid: str, version: int, deadline: float) -> DeployRequest:
+        loop = asyncio.get_running_loop()
         async with self.feed.watch(rid) as changed:
             while True:
                 changed.clear()  # before the read, so a write after it still wakes us
                 req = await self._load(rid)
                 remaining = deadline - loop.time()
-                if req.status.final or req.version != version or remaining <= 0:
+                if req.status.final or req.version != version or remaining <= 0 or self.closing.is_set():
                     return req
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(remaining, REREAD_SECONDS))
@@ -485,12 +504,22 @@ class Api:
         if token is not None:
             await self._authenticate_read(request, rid)
             signature = "oidc-cancel:" + hashlib.sha256(token.encode() + b"\0" + rid.encode()).hexdigest()
+            # The token is the evidence: the signer checks it again before recording the cancel.
+            evidence = OriginEvidence(kind="oidc", body="", timestamp="", signature=token)
         else:
-            _, signature = await self._authenticate(request, body)
+            timestamp, signature = await self._authenticate(request, body)
+            evidence = OriginEvidence(
+                kind="ci",
+                body=base64.b64encode(body).decode("ascii"),
+                timestamp=timestamp,
+                signature=signature,
+                method=request.method,
+                path=request.url.path,
+            )
         await self._load(rid)
         await self._accept_once(signature)
         try:
-            req = await self.service.cancel(rid)
+            req = await self.service.cancel(rid, evidence)
         except Exception as exc:
             await self._failed(signature)  # nothing was cancelled: a replay gets the same answer again
             if isinstance(exc, Refused) and exc.code == "not_pending":
@@ -530,22 +559,36 @@ class Api:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """Readiness: Redis and the signer both answer."""
+        """Readiness: Redis and the signer answer, and Slack accepted the bot token at start.
+
+        Also reports, for the operator (docs/policy.md, "Changing the policy"): the SHA-256 of the policy the
+        signer loaded (``policySha256``) and of the bot's copy (``botPolicySha256``), the signer's active key
+        and its audit log's durable head. None of it is secret; the endpoint is not proxied (docs/deploy.md).
+        """
         checks: dict[str, str] = {}
+        info: dict[str, Any] = {"botPolicySha256": self.service.policy.sha256}
         try:
             await asyncio.wait_for(self.store.ping(), 2.0)
             checks["redis"] = "ok"
         except (StoreUnavailable, TimeoutError):
             checks["redis"] = "unavailable"
         try:
-            await asyncio.wait_for(self.signer.health(), 2.0)
+            health = await asyncio.wait_for(self.signer.health(), 2.0)
             checks["signer"] = "ok"
+            info.update(
+                policySha256=getattr(health, "policy_sha256", None),
+                keyId=getattr(health, "key_id", None),
+                auditSeq=getattr(health, "audit_seq", None),
+                auditHead=getattr(health, "audit_head", None),
+            )
         except (KeyturnError, OSError, TimeoutError):
             checks["signer"] = "unavailable"
+        if self.slack_token is not None:
+            checks["slack"] = self.slack_token.report
         if all(v == "ok" for v in checks.values()):
-            return JSONResponse({"status": "ready", **checks})
+            return JSONResponse({"status": "ready", **checks, **info})
         down = ", ".join(k for k, v in checks.items() if v != "ok")
-        return ApiError(503, "not_ready", f"unavailable: {down}", extra=dict(checks)).response()
+        return ApiError(503, "not_ready", f"not ready: {down}", extra={**checks, **info}).response()
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus exposition."""
@@ -599,9 +642,10 @@ class GuardMiddleware:
     The exception is logged by type and route only: request bodies and headers may carry secrets.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, closing: asyncio.Event | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.closing = closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -620,6 +664,22 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if self.closing is None or not self.closing.is_set():
+                raise
+            # uvicorn cancels what still runs when the shutdown grace is over. Expected then: one line, a 503
+            # if nothing was sent yet, and no traceback (uvicorn logs one for any exception reaching it).
+            route = getattr(scope.get("route"), "path", "unmatched")
+            log.warning("%s %s cut short by shutdown", scope.get("method"), route)
+            if not response_started:
+                status = 503
+                response = JSONResponse(
+                    {"error": "shutting_down", "message": "the bot is stopping; retry"},
+                    status_code=503,
+                    headers={"Connection": "close", "Retry-After": "1"},
+                )
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send)
         except Exception as exc:
             route = getattr(scope.get("route"), "path", "unmatched")
             log.error("internal error on %s %s: %s", scope.get("method"), route, type(exc).__name__)

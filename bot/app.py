@@ -223,8 +223,8 @@ class SlackEndpoint:
         async def on_deny(ack: AsyncAck, body: dict[str, Any]) -> None:
             await self._on_deny(ack, body)
 
-        async def on_deny_submit(ack: AsyncAck, body: dict[str, Any]) -> None:
-            await self._on_deny_submit(ack, body)
+        async def on_deny_submit(ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest) -> None:
+            await self._on_deny_submit(ack, body, request)
 
         async def on_command(
             ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest, respond: AsyncRespond
@@ -424,7 +424,7 @@ class SlackEndpoint:
             log.warning("could not open the deny modal: %s", getattr(exc, "code", type(exc).__name__))
             await self._tell(channel, user_id, "The deny form could not be opened; please click Deny again.")
 
-    async def _on_deny_submit(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+    async def _on_deny_submit(self, ack: AsyncAck, body: dict[str, Any], request: AsyncBoltRequest) -> None:
         view = _obj(body.get("view"))
         request_id = _text(view.get("private_metadata"))
         values = _obj(_obj(view.get("state")).get("values"))
@@ -444,13 +444,18 @@ class SlackEndpoint:
             return
         await ack()
         user_id = _text(_obj(body.get("user")).get("id"))
-        self.spawn("deny_submit", self._deny(request_id, user_id, reason))
+        # The submission as Slack signed it: the signer reads who denied and why from these bytes when it
+        # records the denial, so the record does not rest on the bot's word.
+        ts = request.headers.get("x-slack-request-timestamp", [""])[0]
+        sig = request.headers.get("x-slack-signature", [""])[0]
+        evidence = SlackEvidence(body=request.raw_body, timestamp=ts, signature=sig)
+        self.spawn("deny_submit", self._deny(request_id, user_id, reason, evidence))
 
-    async def _deny(self, request_id: str, user_id: str, reason: str) -> None:
+    async def _deny(self, request_id: str, user_id: str, reason: str, evidence: SlackEvidence) -> None:
         if not is_user_id(user_id):
             return
         try:
-            await self.approvals.deny(request_id, user_id, reason)
+            await self.approvals.deny(request_id, user_id, reason, evidence)
         except (StoreUnavailable, StoreConflict):
             log.warning("denial by %s on %s not recorded: store unavailable", user_id, request_id)
             await self._tell(None, user_id, STORE_DOWN_DENY)

@@ -86,6 +86,18 @@ class SignerPort(Protocol):
         """Ask for a receipt; raises a ``KeyturnError`` with a code on refusal or outage."""
         ...
 
+    async def record_outcome(
+        self,
+        request_id: str,
+        outcome: str,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        *,
+        denial: wire.SlackClick | None = None,
+        cancel: wire.CiOrigin | wire.OidcCall | None = None,
+    ) -> int:
+        """Record a denial, cancel or expiry in the signer's audit log; its seq. Raises like ``sign``."""
+        ...
+
 
 def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin:
     """The stored origin evidence in the signer's wire shape (CI bodies back to raw bytes)."""
@@ -547,28 +559,50 @@ class ApprovalService:
         except Refused as exc:
             raise self._refused(exc) from None
 
-    async def deny(self, request_id: str, user_id: str, reason: str) -> DeployRequest:
-        """Deny with a reason (required). Raises ``Refused``."""
+    async def deny(
+        self, request_id: str, user_id: str, reason: str, evidence: SlackEvidence | None = None
+    ) -> DeployRequest:
+        """Deny with a reason (required). Raises ``Refused``.
+
+        ``evidence`` is the deny modal's submission as Slack signed it: kept with the request and shown to
+        the signer, which records who denied and why from it (without it the denial stays in Redis only and
+        the signer refuses to record it: ``bad_denial``)."""
         try:
             if not reason.strip():
                 raise Refused("reason_required", "Please give a reason for denying.")
             req = await self._load(request_id)
             if not (req.status is Status.DENIED and req.decided_by == user_id):
                 self._ensure_authorized(req.scope.environment, user_id)
-            done, changed = await self._final_transition(
-                request_id, lambda r: lifecycle.deny(r, by=user_id, reason=reason, now=self._clock())
-            )
+            if req.status is Status.PENDING:
+                await self._store.mark_unrecorded(request_id, self._clock())
+
+            def event(r: DeployRequest) -> DeployRequest:
+                new = lifecycle.deny(r, by=user_id, reason=reason, now=self._clock())
+                # The evidence travels in the same compare-and-swap as the decision, so it is always the
+                # evidence of the denial that won, never of a concurrent one that lost.
+                return new if new == r else new.model_copy(update={"deny_evidence": evidence})
+
+            done, changed = await self._final_transition(request_id, event)
         except Refused as exc:
             raise self._refused(exc) from None
         if changed:
             await self._on_final(done)
         return done
 
-    async def cancel(self, request_id: str) -> DeployRequest:
-        """Cancel a pending request (the pipeline gave up). Cancelling twice is a no-op."""
-        done, changed = await self._final_transition(
-            request_id, lambda r: lifecycle.cancel(r, now=self._clock())
-        )
+    async def cancel(self, request_id: str, evidence: OriginEvidence | None = None) -> DeployRequest:
+        """Cancel a pending request (the pipeline gave up). Cancelling twice is a no-op.
+
+        ``evidence`` is the cancel call as received (kind ``ci``: method, path, body, MAC headers; kind
+        ``oidc``: the token in ``signature``), shown to the signer to record the cancel."""
+        current = await self._store.get(request_id)
+        if current is not None and current.status is Status.PENDING:
+            await self._store.mark_unrecorded(request_id, self._clock())
+
+        def event(r: DeployRequest) -> DeployRequest:
+            new = lifecycle.cancel(r, now=self._clock())
+            return new if new == r else new.model_copy(update={"cancel_evidence": evidence})
+
+        done, changed = await self._final_transition(request_id, event)
         if changed:
             await self._on_final(done)
         return done
@@ -601,6 +635,13 @@ class ApprovalService:
         Returns the request as it now stands, or None if it is unknown.
         """
         try:
+            current = await self._store.get(request_id)
+            if (
+                current is not None
+                and current.status is Status.PENDING
+                and lifecycle.is_expired(current, self._clock())
+            ):
+                await self._store.mark_unrecorded(request_id, self._clock())
             # No wait: the timer slot is not held for a signature; its outcome decides, or expiry comes back.
             done, changed = await self._final_transition(
                 request_id, lambda r: lifecycle.expire(r, now=self._clock()), wait=False
@@ -616,6 +657,10 @@ class ApprovalService:
     async def _on_final(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> None:
         """Side effects of reaching a final state, run once by whoever made the transition."""
         self._metrics.decisions.labels(request.status.value).inc()
+        if request.status is not Status.APPROVED:
+            # First, before Slack: the record matters more than the notices. An approval is on the record
+            # already (its receipt_issued entry, written before the receipt was returned).
+            await self.record_outcome(request)
         ttl: timedelta | None = None
         with contextlib.suppress(Refused):
             ttl = self._environment(request.scope.environment).request_ttl
@@ -634,6 +679,97 @@ class ApprovalService:
                     receipt = await self._store.receipt(request.id)
             self._spawn(self._callbacks.deliver(request, receipt), f"callback-{request.id}")
         await self._quietly("on_final hook", self.hooks.on_final(request))
+
+    # -- the record ------------------------------------------------------------------------------------
+
+    async def record_outcome(self, request: DeployRequest) -> bool:
+        """Have the signer record ``request``'s denial, cancel or expiry in its audit log; True once it is
+        there (or never can be), False to try again later (the note in the store stays for the backstop).
+
+        Never raises: the outcome is already decided and stored; only its record may lag. A signer outage
+        (or a signer clock not yet past the lifetime: ``not_expired``) leaves the note for
+        :meth:`record_unrecorded`. A refusal of the evidence (a forged or missing deny submission, a receipt
+        already on the record) cannot be fixed by retrying: logged as an error, counted in
+        ``keyturn_outcome_record_failures_total{code}``, the note dropped (docs/security.md, "The record").
+        """
+        outcome = {
+            Status.DENIED: "denied",
+            Status.CANCELLED: "cancelled",
+            Status.EXPIRED: "expired",
+        }.get(request.status)
+        if outcome is None:
+            return request.status is Status.APPROVED  # pending: not yet; approved: on the record already
+        try:
+            origin = await self._store.origin(request.id)
+            if origin is None:
+                log.error("outcome of %s NOT RECORDED: its origin evidence is gone", request.id)
+                self._metrics.outcome_record_failures.labels("origin_gone").inc()
+                await self._store.mark_recorded(request.id)
+                return True
+            denial = None if request.deny_evidence is None else wire_click(request.deny_evidence)
+            cancel: wire.CiOrigin | wire.OidcCall | None = None
+            ev = request.cancel_evidence
+            if ev is not None and ev.kind == "oidc":
+                cancel = wire.OidcCall(token=ev.signature)
+            elif ev is not None:
+                cancel = wire.CiOrigin(
+                    method=ev.method or "",
+                    path=ev.path or "",
+                    body=base64.b64decode(ev.body),
+                    timestamp=ev.timestamp,
+                    signature=ev.signature,
+                )
+            seq = await self._signer.record_outcome(
+                request.id, outcome, wire_origin(origin), denial=denial, cancel=cancel
+            )
+        except asyncio.CancelledError:
+            raise
+        except StoreUnavailable:
+            log.warning("outcome of %s not recorded yet: store unavailable", request.id)
+            return False
+        except (OSError, TimeoutError) as exc:
+            return self._record_failed(request.id, "signer_unavailable", str(exc), retry=True)
+        except KeyturnError as exc:
+            code = exc.code or "signer_error"
+            retry = code in ("signer_unavailable", "timeout", "not_expired", "too_many_connections")
+            if not self._record_failed(request.id, code, exc.message, retry=retry):
+                return False
+        except Exception as exc:  # a bug must not cost the transition; the note stays for the backstop
+            return self._record_failed(request.id, "internal_error", type(exc).__name__, retry=True)
+        else:
+            log.info("outcome of %s (%s) recorded at audit seq %d", request.id, outcome, seq)
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.mark_recorded(request.id)
+        return True
+
+    def _record_failed(self, request_id: str, code: str, message: str, *, retry: bool) -> bool:
+        self._metrics.outcome_record_failures.labels(code[:40]).inc()
+        if retry:
+            log.warning("outcome of %s not recorded yet (%s); the backstop retries", request_id, code)
+            return False
+        log.error(
+            "outcome of %s NOT RECORDED: the signer refused it: %s: %s", request_id, code, message[:200]
+        )
+        return True
+
+    async def record_unrecorded(self) -> int:
+        """The leader's backstop: record every decided outcome still missing from the signer's audit log
+        (a signer outage, or a replica that died between the transition and the signer call). Returns how
+        many notes it cleared."""
+        cleared = 0
+        for rid in await self._store.unrecorded_ids():
+            req = await self._store.get(rid)
+            if req is None:  # gone (retention): nothing left to record with
+                await self._store.mark_recorded(rid)
+                cleared += 1
+                continue
+            if req.status is Status.PENDING:
+                continue  # noted before a transition that has not happened (or lost): decided later
+            if req.status is Status.APPROVED or await self.record_outcome(req):
+                if req.status is Status.APPROVED:
+                    await self._store.mark_recorded(rid)
+                cleared += 1
+        return cleared
 
     # -- reads -----------------------------------------------------------------------------------------
 

@@ -21,7 +21,17 @@ from slack_sdk.models.views import View
 from bot.models import DeployRequest, Status
 from bot.slack_text import escape, one_line, safe, truncate, user_mention
 from signer import card as trusted
-from signer.card import APPROVE_ACTION, DECISION_BLOCK, DENY_ACTION, format_duration, format_time
+from signer.card import (
+    APPROVE_ACTION,
+    DECISION_BLOCK,
+    DENY_ACTION,
+    DENY_CALLBACK,
+    REASON_ACTION,
+    REASON_BLOCK,
+    REASON_MAX,
+    format_duration,
+    format_time,
+)
 from signer.policy import Policy
 from signer.receipt import Scope
 
@@ -42,10 +52,6 @@ __all__ = [
     "render_card",
 ]
 
-DENY_CALLBACK = "deny_reason"
-REASON_BLOCK = "reason"
-REASON_ACTION = "reason_input"
-REASON_MAX = 1000
 
 # Block Kit limits (platform facts §5.1).
 SECTION_MAX = 3000

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
+    # The internal listener (docs/deploy.md): with internal_port set, /metrics is served only there (and
+    # refused on the main port), so the port the reverse proxy forwards to never exposes it; /healthz and
+    # /readyz answer on both, for probes of either port. Unset: everything on the main port (dev, tests).
+    internal_host: str = "127.0.0.1"
+    internal_port: int | None = Field(default=None, ge=0, le=65535)
     retention: Duration = timedelta(days=7)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
@@ -171,6 +176,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KEYTURN_SLACK_BOT_TOKEN looks like a placeholder; set the bot's real xoxb- token"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Settings:
+        if self.internal_port is not None and self.internal_port == self.port:
+            raise ValueError("KEYTURN_INTERNAL_PORT must differ from KEYTURN_PORT")
         return self
 
     @property

@@ -197,3 +197,32 @@ def uvicorn_limits(
         # batch must fit in the descriptors kept in reserve, or a burst could still hit EMFILE.
         "backlog": min(cap, FD_RESERVE // 2),
     }
+
+
+# What the internal listener serves (docs/deploy.md, "The internal listener").
+INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+# What the main port keeps of them: the probes, which reveal nothing (the proxy forwards none of the three).
+_INTERNAL_ONLY = frozenset({"/metrics"})
+
+
+class ListenerSplitMiddleware:
+    """With an internal listener, route by the port a request arrived on (the ASGI ``server`` address).
+
+    On the internal port only :data:`INTERNAL_PATHS` are served; on the main port ``/metrics`` is not. Both
+    get a plain 404 otherwise, as for an unknown path, so the main port does not even admit metrics exist.
+    """
+
+    def __init__(self, app: ASGIApp, *, internal_port: int) -> None:
+        self.app = app
+        self.internal_port = internal_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            internal = server is not None and server[1] == self.internal_port
+            path = scope.get("path", "")
+            if (internal and path not in INTERNAL_PATHS) or (not internal and path in _INTERNAL_ONLY):
+                response = JSONResponse({"error": {"code": "not_found", "message": "not found"}}, 404)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -48,11 +48,22 @@ class Metrics:
         self.sign_latency = Histogram(
             "keyturn_sign_seconds", "Time to obtain a receipt from the signer", registry=r
         )
+        self.outcome_record_failures = Counter(
+            "keyturn_outcome_record_failures_total",
+            "Denials, cancels and expiries the signer did not record (yet): outage or refusal",
+            ["code"],
+            registry=r,
+        )
         self.card_post_failures = Counter(
             "keyturn_card_post_failures_total", "Failed attempts to post a card", registry=r
         )
         self.callback_attempts = Counter(
             "keyturn_callback_attempts_total", "CI callback delivery attempts", ["outcome"], registry=r
+        )
+        self.long_polls = Gauge(
+            "keyturn_long_polls",
+            "Status reads waiting for a change (?wait=), i.e. CI jobs waiting",
+            registry=r,
         )
         self.background_tasks = Gauge(
             "keyturn_background_tasks", "Background tasks in flight (card posting, callbacks)", registry=r

@@ -142,6 +142,10 @@ class DeployRequest(BaseModel):
     decided_by: str | None = None
     decided_at: datetime | None = None
     deny_reason: str | None = None
+    # The evidence of a denial or cancel as received (Slack's signed deny submission; the pipeline's cancel
+    # call), kept until the signer has recorded the outcome in its audit log (docs/security.md, "The record").
+    deny_evidence: SlackEvidence | None = None
+    cancel_evidence: OriginEvidence | None = None
     receipt_id: str | None = None
     receipt_expires_at: datetime | None = None
     card: CardRef | None = None

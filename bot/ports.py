@@ -82,16 +82,18 @@ class Approvals(Protocol):
         """Record ``user_id``'s approval; sign and finish when the quorum is reached. Raises ``Refused``."""
         ...
 
-    async def deny(self, request_id: str, user_id: str, reason: str) -> DeployRequest:
-        """Deny with a reason. Raises ``Refused``."""
+    async def deny(
+        self, request_id: str, user_id: str, reason: str, evidence: SlackEvidence | None = None
+    ) -> DeployRequest:
+        """Deny with a reason; ``evidence``: the signed deny submission (the record). Raises ``Refused``."""
         ...
 
     async def check_can_decide(self, request_id: str, user_id: str) -> DeployRequest:
         """Raise ``Refused`` unless ``user_id`` may decide this request now (checked before the modal)."""
         ...
 
-    async def cancel(self, request_id: str) -> DeployRequest:
-        """Cancel a pending request (the pipeline gave up)."""
+    async def cancel(self, request_id: str, evidence: OriginEvidence | None = None) -> DeployRequest:
+        """Cancel a pending request (the pipeline gave up); ``evidence``: the cancel call, for the record."""
         ...
 
     async def get(self, request_id: str) -> DeployRequest:

@@ -30,9 +30,10 @@ from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
 from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error, signer_only_settings_found
-from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
+from bot.edge import BodyDeadlineMiddleware, ListenerSplitMiddleware, uvicorn_limits
 from bot.metrics import Metrics
 from bot.redisconn import make_redis
+from bot.slack_token import SlackTokenCheck
 from bot.store import ChangeFeed, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.policy import Policy, PolicyError, load_policy
@@ -212,6 +213,8 @@ def build_app(
         callback_policy=callback_policy,
     )
     slack = build_slack_endpoint(service, messenger, signer, policy, web)
+    token_check = SlackTokenCheck(web, team_id=policy.slack.team_id)
+    api.slack_token = token_check
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
     # An injected client (tests) serves the timers too; a real deployment gives them a pool of their own.
@@ -222,6 +225,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await token_check.start()
         await feed.start()
         with contextlib.suppress(StoreUnavailable):
             resumed = await service.resume(full=True)
@@ -238,6 +242,7 @@ def build_app(
         try:
             yield
         finally:
+            await token_check.stop()
             for part in reversed(comps.background):
                 with contextlib.suppress(Exception):
                     await part.stop()
@@ -254,10 +259,16 @@ def build_app(
                 with contextlib.suppress(Exception):
                     await extra.aclose()
 
+    split = (
+        []
+        if settings.internal_port is None
+        else [Middleware(ListenerSplitMiddleware, internal_port=settings.internal_port)]
+    )
     app = Starlette(
         routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
         middleware=[
-            Middleware(GuardMiddleware, metrics=metrics),
+            *split,  # outermost: a path refused on this port never reaches the guard's counters
+            Middleware(GuardMiddleware, metrics=metrics, closing=api.closing),
             # Inside the guard, so a body deadline is a 408 rather than the guard's 500.
             Middleware(BodyDeadlineMiddleware, body_timeout=settings.http_body_timeout),
         ],
@@ -268,15 +279,43 @@ def build_app(
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, announcing readiness on stdout once it accepts connections."""
+    """uvicorn, announcing readiness on stdout once it accepts connections, and telling the app at once when
+    a signal asks it to stop (so long-polls end before the grace period, rather than being cancelled)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """uvicorn's signal handler (run between bytecodes of the loop's thread): hand over to the loop."""
+        super().handle_exit(sig, frame)
+        if self._on_exit is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started:
             host, port = self.config.host, self.config.port
             with contextlib.suppress(Exception):
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
             print(f"bot ready on http://{host}:{port}", flush=True)
+            for server in self.servers[1:]:  # uvicorn makes one asyncio server per socket given
+                for sock in server.sockets:
+                    ihost, iport = sock.getsockname()[:2]
+                    print(f"bot internal listener (metrics, health) on http://{ihost}:{iport}", flush=True)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (IPv4 or IPv6 literal or name), address reuse on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise SystemExit(f"keyturn bot: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -336,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if settings.dev_mode:
         log.warning(DEV_MODE_WARNING)
-    app, _ = build_app(settings, policy)
+    app, comps = build_app(settings, policy)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -354,9 +393,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_head_bytes=settings.http_max_head_bytes,
         ),
     )
-    server = _Server(config)
+    server = _Server(config, on_exit=comps.api.begin_shutdown)
+    sockets: list[socket.socket] | None = None
+    if settings.internal_port is not None:
+        # One server on two sockets: one lifespan, one signal handler, one connection cap; the app routes
+        # by the port a request arrived on (ListenerSplitMiddleware).
+        sockets = [
+            bind_listener(settings.host, settings.port),
+            bind_listener(settings.internal_host, settings.internal_port),
+        ]
+    elif not settings.dev_mode:
+        log.warning(
+            "no internal listener (KEYTURN_INTERNAL_PORT): /metrics is served on the main port; "
+            "keep it off the public proxy (docs/deploy.md)"
+        )
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         return 0
     return 0 if server.started else 1

@@ -181,6 +181,36 @@ class SignerClient:
         )
         return self._result(wire.SignResult, result).receipt
 
+    async def record_outcome(
+        self,
+        request_id: str,
+        outcome: str,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        *,
+        denial: wire.SlackClick | None = None,
+        cancel: wire.CiOrigin | wire.OidcCall | None = None,
+    ) -> int:
+        """Record a denial, cancel or expiry in the signer's audit log; return the entry's ``seq``.
+
+        Idempotent at the signer (one outcome per request). Raises :class:`SignerRefused` when the evidence
+        is refused (``bad_denial_signature``, ``not_expired``, ``already_approved``, ...) and
+        :class:`SignerUnavailable` when the signer cannot be reached.
+        """
+        # An unknown outcome fails the model's validation inside _call: refused as bad_request, never sent.
+        result = await self._call(
+            lambda rid: wire.RecordOutcomeRequest.model_validate(
+                {
+                    "id": rid,
+                    "requestId": request_id,
+                    "outcome": outcome,
+                    "origin": origin,
+                    "denial": denial,
+                    "cancel": cancel,
+                }
+            )
+        )
+        return self._result(wire.OutcomeResult, result).auditSeq
+
     async def mac_callback(self, path: str, timestamp: str, body: bytes) -> str:
         """``v1=<hex>`` for a CI callback POST to ``path`` (sent as ``X-Keyturn-Signature``)."""
         result = await self._call(

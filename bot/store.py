@@ -60,6 +60,9 @@ PREFIX = "keyturn"
 PENDING_KEY = f"{PREFIX}:pending"
 NEEDS_CARD_KEY = f"{PREFIX}:attention:card"
 AT_QUORUM_KEY = f"{PREFIX}:attention:quorum"
+# Requests whose denial, cancel or expiry may not be in the signer's audit log yet (docs/security.md, "The
+# record"): added before the final transition, removed once the signer recorded it; the backstop retries.
+UNRECORDED_KEY = f"{PREFIX}:attention:outcome"
 # Index reads are paged so one call never asks Redis for an unbounded reply.
 INDEX_PAGE = 1000
 # A signed CI request is fresh while its timestamp is within ±300 s of the signer's clock, i.e. for up to
@@ -439,6 +442,25 @@ class RequestStore:
         return out
 
     @_guard
+    async def mark_unrecorded(self, request_id: str, now: datetime) -> None:
+        """Note that ``request_id`` may reach a final outcome the signer has not recorded yet.
+
+        Written *before* the final transition, so a replica dying between the transition and the signer call
+        leaves the note behind for the leader's backstop; a note for a request still pending is harmless
+        (the backstop skips it until the request is decided)."""
+        await self._r.zadd(UNRECORDED_KEY, {request_id: _epoch(now)}, nx=True)
+
+    @_guard
+    async def unrecorded_ids(self) -> list[str]:
+        """Requests whose final outcome may still be missing from the signer's audit log, oldest first."""
+        return await self._index_ids(UNRECORDED_KEY, None)
+
+    @_guard
+    async def mark_recorded(self, request_id: str) -> None:
+        """The signer recorded this request's outcome (or it never will): drop the note."""
+        await self._r.zrem(UNRECORDED_KEY, request_id)
+
+    @_guard
     async def mark_needs_card(self, requests: list[DeployRequest]) -> None:
         """Put pending requests without a card into the attention index (start-up backfill)."""
         if requests:
@@ -792,9 +814,10 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        self._wake_all()
+        self.wake_all()
 
-    def _wake_all(self) -> None:
+    def wake_all(self) -> None:
+        """Wake every waiter (they re-read the request): on stop, and when the server begins shutting down."""
         for events in self._waiters.values():
             for ev in events:
                 ev.set()
@@ -819,7 +842,7 @@ class ChangeFeed:
             except Exception as exc:  # reconnect on any subscription failure; waiters re-read meanwhile
                 self._subscribed.clear()
                 log.warning("change feed lost its subscription (%s); reconnecting", type(exc).__name__)
-                self._wake_all()
+                self.wake_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:

@@ -322,6 +322,9 @@ class TimerRunner:
         finished = await self._service.finish_stuck()
         if finished:
             log.info("backstop approved %d request(s) whose signing replica died", finished)
+        recorded = await self._service.record_unrecorded()
+        if recorded:
+            log.info("backstop recorded %d outcome(s) in the signer's audit log", recorded)
         return n
 
     async def _loop(self) -> None:

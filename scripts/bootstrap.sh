@@ -47,6 +47,20 @@ if ! command -v kubectl >/dev/null 2>&1; then
   fi
 fi
 
+# nginx: only for the reverse-proxy test (tests/e2e/test_proxy.py), which skips with a message without it,
+# so a missing nginx never fails the set-up. Installed when root; Debian's package may start its default
+# site on port 80 where an init system runs (containers usually refuse that: policy-rc.d).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing nginx with apt-get (the reverse-proxy test)" >&2
+    apt-get install -y -q nginx >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 || true; apt-get install -y -q nginx >/dev/null 2>&1; } \
+      || echo "bootstrap: nginx could not be installed; the reverse-proxy test will skip" >&2
+  else
+    echo "bootstrap: nginx is not installed (sudo apt-get install nginx); the reverse-proxy test will skip" >&2
+  fi
+fi
+
 stamp=.venv/.keyturn-stamp
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

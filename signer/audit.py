@@ -49,6 +49,10 @@ TRUNCATED = "audit_truncated"
 REWRITTEN = "audit_rewritten"
 UNREADABLE = "audit_unreadable"
 
+# Record types (the ``type`` member of an entry's record): a receipt, or any other final outcome.
+RECEIPT_ISSUED = "receipt_issued"
+OUTCOME_RECORDED = "outcome_recorded"
+
 
 def _line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
@@ -239,6 +243,72 @@ def issued_requests(path: str | os.PathLike[str]) -> dict[str, int]:
             if rid is not None:
                 out.setdefault(rid, seq)
     return out
+
+
+def recorded_outcomes(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Each request id with an ``outcome_recorded`` entry (denied, cancelled, expired) in the log at ``path``,
+    mapped to that entry's seq: the signer reads this at start so a request gets one final outcome, ever."""
+    out: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for seq, line in enumerate(f, start=1):
+            try:
+                record = strict_loads(line.rstrip(b"\n"), max_size=MAX_LINE_BYTES).get("record")
+            except VerificationError:
+                continue
+            if isinstance(record, dict) and record.get("type") == OUTCOME_RECORDED:
+                rid = record.get("requestId")
+                if isinstance(rid, str):
+                    out.setdefault(rid, seq)
+    return out
+
+
+def outcome_rows(data: bytes) -> list[dict[str, Any]]:
+    """Who authorized or refused what, when: one row per final outcome in a log's bytes (pure).
+
+    A ``receipt_issued`` entry is an approval (by the approvers its receipt names, at its issue time); an
+    ``outcome_recorded`` entry a denial, cancel or expiry. Rows: ``seq``, ``outcome``, ``requestId``,
+    ``scope``, ``requester``, ``by``, ``reason``, ``at`` (when it was decided), ``recordedAt``. The chain is
+    checked first (:func:`scan`): a log that does not verify shows nothing.
+    """
+    scan(data)
+    rows: list[dict[str, Any]] = []
+    for seq, line in enumerate(data.split(b"\n")[:-1], start=1):
+        record = strict_loads(line, max_size=MAX_LINE_BYTES)["record"]
+        kind = record.get("type")
+        if kind == RECEIPT_ISSUED and isinstance(record.get("receipt"), dict):
+            receipt = record["receipt"]
+            approvals = receipt.get("approvals")
+            who = (
+                [a.get("id") for a in approvals if isinstance(a, dict)] if isinstance(approvals, list) else []
+            )
+            rows.append(
+                {
+                    "seq": seq,
+                    "outcome": "approved",
+                    "requestId": receipt.get("requestId"),
+                    "scope": receipt.get("scope"),
+                    "requester": receipt.get("requester"),
+                    "by": ",".join(f"slack:{w}" for w in who if isinstance(w, str)),
+                    "reason": None,
+                    "at": receipt.get("issuedAt"),
+                    "recordedAt": receipt.get("issuedAt"),
+                }
+            )
+        elif kind == OUTCOME_RECORDED:
+            rows.append(
+                {
+                    "seq": seq,
+                    "outcome": record.get("outcome"),
+                    "requestId": record.get("requestId"),
+                    "scope": record.get("scope"),
+                    "requester": record.get("requester"),
+                    "by": record.get("by"),
+                    "reason": record.get("reason"),
+                    "at": record.get("decidedAt"),
+                    "recordedAt": record.get("recordedAt"),
+                }
+            )
+    return rows
 
 
 def _receipt_request_id(line: bytes) -> str | None:

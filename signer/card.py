@@ -88,6 +88,12 @@ DECISION_BLOCK = "kt_decision"
 FOOTER_BLOCK = "kt_footer"
 APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"
+# The deny modal (bot/cards.py renders it): its submission, signed by Slack, is the evidence of a denial the
+# signer records (signer/evidence.py, assess_outcome), so both sides read the reason from the same places.
+DENY_CALLBACK = "deny_reason"
+REASON_BLOCK = "reason"
+REASON_ACTION = "reason_input"
+REASON_MAX = 1000
 
 APPROVALS_LABEL = "*Approvals*\n"
 EXPIRES_LABEL = "*Expires*\n"

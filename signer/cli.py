@@ -448,7 +448,9 @@ def secrets_main(argv: Sequence[str]) -> int:
 AUDIT_DESCRIPTION = """\
   keyturn audit verify LOG [--checkpoint PATH ...] [--keys KEYSET]
   keyturn audit checkpoint --url URL --keys KEYSET --out FILE
+  keyturn audit show LOG [--request ID] [--json]
 
+'show' lists every final outcome on the record (approved, denied, cancelled, expired): who, what, when.
 'verify' checks the audit log's hash chain and, against archived signed checkpoints, that the log was neither
 cut short nor rewritten. 'checkpoint' fetches the latest signed checkpoint from the bot, verifies it and saves
 it to a new file.
@@ -490,6 +492,16 @@ def audit_main(argv: Sequence[str]) -> int:
         help="a checkpoint file (as GET /v1/audit/checkpoint serves it) or a directory of them (*.json); "
         "repeatable; needs --keys",
     )
+    show = sub.add_parser(
+        "show",
+        help="list every final outcome on the record: who authorized or refused what, when",
+        description="List the final outcomes in the audit log (approved: receipt issued; denied; cancelled; "
+        "expired), oldest first, after checking the hash chain. Anchor the log with 'verify --checkpoint' "
+        "first to know it is complete. Exit 0 OK; 1 REJECTED <code>: <detail>; 2 usage.",
+    )
+    show.add_argument("file", metavar="LOG", help="the audit log (KEYTURN_AUDIT_LOG), or a copy of it")
+    show.add_argument("--request", metavar="ID", help="only this request id")
+    show.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     c = sub.add_parser(
         "checkpoint",
         help="fetch the latest signed checkpoint from the bot, verify, archive it",
@@ -518,6 +530,8 @@ def audit_main(argv: Sequence[str]) -> int:
     from signer.gate import GateError, keyset_url_allowed
 
     try:
+        if parsed.action == "show":
+            return _audit_show(parsed)
         if parsed.keys is not None and "://" in parsed.keys and not keyset_url_allowed(parsed.keys):
             raise _UsageError("--keys must be a file or an https URL (plain http only to localhost)")
         if parsed.action == "verify":
@@ -549,6 +563,33 @@ def _checkpoint_paths(paths: Sequence[str]) -> list[str]:
         else:
             out.append(path)
     return out
+
+
+def _audit_show(parsed: argparse.Namespace) -> int:
+    import json
+
+    from signer.audit import outcome_rows
+
+    try:
+        with open(parsed.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _Rejected("audit_unreadable", f"cannot read audit log {parsed.file}: {e.strerror}") from None
+    for row in outcome_rows(data):
+        if parsed.request is not None and row["requestId"] != parsed.request:
+            continue
+        if parsed.json:
+            print(json.dumps(row, sort_keys=True))
+            continue
+        scope = row["scope"] if isinstance(row["scope"], dict) else {}
+        what = f"{scope.get('repo')}@{str(scope.get('sha'))[:12]} -> {scope.get('environment')}"
+        # One line each; the reason last and on one line, so a multi-line reason cannot fake another row.
+        reason = " ".join(str(row["reason"]).split()) if row["reason"] else ""
+        print(
+            f"{row['seq']:>6}  {row['at']}  {str(row['outcome']).upper():<9}  {row['requestId']}  {what}  "
+            f"by {row['by'] or '-'}  {reason}".rstrip()
+        )
+    return OK
 
 
 def _audit_verify(parsed: argparse.Namespace) -> int:

@@ -32,17 +32,21 @@ __all__ = [
     "CI_BODY_MAX",
     "DEFAULT_WORKFLOW",
     "MAX_SKEW",
+    "OUTCOMES",
     "ApproveClick",
     "Assessment",
     "CiEvidence",
     "CiRequestBody",
     "CountedApproval",
     "EvidenceError",
+    "OidcCall",
     "OidcEvidence",
+    "OutcomeAssessment",
     "RequestClaim",
     "Secrets",
     "SlackEvidence",
     "assess",
+    "assess_outcome",
     "callback_key",
     "callback_signature",
     "card_facts",
@@ -53,6 +57,7 @@ __all__ = [
     "origin_claim",
     "parse_approve_click",
     "parse_ci_request_body",
+    "parse_deny_submission",
     "parse_slash_request",
     "parse_timestamp",
     "request_id_for",
@@ -707,30 +712,18 @@ def _requester_email(requester: str) -> str | None:
     return candidate.casefold() if "@" in candidate else None
 
 
-def assess(
-    *,
+def _verified_origin(
     policy: Policy,
     secrets: Secrets,
     request_id: str,
     origin: Origin,
-    clicks: Sequence[SlackEvidence],
-    emails: Mapping[str, str],
-    now: datetime,
-    oidc_issuers: Mapping[str, oidc.Issuer] | None = None,
-) -> Assessment:
-    """Decide whether a receipt may be issued; return what it says, or raise :class:`EvidenceError`.
-
-    Who may approve comes from ``policy`` alone: listed approvers and the group members pinned in its
-    ``[groups]`` (the bot supplies no membership). ``emails`` come from the bot (which asked Slack); see
-    docs/security.md for how far they are trusted: an email can only refuse (a requester match) or label an
-    approver, never admit one. ``oidc_issuers`` are the policy's issuers with the keys pinned in the
-    signer's own files (never from the bot).
-    """
+    oidc_issuers: Mapping[str, oidc.Issuer] | None,
+) -> tuple[int, RequestClaim, Environment]:
+    """Check that ``origin`` is authentic and bound to ``request_id``; return its signed time ``t0`` (the
+    start of the request's lifetime), what it asks for, and its environment. Shared by :func:`assess` and
+    :func:`assess_outcome`, so a receipt and a recorded refusal stand on the same checks of the origin."""
     if not is_request_id(request_id):
         raise EvidenceError("bad_request", "requestId must be 'req_' + a ULID")
-    now_s = _epoch(now)
-
-    # 1. The request is authentic; its scope and requester come from its own signed bytes.
     if isinstance(origin, OidcEvidence):
         # The token's times are checked as it arrives; here the request's lifetime, from iat, governs.
         t0 = oidc.verify_token(origin.token, oidc_issuers or {}, None).issued_at
@@ -756,6 +749,31 @@ def assess(
     # shows it), so they cannot be combined with any other origin.
     if request_id != request_id_for(origin):
         raise EvidenceError("request_id_mismatch", "requestId is not the id bound to this origin")
+    return t0, claim, env
+
+
+def assess(
+    *,
+    policy: Policy,
+    secrets: Secrets,
+    request_id: str,
+    origin: Origin,
+    clicks: Sequence[SlackEvidence],
+    emails: Mapping[str, str],
+    now: datetime,
+    oidc_issuers: Mapping[str, oidc.Issuer] | None = None,
+) -> Assessment:
+    """Decide whether a receipt may be issued; return what it says, or raise :class:`EvidenceError`.
+
+    Who may approve comes from ``policy`` alone: listed approvers and the group members pinned in its
+    ``[groups]`` (the bot supplies no membership). ``emails`` come from the bot (which asked Slack); see
+    docs/security.md for how far they are trusted: an email can only refuse (a requester match) or label an
+    approver, never admit one. ``oidc_issuers`` are the policy's issuers with the keys pinned in the
+    signer's own files (never from the bot).
+    """
+    now_s = _epoch(now)
+    # 1. The request is authentic; its scope and requester come from its own signed bytes.
+    t0, claim, env = _verified_origin(policy, secrets, request_id, origin, oidc_issuers)
     facts = card_facts(request_id, claim, origin, policy)
 
     # Freshness at signing time is the request's own lifetime [t0, t0 + request_ttl], by the signer's clock.
@@ -834,3 +852,166 @@ def assess(
         request_deadline=datetime.fromtimestamp(deadline, UTC),
         requester_proof=claim.proof,
     )
+
+
+# --- final outcomes other than approval (the audit log's complete record) -------------------------------
+
+OUTCOMES = ("denied", "cancelled", "expired")
+
+
+@dataclass(frozen=True)
+class OidcCall:
+    """A call authenticated by a job's OIDC ID token alone (an OIDC pipeline's cancel): the raw token."""
+
+    token: str = field(repr=False)  # a bearer credential until it expires: never logged
+
+
+@dataclass(frozen=True)
+class OutcomeAssessment:
+    """A final outcome other than approval, checked: what the audit log records for it.
+
+    ``decided_at`` is when it happened: the signed timestamp of the deny submission or the cancel call, or
+    for an expiry the end of the request's lifetime. ``by`` and ``reason`` come from the signed deny
+    submission itself (never from the bot's word); ``by`` for a cancel is the requester the origin names.
+    """
+
+    request_id: str
+    outcome: str
+    scope: Scope
+    requester: str
+    decided_at: datetime
+    request_deadline: datetime
+    by: str | None = None
+    reason: str | None = None
+
+
+def parse_deny_submission(body: str, request_id: str, policy: Policy, environment: str) -> tuple[str, str]:
+    """Who denied ``request_id`` and why, from the deny modal's submission (raw form body, signature already
+    checked): ``(user_id, reason)``.
+
+    Requires a single ``payload`` form field holding a ``view_submission`` of the deny modal
+    (``callback_id``) whose ``private_metadata`` is this request, a valid user who may decide this
+    environment by the policy, the policy's workspace if it names one, and a reason of 1 to
+    :data:`card.REASON_MAX` characters (after trimming, as the bot trims). Codes: ``bad_denial``,
+    ``wrong_request``, ``wrong_team``, ``not_authorized``.
+    """
+    form = _parse_form(body, "bad_denial", "deny submission")
+    if set(form) != {"payload"}:
+        raise EvidenceError("bad_denial", "a deny submission is a single 'payload' form field")
+    payload = _strict_json(form["payload"], "bad_denial", "deny submission payload")
+    if not isinstance(payload, dict) or payload.get("type") != "view_submission":
+        raise EvidenceError("bad_denial", "not a view_submission")
+    view = payload.get("view")
+    if not isinstance(view, dict) or view.get("callback_id") != card.DENY_CALLBACK:
+        raise EvidenceError("bad_denial", "not a submission of the deny form")
+    if view.get("private_metadata") != request_id:
+        raise EvidenceError("wrong_request", "the submission denies another request")
+    user = payload.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    if not isinstance(user_id, str) or not is_slack_user_id(user_id):
+        raise EvidenceError("bad_denial", "the submission names no valid user")
+    team = payload.get("team")
+    team_id = team.get("id") if isinstance(team, dict) else None
+    if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
+        raise EvidenceError("bad_denial", "the submission names an invalid team")
+    _check_team(team_id, policy, "wrong_team", "the submission")
+    state = view.get("state")
+    values = state.get("values") if isinstance(state, dict) else None
+    block = values.get(card.REASON_BLOCK) if isinstance(values, dict) else None
+    action = block.get(card.REASON_ACTION) if isinstance(block, dict) else None
+    value = action.get("value") if isinstance(action, dict) else None
+    reason = value.strip() if isinstance(value, str) else ""
+    if not reason or len(reason) > card.REASON_MAX:
+        raise EvidenceError("bad_denial", f"the reason must be 1 to {card.REASON_MAX} characters")
+    if not policy.authorizes(environment, user_id):
+        raise EvidenceError("not_authorized", f"{user_id} may not decide requests for {environment}")
+    return user_id, reason
+
+
+def _within_lifetime(ts: int, t0: int, deadline: float, what: str) -> None:
+    # Lenient by MAX_SKEW at both ends, unlike approvals: the bot already accepted this refusal by its own
+    # clock, and refusing to *record* it over a few seconds of skew would lose it from the log, while a
+    # recorded refusal authorizes nothing.
+    if not t0 - MAX_SKEW <= ts <= deadline + MAX_SKEW:
+        raise EvidenceError("evidence_outside_lifetime", f"the {what} lies outside the request lifetime")
+
+
+def assess_outcome(
+    *,
+    policy: Policy,
+    secrets: Secrets,
+    request_id: str,
+    outcome: str,
+    origin: Origin,
+    denial: SlackEvidence | None,
+    cancel: CiEvidence | OidcCall | None,
+    now: datetime,
+    oidc_issuers: Mapping[str, oidc.Issuer] | None = None,
+) -> OutcomeAssessment:
+    """Check the evidence of a denial, a cancel or an expiry of ``request_id``; return what to record.
+
+    The origin is checked as for a receipt (authentic, bound to the id). Then: ``denied`` needs the deny
+    submission signed by Slack (who and why are read from it, see :func:`parse_deny_submission`);
+    ``cancelled`` needs the pipeline's cancel call for this request (the CI MAC, or for an OIDC request a
+    token of the same issuer and repository); ``expired`` needs nothing but the signer's clock past the
+    request's lifetime. Evidence is not checked for freshness against ``now``: the bot may retry recording
+    long after the fact, and one outcome per request is enforced by the service, not by time.
+    """
+    if outcome not in OUTCOMES:
+        raise EvidenceError("bad_request", f"outcome must be one of {', '.join(OUTCOMES)}")
+    now_s = _epoch(now)
+    t0, claim, env = _verified_origin(policy, secrets, request_id, origin, oidc_issuers)
+    deadline = t0 + env.request_ttl.total_seconds()
+
+    def made(decided_at: int | float, by: str | None = None, reason: str | None = None) -> OutcomeAssessment:
+        return OutcomeAssessment(
+            request_id=request_id,
+            outcome=outcome,
+            scope=claim.scope,
+            requester=claim.requester,
+            decided_at=datetime.fromtimestamp(decided_at, UTC),
+            request_deadline=datetime.fromtimestamp(deadline, UTC),
+            by=by,
+            reason=reason,
+        )
+
+    if outcome == "expired":
+        if now_s < deadline:
+            raise EvidenceError("not_expired", "the request's lifetime is not over by the signer's clock")
+        return made(deadline)
+    if outcome == "denied":
+        if denial is None:
+            raise EvidenceError("bad_denial", "a denial needs the signed deny submission")
+        if len(denial.body) > MAX_CLICK_BODY:
+            raise EvidenceError("bad_denial", "the deny submission is too large")
+        ts = _verify_slack_mac(
+            secrets.slack_signing_secret,
+            denial.body,
+            denial.timestamp,
+            denial.signature,
+            "bad_denial_signature",
+        )
+        _within_lifetime(ts, t0, deadline, "denial")
+        user_id, reason = parse_deny_submission(denial.body, request_id, policy, claim.scope.environment)
+        return made(ts, f"slack:{user_id}", reason)
+    if cancel is None:
+        raise EvidenceError("bad_cancel", "a cancel needs the pipeline's cancel call")
+    if isinstance(cancel, OidcCall):
+        if not isinstance(origin, OidcEvidence):
+            raise EvidenceError("bad_cancel", "only an OIDC-proven request is cancelled with a token")
+        verified = oidc.verify_token(cancel.token, oidc_issuers or {}, None)
+        first = oidc.unverified_claims(origin.token)
+        repo = verified.claims.get("repository", verified.claims.get("project_path"))
+        if verified.claims.get("iss") != first.get("iss") or repo != claim.scope.repo:
+            raise EvidenceError("bad_cancel", "the cancel token is for another issuer or repository")
+        ts = verified.issued_at
+        who = f"oidc:{verified.claims.get('sub')}"
+    else:
+        if (cancel.method, cancel.path) != ("POST", f"/v1/requests/{request_id}/cancel"):
+            raise EvidenceError("bad_cancel", "the call is not a POST to this request's cancel path")
+        ts = _verify_ci_mac(
+            secrets.ci_secret, cancel.method, cancel.path, cancel.body, cancel.timestamp, cancel.signature
+        )
+        who = "ci_secret"  # anyone holding the CI secret: the log says so rather than naming a person
+    _within_lifetime(ts, t0, deadline, "cancel")
+    return made(ts, who)

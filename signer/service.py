@@ -39,12 +39,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from signer import evidence, oidc, wire
-from signer.audit import AuditHead, AuditLog, issued_requests, read_entry
+from signer.audit import (
+    OUTCOME_RECORDED,
+    AuditHead,
+    AuditLog,
+    issued_requests,
+    read_entry,
+    recorded_outcomes,
+)
 from signer.checkpoint import unsigned_checkpoint
 from signer.errors import KeyturnError
 from signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
 from signer.policy import Policy, PolicyError, PolicyIssue, load_policy
-from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, unsigned_receipt
+from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, format_time, unsigned_receipt
 
 __all__ = [
     "Clock",
@@ -149,12 +156,16 @@ class Signer:
     # One receipt per request, ever: request id -> the audit seq of its receipt (read from the log at start),
     # and the signs in progress, so two at once for one request yield one receipt.
     _issued: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # Likewise one other final outcome (denied, cancelled, expired) per request, and never both: a request
+    # with a recorded refusal gets no receipt, and one with a receipt gets no recorded refusal.
+    _outcomes: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _signing: tuple[asyncio.Lock, ...] = field(
         default_factory=lambda: tuple(asyncio.Lock() for _ in range(64)), init=False, repr=False
     )
 
     def __post_init__(self) -> None:
         self._issued = issued_requests(self.audit.path)
+        self._outcomes = recorded_outcomes(self.audit.path)
         if self.key_file is not None:
             self._key_file_seen = _identity(self.key_file)
 
@@ -230,8 +241,9 @@ class Signer:
         try:
             result = await asyncio.wait_for(self.handle(request), self.timeout)
         except KeyturnError as exc:
-            if request.op == "sign":
-                log.info("sign %s refused: %s", getattr(request, "requestId", "?")[:40], exc.code)
+            if request.op in ("sign", "record_outcome"):
+                rid = getattr(request, "requestId", "?")[:40]
+                log.info("%s %s refused: %s", request.op, rid, exc.code)
             return wire.error_reply(request.id, exc.code, exc.message)
         except TimeoutError:
             log.warning("%s %s timed out after %ss", request.op, request.id[:40], self.timeout)
@@ -292,6 +304,8 @@ class Signer:
                 self.secrets.ci_secret, request.path, request.timestamp, request.body
             )
             return wire.MacResult(signature=sig)
+        if isinstance(request, wire.RecordOutcomeRequest):
+            return await self._record_outcome(request)
         return await self._sign(request)
 
     async def _sign(self, request: wire.SignRequest) -> wire.SignResult:
@@ -352,6 +366,13 @@ class Signer:
         does); a second receipt for the same request would be a second authorization on the record. So the
         answer is the receipt already issued, read back from the audit log (it is the record).
         """
+        if request_id in self._outcomes:
+            # Denied, cancelled or expired on the record: a receipt now would contradict the log.
+            raise ServiceError(
+                f"request {request_id} is already closed on the record (audit seq "
+                f"{self._outcomes[request_id]}); no receipt",
+                code="request_closed",
+            )
         if request_id in self._issued:
             seq_before = self._issued[request_id]
             record = await asyncio.to_thread(read_entry, self.audit.path, seq_before)
@@ -369,6 +390,108 @@ class Signer:
         except KeyturnError as exc:  # the receipt is recorded: it is returned; the next call re-signs
             log.warning("checkpoint of audit seq %d not signed: %s", seq, exc.code)
         return wire.SignResult(receipt=receipt)
+
+    async def _record_outcome(self, request: wire.RecordOutcomeRequest) -> wire.OutcomeResult:
+        """Check and record a denial, cancel or expiry (docs/security.md, "The record"): one per request.
+
+        Checked like a sign (``evidence.assess_outcome``), appended and fsynced, the checkpoint re-signed.
+        A request already closed on the record gets that record back (the bot's retries are idempotent); one
+        with a receipt is refused (``already_approved``), so the log never says both.
+        """
+        origin = _origin_evidence(request.origin)
+        denial = request.denial
+        cancel: evidence.CiEvidence | evidence.OidcCall | None = None
+        if isinstance(request.cancel, wire.CiOrigin):
+            c = request.cancel
+            cancel = evidence.CiEvidence(c.method, c.path, c.body, c.timestamp, c.signature)
+        elif isinstance(request.cancel, wire.OidcCall):
+            cancel = evidence.OidcCall(request.cancel.token)
+        now = self.clock()
+        decision = evidence.assess_outcome(
+            policy=self.policy,
+            secrets=self.secrets,
+            request_id=request.requestId,
+            outcome=request.outcome,
+            origin=origin,
+            denial=None
+            if denial is None
+            else evidence.SlackEvidence(denial.body, denial.timestamp, denial.signature),
+            cancel=cancel,
+            now=now,
+            oidc_issuers=self.oidc_issuers,
+        )
+        rid = decision.request_id
+        async with self._signing[hash(rid) % len(self._signing)]:
+            if rid in self._issued:
+                raise ServiceError(
+                    f"request {rid} has a receipt on the record (audit seq {self._issued[rid]})",
+                    code="already_approved",
+                )
+            if rid in self._outcomes:
+                seq = self._outcomes[rid]
+                record = await asyncio.to_thread(read_entry, self.audit.path, seq)
+                return wire.OutcomeResult(auditSeq=seq, record=record)
+            record = _outcome_record(decision, request, self.policy.sha256, now)
+            seq = await self.audit.append_async(record)
+            self._outcomes[rid] = seq
+        log.info("record_outcome %s %s: audit seq %d", rid, decision.outcome, seq)
+        try:
+            self.checkpoint()
+        except KeyturnError as exc:  # recorded: the next call re-signs the checkpoint
+            log.warning("checkpoint of audit seq %d not signed: %s", seq, exc.code)
+        return wire.OutcomeResult(auditSeq=seq, record=record)
+
+
+def _origin_evidence(o: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin) -> evidence.Origin:
+    if isinstance(o, wire.CiOrigin):
+        return evidence.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
+    if isinstance(o, wire.OidcOrigin):
+        return evidence.OidcEvidence(o.token, o.body)
+    return evidence.SlackEvidence(o.body, o.timestamp, o.signature)
+
+
+def _outcome_record(
+    decision: evidence.OutcomeAssessment,
+    request: wire.RecordOutcomeRequest,
+    policy_sha256: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """What the audit log keeps for a denial, cancel or expiry: who, why, when (the evidence's signed time
+    and the signer's clock), the request's scope, the policy, and digests of the evidence (as receipts)."""
+    scope = decision.scope
+    o = request.origin
+    if isinstance(o, wire.OidcOrigin):
+        origin: dict[str, Any] = {"kind": o.kind, "tokenSha256": _digest(o.token), "sha256": _digest(o.body)}
+    else:
+        origin = {"kind": o.kind, "timestamp": o.timestamp, "sha256": _digest(o.body)}
+    proof: dict[str, Any] | None = None
+    if request.denial is not None:
+        d = request.denial
+        proof = {"kind": "slack_deny_submission", "timestamp": d.timestamp, "sha256": _digest(d.body)}
+    elif isinstance(request.cancel, wire.CiOrigin):
+        c = request.cancel
+        proof = {"kind": "ci_cancel", "timestamp": c.timestamp, "sha256": _digest(c.body), "path": c.path}
+    elif isinstance(request.cancel, wire.OidcCall):
+        proof = {"kind": "oidc_cancel", "tokenSha256": _digest(request.cancel.token)}
+    return {
+        "type": OUTCOME_RECORDED,
+        "outcome": decision.outcome,
+        "requestId": decision.request_id,
+        "scope": {
+            "repo": scope.repo,
+            "sha": scope.sha,
+            "environment": scope.environment,
+            "workflow": scope.workflow,
+        },
+        "requester": decision.requester,
+        "by": decision.by,
+        "reason": decision.reason,
+        "decidedAt": format_time(decision.decided_at),
+        "requestDeadline": format_time(decision.request_deadline),
+        "recordedAt": format_time(now),
+        "policySha256": policy_sha256,
+        "evidence": {"origin": origin, "decision": proof},
+    }
 
 
 def _digest(data: bytes | str) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "MAX_FRAME",
     "OPS",
     "PROTOCOL_VERSION",
+    "CancelCall",
     "CheckCiRequest",
     "CheckOidcRequest",
     "CheckSlackRequest",
@@ -51,9 +52,12 @@ __all__ = [
     "KeysResult",
     "MacCallbackRequest",
     "MacResult",
+    "OidcCall",
     "OidcOrigin",
     "OkReply",
     "Origin",
+    "OutcomeResult",
+    "RecordOutcomeRequest",
     "Request",
     "SignRequest",
     "SignResult",
@@ -223,6 +227,33 @@ class SignRequest(_Request):
     emails: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=320)]]
 
 
+class OidcCall(_Model):
+    """A call authenticated by an OIDC ID token alone (an OIDC pipeline's cancel): the raw token."""
+
+    kind: Literal["oidc"] = "oidc"
+    token: Token
+
+
+CancelCall = Annotated[CiOrigin | OidcCall, Field(discriminator="kind")]
+
+
+class RecordOutcomeRequest(_Request):
+    """Record a final outcome other than approval in the audit log (docs/security.md, "The record").
+
+    ``denied`` carries the deny modal's submission exactly as Slack signed it (``denial``); ``cancelled``
+    the pipeline's cancel call as received (``cancel``); ``expired`` nothing but the origin: the signer's
+    clock decides. The origin is always required, so the signer knows the request's scope and lifetime
+    from signed bytes rather than from the bot.
+    """
+
+    op: Literal["record_outcome"] = "record_outcome"
+    requestId: Short
+    outcome: Literal["denied", "cancelled", "expired"]
+    origin: Origin
+    denial: SlackClick | None = None
+    cancel: CancelCall | None = None
+
+
 class MacCallbackRequest(_Request):
     """MAC a CI callback body with the derived callback key (design.md §5)."""
 
@@ -240,11 +271,22 @@ Request = Annotated[
     | CheckSlackRequest
     | CheckOidcRequest
     | SignRequest
+    | RecordOutcomeRequest
     | MacCallbackRequest,
     Field(discriminator="op"),
 ]
 OPS = frozenset(
-    {"health", "keys", "checkpoint", "check_ci", "check_slack", "check_oidc", "sign", "mac_callback"}
+    {
+        "health",
+        "keys",
+        "checkpoint",
+        "check_ci",
+        "check_slack",
+        "check_oidc",
+        "sign",
+        "record_outcome",
+        "mac_callback",
+    }
 )
 _REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
@@ -277,6 +319,14 @@ class SignResult(_Model):
     """``sign`` result: the signed receipt."""
 
     receipt: dict[str, Any]
+
+
+class OutcomeResult(_Model):
+    """``record_outcome`` result: the audit entry's ``seq`` and its record (the one already there, if this
+    request's outcome was recorded before: recording is idempotent, one outcome per request)."""
+
+    auditSeq: int
+    record: dict[str, Any]
 
 
 class MacResult(_Model):

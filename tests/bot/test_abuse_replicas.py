@@ -34,7 +34,7 @@ from bot.cards import APPROVE_ACTION, DENY_ACTION, REASON_ACTION, REASON_BLOCK
 from bot.emulator.client import EmulatorClient
 from signer import wire
 from tests import harness
-from tests.harness import Proc, free_port
+from tests.harness import Proc, free_port, wait_until
 
 CI_SECRET = "abuse-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "abuse-slack-signing-secret-0123456789abcdef"
@@ -185,6 +185,16 @@ class Replicas:
                     out[rid] += 1
         return out
 
+    def audit_outcomes(self) -> dict[str, list[str]]:
+        """The other final outcomes (denied, cancelled, expired) the audit log records, per request id."""
+        out: dict[str, list[str]] = {}
+        if self.audit.exists():
+            for line in self.audit.read_text().splitlines():
+                record = json.loads(line).get("record", {})
+                if record.get("type") == "outcome_recorded":
+                    out.setdefault(record["requestId"], []).append(record["outcome"])
+        return out
+
     def slack_post(self, replica: str, req: dict[str, Any]) -> httpx.Response:
         """POST a Slack request built (not sent) by the emulator to ``replica``'s Slack endpoint."""
         return self.http.post(
@@ -329,11 +339,18 @@ def test_cancel_and_deny_racing_the_quorum_click_never_contradict_the_audit_log(
         print(r.logs())
         raise
     took = time.monotonic() - started
-    audit = r.audit_ids()
+    refused = {rid: status.lower() for _, rid, status in results if status != "APPROVED"}
+    # Each refusal reaches the log just after its final state is visible (the bot records it, then tells
+    # Slack): wait for the signer's file to catch up, bounded.
+    wait_until(lambda: refused.keys() <= r.audit_outcomes().keys(), 30, "every refusal on the record")
+    audit, outcomes_on_record = r.audit_ids(), r.audit_outcomes()
     contradictions = [
-        (kind, rid, status, audit[rid])
+        (kind, rid, status, audit[rid], outcomes_on_record.get(rid))
         for kind, rid, status in results
-        if (status == "APPROVED") != (audit[rid] == 1) or audit[rid] > 1
+        if (status == "APPROVED") != (audit[rid] == 1)
+        or audit[rid] > 1
+        # the log alone says who refused: exactly the final state, and never beside a receipt
+        or outcomes_on_record.get(rid, []) != ([] if status == "APPROVED" else [status.lower()])
     ]
     outcomes = Counter((kind, status) for kind, _, status in results)
     print(f"finding 7: {RACES} races in {took:.1f} s, outcomes {dict(outcomes)}")

@@ -101,6 +101,22 @@ class FakeSigner:
     def __init__(self) -> None:
         self.fail: Exception | None = None
         self.calls: list[tuple[str, int]] = []
+        self.outcomes: list[tuple[str, str]] = []
+        self.outcome_fail: Exception | None = None
+
+    async def record_outcome(
+        self,
+        request_id: str,
+        outcome: str,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        *,
+        denial: wire.SlackClick | None = None,
+        cancel: wire.CiOrigin | wire.OidcCall | None = None,
+    ) -> int:
+        if self.outcome_fail is not None:
+            raise self.outcome_fail
+        self.outcomes.append((request_id, outcome))
+        return len(self.outcomes)
 
     async def sign(
         self,
@@ -326,3 +342,37 @@ async def test_a_card_whose_poster_died_is_posted_by_another_replica_never_twice
         await a.aclose()
         await b.aclose()
         await client.aclose()
+
+
+async def test_every_refusal_is_sent_to_the_signer_once_and_an_outage_is_retried_by_the_backstop(
+    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+) -> None:
+    """Denied, cancelled, expired: each reaches the signer's record once, with its evidence; a signer outage
+    loses nothing (the note stays in Redis and the leader's backstop records it later); a refusal of the
+    evidence is not retried forever."""
+    service, messenger, signer, clock = parts
+    denied = await created(service, messenger, clock)
+    submission = SlackEvidence(body="payload=deny", timestamp="1", signature="v0=00")
+    await service.deny(denied.id, "U0BOB", "tests are red", submission)
+    await service.deny(denied.id, "U0BOB", "tests are red", submission)  # a replay changes nothing
+    assert (await service.get(denied.id)).deny_evidence == submission
+    assert signer.outcomes == [(denied.id, "denied")]
+
+    signer.outcome_fail = SignerUnavailable("down")
+    clock.now += timedelta(seconds=1)  # a new origin, so a request of its own
+    cancelled = await created(service, messenger, clock)
+    await service.cancel(cancelled.id, OriginEvidence(kind="ci", body="", timestamp="1", signature="v1=00"))
+    assert (await service.get(cancelled.id)).status is Status.CANCELLED  # decided, whatever the signer
+    assert await service.store.unrecorded_ids() == [cancelled.id]
+    assert await service.record_unrecorded() == 0  # still down: kept
+    signer.outcome_fail = None
+    assert await service.record_unrecorded() == 1
+    assert signer.outcomes[-1] == (cancelled.id, "cancelled")
+    assert await service.store.unrecorded_ids() == []
+
+    clock.now += timedelta(seconds=1)
+    expired = await created(service, messenger, clock)
+    signer.outcome_fail = SignerRefused("bad_denial", "forged")  # a refusal: logged, counted, not retried
+    clock.now = expired.expires_at
+    assert (await service.expire(expired.id) or expired).status is Status.EXPIRED
+    assert await service.store.unrecorded_ids() == []

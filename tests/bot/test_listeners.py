@@ -137,7 +137,9 @@ class FakeApprovals:
         await self.messenger.update_card(req)
         return req
 
-    async def deny(self, request_id: str, user_id: str, reason: str) -> DeployRequest:
+    async def deny(
+        self, request_id: str, user_id: str, reason: str, evidence: SlackEvidence | None = None
+    ) -> DeployRequest:
         self.calls.append(("deny", (request_id, user_id, reason)))
         req = self._pending(request_id, user_id)
         req.status, req.decided_by, req.deny_reason = Status.DENIED, user_id, reason
@@ -148,7 +150,7 @@ class FakeApprovals:
         self.calls.append(("check_can_decide", (request_id, user_id)))
         return self._pending(request_id, user_id)
 
-    async def cancel(self, request_id: str) -> DeployRequest:
+    async def cancel(self, request_id: str, evidence: OriginEvidence | None = None) -> DeployRequest:
         raise NotImplementedError
 
     async def get(self, request_id: str) -> DeployRequest:

@@ -22,12 +22,13 @@ import pytest
 from bot.emulator.client import EmulatorClient
 from bot.emulator.oidc import IssuerKey, encode_part, sign_rs256
 from signer import wire
+from signer.audit import outcome_rows
 from signer.evidence import OidcEvidence, request_id_for
 from signer.oidc import unverified_claims
 from tests import harness
 from tests.conftest import failed
 from tests.e2e.conftest import BOT_TOKEN, CI_SECRET, SHA, SLACK_SECRET, Stack
-from tests.harness import KEYTURN, Proc, RedisServer, free_port, http_ok
+from tests.harness import KEYTURN, Proc, RedisServer, free_port, http_ok, wait_until
 from tests.oidc_tokens import AUDIENCE, GITHUB_ISS, GITLAB_ISS, alg_none, hs256_with_public_key
 
 WORKFLOW = ".github/workflows/deploy.yml"
@@ -537,3 +538,24 @@ def test_a_token_that_brings_its_own_key_in_its_header(ostack: OidcStack) -> Non
     token = sign_rs256(key.private, header, unverified_claims(genuine))
     assert token.startswith(encode_part(header))
     assert refused(ostack, token, body_for(genuine)) == (401, "oidc_bad_header")
+
+
+def test_an_oidc_cancel_is_recorded_with_the_tokens_subject(ostack: OidcStack) -> None:
+    """The complete record (issue 15) for OIDC pipelines: the cancel call's token is the evidence; the signer
+    checks it against the pinned keys (same issuer, same repository) and records its subject."""
+    token = ostack.token()
+    resp = ostack.post_oidc(token, body_for(token))
+    assert resp.status_code == 202, resp.text
+    rid = resp.json()["requestId"]
+    cancel = ostack.http.post(
+        f"{ostack.bot_url}/v1/requests/{rid}/cancel", headers={"Authorization": f"Bearer {ostack.token()}"}
+    )
+    assert cancel.status_code == 200, cancel.text
+    audit = ostack.workdir / "audit.jsonl"
+
+    def rows() -> list[dict[str, Any]]:
+        return [r for r in outcome_rows(audit.read_bytes()) if r["requestId"] == rid]
+
+    wait_until(lambda: bool(rows()), 10, "the cancel in the audit log")  # another process's file: polled
+    [row] = rows()
+    assert (row["outcome"], row["by"]) == ("cancelled", "oidc:repo:acme/web:environment:production")

@@ -54,6 +54,13 @@ required_approvals = 1
 request_ttl = "30m"
 receipt_ttl = "30m"
 
+[environments.shortlived]
+channel = "C0STAGING"
+approvers = ["U0BOB", "U0CAROL"]
+required_approvals = 1
+request_ttl = "4s"
+receipt_ttl = "15m"
+
 [environments.quorum20]
 channel = "C0DEPLOYS"
 approvers = """

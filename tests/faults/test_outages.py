@@ -14,7 +14,7 @@ import pytest
 from bot.app import STORE_DOWN_APPROVE
 from tests.e2e.conftest import CI_SECRET, SHA
 from tests.faults.conftest import FaultStack
-from tests.harness import KEYTURN
+from tests.harness import KEYTURN, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +119,22 @@ def test_slack_storms_and_slow_answers_lose_no_card_and_no_approval(fstack: Faul
     assert len(top_level) == len(ids)  # one card each, none duplicated by the retries
     issued = [r["receipt"]["requestId"] for r in fstack.audit_lines() if r.get("type") == "receipt_issued"]
     assert sorted(i for i in issued if i in ids) == sorted(ids)  # one receipt each (the log is the module's)
+
+
+def test_an_expiry_while_the_signer_is_down_is_recorded_when_it_returns(fstack: FaultStack) -> None:
+    """The complete record (issue 15): an outcome decided while the signer is down is not lost. The request
+    expires in Redis on time; the bot's note stays; the leader's backstop records it once the signer is
+    back."""
+    rid = fstack.card(fstack.create(environment="shortlived")["requestId"], timeout=20)["requestId"]
+    since = len(fstack.emulator.calls())
+    fstack.procs["signer"].kill9()
+    # The card is updated to "expired" when the request expires: the bot's own event, seen at the emulator.
+    fstack.emulator.wait_for("chat.update", timeout=20, since=since)
+    assert not [r for r in fstack.audit_lines() if r.get("requestId") == rid]
+    fstack.restart_signer()
+    wait_until(  # the audit log is another process's file: polled, bounded by the backstop interval
+        lambda: any(r.get("requestId") == rid for r in fstack.audit_lines()), 40, "the expiry on the record"
+    )
+    [record] = [r for r in fstack.audit_lines() if r.get("requestId") == rid]
+    assert (record["type"], record["outcome"]) == ("outcome_recorded", "expired")
+    assert fstack.get(f"/v1/requests/{rid}").json()["status"] == "EXPIRED"

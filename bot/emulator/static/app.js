@@ -6,6 +6,7 @@ const ui = {
   user: localStorage.getItem("kt-user") || "",
   channel: localStorage.getItem("kt-channel") || "",
   state: null,
+  stateUser: null, // the user the state was fetched for: ephemerals and views are that user's only
   version: -1,
   dialogViewId: null,
   confirmOpen: false,
@@ -433,7 +434,7 @@ function showTarget() {
 
 function conversations() {
   const st = ui.state;
-  return [...st.channels.filter((c) => c.members.includes(ui.user)), ...st.ims];
+  return [...st.channels.filter((c) => c.members.includes(ui.user)), ...st.ims.filter((c) => c.user === ui.user)];
 }
 
 function render() {
@@ -444,7 +445,17 @@ function render() {
   if (select.options.length === 0) {
     for (const u of st.users.filter((x) => !x.is_bot)) select.append(el("option", { value: u.id }, `${u.name} — ${u.real_name}`));
   }
-  if (!st.users.some((u) => u.id === ui.user && !u.is_bot)) ui.user = select.options[0].value;
+  if (!st.users.some((u) => u.id === ui.user && !u.is_bot)) {
+    ui.user = select.options[0].value;
+    localStorage.setItem("kt-user", ui.user);
+  }
+  if (ui.stateUser !== ui.user) {
+    // Fetched for no user (the first load: every user's ephemerals) or for the one selected before: fetch
+    // this user's state before showing anything private.
+    ui.forceRender = true;
+    refresh();
+    return;
+  }
   if (ui.target) {
     const viewer = viewerFor(ui.target);
     if (viewer !== ui.user) { // this user cannot see it: switch, and render with that user's state
@@ -475,7 +486,8 @@ function render() {
   document.getElementById("channel-title").textContent = conv ? (conv.is_im ? "Direct message with keyturn" : `# ${conv.name}`) : "";
   const list = document.getElementById("messages");
   const items = conv ? conv.messages.map((m) => ({ ts: m.ts, node: renderMessage(m) })) : [];
-  for (const e of st.ephemerals.filter((x) => x.channel === ui.channel)) items.push({ ts: e.ts, node: renderMessage(e, "ephemeral") });
+  // Only the selected user's ephemerals, whatever the state holds: they are private to that user in Slack.
+  for (const e of st.ephemerals.filter((x) => x.channel === ui.channel && x.user === ui.user)) items.push({ ts: e.ts, node: renderMessage(e, "ephemeral") });
   items.sort((a, b) => parseFloat(a.ts) - parseFloat(b.ts));
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.replaceChildren(...items.map((i) => i.node));
@@ -494,10 +506,12 @@ function render() {
 
 async function refresh() {
   try {
-    const resp = await fetch(`/_emulator/state?user=${encodeURIComponent(ui.user)}`, { cache: "no-store" });
+    const user = ui.user;
+    const resp = await fetch(`/_emulator/state?user=${encodeURIComponent(user)}`, { cache: "no-store" });
     const st = await resp.json();
-    if (st.version !== ui.version || !ui.state || ui.forceRender) {
+    if (st.version !== ui.version || !ui.state || ui.forceRender || user !== ui.stateUser) {
       ui.state = st;
+      ui.stateUser = user;
       ui.version = st.version;
       ui.forceRender = false;
       render();
