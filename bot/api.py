@@ -32,7 +32,14 @@ from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
 from bot.prefilter import plausible
-from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
+from bot.store import (
+    ChangeFeed,
+    LimitExceeded,
+    RequestStore,
+    SeenRequest,
+    SignError,
+    StoreUnavailable,
+)
 from signer.errors import KeyturnError
 from signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
 from signer.oidc import unverified_claims
@@ -80,6 +87,7 @@ class ApiError(Exception):
         *,
         fields: list[dict[str, str]] | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.http_status = http_status
@@ -87,6 +95,7 @@ class ApiError(Exception):
         self.message = message
         self.fields = fields
         self.extra = extra or {}
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         """The JSON response for this error."""
@@ -94,7 +103,7 @@ class ApiError(Exception):
         if self.fields is not None:
             body["fields"] = self.fields
         body.update(self.extra)
-        return JSONResponse(body, status_code=self.http_status)
+        return JSONResponse(body, status_code=self.http_status, headers=self.headers)
 
 
 def _unauthorized() -> ApiError:
@@ -351,7 +360,12 @@ class Api:
 
     async def _view(self, req: DeployRequest) -> dict[str, Any]:
         error = await self.store.sign_error(req.id) if req.status is Status.PENDING else None
-        return request_view(req, self.base_url, error)
+        view = request_view(req, self.base_url, error)
+        if req.callback_url:
+            # The callback's delivery: its id (the receiver's dedupe key), state (queued, delivered, dead
+            # after the last attempt, refused by the URL rules), attempts so far and the last attempt.
+            view["callback"] = await self.store.callback_job(req.id)
+        return view
 
     # -- handlers --------------------------------------------------------------------------------------
 
@@ -423,6 +437,14 @@ class Api:
             req, created = await self.service.create(req_in, origin)
         except Exception as exc:
             await self._failed(signature)  # nothing was created: the same bytes may be sent again
+            if isinstance(exc, LimitExceeded):
+                raise ApiError(
+                    429,
+                    exc.code,
+                    exc.message,
+                    extra={"limit": exc.limit, "retryAfter": exc.retry_after},
+                    headers={"Retry-After": str(exc.retry_after)},
+                ) from None
             if isinstance(exc, Refused) and exc.code == "unknown_environment":
                 raise ApiError(
                     422,

@@ -28,12 +28,12 @@ from starlette.routing import Route
 
 from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
-from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
+from bot.callbacks import CallbackOutbox, CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error, signer_only_settings_found
 from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
 from bot.metrics import Metrics
 from bot.redisconn import make_redis
-from bot.store import ChangeFeed, RequestStore, StoreUnavailable
+from bot.store import ChangeFeed, RequestLimits, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.policy import Policy, PolicyError, load_policy
 
@@ -180,14 +180,24 @@ def build_app(
     callback_policy = CallbackPolicy(
         dev_mode=settings.dev_mode, hosts=parse_host_patterns(settings.callback_hosts)
     )
-    callbacks = CallbackSender(
+    sender = CallbackSender(
         store,
         signer,
         clock=clock,
         metrics=metrics,
         attempts=settings.callback_attempts,
         timeout=settings.callback_timeout,
+        first_delay=settings.callback_retry_first,
+        max_delay=settings.callback_retry_max,
         policy=callback_policy,
+    )
+    outbox = CallbackOutbox(
+        store,
+        sender,
+        concurrency=settings.callback_concurrency,
+        lease=settings.callback_lease,
+        poll_interval=settings.callback_poll_interval,
+        metrics=metrics,
     )
     service = ApprovalService(
         store,
@@ -195,10 +205,17 @@ def build_app(
         signer,
         policy,
         clock=clock,
-        callbacks=callbacks,
+        callbacks=outbox,
         metrics=metrics,
         card_retry_max=settings.card_retry_max,
         sign_lease=settings.sign_lease,
+        limits=RequestLimits(
+            per_requester=settings.max_pending_per_requester,
+            per_repo=settings.max_pending_per_repo,
+            total=settings.max_pending,
+            rate_per_minute=settings.request_rate,
+            burst=settings.request_burst,
+        ),
     )
     feed = ChangeFeed(client)
     api = Api(
@@ -219,6 +236,7 @@ def build_app(
     if hooks is not None:
         service.hooks = hooks
     comps.background.append(runner if runner is not None else ExpirySweeper(service, store, clock))
+    comps.background.append(outbox)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
