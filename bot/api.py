@@ -31,7 +31,7 @@ from bot.callbacks import CallbackPolicy, CallbackRefused
 from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
-from bot.prefilter import plausible
+from bot.prefilter import SourceLimiter, plausible
 from bot.store import (
     ChangeFeed,
     LimitExceeded,
@@ -165,6 +165,11 @@ def request_view(req: DeployRequest, base_url: str, error: SignError | None = No
     }
 
 
+def _client(request: Request) -> str:
+    """The client's address as the server saw it (behind a proxy: from its forwarded headers, if trusted)."""
+    return request.client.host if request.client is not None else ""
+
+
 def _field_list(fields: object, message: str) -> list[dict[str, str]]:
     if isinstance(fields, dict) and fields:
         return [{"field": str(k), "message": str(v)} for k, v in fields.items()]
@@ -237,9 +242,13 @@ class Api:
         base_url: str,
         max_body: int = 64 * 1024,
         callback_policy: CallbackPolicy | None = None,
+        sources: SourceLimiter | None = None,
     ) -> None:
         self.service = service
         self.callback_policy = callback_policy or CallbackPolicy()  # strict unless told otherwise
+        # Failed authentications per client address, refused before the signer once a source has too many.
+        # None (unit tests): no per-source limit; the bot always passes one built from its settings.
+        self.sources = sources or SourceLimiter.off()
         self.store = store
         self.signer = signer
         self.feed = feed
@@ -249,17 +258,36 @@ class Api:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
+    def _source_gate(self, request: Request) -> str:
+        """The client's address; 429 ``too_many_failures`` (no signer call) if it has failed too often."""
+        source = request.client.host if request.client is not None else ""
+        retry = self.sources.retry_after(source)
+        if retry is not None:
+            self.metrics.refusals.labels("too_many_failures").inc()
+            raise ApiError(
+                429,
+                "too_many_failures",
+                "too many failed authentications from this address; retry later",
+                extra={"limit": "source", "retryAfter": retry},
+                headers={"Retry-After": str(retry)},
+            )
+        return source
+
     def _bearer(self, request: Request) -> str | None:
-        """The OIDC ID token of ``Authorization: Bearer <token>``, or None when the header is absent."""
+        """The OIDC ID token of ``Authorization: Bearer <token>``, or None when the header is absent.
+
+        Every authenticated route starts here, so the per-source gate runs before anything else."""
+        source = self._source_gate(request)
         auth = request.headers.get("authorization")
         if auth is None:
             return None
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > 16 * 1024:
+            self.sources.charge(source)
             raise _unauthorized()
         return token
 
-    async def _check_oidc(self, token: str, body: bytes | None) -> None:
+    async def _check_oidc(self, token: str, body: bytes | None, source: str = "") -> None:
         """Ask the signer about an OIDC-authenticated call. A refused token is a 401 that names the code (the
         caller holds a token the platform issued; the code tells it what to fix, and leaks no secret); a body
         that disagrees with its token is a 422 naming the fields."""
@@ -284,6 +312,7 @@ class Api:
                 raise ApiError(422, exc.code, exc.message) from None
             if exc.code.startswith("oidc_") and exc.code.endswith("_not_allowed"):
                 raise ApiError(403, exc.code, exc.message) from None
+            self.sources.charge(source)
             raise ApiError(401, exc.code, exc.message) from None
         except OSError:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
@@ -294,7 +323,7 @@ class Api:
         if token is None:
             await self._authenticate(request, b"")
             return
-        await self._check_oidc(token, None)
+        await self._check_oidc(token, None, _client(request))
         claims = unverified_claims(token)  # verified by the signer just now
         repo = claims.get("repository", claims.get("project_path"))
         req = await self._load(req_id)
@@ -307,6 +336,7 @@ class Api:
         signature = request.headers.get("x-keyturn-signature", "")
         if not plausible(timestamp, signature, kind="ci"):
             self.metrics.refusals.labels("implausible_signature").inc()
+            self.sources.charge(_client(request))
             raise _unauthorized()
 
     async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
@@ -320,6 +350,7 @@ class Api:
                 raise ApiError(
                     503, "signer_unavailable", "the signer cannot be reached; retry later"
                 ) from None
+            self.sources.charge(_client(request))
             raise _unauthorized() from None
         except OSError:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
@@ -376,7 +407,7 @@ class Api:
             self._precheck(request)
         body = await read_body(request, self.max_body)
         if token is not None:
-            await self._check_oidc(token, body)
+            await self._check_oidc(token, body, _client(request))
             timestamp, signature = "", ""
         else:
             timestamp, signature = await self._authenticate(request, body)

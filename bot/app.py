@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK, REASON_MAX
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
 from bot.ports import Approvals, Messenger, Refused
-from bot.prefilter import plausible
+from bot.prefilter import SourceLimiter, plausible
 from bot.signer_client import SignerRefused, SignerUnavailable
 from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
 from bot.store import StoreConflict, StoreUnavailable
@@ -187,8 +187,12 @@ class SlackEndpoint:
         client: AsyncWebClient | None = None,
         *,
         deny_check_budget: float = DENY_CHECK_BUDGET,
+        sources: SourceLimiter | None = None,
     ) -> None:
         self.approvals = approvals
+        # Failed signature checks per client address: a source over its budget gets 429 before the signer.
+        # None (unit tests): no per-source limit; the bot always passes one built from its settings.
+        self.sources = sources or SourceLimiter.off()
         self.messenger = messenger
         self.signer = signer
         self.policy = policy
@@ -255,6 +259,14 @@ class SlackEndpoint:
         """Serve one ``POST /slack/events``: verify via the signer, dispatch to Bolt, convert the response."""
         if request.method != "POST":
             return JSONResponse({"error": "method not allowed"}, status_code=405)
+        source = request.client.host if request.client is not None else ""
+        retry = self.sources.retry_after(source)
+        if retry is not None:  # before the body is read: a flooding source costs as little as possible
+            return JSONResponse(
+                {"error": "too many failed signature checks from this address"},
+                status_code=429,
+                headers={"Retry-After": str(retry)},
+            )
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return JSONResponse({"error": "request too large"}, status_code=413)
@@ -275,10 +287,12 @@ class SlackEndpoint:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
         if not plausible(timestamp, signature, kind="slack"):
+            self.sources.charge(source)
             return _invalid()
         try:
             await self.signer.check_slack(body, timestamp, signature)
         except SignerRefused:
+            self.sources.charge(source)
             return _invalid()
         except SignerUnavailable:
             log.error("signer unavailable: refusing a Slack request")

@@ -8,8 +8,11 @@ signer's, so the bot allows :data:`CLOCK_MARGIN` seconds more than the signer's 
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from signer.evidence import MAX_SKEW
 
@@ -26,3 +29,64 @@ def plausible(timestamp: str, signature: str, *, kind: str, now: float | None = 
         return False
     current = time.time() if now is None else now
     return abs(current - int(timestamp)) <= MAX_SKEW + CLOCK_MARGIN
+
+
+class SourceLimiter:
+    """Per-source burst limit on failed authentications, in memory, before any signer call (finding 2).
+
+    Each client address has a token bucket of ``burst`` tokens refilled at ``rate`` a second. A request
+    that fails authentication (implausible headers, or refused by the signer) takes a token; once a source
+    has none, its later requests are refused with 429 before the signer is asked. Successful requests take
+    nothing, so a client that signs correctly is never slowed by this, while a source flooding bad signatures
+    costs at most ``burst`` + ``rate``/s signer calls. Per replica and in memory on purpose: it must cost
+    less than the signer call it saves (no Redis round trip), and a flood spread over replicas is bounded by
+    each one. At most ``max_sources`` addresses are tracked (least recently failing dropped first), so a
+    flood from many addresses cannot grow memory without bound.
+    """
+
+    def __init__(
+        self,
+        burst: int,
+        rate: float,
+        *,
+        max_sources: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._burst = float(burst)
+        self._rate = rate
+        self._max = max_sources
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # source -> (tokens, at)
+        self.enabled = True
+
+    @classmethod
+    def off(cls) -> SourceLimiter:
+        """A limiter that never refuses (and remembers nothing)."""
+        limiter = cls(1, 1.0)
+        limiter.enabled = False
+        return limiter
+
+    def _tokens(self, source: str, now: float) -> float:
+        tokens, at = self._buckets.get(source, (self._burst, now))
+        return min(self._burst, tokens + (now - at) * self._rate)
+
+    def retry_after(self, source: str) -> int | None:
+        """Seconds until ``source`` may try again if it is out of tokens now, else None (go ahead)."""
+        if not self.enabled or source not in self._buckets:
+            return None
+        now = self._clock()
+        tokens = self._tokens(source, now)
+        if tokens >= 1:
+            return None
+        return max(1, math.ceil((1 - tokens) / self._rate))
+
+    def charge(self, source: str) -> None:
+        """Count one failed authentication from ``source``."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        tokens = max(0.0, self._tokens(source, now) - 1)
+        self._buckets[source] = (tokens, now)
+        self._buckets.move_to_end(source)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)

@@ -32,6 +32,7 @@ from bot.callbacks import CallbackOutbox, CallbackPolicy, CallbackSender, parse_
 from bot.config import Settings, describe_error, signer_only_settings_found
 from bot.edge import BodyDeadlineMiddleware, uvicorn_limits
 from bot.metrics import Metrics
+from bot.prefilter import SourceLimiter
 from bot.redisconn import make_redis
 from bot.store import ChangeFeed, RequestLimits, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
@@ -227,8 +228,16 @@ def build_app(
         base_url=settings.base_url,
         max_body=settings.max_body_bytes,
         callback_policy=callback_policy,
+        sources=SourceLimiter(settings.source_burst, settings.source_rate),
     )
-    slack = build_slack_endpoint(service, messenger, signer, policy, web)
+    slack = build_slack_endpoint(
+        service,
+        messenger,
+        signer,
+        policy,
+        web,
+        sources=SourceLimiter(settings.source_burst, settings.source_rate),
+    )
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
     # An injected client (tests) serves the timers too; a real deployment gives them a pool of their own.
