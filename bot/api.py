@@ -258,10 +258,12 @@ class Api:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _source_gate(self, request: Request) -> str:
-        """The client's address; 429 ``too_many_failures`` (no signer call) if it has failed too often."""
-        source = request.client.host if request.client is not None else ""
-        retry = self.sources.retry_after(source)
+    def _source_gate(self, request: Request) -> None:
+        """Take the client address's token for this request's authentication (once per request); 429
+        ``too_many_failures``, with no signer call, if that address has failed too often lately."""
+        if getattr(request.state, "source_held", False):
+            return
+        retry = self.sources.acquire(_client(request))
         if retry is not None:
             self.metrics.refusals.labels("too_many_failures").inc()
             raise ApiError(
@@ -271,23 +273,28 @@ class Api:
                 extra={"limit": "source", "retryAfter": retry},
                 headers={"Retry-After": str(retry)},
             )
-        return source
+        request.state.source_held = True
+
+    def _source_ok(self, request: Request) -> None:
+        """The request authenticated: give its address's token back (once)."""
+        if getattr(request.state, "source_held", False):
+            request.state.source_held = False
+            self.sources.release(_client(request))
 
     def _bearer(self, request: Request) -> str | None:
         """The OIDC ID token of ``Authorization: Bearer <token>``, or None when the header is absent.
 
         Every authenticated route starts here, so the per-source gate runs before anything else."""
-        source = self._source_gate(request)
+        self._source_gate(request)
         auth = request.headers.get("authorization")
         if auth is None:
             return None
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > 16 * 1024:
-            self.sources.charge(source)
             raise _unauthorized()
         return token
 
-    async def _check_oidc(self, token: str, body: bytes | None, source: str = "") -> None:
+    async def _check_oidc(self, token: str, body: bytes | None) -> None:
         """Ask the signer about an OIDC-authenticated call. A refused token is a 401 that names the code (the
         caller holds a token the platform issued; the code tells it what to fix, and leaks no secret); a body
         that disagrees with its token is a 422 naming the fields."""
@@ -312,7 +319,6 @@ class Api:
                 raise ApiError(422, exc.code, exc.message) from None
             if exc.code.startswith("oidc_") and exc.code.endswith("_not_allowed"):
                 raise ApiError(403, exc.code, exc.message) from None
-            self.sources.charge(source)
             raise ApiError(401, exc.code, exc.message) from None
         except OSError:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
@@ -323,7 +329,8 @@ class Api:
         if token is None:
             await self._authenticate(request, b"")
             return
-        await self._check_oidc(token, None, _client(request))
+        await self._check_oidc(token, None)
+        self._source_ok(request)
         claims = unverified_claims(token)  # verified by the signer just now
         repo = claims.get("repository", claims.get("project_path"))
         req = await self._load(req_id)
@@ -336,7 +343,6 @@ class Api:
         signature = request.headers.get("x-keyturn-signature", "")
         if not plausible(timestamp, signature, kind="ci"):
             self.metrics.refusals.labels("implausible_signature").inc()
-            self.sources.charge(_client(request))
             raise _unauthorized()
 
     async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
@@ -347,13 +353,14 @@ class Api:
             await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
         except KeyturnError as exc:
             if exc.code == "signer_unavailable":
+                self._source_ok(request)  # not the sender's failure
                 raise ApiError(
                     503, "signer_unavailable", "the signer cannot be reached; retry later"
                 ) from None
-            self.sources.charge(_client(request))
             raise _unauthorized() from None
         except OSError:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+        self._source_ok(request)
         return timestamp, signature
 
     async def _accept_once(self, signature: str) -> None:
@@ -407,7 +414,8 @@ class Api:
             self._precheck(request)
         body = await read_body(request, self.max_body)
         if token is not None:
-            await self._check_oidc(token, body, _client(request))
+            await self._check_oidc(token, body)
+            self._source_ok(request)
             timestamp, signature = "", ""
         else:
             timestamp, signature = await self._authenticate(request, body)

@@ -260,7 +260,7 @@ class SlackEndpoint:
         if request.method != "POST":
             return JSONResponse({"error": "method not allowed"}, status_code=405)
         source = request.client.host if request.client is not None else ""
-        retry = self.sources.retry_after(source)
+        retry = self.sources.acquire(source)
         if retry is not None:  # before the body is read: a flooding source costs as little as possible
             return JSONResponse(
                 {"error": "too many failed signature checks from this address"},
@@ -287,16 +287,16 @@ class SlackEndpoint:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
         if not plausible(timestamp, signature, kind="slack"):
-            self.sources.charge(source)
-            return _invalid()
+            return _invalid()  # keeps the source's token: a failure
         try:
             await self.signer.check_slack(body, timestamp, signature)
         except SignerRefused:
-            self.sources.charge(source)
             return _invalid()
         except SignerUnavailable:
             log.error("signer unavailable: refusing a Slack request")
+            self.sources.release(source)  # not the sender's failure
             return JSONResponse({"error": "signer unavailable"}, status_code=503)
+        self.sources.release(source)  # authentic: the token comes back
         headers: dict[str, str | Sequence[str]] = {k: v for k, v in request.headers.items()}
         try:
             # Bolt parses the body here: a ``payload`` that is not a JSON object raises.

@@ -97,10 +97,10 @@ class Settings(BaseSettings):
     max_pending: int = Field(default=1000, ge=1, le=1_000_000)
     request_rate: float = Field(default=30.0, gt=0, le=100_000)
     request_burst: int = Field(default=10, ge=1, le=100_000)
-    # Per client address (docs/configuration.md): failed authentications allowed in a burst, and refilled
-    # per second; past them, that address gets 429 before any signer call.
-    source_burst: int = Field(default=20, ge=1, le=1_000_000)
-    source_rate: float = Field(default=5.0, gt=0, le=1_000_000)
+    # Per client address (docs/configuration.md): failed authentications (or checks in flight) allowed in a
+    # burst, and refilled per second; past them, that address gets 429 before any signer call.
+    source_burst: int = Field(default=50, ge=1, le=1_000_000)
+    source_rate: float = Field(default=10.0, gt=0, le=1_000_000)
     callback_concurrency: int = Field(default=16, ge=1, le=1024)
     callback_lease: float = Field(default=30.0, gt=0, le=3600)
     callback_retry_first: float = Field(default=1.0, gt=0, le=3600)

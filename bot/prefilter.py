@@ -35,13 +35,15 @@ class SourceLimiter:
     """Per-source burst limit on failed authentications, in memory, before any signer call (finding 2).
 
     Each client address has a token bucket of ``burst`` tokens refilled at ``rate`` a second. A request
-    that fails authentication (implausible headers, or refused by the signer) takes a token; once a source
-    has none, its later requests are refused with 429 before the signer is asked. Successful requests take
-    nothing, so a client that signs correctly is never slowed by this, while a source flooding bad signatures
-    costs at most ``burst`` + ``rate``/s signer calls. Per replica and in memory on purpose: it must cost
-    less than the signer call it saves (no Redis round trip), and a flood spread over replicas is bounded by
-    each one. At most ``max_sources`` addresses are tracked (least recently failing dropped first), so a
-    flood from many addresses cannot grow memory without bound.
+    that will need a signer check takes a token first (:meth:`acquire`), and gets it back if it
+    authenticates (:meth:`release`): a failure (implausible headers, or refused by the signer) keeps it. A
+    source without tokens is refused with 429 before the signer is asked. Taking the token before the check,
+    not after, bounds a concurrent flood too: at most ``burst`` checks are in flight or spent at once, then
+    ``rate`` a second. A client that signs correctly only holds tokens while its checks are in flight.
+
+    Per replica and in memory on purpose: it must cost less than the signer call it saves (no Redis round
+    trip), and a flood spread over replicas is bounded by each. At most ``max_sources`` addresses are kept
+    (the least recently seen forgotten first), so a flood from many addresses cannot grow memory unbounded.
     """
 
     def __init__(
@@ -70,23 +72,28 @@ class SourceLimiter:
         tokens, at = self._buckets.get(source, (self._burst, now))
         return min(self._burst, tokens + (now - at) * self._rate)
 
-    def retry_after(self, source: str) -> int | None:
-        """Seconds until ``source`` may try again if it is out of tokens now, else None (go ahead)."""
-        if not self.enabled or source not in self._buckets:
-            return None
-        now = self._clock()
-        tokens = self._tokens(source, now)
-        if tokens >= 1:
-            return None
-        return max(1, math.ceil((1 - tokens) / self._rate))
-
-    def charge(self, source: str) -> None:
-        """Count one failed authentication from ``source``."""
-        if not self.enabled:
-            return
-        now = self._clock()
-        tokens = max(0.0, self._tokens(source, now) - 1)
+    def _set(self, source: str, tokens: float, now: float) -> None:
         self._buckets[source] = (tokens, now)
         self._buckets.move_to_end(source)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
+
+    def acquire(self, source: str) -> int | None:
+        """Take a token for one check from ``source``: None if taken (go ahead), else the seconds until one
+        is back (refuse with 429, no signer call)."""
+        if not self.enabled:
+            return None
+        now = self._clock()
+        tokens = self._tokens(source, now)
+        if tokens < 1:
+            self._set(source, tokens, now)
+            return max(1, math.ceil((1 - tokens) / self._rate))
+        self._set(source, tokens - 1, now)
+        return None
+
+    def release(self, source: str) -> None:
+        """Give back the token of a check that passed: authenticated traffic costs nothing."""
+        if not self.enabled or source not in self._buckets:
+            return
+        now = self._clock()
+        self._set(source, min(self._burst, self._tokens(source, now) + 1), now)

@@ -219,6 +219,8 @@ def build_app(
         ),
     )
     feed = ChangeFeed(client)
+    # One budget per client address across both endpoints: a flood split between them costs no more.
+    sources = SourceLimiter(settings.source_burst, settings.source_rate)
     api = Api(
         service,
         store,
@@ -228,7 +230,7 @@ def build_app(
         base_url=settings.base_url,
         max_body=settings.max_body_bytes,
         callback_policy=callback_policy,
-        sources=SourceLimiter(settings.source_burst, settings.source_rate),
+        sources=sources,
     )
     slack = build_slack_endpoint(
         service,
@@ -236,7 +238,7 @@ def build_app(
         signer,
         policy,
         web,
-        sources=SourceLimiter(settings.source_burst, settings.source_rate),
+        sources=sources,
     )
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
