@@ -214,7 +214,9 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
         )
         procs["emulator"], emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET)
         with httpx.Client(timeout=30) as http:
-            yield Stack(tmp_path, redis_url, sock, emu_url, policy, free_port(), procs, http)
+            # A database of its own: the session's e2e bot (db 0) runs an outbox too and would deliver ours.
+            db_url = f"{redis_url}?db=8"
+            yield Stack(tmp_path, db_url, sock, emu_url, policy, free_port(), procs, http)
     finally:
         for p in reversed(list(procs.values())):
             p.stop()
@@ -270,7 +272,7 @@ def test_a_stalling_receiver_never_holds_more_sockets_than_the_bound(
 
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RequestStore]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(f"{redis_url}?db=8")  # apart from the e2e bot's outbox (db 0)
     yield RequestStore(client, retention=timedelta(hours=1))
     await client.aclose()
 

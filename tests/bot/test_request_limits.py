@@ -87,6 +87,7 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     procs: list[Proc] = []
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    redis_url = f"{redis_url}?db=9"  # a database of its own, apart from the session's e2e bot (db 0)
     try:
         signer, sock = harness.start_signer(
             tmp_path, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
