@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from bot.callbacks import DELIVERY_HEADER, CallbackOutbox, CallbackPolicy, CallbackSender
 from bot.metrics import Metrics
-from bot.store import OUTBOX_DUE_KEY, RequestStore
+from bot.store import OUTBOX_DUE_KEY, PENDING_KEY, RequestStore
 from tests import harness
 from tests.bot.test_callbacks import Mac, deploy_request
 from tests.harness import Proc, free_port
@@ -324,3 +324,23 @@ async def _store_final(store: RequestStore, req: Any) -> None:
     origin = OriginEvidence(kind="ci", body="", timestamp="0", signature="v1=" + "0" * 64)
     created, _ = await store.create_or_get(req, origin, datetime.now(UTC))
     await store.transition(created.id, lambda r: lifecycle.cancel(r, now=datetime.now(UTC)))
+
+
+async def test_a_final_request_left_without_its_outbox_entry_is_repaired(store: RequestStore) -> None:
+    # As if the replica died right after the final write: no job, no due entry, still in the pending index.
+    req = deploy_request("https://ci.example.com/hook")
+    await _store_final(store, req)
+    await store.redis.delete(f"keyturn:req:{{{req.id}}}:outbox")
+    await store.redis.zrem(OUTBOX_DUE_KEY, req.id)
+    await store.redis.zadd(PENDING_KEY, {req.id: 1})
+    final = await store.get(req.id)
+    assert final is not None
+    await store.settle_final(final)  # what the expiry job's call does for a final request
+    job = await store.callback_job(req.id)
+    assert job is not None
+    assert job["state"] == "queued"
+    assert await store.redis.zscore(OUTBOX_DUE_KEY, req.id) is not None
+    assert await store.redis.zscore(PENDING_KEY, req.id) is None
+    # Twice is once: the same job and delivery id.
+    await store.settle_final(final)
+    assert await store.callback_job(req.id) == job
