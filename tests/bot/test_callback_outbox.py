@@ -152,10 +152,11 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_bot(self, extra: dict[str, str] | None = None) -> Proc:
+    def start_bot(self, extra: dict[str, str] | None = None, name: str = "bot", port: int = 0) -> Proc:
         proc = harness.start_bot(
             self.tmp / "logs",
-            port=self.port,
+            name=name,
+            port=port or self.port,
             redis_url=self.redis_url,
             signer_socket=self.signer_sock,
             policy=self.policy,
@@ -174,7 +175,7 @@ class Stack:
                 **(extra or {}),
             },
         )
-        self.procs["bot"] = proc
+        self.procs[name] = proc
         return proc
 
     def ci(self, method: str, path: str, body: bytes = b"") -> httpx.Response:
@@ -253,15 +254,35 @@ def test_callbacks_survive_a_kill_mid_delivery_and_are_delivered_after_restart(
     assert view["callback"]["deliveryId"] == next(iter(per_request[ids[0]]))
 
 
+def test_a_dead_replicas_deliveries_move_to_the_other_replica(stack: Stack, receiver: Receiver) -> None:
+    receiver.mode = "stall"
+    a = stack.start_bot(name="bot-a")
+    b = stack.start_bot(name="bot-b", port=free_port())
+    ids = stack.create_and_cancel(20, f"http://127.0.0.1:{receiver.port}/hook")
+    # Both replicas hold their full quota of stalled deliveries.
+    receiver.wait_for(lambda: receiver.open >= 2 * CONCURRENCY, 20, "both replicas delivering")
+    a.kill9()
+    receiver.mode = "ok"
+    # bot-b alone, without a restart: bot-a's claims lapse with their lease and bot-b takes them.
+    receiver.wait_for(lambda: set(receiver.delivered) >= set(ids), 45, "every callback delivered")
+    assert b.alive()
+    assert receiver.max_open <= 2 * CONCURRENCY
+
+
 def test_a_stalling_receiver_never_holds_more_sockets_than_the_bound(
     stack: Stack, receiver: Receiver
 ) -> None:
     receiver.mode = "stall"
-    stack.start_bot()
+    bot = stack.start_bot()
+    fds = Path(f"/proc/{bot.popen.pid}/fd")
+    before = len(list(fds.iterdir()))
     stack.create_and_cancel(60, f"http://127.0.0.1:{receiver.port}/hook")
     # Several rounds of attempts (each cut off by the 1 s attempt timeout), never more than the bound open.
     receiver.wait_for(lambda: receiver.connections >= 5 * CONCURRENCY, 30, "rounds of attempts")
+    during = len(list(fds.iterdir()))
     assert receiver.max_open <= CONCURRENCY
+    print(f"finding 3: bot open files {before} -> {during} with 60 callbacks stalled (bound {CONCURRENCY})")
+    assert during - before < 2 * CONCURRENCY + 10  # the bound's sockets, plus pools warmed by the calls
     metrics = stack.http.get(stack.url + "/metrics").text
     due = next(line for line in metrics.splitlines() if line.startswith("keyturn_callbacks_due "))
     assert float(due.split()[1]) > 0  # the rest wait in Redis, not in sockets
