@@ -3,8 +3,13 @@
 The body is signed like a CI request (design.md §6: headers ``X-Keyturn-Timestamp`` and
 ``X-Keyturn-Signature: v1=<hex>`` over ``v1:{timestamp}:POST:{path}:{body}``), but with the callback key the
 signer derives from the CI secret (design.md §5, ``mac_callback``): the bot never holds the CI secret, and a
-callback signature can never pass as a CI request. Delivery is retried with exponential backoff; every
-attempt is recorded in Redis (``keyturn:req:{id}:callbacks``) and counted in the metrics.
+callback signature can never pass as a CI request. Every attempt is recorded in Redis
+(``keyturn:req:{id}:callbacks``) and counted in the metrics.
+
+Delivery goes through the Redis outbox (:class:`CallbackOutbox`, keys in bot/store.py): a bounded number of
+workers per replica, claims with a lease, retries with exponential backoff scheduled in Redis (so they
+survive restarts and move between replicas), a dead letter after the last attempt, and an
+``X-Keyturn-Delivery`` id per callback for the receiver to dedupe by (delivery is at least once).
 
 A callback URL comes from a CI job, so it must not let that job make the bot call internal services (SSRF).
 :class:`CallbackPolicy` holds the rules (docs/security.md, "Callback URLs"): ``https://`` only (``http://`` in
