@@ -258,25 +258,34 @@ class Api:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
+    def _too_many_failures(self, retry: int) -> ApiError:
+        self.metrics.refusals.labels("too_many_failures").inc()
+        return ApiError(
+            429,
+            "too_many_failures",
+            "too many failed authentications from this address; retry later",
+            extra={"limit": "source", "retryAfter": retry},
+            headers={"Retry-After": str(retry)},
+        )
+
     def _source_gate(self, request: Request) -> None:
-        """Take the client address's token for this request's authentication (once per request); 429
-        ``too_many_failures``, with no signer call, if that address has failed too often lately."""
+        """429 ``too_many_failures`` before anything is read if the client's address has failed too often
+        lately (takes no token: a slow body must not hold one)."""
+        retry = self.sources.blocked(_client(request))
+        if retry is not None:
+            raise self._too_many_failures(retry)
+
+    def _source_take(self, request: Request) -> None:
+        """Take the address's token for this request's signer check (once per request), or 429."""
         if getattr(request.state, "source_held", False):
             return
         retry = self.sources.acquire(_client(request))
         if retry is not None:
-            self.metrics.refusals.labels("too_many_failures").inc()
-            raise ApiError(
-                429,
-                "too_many_failures",
-                "too many failed authentications from this address; retry later",
-                extra={"limit": "source", "retryAfter": retry},
-                headers={"Retry-After": str(retry)},
-            )
+            raise self._too_many_failures(retry)
         request.state.source_held = True
 
     def _source_ok(self, request: Request) -> None:
-        """The request authenticated: give its address's token back (once)."""
+        """The request authenticated (or the signer was away: not its failure): give the token back."""
         if getattr(request.state, "source_held", False):
             request.state.source_held = False
             self.sources.release(_client(request))
@@ -329,6 +338,7 @@ class Api:
         if token is None:
             await self._authenticate(request, b"")
             return
+        self._source_take(request)
         await self._check_oidc(token, None)
         self._source_ok(request)
         claims = unverified_claims(token)  # verified by the signer just now
@@ -343,12 +353,14 @@ class Api:
         signature = request.headers.get("x-keyturn-signature", "")
         if not plausible(timestamp, signature, kind="ci"):
             self.metrics.refusals.labels("implausible_signature").inc()
+            self.sources.acquire(_client(request))  # a failure: it costs the address a token, kept
             raise _unauthorized()
 
     async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
         self._precheck(request)
         timestamp = request.headers.get("x-keyturn-timestamp", "")
         signature = request.headers.get("x-keyturn-signature", "")
+        self._source_take(request)
         try:
             await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
         except KeyturnError as exc:
@@ -414,6 +426,7 @@ class Api:
             self._precheck(request)
         body = await read_body(request, self.max_body)
         if token is not None:
+            self._source_take(request)
             await self._check_oidc(token, body)
             self._source_ok(request)
             timestamp, signature = "", ""

@@ -80,6 +80,14 @@ def _invalid() -> JSONResponse:
     return JSONResponse({"error": "invalid request"}, status_code=401)
 
 
+def _too_many_failures(retry: int) -> JSONResponse:
+    return JSONResponse(
+        {"error": "too many failed signature checks from this address"},
+        status_code=429,
+        headers={"Retry-After": str(retry)},
+    )
+
+
 def _malformed(problem: str) -> JSONResponse:
     return JSONResponse({"error": "malformed payload", "message": problem}, status_code=400)
 
@@ -260,13 +268,9 @@ class SlackEndpoint:
         if request.method != "POST":
             return JSONResponse({"error": "method not allowed"}, status_code=405)
         source = request.client.host if request.client is not None else ""
-        retry = self.sources.acquire(source)
+        retry = self.sources.blocked(source)
         if retry is not None:  # before the body is read: a flooding source costs as little as possible
-            return JSONResponse(
-                {"error": "too many failed signature checks from this address"},
-                status_code=429,
-                headers={"Retry-After": str(retry)},
-            )
+            return _too_many_failures(retry)
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return JSONResponse({"error": "request too large"}, status_code=413)
@@ -287,7 +291,13 @@ class SlackEndpoint:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
         if not plausible(timestamp, signature, kind="slack"):
-            return _invalid()  # keeps the source's token: a failure
+            self.sources.acquire(source)  # a failure: it costs the address a token, kept
+            return _invalid()
+        # The token is taken just before the signer call (not before the body, which may trickle in) and
+        # given back if the request is authentic: at most the bucket's worth of checks per address at once.
+        retry = self.sources.acquire(source)
+        if retry is not None:
+            return _too_many_failures(retry)
         try:
             await self.signer.check_slack(body, timestamp, signature)
         except SignerRefused:

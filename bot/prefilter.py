@@ -35,9 +35,10 @@ class SourceLimiter:
     """Per-source burst limit on failed authentications, in memory, before any signer call (finding 2).
 
     Each client address has a token bucket of ``burst`` tokens refilled at ``rate`` a second. A request
-    that will need a signer check takes a token first (:meth:`acquire`), and gets it back if it
-    authenticates (:meth:`release`): a failure (implausible headers, or refused by the signer) keeps it. A
-    source without tokens is refused with 429 before the signer is asked. Taking the token before the check,
+    takes a token just before its signer check (:meth:`acquire`), and gets it back if it authenticates
+    (:meth:`release`): a failure (implausible headers, or refused by the signer) keeps it. A source without
+    tokens is refused with 429 before the signer is asked (and, checked with :meth:`blocked`, before its
+    body is read). Taking the token before the check,
     not after, bounds a concurrent flood too: at most ``burst`` checks are in flight or spent at once, then
     ``rate`` a second. A client that signs correctly only holds tokens while its checks are in flight.
 
@@ -77,6 +78,15 @@ class SourceLimiter:
         self._buckets.move_to_end(source)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
+
+    def blocked(self, source: str) -> int | None:
+        """Seconds until ``source`` has a token again if it has none now, else None; takes nothing. Used
+        before a body is read, so a blocked source is refused without reading it or holding a token while
+        it trickles in."""
+        if not self.enabled or source not in self._buckets:
+            return None
+        tokens = self._tokens(source, self._clock())
+        return None if tokens >= 1 else max(1, math.ceil((1 - tokens) / self._rate))
 
     def acquire(self, source: str) -> int | None:
         """Take a token for one check from ``source``: None if taken (go ahead), else the seconds until one

@@ -48,13 +48,15 @@ confirm_approve = false
 BURST, RATE = 20, 5
 FLOOD_S = 8.0
 FLOOD_THREADS = 32
-BOUND_S = 2.0  # each legitimate call (CI create, click ack, click -> APPROVED) while the flood runs
+BOUND_S = 3.0  # each legitimate call (CI create, click ack, click -> APPROVED) while the flood runs
 
 
 def test_source_limiter_refuses_after_the_burst_and_forgives_at_the_rate() -> None:
     now = [0.0]
     limiter = SourceLimiter(3, 2.0, max_sources=2, clock=lambda: now[0])
+    assert limiter.blocked("a") is None
     assert [limiter.acquire("a") for _ in range(4)] == [None, None, None, 1]
+    assert limiter.blocked("a") == 1  # looking takes nothing
     assert limiter.acquire("b") is None  # another address is not affected
     limiter.release("b")  # b authenticated: its token is back
     now[0] = 0.5  # one token back at 2 a second
