@@ -423,6 +423,7 @@ class CallbackOutbox:
         self._slots = asyncio.Semaphore(concurrency)
         self._workers: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     @property
     def in_flight(self) -> int:
@@ -451,10 +452,15 @@ class CallbackOutbox:
         while True:
             try:
                 await self._claim_some()
+                if self._failing:
+                    log.info("callback outbox: claiming again")
+                self._failing = False
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis away: keep the loop alive, try again at the next poll
-                log.warning("callback outbox: claim failed", exc_info=True)
+            except Exception as exc:  # Redis away: keep the loop alive, try again at the next poll
+                if not self._failing:  # once per outage, not once per poll
+                    log.warning("callback outbox: claim failed (%s); retrying", type(exc).__name__)
+                self._failing = True
             # Wait for a wake-up (a local final outcome, or a worker freeing a slot) or the poll interval,
             # which is how other replicas' enqueues and lapsed leases are noticed.
             with contextlib.suppress(TimeoutError):
