@@ -31,9 +31,16 @@ from bot.callbacks import CallbackPolicy, CallbackRefused
 from bot.metrics import Metrics
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from bot.ports import Refused
-from bot.prefilter import plausible
+from bot.prefilter import SourceLimiter, plausible
 from bot.slack_token import SlackTokenCheck
-from bot.store import ChangeFeed, RequestStore, SeenRequest, SignError, StoreUnavailable
+from bot.store import (
+    ChangeFeed,
+    LimitExceeded,
+    RequestStore,
+    SeenRequest,
+    SignError,
+    StoreUnavailable,
+)
 from signer.errors import KeyturnError
 from signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
 from signer.oidc import unverified_claims
@@ -81,6 +88,7 @@ class ApiError(Exception):
         *,
         fields: list[dict[str, str]] | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.http_status = http_status
@@ -88,6 +96,7 @@ class ApiError(Exception):
         self.message = message
         self.fields = fields
         self.extra = extra or {}
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         """The JSON response for this error."""
@@ -95,7 +104,7 @@ class ApiError(Exception):
         if self.fields is not None:
             body["fields"] = self.fields
         body.update(self.extra)
-        return JSONResponse(body, status_code=self.http_status)
+        return JSONResponse(body, status_code=self.http_status, headers=self.headers)
 
 
 def _unauthorized() -> ApiError:
@@ -155,6 +164,11 @@ def request_view(req: DeployRequest, base_url: str, error: SignError | None = No
         "version": req.version,
         "links": {"self": link, "receipt": f"{link}/receipt", "cancel": f"{link}/cancel"},
     }
+
+
+def _client(request: Request) -> str:
+    """The client's address as the server saw it (behind a proxy: from its forwarded headers, if trusted)."""
+    return request.client.host if request.client is not None else ""
 
 
 def _field_list(fields: object, message: str) -> list[dict[str, str]]:
@@ -229,9 +243,13 @@ class Api:
         base_url: str,
         max_body: int = 64 * 1024,
         callback_policy: CallbackPolicy | None = None,
+        sources: SourceLimiter | None = None,
     ) -> None:
         self.service = service
         self.callback_policy = callback_policy or CallbackPolicy()  # strict unless told otherwise
+        # Failed authentications per client address, refused before the signer once a source has too many.
+        # None (unit tests): no per-source limit; the bot always passes one built from its settings.
+        self.sources = sources or SourceLimiter.off()
         self.store = store
         self.signer = signer
         self.feed = feed
@@ -251,8 +269,43 @@ class Api:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
+    def _too_many_failures(self, retry: int) -> ApiError:
+        self.metrics.refusals.labels("too_many_failures").inc()
+        return ApiError(
+            429,
+            "too_many_failures",
+            "too many failed authentications from this address; retry later",
+            extra={"limit": "source", "retryAfter": retry},
+            headers={"Retry-After": str(retry)},
+        )
+
+    def _source_gate(self, request: Request) -> None:
+        """429 ``too_many_failures`` before anything is read if the client's address has failed too often
+        lately (takes no token: a slow body must not hold one)."""
+        retry = self.sources.blocked(_client(request))
+        if retry is not None:
+            raise self._too_many_failures(retry)
+
+    def _source_take(self, request: Request) -> None:
+        """Take the address's token for this request's signer check (once per request), or 429."""
+        if getattr(request.state, "source_held", False):
+            return
+        retry = self.sources.acquire(_client(request))
+        if retry is not None:
+            raise self._too_many_failures(retry)
+        request.state.source_held = True
+
+    def _source_ok(self, request: Request) -> None:
+        """The request authenticated (or the signer was away: not its failure): give the token back."""
+        if getattr(request.state, "source_held", False):
+            request.state.source_held = False
+            self.sources.release(_client(request))
+
     def _bearer(self, request: Request) -> str | None:
-        """The OIDC ID token of ``Authorization: Bearer <token>``, or None when the header is absent."""
+        """The OIDC ID token of ``Authorization: Bearer <token>``, or None when the header is absent.
+
+        Every authenticated route starts here, so the per-source gate runs before anything else."""
+        self._source_gate(request)
         auth = request.headers.get("authorization")
         if auth is None:
             return None
@@ -296,7 +349,9 @@ class Api:
         if token is None:
             await self._authenticate(request, b"")
             return
+        self._source_take(request)
         await self._check_oidc(token, None)
+        self._source_ok(request)
         claims = unverified_claims(token)  # verified by the signer just now
         repo = claims.get("repository", claims.get("project_path"))
         req = await self._load(req_id)
@@ -309,22 +364,26 @@ class Api:
         signature = request.headers.get("x-keyturn-signature", "")
         if not plausible(timestamp, signature, kind="ci"):
             self.metrics.refusals.labels("implausible_signature").inc()
+            self.sources.acquire(_client(request))  # a failure: it costs the address a token, kept
             raise _unauthorized()
 
     async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
         self._precheck(request)
         timestamp = request.headers.get("x-keyturn-timestamp", "")
         signature = request.headers.get("x-keyturn-signature", "")
+        self._source_take(request)
         try:
             await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
         except KeyturnError as exc:
             if exc.code == "signer_unavailable":
+                self._source_ok(request)  # not the sender's failure
                 raise ApiError(
                     503, "signer_unavailable", "the signer cannot be reached; retry later"
                 ) from None
             raise _unauthorized() from None
         except OSError:
             raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+        self._source_ok(request)
         return timestamp, signature
 
     async def _accept_once(self, signature: str) -> None:
@@ -362,7 +421,12 @@ class Api:
 
     async def _view(self, req: DeployRequest) -> dict[str, Any]:
         error = await self.store.sign_error(req.id) if req.status is Status.PENDING else None
-        return request_view(req, self.base_url, error)
+        view = request_view(req, self.base_url, error)
+        if req.callback_url:
+            # The callback's delivery: its id (the receiver's dedupe key), state (queued, delivered, dead
+            # after the last attempt, refused by the URL rules), attempts so far and the last attempt.
+            view["callback"] = await self.store.callback_job(req.id)
+        return view
 
     # -- handlers --------------------------------------------------------------------------------------
 
@@ -373,7 +437,9 @@ class Api:
             self._precheck(request)
         body = await read_body(request, self.max_body)
         if token is not None:
+            self._source_take(request)
             await self._check_oidc(token, body)
+            self._source_ok(request)
             timestamp, signature = "", ""
         else:
             timestamp, signature = await self._authenticate(request, body)
@@ -434,6 +500,14 @@ class Api:
             req, created = await self.service.create(req_in, origin)
         except Exception as exc:
             await self._failed(signature)  # nothing was created: the same bytes may be sent again
+            if isinstance(exc, LimitExceeded):
+                raise ApiError(
+                    429,
+                    exc.code,
+                    exc.message,
+                    extra={"limit": exc.limit, "retryAfter": exc.retry_after},
+                    headers={"Retry-After": str(exc.retry_after)},
+                ) from None
             if isinstance(exc, Refused) and exc.code == "unknown_environment":
                 raise ApiError(
                     422,

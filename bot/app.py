@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK, REASON_MAX
 from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
 from bot.ports import Approvals, Messenger, Refused
-from bot.prefilter import plausible
+from bot.prefilter import SourceLimiter, plausible
 from bot.signer_client import SignerRefused, SignerUnavailable
 from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
 from bot.store import StoreConflict, StoreUnavailable
@@ -78,6 +78,14 @@ class SlackChecker(Protocol):
 
 def _invalid() -> JSONResponse:
     return JSONResponse({"error": "invalid request"}, status_code=401)
+
+
+def _too_many_failures(retry: int) -> JSONResponse:
+    return JSONResponse(
+        {"error": "too many failed signature checks from this address"},
+        status_code=429,
+        headers={"Retry-After": str(retry)},
+    )
 
 
 def _malformed(problem: str) -> JSONResponse:
@@ -187,8 +195,12 @@ class SlackEndpoint:
         client: AsyncWebClient | None = None,
         *,
         deny_check_budget: float = DENY_CHECK_BUDGET,
+        sources: SourceLimiter | None = None,
     ) -> None:
         self.approvals = approvals
+        # Failed signature checks per client address: a source over its budget gets 429 before the signer.
+        # None (unit tests): no per-source limit; the bot always passes one built from its settings.
+        self.sources = sources or SourceLimiter.off()
         self.messenger = messenger
         self.signer = signer
         self.policy = policy
@@ -255,6 +267,10 @@ class SlackEndpoint:
         """Serve one ``POST /slack/events``: verify via the signer, dispatch to Bolt, convert the response."""
         if request.method != "POST":
             return JSONResponse({"error": "method not allowed"}, status_code=405)
+        source = request.client.host if request.client is not None else ""
+        retry = self.sources.blocked(source)
+        if retry is not None:  # before the body is read: a flooding source costs as little as possible
+            return _too_many_failures(retry)
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return JSONResponse({"error": "request too large"}, status_code=413)
@@ -275,14 +291,22 @@ class SlackEndpoint:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
         if not plausible(timestamp, signature, kind="slack"):
+            self.sources.acquire(source)  # a failure: it costs the address a token, kept
             return _invalid()
+        # The token is taken just before the signer call (not before the body, which may trickle in) and
+        # given back if the request is authentic: at most the bucket's worth of checks per address at once.
+        retry = self.sources.acquire(source)
+        if retry is not None:
+            return _too_many_failures(retry)
         try:
             await self.signer.check_slack(body, timestamp, signature)
         except SignerRefused:
             return _invalid()
         except SignerUnavailable:
             log.error("signer unavailable: refusing a Slack request")
+            self.sources.release(source)  # not the sender's failure
             return JSONResponse({"error": "signer unavailable"}, status_code=503)
+        self.sources.release(source)  # authentic: the token comes back
         headers: dict[str, str | Sequence[str]] = {k: v for k, v in request.headers.items()}
         try:
             # Bolt parses the body here: a ``payload`` that is not a JSON object raises.

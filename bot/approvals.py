@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from bot import lifecycle
-from bot.callbacks import CallbackSender
+from bot.callbacks import CallbackOutbox
 from bot.cards import format_duration
 from bot.metrics import Metrics
 from bot.models import (
@@ -40,7 +40,7 @@ from bot.models import (
 )
 from bot.ports import Messenger, Refused
 from bot.slack_text import escape, user_mention
-from bot.store import RequestStore, SignError, SigningInProgress, StoreUnavailable
+from bot.store import RequestLimits, RequestStore, SignError, SigningInProgress, StoreUnavailable
 from signer import wire
 from signer.errors import KeyturnError
 from signer.evidence import CiEvidence, OidcEvidence, request_id_for
@@ -184,12 +184,13 @@ class ApprovalService:
         *,
         clock: Callable[[], datetime],
         hooks: LifecycleHooks | None = None,
-        callbacks: CallbackSender | None = None,
+        callbacks: CallbackOutbox | None = None,
         metrics: Metrics | None = None,
         card_retry_max: timedelta = timedelta(seconds=60),
         card_retry_first: timedelta = timedelta(seconds=1),
         card_lease: timedelta = timedelta(seconds=15),
         sign_lease: timedelta = timedelta(seconds=60),
+        limits: RequestLimits | None = None,
     ) -> None:
         self._store = store
         self._messenger = messenger
@@ -203,6 +204,7 @@ class ApprovalService:
         self._card_retry_first = card_retry_first.total_seconds()
         self._card_lease = card_lease  # how long a dead poster blocks others, beyond its retry delay
         self._sign_lease = sign_lease
+        self._limits = limits  # None: no caps (unit tests); the bot always passes its settings' limits
         self._tasks: set[asyncio.Task[Any]] = set()
         self._posting: set[str] = set()
 
@@ -366,7 +368,7 @@ class ApprovalService:
             origin_kind=origin.kind,
         )
         request = request.model_copy(update={"created_at": now})
-        stored, created = await self._store.create_or_get(request, origin, now)
+        stored, created = await self._store.create_or_get(request, origin, now, self._limits)
         if created:
             self._metrics.requests_created.labels(body.environment).inc()
             await self._quietly("on_created hook", self.hooks.on_created(stored))
@@ -652,6 +654,11 @@ class ApprovalService:
             return None
         if changed:
             await self._on_final(done)
+        elif done.status.final:
+            # Final, yet still listed as pending (the expiry job found it there): the replica that wrote the
+            # outcome died before its follow-up. Owe its callback and tidy the indexes now (idempotent).
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.settle_final(done)
         return done
 
     async def _on_final(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> None:
@@ -674,10 +681,9 @@ class ApprovalService:
         if request.requester_slack_id:
             await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
         if request.callback_url and self._callbacks is not None:
-            if receipt is None and request.status is Status.APPROVED:
-                with contextlib.suppress(StoreUnavailable):
-                    receipt = await self._store.receipt(request.id)
-            self._spawn(self._callbacks.deliver(request, receipt), f"callback-{request.id}")
+            # The store enqueued the callback in the outbox right after the final write; this only wakes
+            # this replica's delivery workers so it goes out at once rather than at their next poll.
+            self._callbacks.wake()
         await self._quietly("on_final hook", self.hooks.on_final(request))
 
     # -- the record ------------------------------------------------------------------------------------

@@ -3,8 +3,13 @@
 The body is signed like a CI request (design.md §6: headers ``X-Keyturn-Timestamp`` and
 ``X-Keyturn-Signature: v1=<hex>`` over ``v1:{timestamp}:POST:{path}:{body}``), but with the callback key the
 signer derives from the CI secret (design.md §5, ``mac_callback``): the bot never holds the CI secret, and a
-callback signature can never pass as a CI request. Delivery is retried with exponential backoff; every
-attempt is recorded in Redis (``keyturn:req:{id}:callbacks``) and counted in the metrics.
+callback signature can never pass as a CI request. Every attempt is recorded in Redis
+(``keyturn:req:{id}:callbacks``) and counted in the metrics.
+
+Delivery goes through the Redis outbox (:class:`CallbackOutbox`, keys in bot/store.py): a bounded number of
+workers per replica, claims with a lease, retries with exponential backoff scheduled in Redis (so they
+survive restarts and move between replicas), a dead letter after the last attempt, and an
+``X-Keyturn-Delivery`` id per callback for the receiver to dedupe by (delivery is at least once).
 
 A callback URL comes from a CI job, so it must not let that job make the bot call internal services (SSRF).
 :class:`CallbackPolicy` holds the rules (docs/security.md, "Callback URLs"): ``https://`` only (``http://`` in
@@ -17,15 +22,17 @@ lookup for a rebinding attacker to answer differently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import re
 import socket
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -33,10 +40,13 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bot.metrics import Metrics
-from bot.models import DeployRequest
+from bot.models import DeployRequest, Status
 from bot.store import RequestStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+# The id of one callback (one per request, the same on every attempt): the receiver's dedupe key.
+DELIVERY_HEADER = "X-Keyturn-Delivery"
 
 
 class CallbackMac(Protocol):
@@ -239,6 +249,12 @@ def callback_body(request: DeployRequest, receipt: dict[str, Any] | None) -> byt
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
+def refused(record: dict[str, Any]) -> bool:
+    """True if an attempt failed on a rule (a URL or address the policy refuses): retrying cannot make it
+    acceptable, so the callback is settled as refused rather than retried."""
+    return record["outcome"] == "invalid_url" or str(record.get("error", "")).startswith("callback_")
+
+
 class CallbackSender:
     """Delivers callbacks with retries. ``deliver`` is meant to run as a background task."""
 
@@ -294,69 +310,221 @@ class CallbackSender:
         self._policy.check_addresses(host, addresses)
         return addresses
 
-    async def deliver(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> bool:
-        """POST the outcome to ``request.callback_url`` until a 2xx answer or the attempts run out.
-
-        A URL or address the policy refuses is recorded once (``error`` = the refusal code, ``reason``) and
-        not retried: retrying cannot make it acceptable.
+    async def attempt(
+        self, request: DeployRequest, receipt: dict[str, Any] | None, number: int, delivery_id: str = ""
+    ) -> dict[str, Any]:
+        """One delivery attempt, on a connection of its own that is closed afterwards; the attempt's record
+        (also appended to the request's log). ``outcome`` is ``delivered``, ``failed`` or ``invalid_url``;
+        see :func:`refused` for the failures not worth retrying. The whole attempt (lookup, MAC, POST) is
+        bounded by the timeout, so a delivery worker's lease can be sized to outlast it.
         """
-        url = request.callback_url
-        if not url:
-            return False
+        at = self._clock()
+        record: dict[str, Any] = {"attempt": number, "at": at.isoformat()}
+        url = request.callback_url or ""
         try:
             host, port = self._policy.check_url(url)
         except CallbackRefused as exc:
-            await self._record(
-                request.id,
-                {"attempt": 0, "at": self._clock().isoformat(), "outcome": "invalid_url",
-                 "error": exc.code, "reason": exc.reason},
-            )  # fmt: skip
+            record.update(outcome="invalid_url", error=exc.code, reason=exc.reason)
+            await self._record(request.id, record)
             log.warning("callback for %s refused: %s", request.id, exc.reason)
-            return False
+            return record
         path = urlsplit(url).path or "/"
         body = callback_body(request, receipt)
-        delay = self._first_delay
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
         resolver = _PinnedResolver()
-        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, force_close=True)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            for attempt in range(1, self._attempts + 1):
-                at = self._clock()
-                record: dict[str, Any] = {"attempt": attempt, "at": at.isoformat()}
-                refused = False
-                try:
-                    resolver.addresses = await self._checked_addresses(host, port)
-                    timestamp = str(int(at.timestamp()))
-                    signature = await self._signature(path, timestamp, body)
-                    async with session.post(
-                        url,
-                        data=body,
-                        headers={
-                            "Content-Type": "application/json",
-                            "X-Keyturn-Timestamp": timestamp,
-                            "X-Keyturn-Signature": signature,
-                        },
-                        allow_redirects=False,
-                    ) as resp:
-                        record["status"] = resp.status
-                        ok = 200 <= resp.status < 300
-                except asyncio.CancelledError:
-                    raise
-                except CallbackRefused as exc:
-                    record.update(error=exc.code, reason=exc.reason)
-                    ok, refused = False, True
-                except Exception as exc:  # any other failure is one failed attempt; the loop retries
-                    record["error"] = type(exc).__name__
-                    ok = False
-                record["outcome"] = "delivered" if ok else "failed"
-                await self._record(request.id, record)
-                if ok:
-                    return True
-                if refused:
-                    log.warning("callback for %s refused: %s", request.id, record["reason"])
-                    return False
-                if attempt < self._attempts:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._max_delay)
+        # One connection at most, closed after the answer: a worker never holds more than one socket.
+        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, force_close=True, limit=1)
+        headers = {"Content-Type": "application/json"}
+        if delivery_id:
+            headers[DELIVERY_HEADER] = delivery_id
+        try:
+            async with (
+                asyncio.timeout(self._timeout),
+                aiohttp.ClientSession(connector=connector) as session,
+            ):
+                resolver.addresses = await self._checked_addresses(host, port)
+                timestamp = str(int(at.timestamp()))
+                headers["X-Keyturn-Timestamp"] = timestamp
+                headers["X-Keyturn-Signature"] = await self._signature(path, timestamp, body)
+                async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                    record["status"] = resp.status
+                    ok = 200 <= resp.status < 300
+            record["outcome"] = "delivered" if ok else "failed"
+        except asyncio.CancelledError:
+            raise
+        except CallbackRefused as exc:
+            record.update(outcome="failed", error=exc.code, reason=exc.reason)
+            log.warning("callback for %s refused: %s", request.id, exc.reason)
+        except Exception as exc:  # any other failure is one failed attempt; the caller retries
+            record.update(outcome="failed", error=type(exc).__name__)
+        finally:
+            if not connector.closed:
+                await connector.close()
+        await self._record(request.id, record)
+        return record
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
+        return float(min(self._first_delay * 2 ** max(0, attempt - 1), self._max_delay))
+
+    @property
+    def attempts(self) -> int:
+        """Attempts before a callback is dead-lettered."""
+        return self._attempts
+
+    async def deliver(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> bool:
+        """POST the outcome to ``request.callback_url`` until a 2xx answer or the attempts run out, in this
+        task (retries in memory; the bot itself delivers through :class:`CallbackOutbox`).
+
+        A URL or address the policy refuses is recorded once and not retried.
+        """
+        if not request.callback_url:
+            return False
+        for number in range(1, self._attempts + 1):
+            record = await self.attempt(request, receipt, number)
+            if record["outcome"] == "delivered":
+                return True
+            if refused(record):
+                return False
+            if number < self._attempts:
+                await asyncio.sleep(self.backoff(number))
         log.warning("callback for %s not delivered after %d attempts", request.id, self._attempts)
         return False
+
+
+class CallbackOutbox:
+    """Delivers the callbacks the store's outbox owes, with a bounded number of workers per replica.
+
+    Every replica runs one; they share the work through ``keyturn:outbox:due`` (bot/store.py). A worker
+    claims a due callback with a lease, makes one attempt, and then either settles it (delivered, refused,
+    or dead-lettered after the last attempt) or re-schedules it after a backoff, all in Redis: retries
+    survive a restart, and a claim whose replica died falls due again when its lease ends and is taken by
+    any replica. Delivery is at least once: a replica that dies after the receiver's 2xx but before
+    settling, or that stalls past its lease, leads to a second POST with the same ``X-Keyturn-Delivery``
+    id, by which the receiver dedupes (docs/api.md, "Callbacks").
+    """
+
+    def __init__(
+        self,
+        store: RequestStore,
+        sender: CallbackSender,
+        *,
+        concurrency: int = 16,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._concurrency = concurrency
+        self._lease = lease
+        self._poll = poll_interval
+        self._metrics = metrics
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._workers: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries this replica is making right now (never more than ``concurrency``)."""
+        return len(self._workers)
+
+    def wake(self) -> None:
+        """Look for due callbacks now (a final outcome was just enqueued) rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the claim loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="callback-outbox")
+
+    async def stop(self) -> None:
+        """Stop claiming and cancel deliveries in flight; their leases lapse and another replica (or this
+        one, restarted) makes the attempt again."""
+        tasks = [t for t in (self._task, *self._workers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._claim_some()
+                if self._failing:
+                    log.info("callback outbox: claiming again")
+                self._failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: keep the loop alive, try again at the next poll
+                if not self._failing:  # once per outage, not once per poll
+                    log.warning("callback outbox: claim failed (%s); retrying", type(exc).__name__)
+                self._failing = True
+            # Wait for a wake-up (a local final outcome, or a worker freeing a slot) or the poll interval,
+            # which is how other replicas' enqueues and lapsed leases are noticed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            self._wake.clear()
+
+    async def _claim_some(self) -> None:
+        free = self._concurrency - len(self._workers)
+        if free <= 0:
+            return
+        ids, token = await self._store.claim_callbacks(free, timedelta(seconds=self._lease))
+        for request_id in ids:
+            await self._slots.acquire()  # never blocks long: at most ``free`` ids were claimed
+            task = asyncio.create_task(self._work(request_id, token), name=f"callback-{request_id}")
+            self._workers.add(task)
+            task.add_done_callback(self._done)
+        if self._metrics is not None:
+            with contextlib.suppress(StoreUnavailable):
+                due, dead = await self._store.callback_backlog()
+                self._metrics.callbacks_due.set(due)
+                self._metrics.callbacks_dead.set(dead)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        self._slots.release()
+        self._wake.set()  # a slot is free: claim more if any are due
+        if not task.cancelled() and task.exception() is not None:
+            log.error("callback delivery failed", exc_info=task.exception())
+
+    async def _work(self, request_id: str, token: int) -> None:
+        try:
+            job = await self._store.begin_callback(request_id)
+            request = await self._store.get(request_id) if job is not None else None
+        except StoreUnavailable:
+            return  # the lease lapses and the attempt is made again
+        if job is None or request is None or not request.callback_url:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.drop_callback(request_id, token)
+            return
+        receipt = None
+        if request.status is Status.APPROVED:
+            with contextlib.suppress(StoreUnavailable):
+                receipt = await self._store.receipt(request_id)
+        number = int(job.get("attempts", "1"))
+        record = await self._sender.attempt(request, receipt, number, job.get("delivery_id", ""))
+        outcome = record["outcome"]
+        retry_at: int | None = None
+        if outcome == "delivered":
+            state = "delivered"
+        elif refused(record):
+            state = "refused"
+        elif number >= self._sender.attempts:
+            state = "dead"
+        else:
+            state = "queued"
+            retry_at = int((time.time() + self._sender.backoff(number)) * 1000)
+        try:
+            ours = await self._store.finish_callback(request_id, token, state, record, retry_at)
+        except StoreUnavailable:
+            return  # the lease lapses; the next attempt repeats this one (the receiver dedupes)
+        if ours and state == "dead":
+            log.warning(
+                "callback for %s dead-lettered after %d attempts (last: %s)",
+                request_id, number, record.get("error") or record.get("status"),
+            )  # fmt: skip
+            if self._metrics is not None:
+                self._metrics.callback_dead_letters.inc()

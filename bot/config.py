@@ -89,7 +89,28 @@ class Settings(BaseSettings):
     signer_max_checks: int = Field(default=32, ge=1, le=1024)
     signer_max_signs: int = Field(default=16, ge=1, le=1024)
     callback_attempts: int = Field(default=8, ge=1, le=30)
+    # One callback attempt (lookup, MAC and POST) is cut off after callback_timeout s.
     callback_timeout: float = Field(default=10.0, gt=0, le=120)
+    # The callback outbox (docs/api.md, "Callbacks"): deliveries in flight per replica (one socket each),
+    # how long a claimed delivery is a replica's before another may take it (must exceed callback_timeout),
+    # the backoff between attempts (doubling from the first delay up to the max), and how often a replica
+    # looks for callbacks other replicas enqueued or left behind.
+    # Request limits (docs/configuration.md, "Request limits"): pending requests per requester, per repo
+    # and in all, and new requests per requester per minute (a token bucket holding request_burst).
+    max_pending_per_requester: int = Field(default=20, ge=1, le=100_000)
+    max_pending_per_repo: int = Field(default=50, ge=1, le=100_000)
+    max_pending: int = Field(default=1000, ge=1, le=1_000_000)
+    request_rate: float = Field(default=30.0, gt=0, le=100_000)
+    request_burst: int = Field(default=10, ge=1, le=100_000)
+    # Per client address (docs/configuration.md): failed authentications (or checks in flight) allowed in a
+    # burst, and refilled per second; past them, that address gets 429 before any signer call.
+    source_burst: int = Field(default=50, ge=1, le=1_000_000)
+    source_rate: float = Field(default=10.0, gt=0, le=1_000_000)
+    callback_concurrency: int = Field(default=16, ge=1, le=1024)
+    callback_lease: float = Field(default=30.0, gt=0, le=3600)
+    callback_retry_first: float = Field(default=1.0, gt=0, le=3600)
+    callback_retry_max: float = Field(default=60.0, gt=0, le=86400)
+    callback_poll_interval: float = Field(default=1.0, gt=0, le=60)
     # Comma-separated host names, "*.suffix" patterns or IP literals; empty: any public https host.
     callback_hosts: str = ""
     card_retry_max: Duration = timedelta(seconds=60)
@@ -162,6 +183,13 @@ class Settings(BaseSettings):
     def _lease_outlives_a_signer_call(self) -> Settings:
         if self.sign_lease.total_seconds() <= self.signer_timeout:
             raise ValueError("KEYTURN_SIGN_LEASE must be longer than KEYTURN_SIGNER_TIMEOUT")
+        return self
+
+    @model_validator(mode="after")
+    def _callback_lease_outlives_an_attempt(self) -> Settings:
+        # A live replica must settle its attempt before its claim lapses, or another replica repeats it.
+        if self.callback_lease <= self.callback_timeout:
+            raise ValueError("KEYTURN_CALLBACK_LEASE must be longer than KEYTURN_CALLBACK_TIMEOUT")
         return self
 
     @model_validator(mode="after")

@@ -65,6 +65,16 @@ class Metrics:
             "Status reads waiting for a change (?wait=), i.e. CI jobs waiting",
             registry=r,
         )
+        self.callback_dead_letters = Counter(
+            "keyturn_callback_dead_letters_total",
+            "Callbacks given up after the last attempt (by this replica)",
+            registry=r,
+        )
+        # Shared by every replica (read from Redis by each replica's delivery loop).
+        self.callbacks_due = Gauge("keyturn_callbacks_due", "Callbacks owed (outbox backlog)", registry=r)
+        self.callbacks_dead = Gauge(
+            "keyturn_callbacks_dead", "Callbacks dead-lettered (outbox dead-letter index)", registry=r
+        )
         self.background_tasks = Gauge(
             "keyturn_background_tasks", "Background tasks in flight (card posting, callbacks)", registry=r
         )

@@ -28,13 +28,14 @@ from starlette.routing import Route
 
 from bot.api import Api, GuardMiddleware, http_error_handler
 from bot.approvals import ApprovalService, LifecycleHooks
-from bot.callbacks import CallbackPolicy, CallbackSender, parse_host_patterns
+from bot.callbacks import CallbackOutbox, CallbackPolicy, CallbackSender, parse_host_patterns
 from bot.config import Settings, describe_error, signer_only_settings_found
 from bot.edge import BodyDeadlineMiddleware, ListenerSplitMiddleware, uvicorn_limits
 from bot.metrics import Metrics
+from bot.prefilter import SourceLimiter
 from bot.redisconn import make_redis
 from bot.slack_token import SlackTokenCheck
-from bot.store import ChangeFeed, RequestStore, StoreUnavailable
+from bot.store import ChangeFeed, RequestLimits, RequestStore, StoreUnavailable
 from signer.errors import KeyturnError
 from signer.policy import Policy, PolicyError, load_policy
 
@@ -181,14 +182,24 @@ def build_app(
     callback_policy = CallbackPolicy(
         dev_mode=settings.dev_mode, hosts=parse_host_patterns(settings.callback_hosts)
     )
-    callbacks = CallbackSender(
+    sender = CallbackSender(
         store,
         signer,
         clock=clock,
         metrics=metrics,
         attempts=settings.callback_attempts,
         timeout=settings.callback_timeout,
+        first_delay=settings.callback_retry_first,
+        max_delay=settings.callback_retry_max,
         policy=callback_policy,
+    )
+    outbox = CallbackOutbox(
+        store,
+        sender,
+        concurrency=settings.callback_concurrency,
+        lease=settings.callback_lease,
+        poll_interval=settings.callback_poll_interval,
+        metrics=metrics,
     )
     service = ApprovalService(
         store,
@@ -196,12 +207,21 @@ def build_app(
         signer,
         policy,
         clock=clock,
-        callbacks=callbacks,
+        callbacks=outbox,
         metrics=metrics,
         card_retry_max=settings.card_retry_max,
         sign_lease=settings.sign_lease,
+        limits=RequestLimits(
+            per_requester=settings.max_pending_per_requester,
+            per_repo=settings.max_pending_per_repo,
+            total=settings.max_pending,
+            rate_per_minute=settings.request_rate,
+            burst=settings.request_burst,
+        ),
     )
     feed = ChangeFeed(client)
+    # One budget per client address across both endpoints: a flood split between them costs no more.
+    sources = SourceLimiter(settings.source_burst, settings.source_rate)
     api = Api(
         service,
         store,
@@ -211,8 +231,16 @@ def build_app(
         base_url=settings.base_url,
         max_body=settings.max_body_bytes,
         callback_policy=callback_policy,
+        sources=sources,
     )
-    slack = build_slack_endpoint(service, messenger, signer, policy, web)
+    slack = build_slack_endpoint(
+        service,
+        messenger,
+        signer,
+        policy,
+        web,
+        sources=sources,
+    )
     token_check = SlackTokenCheck(web, team_id=policy.slack.team_id)
     api.slack_token = token_check
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
@@ -222,6 +250,7 @@ def build_app(
     if hooks is not None:
         service.hooks = hooks
     comps.background.append(runner if runner is not None else ExpirySweeper(service, store, clock))
+    comps.background.append(outbox)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

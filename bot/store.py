@@ -10,6 +10,15 @@ the layout works on Redis Cluster):
 * ``keyturn:req:{id}:receipt``    the signed receipt JSON (only once APPROVED)
 * ``keyturn:req:{id}:signing``    the signing claim (a token, with a lease) — one signer call at a time
 * ``keyturn:req:{id}:callbacks``  list of callback delivery attempts (JSON)
+* ``keyturn:req:{id}:outbox``     hash: the request's callback delivery (``delivery_id``, ``state`` queued /
+                                  delivered / dead / refused, ``attempts``, ``last``); see "Callback outbox"
+* ``keyturn:outbox:due``          sorted set of request ids whose callback is owed, scored by the epoch ms
+                                  of the next attempt; a claimed entry is re-scored to its lease's end, so
+                                  the score is also the lease (a dead replica's deliveries fall due again)
+* ``keyturn:outbox:dead``         sorted set of request ids whose callback was dead-lettered (epoch ms)
+* ``keyturn:{limits}:…``          request limits (see ``admit``), one slot for all: ``pending`` (every pending
+                                  request), ``requester:{name}`` and ``repo:{name}`` (their pending requests),
+                                  sorted sets scored by expiry (epoch ms); ``rate:{name}`` a token bucket hash
 * ``keyturn:scope:{sha256}``      dedupe index: scope → the pending request id (its own slot; see ``create``)
 * ``keyturn:pending``             sorted set of pending request ids, scored by ``expires_at`` (epoch seconds)
 * ``keyturn:attention:card``      sorted set (same scores) of pending requests without a card yet
@@ -41,10 +50,11 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
@@ -63,6 +73,9 @@ AT_QUORUM_KEY = f"{PREFIX}:attention:quorum"
 # Requests whose denial, cancel or expiry may not be in the signer's audit log yet (docs/security.md, "The
 # record"): added before the final transition, removed once the signer recorded it; the backstop retries.
 UNRECORDED_KEY = f"{PREFIX}:attention:outcome"
+OUTBOX_DUE_KEY = f"{PREFIX}:outbox:due"
+OUTBOX_DEAD_KEY = f"{PREFIX}:outbox:dead"
+LIMITS_PREFIX = f"{PREFIX}:{{limits}}"
 # Index reads are paged so one call never asks Redis for an unbounded reply.
 INDEX_PAGE = 1000
 # A signed CI request is fresh while its timestamp is within ±300 s of the signer's clock, i.e. for up to
@@ -320,6 +333,129 @@ return 0
 """
 
 
+# --- Callback outbox (bot/callbacks.py, CallbackOutbox) ----------------------------------------------------
+# The job lives in the request's slot (``:outbox``); the due index is a slot of its own, so each script
+# touches one of them. The job is written first: a due entry without a job cannot exist, and a job left
+# without a due entry (a crash between the two calls) is re-indexed by ``enqueue_callback`` run again.
+
+# KEYS[1] job. ARGV: delivery id, ttl seconds. The job's state after the call (a new job is 'queued').
+# Repeat-safe: an existing job is left as it is and its state returned, so enqueueing twice is once.
+_OUTBOX_ENQUEUE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then return state end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'delivery_id', ARGV[1], 'attempts', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 'queued'
+"""
+
+# KEYS[1] due index. ARGV: now ms, lease end ms, max entries. Claims entries due at ``now``: each is re-scored
+# to the lease end (its claim token) and returned. An entry whose lease lapsed is due again, so a delivery
+# whose replica died moves to whichever replica claims next.
+# Repeat-safe: a retried claim finds its entries already re-scored (not due) and claims none of them again;
+# they fall due again at the lease end, so nothing is lost.
+_OUTBOX_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #ids do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ids[i]) end
+return ids
+"""
+
+# KEYS[1] due index. ARGV: id, claim token (the lease end ms), next score ms or '' to remove. Only the holder
+# of the current claim may settle it: a replica that stalled past its lease finds the entry re-scored by
+# another and changes nothing (0).
+# Repeat-safe: a settle retried after it landed finds the entry gone or re-scored: 0, and nothing changes.
+_OUTBOX_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
+else redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] job. ARGV: ttl seconds. Count one attempt; the job's fields after it (flat list), or {} if the job
+# is gone (its request's retention ran out) or already settled (delivered, dead, refused).
+# Not repeat-safe by design: a retry after it landed counts the attempt twice, which only brings the
+# dead letter one attempt sooner.
+_OUTBOX_BEGIN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' then return {} end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1] job. ARGV: state, last attempt JSON. Settle the job (delivered / dead / refused) or, with
+# 'queued', record the last failure. A settled job stays settled.
+# Repeat-safe: writing the same state and last attempt twice leaves the same job.
+_OUTBOX_MARK = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'last', ARGV[2])
+return 1
+"""
+
+
+# --- Request limits (issue 14 finding 4) ------------------------------------------------------------------
+# KEYS[1] rate bucket (hash tokens, ts), KEYS[2] the requester's pending set, KEYS[3] the repo's, KEYS[4] all
+# pending. ARGV: now ms, tokens per ms, burst, cap per requester, cap per repo, cap in all, request id, its
+# expiry ms, bucket ttl s. Answers {'ok', 0} after counting the request, or {limit, retry-after ms} without
+# changing anything but the pruning of expired entries. The checks and the counting are one step, so
+# concurrent creates on any replica cannot overshoot a cap.
+# Repeat-safe: a request id already counted is admitted again without taking a token or a place twice.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+for i = 2, 4 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
+if redis.call('ZSCORE', KEYS[4], ARGV[7]) then return {'ok', 0} end
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, ts = burst, now
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+if b[1] then
+  tokens = math.min(burst, tonumber(b[1]) + (now - tonumber(b[2])) * rate)
+end
+if tokens < 1 then return {'rate', math.ceil((1 - tokens) / rate)} end
+local caps = {{KEYS[2], tonumber(ARGV[4]), 'requester'}, {KEYS[3], tonumber(ARGV[5]), 'repo'},
+              {KEYS[4], tonumber(ARGV[6]), 'total'}}
+for _, c in ipairs(caps) do
+  if redis.call('ZCARD', c[1]) >= c[2] then
+    local first = redis.call('ZRANGE', c[1], 0, 0, 'WITHSCORES')
+    return {c[3], math.max(1000, tonumber(first[2]) - now)}
+  end
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'ts', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+for i = 2, 4 do
+  redis.call('ZADD', KEYS[i], ARGV[8], ARGV[7])
+end
+return {'ok', 0}
+"""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Caps on pending requests and the rate of new ones (docs/configuration.md, "Request limits")."""
+
+    per_requester: int = 20
+    per_repo: int = 50
+    total: int = 1000
+    rate_per_minute: float = 30.0  # new requests per requester, refilled continuously
+    burst: int = 10
+
+
+class LimitExceeded(Refused):
+    """A new request over a limit: ``limit`` names it, ``retry_after`` (s) says when to try again."""
+
+    _MESSAGES: ClassVar[dict[str, str]] = {
+        "rate": "Too many new requests from {who}: at most {rate:g} a minute (bursts of {burst}).",
+        "requester": "{who} has {cap} pending requests, the most allowed; cancel or wait for one.",
+        "repo": "{repo} has {cap} pending requests, the most allowed; cancel or wait for one.",
+        "total": "The bot holds {cap} pending requests, the most allowed; try again later.",
+    }
+
+    def __init__(self, limit: str, retry_after: int, message: str) -> None:
+        super().__init__("rate_limited" if limit == "rate" else "too_many_pending", message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class SigningInProgress(Exception):
     """A final transition lost to a live signing claim: wait for the signature's outcome, then re-decide."""
 
@@ -332,6 +468,11 @@ def _text(value: object) -> str:
 
 def _epoch(dt: datetime) -> float:
     return dt.timestamp()
+
+
+def _now_ms() -> int:
+    """Wall-clock epoch milliseconds: outbox scores are compared across replicas, so not a monotonic clock."""
+    return int(time.time() * 1000)
 
 
 class RequestStore:
@@ -353,6 +494,12 @@ class RequestStore:
         self._delete_in_flight = client.register_script(_DELETE_IN_FLIGHT)
         self._claim_scope = client.register_script(_CLAIM_SCOPE)
         self._append_attempt = client.register_script(_APPEND_ATTEMPT)
+        self._outbox_enqueue = client.register_script(_OUTBOX_ENQUEUE)
+        self._admit = client.register_script(_ADMIT)
+        self._outbox_claim = client.register_script(_OUTBOX_CLAIM)
+        self._outbox_settle = client.register_script(_OUTBOX_SETTLE)
+        self._outbox_begin = client.register_script(_OUTBOX_BEGIN)
+        self._outbox_mark = client.register_script(_OUTBOX_MARK)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -482,13 +629,20 @@ class RequestStore:
 
     @_guard
     async def create_or_get(
-        self, request: DeployRequest, origin: OriginEvidence, now: datetime
+        self,
+        request: DeployRequest,
+        origin: OriginEvidence,
+        now: datetime,
+        limits: RequestLimits | None = None,
     ) -> tuple[DeployRequest, bool]:
         """Store ``request`` unless a pending request with the same scope exists; return (request, created).
 
         The record is written first, then the scope index is claimed with SET NX: whoever wins the claim
         owns the scope, a loser deletes its unreferenced record and returns the winner's. A scope entry
         pointing at a final, expired or vanished request is stale and removed (compare-and-delete).
+
+        With ``limits``, a request about to be created (not one answered by the pending request of its
+        scope) is first counted against them: :class:`LimitExceeded` if over one, nothing stored.
         """
         skey = scope_key(request.scope)
         token = secrets.token_hex(16)
@@ -508,6 +662,8 @@ class RequestStore:
                 await self._delete_if_equals(keys=[skey], args=[existing_id])
                 continue
             stored = request.model_copy(update={"version": 1})
+            if limits is not None:
+                await self._admit_request(stored, limits, now)
             created = await self._create(
                 keys=[record_key(stored.id), _sub_key(stored.id, "origin")],
                 args=[
@@ -525,6 +681,8 @@ class RequestStore:
                 # whatever state, is the answer; a decided request is never reopened.
                 again = await self.get(stored.id)
                 if again is not None:
+                    if again.status.final and limits is not None:
+                        await self._unadmit(again)  # counted again just now; it is no longer pending
                     return again, False
                 raise StoreConflict(f"request id {stored.id} already exists")
             if await self._claim_scope(keys=[skey], args=[stored.id, lifetime + 60]):
@@ -535,7 +693,54 @@ class RequestStore:
                 await pipe.execute()
                 return stored, True
             await self._r.delete(record_key(stored.id), _sub_key(stored.id, "origin"))
+            if limits is not None:
+                await self._unadmit(stored)  # lost the scope to another request: this one does not exist
         raise StoreConflict("could not claim the scope index")
+
+    async def _admit_request(self, request: DeployRequest, limits: RequestLimits, now: datetime) -> None:
+        """Count ``request`` against the limits, or raise :class:`LimitExceeded` (atomic, in Lua)."""
+        who, repo = request.requester, request.scope.repo
+        rate_per_ms = limits.rate_per_minute / 60_000
+        # The bucket refills to full in burst / rate; it can be forgotten after that.
+        bucket_ttl = max(60, int(limits.burst / max(rate_per_ms, 1e-9) / 1000) + 60)
+        limit, retry_ms = await self._admit(
+            keys=[
+                f"{LIMITS_PREFIX}:rate:{who}",
+                f"{LIMITS_PREFIX}:requester:{who}",
+                f"{LIMITS_PREFIX}:repo:{repo}",
+                f"{LIMITS_PREFIX}:pending",
+            ],
+            args=[
+                int(now.timestamp() * 1000),
+                repr(rate_per_ms),
+                limits.burst,
+                limits.per_requester,
+                limits.per_repo,
+                limits.total,
+                request.id,
+                int(request.expires_at.timestamp() * 1000),
+                bucket_ttl,
+            ],
+        )
+        name = _text(limit)
+        if name == "ok":
+            return
+        cap = {"requester": limits.per_requester, "repo": limits.per_repo, "total": limits.total}.get(name)
+        message = LimitExceeded._MESSAGES[name].format(
+            who=who, repo=repo, cap=cap, rate=limits.rate_per_minute, burst=limits.burst
+        )
+        raise LimitExceeded(name, max(1, -(-int(retry_ms) // 1000)), message)
+
+    async def _unadmit(self, request: DeployRequest) -> None:
+        """Take a request out of the limits' counts (it became final, or was never created)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in (
+            f"{LIMITS_PREFIX}:requester:{request.requester}",
+            f"{LIMITS_PREFIX}:repo:{request.scope.repo}",
+            f"{LIMITS_PREFIX}:pending",
+        ):
+            pipe.zrem(key, request.id)
+        await pipe.execute()
 
     # -- transitions -----------------------------------------------------------------------------------
 
@@ -580,6 +785,7 @@ class RequestStore:
         for key in (PENDING_KEY, NEEDS_CARD_KEY, AT_QUORUM_KEY):
             pipe.zrem(key, request.id)
         await pipe.execute()
+        await self._unadmit(request)
         await self._delete_if_equals(keys=[scope_key(request.scope)], args=[request.id])
 
     @_guard
@@ -607,6 +813,10 @@ class RequestStore:
             result, written = await self._write(current, new, receipt, unless_signing)
             if result == 1:
                 if written.status.final and not current.status.final:
+                    if written.callback_url:
+                        # Before the index clean-up: a crash before this line leaves the request in the
+                        # pending index, and the expiry job's repair (``settle_final``) enqueues it then.
+                        await self.enqueue_callback(written.id)
                     await self._after_final(written)
                 elif written.card is not None and current.card is None:
                     await self._r.zrem(NEEDS_CARD_KEY, written.id)
@@ -751,6 +961,101 @@ class RequestStore:
         """Every recorded callback delivery attempt, in order."""
         rows = await self._r.lrange(_sub_key(request_id, "callbacks"), 0, -1)
         return [json.loads(r) for r in rows]
+
+    # -- callback outbox ------------------------------------------------------------------------------------
+
+    @_guard
+    async def enqueue_callback(self, request_id: str) -> str:
+        """Owe ``request_id``'s callback: a job with a fresh delivery id, due now. Idempotent: an existing
+        job (any state) is kept, and only a queued one is (re-)indexed as due. The job's state."""
+        state = _text(
+            await self._outbox_enqueue(
+                keys=[_sub_key(request_id, "outbox")], args=[f"dlv_{secrets.token_hex(12)}", self._retention]
+            )
+        )
+        if state == "queued":
+            await self._r.zadd(OUTBOX_DUE_KEY, {request_id: _now_ms()}, nx=True)
+        return state
+
+    @_guard
+    async def settle_final(self, request: DeployRequest) -> None:
+        """Repair what a replica that died right after a final write left undone: the callback job and the
+        index clean-up. Both are idempotent, so running this for a request already tidied changes nothing."""
+        if not request.status.final:
+            return
+        if request.callback_url:
+            await self.enqueue_callback(request.id)
+        await self._after_final(request)
+
+    @_guard
+    async def claim_callbacks(self, limit: int, lease: timedelta) -> tuple[list[str], int]:
+        """Claim at most ``limit`` due callbacks for ``lease``; (request ids, claim token)."""
+        now = _now_ms()
+        # The lease end is the claim token: a random sub-second offset keeps two replicas claiming in the
+        # same millisecond apart (a tie would let both settle; the receiver dedupes even then).
+        token = now + int(lease.total_seconds() * 1000) + secrets.randbelow(1000)
+        rows = await self._outbox_claim(keys=[OUTBOX_DUE_KEY], args=[now, token, max(1, limit)])
+        return [_text(r) for r in rows], token
+
+    @_guard
+    async def begin_callback(self, request_id: str) -> dict[str, str] | None:
+        """Count one delivery attempt of a queued job; its fields, or None if there is nothing to deliver."""
+        rows = await self._outbox_begin(keys=[_sub_key(request_id, "outbox")], args=[self._retention])
+        if not rows:
+            return None
+        flat = [_text(r) for r in rows]
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    @_guard
+    async def finish_callback(
+        self, request_id: str, token: int, state: str, last: dict[str, Any], retry_at_ms: int | None = None
+    ) -> bool:
+        """Record an attempt's result and settle the claim ``token``: ``state`` 'queued' with ``retry_at_ms``
+        reschedules; 'delivered', 'refused' or 'dead' (dead-lettered) ends the job. False if the claim was
+        no longer ours (another replica took the lapsed lease; its attempt decides)."""
+        ours = int(
+            await self._outbox_settle(
+                keys=[OUTBOX_DUE_KEY],
+                args=[request_id, token, "" if retry_at_ms is None else retry_at_ms],
+            )
+        )
+        if not ours:
+            return False
+        await self._outbox_mark(
+            keys=[_sub_key(request_id, "outbox")], args=[state, json.dumps(last, separators=(",", ":"))]
+        )
+        if state == "dead":
+            await self._r.zadd(OUTBOX_DEAD_KEY, {request_id: _now_ms()})
+        return True
+
+    @_guard
+    async def drop_callback(self, request_id: str, token: int) -> None:
+        """Forget a due entry that has nothing to deliver (job settled or gone), if the claim is ours."""
+        await self._outbox_settle(keys=[OUTBOX_DUE_KEY], args=[request_id, token, ""])
+
+    @_guard
+    async def callback_job(self, request_id: str) -> dict[str, Any] | None:
+        """The request's callback job as the API shows it, or None if it has none."""
+        raw = await self._r.hgetall(_sub_key(request_id, "outbox"))
+        if not raw:
+            return None
+        job = {_text(k): _text(v) for k, v in raw.items()}
+        last = json.loads(job["last"]) if job.get("last") else None
+        return {
+            "deliveryId": job.get("delivery_id"),
+            "state": job.get("state"),
+            "attempts": int(job.get("attempts", "0")),
+            "last": last,
+        }
+
+    @_guard
+    async def callback_backlog(self) -> tuple[int, int]:
+        """(callbacks owed, callbacks dead-lettered), for the metrics."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zcard(OUTBOX_DUE_KEY)
+        pipe.zcard(OUTBOX_DEAD_KEY)
+        due, dead = await pipe.execute()
+        return int(due), int(dead)
 
     # -- replay guard for signed CI requests --------------------------------------------------------------
 

@@ -273,6 +273,17 @@ def start_emulator(logs: Path, *, slack_secret: str, bot_url: str | None = None)
     return proc, url
 
 
+REQUEST_LIMITS_OFF = {
+    "KEYTURN_MAX_PENDING_PER_REQUESTER": "100000",
+    "KEYTURN_MAX_PENDING_PER_REPO": "100000",
+    "KEYTURN_MAX_PENDING": "1000000",
+    "KEYTURN_REQUEST_RATE": "100000",
+    "KEYTURN_REQUEST_BURST": "100000",
+    # Tests send many bad signatures from loopback on purpose; the per-source limit has tests of its own.
+    "KEYTURN_SOURCE_BURST": "1000000",
+}
+
+
 def start_bot(
     logs: Path,
     *,
@@ -302,6 +313,9 @@ def start_bot(
             "KEYTURN_PUBLIC_URL": url,
             # The bot refuses to start with the signer's secrets; blank any the test process exports.
             **dict.fromkeys(SIGNER_ONLY_VARIABLES, ""),
+            # Tests create hundreds of requests as one requester: request limits out of the way unless a
+            # test sets them (tests/bot/test_request_limits.py).
+            **REQUEST_LIMITS_OFF,
             **(env or {}),
         },
         ready=http_ok(f"{url}/readyz"),
