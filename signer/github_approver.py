@@ -257,7 +257,7 @@ class Approver:
             return _error(404, "unknown_run", "no checked webhook for this run")
         async with self._lock(run_id):
             if pending.status != "waiting":
-                return _error(409, "already_decided", f"the run was already {pending.status}", status=pending.status)
+                return _error(409, "already_decided", f"the run was already {pending.status}", decided=pending.status)
             try:
                 scope = await self.scope_from_github(pending.webhook)
             except GitHubUnavailable as exc:
@@ -283,7 +283,7 @@ class Approver:
             return _error(404, "unknown_run", "no checked webhook for this run")
         async with self._lock(run_id):
             if pending.status != "waiting":
-                return _error(409, "already_decided", f"the run was already {pending.status}", status=pending.status)
+                return _error(409, "already_decided", f"the run was already {pending.status}", decided=pending.status)
             rid = request_id if github_app.contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)

@@ -115,13 +115,15 @@ class GitHubEmulator:
         self.reset()
 
     def reset(self) -> None:
-        """No runs, tokens, calls or faults."""
+        """No runs, tokens, calls or faults. Run and deployment ids keep counting: as on GitHub, an id is
+        never reused, so a client that remembers runs across a reset cannot confuse two."""
         self.runs: dict[int, Run] = {}
         self.tokens: dict[str, tuple[int, int]] = {}  # token -> (installation id, expires at)
         self.calls: list[dict[str, Any]] = []
         self.faults = Faults()
-        self._next_run = 9000
-        self._next_deployment = 100000
+        if not hasattr(self, "_next_run"):
+            self._next_run = 9000
+            self._next_deployment = 100000
 
     def new_run(self, spec: Mapping[str, Any]) -> Run:
         """A waiting run from ``spec`` (repo, sha, environment, workflow; optional ids, ref, event)."""
