@@ -1,7 +1,8 @@
 """Pure decisions of the GitHub approver (docs/security.md, "GitHub deployment protection rules").
 
-Nothing here does I/O or reads a clock: raw bytes, headers, secrets and ``now`` go in; checked values come out,
-or a :class:`GitHubError` with a stable ``code`` is raised. ``signer/github_approver.py`` is the I/O around it.
+Nothing here does I/O or reads a clock: raw bytes, headers, secrets and ``now`` go in; checked values come
+out, or a :class:`GitHubError` with a stable ``code`` is raised. ``signer/github_approver.py`` is the I/O
+around it.
 
 - :func:`webhook_signature` / :func:`check_webhook`: GitHub's ``X-Hub-Signature-256`` (HMAC-SHA256 of the raw
   body with the webhook secret, compared in constant time), then the ``deployment_protection_rule``
@@ -53,7 +54,7 @@ class GitHubError(KeyturnError):
 @dataclass(frozen=True)
 class Webhook:
     """A checked ``deployment_protection_rule`` (``requested``) delivery: everything GitHub signed that the
-    approver uses. ``scope`` is the webhook's own word; the approver re-reads it from the API before approving.
+    approver uses. These are the webhook's word; the approver re-reads the run from the API before approving.
     """
 
     delivery: str
@@ -80,7 +81,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two parsers reading one JSON text differently is how a signed payload says two things: refuse duplicates.
+    # Two parsers reading one JSON text differently let a signed payload say two things: refuse duplicates.
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
         raise ValueError("duplicate key")
@@ -167,7 +168,11 @@ def check_webhook(
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
         raise GitHubError("malformed_payload", f"payload fields: {detail}", fields=problems)
-    assert environment and sha and callback and repo and installation_id  # narrowed by problems == {}
+    assert environment
+    assert sha
+    assert callback
+    assert repo
+    assert installation_id
     run_id, path = _callback_run(callback, api_base_path, repo)
     if environment not in environments:
         raise GitHubError("no_policy", f"no policy for environment {environment!r}: refused")
@@ -236,8 +241,12 @@ def run_scope(webhook: Webhook, run: Mapping[str, Any], deployment: Mapping[str,
                 problems["deployment.sha"] = "is not the webhook's sha"
     if problems:
         detail = "; ".join(f"{k} {v}" for k, v in sorted(problems.items()))
-        raise GitHubError("run_mismatch", f"GitHub's reads disagree with the webhook: {detail}", fields=problems)
-    assert isinstance(repo, str) and isinstance(sha, str) and isinstance(workflow, str)
+        raise GitHubError(
+            "run_mismatch", f"GitHub's reads disagree with the webhook: {detail}", fields=problems
+        )
+    assert isinstance(repo, str)
+    assert isinstance(sha, str)
+    assert isinstance(workflow, str)
     return Scope(repo, sha, environment, workflow)
 
 
@@ -300,8 +309,5 @@ def approve_comment(request_id: str, scope: Scope, approvers: list[str], link: s
 
 def reject_comment(reason: str, request_id: str | None, link: str | None) -> str:
     """The comment of a rejection: ``reason`` (the bot's text: escaped, cut to fit) and the request."""
-    if request_id:
-        tail = f" (Keyturn request {_request_ref(request_id, link)})"
-    else:
-        tail = ""
+    tail = f" (Keyturn request {_request_ref(request_id, link)})" if request_id else ""
     return _fit("Rejected by Keyturn: " + markdown_escape(reason), tail)

@@ -40,10 +40,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from signer import github_app
+from signer import contract, github_app
 from signer.gate import GateError, check_receipt, load_keyset
 from signer.github_app import GitHubError, Webhook
 from signer.keyset import PublicKeyset
+from signer.receipt import Scope
 
 log = logging.getLogger("keyturn.github_approver")
 
@@ -70,7 +71,8 @@ class Settings:
     timeout_s: float = 10.0
 
     def __repr__(self) -> str:
-        return f"Settings(api_url={self.api_url!r}, app_id={self.app_id!r}, environments={sorted(self.environments)})"
+        envs = sorted(self.environments)
+        return f"Settings(api_url={self.api_url!r}, app_id={self.app_id!r}, environments={envs})"
 
 
 @dataclass
@@ -117,14 +119,18 @@ class GitHubApi:
         self.sleep = sleep
         self._tokens: dict[int, tuple[str, float]] = {}
 
-    async def _send(self, method: str, path: str, headers: dict[str, str], body: Any = None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], body: Any = None
+    ) -> httpx.Response:
         """One logical call, retried on transient failures with backoff; raises ``GitHubUnavailable``."""
         url = self.s.api_url + path
         last = "no attempt"
         for attempt in range(1, self.s.attempts + 1):
             retry_after = None
             try:
-                resp = await self.client.request(method, url, headers=headers, json=body, timeout=self.s.timeout_s)
+                resp = await self.client.request(
+                    method, url, headers=headers, json=body, timeout=self.s.timeout_s
+                )
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
             else:
@@ -132,7 +138,9 @@ class GitHubApi:
                     return resp
                 last = f"HTTP {resp.status_code}"
                 retry_after = resp.headers.get("retry-after")
-            log.warning("github %s %s failed (%s), attempt %d/%d", method, path, last, attempt, self.s.attempts)
+            log.warning(
+                "github %s %s failed (%s), attempt %d/%d", method, path, last, attempt, self.s.attempts
+            )
             if attempt < self.s.attempts:
                 await self.sleep(retry_delay(attempt, self.s.backoff_s, retry_after))
         raise GitHubUnavailable(f"{method} {path}: {last} after {self.s.attempts} attempts")
@@ -198,9 +206,11 @@ class Approver:
     def _lock(self, run_id: int) -> asyncio.Lock:
         return self._locks.setdefault(run_id, asyncio.Lock())
 
-    async def scope_from_github(self, webhook: Webhook) -> github_app.Scope:
+    async def scope_from_github(self, webhook: Webhook) -> Scope:
         """The run's scope as GitHub's API reports it now (never the bot's word, nor only the webhook's)."""
-        run = await self.api.read_json(f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}", webhook.installation_id)
+        run = await self.api.read_json(
+            f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}", webhook.installation_id
+        )
         deployment = None
         if webhook.deployment_id is not None:
             deployment = await self.api.read_json(
@@ -257,7 +267,9 @@ class Approver:
             return _error(404, "unknown_run", "no checked webhook for this run")
         async with self._lock(run_id):
             if pending.status != "waiting":
-                return _error(409, "already_decided", f"the run was already {pending.status}", decided=pending.status)
+                return _error(
+                    409, "already_decided", f"the run was already {pending.status}", decided=pending.status
+                )
             try:
                 scope = await self.scope_from_github(pending.webhook)
             except GitHubUnavailable as exc:
@@ -283,15 +295,19 @@ class Approver:
             return _error(404, "unknown_run", "no checked webhook for this run")
         async with self._lock(run_id):
             if pending.status != "waiting":
-                return _error(409, "already_decided", f"the run was already {pending.status}", decided=pending.status)
-            rid = request_id if github_app.contract.is_request_id(request_id) else None
+                return _error(
+                    409, "already_decided", f"the run was already {pending.status}", decided=pending.status
+                )
+            rid = request_id if contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)
 
     def _link(self, request_id: str) -> str | None:
         return self.s.request_link.format(request_id=request_id) if self.s.request_link else None
 
-    async def _review(self, pending: PendingRun, state: str, comment: str, request_id: str | None) -> JSONResponse:
+    async def _review(
+        self, pending: PendingRun, state: str, comment: str, request_id: str | None
+    ) -> JSONResponse:
         hook = pending.webhook
         body = {"environment_name": hook.environment, "state": state, "comment": comment}
         try:
@@ -332,7 +348,9 @@ def create_app(approver: Approver) -> Starlette:
         pending = approver.runs.get(int(request.path_params["run"]))
         if pending is None:
             return _error(404, "unknown_run", "no checked webhook for this run")
-        return JSONResponse({"run_id": pending.webhook.run_id, "status": pending.status, "comment": pending.comment})
+        return JSONResponse(
+            {"run_id": pending.webhook.run_id, "status": pending.status, "comment": pending.comment}
+        )
 
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -361,15 +379,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="keyturn github-approver",
-        description="Hold the GitHub App key; approve deployment protection rule runs only on verified receipts.",
+        description="Hold the GitHub App key; approve protected runs only on verified receipts.",
     )
     p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8767, help="port (default 8767)")
     p.add_argument("--api-url", default=DEFAULT_API, help=f"GitHub's REST API (default {DEFAULT_API})")
     p.add_argument("--app-id", required=True, help="the GitHub App's id")
-    p.add_argument("--app-key", required=True, help="PEM file: the App's private key (readable by this user only)")
+    p.add_argument(
+        "--app-key", required=True, help="PEM file: the App's private key (readable by this user only)"
+    )
     p.add_argument("--webhook-secret-file", required=True, help="file holding the App's webhook secret")
-    p.add_argument("--keys", required=True, help="the pinned public keyset (file or https URL), as for verify")
+    p.add_argument(
+        "--keys", required=True, help="the pinned public keyset (file or https URL), as for verify"
+    )
     p.add_argument("--policy", required=True, help="keyturn.toml: only its environments are gated here")
     p.add_argument("--request-link", help="URL template of a request, with {request_id}, for review comments")
     p.add_argument("--allow-dev-keys", action="store_true", help="accept development keys (local runs only)")

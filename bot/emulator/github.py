@@ -384,10 +384,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="keyturn github-emulator", description="Run the GitHub emulator.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8766, help="port (default 8766)")
-    p.add_argument("--app-id", default=DEFAULT_APP_ID, help=f"the App id JWTs must name (default {DEFAULT_APP_ID})")
-    p.add_argument("--app-public-key", required=True, help="PEM file: the App's public key (JWTs are checked)")
     p.add_argument(
-        "--webhook-secret-file", required=True, help="file holding the webhook secret deliveries are signed with"
+        "--app-id", default=DEFAULT_APP_ID, help=f"the App id JWTs must name (default {DEFAULT_APP_ID})"
+    )
+    p.add_argument(
+        "--app-public-key", required=True, help="PEM file: the App's public key (JWTs are checked)"
+    )
+    p.add_argument(
+        "--webhook-secret-file",
+        required=True,
+        help="file holding the webhook secret deliveries are signed with",
     )
     args = p.parse_args(argv)
     with open(args.app_public_key, "rb") as f:

@@ -51,7 +51,7 @@ class GitHubRig:
         return data
 
     def deliver(self, run_id: int, **spec: Any) -> dict[str, Any]:
-        """GitHub sends the run's webhook; it lands on the approver (as the bot forwards it, byte for byte)."""
+        """GitHub sends the run's webhook to the approver (as the bot forwards it, byte for byte)."""
         body = {"run_id": run_id, "url": f"{self.approver_url}/webhook", **spec}
         resp = self.http.post(f"{self.github_url}/_github/deliver", json=body)
         assert resp.status_code == 200, resp.text
@@ -86,12 +86,16 @@ def _app_key(workdir: Path) -> tuple[Path, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = workdir / "app.private-key.pem"
     private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     os.chmod(private, 0o600)
     public = workdir / "app.public-key.pem"
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return private, public
 
@@ -109,18 +113,26 @@ def github_rig(e2e_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         procs["github"] = harness.start_process(
             "github-emulator",
-            [*KEYTURN, "github-emulator", "--port", str(gh_port), "--app-id", APP_ID]
-            + ["--app-public-key", str(public), "--webhook-secret-file", str(secret_file)],
+            [
+                *KEYTURN,
+                "github-emulator",
+                *("--port", str(gh_port), "--app-id", APP_ID, "--app-public-key", str(public)),
+                *("--webhook-secret-file", str(secret_file)),
+            ],
             logs,
             ready=harness.http_ok(f"{gh_url}/healthz"),
         )
         procs["approver"] = harness.start_process(
             "github-approver",
-            [*KEYTURN, "github-approver", "--port", str(ap_port), "--api-url", gh_url, "--app-id", APP_ID]
-            + ["--app-key", str(private), "--webhook-secret-file", str(secret_file)]
-            + ["--keys", str(e2e_stack.keys_file), "--policy", str(e2e_stack.workdir / "keyturn.toml")]
-            + ["--request-link", "https://keyturn.example/requests/{request_id}"]
-            + ["--attempts", "3", "--backoff", "0.05", "--timeout", "1"],
+            [
+                *KEYTURN,
+                "github-approver",
+                *("--port", str(ap_port), "--api-url", gh_url, "--app-id", APP_ID),
+                *("--app-key", str(private), "--webhook-secret-file", str(secret_file)),
+                *("--keys", str(e2e_stack.keys_file), "--policy", str(e2e_stack.workdir / "keyturn.toml")),
+                *("--request-link", "https://keyturn.example/requests/{request_id}"),
+                *("--attempts", "3", "--backoff", "0.05", "--timeout", "1"),
+            ],
             logs,
             ready=harness.http_ok(f"{ap_url}/healthz"),
         )
@@ -170,7 +182,12 @@ def test_a_run_is_approved_exactly_once_after_quorum_with_a_comment_linking_the_
 ) -> None:
     run_id, checked = _waiting_run(gh)
     # The scope comes from GitHub (the webhook, then the API's run and deployment): with the workflow path.
-    assert checked["scope"] == {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": WORKFLOW}
+    assert checked["scope"] == {
+        "repo": "acme/web",
+        "sha": SHA,
+        "environment": "production",
+        "workflow": WORKFLOW,
+    }
 
     created = stack.create(**{"environment": "production", "workflow": WORKFLOW})
     req = stack.card(created["requestId"])
@@ -189,7 +206,8 @@ def test_a_run_is_approved_exactly_once_after_quorum_with_a_comment_linking_the_
 
     run = gh.run(run_id)
     assert run["status"] == "approved"
-    assert len(run["reviews"]) == 1 and len(gh.reviews_posted(run_id)) == 1
+    assert len(run["reviews"]) == 1
+    assert len(gh.reviews_posted(run_id)) == 1
     review = run["reviews"][0]
     assert (review["state"], review["environment_name"]) == ("approved", "production")
     rid = req["requestId"]
@@ -236,7 +254,9 @@ def test_expiry_rejects_the_run(gh: GitHubRig, stack: Stack) -> None:
         ({"raw": "not json"}, 400, "malformed_payload"),
     ],
 )
-def test_refused_webhooks_leave_no_waiting_run(gh: GitHubRig, spec: dict[str, Any], status: int, code: str) -> None:
+def test_refused_webhooks_leave_no_waiting_run(
+    gh: GitHubRig, spec: dict[str, Any], status: int, code: str
+) -> None:
     run = gh.new_run()
     answer = gh.deliver(run["run_id"], **spec)
     assert (answer["status"], answer["body"]["error"]) == (status, code), answer
@@ -266,8 +286,11 @@ def test_receipts_for_another_sha_or_environment_are_refused(gh: GitHubRig, stac
         _, receipt = _receipt_for(stack, environment, sha)
         refused = gh.approve(run_id, receipt)
         field = "environment" if environment != "production" else "sha"
-        assert (refused.status_code, refused.json()["error"]) == (403, f"scope_mismatch:{field}"), refused.text
-    assert gh.run(run_id)["status"] == "waiting" and gh.reviews_posted(run_id) == []
+        assert (refused.status_code, refused.json()["error"]) == (403, f"scope_mismatch:{field}"), (
+            refused.text
+        )
+    assert gh.run(run_id)["status"] == "waiting"
+    assert gh.reviews_posted(run_id) == []
 
 
 def test_a_compromised_bot_cannot_get_a_run_approved_without_its_receipt(
@@ -284,14 +307,16 @@ def test_a_compromised_bot_cannot_get_a_run_approved_without_its_receipt(
     # A webhook of its own making (no webhook secret) is refused, so it cannot open a run of its choosing.
     assert gh.deliver(run_id, signature="bad")["status"] == 401
     # Nor can it talk to GitHub as the App: a JWT from any key but the App's gets no installation token.
-    _, public = _app_key(tmp_path)
+    _, _public = _app_key(tmp_path)
     own_key = tmp_path / "app.private-key.pem"
     jwt = app_jwt(APP_ID, own_key.read_bytes(), int(__import__("time").time()))
     token = gh.http.post(
-        f"{gh.github_url}/app/installations/12345678/access_tokens", headers={"Authorization": f"Bearer {jwt}"}
+        f"{gh.github_url}/app/installations/12345678/access_tokens",
+        headers={"Authorization": f"Bearer {jwt}"},
     )
     assert token.status_code == 401
-    assert gh.run(run_id)["status"] == "waiting" and gh.reviews_posted(run_id) == []
+    assert gh.run(run_id)["status"] == "waiting"
+    assert gh.reviews_posted(run_id) == []
 
 
 def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, stack: Stack) -> None:
@@ -307,7 +332,8 @@ def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, s
     slow = gh.approve(run_id, receipt)
     assert (slow.status_code, slow.json()["error"]) == (502, "github_unavailable")
     gh.faults(slow_s=0.0)
-    assert gh.run(run_id)["status"] == "waiting" and gh.reviews_posted(run_id) == []
+    assert gh.run(run_id)["status"] == "waiting"
+    assert gh.reviews_posted(run_id) == []
 
     # A fault does not make a wrong receipt pass either.
     gh.faults(server_errors=1)
@@ -319,5 +345,6 @@ def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, s
     ok = gh.approve(run_id, receipt)
     assert ok.status_code == 200, ok.text
     statuses = [c.get("status") for c in gh.calls()[before:]]
-    assert 502 in statuses and 403 in statuses
+    assert 502 in statuses
+    assert 403 in statuses
     assert [r["state"] for r in gh.run(run_id)["reviews"]] == ["approved"]

@@ -96,7 +96,13 @@ def test_signature_by_another_secret_is_refused() -> None:
         ({"environment": "qa"}, "no_policy", None),
         ({"action": "completed"}, "unsupported_action", None),
         ({"deployment_callback_url": "https://evil.example/steal"}, "bad_callback", None),
-        ({"deployment_callback_url": "https://api.github.com/repos/other/repo/actions/runs/42/deployment_protection_rule"}, "bad_callback", None),
+        (
+            {
+                "deployment_callback_url": "https://api.github.com/repos/other/repo/actions/runs/42/deployment_protection_rule"
+            },
+            "bad_callback",
+            None,
+        ),
     ],
 )
 def test_payloads_are_validated(over: dict[str, Any], code: str, field: str | None) -> None:
@@ -107,7 +113,9 @@ def test_payloads_are_validated(over: dict[str, Any], code: str, field: str | No
         assert field in e.value.fields
 
 
-@pytest.mark.parametrize("body", [b"[]", b"not json", b'{"action": "requested", "action": "requested"}', b"\xff"])
+@pytest.mark.parametrize(
+    "body", [b"[]", b"not json", b'{"action": "requested", "action": "requested"}', b"\xff"]
+)
 def test_bodies_that_are_not_one_json_object_are_refused(body: bytes) -> None:
     with pytest.raises(GitHubError) as e:
         deliver(body)
@@ -144,7 +152,9 @@ def test_scope_comes_from_the_api_reads() -> None:
         (_run(), None),
     ],
 )
-def test_reads_disagreeing_with_the_webhook_are_refused(run: dict[str, Any], deployment: dict[str, Any] | None) -> None:
+def test_reads_disagreeing_with_the_webhook_are_refused(
+    run: dict[str, Any], deployment: dict[str, Any] | None
+) -> None:
     with pytest.raises(GitHubError) as e:
         github_app.run_scope(_hook(), run, deployment)
     assert e.value.code == "run_mismatch"
@@ -152,14 +162,18 @@ def test_reads_disagreeing_with_the_webhook_are_refused(run: dict[str, Any], dep
 
 def test_comments_fit_and_escape() -> None:
     scope = Scope("acme/web", SHA, "production", ".github/workflows/deploy.yml")
-    ok = github_app.approve_comment("req_01JV7Q4M4T7Z9X4P9G8N2D6R1A", scope, ["bob@example.com"], "https://k.example/r/1")
+    ok = github_app.approve_comment(
+        "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A", scope, ["bob@example.com"], "https://k.example/r/1"
+    )
     assert "[req\\_01JV7Q4M4T7Z9X4P9G8N2D6R1A](https://k.example/r/1)" in ok
     assert len(ok) <= github_app.MAX_COMMENT
     reason = "[click](https://evil.example) @everyone\n# heading " + "x" * 5000
     rejected = github_app.reject_comment(reason, "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A", None)
     assert len(rejected) <= github_app.MAX_COMMENT
-    assert "\\[click\\]\\(https://evil.example\\)" in rejected and "\\@everyone" in rejected
-    assert "\n" not in rejected and rejected.endswith("(Keyturn request `req_01JV7Q4M4T7Z9X4P9G8N2D6R1A`)")
+    assert "\\[click\\]\\(https://evil.example\\)" in rejected
+    assert "\\@everyone" in rejected
+    assert "\n" not in rejected
+    assert rejected.endswith("(Keyturn request `req_01JV7Q4M4T7Z9X4P9G8N2D6R1A`)")
 
 
 def _pems() -> tuple[bytes, rsa.RSAPublicKey]:
@@ -183,8 +197,12 @@ def test_app_jwt_is_what_the_emulator_takes_and_only_from_the_app_key() -> None:
 def test_retry_policy() -> None:
     from signer.github_approver import is_retryable, retry_delay
 
-    assert is_retryable(502, {}) and is_retryable(429, {})
+    assert is_retryable(502, {})
+    assert is_retryable(429, {})
     assert is_retryable(403, {"x-ratelimit-remaining": "0"})
-    assert not is_retryable(403, {}) and not is_retryable(404, {}) and not is_retryable(422, {})
+    assert not is_retryable(403, {})
+    assert not is_retryable(404, {})
+    assert not is_retryable(422, {})
     assert [retry_delay(n, 0.25, None) for n in (1, 2, 3)] == [0.25, 0.5, 1.0]
-    assert retry_delay(1, 0.25, "2") == 2.0 and retry_delay(1, 0.25, "9999") == 60.0
+    assert retry_delay(1, 0.25, "2") == 2.0
+    assert retry_delay(1, 0.25, "9999") == 60.0
