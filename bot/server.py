@@ -118,7 +118,9 @@ class Components:
     api: Api
     slack: Any
     background: list[Any] = field(default_factory=list)
-    extra_clients: list[aioredis.Redis] = field(default_factory=list)
+    extra_clients: list[Any] = field(
+        default_factory=list
+    )  # anything with aclose(): Redis pools, HTTP clients
 
 
 def _timers(
@@ -254,8 +256,15 @@ def build_app(
                 with contextlib.suppress(Exception):
                     await extra.aclose()
 
+    routes = [Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()]
+    if settings.github_approver_url:
+        from bot.github import GitHubForwarder
+
+        forwarder = GitHubForwarder(settings.github_approver_url)
+        routes += forwarder.routes()
+        comps.extra_clients.append(forwarder)
     app = Starlette(
-        routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
+        routes=routes,
         middleware=[
             Middleware(GuardMiddleware, metrics=metrics),
             # Inside the guard, so a body deadline is a 408 rather than the guard's 500.

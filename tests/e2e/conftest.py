@@ -109,6 +109,9 @@ class Stack:
     workdir: Path
     keys_file: Path
     http: httpx.Client
+    approver_port: int = (
+        0  # where tests/e2e/test_github_rule.py starts keyturn github-approver; the bot forwards there
+    )
 
     def post(self, path: str, body: bytes, **kw: Any) -> httpx.Response:
         """A signed CI POST."""
@@ -175,6 +178,7 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     policy.write_text(POLICY)
     keyset, public = harness.keygen(workdir)
     bot_port = free_port()
+    approver_port = free_port()
     bot_url = f"http://127.0.0.1:{bot_port}"
     procs: dict[str, Proc] = {}
     try:
@@ -197,6 +201,7 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
                 # The test receivers are plain http on 127.0.0.1, which the strict callback rules refuse.
                 "KEYTURN_DEV_MODE": "1",
                 "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
+                "KEYTURN_GITHUB_APPROVER_URL": f"http://127.0.0.1:{approver_port}",
             },
         )
     except Exception:
@@ -204,7 +209,7 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
             p.stop()
         raise
     with EmulatorClient(emu_url) as emulator, httpx.Client(timeout=30) as http:
-        yield Stack(bot_url, emulator, redis_srv, procs, workdir, public, http)
+        yield Stack(bot_url, emulator, redis_srv, procs, workdir, public, http, approver_port)
     for p in reversed(list(procs.values())):
         p.stop()
 

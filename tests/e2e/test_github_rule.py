@@ -51,7 +51,7 @@ class GitHubRig:
         return data
 
     def deliver(self, run_id: int, **spec: Any) -> dict[str, Any]:
-        """GitHub sends the run's webhook to the approver (as the bot forwards it, byte for byte)."""
+        """GitHub sends the run's webhook: to the approver (as the bot forwards it), or to ``url``."""
         body = {"run_id": run_id, "url": f"{self.approver_url}/webhook", **spec}
         resp = self.http.post(f"{self.github_url}/_github/deliver", json=body)
         assert resp.status_code == 200, resp.text
@@ -107,7 +107,7 @@ def github_rig(e2e_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
     private, public = _app_key(workdir)
     secret_file = workdir / "webhook-secret"
     secret_file.write_text(WEBHOOK_SECRET)
-    gh_port, ap_port = free_port(), free_port()
+    gh_port, ap_port = free_port(), e2e_stack.approver_port
     gh_url, ap_url = f"http://127.0.0.1:{gh_port}", f"http://127.0.0.1:{ap_port}"
     procs: dict[str, Proc] = {}
     try:
@@ -263,6 +263,21 @@ def test_refused_webhooks_leave_no_waiting_run(
     assert answer["body"]["message"]
     assert gh.http.get(f"{gh.approver_url}/runs/{run['run_id']}").status_code == 404
     assert gh.calls() == []  # refused before any API call
+
+
+def test_the_bot_forwards_deliveries_and_holds_no_secret_to_check_them(gh: GitHubRig, stack: Stack) -> None:
+    """A delivery through the bot's ``/github/webhook``: checked by the approver, answered as it came."""
+    run = gh.new_run()
+    url = f"{stack.bot_url}/github/webhook"
+    good = gh.deliver(run["run_id"], url=url)
+    assert good["status"] == 200, good
+    assert good["body"]["scope"]["workflow"] == WORKFLOW
+    bad = gh.deliver(gh.new_run()["run_id"], url=url, signature="bad")
+    assert (bad["status"], bad["body"]["error"]) == (401, "bad_signature")
+    no_policy = gh.deliver(gh.new_run(environment="qa")["run_id"], url=url)
+    assert (no_policy["status"], no_policy["body"]["error"]) == (422, "no_policy")
+    # No card for any of them: the bot opens no request from a webhook (docs/github.md, "Status").
+    assert stack.emulator.calls("chat.postMessage") == []
 
 
 def test_an_environment_without_policy_is_refused(gh: GitHubRig) -> None:
