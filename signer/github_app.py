@@ -307,6 +307,11 @@ def approve_comment(request_id: str, scope: Scope, approvers: list[str], link: s
     return _fit(head)
 
 
+def status_comment(text: str) -> str:
+    """A status-only comment: the bot's ``text``, escaped and cut to fit."""
+    return _fit("Keyturn: " + markdown_escape(text))
+
+
 def reject_comment(reason: str, request_id: str | None, link: str | None) -> str:
     """The comment of a rejection: ``reason`` (the bot's text: escaped, cut to fit) and the request."""
     tail = f" (Keyturn request {_request_ref(request_id, link)})" if request_id else ""

@@ -15,7 +15,11 @@ Routes (JSON answers; ``error`` is a stable code):
 - ``POST /runs/{run_id}/approve``: the body is a receipt, as ``keyturn verify`` reads it. Approves once.
 - ``POST /runs/{run_id}/reject``: ``{"reason": "...", "request_id": "req_…"?}``. Rejecting is fail-closed,
   so the bot's word suffices.
+- ``POST /runs/{run_id}/status``: ``{"text": "..."}``, a status-only comment on a waiting run.
 - ``GET /runs/{run_id}``, ``GET /healthz``.
+
+A request approves one run: its receipt names a scope, not a run, so the approver remembers which run each
+request id approved and refuses it for another (``receipt_spent``).
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -199,6 +203,9 @@ class Approver:
         self.now = now
         self.runs: dict[int, PendingRun] = {}
         self.deliveries: set[str] = set()
+        # request id -> the run its receipt approved. A receipt names a scope, not a run: bound here, one
+        # request approves one run, so a re-run or a second dispatch of the same commit needs its own quorum.
+        self.spent: dict[str, int] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         base = urlsplit(settings.api_url)
         self.api_base_path = base.path.rstrip("/")
@@ -285,8 +292,16 @@ class Approver:
                 return _error(403, exc.code, exc.message)
             approvers = [a.email or a.id for a in verified.approvals]
             link = self._link(verified.request_id)
+            spent_on = self.spent.get(verified.request_id)
+            if spent_on is not None and spent_on != run_id:
+                return _error(
+                    409, "receipt_spent", f"request {verified.request_id} already approved run {spent_on}"
+                )
             comment = github_app.approve_comment(verified.request_id, scope, approvers, link)
-            return await self._review(pending, "approved", comment, verified.request_id)
+            answer = await self._review(pending, "approved", comment, verified.request_id)
+            if pending.status == "approved":
+                self.spent[verified.request_id] = run_id
+            return answer
 
     async def reject(self, run_id: int, reason: str, request_id: str | None) -> JSONResponse:
         """Reject ``run_id`` with ``reason``: fail-closed, so no receipt is needed."""
@@ -301,6 +316,26 @@ class Approver:
             rid = request_id if contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)
+
+    async def status(self, run_id: int, text: str) -> JSONResponse:
+        """A status-only comment on a waiting run (no ``state``: it neither approves nor rejects). The text is
+        the bot's: Markdown-escaped; GitHub takes at most 10 per deployment."""
+        pending = self.runs.get(run_id)
+        if pending is None:
+            return _error(404, "unknown_run", "no checked webhook for this run")
+        if pending.status != "waiting":
+            return _error(
+                409, "already_decided", f"the run was already {pending.status}", decided=pending.status
+            )
+        hook = pending.webhook
+        body = {"environment_name": hook.environment, "comment": github_app.status_comment(text)}
+        try:
+            resp = await self.api.call("POST", hook.callback_path, hook.installation_id, body)
+        except GitHubUnavailable as exc:
+            return _error(502, "github_unavailable", str(exc))
+        if resp.status_code != 204:
+            return _error(502, "review_refused", f"GitHub answered the comment with HTTP {resp.status_code}")
+        return JSONResponse({"ok": True, "run_id": run_id, "comment": body["comment"]})
 
     def _link(self, request_id: str) -> str | None:
         return self.s.request_link.format(request_id=request_id) if self.s.request_link else None
@@ -344,6 +379,16 @@ def create_app(approver: Approver) -> Starlette:
             return _error(400, "bad_request", "a JSON object with a non-empty 'reason'")
         return await approver.reject(int(request.path_params["run"]), reason, data.get("request_id"))
 
+    async def status(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body())
+        except ValueError:
+            data = None
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "bad_request", "a JSON object with a non-empty 'text'")
+        return await approver.status(int(request.path_params["run"]), text)
+
     async def get_run(request: Request) -> Response:
         pending = approver.runs.get(int(request.path_params["run"]))
         if pending is None:
@@ -362,6 +407,7 @@ def create_app(approver: Approver) -> Starlette:
             Route("/runs/{run:int}", get_run),
             Route("/runs/{run:int}/approve", approve, methods=["POST"]),
             Route("/runs/{run:int}/reject", reject, methods=["POST"]),
+            Route("/runs/{run:int}/status", status, methods=["POST"]),
         ]
     )
 
@@ -405,8 +451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         keyset = load_keyset(args.keys, trust_keys_in_checkout=False)
     except GateError as exc:
         p.error(f"--keys: {exc.message}")
-    with open(args.app_key, "rb") as f:
-        app_key = f.read()
+    import os
+    import stat
+
+    try:
+        mode = os.stat(args.app_key).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            p.error(f"--app-key {args.app_key} is readable by others: chmod 600 it (it can approve deploys)")
+        with open(args.app_key, "rb") as f:
+            app_key = f.read()
+    except OSError as exc:
+        p.error(f"--app-key: cannot read {args.app_key}: {exc.strerror}")
     settings = Settings(
         api_url=args.api_url.rstrip("/"),
         app_id=args.app_id,

@@ -215,6 +215,24 @@ def test_a_run_is_approved_exactly_once_after_quorum_with_a_comment_linking_the_
     assert len(review["comment"]) <= 1024
 
 
+def test_one_request_approves_one_run_and_status_comments_do_not_decide(gh: GitHubRig, stack: Stack) -> None:
+    first, _ = _waiting_run(gh)
+    second, _ = _waiting_run(gh)  # the same commit and environment again (a re-run, a second dispatch)
+    status = gh.http.post(
+        f"{gh.approver_url}/runs/{first}/status", json={"text": "waiting for *2* approvals"}
+    )
+    assert status.status_code == 200, status.text
+    assert gh.run(first)["reviews"] == [
+        {"state": None, "comment": "Keyturn: waiting for \\*2\\* approvals", "environment_name": "production"}
+    ]
+    assert gh.run(first)["status"] == "waiting"
+    _, receipt = _receipt_for(stack)
+    assert gh.approve(first, receipt).status_code == 200
+    spent = gh.approve(second, receipt)
+    assert (spent.status_code, spent.json()["error"]) == (409, "receipt_spent")
+    assert gh.run(second)["status"] == "waiting"
+
+
 def test_deny_rejects_the_run_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
     run_id, _ = _waiting_run(gh)
     req = stack.card(stack.create(workflow=WORKFLOW)["requestId"])
