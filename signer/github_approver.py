@@ -31,10 +31,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -190,6 +192,35 @@ class GitHubApi:
         return data
 
 
+def dump_state(runs: Mapping[int, PendingRun], deliveries: set[str], spent: Mapping[str, int]) -> bytes:
+    """The approver's memory as JSON (no secrets in it: ids, scopes, statuses and comments)."""
+    return json.dumps(
+        {
+            "version": 1,
+            "runs": [
+                {"webhook": asdict(r.webhook), "status": r.status, "comment": r.comment}
+                for r in runs.values()
+            ],
+            "deliveries": sorted(deliveries),
+            "spent": spent,
+        }
+    ).encode()
+
+
+def load_state(data: bytes) -> tuple[dict[int, PendingRun], set[str], dict[str, int]]:
+    """Parse :func:`dump_state`'s output; a file that does not parse stops the start (never a silent reset:
+    forgetting spent requests would let a receipt approve a second run)."""
+    obj = json.loads(data)
+    if not isinstance(obj, dict) or obj.get("version") != 1:
+        raise ValueError("not an approver state file (version 1)")
+    runs = {}
+    for item in obj["runs"]:
+        hook = Webhook(**item["webhook"])
+        runs[hook.run_id] = PendingRun(hook, str(item["status"]), item.get("comment"))
+    spent = {str(k): int(v) for k, v in obj["spent"].items()}
+    return runs, {str(d) for d in obj["deliveries"]}, spent
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status)
 
@@ -197,8 +228,15 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 class Approver:
     """The approver's state and decisions around the API; routes in :func:`create_app`."""
 
-    def __init__(self, settings: Settings, api: GitHubApi, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        api: GitHubApi,
+        now: Callable[[], datetime],
+        state_file: Path | None = None,
+    ) -> None:
         self.s = settings
+        self.state_file = state_file
         self.api = api
         self.now = now
         self.runs: dict[int, PendingRun] = {}
@@ -209,6 +247,17 @@ class Approver:
         self._locks: dict[int, asyncio.Lock] = {}
         base = urlsplit(settings.api_url)
         self.api_base_path = base.path.rstrip("/")
+        if state_file is not None and state_file.exists():
+            self.runs, self.deliveries, self.spent = load_state(state_file.read_bytes())
+
+    def _save(self) -> None:
+        """Write the state (if a file is configured) before answering: a restart must not forget which
+        deliveries were taken or which request approved which run. Atomic: a temp file, then a rename."""
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_bytes(dump_state(self.runs, self.deliveries, self.spent))
+        os.replace(tmp, self.state_file)
 
     def _lock(self, run_id: int) -> asyncio.Lock:
         return self._locks.setdefault(run_id, asyncio.Lock())
@@ -255,6 +304,7 @@ class Approver:
             known = self.runs.get(hook.run_id)
             if known is None or known.status != "waiting":
                 self.runs[hook.run_id] = PendingRun(hook)
+            self._save()
         log.info("run %s waiting: %s %s -> %s", hook.run_id, scope.repo, scope.sha, scope.environment)
         return JSONResponse(
             {
@@ -301,6 +351,7 @@ class Approver:
             answer = await self._review(pending, "approved", comment, verified.request_id)
             if pending.status == "approved":
                 self.spent[verified.request_id] = run_id
+                self._save()
             return answer
 
     async def reject(self, run_id: int, reason: str, request_id: str | None) -> JSONResponse:
@@ -352,6 +403,7 @@ class Approver:
         if resp.status_code != 204:
             return _error(502, "review_refused", f"GitHub answered the review with HTTP {resp.status_code}")
         pending.status, pending.comment = state, comment
+        self._save()
         log.info("run %s %s (request %s)", hook.run_id, state, request_id or "-")
         return JSONResponse({"ok": True, "run_id": hook.run_id, "state": state, "comment": comment})
 
@@ -440,6 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--policy", required=True, help="keyturn.toml: only its environments are gated here")
     p.add_argument("--request-link", help="URL template of a request, with {request_id}, for review comments")
+    p.add_argument(
+        "--state-file",
+        type=Path,
+        help="JSON file keeping deliveries taken, waiting runs and spent requests across restarts",
+    )
     p.add_argument("--allow-dev-keys", action="store_true", help="accept development keys (local runs only)")
     p.add_argument("--attempts", type=int, default=4, help="tries per GitHub API call (default 4)")
     p.add_argument("--backoff", type=float, default=0.25, help="first retry delay in seconds (default 0.25)")
@@ -451,7 +508,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         keyset = load_keyset(args.keys, trust_keys_in_checkout=False)
     except GateError as exc:
         p.error(f"--keys: {exc.message}")
-    import os
     import stat
 
     try:
@@ -477,7 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     client = httpx.AsyncClient(follow_redirects=False)
-    approver = Approver(settings, GitHubApi(settings, client), lambda: datetime.now(UTC))
+    try:
+        approver = Approver(settings, GitHubApi(settings, client), lambda: datetime.now(UTC), args.state_file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        p.error(f"--state-file {args.state_file}: unusable ({type(exc).__name__}: {exc})")
     print(f"github approver listening on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(create_app(approver), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -42,6 +42,18 @@ class GitHubRig:
     approver_url: str
     procs: dict[str, Proc]
     http: httpx.Client
+    approver_argv: list[str]
+    logs: Path
+
+    def restart_approver(self) -> None:
+        """Stop the approver and start it again with the same state file."""
+        self.procs["approver"].stop()
+        self.procs["approver"] = harness.start_process(
+            "github-approver",
+            self.approver_argv,
+            self.logs,
+            ready=harness.http_ok(f"{self.approver_url}/healthz"),
+        )
 
     def new_run(self, **spec: Any) -> dict[str, Any]:
         body = {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": WORKFLOW, **spec}
@@ -122,26 +134,25 @@ def github_rig(e2e_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
             logs,
             ready=harness.http_ok(f"{gh_url}/healthz"),
         )
-        procs["approver"] = harness.start_process(
+        approver_argv = [
+            *KEYTURN,
             "github-approver",
-            [
-                *KEYTURN,
-                "github-approver",
-                *("--port", str(ap_port), "--api-url", gh_url, "--app-id", APP_ID),
-                *("--app-key", str(private), "--webhook-secret-file", str(secret_file)),
-                *("--keys", str(e2e_stack.keys_file), "--policy", str(e2e_stack.workdir / "keyturn.toml")),
-                *("--request-link", "https://keyturn.example/requests/{request_id}"),
-                *("--attempts", "3", "--backoff", "0.05", "--timeout", "1"),
-            ],
-            logs,
-            ready=harness.http_ok(f"{ap_url}/healthz"),
+            *("--port", str(ap_port), "--api-url", gh_url, "--app-id", APP_ID),
+            *("--app-key", str(private), "--webhook-secret-file", str(secret_file)),
+            *("--keys", str(e2e_stack.keys_file), "--policy", str(e2e_stack.workdir / "keyturn.toml")),
+            *("--request-link", "https://keyturn.example/requests/{request_id}"),
+            *("--attempts", "3", "--backoff", "0.05", "--timeout", "1"),
+            *("--state-file", str(workdir / "approver-state.json")),
+        ]
+        procs["approver"] = harness.start_process(
+            "github-approver", approver_argv, logs, ready=harness.http_ok(f"{ap_url}/healthz")
         )
     except Exception:
         for p in procs.values():
             p.stop()
         raise
     with httpx.Client(timeout=30) as http:
-        yield GitHubRig(gh_url, ap_url, procs, http)
+        yield GitHubRig(gh_url, ap_url, procs, http, approver_argv, logs)
     for p in reversed(list(procs.values())):
         p.stop()
 
@@ -231,6 +242,23 @@ def test_one_request_approves_one_run_and_status_comments_do_not_decide(gh: GitH
     spent = gh.approve(second, receipt)
     assert (spent.status_code, spent.json()["error"]) == (409, "receipt_spent")
     assert gh.run(second)["status"] == "waiting"
+
+
+def test_a_restarted_approver_remembers_deliveries_waiting_runs_and_spent_requests(
+    gh: GitHubRig, stack: Stack
+) -> None:
+    first = gh.new_run()
+    delivered = gh.deliver(first["run_id"])
+    second, _ = _waiting_run(gh)
+    _, receipt = _receipt_for(stack)
+    assert gh.approve(second, receipt).status_code == 200
+    gh.restart_approver()
+    replayed = gh.deliver(first["run_id"], delivery=delivered["delivery"])
+    assert (replayed["status"], replayed["body"]["error"]) == (409, "replayed_delivery")
+    assert gh.approve(first["run_id"], receipt).json()["error"] == "receipt_spent"  # the run still waits
+    _, fresh = _receipt_for(stack)
+    assert gh.approve(first["run_id"], fresh).status_code == 200
+    assert [r["state"] for r in gh.run(first["run_id"])["reviews"]] == ["approved"]
 
 
 def test_deny_rejects_the_run_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
