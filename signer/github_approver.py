@@ -12,14 +12,18 @@ Routes (JSON answers; ``error`` is a stable code):
 - ``POST /webhook``: a delivery exactly as GitHub sent it (the bot forwards the raw body and the headers).
   Checked (``X-Hub-Signature-256``, event, payload, environment policy), de-duplicated on
   ``X-GitHub-Delivery``, re-read from the API; answers the run id and the scope a receipt must name.
-- ``POST /runs/{run_id}/approve``: the body is a receipt, as ``keyturn verify`` reads it. Approves once.
-- ``POST /runs/{run_id}/reject``: ``{"reason": "...", "request_id": "req_…"?}``. Rejecting is fail-closed,
-  so the bot's word suffices.
-- ``POST /runs/{run_id}/status``: ``{"text": "..."}``, a status-only comment on a waiting run.
-- ``GET /runs/{run_id}``, ``GET /healthz``.
+A run is waiting once per protected environment (a workflow may deploy to several), so the routes name both:
+
+- ``POST /runs/{run_id}/{environment}/approve``: the body is a receipt, as ``keyturn verify`` reads it.
+  Approves once.
+- ``POST /runs/{run_id}/{environment}/reject``: ``{"reason": "...", "request_id": "req_…"?}``. Rejecting
+  is fail-closed, so the bot's word suffices.
+- ``POST /runs/{run_id}/{environment}/status``: ``{"text": "..."}``, a status-only comment on a waiting run.
+- ``GET /runs/{run_id}/{environment}``, ``GET /healthz``.
 
 A request approves one run: its receipt names a scope, not a run, so the approver remembers which run each
-request id approved and refuses it for another (``receipt_spent``).
+request id approved (run, environment and deployment: a re-run attempt has a new deployment) and refuses it
+for another (``receipt_spent``).
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -88,6 +92,20 @@ class PendingRun:
     webhook: Webhook
     status: str = "waiting"  # waiting -> approved | rejected
     comment: str | None = None
+
+
+RunKey = tuple[int, str]  # (run id, environment): what waits for one review
+
+
+def run_key(webhook: Webhook) -> RunKey:
+    """The key of the review ``webhook`` asks for."""
+    return webhook.run_id, webhook.environment
+
+
+def attempt_id(webhook: Webhook) -> str:
+    """What one receipt may approve: this run, this environment, this deployment (a re-run attempt is a
+    new deployment, so it needs its own request)."""
+    return f"{webhook.run_id}/{webhook.environment}/{webhook.deployment_id}"
 
 
 class GitHubUnavailable(Exception):
@@ -192,7 +210,7 @@ class GitHubApi:
         return data
 
 
-def dump_state(runs: Mapping[int, PendingRun], deliveries: set[str], spent: Mapping[str, int]) -> bytes:
+def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: Mapping[str, str]) -> bytes:
     """The approver's memory as JSON (no secrets in it: ids, scopes, statuses and comments)."""
     return json.dumps(
         {
@@ -207,7 +225,7 @@ def dump_state(runs: Mapping[int, PendingRun], deliveries: set[str], spent: Mapp
     ).encode()
 
 
-def load_state(data: bytes) -> tuple[dict[int, PendingRun], set[str], dict[str, int]]:
+def load_state(data: bytes) -> tuple[dict[RunKey, PendingRun], set[str], dict[str, str]]:
     """Parse :func:`dump_state`'s output; a file that does not parse stops the start (never a silent reset:
     forgetting spent requests would let a receipt approve a second run)."""
     obj = json.loads(data)
@@ -216,8 +234,8 @@ def load_state(data: bytes) -> tuple[dict[int, PendingRun], set[str], dict[str, 
     runs = {}
     for item in obj["runs"]:
         hook = Webhook(**item["webhook"])
-        runs[hook.run_id] = PendingRun(hook, str(item["status"]), item.get("comment"))
-    spent = {str(k): int(v) for k, v in obj["spent"].items()}
+        runs[run_key(hook)] = PendingRun(hook, str(item["status"]), item.get("comment"))
+    spent = {str(k): str(v) for k, v in obj["spent"].items()}
     return runs, {str(d) for d in obj["deliveries"]}, spent
 
 
@@ -239,12 +257,12 @@ class Approver:
         self.state_file = state_file
         self.api = api
         self.now = now
-        self.runs: dict[int, PendingRun] = {}
+        self.runs: dict[RunKey, PendingRun] = {}
         self.deliveries: set[str] = set()
         # request id -> the run its receipt approved. A receipt names a scope, not a run: bound here, one
         # request approves one run, so a re-run or a second dispatch of the same commit needs its own quorum.
-        self.spent: dict[str, int] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self.spent: dict[str, str] = {}
+        self._locks: dict[RunKey, asyncio.Lock] = {}
         base = urlsplit(settings.api_url)
         self.api_base_path = base.path.rstrip("/")
         if state_file is not None and state_file.exists():
@@ -259,8 +277,8 @@ class Approver:
         tmp.write_bytes(dump_state(self.runs, self.deliveries, self.spent))
         os.replace(tmp, self.state_file)
 
-    def _lock(self, run_id: int) -> asyncio.Lock:
-        return self._locks.setdefault(run_id, asyncio.Lock())
+    def _lock(self, key: RunKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def scope_from_github(self, webhook: Webhook) -> Scope:
         """The run's scope as GitHub's API reports it now (never the bot's word, nor only the webhook's)."""
@@ -300,10 +318,10 @@ class Approver:
             return _error(502, "github_unavailable", str(exc))
         except GitHubError as exc:
             return _error(409, exc.code, exc.message, fields=exc.fields)
-        async with self._lock(hook.run_id):
-            known = self.runs.get(hook.run_id)
+        async with self._lock(run_key(hook)):
+            known = self.runs.get(run_key(hook))
             if known is None or known.status != "waiting":
-                self.runs[hook.run_id] = PendingRun(hook)
+                self.runs[run_key(hook)] = PendingRun(hook)
             self._save()
         log.info("run %s waiting: %s %s -> %s", hook.run_id, scope.repo, scope.sha, scope.environment)
         return JSONResponse(
@@ -311,18 +329,20 @@ class Approver:
                 "ok": True,
                 "delivery": hook.delivery,
                 "run_id": hook.run_id,
+                "environment": hook.environment,
                 "scope": scope.to_json(),
                 "ref": hook.ref,
                 "event": hook.event,
             }
         )
 
-    async def approve(self, run_id: int, receipt: bytes) -> JSONResponse:
-        """Approve ``run_id`` if ``receipt`` passes the gate for the run's scope as GitHub reports it."""
-        pending = self.runs.get(run_id)
+    async def approve(self, key: RunKey, receipt: bytes) -> JSONResponse:
+        """Approve the run waiting at ``key`` if ``receipt`` passes the gate for the run's scope as GitHub
+        reports it."""
+        pending = self.runs.get(key)
         if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run")
-        async with self._lock(run_id):
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        async with self._lock(key):
             if pending.status != "waiting":
                 return _error(
                     409, "already_decided", f"the run was already {pending.status}", decided=pending.status
@@ -338,28 +358,29 @@ class Approver:
                     receipt, self.s.keyset, scope, self.now(), allow_dev_keys=self.s.allow_dev_keys
                 )
             except GateError as exc:
-                log.warning("run %s: receipt refused (%s)", run_id, exc.code)
+                log.warning("run %s/%s: receipt refused (%s)", key[0], key[1], exc.code)
                 return _error(403, exc.code, exc.message)
             approvers = [a.email or a.id for a in verified.approvals]
             link = self._link(verified.request_id)
+            attempt = attempt_id(pending.webhook)
             spent_on = self.spent.get(verified.request_id)
-            if spent_on is not None and spent_on != run_id:
+            if spent_on is not None and spent_on != attempt:
                 return _error(
                     409, "receipt_spent", f"request {verified.request_id} already approved run {spent_on}"
                 )
             comment = github_app.approve_comment(verified.request_id, scope, approvers, link)
             answer = await self._review(pending, "approved", comment, verified.request_id)
             if pending.status == "approved":
-                self.spent[verified.request_id] = run_id
+                self.spent[verified.request_id] = attempt
                 self._save()
             return answer
 
-    async def reject(self, run_id: int, reason: str, request_id: str | None) -> JSONResponse:
-        """Reject ``run_id`` with ``reason``: fail-closed, so no receipt is needed."""
-        pending = self.runs.get(run_id)
+    async def reject(self, key: RunKey, reason: str, request_id: str | None) -> JSONResponse:
+        """Reject the run waiting at ``key`` with ``reason``: fail-closed, so no receipt is needed."""
+        pending = self.runs.get(key)
         if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run")
-        async with self._lock(run_id):
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        async with self._lock(key):
             if pending.status != "waiting":
                 return _error(
                     409, "already_decided", f"the run was already {pending.status}", decided=pending.status
@@ -368,12 +389,12 @@ class Approver:
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)
 
-    async def status(self, run_id: int, text: str) -> JSONResponse:
+    async def status(self, key: RunKey, text: str) -> JSONResponse:
         """A status-only comment on a waiting run (no ``state``: it neither approves nor rejects). The text is
         the bot's: Markdown-escaped; GitHub takes at most 10 per deployment."""
-        pending = self.runs.get(run_id)
+        pending = self.runs.get(key)
         if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run")
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
         if pending.status != "waiting":
             return _error(
                 409, "already_decided", f"the run was already {pending.status}", decided=pending.status
@@ -386,7 +407,7 @@ class Approver:
             return _error(502, "github_unavailable", str(exc))
         if resp.status_code != 204:
             return _error(502, "review_refused", f"GitHub answered the comment with HTTP {resp.status_code}")
-        return JSONResponse({"ok": True, "run_id": run_id, "comment": body["comment"]})
+        return JSONResponse({"ok": True, "run_id": key[0], "comment": body["comment"]})
 
     def _link(self, request_id: str) -> str | None:
         return self.s.request_link.format(request_id=request_id) if self.s.request_link else None
@@ -411,6 +432,9 @@ class Approver:
 def create_app(approver: Approver) -> Starlette:
     """The ASGI app (routes in the module docstring)."""
 
+    def key(request: Request) -> RunKey:
+        return int(request.path_params["run"]), str(request.path_params["environment"])
+
     async def webhook(request: Request) -> Response:
         body = await request.body()
         return await approver.webhook(dict(request.headers), body)
@@ -419,7 +443,7 @@ def create_app(approver: Approver) -> Starlette:
         body = await request.body()
         if len(body) > MAX_RECEIPT_BODY:
             return _error(413, "too_large", "receipt body too large")
-        return await approver.approve(int(request.path_params["run"]), body)
+        return await approver.approve(key(request), body)
 
     async def reject(request: Request) -> Response:
         try:
@@ -429,7 +453,7 @@ def create_app(approver: Approver) -> Starlette:
         reason = data.get("reason") if isinstance(data, dict) else None
         if not isinstance(reason, str) or not reason.strip():
             return _error(400, "bad_request", "a JSON object with a non-empty 'reason'")
-        return await approver.reject(int(request.path_params["run"]), reason, data.get("request_id"))
+        return await approver.reject(key(request), reason, data.get("request_id"))
 
     async def status(request: Request) -> Response:
         try:
@@ -439,12 +463,12 @@ def create_app(approver: Approver) -> Starlette:
         text = data.get("text") if isinstance(data, dict) else None
         if not isinstance(text, str) or not text.strip():
             return _error(400, "bad_request", "a JSON object with a non-empty 'text'")
-        return await approver.status(int(request.path_params["run"]), text)
+        return await approver.status(key(request), text)
 
     async def get_run(request: Request) -> Response:
-        pending = approver.runs.get(int(request.path_params["run"]))
+        pending = approver.runs.get(key(request))
         if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run")
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
         return JSONResponse(
             {"run_id": pending.webhook.run_id, "status": pending.status, "comment": pending.comment}
         )
@@ -456,10 +480,10 @@ def create_app(approver: Approver) -> Starlette:
         routes=[
             Route("/healthz", health),
             Route("/webhook", webhook, methods=["POST"]),
-            Route("/runs/{run:int}", get_run),
-            Route("/runs/{run:int}/approve", approve, methods=["POST"]),
-            Route("/runs/{run:int}/reject", reject, methods=["POST"]),
-            Route("/runs/{run:int}/status", status, methods=["POST"]),
+            Route("/runs/{run:int}/{environment}", get_run),
+            Route("/runs/{run:int}/{environment}/approve", approve, methods=["POST"]),
+            Route("/runs/{run:int}/{environment}/reject", reject, methods=["POST"]),
+            Route("/runs/{run:int}/{environment}/status", status, methods=["POST"]),
         ]
     )
 

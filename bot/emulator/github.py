@@ -12,7 +12,8 @@ It plays the part of GitHub an App registered as a custom deployment protection 
   /repos/{o}/{r}/actions/runs/{id}/deployment_protection_rule`` (``environment_name``, ``state``
   ``approved|rejected`` or none for a status comment, ``comment`` ≤ 1024 characters; ``204``);
 - **control**: ``POST /_github/runs`` makes a waiting run (and its deployment), ``GET /_github/runs/{id}`` its
-  state and reviews, ``GET /_github/calls`` every API call recorded, ``POST /_github/faults`` the switches
+  state and reviews, ``POST /_github/runs/{id}/rerun`` re-runs it (a new deployment, waiting again),
+  ``GET /_github/calls`` every API call recorded, ``POST /_github/faults`` the switches
   (``server_errors``/``rate_limited``: the next N API calls answer 502 / 403 rate-limited with
   ``Retry-After``; ``slow_s``: each API answer is held that long), ``POST /_github/reset``.
 
@@ -305,6 +306,15 @@ def create_github_app(emulator: GitHubEmulator, clock: Any = time.time) -> Starl
             return JSONResponse({"error": "bad_request", "message": str(exc)}, 400)
         return JSONResponse(asdict(run))
 
+    async def rerun(request: Request) -> Response:
+        """Re-run a run: the same run id, commit and environment, a new deployment, waiting again."""
+        run = emulator.runs.get(int(request.path_params["run"]))
+        if run is None:
+            return JSONResponse({"error": "not_found"}, 404)
+        emulator._next_deployment += 1
+        run.deployment_id, run.status = emulator._next_deployment, "waiting"
+        return JSONResponse(asdict(run))
+
     async def get_run(request: Request) -> Response:
         run = emulator.runs.get(int(request.path_params["run"]))
         return JSONResponse(asdict(run)) if run else JSONResponse({"error": "not_found"}, 404)
@@ -365,6 +375,7 @@ def create_github_app(emulator: GitHubEmulator, clock: Any = time.time) -> Starl
             Route("/healthz", health),
             Route("/_github/runs", new_run, methods=["POST"]),
             Route("/_github/runs/{run:int}", get_run),
+            Route("/_github/runs/{run:int}/rerun", rerun, methods=["POST"]),
             Route("/_github/deliver", deliver, methods=["POST"]),
             Route("/_github/calls", calls),
             Route("/_github/faults", set_faults, methods=["POST"]),

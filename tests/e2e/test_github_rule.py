@@ -85,12 +85,14 @@ class GitHubRig:
     def faults(self, **values: Any) -> None:
         assert self.http.post(f"{self.github_url}/_github/faults", json=values).status_code == 200
 
-    def approve(self, run_id: int, receipt: bytes) -> httpx.Response:
-        return self.http.post(f"{self.approver_url}/runs/{run_id}/approve", content=receipt)
+    def approve(self, run_id: int, receipt: bytes, environment: str = "production") -> httpx.Response:
+        return self.http.post(f"{self.approver_url}/runs/{run_id}/{environment}/approve", content=receipt)
 
-    def reject(self, run_id: int, reason: str, request_id: str | None = None) -> httpx.Response:
+    def reject(
+        self, run_id: int, reason: str, request_id: str | None = None, environment: str = "production"
+    ) -> httpx.Response:
         body = {"reason": reason, "request_id": request_id}
-        return self.http.post(f"{self.approver_url}/runs/{run_id}/reject", json=body)
+        return self.http.post(f"{self.approver_url}/runs/{run_id}/{environment}/reject", json=body)
 
 
 def _app_key(workdir: Path) -> tuple[Path, Path]:
@@ -230,7 +232,7 @@ def test_one_request_approves_one_run_and_status_comments_do_not_decide(gh: GitH
     first, _ = _waiting_run(gh)
     second, _ = _waiting_run(gh)  # the same commit and environment again (a re-run, a second dispatch)
     status = gh.http.post(
-        f"{gh.approver_url}/runs/{first}/status", json={"text": "waiting for *2* approvals"}
+        f"{gh.approver_url}/runs/{first}/production/status", json={"text": "waiting for *2* approvals"}
     )
     assert status.status_code == 200, status.text
     assert gh.run(first)["reviews"] == [
@@ -242,6 +244,11 @@ def test_one_request_approves_one_run_and_status_comments_do_not_decide(gh: GitH
     spent = gh.approve(second, receipt)
     assert (spent.status_code, spent.json()["error"]) == (409, "receipt_spent")
     assert gh.run(second)["status"] == "waiting"
+    # A re-run of the approved run is a new deployment: it waits again and needs a request of its own.
+    assert gh.http.post(f"{gh.github_url}/_github/runs/{first}/rerun").status_code == 200
+    assert gh.deliver(first)["status"] == 200
+    rerun = gh.approve(first, receipt)
+    assert (rerun.status_code, rerun.json()["error"]) == (409, "receipt_spent")
 
 
 def test_a_restarted_approver_remembers_deliveries_waiting_runs_and_spent_requests(
@@ -285,7 +292,8 @@ def test_expiry_rejects_the_run(gh: GitHubRig, stack: Stack) -> None:
     run_id, _ = _waiting_run(gh, environment="shortlived")
     req = stack.card(stack.create(environment="shortlived", workflow=WORKFLOW)["requestId"])
     stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
-    assert gh.reject(run_id, "the request expired without a decision", req["requestId"]).status_code == 200
+    expired = gh.reject(run_id, "the request expired without a decision", req["requestId"], "shortlived")
+    assert expired.status_code == 200
     assert gh.run(run_id)["status"] == "rejected"
     assert "expired" in gh.run(run_id)["reviews"][0]["comment"]
 
@@ -307,7 +315,7 @@ def test_refused_webhooks_leave_no_waiting_run(
     answer = gh.deliver(run["run_id"], **spec)
     assert (answer["status"], answer["body"]["error"]) == (status, code), answer
     assert answer["body"]["message"]
-    assert gh.http.get(f"{gh.approver_url}/runs/{run['run_id']}").status_code == 404
+    assert gh.http.get(f"{gh.approver_url}/runs/{run['run_id']}/production").status_code == 404
     assert gh.calls() == []  # refused before any API call
 
 
