@@ -198,7 +198,12 @@ class Settings(BaseSettings):
 # puts the secrets on the internet-facing side; refuse rather than start "working" that way.
 SIGNER_ONLY_VARIABLES: tuple[str, ...] = tuple(
     name + suffix
-    for name in ("KEYTURN_SLACK_SIGNING_SECRET", "KEYTURN_CI_SECRET", "KEYTURN_SIGNER_KEYSET")
+    for name in (
+        "KEYTURN_SLACK_SIGNING_SECRET",
+        "KEYTURN_CI_SECRET",
+        "KEYTURN_SIGNER_KEYSET",
+        "KEYTURN_GITHUB_WEBHOOK_SECRET",
+    )
     for suffix in ("", "_FILE")
 )
 

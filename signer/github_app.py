@@ -40,6 +40,7 @@ _RUN_PATH_RE = re.compile(
     r"\A/repos/(?P<repo>[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100})/actions/runs/(?P<run>[0-9]{1,20})"
     r"/deployment_protection_rule\Z"
 )
+_LOGIN_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?\Z")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~@-])")
 
 
@@ -67,6 +68,7 @@ class Webhook:
     ref: str | None
     event: str | None
     callback_path: str
+    sender: str | None = None  # sender.login: who triggered the run
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
@@ -109,7 +111,7 @@ def check_webhook(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    api_base_path: str,
+    api_base_path: str | None,
     environments: frozenset[str],
 ) -> Webhook:
     """Check one delivery as GitHub sent it (raw ``body`` and ``headers``) and return what it says.
@@ -117,22 +119,41 @@ def check_webhook(
     Order: size, signature (before anything of the payload is believed), event, payload shape, the callback
     (it must be the review endpoint of this repository's run on the configured API: the installation token is
     sent there), the environment's policy. ``api_base_path`` is the path part of the API base URL (``""`` for
-    ``https://api.github.com``). De-duplication on the delivery id is the caller's (it keeps state).
+    ``https://api.github.com``; None: any, for the signer, which sends nothing there). De-duplication on the
+    delivery id is the caller's (it keeps state).
     """
-    if len(body) > MAX_WEBHOOK_BYTES:
-        raise GitHubError("payload_too_large", f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
-    signature = _header(headers, "X-Hub-Signature-256")
-    if signature is None:
-        raise GitHubError("missing_signature", "no X-Hub-Signature-256 header")
-    expected = webhook_signature(secret, body)
-    if not _SIG_RE.match(signature) or not hmac.compare_digest(signature, expected):
-        raise GitHubError("bad_signature", "X-Hub-Signature-256 does not match the body")
+    check_signature(secret, _header(headers, "X-Hub-Signature-256"), body)
     delivery = _header(headers, "X-GitHub-Delivery")
     if delivery is None or not _DELIVERY_RE.match(delivery):
         raise GitHubError("bad_delivery", "X-GitHub-Delivery is missing or not a delivery id")
     event = _header(headers, "X-GitHub-Event")
     if event != EVENT:
         raise GitHubError("unsupported_event", f"X-GitHub-Event must be {EVENT!r}, not {event!r}")
+    return parse_payload(body, delivery, api_base_path=api_base_path, environments=environments)
+
+
+def check_signature(secret: str, signature: str | None, body: bytes) -> None:
+    """``signature`` (``X-Hub-Signature-256``) is GitHub's for ``body``, compared in constant time."""
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise GitHubError("payload_too_large", f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
+    if not secret:
+        raise GitHubError("github_not_configured", "no webhook secret is configured")
+    if signature is None:
+        raise GitHubError("missing_signature", "no X-Hub-Signature-256 header")
+    expected = webhook_signature(secret, body)
+    if not _SIG_RE.match(signature) or not hmac.compare_digest(signature, expected):
+        raise GitHubError("bad_signature", "X-Hub-Signature-256 does not match the body")
+
+
+def parse_payload(
+    body: bytes, delivery: str, *, api_base_path: str | None, environments: frozenset[str]
+) -> Webhook:
+    """The ``deployment_protection_rule`` payload read defensively, *without* checking its signature (the
+    caller has, or renders only what the signer will check)."""
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise GitHubError("payload_too_large", f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
+    if not _DELIVERY_RE.match(delivery):
+        raise GitHubError("bad_delivery", "the delivery id is not one")
     try:
         payload = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -164,6 +185,10 @@ def check_webhook(
         if problem:
             problems[name] = problem
     ref = payload.get("ref") if isinstance(payload.get("ref"), str) else None
+    sender_obj = payload.get("sender")
+    login = sender_obj.get("login") if isinstance(sender_obj, dict) else None
+    # A GitHub login: letters, digits, single hyphens (bots add "[bot]"); anything else is not named.
+    sender = login if isinstance(login, str) and _LOGIN_RE.match(login) else None
     trigger = payload.get("event") if isinstance(payload.get("event"), str) else None
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
@@ -187,10 +212,11 @@ def check_webhook(
         ref=ref,
         event=trigger,
         callback_path=path,
+        sender=sender,
     )
 
 
-def _callback_run(callback: str, api_base_path: str, repo: str) -> tuple[int, str]:
+def _callback_run(callback: str, api_base_path: str | None, repo: str) -> tuple[int, str]:
     """The run id of ``deployment_callback_url``. Only its path is used: the approver posts to its own
     configured API base, so a payload cannot send the installation token to another host."""
     from urllib.parse import urlsplit
@@ -200,7 +226,9 @@ def _callback_run(callback: str, api_base_path: str, repo: str) -> tuple[int, st
     except ValueError:
         raise GitHubError("bad_callback", "deployment_callback_url is not a URL") from None
     path = parts.path
-    if api_base_path and path.startswith(api_base_path + "/"):
+    if api_base_path is None and "/repos/" in path:
+        path = path[path.index("/repos/") :]  # the signer: any API base (it sends nothing there)
+    elif api_base_path and path.startswith(api_base_path + "/"):
         path = path[len(api_base_path) :]
     m = _RUN_PATH_RE.match(path)
     if parts.query or parts.fragment or m is None:

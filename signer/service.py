@@ -287,6 +287,19 @@ class Signer:
                 self.clock(),
             )
             return {}
+        if isinstance(request, wire.CheckGitHubRequest):
+            hook = evidence.check_github_webhook(
+                self.secrets.github_webhook_secret,
+                request.body,
+                request.delivery,
+                request.signature,
+                self.policy,
+            )
+            ts = str(int(self.clock().timestamp()))
+            stamp = evidence.github_stamp(
+                self.secrets.github_webhook_secret, request.body, request.delivery, ts
+            )
+            return wire.GitHubStampResult(timestamp=ts, stamp=stamp, runId=hook.run_id)
         if isinstance(request, wire.MacCallbackRequest):
             sig = evidence.callback_signature(
                 self.secrets.ci_secret, request.path, request.timestamp, request.body
@@ -301,6 +314,11 @@ class Signer:
             origin = evidence.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
         elif isinstance(request.origin, wire.OidcOrigin):
             origin = evidence.OidcEvidence(request.origin.token, request.origin.body)
+        elif isinstance(request.origin, wire.GitHubOrigin):
+            g = request.origin
+            origin = evidence.GitHubEvidence(
+                g.body, g.delivery, g.signature, g.workflow, g.timestamp, g.stamp
+            )
         else:
             origin = evidence.SlackEvidence(
                 request.origin.body, request.origin.timestamp, request.origin.signature
@@ -599,8 +617,11 @@ def _load(
     keys = SigningKeyset.load(settings.signer_keyset)
     policy = load_policy(settings.policy)
     issuers = load_oidc_issuers(policy, Path(settings.policy))
+    github = settings.github_webhook_secret
     secrets = evidence.Secrets(
-        settings.slack_signing_secret.get_secret_value(), settings.ci_secret.get_secret_value()
+        settings.slack_signing_secret.get_secret_value(),
+        settings.ci_secret.get_secret_value(),
+        github.get_secret_value() if github is not None else "",
     )
     clock: Clock = system_clock
     fake = settings.fake_now_file

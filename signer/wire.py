@@ -37,6 +37,7 @@ __all__ = [
     "OPS",
     "PROTOCOL_VERSION",
     "CheckCiRequest",
+    "CheckGitHubRequest",
     "CheckOidcRequest",
     "CheckSlackRequest",
     "CheckpointRequest",
@@ -44,6 +45,8 @@ __all__ = [
     "CiOrigin",
     "ErrorBody",
     "ErrorReply",
+    "GitHubOrigin",
+    "GitHubStampResult",
     "HealthRequest",
     "HealthResult",
     "KeysRequest",
@@ -156,6 +159,17 @@ class CheckOidcRequest(_Request):
     body: B64Bytes | None = None
 
 
+class CheckGitHubRequest(_Request):
+    """Check a ``deployment_protection_rule`` webhook as it arrives (docs/github.md): GitHub's signature
+    with the webhook secret, the payload, its environment's policy. Answered with the signer's arrival
+    stamp, which dates the request (GitHub's signature carries no time)."""
+
+    op: Literal["check_github"] = "check_github"
+    body: B64Bytes
+    delivery: Short
+    signature: Short
+
+
 class CheckSlackRequest(_Request):
     """Check a Slack request as it arrives (signature v0, ±5 minutes)."""
 
@@ -197,6 +211,19 @@ class OidcOrigin(_Model):
     body: B64Bytes
 
 
+class GitHubOrigin(_Model):
+    """The originating GitHub webhook: raw body, delivery id, ``X-Hub-Signature-256``, the claimed workflow
+    and the signer's arrival stamp (``check_github``)."""
+
+    kind: Literal["github"] = "github"
+    body: B64Bytes
+    delivery: Short
+    signature: Short
+    workflow: Short
+    timestamp: Short
+    stamp: Short
+
+
 class SlackClick(_Model):
     """One approve click exactly as received: raw form body and the ``X-Slack-*`` header values."""
 
@@ -205,7 +232,7 @@ class SlackClick(_Model):
     signature: Short
 
 
-Origin = Annotated[CiOrigin | SlackCommandOrigin | OidcOrigin, Field(discriminator="kind")]
+Origin = Annotated[CiOrigin | SlackCommandOrigin | OidcOrigin | GitHubOrigin, Field(discriminator="kind")]
 
 
 class SignRequest(_Request):
@@ -238,12 +265,23 @@ Request = Annotated[
     | CheckCiRequest
     | CheckSlackRequest
     | CheckOidcRequest
+    | CheckGitHubRequest
     | SignRequest
     | MacCallbackRequest,
     Field(discriminator="op"),
 ]
 OPS = frozenset(
-    {"health", "keys", "checkpoint", "check_ci", "check_slack", "check_oidc", "sign", "mac_callback"}
+    {
+        "health",
+        "keys",
+        "checkpoint",
+        "check_ci",
+        "check_slack",
+        "check_oidc",
+        "check_github",
+        "sign",
+        "mac_callback",
+    }
 )
 _REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
@@ -276,6 +314,14 @@ class SignResult(_Model):
     """``sign`` result: the signed receipt."""
 
     receipt: dict[str, Any]
+
+
+class GitHubStampResult(_Model):
+    """``check_github`` result: the arrival time (Unix seconds) and the signer's stamp over it."""
+
+    timestamp: str
+    stamp: str
+    runId: int
 
 
 class MacResult(_Model):
