@@ -43,7 +43,7 @@ from bot.slack_text import escape, user_mention
 from bot.store import RequestStore, SignError, SigningInProgress, StoreUnavailable
 from signer import wire
 from signer.errors import KeyturnError
-from signer.evidence import CiEvidence, OidcEvidence, request_id_for
+from signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
 from signer.evidence import SlackEvidence as SignedSlackRequest
 from signer.policy import Environment, Policy, UnknownEnvironment
 from signer.receipt import parse_time
@@ -79,7 +79,7 @@ class SignerPort(Protocol):
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
@@ -87,8 +87,19 @@ class SignerPort(Protocol):
         ...
 
 
-def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin:
+def wire_origin(
+    origin: OriginEvidence,
+) -> wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin:
     """The stored origin evidence in the signer's wire shape (CI bodies back to raw bytes)."""
+    if origin.kind == "github":
+        return wire.GitHubOrigin(
+            body=base64.b64decode(origin.body),
+            delivery=origin.delivery or "",
+            signature=origin.signature,
+            workflow=origin.workflow or "",
+            timestamp=origin.timestamp,
+            stamp=origin.stamp or "",
+        )
     if origin.kind == "oidc":
         return wire.OidcOrigin(token=origin.signature, body=base64.b64decode(origin.body))
     if origin.kind == "ci":
@@ -102,8 +113,19 @@ def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrig
     return wire.SlackCommandOrigin(body=origin.body, timestamp=origin.timestamp, signature=origin.signature)
 
 
-def origin_evidence(origin: OriginEvidence) -> CiEvidence | SignedSlackRequest | OidcEvidence:
+def origin_evidence(
+    origin: OriginEvidence,
+) -> CiEvidence | SignedSlackRequest | OidcEvidence | GitHubEvidence:
     """The stored origin as the trust core's evidence type (CI bodies back to raw bytes)."""
+    if origin.kind == "github":
+        return GitHubEvidence(
+            base64.b64decode(origin.body),
+            origin.delivery or "",
+            origin.signature,
+            origin.workflow or "",
+            origin.timestamp,
+            origin.stamp or "",
+        )
     if origin.kind == "oidc":
         return OidcEvidence(origin.signature, base64.b64decode(origin.body))
     if origin.kind == "ci":
@@ -186,6 +208,8 @@ class ApprovalService:
         self._clock = clock
         self.hooks: LifecycleHooks = hooks or NoHooks()
         self._callbacks = callbacks
+        # The GitHub hand-off (bot/github.py), set by the server when an approver is configured.
+        self.github: Any = None
         self._metrics = metrics or Metrics()
         self._card_retry_max = card_retry_max.total_seconds()
         self._card_retry_first = card_retry_first.total_seconds()
@@ -628,6 +652,11 @@ class ApprovalService:
             )
         if request.requester_slack_id:
             await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
+        if request.origin_kind == "github" and self.github is not None:
+            if receipt is None and request.status is Status.APPROVED:
+                with contextlib.suppress(StoreUnavailable):
+                    receipt = await self._store.receipt(request.id)
+            self._spawn(self.github.decided(request, receipt), f"github-{request.id}")
         if request.callback_url and self._callbacks is not None:
             if receipt is None and request.status is Status.APPROVED:
                 with contextlib.suppress(StoreUnavailable):

@@ -260,7 +260,8 @@ def build_app(
     if settings.github_approver_url:
         from bot.github import GitHubForwarder
 
-        forwarder = GitHubForwarder(settings.github_approver_url)
+        forwarder = GitHubForwarder(settings.github_approver_url, signer=signer, service=service, store=store)
+        service.github = forwarder
         routes += forwarder.routes()
         comps.extra_clients.append(forwarder)
     app = Starlette(

@@ -27,6 +27,9 @@ CI_SECRET = "e2e-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "e2e-slack-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-e2e-bot-token"
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
+GITHUB_WEBHOOK_SECRET = (
+    "e2e-github-webhook-secret-0123456789"  # the signer's and the approver's (GitHub rule)
+)
 
 POLICY = """\
 version = 1
@@ -183,7 +186,13 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     procs: dict[str, Proc] = {}
     try:
         procs["signer"], sock = harness.start_signer(
-            workdir, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
+            workdir,
+            logs,
+            policy=policy,
+            keyset=keyset,
+            slack_secret=SLACK_SECRET,
+            ci_secret=CI_SECRET,
+            env={"KEYTURN_GITHUB_WEBHOOK_SECRET": GITHUB_WEBHOOK_SECRET},
         )
         procs["emulator"], emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=bot_url)
         procs["bot"] = harness.start_bot(

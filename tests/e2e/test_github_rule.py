@@ -1,10 +1,9 @@
 """Keyturn as a GitHub deployment protection rule, with real processes: the e2e stack (signer, bot, Slack
 emulator), ``keyturn github-emulator`` and ``keyturn github-approver``.
 
-The test plays the bot's GitHub glue, which is not wired into the bot yet (docs/github.md, "Status"): it
-forwards the emulator's webhook to the approver, opens a CI request for the scope the approver answered,
-and hands the approver the receipt (or, on deny or expiry, the reason). Everything that decides — the
-webhook check, the API reads, the receipt gate, the review callback — runs in the real approver.
+The ``through_the_bot`` tests are the whole flow: GitHub's webhook to the bot, checked by the approver and the
+signer, a card, clicks, a receipt, and the bot's hand-off to the approver, which approves or rejects the run.
+The others drive the approver directly (as the bot does) to reach its refusals one by one.
 """
 
 from __future__ import annotations
@@ -25,11 +24,11 @@ from bot.cards import REASON_ACTION, REASON_BLOCK
 from signer.github_app import app_jwt
 from tests import harness
 from tests.conftest import failed
-from tests.e2e.conftest import SHA, Stack
+from tests.e2e.conftest import GITHUB_WEBHOOK_SECRET, SHA, Stack
 from tests.harness import KEYTURN, Proc, free_port
 
 APP_ID = "424242"
-WEBHOOK_SECRET = "e2e-github-webhook-secret-0123456789"
+WEBHOOK_SECRET = GITHUB_WEBHOOK_SECRET
 WORKFLOW = ".github/workflows/deploy.yml"
 OTHER_SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -319,19 +318,69 @@ def test_refused_webhooks_leave_no_waiting_run(
     assert gh.calls() == []  # refused before any API call
 
 
-def test_the_bot_forwards_deliveries_and_holds_no_secret_to_check_them(gh: GitHubRig, stack: Stack) -> None:
-    """A delivery through the bot's ``/github/webhook``: checked by the approver, answered as it came."""
-    run = gh.new_run()
+def _through_the_bot(gh: GitHubRig, stack: Stack, **spec: Any) -> tuple[int, dict[str, Any]]:
+    """GitHub delivers a new run's webhook to the bot; the run id and the request's card."""
+    run = gh.new_run(**spec)
+    answer = gh.deliver(run["run_id"], url=f"{stack.bot_url}/github/webhook")
+    assert answer["status"] == 202, answer
+    return run["run_id"], stack.card(answer["body"]["requestId"])
+
+
+def _wait_run(gh: GitHubRig, run_id: int, status: str) -> dict[str, Any]:
+    """Wait for the bot's hand-off to reach GitHub (another process: polled, as harness waits do)."""
+    harness.wait_until(lambda: gh.run(run_id)["status"] == status, 20, f"run {run_id} to be {status}")
+    return gh.run(run_id)
+
+
+def test_through_the_bot_a_run_is_approved_once_after_quorum(gh: GitHubRig, stack: Stack) -> None:
+    run_id, req = _through_the_bot(gh, stack)
+    rid = req["requestId"]
+    assert req["scope"] == {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": WORKFLOW}
+    post = stack.emulator.wait_for("chat.postMessage", channel="C0DEPLOYS")
+    assert "per GitHub's signed webhook" in json.dumps(post["params"])
+    stack.click("U0BOB", req)
+    stack.wait_version(rid, req["version"])
+    assert gh.run(run_id)["status"] == "waiting"  # one approval is not a quorum
+    stack.click("U0CAROL", req)
+    stack.wait_status(rid, "APPROVED")
+    run = _wait_run(gh, run_id, "approved")
+    assert [r["state"] for r in run["reviews"]] == ["approved"]
+    assert f"(https://keyturn.example/requests/{rid})" in run["reviews"][0]["comment"]
+    assert len(gh.reviews_posted(run_id)) == 1
+
+
+def test_through_the_bot_deny_rejects_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
+    run_id, req = _through_the_bot(gh, stack)
+    since = len(stack.emulator.calls())
+    stack.click("U0BOB", req, action="deny")
+    view_id = stack.emulator.wait_for("views.open", since=since)["response"]["view"]["id"]
+    stack.emulator.submit_view("U0BOB", view_id, {REASON_BLOCK: {REASON_ACTION: "not on a Friday"}})
+    stack.wait_status(req["requestId"], "DENIED")
+    run = _wait_run(gh, run_id, "rejected")
+    assert "denied by U0BOB: not on a Friday" in run["reviews"][0]["comment"]
+
+
+def test_through_the_bot_expiry_rejects(gh: GitHubRig, stack: Stack) -> None:
+    run_id, req = _through_the_bot(gh, stack, environment="shortlived")
+    stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
+    run = _wait_run(gh, run_id, "rejected")
+    assert "expired" in run["reviews"][0]["comment"]
+
+
+def test_through_the_bot_refused_webhooks_open_no_request(gh: GitHubRig, stack: Stack) -> None:
     url = f"{stack.bot_url}/github/webhook"
-    good = gh.deliver(run["run_id"], url=url)
-    assert good["status"] == 200, good
-    assert good["body"]["scope"]["workflow"] == WORKFLOW
     bad = gh.deliver(gh.new_run()["run_id"], url=url, signature="bad")
     assert (bad["status"], bad["body"]["error"]) == (401, "bad_signature")
     no_policy = gh.deliver(gh.new_run(environment="qa")["run_id"], url=url)
     assert (no_policy["status"], no_policy["body"]["error"]) == (422, "no_policy")
-    # No card for any of them: the bot opens no request from a webhook (docs/github.md, "Status").
-    assert stack.emulator.calls("chat.postMessage") == []
+    malformed = gh.deliver(gh.new_run()["run_id"], url=url, raw='{"action": "requested"}')
+    assert (malformed["status"], malformed["body"]["error"]) == (400, "malformed_payload")
+    good = gh.new_run()
+    first = gh.deliver(good["run_id"], url=url)
+    assert first["status"] == 202
+    replay = gh.deliver(good["run_id"], url=url, delivery=first["delivery"])
+    assert (replay["status"], replay["body"]["error"]) == (409, "replayed_delivery")
+    assert len(stack.emulator.calls("chat.postMessage")) <= 1  # only the genuine delivery's card
 
 
 def test_an_environment_without_policy_is_refused(gh: GitHubRig) -> None:

@@ -206,3 +206,64 @@ def test_retry_policy() -> None:
     assert [retry_delay(n, 0.25, None) for n in (1, 2, 3)] == [0.25, 0.5, 1.0]
     assert retry_delay(1, 0.25, "2") == 2.0
     assert retry_delay(1, 0.25, "9999") == 60.0
+
+
+def _origin(**over: Any) -> Any:
+    from signer.evidence import GitHubEvidence, github_stamp
+
+    body = json.dumps(payload()).encode()
+    values: dict[str, Any] = {
+        "body": body,
+        "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        "signature": webhook_signature(SECRET, body),
+        "workflow": ".github/workflows/deploy.yml",
+        "timestamp": "1800000000",
+    }
+    values.update(over)
+    stamp = over.get("stamp") or github_stamp(SECRET, values["body"], values["delivery"], "1800000000")
+    values.pop("stamp", None)
+    return GitHubEvidence(**values, stamp=stamp)
+
+
+def test_the_signer_checks_the_webhook_signature_and_its_own_arrival_stamp() -> None:
+    from signer.evidence import EvidenceError, _verify_github
+
+    assert _verify_github(SECRET, _origin()) == 1_800_000_000
+    for bad, code in (
+        (_origin(timestamp="1800000600"), "bad_github_stamp"),  # re-dated by the bot
+        (_origin(stamp="0" * 64), "bad_github_stamp"),
+        (_origin(signature="sha256=" + "0" * 64), "bad_signature"),
+        (_origin(body=json.dumps(payload(sha="0" * 40)).encode()), "bad_signature"),
+    ):
+        with pytest.raises(EvidenceError) as e:
+            _verify_github(SECRET, bad)
+        assert e.value.code == code
+    with pytest.raises(EvidenceError) as e:
+        _verify_github("", _origin())
+    assert e.value.code == "github_not_configured"
+
+
+def test_a_github_origin_claims_the_signed_scope_and_binds_the_workflow_into_its_id() -> None:
+    from signer.evidence import origin_claim, request_id_for
+    from signer.policy import Policy
+
+    policy = Policy.from_data(
+        {
+            "version": 1,
+            "environments": {
+                "production": {
+                    "channel": "C0DEPLOYS",
+                    "approvers": ["U0BOB"],
+                    "required_approvals": 1,
+                    "request_ttl": "30m",
+                    "receipt_ttl": "15m",
+                }
+            },
+        }
+    )
+    claim = origin_claim(_origin(), policy)
+    assert claim.scope == Scope("acme/web", SHA, "production", ".github/workflows/deploy.yml")
+    assert claim.requester == "github:alice"
+    assert claim.run_url == "https://github.com/acme/web/actions/runs/42"
+    other = _origin(workflow=".github/workflows/other.yml")
+    assert request_id_for(other) != request_id_for(_origin())
