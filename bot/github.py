@@ -35,7 +35,7 @@ from starlette.routing import Route
 from bot.models import DeployRequest, OriginEvidence, RequestIn, Status
 from signer import github_app
 from signer.errors import KeyturnError
-from signer.evidence import GitHubEvidence, origin_claim
+from signer.evidence import GitHubEvidence, origin_claim, request_id_for
 
 log = logging.getLogger("keyturn.github")
 
@@ -152,6 +152,17 @@ class GitHubForwarder:
             run_url=claim.run_url,
         )
         req, created = await self.service.create(req_in, origin)
+        if not created and req.id != request_id_for(evidence):
+            # One pending request per scope (bot/store.py): another run of this commit and environment waits
+            # on it, and its outcome goes to that run only. This run is rejected, not left waiting forever.
+            reason = f"another run of this commit for {req.scope.environment} is already waiting for approval"
+            await self._post_outcome(
+                data.get("run_id"),
+                claim.scope.environment,
+                "reject",
+                {"reason": reason, "request_id": req.id},
+            )
+            return _error(409, "scope_busy", reason + f" ({req.id}); this run was rejected")
         log.info("github webhook %s: run %s -> request %s", delivery, data.get("run_id"), req.id)
         return JSONResponse(
             {"ok": True, "requestId": req.id, "created": created, "runId": data.get("run_id")},
@@ -175,12 +186,22 @@ class GitHubForwarder:
         except github_app.GitHubError as exc:
             log.error("github hand-off of %s: stored webhook unusable (%s)", request.id, exc.code)
             return
-        base = f"{self.approver_url}/runs/{hook.run_id}/{quote(hook.environment, safe='')}"
-        if request.status is Status.APPROVED and receipt is not None:
-            url, content, kind = f"{base}/approve", json.dumps(receipt).encode(), "approve"
+        if request.status is Status.APPROVED:
+            if receipt is None:  # Redis lost it for now: the run keeps waiting; an approval is never rejected
+                log.error("github hand-off of %s: approved but its receipt could not be read", request.id)
+                return
+            await self._post_outcome(hook.run_id, hook.environment, "approve", receipt)
         else:
             reject = {"reason": final_reason(request), "request_id": request.id}
-            url, content, kind = f"{base}/reject", json.dumps(reject).encode(), "reject"
+            await self._post_outcome(hook.run_id, hook.environment, "reject", reject)
+
+    async def _post_outcome(self, run_id: object, environment: str, kind: str, body: dict[str, Any]) -> None:
+        """POST ``body`` to the approver's ``approve`` (a receipt) or ``reject`` route of the run, retried
+        while the approver answers 5xx or cannot be reached."""
+        if not isinstance(run_id, int):
+            return
+        url = f"{self.approver_url}/runs/{run_id}/{quote(environment, safe='')}/{kind}"
+        content = json.dumps(body).encode()
         for attempt in range(1, HANDOFF_ATTEMPTS + 1):
             try:
                 resp = await self.client.post(url, content=content)
@@ -189,20 +210,13 @@ class GitHubForwarder:
             else:
                 if resp.status_code < 500:
                     level = logging.INFO if resp.status_code == 200 else logging.WARNING
-                    log.log(
-                        level,
-                        "github %s of run %s (%s): HTTP %d",
-                        kind,
-                        hook.run_id,
-                        request.id,
-                        resp.status_code,
-                    )
+                    log.log(level, "github %s of run %s: HTTP %d", kind, run_id, resp.status_code)
                     return
                 outcome = f"HTTP {resp.status_code}"
             log.warning(
                 "github %s of run %s: %s, attempt %d/%d",
                 kind,
-                hook.run_id,
+                run_id,
                 outcome,
                 attempt,
                 HANDOFF_ATTEMPTS,

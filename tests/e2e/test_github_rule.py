@@ -466,3 +466,16 @@ def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, s
     assert 502 in statuses
     assert 403 in statuses
     assert [r["state"] for r in gh.run(run_id)["reviews"]] == ["approved"]
+
+
+def test_through_the_bot_a_second_run_of_a_waiting_scope_is_rejected_not_orphaned(
+    gh: GitHubRig, stack: Stack
+) -> None:
+    first, req = _through_the_bot(gh, stack)
+    second = gh.new_run()
+    answer = gh.deliver(second["run_id"], url=f"{stack.bot_url}/github/webhook")
+    assert (answer["status"], answer["body"]["error"]) == (409, "scope_busy")
+    run = gh.run(second["run_id"])
+    assert run["status"] == "rejected"
+    assert req["requestId"] in run["reviews"][0]["comment"]
+    assert gh.run(first)["status"] == "waiting"
