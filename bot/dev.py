@@ -1,7 +1,8 @@
 """``keyturn dev``: the whole of Keyturn on one machine, with nothing configured.
 
-Starts a private ``redis-server`` (unless ``KEYTURN_REDIS_URL`` is set), makes throwaway dev keys and secrets,
-then runs the signer, the Slack emulator and the bot as child processes, each log line prefixed with its name.
+Starts a private ``redis-server`` (unless ``KEYTURN_REDIS_URL`` is set), makes throwaway dev keys and
+secrets, then runs the signer, the Slack emulator, the GitHub emulator, ``keyturn github-approver`` and the
+bot as child processes, each log line prefixed with its name.
 Ctrl-C stops everything and removes the temp directory. Dev keys carry ``dev-`` in their key id, and
 ``keyturn verify`` refuses them unless given ``--allow-dev-keys``: a dev receipt can never pass a real gate.
 
@@ -29,7 +30,8 @@ from importlib import resources
 from pathlib import Path
 
 KEYTURN = [sys.executable, "-m", "bot"]
-COLORS = {"redis": "31", "signer": "35", "emulator": "36", "bot": "32"}
+COLORS = {"redis": "31", "signer": "35", "emulator": "36", "bot": "32", "github": "34", "approver": "33"}
+GITHUB_RUN = 4242  # the run id the banner's recipe makes in the GitHub emulator
 
 
 class DevError(Exception):
@@ -150,8 +152,46 @@ def _dev_policy(path: str | None) -> Path:
     return Path(str(resources.files("bot").joinpath("dev_policy.toml")))
 
 
-def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path) -> str:
+def _github_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway GitHub App key pair (private: the approver's; public: the emulator's), webhook secret."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private, public, secret = workdir / "app.pem", workdir / "app.pub.pem", workdir / "webhook-secret"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    secret.write_text(secrets.token_hex(24))
+    secret.chmod(0o600)
+    return private, public, secret
+
+
+def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path, github_url: str = "") -> str:
     sha = secrets.token_hex(20)
+    run = f"{github_url}/_github/runs"
+    github = (
+        f"""
+  A GitHub run waiting on the deployment protection rule (docs/github.md):
+
+    curl -s -X POST {run} -H 'content-type: application/json' \
+      -d '{{"run_id": {GITHUB_RUN}, "repo": "acme/web", "sha": "{sha}", "environment": "production"}}'
+    curl -s -X POST {github_url}/_github/deliver -H 'content-type: application/json' \
+      -d '{{"run_id": {GITHUB_RUN}, "url": "{bot_url}/github/webhook"}}'
+
+  then approve the card as bob and carol, and watch the run released:  curl -s {run}/{GITHUB_RUN}
+"""
+        if github_url
+        else ""
+    )
     return f"""
   Keyturn is running (dev mode: throwaway keys and secrets; dev receipts never pass a real gate).
 
@@ -167,6 +207,7 @@ def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path)
 
   or type in the emulator's command box, as alice:  /keyturn request acme/web {sha} staging
 
+{github}
   Production needs 2 approvals (bob, carol, or erin via @oncall); alice requested it, so she cannot approve.
   Reminders come every minute, dave is paged after two, and the request expires after 5 minutes.
   Ctrl-C stops everything and removes the temp files.
@@ -221,11 +262,18 @@ def run(args: argparse.Namespace) -> int:
             "KEYTURN_SLACK_SIGNING_SECRET": secrets.token_hex(16),
             "KEYTURN_CI_SECRET": secrets.token_hex(24),
         }
+        # GitHub: the emulator, and the approver holding the App key (never the bot); the signer shares the
+        # webhook secret to check the webhook as a request's origin.
+        app_key, app_public, webhook_secret = _github_files(workdir)
+        github_url = f"http://127.0.0.1:{_free_port(args.github_port)}"
+        approver_url = f"http://127.0.0.1:{_free_port(0)}"
         stack.start(
             "signer",
             [*KEYTURN, "signer"],
             {
                 **common,
+                "KEYTURN_GITHUB_WEBHOOK_SECRET_FILE": str(webhook_secret),
+                "KEYTURN_GITHUB_WEBHOOK_SECRET": "",
                 "KEYTURN_SIGNER_KEYSET": str(keyset),
                 "KEYTURN_AUDIT_LOG": str(workdir / "audit.jsonl"),
                 # The secrets above, not files the calling shell may name (both set is a refusal).
@@ -239,6 +287,30 @@ def run(args: argparse.Namespace) -> int:
             [*KEYTURN, "emulator", "--port", str(emulator_port), "--bot-url", f"{bot_url}/slack/events"],
             {"KEYTURN_SLACK_SIGNING_SECRET": common["KEYTURN_SLACK_SIGNING_SECRET"], "KEYTURN_DEV_MODE": "1"},
             "emulator ready",
+        )
+        stack.start(
+            "github",
+            [
+                *KEYTURN,
+                "github-emulator",
+                *("--port", github_url.rsplit(":", 1)[1], "--app-public-key", str(app_public)),
+                *("--webhook-secret-file", str(webhook_secret)),
+            ],
+            {},
+            "github emulator listening",
+        )
+        stack.start(
+            "approver",
+            [
+                *KEYTURN,
+                "github-approver",
+                *("--port", approver_url.rsplit(":", 1)[1], "--api-url", github_url, "--app-id", "424242"),
+                *("--app-key", str(app_key), "--webhook-secret-file", str(webhook_secret)),
+                *("--keys", str(public), "--policy", str(policy), "--allow-dev-keys"),
+                *("--state-file", str(workdir / "approver-state.json")),
+            ],
+            {},
+            "github approver listening",
         )
         from bot.config import SIGNER_ONLY_VARIABLES  # here: pydantic stays off the import of this module
 
@@ -256,8 +328,9 @@ def run(args: argparse.Namespace) -> int:
             # Blank (= unset) whatever the calling shell exports: the bot refuses to start with any of them.
             **dict.fromkeys(SIGNER_ONLY_VARIABLES, ""),
         }
+        bot_env["KEYTURN_GITHUB_APPROVER_URL"] = approver_url
         stack.start("bot", [*KEYTURN, "bot"], bot_env, "bot ready")
-        print(_banner(emulator_url, bot_url, common, public), flush=True)
+        print(_banner(emulator_url, bot_url, common, public, github_url), flush=True)
         if args.check:
             return 0
         while True:
@@ -286,6 +359,9 @@ def main(argv: Sequence[str]) -> int:
         "--emulator-port", type=int, default=3000, help="emulator port (default 3000, or a free one)"
     )
     parser.add_argument("--bot-port", type=int, default=8000, help="bot port (default 8000, or a free one)")
+    parser.add_argument(
+        "--github-port", type=int, default=8766, help="GitHub emulator port (default 8766, or a free one)"
+    )
     parser.add_argument("--policy", help="policy file (default: the bundled dev policy)")
     parser.add_argument("--check", action="store_true", help="start everything, print the banner, then stop")
     return run(parser.parse_args(list(argv)))

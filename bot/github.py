@@ -139,19 +139,29 @@ class GitHubForwarder:
                 body, delivery, signature, origin.workflow or "", origin.timestamp, origin.stamp or ""
             )
             claim = origin_claim(evidence, self.service.policy)
-        except KeyturnError as exc:
-            log.warning("github webhook %s refused by the signer: %s", delivery, exc.code)
-            return _error(422 if exc.code == "no_policy" else 400, exc.code or "refused", exc.message)
-        req_in = RequestIn(
-            repo=claim.scope.repo,
-            sha=claim.scope.sha,
-            environment=claim.scope.environment,
-            workflow=claim.scope.workflow,
-            requester=claim.requester,
-            ref=claim.ref,
-            run_url=claim.run_url,
-        )
-        req, created = await self.service.create(req_in, origin)
+            req_in = RequestIn(
+                repo=claim.scope.repo,
+                sha=claim.scope.sha,
+                environment=claim.scope.environment,
+                workflow=claim.scope.workflow,
+                requester=claim.requester,
+                ref=claim.ref,
+                run_url=claim.run_url,
+            )
+            req, created = await self.service.create(req_in, origin)
+        except Exception as exc:
+            # The approver took the delivery (a redelivery is a replay now), so the run would wait forever:
+            # reject it with the reason instead. Fail-closed, and re-running the job asks again.
+            code = exc.code if isinstance(exc, KeyturnError) and exc.code else type(exc).__name__
+            log.warning("github webhook %s: no request opened (%s); rejecting the run", delivery, code)
+            reason = f"Keyturn could not open a request ({code}); re-run the job to ask again"
+            await self._post_outcome(
+                data.get("run_id"), str(data.get("environment", "")), "reject", {"reason": reason}
+            )
+            message = exc.message if isinstance(exc, KeyturnError) else "the request could not be opened"
+            return _error(
+                422 if code == "no_policy" else 400 if isinstance(exc, KeyturnError) else 503, code, message
+            )
         if not created and req.id != request_id_for(evidence):
             # One pending request per scope (bot/store.py): another run of this commit and environment waits
             # on it, and its outcome goes to that run only. This run is rejected, not left waiting forever.
