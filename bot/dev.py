@@ -182,9 +182,9 @@ def _banner(emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path,
         f"""
   A GitHub run waiting on the deployment protection rule (docs/github.md):
 
-    curl -s -X POST {run} -H 'content-type: application/json' \
+    curl -s -X POST {run} -H 'content-type: application/json' \\
       -d '{{"run_id": {GITHUB_RUN}, "repo": "acme/web", "sha": "{sha}", "environment": "production"}}'
-    curl -s -X POST {github_url}/_github/deliver -H 'content-type: application/json' \
+    curl -s -X POST {github_url}/_github/deliver -H 'content-type: application/json' \\
       -d '{{"run_id": {GITHUB_RUN}, "url": "{bot_url}/github/webhook"}}'
 
   then approve the card as bob and carol, and watch the run released:  curl -s {run}/{GITHUB_RUN}
