@@ -479,3 +479,20 @@ def test_through_the_bot_a_second_run_of_a_waiting_scope_is_rejected_not_orphane
     assert run["status"] == "rejected"
     assert req["requestId"] in run["reviews"][0]["comment"]
     assert gh.run(first)["status"] == "waiting"
+
+
+def test_through_the_bot_github_faults_delay_the_approval_but_never_make_one(
+    gh: GitHubRig, stack: Stack
+) -> None:
+    """GitHub fails more often than the approver retries: the approver answers 502, the bot tries again, and
+    the run is approved once when GitHub answers. The receipt is what approves; the faults only delay it."""
+    run_id, req = _through_the_bot(gh, stack)
+    stack.click("U0BOB", req)
+    stack.wait_version(req["requestId"], req["version"])
+    gh.faults(server_errors=5)  # the approver tries 3 times per call: its first hand-off fails whole
+    stack.click("U0CAROL", req)
+    run = _wait_run(gh, run_id, "approved")
+    assert [r["state"] for r in run["reviews"]] == ["approved"]
+    statuses = [c.get("status") for c in gh.calls()]
+    assert statuses.count(502) == 5
+    assert len(gh.reviews_posted(run_id)) == 1
