@@ -159,7 +159,18 @@ def _requester_email(requester: str) -> str | None:
 
 def _origin_time(origin: OriginEvidence) -> datetime | None:
     try:
-        return datetime.fromtimestamp(int(origin.timestamp), UTC)
+        t0 = int(origin.timestamp)
+        if origin.kind == "github":
+            # As the signer dates it (evidence._verify_github): the deployment's creation if earlier.
+            from signer.github_app import GitHubError, parse_payload
+
+            with contextlib.suppress(GitHubError, ValueError):
+                body = base64.b64decode(origin.body)
+                created = parse_payload(
+                    body, origin.delivery or "", api_base_path=None, environments=None
+                ).created_at
+                t0 = t0 if created is None else min(t0, created)
+        return datetime.fromtimestamp(t0, UTC)
     except (ValueError, OverflowError, OSError):
         return None
 

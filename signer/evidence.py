@@ -544,7 +544,9 @@ def check_github_webhook(
 
 
 def _verify_github(secret: str, origin: GitHubEvidence) -> int:
-    """The webhook's signature and the signer's own arrival stamp; the arrival time."""
+    """The webhook's signature and the signer's own arrival stamp; the time the request's lifetime starts:
+    the arrival, or the deployment's creation (GitHub-signed) when earlier. A stamp only proves the signer
+    saw the webhook then, and the bot may show an old webhook again; the deployment's own time bounds that."""
     try:
         github_app.check_signature(secret, origin.signature, origin.body)
     except github_app.GitHubError as exc:
@@ -553,7 +555,13 @@ def _verify_github(secret: str, origin: GitHubEvidence) -> int:
     expected = github_stamp(secret, origin.body, origin.delivery, origin.timestamp)
     if not hmac.compare_digest(expected, origin.stamp if isinstance(origin.stamp, str) else ""):
         raise EvidenceError("bad_github_stamp", "the arrival stamp is not the signer's")
-    return ts
+    try:
+        created = github_app.parse_payload(
+            origin.body, origin.delivery, api_base_path=None, environments=None
+        ).created_at
+    except github_app.GitHubError as exc:
+        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+    return ts if created is None else min(ts, created)
 
 
 def _frame(*parts: bytes) -> bytes:

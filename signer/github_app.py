@@ -69,6 +69,7 @@ class Webhook:
     event: str | None
     callback_path: str
     sender: str | None = None  # sender.login: who triggered the run
+    created_at: int | None = None  # deployment.created_at (Unix seconds): GitHub-signed, dates the request
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
@@ -104,6 +105,24 @@ def _int(obj: object, key: str, problems: dict[str, str], where: str) -> int | N
         problems[where + key] = "must be a positive integer"
         return None
     return value
+
+
+def _time(obj: object, key: str, problems: dict[str, str], where: str) -> int | None:
+    """An optional ISO 8601 UTC time (``2026-11-30T13:00:00Z``) as Unix seconds; present but unreadable is a
+    problem (it would date the request)."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 40 else None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        problems[where + key] = "must be an ISO 8601 time with a zone"
+        return None
+    return int(at.timestamp())
 
 
 def check_webhook(
@@ -146,10 +165,11 @@ def check_signature(secret: str, signature: str | None, body: bytes) -> None:
 
 
 def parse_payload(
-    body: bytes, delivery: str, *, api_base_path: str | None, environments: frozenset[str]
+    body: bytes, delivery: str, *, api_base_path: str | None, environments: frozenset[str] | None
 ) -> Webhook:
     """The ``deployment_protection_rule`` payload read defensively, *without* checking its signature (the
-    caller has, or renders only what the signer will check)."""
+    caller has, or renders only what the signer will check). ``environments``: those with a policy (None:
+    not checked here)."""
     if len(body) > MAX_WEBHOOK_BYTES:
         raise GitHubError("payload_too_large", f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
     if not _DELIVERY_RE.match(delivery):
@@ -173,8 +193,10 @@ def parse_payload(
     installation_id = _int(payload.get("installation"), "id", problems, "installation.")
     deployment = payload.get("deployment")
     deployment_id = None
+    created_at = None
     if deployment is not None:
         deployment_id = _int(deployment, "id", problems, "deployment.")
+        created_at = _time(deployment, "created_at", problems, "deployment.")
     # The same grammar as every other request's scope (signer/contract.py): a receipt could not name more.
     for name, value, rule in (
         ("sha", sha, contract.sha_problem),
@@ -199,7 +221,7 @@ def parse_payload(
     assert repo
     assert installation_id
     run_id, path = _callback_run(callback, api_base_path, repo)
-    if environment not in environments:
+    if environments is not None and environment not in environments:
         raise GitHubError("no_policy", f"no policy for environment {environment!r}: refused")
     return Webhook(
         delivery=delivery,
@@ -213,6 +235,7 @@ def parse_payload(
         event=trigger,
         callback_path=path,
         sender=sender,
+        created_at=created_at,
     )
 
 

@@ -63,6 +63,7 @@ class Run:
     ref: str = "refs/heads/main"
     event: str = "push"
     sender: str = "alice"
+    created_at: int = 0  # the deployment's creation (Unix seconds); set by new_run and rerun
     status: str = "waiting"  # waiting -> approved | rejected, once
     reviews: list[dict[str, Any]] = field(default_factory=list)
 
@@ -140,6 +141,7 @@ class GitHubEmulator:
             installation_id=int(spec.get("installation_id", DEFAULT_INSTALLATION)),
             ref=str(spec.get("ref", "refs/heads/main")),
             event=str(spec.get("event", "push")),
+            created_at=int(spec.get("created_at", time.time())),
         )
         self.runs[run.run_id] = run
         return run
@@ -162,6 +164,7 @@ class GitHubEmulator:
                 "ref": run.ref.removeprefix("refs/heads/"),
                 "environment": run.environment,
                 "creator": {"login": run.sender, "id": 5},
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.created_at)),
             },
             "pull_requests": [],
             "repository": {"id": 7, "name": name, "full_name": run.repo, "owner": {"login": owner}},
@@ -313,6 +316,7 @@ def create_github_app(emulator: GitHubEmulator, clock: Any = time.time) -> Starl
             return JSONResponse({"error": "not_found"}, 404)
         emulator._next_deployment += 1
         run.deployment_id, run.status = emulator._next_deployment, "waiting"
+        run.created_at = int(time.time())
         return JSONResponse(asdict(run))
 
     async def get_run(request: Request) -> Response:

@@ -496,3 +496,13 @@ def test_through_the_bot_github_faults_delay_the_approval_but_never_make_one(
     statuses = [c.get("status") for c in gh.calls()]
     assert statuses.count(502) == 5
     assert len(gh.reviews_posted(run_id)) == 1
+
+
+def test_through_the_bot_an_old_deployment_is_not_revived(gh: GitHubRig, stack: Stack) -> None:
+    """A webhook for a deployment created before the request lifetime is dated by GitHub's own time, not by
+    when the bot (or someone) presents it: the request expires and the run is rejected."""
+    import time
+
+    run_id, req = _through_the_bot(gh, stack, created_at=int(time.time()) - 3600)  # production: 30 min
+    stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
+    assert "expired" in _wait_run(gh, run_id, "rejected")["reviews"][0]["comment"]

@@ -267,3 +267,26 @@ def test_a_github_origin_claims_the_signed_scope_and_binds_the_workflow_into_its
     assert claim.run_url == "https://github.com/acme/web/actions/runs/42"
     other = _origin(workflow=".github/workflows/other.yml")
     assert request_id_for(other) != request_id_for(_origin())
+
+
+def test_the_deployments_creation_bounds_the_request_start() -> None:
+    """A stamp proves when the signer saw a webhook; an old webhook shown again is dated by its deployment."""
+    from signer.evidence import _verify_github
+
+    old = payload(
+        deployment={"id": 1001, "sha": SHA, "environment": "production", "created_at": "2027-01-15T08:00:00Z"}
+    )
+    body = json.dumps(old).encode()
+    assert (
+        _verify_github(SECRET, _origin(body=body, signature=webhook_signature(SECRET, body))) == 1_800_000_000
+    )
+    earlier = payload(
+        deployment={"id": 1001, "sha": SHA, "environment": "production", "created_at": "2026-11-30T10:00:00Z"}
+    )
+    body = json.dumps(earlier).encode()
+    assert (
+        _verify_github(SECRET, _origin(body=body, signature=webhook_signature(SECRET, body))) == 1_796_032_800
+    )
+    with pytest.raises(GitHubError) as e:
+        deliver(json.dumps(payload(deployment={"id": 1, "created_at": "yesterday"})).encode())
+    assert e.value.fields == {"deployment.created_at": "must be an ISO 8601 time with a zone"}
