@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -174,6 +175,8 @@ class GitHubForwarder:
             )
             return _error(409, "scope_busy", reason + f" ({req.id}); this run was rejected")
         log.info("github webhook %s: run %s -> request %s", delivery, data.get("run_id"), req.id)
+        if created:
+            await self._status(data.get("run_id"), req)
         return JSONResponse(
             {"ok": True, "requestId": req.id, "created": created, "runId": data.get("run_id")},
             status_code=202 if created else 200,
@@ -204,6 +207,16 @@ class GitHubForwarder:
         else:
             reject = {"reason": final_reason(request), "request_id": request.id}
             await self._post_outcome(hook.run_id, hook.environment, "reject", reject)
+
+    async def _status(self, run_id: object, request: DeployRequest) -> None:
+        """One status-only comment on the waiting run (it neither approves nor rejects): once, not retried,
+        since it only informs."""
+        if not isinstance(run_id, int):
+            return
+        env = quote(request.scope.environment, safe="")
+        text = f"waiting for {request.required_approvals} approvals in Slack, request {request.id}"
+        with contextlib.suppress(httpx.HTTPError):
+            await self.client.post(f"{self.approver_url}/runs/{run_id}/{env}/status", json={"text": text})
 
     async def _post_outcome(self, run_id: object, environment: str, kind: str, body: dict[str, Any]) -> None:
         """POST ``body`` to the approver's ``approve`` (a receipt) or ``reject`` route of the run, retried

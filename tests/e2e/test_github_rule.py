@@ -344,9 +344,13 @@ def test_through_the_bot_a_run_is_approved_once_after_quorum(gh: GitHubRig, stac
     stack.click("U0CAROL", req)
     stack.wait_status(rid, "APPROVED")
     run = _wait_run(gh, run_id, "approved")
-    assert [r["state"] for r in run["reviews"]] == ["approved"]
-    assert f"(https://keyturn.example/requests/{rid})" in run["reviews"][0]["comment"]
-    assert len(gh.reviews_posted(run_id)) == 1
+    status, approval = run["reviews"]
+    assert status["state"] is None  # the status comment while it waited
+    escaped = rid.replace("_", "\\_")  # Markdown-escaped: it renders as the id
+    assert f"waiting for 2 approvals in Slack, request {escaped}" in status["comment"]
+    assert approval["state"] == "approved"
+    assert f"(https://keyturn.example/requests/{rid})" in approval["comment"]
+    assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None, "approved"]
 
 
 def test_through_the_bot_deny_rejects_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
@@ -357,14 +361,14 @@ def test_through_the_bot_deny_rejects_with_the_reason(gh: GitHubRig, stack: Stac
     stack.emulator.submit_view("U0BOB", view_id, {REASON_BLOCK: {REASON_ACTION: "not on a Friday"}})
     stack.wait_status(req["requestId"], "DENIED")
     run = _wait_run(gh, run_id, "rejected")
-    assert "denied by U0BOB: not on a Friday" in run["reviews"][0]["comment"]
+    assert "denied by U0BOB: not on a Friday" in run["reviews"][-1]["comment"]
 
 
 def test_through_the_bot_expiry_rejects(gh: GitHubRig, stack: Stack) -> None:
     run_id, req = _through_the_bot(gh, stack, environment="shortlived")
     stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
     run = _wait_run(gh, run_id, "rejected")
-    assert "expired" in run["reviews"][0]["comment"]
+    assert "expired" in run["reviews"][-1]["comment"]
 
 
 def test_through_the_bot_refused_webhooks_open_no_request(gh: GitHubRig, stack: Stack) -> None:
@@ -492,10 +496,10 @@ def test_through_the_bot_github_faults_delay_the_approval_but_never_make_one(
     gh.faults(server_errors=5)  # the approver tries 3 times per call: its first hand-off fails whole
     stack.click("U0CAROL", req)
     run = _wait_run(gh, run_id, "approved")
-    assert [r["state"] for r in run["reviews"]] == ["approved"]
+    assert [r["state"] for r in run["reviews"]] == [None, "approved"]
     statuses = [c.get("status") for c in gh.calls()]
     assert statuses.count(502) == 5
-    assert len(gh.reviews_posted(run_id)) == 1
+    assert len(gh.reviews_posted(run_id)) == 2  # the status comment and the one approval
 
 
 def test_through_the_bot_an_old_deployment_is_not_revived(gh: GitHubRig, stack: Stack) -> None:
@@ -505,4 +509,4 @@ def test_through_the_bot_an_old_deployment_is_not_revived(gh: GitHubRig, stack: 
 
     run_id, req = _through_the_bot(gh, stack, created_at=int(time.time()) - 3600)  # production: 30 min
     stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
-    assert "expired" in _wait_run(gh, run_id, "rejected")["reviews"][0]["comment"]
+    assert "expired" in _wait_run(gh, run_id, "rejected")["reviews"][-1]["comment"]
