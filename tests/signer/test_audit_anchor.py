@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -147,11 +146,14 @@ class Anchored:
         return d
 
 
-_ORIGINS = itertools.count()
+_LAST_T0 = [2**40]
 
 
 async def sign_one(client: SignerClient) -> dict[str, Any]:
-    t0 = int(time.time()) - 60 - next(_ORIGINS)  # a distinct origin (and so request) per call
+    # A distinct origin (and so request) per call: strictly earlier than the last one. "now - 60 - n" alone
+    # repeats an origin when a signer restart between two calls takes exactly one more second.
+    t0 = min(int(time.time()) - 60, _LAST_T0[0] - 1)
+    _LAST_T0[0] = t0
     origin = ci_origin(t0)
     clicks = [click(t0 + 10 + i, click_body(origin, u)) for i, u in enumerate(["U0BOB", "U0CAROL"])]
     return await client.sign(rid_of(origin), origin, clicks, {})
