@@ -43,7 +43,7 @@ from bot.slack_text import escape, user_mention
 from bot.store import RequestLimits, RequestStore, SignError, SigningInProgress, StoreUnavailable
 from signer import wire
 from signer.errors import KeyturnError
-from signer.evidence import CiEvidence, OidcEvidence, request_id_for
+from signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
 from signer.evidence import SlackEvidence as SignedSlackRequest
 from signer.policy import Environment, Policy, UnknownEnvironment
 from signer.receipt import parse_time
@@ -79,7 +79,7 @@ class SignerPort(Protocol):
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class SignerPort(Protocol):
         self,
         request_id: str,
         outcome: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         *,
         denial: wire.SlackClick | None = None,
         cancel: wire.CiOrigin | wire.OidcCall | None = None,
@@ -99,8 +99,19 @@ class SignerPort(Protocol):
         ...
 
 
-def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin:
+def wire_origin(
+    origin: OriginEvidence,
+) -> wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin:
     """The stored origin evidence in the signer's wire shape (CI bodies back to raw bytes)."""
+    if origin.kind == "github":
+        return wire.GitHubOrigin(
+            body=base64.b64decode(origin.body),
+            delivery=origin.delivery or "",
+            signature=origin.signature,
+            workflow=origin.workflow or "",
+            timestamp=origin.timestamp,
+            stamp=origin.stamp or "",
+        )
     if origin.kind == "oidc":
         return wire.OidcOrigin(token=origin.signature, body=base64.b64decode(origin.body))
     if origin.kind == "ci":
@@ -114,8 +125,19 @@ def wire_origin(origin: OriginEvidence) -> wire.CiOrigin | wire.SlackCommandOrig
     return wire.SlackCommandOrigin(body=origin.body, timestamp=origin.timestamp, signature=origin.signature)
 
 
-def origin_evidence(origin: OriginEvidence) -> CiEvidence | SignedSlackRequest | OidcEvidence:
+def origin_evidence(
+    origin: OriginEvidence,
+) -> CiEvidence | SignedSlackRequest | OidcEvidence | GitHubEvidence:
     """The stored origin as the trust core's evidence type (CI bodies back to raw bytes)."""
+    if origin.kind == "github":
+        return GitHubEvidence(
+            base64.b64decode(origin.body),
+            origin.delivery or "",
+            origin.signature,
+            origin.workflow or "",
+            origin.timestamp,
+            origin.stamp or "",
+        )
     if origin.kind == "oidc":
         return OidcEvidence(origin.signature, base64.b64decode(origin.body))
     if origin.kind == "ci":
@@ -149,7 +171,18 @@ def _requester_email(requester: str) -> str | None:
 
 def _origin_time(origin: OriginEvidence) -> datetime | None:
     try:
-        return datetime.fromtimestamp(int(origin.timestamp), UTC)
+        t0 = int(origin.timestamp)
+        if origin.kind == "github":
+            # As the signer dates it (evidence._verify_github): the deployment's creation if earlier.
+            from signer.github_app import GitHubError, parse_payload
+
+            with contextlib.suppress(GitHubError, ValueError):
+                body = base64.b64decode(origin.body)
+                created = parse_payload(
+                    body, origin.delivery or "", api_base_path=None, environments=None
+                ).created_at
+                t0 = t0 if created is None else min(t0, created)
+        return datetime.fromtimestamp(t0, UTC)
     except (ValueError, OverflowError, OSError):
         return None
 
@@ -199,6 +232,8 @@ class ApprovalService:
         self._clock = clock
         self.hooks: LifecycleHooks = hooks or NoHooks()
         self._callbacks = callbacks
+        # The GitHub hand-off (bot/github.py), set by the server when an approver is configured.
+        self.github: Any = None
         self._metrics = metrics or Metrics()
         self._card_retry_max = card_retry_max.total_seconds()
         self._card_retry_first = card_retry_first.total_seconds()
@@ -680,6 +715,11 @@ class ApprovalService:
             )
         if request.requester_slack_id:
             await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
+        if request.origin_kind == "github" and self.github is not None:
+            if receipt is None and request.status is Status.APPROVED:
+                with contextlib.suppress(StoreUnavailable):
+                    receipt = await self._store.receipt(request.id)
+            self._spawn(self.github.decided(request, receipt), f"github-{request.id}")
         if request.callback_url and self._callbacks is not None:
             # The store enqueued the callback in the outbox right after the final write; this only wakes
             # this replica's delivery workers so it goes out at once rather than at their next poll.

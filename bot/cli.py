@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "request": ("bot.client:main", "ask for an approval from CI and wait for the receipt"),
     "emulator": ("bot.emulator.__main__:main", "run the Slack emulator"),
     "oidc-emulator": ("bot.emulator.oidc:main", "run the OIDC issuer emulator (GitHub/GitLab ID tokens)"),
+    "github-emulator": ("bot.emulator.github:main", "run the GitHub emulator (deployment protection rules)"),
+    "github-approver": (
+        "signer.github_approver:main",
+        "hold the GitHub App key; approve protected runs only on verified receipts",
+    ),
     "dev": ("bot.dev:main", "run everything locally: Redis, signer, bot and the Slack emulator"),
 }
 

@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     # The timers' own Redis pool, so a saturated HTTP side cannot starve the leader lease and deadlines.
     timers_redis_max_connections: int = Field(default=8, ge=2, le=1000)
     backstop_interval: float = Field(default=10.0, gt=0, le=3600)
+    # keyturn github-approver (docs/github.md): POST /github/webhook forwards there; unset, no such route.
+    github_approver_url: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -150,6 +152,18 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("github_approver_url")
+    @classmethod
+    def _github_approver_url(cls, value: str | None) -> str | None:
+        from bot.github import approver_url_problem
+
+        if not value:
+            return None
+        problem = approver_url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value.rstrip("/")
 
     @field_validator("callback_hosts")
@@ -223,7 +237,12 @@ class Settings(BaseSettings):
 # puts the secrets on the internet-facing side; refuse rather than start "working" that way.
 SIGNER_ONLY_VARIABLES: tuple[str, ...] = tuple(
     name + suffix
-    for name in ("KEYTURN_SLACK_SIGNING_SECRET", "KEYTURN_CI_SECRET", "KEYTURN_SIGNER_KEYSET")
+    for name in (
+        "KEYTURN_SLACK_SIGNING_SECRET",
+        "KEYTURN_CI_SECRET",
+        "KEYTURN_SIGNER_KEYSET",
+        "KEYTURN_GITHUB_WEBHOOK_SECRET",
+    )
     for suffix in ("", "_FILE")
 )
 

@@ -1,10 +1,11 @@
 """``keyturn dev``: the whole of Keyturn on one machine, with nothing configured.
 
-Starts a private ``redis-server`` (unless ``KEYTURN_REDIS_URL`` is set), makes throwaway dev keys and secrets,
-then runs the signer, the Slack emulator and the bot as child processes, each log line prefixed with its name.
-With the bundled dev policy it also runs the OIDC issuer emulator, adds its two issuers to a copy of the
-policy and pins their keys (``keyturn policy pin-oidc-keys``) before the signer starts, so that a CI request
-proven by an OIDC token can be tried too.
+Starts a private ``redis-server`` (unless ``KEYTURN_REDIS_URL`` is set), makes throwaway dev keys and
+secrets, then runs the signer, the Slack emulator, the GitHub emulator, ``keyturn github-approver`` and the
+bot as child processes, each log line prefixed with its name. With the bundled dev policy it also runs the
+OIDC issuer emulator, adds its two issuers to a copy of the policy and pins their keys
+(``keyturn policy pin-oidc-keys``) before the signer starts, so that a CI request proven by an OIDC token can
+be tried too.
 Ctrl-C stops everything and removes the temp directory. Dev keys carry ``dev-`` in their key id, and
 ``keyturn verify`` refuses them unless given ``--allow-dev-keys``: a dev receipt can never pass a real gate.
 
@@ -34,7 +35,16 @@ from importlib import resources
 from pathlib import Path
 
 KEYTURN = [sys.executable, "-m", "bot"]
-COLORS = {"redis": "31", "oidc": "33", "signer": "35", "emulator": "36", "bot": "32"}
+COLORS = {
+    "redis": "31",
+    "oidc": "33",
+    "signer": "35",
+    "emulator": "36",
+    "bot": "32",
+    "github": "34",
+    "approver": "93",
+}
+GITHUB_RUN = 4242  # the run id the banner's recipe makes in the GitHub emulator
 
 # What the OIDC emulator's tokens are for; the policy's issuers expect it (any string will do, as in CI).
 DEV_AUDIENCE = "keyturn-dev"
@@ -247,11 +257,54 @@ def _oidc_banner(oidc: OidcDemo, bot_url: str, keys: Path) -> str:
 """
 
 
+def _github_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway GitHub App key pair (private: the approver's; public: the emulator's), webhook secret."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private, public, secret = workdir / "app.pem", workdir / "app.pub.pem", workdir / "webhook-secret"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    secret.write_text(secrets.token_hex(24))
+    secret.chmod(0o600)
+    return private, public, secret
+
+
 def _banner(
-    emulator_url: str, bot_url: str, env: Mapping[str, str], keys: Path, oidc: OidcDemo | None = None
+    emulator_url: str,
+    bot_url: str,
+    env: Mapping[str, str],
+    keys: Path,
+    oidc: OidcDemo | None = None,
+    github_url: str = "",
 ) -> str:
     sha = secrets.token_hex(20)
     oidc_part = _oidc_banner(oidc, bot_url, keys) if oidc is not None else ""
+    run = f"{github_url}/_github/runs"
+    github = (
+        f"""
+  A GitHub run waiting on the deployment protection rule (docs/github.md):
+
+    curl -s -X POST {run} -H 'content-type: application/json' \\
+      -d '{{"run_id": {GITHUB_RUN}, "repo": "acme/web", "sha": "{sha}", "environment": "production"}}'
+    curl -s -X POST {github_url}/_github/deliver -H 'content-type: application/json' \\
+      -d '{{"run_id": {GITHUB_RUN}, "url": "{bot_url}/github/webhook"}}'
+
+  then approve the card as bob and carol, and watch the run released:  curl -s {run}/{GITHUB_RUN}
+"""
+        if github_url
+        else ""
+    )
     return f"""
   Keyturn is running (dev mode: throwaway keys and secrets; dev receipts never pass a real gate).
 
@@ -267,6 +320,7 @@ def _banner(
 
   or type in the emulator's command box, as alice:  /keyturn request acme/web {sha} staging
 {oidc_part}
+{github}
   Production needs 2 approvals (bob, carol, or erin via @oncall); alice requested it, so she cannot approve.
   Reminders come every minute, dave is paged after two, and the request expires after 5 minutes.
   Ctrl-C stops everything and removes the temp files.
@@ -325,11 +379,18 @@ def run(args: argparse.Namespace) -> int:
             "KEYTURN_SLACK_SIGNING_SECRET": secrets.token_hex(16),
             "KEYTURN_CI_SECRET": secrets.token_hex(24),
         }
+        # GitHub: the emulator, and the approver holding the App key (never the bot); the signer shares the
+        # webhook secret to check the webhook as a request's origin.
+        app_key, app_public, webhook_secret = _github_files(workdir)
+        github_url = f"http://127.0.0.1:{_free_port(args.github_port)}"
+        approver_url = f"http://127.0.0.1:{_free_port(0)}"
         stack.start(
             "signer",
             [*KEYTURN, "signer"],
             {
                 **common,
+                "KEYTURN_GITHUB_WEBHOOK_SECRET_FILE": str(webhook_secret),
+                "KEYTURN_GITHUB_WEBHOOK_SECRET": "",
                 "KEYTURN_SIGNER_KEYSET": str(keyset),
                 "KEYTURN_AUDIT_LOG": str(workdir / "audit.jsonl"),
                 # The secrets above, not files the calling shell may name (both set is a refusal).
@@ -343,6 +404,30 @@ def run(args: argparse.Namespace) -> int:
             [*KEYTURN, "emulator", "--port", str(emulator_port), "--bot-url", f"{bot_url}/slack/events"],
             {"KEYTURN_SLACK_SIGNING_SECRET": common["KEYTURN_SLACK_SIGNING_SECRET"], "KEYTURN_DEV_MODE": "1"},
             "emulator ready",
+        )
+        stack.start(
+            "github",
+            [
+                *KEYTURN,
+                "github-emulator",
+                *("--port", github_url.rsplit(":", 1)[1], "--app-public-key", str(app_public)),
+                *("--webhook-secret-file", str(webhook_secret)),
+            ],
+            {},
+            "github emulator listening",
+        )
+        stack.start(
+            "approver",
+            [
+                *KEYTURN,
+                "github-approver",
+                *("--port", approver_url.rsplit(":", 1)[1], "--api-url", github_url, "--app-id", "424242"),
+                *("--app-key", str(app_key), "--webhook-secret-file", str(webhook_secret)),
+                *("--keys", str(public), "--policy", str(policy), "--allow-dev-keys"),
+                *("--state-file", str(workdir / "approver-state.json")),
+            ],
+            {},
+            "github approver listening",
         )
         from bot.config import SIGNER_ONLY_VARIABLES  # here: pydantic stays off the import of this module
 
@@ -360,8 +445,9 @@ def run(args: argparse.Namespace) -> int:
             # Blank (= unset) whatever the calling shell exports: the bot refuses to start with any of them.
             **dict.fromkeys(SIGNER_ONLY_VARIABLES, ""),
         }
+        bot_env["KEYTURN_GITHUB_APPROVER_URL"] = approver_url
         stack.start("bot", [*KEYTURN, "bot"], bot_env, "bot ready")
-        print(_banner(emulator_url, bot_url, common, public, oidc), flush=True)
+        print(_banner(emulator_url, bot_url, common, public, oidc, github_url), flush=True)
         if args.check:
             return 0
         while True:
@@ -392,6 +478,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--bot-port", type=int, default=8000, help="bot port (default 8000, or a free one)")
     parser.add_argument(
         "--oidc-port", type=int, default=8765, help="OIDC issuer emulator port (default 8765, or a free one)"
+    )
+    parser.add_argument(
+        "--github-port", type=int, default=8766, help="GitHub emulator port (default 8766, or a free one)"
     )
     parser.add_argument(
         "--policy", help="policy file (default: the bundled dev policy, with the OIDC emulator's issuers)"

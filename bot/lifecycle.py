@@ -58,7 +58,7 @@ def new_request(
     ttl: timedelta,
     required_approvals: int,
     requester_slack_id: str | None = None,
-    origin_kind: Literal["ci", "slack_command", "oidc"] = "ci",
+    origin_kind: Literal["ci", "slack_command", "oidc", "github"] = "ci",
 ) -> DeployRequest:
     """A fresh PENDING request for ``body``, expiring ``ttl`` after ``now``."""
     if required_approvals < 1:

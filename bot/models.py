@@ -97,12 +97,17 @@ class SlackEvidence(_Frozen):
 class OriginEvidence(_Frozen):
     """The request that started it all, as received: a CI API call or a slash command. See design.md §5."""
 
-    kind: Literal["ci", "slack_command", "oidc"]
-    body: str  # base64 of the raw bytes for "ci" and "oidc"; the raw form body for "slack_command"
+    kind: Literal["ci", "slack_command", "oidc", "github"]
+    body: str  # base64 of the raw bytes for "ci", "oidc" and "github"; the raw form body for "slack_command"
     timestamp: str  # for "oidc": the token's iat (the request's lifetime starts there, as at the signer)
     signature: str  # for "oidc": the raw ID token
     method: str | None = None  # "ci" only
     path: str | None = None  # "ci" only
+    # "github" only: the delivery id, the run's workflow path (as the approver read it) and the signer's
+    # arrival stamp; ``timestamp`` is the arrival time it dates, ``signature`` GitHub's X-Hub-Signature-256.
+    delivery: str | None = None
+    workflow: str | None = None
+    stamp: str | None = None
 
 
 class Approval(_Frozen):
@@ -133,7 +138,7 @@ class DeployRequest(BaseModel):
     run_url: str | None = None
     title: str | None = None
     callback_url: str | None = None
-    origin_kind: Literal["ci", "slack_command", "oidc"] = "ci"
+    origin_kind: Literal["ci", "slack_command", "oidc", "github"] = "ci"
     status: Status = Status.PENDING
     created_at: datetime
     expires_at: datetime

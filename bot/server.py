@@ -120,7 +120,9 @@ class Components:
     api: Api
     slack: Any
     background: list[Any] = field(default_factory=list)
-    extra_clients: list[aioredis.Redis] = field(default_factory=list)
+    extra_clients: list[Any] = field(
+        default_factory=list
+    )  # anything with aclose(): Redis pools, HTTP clients
 
 
 def _timers(
@@ -293,8 +295,16 @@ def build_app(
         if settings.internal_port is None
         else [Middleware(ListenerSplitMiddleware, internal_port=settings.internal_port)]
     )
+    routes = [Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()]
+    if settings.github_approver_url:
+        from bot.github import GitHubForwarder
+
+        forwarder = GitHubForwarder(settings.github_approver_url, signer=signer, service=service, store=store)
+        service.github = forwarder
+        routes += forwarder.routes()
+        comps.extra_clients.append(forwarder)
     app = Starlette(
-        routes=[Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()],
+        routes=routes,
         middleware=[
             *split,  # outermost: a path refused on this port never reaches the guard's counters
             Middleware(GuardMiddleware, metrics=metrics, closing=api.closing),

@@ -66,12 +66,14 @@ class _Conn:
 
 
 _M = TypeVar("_M", bound=BaseModel)
-_ORIGIN: TypeAdapter[wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin] = TypeAdapter(wire.Origin)
+_ORIGIN: TypeAdapter[wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin] = (
+    TypeAdapter(wire.Origin)
+)
 
 # Error codes after which the signer closes the connection (design.md §5).
 _HANG_UP_CODES = frozenset({"frame_too_large", "frame_timeout", "too_many_connections"})
 
-OriginLike = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | Mapping[str, Any]
+OriginLike = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin | Mapping[str, Any]
 ClickLike = wire.SlackClick | Mapping[str, Any]
 
 
@@ -159,7 +161,9 @@ class SignerClient:
         try:
             origin_model = (
                 origin
-                if isinstance(origin, wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin)
+                if isinstance(
+                    origin, wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin
+                )
                 else _ORIGIN.validate_python(dict(origin))
             )
             clicks = [
@@ -185,7 +189,7 @@ class SignerClient:
         self,
         request_id: str,
         outcome: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         *,
         denial: wire.SlackClick | None = None,
         cancel: wire.CiOrigin | wire.OidcCall | None = None,
@@ -210,6 +214,14 @@ class SignerClient:
             )
         )
         return self._result(wire.OutcomeResult, result).auditSeq
+
+    async def check_github(self, body: bytes, delivery: str, signature: str) -> wire.GitHubStampResult:
+        """Have the signer check a GitHub webhook as it arrives; its arrival stamp (the request's start)."""
+        result = await self._call(
+            lambda rid: wire.CheckGitHubRequest(id=rid, body=body, delivery=delivery, signature=signature),
+            check=True,
+        )
+        return self._result(wire.GitHubStampResult, result)
 
     async def mac_callback(self, path: str, timestamp: str, body: bytes) -> str:
         """``v1=<hex>`` for a CI callback POST to ``path`` (sent as ``X-Keyturn-Signature``)."""

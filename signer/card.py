@@ -490,6 +490,7 @@ def requester_field(facts: CardFacts, environments: Collection[str]) -> dict[str
     label = {
         "slack_command": "*Requested by*",
         "oidc": "*Requested by* (per the job's OIDC token)",
+        "github": "*Requested by* (who triggered the run, per GitHub's signed webhook)",
     }.get(facts.origin_kind, "*Requested by* (unverified: the pipeline's claim)")
     if facts.requester_user and _USER_ID_RE.match(facts.requester_user):
         who = f"<@{facts.requester_user}>"

@@ -701,7 +701,8 @@ def signer_main(argv: Sequence[str]) -> int:
         description=signer_main.__doc__,
         epilog="Variables: KEYTURN_SIGNER_SOCKET, KEYTURN_SIGNER_SOCKET_GROUP, KEYTURN_SIGNER_KEYSET, "
         "KEYTURN_POLICY, KEYTURN_SLACK_SIGNING_SECRET (or _FILE), KEYTURN_CI_SECRET (or _FILE), "
-        "KEYTURN_AUDIT_LOG, KEYTURN_SIGNER_REQUEST_TIMEOUT, KEYTURN_SIGNER_IDLE_TIMEOUT, "
+        "KEYTURN_GITHUB_WEBHOOK_SECRET (or _FILE; optional, docs/github.md), KEYTURN_AUDIT_LOG, "
+        "KEYTURN_SIGNER_REQUEST_TIMEOUT, KEYTURN_SIGNER_IDLE_TIMEOUT, "
         "KEYTURN_SIGNER_MAX_CONNECTIONS; dev only: KEYTURN_DEV_MODE, KEYTURN_SIGNER_FAKE_NOW_FILE. "
         "SIGHUP re-reads the key file (docs/keys.md) "
         "(see docs/configuration.md).",

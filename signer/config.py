@@ -8,6 +8,7 @@
 | ``KEYTURN_POLICY`` | the policy file ``keyturn.toml`` |
 | ``KEYTURN_SLACK_SIGNING_SECRET`` | Slack's signing secret (or ``KEYTURN_SLACK_SIGNING_SECRET_FILE``) |
 | ``KEYTURN_CI_SECRET`` | the CI shared secret (or ``KEYTURN_CI_SECRET_FILE``) |
+| ``KEYTURN_GITHUB_WEBHOOK_SECRET`` | optional: the GitHub App's webhook secret (or ``_FILE``) |
 | ``KEYTURN_AUDIT_LOG`` | the append-only audit log file |
 | ``KEYTURN_SIGNER_REQUEST_TIMEOUT`` | seconds one request may take, and one frame to arrive (default 5) |
 | ``KEYTURN_SIGNER_IDLE_TIMEOUT`` | seconds a connection may wait for its next request (default 300) |
@@ -39,7 +40,7 @@ __all__ = ["ConfigError", "SignerSettings", "load_settings"]
 
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_FILE_BYTES = 64 * 1024  # far above any real secret; stops a mistaken /dev/zero or a log file
-_SECRET_FIELDS = ("slack_signing_secret", "ci_secret")
+_SECRET_FIELDS = ("slack_signing_secret", "ci_secret", "github_webhook_secret")
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "xxx", "todo", "placeholder"})
 
 
@@ -60,6 +61,9 @@ class SignerSettings(BaseSettings):
     policy: Path
     slack_signing_secret: SecretStr
     ci_secret: SecretStr
+    # The GitHub App's webhook secret (docs/github.md), shared with keyturn github-approver; unset: the signer
+    # refuses GitHub origins.
+    github_webhook_secret: SecretStr | None = None
     audit_log: Path
     signer_request_timeout: float = Field(default=5.0, gt=0, le=120)
     signer_idle_timeout: float = Field(default=300.0, gt=0, le=86400)
@@ -67,9 +71,11 @@ class SignerSettings(BaseSettings):
     dev_mode: bool = False
     signer_fake_now_file: Path | None = None
 
-    @field_validator("slack_signing_secret", "ci_secret")
+    @field_validator("slack_signing_secret", "ci_secret", "github_webhook_secret")
     @classmethod
-    def _real_secret(cls, v: SecretStr) -> SecretStr:
+    def _real_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
         raw = v.get_secret_value()
         if raw != raw.strip():
             raise ValueError("must not start or end with whitespace")
@@ -79,7 +85,9 @@ class SignerSettings(BaseSettings):
             raise ValueError("is a placeholder, not a secret")
         return v
 
-    @field_validator("signer_socket_group", "signer_fake_now_file", "dev_mode", mode="before")
+    @field_validator(
+        "signer_socket_group", "signer_fake_now_file", "dev_mode", "github_webhook_secret", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, v: object, info: ValidationInfo) -> object:
         # An empty variable means "not set" (compose files and shells often export VAR=).

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from signer import card, contract, oidc
+from signer import card, contract, github_app, oidc
 from signer.errors import KeyturnError
 from signer.policy import Environment, Policy, is_slack_team_id, is_slack_user_id
 from signer.receipt import RequesterProof, Scope, no_duplicate_members
@@ -39,6 +39,7 @@ __all__ = [
     "CiRequestBody",
     "CountedApproval",
     "EvidenceError",
+    "GitHubEvidence",
     "OidcCall",
     "OidcEvidence",
     "OutcomeAssessment",
@@ -51,8 +52,10 @@ __all__ = [
     "callback_signature",
     "card_facts",
     "check_ci_secret_allowed",
+    "check_github_webhook",
     "check_oidc_request",
     "ci_signature",
+    "github_stamp",
     "is_request_id",
     "origin_claim",
     "parse_approve_click",
@@ -85,6 +88,7 @@ _REQUESTER_RE = re.compile(r"\A[^\s<>&\x00-\x1f\x7f]{1,255}\Z")
 _URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REQUEST_ID_LABEL = b"keyturn request id v1"
+GITHUB_STAMP_LABEL = b"keyturn github arrival v1"
 
 
 class EvidenceError(KeyturnError):
@@ -107,6 +111,7 @@ class Secrets:
 
     slack_signing_secret: str = field(repr=False)
     ci_secret: str = field(repr=False)
+    github_webhook_secret: str = field(default="", repr=False)  # empty: GitHub origins are refused
 
 
 def parse_timestamp(value: object, code: str) -> int:
@@ -499,7 +504,65 @@ class OidcEvidence:
     body: bytes
 
 
-Origin = CiEvidence | SlackEvidence | OidcEvidence
+@dataclass(frozen=True)
+class GitHubEvidence:
+    """A ``deployment_protection_rule`` webhook as GitHub delivered it (docs/security.md, "GitHub deployment
+    protection rules"): the raw body, its delivery id and ``X-Hub-Signature-256``; the run's workflow path
+    (not in the webhook: the bot's claim, which the approver checks against GitHub's API); and the signer's
+    arrival stamp, because GitHub's signature carries no time and the request's lifetime needs a start.
+    """
+
+    body: bytes
+    delivery: str
+    signature: str
+    workflow: str
+    timestamp: str  # when the signer first saw the webhook (the request's lifetime starts there)
+    stamp: str = field(repr=False)  # github_stamp() over the body, delivery and timestamp
+
+
+Origin = CiEvidence | SlackEvidence | OidcEvidence | GitHubEvidence
+
+
+def github_stamp(secret: str, body: bytes, delivery: str, timestamp: str) -> str:
+    """The signer's MAC dating a webhook's arrival, keyed by a key derived from the webhook secret (a
+    stamp is never a webhook signature). Only the signer can make one, so a bot cannot re-date a webhook."""
+    key = hmac.new(secret.encode(), GITHUB_STAMP_LABEL, hashlib.sha256).digest()
+    return _mac(key, _frame(hashlib.sha256(body).digest(), delivery.encode(), timestamp.encode()))
+
+
+def check_github_webhook(
+    secret: str, body: bytes, delivery: str, signature: str, policy: Policy
+) -> github_app.Webhook:
+    """A webhook as it arrives at the signer: GitHub's signature, then the payload and its environment's
+    policy. Raises ``EvidenceError`` with the approver's codes (``bad_signature``, ``no_policy``, ...)."""
+    try:
+        github_app.check_signature(secret, signature, body)
+        return github_app.parse_payload(
+            body, delivery, api_base_path=None, environments=frozenset(policy.environments)
+        )
+    except github_app.GitHubError as exc:
+        raise EvidenceError(exc.code, exc.message, fields=exc.fields) from None
+
+
+def _verify_github(secret: str, origin: GitHubEvidence) -> int:
+    """The webhook's signature and the signer's own arrival stamp; the time the request's lifetime starts:
+    the arrival, or the deployment's creation (GitHub-signed) when earlier. A stamp only proves the signer
+    saw the webhook then, and the bot may show an old webhook again; the deployment's own time bounds that."""
+    try:
+        github_app.check_signature(secret, origin.signature, origin.body)
+    except github_app.GitHubError as exc:
+        raise EvidenceError(exc.code, exc.message) from None
+    ts = parse_timestamp(origin.timestamp, "bad_github_stamp")
+    expected = github_stamp(secret, origin.body, origin.delivery, origin.timestamp)
+    if not hmac.compare_digest(expected, origin.stamp if isinstance(origin.stamp, str) else ""):
+        raise EvidenceError("bad_github_stamp", "the arrival stamp is not the signer's")
+    try:
+        created = github_app.parse_payload(
+            origin.body, origin.delivery, api_base_path=None, environments=None
+        ).created_at
+    except github_app.GitHubError as exc:
+        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+    return ts if created is None else min(ts, created)
 
 
 def _frame(*parts: bytes) -> bytes:
@@ -523,7 +586,13 @@ def request_id_for(origin: Origin) -> str:
     The bot mints ids with this function and the signer recomputes it, so clicks collected for one request
     (whose card shows its id) cannot be spent on another origin, whatever Redis or the bot says.
     """
-    if isinstance(origin, OidcEvidence):
+    if isinstance(origin, GitHubEvidence):
+        # The webhook's signature covers the body; the delivery and the claimed workflow are framed in too, so
+        # a bot naming another workflow for the same webhook makes another request (and another card).
+        timestamp, signature = origin.timestamp, origin.signature
+        kind = b"github"
+        body = _frame(origin.body, origin.delivery.encode(), origin.workflow.encode())
+    elif isinstance(origin, OidcEvidence):
         # The token is the signature and its iat the timestamp. The body is left out on purpose: it is
         # unsigned, and all it may say that counts must equal the token's claims, so one token is one request
         # whatever body travels with it (a bot rewriting the body gets the same id and the same card).
@@ -608,6 +677,8 @@ def origin_claim(origin: Origin, policy: Policy) -> RequestClaim:
     ``oidc_body_mismatch``)."""
     if isinstance(origin, OidcEvidence):
         return _oidc_claim(origin, policy)
+    if isinstance(origin, GitHubEvidence):
+        return _github_claim(origin, policy)
     if isinstance(origin, CiEvidence):
         if (origin.method, origin.path) != ("POST", "/v1/requests"):
             raise EvidenceError("bad_origin", "the origin is not a POST /v1/requests")
@@ -621,7 +692,31 @@ def origin_claim(origin: Origin, policy: Policy) -> RequestClaim:
     return parse_slash_request(origin.body, policy)
 
 
+def _github_claim(origin: GitHubEvidence, policy: Policy) -> RequestClaim:
+    """What a GitHub origin asks for: repository, sha and environment from the signed payload, the workflow
+    as claimed (checked by the approver against the run), the requester the user who triggered the run."""
+    try:
+        hook = github_app.parse_payload(
+            origin.body, origin.delivery, api_base_path=None, environments=frozenset(policy.environments)
+        )
+    except github_app.GitHubError as exc:
+        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+    problem = contract.workflow_problem(origin.workflow)
+    if problem:
+        raise EvidenceError("bad_origin", f"workflow: {problem}", fields={"workflow": problem})
+    return RequestClaim(
+        Scope(hook.repo, hook.sha, hook.environment, origin.workflow),
+        f"github:{hook.sender}" if hook.sender else "github:unknown",
+        None,
+        title=None,
+        ref=hook.ref,
+        run_url=f"https://github.com/{hook.repo}/actions/runs/{hook.run_id}",
+    )
+
+
 def _origin_kind(origin: Origin) -> str:
+    if isinstance(origin, GitHubEvidence):
+        return "github"
     if isinstance(origin, OidcEvidence):
         return "oidc"
     return "ci" if isinstance(origin, CiEvidence) else "slack_command"
@@ -727,6 +822,8 @@ def _verified_origin(
     if isinstance(origin, OidcEvidence):
         # The token's times are checked as it arrives; here the request's lifetime, from iat, governs.
         t0 = oidc.verify_token(origin.token, oidc_issuers or {}, None).issued_at
+    elif isinstance(origin, GitHubEvidence):
+        t0 = _verify_github(secrets.github_webhook_secret, origin)
     elif isinstance(origin, CiEvidence):
         t0 = _verify_ci_mac(
             secrets.ci_secret, origin.method, origin.path, origin.body, origin.timestamp, origin.signature

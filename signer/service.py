@@ -299,6 +299,19 @@ class Signer:
                 self.clock(),
             )
             return {}
+        if isinstance(request, wire.CheckGitHubRequest):
+            hook = evidence.check_github_webhook(
+                self.secrets.github_webhook_secret,
+                request.body,
+                request.delivery,
+                request.signature,
+                self.policy,
+            )
+            ts = str(int(self.clock().timestamp()))
+            stamp = evidence.github_stamp(
+                self.secrets.github_webhook_secret, request.body, request.delivery, ts
+            )
+            return wire.GitHubStampResult(timestamp=ts, stamp=stamp, runId=hook.run_id)
         if isinstance(request, wire.MacCallbackRequest):
             sig = evidence.callback_signature(
                 self.secrets.ci_secret, request.path, request.timestamp, request.body
@@ -309,16 +322,7 @@ class Signer:
         return await self._sign(request)
 
     async def _sign(self, request: wire.SignRequest) -> wire.SignResult:
-        origin: evidence.Origin
-        if isinstance(request.origin, wire.CiOrigin):
-            o = request.origin
-            origin = evidence.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
-        elif isinstance(request.origin, wire.OidcOrigin):
-            origin = evidence.OidcEvidence(request.origin.token, request.origin.body)
-        else:
-            origin = evidence.SlackEvidence(
-                request.origin.body, request.origin.timestamp, request.origin.signature
-            )
+        origin = _origin_evidence(request.origin)
         clicks = [evidence.SlackEvidence(c.body, c.timestamp, c.signature) for c in request.approvals]
         # Look at the key file before reading the clock: a rotation written before this point is honoured,
         # and one written after it falls within the retired key's grace (signer/keys.py).
@@ -442,11 +446,16 @@ class Signer:
         return wire.OutcomeResult(auditSeq=seq, record=record)
 
 
-def _origin_evidence(o: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin) -> evidence.Origin:
+def _origin_evidence(
+    o: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
+) -> evidence.Origin:
+    """A frame's origin as the trust core's evidence type."""
     if isinstance(o, wire.CiOrigin):
         return evidence.CiEvidence(o.method, o.path, o.body, o.timestamp, o.signature)
     if isinstance(o, wire.OidcOrigin):
         return evidence.OidcEvidence(o.token, o.body)
+    if isinstance(o, wire.GitHubOrigin):
+        return evidence.GitHubEvidence(o.body, o.delivery, o.signature, o.workflow, o.timestamp, o.stamp)
     return evidence.SlackEvidence(o.body, o.timestamp, o.signature)
 
 
@@ -722,8 +731,11 @@ def _load(
     keys = SigningKeyset.load(settings.signer_keyset)
     policy = load_policy(settings.policy)
     issuers = load_oidc_issuers(policy, Path(settings.policy))
+    github = settings.github_webhook_secret
     secrets = evidence.Secrets(
-        settings.slack_signing_secret.get_secret_value(), settings.ci_secret.get_secret_value()
+        settings.slack_signing_secret.get_secret_value(),
+        settings.ci_secret.get_secret_value(),
+        github.get_secret_value() if github is not None else "",
     )
     clock: Clock = system_clock
     fake = settings.fake_now_file

@@ -39,6 +39,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "CancelCall",
     "CheckCiRequest",
+    "CheckGitHubRequest",
     "CheckOidcRequest",
     "CheckSlackRequest",
     "CheckpointRequest",
@@ -46,6 +47,8 @@ __all__ = [
     "CiOrigin",
     "ErrorBody",
     "ErrorReply",
+    "GitHubOrigin",
+    "GitHubStampResult",
     "HealthRequest",
     "HealthResult",
     "KeysRequest",
@@ -161,6 +164,17 @@ class CheckOidcRequest(_Request):
     body: B64Bytes | None = None
 
 
+class CheckGitHubRequest(_Request):
+    """Check a ``deployment_protection_rule`` webhook as it arrives (docs/github.md): GitHub's signature
+    with the webhook secret, the payload, its environment's policy. Answered with the signer's arrival
+    stamp, which dates the request (GitHub's signature carries no time)."""
+
+    op: Literal["check_github"] = "check_github"
+    body: B64Bytes
+    delivery: Short
+    signature: Short
+
+
 class CheckSlackRequest(_Request):
     """Check a Slack request as it arrives (signature v0, ±5 minutes)."""
 
@@ -202,6 +216,19 @@ class OidcOrigin(_Model):
     body: B64Bytes
 
 
+class GitHubOrigin(_Model):
+    """The originating GitHub webhook: raw body, delivery id, ``X-Hub-Signature-256``, the claimed workflow
+    and the signer's arrival stamp (``check_github``)."""
+
+    kind: Literal["github"] = "github"
+    body: B64Bytes
+    delivery: Short
+    signature: Short
+    workflow: Short
+    timestamp: Short
+    stamp: Short
+
+
 class SlackClick(_Model):
     """One approve click exactly as received: raw form body and the ``X-Slack-*`` header values."""
 
@@ -210,7 +237,7 @@ class SlackClick(_Model):
     signature: Short
 
 
-Origin = Annotated[CiOrigin | SlackCommandOrigin | OidcOrigin, Field(discriminator="kind")]
+Origin = Annotated[CiOrigin | SlackCommandOrigin | OidcOrigin | GitHubOrigin, Field(discriminator="kind")]
 
 
 class SignRequest(_Request):
@@ -270,6 +297,7 @@ Request = Annotated[
     | CheckCiRequest
     | CheckSlackRequest
     | CheckOidcRequest
+    | CheckGitHubRequest
     | SignRequest
     | RecordOutcomeRequest
     | MacCallbackRequest,
@@ -283,6 +311,7 @@ OPS = frozenset(
         "check_ci",
         "check_slack",
         "check_oidc",
+        "check_github",
         "sign",
         "record_outcome",
         "mac_callback",
@@ -327,6 +356,14 @@ class OutcomeResult(_Model):
 
     auditSeq: int
     record: dict[str, Any]
+
+
+class GitHubStampResult(_Model):
+    """``check_github`` result: the arrival time (Unix seconds) and the signer's stamp over it."""
+
+    timestamp: str
+    stamp: str
+    runId: int
 
 
 class MacResult(_Model):

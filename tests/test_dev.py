@@ -196,3 +196,29 @@ def test_demo_shows_reminders_escalation_and_expiry(dev: tuple[Proc, str], dev_a
         message = slack.message("C0STAGING", ts)
         assert "Expired" in json.dumps(message)
         assert '"approve"' not in json.dumps(message["blocks"])  # the buttons are gone
+
+
+def test_demo_shows_a_github_run_released_by_clicks(dev: tuple[Proc, str]) -> None:
+    """The banner's GitHub recipe: a run waits on the protection rule until bob and carol approve."""
+    import httpx
+
+    _, banner = dev
+    emulator_url = _field(banner, r"Slack emulator\s+(http://\S+)")
+    runs_url = _field(banner, r"curl -s -X POST (http://\S+/_github/runs) ")
+    make = json.loads(_field(banner, r"_github/runs -H 'content-type: application/json' \\\s+-d '(\{.*?\})'"))
+    deliver_url = _field(banner, r"curl -s -X POST (http://\S+/_github/deliver) ")
+    deliver = json.loads(
+        _field(banner, r"_github/deliver -H 'content-type: application/json' \\\s+-d '(\{.*?\})'")
+    )
+    with httpx.Client(timeout=30) as http, EmulatorClient(emulator_url) as slack:
+        assert http.post(runs_url, json=make).status_code == 200
+        answer = http.post(deliver_url, json=deliver).json()
+        assert answer["status"] == 202, answer
+        post = slack.wait_for("chat.postMessage", timeout=20)
+        channel, ts = post["response"]["channel"], post["response"]["ts"]
+        assert http.get(f"{runs_url}/{make['run_id']}").json()["status"] == "waiting"
+        for approver in ("U0BOB", "U0CAROL"):
+            assert slack.click(approver, channel, ts, "approve").status == 200
+        wait_until(
+            lambda: http.get(f"{runs_url}/{make['run_id']}").json()["status"] == "approved", 30, "the run"
+        )

@@ -108,7 +108,7 @@ class FakeSigner:
         self,
         request_id: str,
         outcome: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         *,
         denial: wire.SlackClick | None = None,
         cancel: wire.CiOrigin | wire.OidcCall | None = None,
@@ -121,7 +121,7 @@ class FakeSigner:
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def test_found_in_the_environment_or_the_env_file_by_name_only(tmp_path: Path) -
         "KEYTURN_CI_SECRET_FILE",
         "KEYTURN_SIGNER_KEYSET",
         "KEYTURN_SIGNER_KEYSET_FILE",
+        "KEYTURN_GITHUB_WEBHOOK_SECRET",  # the signer's and the approver's, never the bot's (docs/github.md)
+        "KEYTURN_GITHUB_WEBHOOK_SECRET_FILE",
     }
 
 

@@ -112,7 +112,7 @@ class NoSigner:
     async def sign(
         self,
         request_id: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         approvals: Sequence[wire.SlackClick],
         emails: Mapping[str, str],
     ) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class NoSigner:
         self,
         request_id: str,
         outcome: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         *,
         denial: wire.SlackClick | None = None,
         cancel: wire.CiOrigin | wire.OidcCall | None = None,

@@ -27,6 +27,9 @@ CI_SECRET = "e2e-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "e2e-slack-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-e2e-bot-token"
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
+GITHUB_WEBHOOK_SECRET = (
+    "e2e-github-webhook-secret-0123456789"  # the signer's and the approver's (GitHub rule)
+)
 
 POLICY = """\
 version = 1
@@ -109,6 +112,9 @@ class Stack:
     workdir: Path
     keys_file: Path
     http: httpx.Client
+    approver_port: int = (
+        0  # where tests/e2e/test_github_rule.py starts keyturn github-approver; the bot forwards there
+    )
 
     def post(self, path: str, body: bytes, **kw: Any) -> httpx.Response:
         """A signed CI POST."""
@@ -175,11 +181,18 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
     policy.write_text(POLICY)
     keyset, public = harness.keygen(workdir)
     bot_port = free_port()
+    approver_port = free_port()
     bot_url = f"http://127.0.0.1:{bot_port}"
     procs: dict[str, Proc] = {}
     try:
         procs["signer"], sock = harness.start_signer(
-            workdir, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
+            workdir,
+            logs,
+            policy=policy,
+            keyset=keyset,
+            slack_secret=SLACK_SECRET,
+            ci_secret=CI_SECRET,
+            env={"KEYTURN_GITHUB_WEBHOOK_SECRET": GITHUB_WEBHOOK_SECRET},
         )
         procs["emulator"], emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=bot_url)
         procs["bot"] = harness.start_bot(
@@ -197,6 +210,7 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
                 # The test receivers are plain http on 127.0.0.1, which the strict callback rules refuse.
                 "KEYTURN_DEV_MODE": "1",
                 "KEYTURN_CALLBACK_HOSTS": "127.0.0.1",
+                "KEYTURN_GITHUB_APPROVER_URL": f"http://127.0.0.1:{approver_port}",
             },
         )
     except Exception:
@@ -204,7 +218,7 @@ def e2e_stack(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
             p.stop()
         raise
     with EmulatorClient(emu_url) as emulator, httpx.Client(timeout=30) as http:
-        yield Stack(bot_url, emulator, redis_srv, procs, workdir, public, http)
+        yield Stack(bot_url, emulator, redis_srv, procs, workdir, public, http, approver_port)
     for p in reversed(list(procs.values())):
         p.stop()
 

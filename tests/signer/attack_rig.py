@@ -299,7 +299,7 @@ class Attacker:
 
     async def refusal(
         self,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin,
+        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
         clicks: list[wire.SlackClick],
         rid: str,
     ) -> str:

@@ -1,0 +1,256 @@
+"""The bot's side of the GitHub deployment protection rule (docs/github.md): it carries, it decides nothing.
+
+``POST /github/webhook`` takes GitHub's delivery and
+
+1. hands the raw body and GitHub's headers, unchanged, to ``keyturn github-approver``
+   (``KEYTURN_GITHUB_APPROVER_URL``, loopback only), which checks the signature, the payload and the
+   environment's policy, refuses a delivery id it has taken, and answers the run's scope as GitHub's API
+   reports it (the workflow path is not in the webhook); a refusal is returned as it came, and no request is
+   opened;
+2. has the signer check the same bytes (``check_github``: the signer holds the webhook secret too) and date
+   their arrival with its stamp;
+3. opens a request whose origin is the webhook itself (kind ``github``): the signer re-checks the signature
+   and the stamp at signing time and takes repository, sha and environment from the signed payload.
+
+When the request reaches a final state, :meth:`GitHubForwarder.decided` hands the outcome to the approver: the
+receipt (the approver verifies it and approves the run) or the reason (it rejects the run). The bot holds
+neither the webhook secret nor the App key (docs/security.md, "GitHub deployment protection rules").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bot.models import DeployRequest, OriginEvidence, RequestIn, Status
+from signer import github_app
+from signer.errors import KeyturnError
+from signer.evidence import GitHubEvidence, origin_claim, request_id_for
+
+log = logging.getLogger("keyturn.github")
+
+# Only GitHub's own headers travel: the approver checks the signature over the body with these.
+FORWARDED = (
+    "content-type",
+    "user-agent",
+    "x-github-event",
+    "x-github-delivery",
+    "x-github-hook-id",
+    "x-hub-signature-256",
+)
+MAX_WEBHOOK_BYTES = 1024 * 1024
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+HANDOFF_ATTEMPTS = 5  # the approver answers 502 while GitHub is down; the run keeps waiting meanwhile
+HANDOFF_BACKOFF_S = 0.5
+
+
+def approver_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as the approver's address (None if usable): plain http to loopback, as
+    the approver listens on loopback only and the webhook secret's check must not leave the machine."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "not a URL"
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.path not in ("", "/"):
+        return "must be http://127.0.0.1:<port> (the approver listens on loopback only)"
+    return None
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status)
+
+
+def final_reason(request: DeployRequest) -> str:
+    """Why a request that was not approved ends: the text the run is rejected with."""
+    if request.status is Status.DENIED:
+        who = request.decided_by or "an approver"
+        return f"denied by {who}: {request.deny_reason or 'no reason given'}"
+    if request.status is Status.EXPIRED:
+        return "the request expired without a decision"
+    return "the request was cancelled"
+
+
+class GitHubForwarder:
+    """The GitHub routes and the hand-off of outcomes to the approver."""
+
+    def __init__(
+        self,
+        approver_url: str,
+        *,
+        signer: Any,
+        service: Any,
+        store: Any,
+        client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.approver_url = approver_url.rstrip("/")
+        self.signer = signer
+        self.service = service
+        self.store = store
+        self.client = client or httpx.AsyncClient(timeout=60)
+        self.sleep = sleep
+
+    async def webhook(self, request: Request) -> Response:
+        """``POST /github/webhook`` (steps 1-3 of the module docstring)."""
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BYTES:
+            return _error(413, "payload_too_large", "webhook body too large")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
+        delivery = headers.get("x-github-delivery", "-")
+        try:
+            answer = await self.client.post(f"{self.approver_url}/webhook", content=body, headers=headers)
+            data = answer.json()
+        except httpx.HTTPError as exc:
+            log.warning("github webhook %s: approver unreachable (%s)", delivery, type(exc).__name__)
+            return _error(503, "approver_unavailable", "the approver did not answer")
+        except ValueError:
+            return _error(502, "approver_error", "the approver's answer is not JSON")
+        if answer.status_code != 200 or not isinstance(data, dict):
+            log.info(
+                "github webhook %s refused: %s",
+                delivery,
+                data.get("error") if isinstance(data, dict) else "-",
+            )
+            return JSONResponse(data, answer.status_code)
+        scope: dict[str, Any] = data["scope"] if isinstance(data.get("scope"), dict) else {}
+        signature = headers.get("x-hub-signature-256", "")
+        try:
+            stamp = await self.signer.check_github(body, delivery, signature)
+            origin = OriginEvidence(
+                kind="github",
+                body=base64.b64encode(body).decode("ascii"),
+                timestamp=stamp.timestamp,
+                signature=signature,
+                delivery=delivery,
+                workflow=str(scope.get("workflow", "")),
+                stamp=stamp.stamp,
+            )
+            evidence = GitHubEvidence(
+                body, delivery, signature, origin.workflow or "", origin.timestamp, origin.stamp or ""
+            )
+            claim = origin_claim(evidence, self.service.policy)
+            req_in = RequestIn(
+                repo=claim.scope.repo,
+                sha=claim.scope.sha,
+                environment=claim.scope.environment,
+                workflow=claim.scope.workflow,
+                requester=claim.requester,
+                ref=claim.ref,
+                run_url=claim.run_url,
+            )
+            req, created = await self.service.create(req_in, origin)
+        except Exception as exc:
+            # The approver took the delivery (a redelivery is a replay now), so the run would wait forever:
+            # reject it with the reason instead. Fail-closed, and re-running the job asks again.
+            code = exc.code if isinstance(exc, KeyturnError) and exc.code else type(exc).__name__
+            log.warning("github webhook %s: no request opened (%s); rejecting the run", delivery, code)
+            reason = f"Keyturn could not open a request ({code}); re-run the job to ask again"
+            await self._post_outcome(
+                data.get("run_id"), str(data.get("environment", "")), "reject", {"reason": reason}
+            )
+            message = exc.message if isinstance(exc, KeyturnError) else "the request could not be opened"
+            return _error(
+                422 if code == "no_policy" else 400 if isinstance(exc, KeyturnError) else 503, code, message
+            )
+        if not created and req.id != request_id_for(evidence):
+            # One pending request per scope (bot/store.py): another run of this commit and environment waits
+            # on it, and its outcome goes to that run only. This run is rejected, not left waiting forever.
+            reason = f"another run of this commit for {req.scope.environment} is already waiting for approval"
+            await self._post_outcome(
+                data.get("run_id"),
+                claim.scope.environment,
+                "reject",
+                {"reason": reason, "request_id": req.id},
+            )
+            return _error(409, "scope_busy", reason + f" ({req.id}); this run was rejected")
+        log.info("github webhook %s: run %s -> request %s", delivery, data.get("run_id"), req.id)
+        if created:
+            await self._status(data.get("run_id"), req)
+        return JSONResponse(
+            {"ok": True, "requestId": req.id, "created": created, "runId": data.get("run_id")},
+            status_code=202 if created else 200,
+        )
+
+    async def decided(self, request: DeployRequest, receipt: dict[str, Any] | None) -> None:
+        """Hand a final request's outcome to the approver: the receipt to approve the run with, or the reason
+        to reject it. Retried while the approver answers 5xx or cannot be reached; a refusal (4xx) is final
+        and logged (the run keeps waiting until GitHub's own timeout, or a human)."""
+        origin = await self.store.origin(request.id)
+        if origin is None or origin.kind != "github":
+            return
+        try:
+            hook = github_app.parse_payload(
+                base64.b64decode(origin.body),
+                origin.delivery or "",
+                api_base_path=None,
+                environments=frozenset({request.scope.environment}),
+            )
+        except github_app.GitHubError as exc:
+            log.error("github hand-off of %s: stored webhook unusable (%s)", request.id, exc.code)
+            return
+        if request.status is Status.APPROVED:
+            if receipt is None:  # Redis lost it for now: the run keeps waiting; an approval is never rejected
+                log.error("github hand-off of %s: approved but its receipt could not be read", request.id)
+                return
+            await self._post_outcome(hook.run_id, hook.environment, "approve", receipt)
+        else:
+            reject = {"reason": final_reason(request), "request_id": request.id}
+            await self._post_outcome(hook.run_id, hook.environment, "reject", reject)
+
+    async def _status(self, run_id: object, request: DeployRequest) -> None:
+        """One status-only comment on the waiting run (it neither approves nor rejects): once, not retried,
+        since it only informs."""
+        if not isinstance(run_id, int):
+            return
+        env = quote(request.scope.environment, safe="")
+        text = f"waiting for {request.required_approvals} approvals in Slack, request {request.id}"
+        with contextlib.suppress(httpx.HTTPError):
+            await self.client.post(f"{self.approver_url}/runs/{run_id}/{env}/status", json={"text": text})
+
+    async def _post_outcome(self, run_id: object, environment: str, kind: str, body: dict[str, Any]) -> None:
+        """POST ``body`` to the approver's ``approve`` (a receipt) or ``reject`` route of the run, retried
+        while the approver answers 5xx or cannot be reached."""
+        if not isinstance(run_id, int):
+            return
+        url = f"{self.approver_url}/runs/{run_id}/{quote(environment, safe='')}/{kind}"
+        content = json.dumps(body).encode()
+        for attempt in range(1, HANDOFF_ATTEMPTS + 1):
+            try:
+                resp = await self.client.post(url, content=content)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            else:
+                if resp.status_code < 500:
+                    level = logging.INFO if resp.status_code == 200 else logging.WARNING
+                    log.log(level, "github %s of run %s: HTTP %d", kind, run_id, resp.status_code)
+                    return
+                outcome = f"HTTP {resp.status_code}"
+            log.warning(
+                "github %s of run %s: %s, attempt %d/%d",
+                kind,
+                run_id,
+                outcome,
+                attempt,
+                HANDOFF_ATTEMPTS,
+            )
+            if attempt < HANDOFF_ATTEMPTS:
+                await self.sleep(HANDOFF_BACKOFF_S * 2 ** (attempt - 1))
+
+    def routes(self) -> list[Route]:
+        """The bot's GitHub routes."""
+        return [Route("/github/webhook", self.webhook, methods=["POST"])]
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()

@@ -1,0 +1,566 @@
+"""``keyturn github-approver``: the only holder of the GitHub App key, bound by receipts.
+
+The App registered as a deployment protection rule can approve any waiting run of its installations, so its
+private key is an authorization capability (docs/security.md, "GitHub deployment protection rules"). This
+small process holds it, with the webhook secret, and nothing else; it listens on loopback only and talks
+only to GitHub's API. It approves a run **only** after it has itself verified a receipt with the gate of
+``keyturn verify`` (``signer.gate.check_receipt``) against the pinned public keyset, for exactly the run's
+repository, sha, environment and workflow as GitHub's API reports them.
+
+Routes (JSON answers; ``error`` is a stable code):
+
+- ``POST /webhook``: a delivery exactly as GitHub sent it (the bot forwards the raw body and the headers).
+  Checked (``X-Hub-Signature-256``, event, payload, environment policy), de-duplicated on
+  ``X-GitHub-Delivery``, re-read from the API; answers the run id and the scope a receipt must name.
+A run is waiting once per protected environment (a workflow may deploy to several), so the routes name both:
+
+- ``POST /runs/{run_id}/{environment}/approve``: the body is a receipt, as ``keyturn verify`` reads it.
+  Approves once.
+- ``POST /runs/{run_id}/{environment}/reject``: ``{"reason": "...", "request_id": "req_…"?}``. Rejecting
+  is fail-closed, so the bot's word suffices.
+- ``POST /runs/{run_id}/{environment}/status``: ``{"text": "..."}``, a status-only comment on a waiting run.
+- ``GET /runs/{run_id}/{environment}``, ``GET /healthz``.
+
+A request approves one run: its receipt names a scope, not a run, so the approver remembers which run each
+request id approved (run, environment and deployment: a re-run attempt has a new deployment) and refuses it
+for another (``receipt_spent``).
+
+GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
+answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from signer import contract, github_app
+from signer.gate import GateError, check_receipt, load_keyset
+from signer.github_app import GitHubError, Webhook
+from signer.keyset import PublicKeyset
+from signer.receipt import Scope
+
+log = logging.getLogger("keyturn.github_approver")
+
+DEFAULT_API = "https://api.github.com"
+MAX_RECEIPT_BODY = 1024 * 1024
+RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
+MAX_RETRY_AFTER_S = 60.0  # a Retry-After beyond this is not waited out: the caller gets 502 and may retry
+
+
+@dataclass
+class Settings:
+    """Everything the approver is configured with. ``repr`` hides the two secrets."""
+
+    api_url: str
+    app_id: str
+    app_key_pem: bytes
+    webhook_secret: str
+    keyset: PublicKeyset
+    environments: frozenset[str]
+    allow_dev_keys: bool = False
+    request_link: str | None = None  # e.g. "https://keyturn.example/requests/{request_id}"
+    attempts: int = 4
+    backoff_s: float = 0.25
+    timeout_s: float = 10.0
+
+    def __repr__(self) -> str:
+        envs = sorted(self.environments)
+        return f"Settings(api_url={self.api_url!r}, app_id={self.app_id!r}, environments={envs})"
+
+
+@dataclass
+class PendingRun:
+    """A run the approver saw a checked webhook for, and what became of it."""
+
+    webhook: Webhook
+    status: str = "waiting"  # waiting -> approved | rejected
+    comment: str | None = None
+
+
+RunKey = tuple[int, str]  # (run id, environment): what waits for one review
+
+
+def run_key(webhook: Webhook) -> RunKey:
+    """The key of the review ``webhook`` asks for."""
+    return webhook.run_id, webhook.environment
+
+
+def attempt_id(webhook: Webhook) -> str:
+    """What one receipt may approve: this run, this environment, this deployment (a re-run attempt is a
+    new deployment, so it needs its own request)."""
+    return f"{webhook.run_id}/{webhook.environment}/{webhook.deployment_id}"
+
+
+class GitHubUnavailable(Exception):
+    """The API did not answer usefully after every retry."""
+
+
+def retry_delay(attempt: int, base_s: float, retry_after: str | None) -> float:
+    """How long to wait before retry ``attempt`` (1-based): GitHub's ``Retry-After`` when it gives a usable
+    one, else exponential backoff from ``base_s``."""
+    if retry_after is not None and retry_after.isdigit():
+        return min(float(retry_after), MAX_RETRY_AFTER_S)
+    return float(base_s * (2 ** (attempt - 1)))
+
+
+def is_retryable(status: int, headers: Mapping[str, str]) -> bool:
+    """5xx and 429, and GitHub's rate-limit 403 (``X-RateLimit-Remaining: 0`` or a ``Retry-After``)."""
+    if status in RETRY_STATUSES:
+        return True
+    return status == 403 and (headers.get("x-ratelimit-remaining") == "0" or "retry-after" in headers)
+
+
+class GitHubApi:
+    """GitHub's REST API as the App: a JWT for installation tokens, tokens cached until near expiry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.s = settings
+        self.client = client
+        self.clock = clock
+        self.sleep = sleep
+        self._tokens: dict[int, tuple[str, float]] = {}
+
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], body: Any = None
+    ) -> httpx.Response:
+        """One logical call, retried on transient failures with backoff; raises ``GitHubUnavailable``."""
+        url = self.s.api_url + path
+        last = "no attempt"
+        for attempt in range(1, self.s.attempts + 1):
+            retry_after = None
+            try:
+                resp = await self.client.request(
+                    method, url, headers=headers, json=body, timeout=self.s.timeout_s
+                )
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            else:
+                if not is_retryable(resp.status_code, resp.headers):
+                    return resp
+                last = f"HTTP {resp.status_code}"
+                retry_after = resp.headers.get("retry-after")
+            log.warning(
+                "github %s %s failed (%s), attempt %d/%d", method, path, last, attempt, self.s.attempts
+            )
+            if attempt < self.s.attempts:
+                await self.sleep(retry_delay(attempt, self.s.backoff_s, retry_after))
+        raise GitHubUnavailable(f"{method} {path}: {last} after {self.s.attempts} attempts")
+
+    async def _token(self, installation_id: int) -> str:
+        held = self._tokens.get(installation_id)
+        if held is not None and held[1] > self.clock() + 60:
+            return held[0]
+        jwt = github_app.app_jwt(self.s.app_id, self.s.app_key_pem, int(self.clock()))
+        resp = await self._send(
+            "POST",
+            f"/app/installations/{installation_id}/access_tokens",
+            {"Authorization": f"Bearer {jwt}", "Accept": "application/vnd.github+json"},
+        )
+        if resp.status_code != 201:
+            raise GitHubUnavailable(f"installation token refused: HTTP {resp.status_code}")
+        token = resp.json().get("token")
+        if not isinstance(token, str):
+            raise GitHubUnavailable("installation token answer has no token")
+        # GitHub's tokens last an hour; re-asking after 50 minutes needs no date parsing.
+        self._tokens[installation_id] = (token, self.clock() + 3000)
+        return token
+
+    async def call(self, method: str, path: str, installation_id: int, body: Any = None) -> httpx.Response:
+        """``method path`` with an installation token; a 401 drops the cached token and asks once more."""
+        for _ in range(2):
+            token = await self._token(installation_id)
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"}
+            resp = await self._send(method, path, headers, body)
+            if resp.status_code != 401:
+                return resp
+            self._tokens.pop(installation_id, None)
+        return resp
+
+    async def read_json(self, path: str, installation_id: int) -> dict[str, Any]:
+        """GET ``path`` as a JSON object; anything else is ``GitHubUnavailable``."""
+        resp = await self.call("GET", path, installation_id)
+        if resp.status_code != 200:
+            raise GitHubUnavailable(f"GET {path}: HTTP {resp.status_code}")
+        data = resp.json()
+        if not isinstance(data, dict):
+            raise GitHubUnavailable(f"GET {path}: not a JSON object")
+        return data
+
+
+def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: Mapping[str, str]) -> bytes:
+    """The approver's memory as JSON (no secrets in it: ids, scopes, statuses and comments)."""
+    return json.dumps(
+        {
+            "version": 1,
+            "runs": [
+                {"webhook": asdict(r.webhook), "status": r.status, "comment": r.comment}
+                for r in runs.values()
+            ],
+            "deliveries": sorted(deliveries),
+            "spent": spent,
+        }
+    ).encode()
+
+
+def load_state(data: bytes) -> tuple[dict[RunKey, PendingRun], set[str], dict[str, str]]:
+    """Parse :func:`dump_state`'s output; a file that does not parse stops the start (never a silent reset:
+    forgetting spent requests would let a receipt approve a second run)."""
+    obj = json.loads(data)
+    if not isinstance(obj, dict) or obj.get("version") != 1:
+        raise ValueError("not an approver state file (version 1)")
+    runs = {}
+    for item in obj["runs"]:
+        hook = Webhook(**item["webhook"])
+        runs[run_key(hook)] = PendingRun(hook, str(item["status"]), item.get("comment"))
+    spent = {str(k): str(v) for k, v in obj["spent"].items()}
+    return runs, {str(d) for d in obj["deliveries"]}, spent
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status)
+
+
+class Approver:
+    """The approver's state and decisions around the API; routes in :func:`create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: GitHubApi,
+        now: Callable[[], datetime],
+        state_file: Path | None = None,
+    ) -> None:
+        self.s = settings
+        self.state_file = state_file
+        self.api = api
+        self.now = now
+        self.runs: dict[RunKey, PendingRun] = {}
+        self.deliveries: set[str] = set()
+        # request id -> the run its receipt approved. A receipt names a scope, not a run: bound here, one
+        # request approves one run, so a re-run or a second dispatch of the same commit needs its own quorum.
+        self.spent: dict[str, str] = {}
+        self._locks: dict[RunKey, asyncio.Lock] = {}
+        base = urlsplit(settings.api_url)
+        self.api_base_path = base.path.rstrip("/")
+        if state_file is not None and state_file.exists():
+            self.runs, self.deliveries, self.spent = load_state(state_file.read_bytes())
+
+    def _save(self) -> None:
+        """Write the state (if a file is configured) before answering: a restart must not forget which
+        deliveries were taken or which request approved which run. Atomic: a temp file, then a rename."""
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_bytes(dump_state(self.runs, self.deliveries, self.spent))
+        os.replace(tmp, self.state_file)
+
+    def _lock(self, key: RunKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def scope_from_github(self, webhook: Webhook) -> Scope:
+        """The run's scope as GitHub's API reports it now (never the bot's word, nor only the webhook's)."""
+        run = await self.api.read_json(
+            f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}", webhook.installation_id
+        )
+        deployment = None
+        if webhook.deployment_id is not None:
+            deployment = await self.api.read_json(
+                f"/repos/{webhook.repo}/deployments/{webhook.deployment_id}", webhook.installation_id
+            )
+        return github_app.run_scope(webhook, run, deployment)
+
+    async def webhook(self, headers: Mapping[str, str], body: bytes) -> JSONResponse:
+        """Check a forwarded delivery; remember its run as waiting."""
+        try:
+            hook = github_app.check_webhook(
+                self.s.webhook_secret,
+                headers,
+                body,
+                api_base_path=self.api_base_path,
+                environments=self.s.environments,
+            )
+        except GitHubError as exc:
+            status = 401 if exc.code in ("missing_signature", "bad_signature") else 400
+            status = 422 if exc.code == "no_policy" else status
+            return _error(status, exc.code, exc.message, fields=exc.fields)
+        if hook.delivery in self.deliveries:
+            return _error(409, "replayed_delivery", f"delivery {hook.delivery} was already taken")
+        # Claimed before the API reads so a concurrent copy is refused; released if they fail, so the bot may
+        # forward the same delivery again once GitHub answers.
+        self.deliveries.add(hook.delivery)
+        try:
+            scope = await self.scope_from_github(hook)
+        except GitHubUnavailable as exc:
+            self.deliveries.discard(hook.delivery)
+            return _error(502, "github_unavailable", str(exc))
+        except GitHubError as exc:
+            return _error(409, exc.code, exc.message, fields=exc.fields)
+        async with self._lock(run_key(hook)):
+            known = self.runs.get(run_key(hook))
+            if known is None or known.status != "waiting":
+                self.runs[run_key(hook)] = PendingRun(hook)
+            self._save()
+        log.info("run %s waiting: %s %s -> %s", hook.run_id, scope.repo, scope.sha, scope.environment)
+        return JSONResponse(
+            {
+                "ok": True,
+                "delivery": hook.delivery,
+                "run_id": hook.run_id,
+                "environment": hook.environment,
+                "scope": scope.to_json(),
+                "ref": hook.ref,
+                "event": hook.event,
+            }
+        )
+
+    async def approve(self, key: RunKey, receipt: bytes) -> JSONResponse:
+        """Approve the run waiting at ``key`` if ``receipt`` passes the gate for the run's scope as GitHub
+        reports it."""
+        pending = self.runs.get(key)
+        if pending is None:
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        async with self._lock(key):
+            if pending.status != "waiting":
+                return _error(
+                    409, "already_decided", f"the run was already {pending.status}", decided=pending.status
+                )
+            try:
+                scope = await self.scope_from_github(pending.webhook)
+            except GitHubUnavailable as exc:
+                return _error(502, "github_unavailable", str(exc))
+            except GitHubError as exc:
+                return _error(409, exc.code, exc.message, fields=exc.fields)
+            try:
+                verified = check_receipt(
+                    receipt, self.s.keyset, scope, self.now(), allow_dev_keys=self.s.allow_dev_keys
+                )
+            except GateError as exc:
+                log.warning("run %s/%s: receipt refused (%s)", key[0], key[1], exc.code)
+                return _error(403, exc.code, exc.message)
+            approvers = [a.email or a.id for a in verified.approvals]
+            link = self._link(verified.request_id)
+            attempt = attempt_id(pending.webhook)
+            spent_on = self.spent.get(verified.request_id)
+            if spent_on is not None and spent_on != attempt:
+                return _error(
+                    409, "receipt_spent", f"request {verified.request_id} already approved run {spent_on}"
+                )
+            comment = github_app.approve_comment(verified.request_id, scope, approvers, link)
+            answer = await self._review(pending, "approved", comment, verified.request_id)
+            if pending.status == "approved":
+                self.spent[verified.request_id] = attempt
+                self._save()
+            return answer
+
+    async def reject(self, key: RunKey, reason: str, request_id: str | None) -> JSONResponse:
+        """Reject the run waiting at ``key`` with ``reason``: fail-closed, so no receipt is needed."""
+        pending = self.runs.get(key)
+        if pending is None:
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        async with self._lock(key):
+            if pending.status != "waiting":
+                return _error(
+                    409, "already_decided", f"the run was already {pending.status}", decided=pending.status
+                )
+            rid = request_id if contract.is_request_id(request_id) else None
+            comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
+            return await self._review(pending, "rejected", comment, rid)
+
+    async def status(self, key: RunKey, text: str) -> JSONResponse:
+        """A status-only comment on a waiting run (no ``state``: it neither approves nor rejects). The text is
+        the bot's: Markdown-escaped; GitHub takes at most 10 per deployment."""
+        pending = self.runs.get(key)
+        if pending is None:
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        if pending.status != "waiting":
+            return _error(
+                409, "already_decided", f"the run was already {pending.status}", decided=pending.status
+            )
+        hook = pending.webhook
+        body = {"environment_name": hook.environment, "comment": github_app.status_comment(text)}
+        try:
+            resp = await self.api.call("POST", hook.callback_path, hook.installation_id, body)
+        except GitHubUnavailable as exc:
+            return _error(502, "github_unavailable", str(exc))
+        if resp.status_code != 204:
+            return _error(502, "review_refused", f"GitHub answered the comment with HTTP {resp.status_code}")
+        return JSONResponse({"ok": True, "run_id": key[0], "comment": body["comment"]})
+
+    def _link(self, request_id: str) -> str | None:
+        return self.s.request_link.format(request_id=request_id) if self.s.request_link else None
+
+    async def _review(
+        self, pending: PendingRun, state: str, comment: str, request_id: str | None
+    ) -> JSONResponse:
+        hook = pending.webhook
+        body = {"environment_name": hook.environment, "state": state, "comment": comment}
+        try:
+            resp = await self.api.call("POST", hook.callback_path, hook.installation_id, body)
+        except GitHubUnavailable as exc:
+            return _error(502, "github_unavailable", str(exc))
+        if resp.status_code != 204:
+            return _error(502, "review_refused", f"GitHub answered the review with HTTP {resp.status_code}")
+        pending.status, pending.comment = state, comment
+        self._save()
+        log.info("run %s %s (request %s)", hook.run_id, state, request_id or "-")
+        return JSONResponse({"ok": True, "run_id": hook.run_id, "state": state, "comment": comment})
+
+
+def create_app(approver: Approver) -> Starlette:
+    """The ASGI app (routes in the module docstring)."""
+
+    def key(request: Request) -> RunKey:
+        return int(request.path_params["run"]), str(request.path_params["environment"])
+
+    async def webhook(request: Request) -> Response:
+        body = await request.body()
+        return await approver.webhook(dict(request.headers), body)
+
+    async def approve(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_RECEIPT_BODY:
+            return _error(413, "too_large", "receipt body too large")
+        return await approver.approve(key(request), body)
+
+    async def reject(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body())
+        except ValueError:
+            data = None
+        reason = data.get("reason") if isinstance(data, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            return _error(400, "bad_request", "a JSON object with a non-empty 'reason'")
+        return await approver.reject(key(request), reason, data.get("request_id"))
+
+    async def status(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body())
+        except ValueError:
+            data = None
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "bad_request", "a JSON object with a non-empty 'text'")
+        return await approver.status(key(request), text)
+
+    async def get_run(request: Request) -> Response:
+        pending = approver.runs.get(key(request))
+        if pending is None:
+            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        return JSONResponse(
+            {"run_id": pending.webhook.run_id, "status": pending.status, "comment": pending.comment}
+        )
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route("/healthz", health),
+            Route("/webhook", webhook, methods=["POST"]),
+            Route("/runs/{run:int}/{environment}", get_run),
+            Route("/runs/{run:int}/{environment}/approve", approve, methods=["POST"]),
+            Route("/runs/{run:int}/{environment}/reject", reject, methods=["POST"]),
+            Route("/runs/{run:int}/{environment}/status", status, methods=["POST"]),
+        ]
+    )
+
+
+def _read_secret(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``keyturn github-approver``: serve the approver on loopback until interrupted."""
+    import uvicorn
+
+    from signer.policy import load_policy
+
+    p = argparse.ArgumentParser(
+        prog="keyturn github-approver",
+        description="Hold the GitHub App key; approve protected runs only on verified receipts.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8767, help="port (default 8767)")
+    p.add_argument("--api-url", default=DEFAULT_API, help=f"GitHub's REST API (default {DEFAULT_API})")
+    p.add_argument("--app-id", required=True, help="the GitHub App's id")
+    p.add_argument(
+        "--app-key", required=True, help="PEM file: the App's private key (readable by this user only)"
+    )
+    p.add_argument("--webhook-secret-file", required=True, help="file holding the App's webhook secret")
+    p.add_argument(
+        "--keys", required=True, help="the pinned public keyset (file or https URL), as for verify"
+    )
+    p.add_argument("--policy", required=True, help="keyturn.toml: only its environments are gated here")
+    p.add_argument("--request-link", help="URL template of a request, with {request_id}, for review comments")
+    p.add_argument(
+        "--state-file",
+        type=Path,
+        help="JSON file keeping deliveries taken, waiting runs and spent requests across restarts",
+    )
+    p.add_argument("--allow-dev-keys", action="store_true", help="accept development keys (local runs only)")
+    p.add_argument("--attempts", type=int, default=4, help="tries per GitHub API call (default 4)")
+    p.add_argument("--backoff", type=float, default=0.25, help="first retry delay in seconds (default 0.25)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per GitHub API call (default 10)")
+    args = p.parse_args(argv)
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        p.error("--host must be a loopback address: only the bot on this machine talks to the approver")
+    try:
+        keyset = load_keyset(args.keys, trust_keys_in_checkout=False)
+    except GateError as exc:
+        p.error(f"--keys: {exc.message}")
+    import stat
+
+    try:
+        mode = os.stat(args.app_key).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            p.error(f"--app-key {args.app_key} is readable by others: chmod 600 it (it can approve deploys)")
+        with open(args.app_key, "rb") as f:
+            app_key = f.read()
+    except OSError as exc:
+        p.error(f"--app-key: cannot read {args.app_key}: {exc.strerror}")
+    settings = Settings(
+        api_url=args.api_url.rstrip("/"),
+        app_id=args.app_id,
+        app_key_pem=app_key,
+        webhook_secret=_read_secret(args.webhook_secret_file),
+        keyset=keyset,
+        environments=frozenset(load_policy(args.policy).environments),
+        allow_dev_keys=args.allow_dev_keys,
+        request_link=args.request_link,
+        attempts=max(1, args.attempts),
+        backoff_s=args.backoff,
+        timeout_s=args.timeout,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    client = httpx.AsyncClient(follow_redirects=False)
+    try:
+        approver = Approver(settings, GitHubApi(settings, client), lambda: datetime.now(UTC), args.state_file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        p.error(f"--state-file {args.state_file}: unusable ({type(exc).__name__}: {exc})")
+    print(f"github approver listening on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(create_app(approver), host=args.host, port=args.port, log_level="warning")
+    return 0
