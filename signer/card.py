@@ -519,16 +519,9 @@ def unverified_block(facts: CardFacts, environments: Collection[str]) -> dict[st
     never a title (defused all the same: a claim is proven, not harmless).
     """
     scope = facts.scope
+    proven = facts.origin_kind == "oidc"
     parts: list[dict[str, Any]] = []
-    if facts.origin_kind == "oidc":
-        if facts.ref:
-            parts.append(_mrkdwn("*Ref:* " + unverified_text(facts.ref, scope, environments, REF_MAX)))
-        if facts.run_url:
-            parts.append(_mrkdwn("*Run:* " + _run_link(facts.run_url, scope, environments)))
-        if not parts:
-            return None
-        return {"type": "context", "block_id": PROVEN_BLOCK, "elements": [_mrkdwn(PROVEN_LABEL), *parts]}
-    if facts.title:
+    if facts.title and not proven:
         parts.append(_mrkdwn("*Title:* " + unverified_text(facts.title, scope, environments, TITLE_MAX)))
     if facts.ref:
         parts.append(_mrkdwn("*Ref:* " + unverified_text(facts.ref, scope, environments, REF_MAX)))
@@ -536,7 +529,8 @@ def unverified_block(facts: CardFacts, environments: Collection[str]) -> dict[st
         parts.append(_mrkdwn("*Run:* " + _run_link(facts.run_url, scope, environments)))
     if not parts:
         return None
-    return {"type": "context", "block_id": UNVERIFIED_BLOCK, "elements": [_mrkdwn(UNVERIFIED_LABEL), *parts]}
+    block_id, label = (PROVEN_BLOCK, PROVEN_LABEL) if proven else (UNVERIFIED_BLOCK, UNVERIFIED_LABEL)
+    return {"type": "context", "block_id": block_id, "elements": [_mrkdwn(label), *parts]}
 
 
 def footer_block(request_id: str) -> dict[str, Any]:

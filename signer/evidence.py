@@ -421,6 +421,22 @@ class ApproveClick:
     at: int
 
 
+def _slack_actor(payload: Mapping[str, Any], policy: Policy, code: str, what: str) -> tuple[str, str | None]:
+    """Who acted in a Slack interaction payload, and in which workspace: ``user.id`` must be a Slack user id
+    (``code`` otherwise), ``team.id`` a team id if present and the policy's workspace if it names one
+    (``wrong_team``). Shared by approve clicks and deny submissions."""
+    user = payload.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    if not isinstance(user_id, str) or not is_slack_user_id(user_id):
+        raise EvidenceError(code, f"{what} names no valid user")
+    team = payload.get("team")
+    team_id = team.get("id") if isinstance(team, dict) else None
+    if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
+        raise EvidenceError(code, f"{what} names an invalid team")
+    _check_team(team_id, policy, "wrong_team", what)
+    return user_id, team_id
+
+
 def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy: Policy) -> ApproveClick:
     """Parse an approve click's raw form body (already signature-checked) and run the card check.
 
@@ -446,15 +462,7 @@ def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy
     request_id = facts.request_id
     if action.get("value") != request_id:
         raise EvidenceError("wrong_request", "the click approves another request")
-    user = payload.get("user")
-    user_id = user.get("id") if isinstance(user, dict) else None
-    if not isinstance(user_id, str) or not is_slack_user_id(user_id):
-        raise EvidenceError("bad_click", "the click names no valid user")
-    team = payload.get("team")
-    team_id = team.get("id") if isinstance(team, dict) else None
-    if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
-        raise EvidenceError("bad_click", "the click names an invalid team")
-    _check_team(team_id, policy, "wrong_team", "the click")
+    user_id, team_id = _slack_actor(payload, policy, "bad_click", "the click")
     env = policy.environment(facts.scope.environment)
     try:
         card.check_clicked_card(
@@ -1003,15 +1011,7 @@ def parse_deny_submission(body: str, request_id: str, policy: Policy, environmen
         raise EvidenceError("bad_denial", "not a submission of the deny form")
     if view.get("private_metadata") != request_id:
         raise EvidenceError("wrong_request", "the submission denies another request")
-    user = payload.get("user")
-    user_id = user.get("id") if isinstance(user, dict) else None
-    if not isinstance(user_id, str) or not is_slack_user_id(user_id):
-        raise EvidenceError("bad_denial", "the submission names no valid user")
-    team = payload.get("team")
-    team_id = team.get("id") if isinstance(team, dict) else None
-    if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
-        raise EvidenceError("bad_denial", "the submission names an invalid team")
-    _check_team(team_id, policy, "wrong_team", "the submission")
+    user_id, _ = _slack_actor(payload, policy, "bad_denial", "the submission")
     state = view.get("state")
     values = state.get("values") if isinstance(state, dict) else None
     block = values.get(card.REASON_BLOCK) if isinstance(values, dict) else None
