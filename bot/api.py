@@ -229,6 +229,18 @@ def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
     return value
 
 
+def _ci_evidence(request: Request, body: bytes, timestamp: str, signature: str) -> OriginEvidence:
+    """A MAC-signed CI call exactly as received, kept as evidence the signer can check again."""
+    return OriginEvidence(
+        kind="ci",
+        body=base64.b64encode(body).decode("ascii"),
+        timestamp=timestamp,
+        signature=signature,
+        method=request.method,
+        path=request.url.path,
+    )
+
+
 class Api:
     """The CI API's handlers and their dependencies."""
 
@@ -487,14 +499,7 @@ class Api:
             # The replay key: one token and body create one request, whoever sends them again.
             signature = "oidc:" + hashlib.sha256(token.encode() + b"\0" + body).hexdigest()
         else:
-            origin = OriginEvidence(
-                kind="ci",
-                body=base64.b64encode(body).decode("ascii"),
-                timestamp=timestamp,
-                signature=signature,
-                method=request.method,
-                path=request.url.path,
-            )
+            origin = _ci_evidence(request, body, timestamp, signature)
         await self._accept_once(signature)
         try:
             req, created = await self.service.create(req_in, origin)
@@ -582,14 +587,7 @@ class Api:
             evidence = OriginEvidence(kind="oidc", body="", timestamp="", signature=token)
         else:
             timestamp, signature = await self._authenticate(request, body)
-            evidence = OriginEvidence(
-                kind="ci",
-                body=base64.b64encode(body).decode("ascii"),
-                timestamp=timestamp,
-                signature=signature,
-                method=request.method,
-                path=request.url.path,
-            )
+            evidence = _ci_evidence(request, body, timestamp, signature)
         await self._load(rid)
         await self._accept_once(signature)
         try:
