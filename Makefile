@@ -1,5 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Each does its own set-up.
 PY := .venv/bin/python
+# keyturn/bot, keyturn/signer and keyturn/emulator are links to the source folders: lint each file once.
+LINT_PATHS := bot signer emulator keyturn/__init__.py keyturn/__main__.py keyturn/cli.py tests bench
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: demo test faults lint bootstrap bench vectors dist clean
@@ -18,8 +20,8 @@ faults: bootstrap
 	$(PY) -m pytest -q tests/faults
 
 lint: bootstrap
-	$(PY) -m ruff check bot signer tests bench
-	$(PY) -m ruff format --check bot signer tests bench
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy
 
 bench: bootstrap

@@ -117,3 +117,6 @@ def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path: Path) -> None:
         names = wheel.namelist()
     assert f"keyturn-{version}.dist-info/licenses/LICENSE" in names
     assert not [n for n in names if n.startswith("tests/")]
+    # One import namespace: nothing installed under a generic top-level name such as `bot` or `signer`.
+    assert {n.split("/")[0] for n in names} == {"keyturn", f"keyturn-{version}.dist-info"}
+    assert {"keyturn/signer/verify.py", "keyturn/bot/server.py", "keyturn/emulator/app.py"} <= set(names)

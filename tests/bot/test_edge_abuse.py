@@ -64,7 +64,7 @@ def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
         launcher = (
             "import resource, sys, runpy; "
             f"resource.setrlimit(resource.RLIMIT_NOFILE, ({BOT_NOFILE}, {BOT_NOFILE})); "
-            "sys.argv = ['keyturn', 'bot']; runpy.run_module('bot', run_name='__main__')"
+            "sys.argv = ['keyturn', 'bot']; runpy.run_module('keyturn', run_name='__main__')"
         )
         bot = start_process(
             "bot",

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.emulator.client import AsyncEmulatorClient
-from bot.messenger import (
+from keyturn.bot.messenger import (
     CardMissing,
     RetryPolicy,
     SlackAuthError,
@@ -22,8 +21,9 @@ from bot.messenger import (
     SlackUnavailable,
     make_web_client,
 )
-from bot.models import Approval, CardRef, DeployRequest, Scope, Status
-from signer.policy import Policy
+from keyturn.bot.models import Approval, CardRef, DeployRequest, Scope, Status
+from keyturn.emulator.client import AsyncEmulatorClient
+from keyturn.signer.policy import Policy
 from tests.harness import free_port, start_emulator
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
-from bot.emulator.client import EmulatorClient
-from bot.store import PENDING_KEY
+from keyturn.bot.store import PENDING_KEY
+from keyturn.emulator.client import EmulatorClient
 from tests import harness
 from tests.harness import Proc, free_port
 

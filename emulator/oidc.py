@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from signer.oidc import b64url_encode
+from keyturn.signer.oidc import b64url_encode
 
 Kind = Literal["github", "gitlab"]
 KINDS: tuple[Kind, ...] = ("github", "gitlab")
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from bot.emulator.__main__ import _serve, _Server
+    from keyturn.emulator.__main__ import _serve, _Server
 
     p = argparse.ArgumentParser(prog="keyturn oidc-emulator", description="Run the OIDC issuer emulator.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

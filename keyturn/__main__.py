@@ -1,0 +1,7 @@
+"""``python -m keyturn`` is the ``keyturn`` command."""
+
+import sys
+
+from keyturn.cli import main
+
+sys.exit(main())
