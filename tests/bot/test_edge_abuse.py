@@ -19,25 +19,13 @@ import httpx
 import pytest
 
 from tests import harness
+from tests.fixtures import policy_toml
 from tests.harness import Proc, free_port, http_ok, start_process
 
 CI_SECRET = "edge-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "edge-slack-signing-secret-0123456789abcdef"
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.shortlived]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 1
-request_ttl = "6s"
-receipt_ttl = "15m"
-"""
+POLICY = policy_toml("shortlived", request_ttl="6s", receipt_ttl="15m")
 HALF_HEADERS = 1_000  # connections that send half a request head and stall
 HALF_BODIES = 100  # connections that send a head and half a body and stall
 BOT_NOFILE = 1_024  # the bot's open-file limit, as in the report

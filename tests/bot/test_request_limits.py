@@ -21,26 +21,14 @@ import redis
 from bot.emulator.client import EmulatorClient
 from bot.store import PENDING_KEY
 from tests import harness
+from tests.fixtures import policy_toml
 from tests.harness import Proc, free_port
 
 CI_SECRET = "limits-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "limits-slack-signing-secret-0123456789abcdef"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.staging]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL", "U0ALICE"]
-required_approvals = 1
-request_ttl = "30m"
-receipt_ttl = "30m"
-allow_self_approval = false
-confirm_approve = false
-"""
+POLICY = policy_toml(
+    approvers=("U0BOB", "U0CAROL", "U0ALICE"), allow_self_approval=False, confirm_approve=False
+)
 LIMITS = {
     "KEYTURN_MAX_PENDING_PER_REQUESTER": "3",
     "KEYTURN_MAX_PENDING_PER_REPO": "5",

@@ -25,26 +25,12 @@ from bot.cards import APPROVE_ACTION
 from bot.emulator.client import EmulatorClient
 from bot.prefilter import SourceLimiter
 from tests import harness
+from tests.fixtures import STAGING_POLICY
 from tests.harness import Proc, free_port
 
 CI_SECRET = "source-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "source-slack-signing-secret-0123456789abcdef"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.staging]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 1
-request_ttl = "30m"
-receipt_ttl = "30m"
-allow_self_approval = false
-confirm_approve = false
-"""
+POLICY = STAGING_POLICY
 BURST, RATE = 20, 5
 FLOOD_S = 8.0
 FLOOD_THREADS = 32
