@@ -153,13 +153,20 @@ class _Checker:
             self.text(opt.get("text"), p + "/text", 75)
             self.string(opt, "value", p, 150, required=True)
 
-    def element(self, el: Any, ptr: str, allowed: frozenset[str]) -> None:
-        if not isinstance(el, dict):
-            self.err(ptr, "must be an element object")
-            return
-        kind = el.get("type")
+    def kind(self, obj: Any, ptr: str, what: str, allowed: frozenset[str]) -> str | None:
+        """The ``type`` of an element or block object if it is one of ``allowed``; else an error and None."""
+        if not isinstance(obj, dict):
+            self.err(ptr, f"must be {'an' if what[0] in 'aeiou' else 'a'} {what} object")
+            return None
+        kind = obj.get("type")
         if kind not in allowed:
-            self.err(ptr + "/type", f"unsupported element type {kind!r}")
+            self.err(ptr + "/type", f"unsupported {what} type {kind!r}")
+            return None
+        return str(kind)
+
+    def element(self, el: Any, ptr: str, allowed: frozenset[str]) -> None:
+        kind = self.kind(el, ptr, "element", allowed)
+        if kind is None:
             return
         self.ident(el, "action_id", ptr)
         if kind == "button":
@@ -188,12 +195,8 @@ class _Checker:
             self.text(el["placeholder"], ptr + "/placeholder", MAX_PLACEHOLDER, plain_only=True)
 
     def block(self, block: Any, ptr: str, in_view: bool) -> None:
-        if not isinstance(block, dict):
-            self.err(ptr, "must be a block object")
-            return
-        kind = block.get("type")
-        if kind not in BLOCK_TYPES:
-            self.err(ptr + "/type", f"unsupported block type {kind!r}")
+        kind = self.kind(block, ptr, "block", BLOCK_TYPES)
+        if kind is None:
             return
         self.ident(block, "block_id", ptr)
         if kind == "section":
