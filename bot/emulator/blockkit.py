@@ -234,11 +234,7 @@ class _Checker:
                 seen: set[str] = set()
                 for i, el in enumerate(elements):
                     self.element(el, f"{ptr}/elements/{i}", ACTION_ELEMENTS)
-                    aid = el.get("action_id") if isinstance(el, dict) else None
-                    if isinstance(aid, str):
-                        if aid in seen:
-                            self.err(f"{ptr}/elements/{i}/action_id", f"duplicate action_id {aid!r}")
-                        seen.add(aid)
+                    self.unique_id(el, "action_id", f"{ptr}/elements/{i}", seen)
         elif kind == "input":
             self.text(block.get("label"), ptr + "/label", MAX_LABEL, plain_only=True)
             if "hint" in block:
@@ -253,6 +249,14 @@ class _Checker:
             if "title" in block:
                 self.text(block["title"], ptr + "/title", MAX_LABEL, plain_only=True)
 
+    def unique_id(self, obj: Any, key: str, ptr: str, seen: set[str]) -> None:
+        """An error if ``obj``'s ``key`` (its action or block id) is one already in ``seen``; then add it."""
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, str):
+            if value in seen:
+                self.err(f"{ptr}/{key}", f"duplicate {key} {value!r}")
+            seen.add(value)
+
     def blocks(self, blocks: Any, ptr: str, max_blocks: int, in_view: bool) -> None:
         if not isinstance(blocks, list):
             self.err(ptr, "must be an array of blocks")
@@ -262,11 +266,7 @@ class _Checker:
         seen: set[str] = set()
         for i, block in enumerate(blocks):
             self.block(block, f"{ptr}/{i}", in_view)
-            bid = block.get("block_id") if isinstance(block, dict) else None
-            if isinstance(bid, str):
-                if bid in seen:
-                    self.err(f"{ptr}/{i}/block_id", f"duplicate block_id {bid!r}")
-                seen.add(bid)
+            self.unique_id(block, "block_id", f"{ptr}/{i}", seen)
 
 
 def validate_message_blocks(blocks: Any) -> None:
