@@ -11,7 +11,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.models import CardRef, DeployRequest
+from bot.models import CardRef, DeployRequest, Scope
+from signer.policy import Policy
+from tests.harness import ROOT
+
+# The policy `keyturn dev` runs with (the emulator's sample workspace): production asks for a confirmation.
+DEV_POLICY_PATH = ROOT / "bot" / "dev_policy.toml"
+DEV_POLICY = Policy.from_bytes(DEV_POLICY_PATH.read_bytes())
+SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
+REQUEST_ID = "req_01JDQ4Z8Y3K6W2V7T5R9P0M1N2"
 
 # The header of the policies the process tests (tests/bot/test_*_replicas, _limits, ...) give the real bot
 # and signer: the emulator's sample team, and one mapped CI identity (the requester of every test request).
@@ -59,6 +67,23 @@ def policy_toml(
 
 # One staging environment, one approval, no self-approval and no confirm step: the replica and abuse tests.
 STAGING_POLICY = policy_toml(allow_self_approval=False, confirm_approve=False)
+
+
+def make_request(now: datetime | None = None, **changes: Any) -> DeployRequest:
+    """A pending request (``REQUEST_ID``) by alice (U0ALICE) to deploy acme/web at ``SHA`` to production,
+    needing two approvals, created at ``now`` (default: the wall clock) for 30 minutes; ``changes`` are
+    fields to set otherwise."""
+    created = now or datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "id": REQUEST_ID,
+        "scope": Scope(repo="acme/web", sha=SHA, environment="production", workflow="deploy"),
+        "requester": "github:alice",
+        "requester_slack_id": "U0ALICE",
+        "created_at": created,
+        "expires_at": created + timedelta(minutes=30),
+        "required_approvals": 2,
+    }
+    return DeployRequest(**(fields | changes))
 
 
 class Clock:
