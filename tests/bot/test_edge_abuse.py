@@ -35,20 +35,11 @@ GRACE_S = 3.0  # KEYTURN_SHUTDOWN_GRACE in this test
 
 @pytest.fixture
 def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
-    policy = tmp_path / "keyturn.toml"
-    policy.write_text(POLICY)
-    keyset, _ = harness.keygen(tmp_path)
-    logs = tmp_path / "logs"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs: list[Proc] = []
-    try:
-        signer, sock = harness.start_signer(
-            tmp_path, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
-        )
-        procs.append(signer)
-        emulator, emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=url)
-        procs.append(emulator)
+    with harness.signer_and_emulator(
+        tmp_path, POLICY, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET, bot_url=url
+    ) as backends:
         launcher = (
             "import resource, sys, runpy; "
             f"resource.setrlimit(resource.RLIMIT_NOFILE, ({BOT_NOFILE}, {BOT_NOFILE})); "
@@ -57,13 +48,13 @@ def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
         bot = start_process(
             "bot",
             [sys.executable, "-c", launcher],
-            logs,
+            backends.logs,
             env={
                 "KEYTURN_REDIS_URL": f"{redis_url}?db=5",
-                "KEYTURN_SIGNER_SOCKET": str(sock),
-                "KEYTURN_POLICY": str(policy),
+                "KEYTURN_SIGNER_SOCKET": str(backends.signer_socket),
+                "KEYTURN_POLICY": str(backends.policy),
                 "KEYTURN_SLACK_BOT_TOKEN": "xoxb-keyturn-test-token",
-                "KEYTURN_SLACK_API_URL": f"{emu_url}/api/",
+                "KEYTURN_SLACK_API_URL": f"{backends.emulator_url}/api/",
                 "KEYTURN_HOST": "127.0.0.1",
                 "KEYTURN_PORT": str(port),
                 "KEYTURN_DEV_MODE": "1",
@@ -75,14 +66,8 @@ def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
             ready=http_ok(f"{url}/readyz"),
             cwd=tmp_path,
         )
-        procs.append(bot)
-    except Exception:
-        for p in procs:
-            p.stop()
-        raise
-    yield url, bot
-    for p in reversed(procs):
-        p.stop()
+        backends.procs.append(bot)
+        yield url, bot
 
 
 def _open_half(port: int, payload: bytes) -> socket.socket | None:
