@@ -2,7 +2,7 @@
 
 The signer image (deploy/Dockerfile, target ``signer``) ships this package and the libraries it needs, and
 none of the bot's (Slack SDK, Redis, HTTP server): ``keyturn`` itself lives in ``bot/cli.py``, so this is
-the same dispatch for the commands whose code is all here. A test keeps the two tables in step.
+the same dispatch for the commands whose code is all here; ``keyturn`` takes its table from this one.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-# name -> ("module:function", one-line help): the signer.cli entries of bot.cli.COMMANDS.
+# name -> ("module:function", one-line help). ``keyturn`` (bot/cli.py) offers these first, in this order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "signer": ("signer.cli:signer_main", "run the isolated signer"),
+    "verify": ("signer.cli:verify_main", "verify a receipt offline (the CI gate; fails closed)"),
+    "receipt": ("signer.cli:receipt_main", "convert a receipt to or from a DSSE envelope"),
     "keygen": ("signer.cli:keygen_main", "create a private signing keyset file"),
     "keys": ("signer.cli:keys_main", "rotate, revoke or export keys"),
     "audit": ("signer.cli:audit_main", "verify the audit log against signed checkpoints; archive them"),
     "secrets": ("signer.cli:secrets_main", "make a CI secret (keyturn secrets new)"),
     "policy": ("signer.cli:policy_main", "check a keyturn.toml policy file"),
-    "verify": ("signer.cli:verify_main", "verify a receipt offline (the CI gate; fails closed)"),
-    "receipt": ("signer.cli:receipt_main", "convert a receipt to or from a DSSE envelope"),
+    "signer": ("signer.cli:signer_main", "run the isolated signer"),
 }
 USAGE_EXIT = 2
 
