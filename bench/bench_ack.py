@@ -7,7 +7,7 @@ one connection per concurrent clicker), measured in interleaved rounds. Each cli
 * **floor**: ``AsyncApp(signing_secret=...)`` with Bolt's own in-process signature verification and a local
   ``authorize`` (no ``auth.test``), one listener ``@app.action("approve")`` that only calls ``ack()``, stock
   settings, served by Bolt's ASGI adapter.
-* **keyturn**: ``bot.app`` exactly as deployed: every request is checked by a **real signer process** over
+* **keyturn**: ``keyturn.bot.app`` exactly as deployed: every request is checked by a **real signer process** over
   its Unix socket (``check_slack``; client pool of 32 connections), then dispatched to the listeners,
   which ack and hand off. The work after the ack is an in-memory stub (click-to-receipt is measured
   elsewhere).
@@ -44,21 +44,21 @@ from starlette.routing import Route
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.app import build_slack_endpoint  # noqa: E402
-from bot.cards import render_card  # noqa: E402
-from bot.emulator.interactions import slack_signature  # noqa: E402
-from bot.messenger import make_web_client  # noqa: E402
-from bot.models import CardRef, DeployRequest, Scope, SlackEvidence  # noqa: E402
-from bot.ports import Refused  # noqa: E402
-from bot.signer_client import SignerClient  # noqa: E402
-from signer.policy import Policy  # noqa: E402
+from keyturn.bot.app import build_slack_endpoint  # noqa: E402
+from keyturn.bot.cards import render_card  # noqa: E402
+from keyturn.emulator.interactions import slack_signature  # noqa: E402
+from keyturn.bot.messenger import make_web_client  # noqa: E402
+from keyturn.bot.models import CardRef, DeployRequest, Scope, SlackEvidence  # noqa: E402
+from keyturn.bot.ports import Refused  # noqa: E402
+from keyturn.bot.signer_client import SignerClient  # noqa: E402
+from keyturn.signer.policy import Policy  # noqa: E402
 
 POLICY_PATH = ROOT / "bot" / "dev_policy.toml"
 POLICY = Policy.from_bytes(POLICY_PATH.read_bytes())
 SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
 RID = "req_01JDQ4Z8Y3K6W2V7T5R9P0M1N2"
 LEVELS = (1, 8, 32)
-KEYTURN = [sys.executable, "-m", "bot"]
+KEYTURN = [sys.executable, "-m", "keyturn"]
 
 
 class StubApprovals:

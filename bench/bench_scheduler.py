@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
-from bot.scheduler import DUE_KEY, JobContext, Timers  # noqa: E402
+from keyturn.bot.scheduler import DUE_KEY, JobContext, Timers  # noqa: E402
 from tests.harness import redis_server  # noqa: E402
 
 TICK_S = 0.25

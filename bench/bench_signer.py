@@ -33,13 +33,13 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.signer_client import SignerClient  # noqa: E402
-from signer import evidence as ev  # noqa: E402
-from signer import wire  # noqa: E402
-from signer.audit import AuditLog  # noqa: E402
-from signer.keys import SigningKeyset, sign_receipt  # noqa: E402
-from signer.policy import Policy  # noqa: E402
-from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, new_request_id, unsigned_receipt  # noqa: E402
+from keyturn.bot.signer_client import SignerClient  # noqa: E402
+from keyturn.signer import evidence as ev  # noqa: E402
+from keyturn.signer import wire  # noqa: E402
+from keyturn.signer.audit import AuditLog  # noqa: E402
+from keyturn.signer.keys import SigningKeyset, sign_receipt  # noqa: E402
+from keyturn.signer.policy import Policy  # noqa: E402
+from keyturn.signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, new_request_id, unsigned_receipt  # noqa: E402
 
 SLACK = "bench-slack-signing-secret-0123456789"
 CI = "bench-ci-secret-0123456789abcdefghij"
@@ -231,7 +231,7 @@ def main(argv: list[str]) -> int:
         log_path = root / "signer.log"
         with log_path.open("wb") as log:  # a file, not a pipe: an undrained pipe would stall the signer
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bot", "signer"], env=env, cwd=ROOT, stdout=log, stderr=log
+                [sys.executable, "-m", "keyturn", "signer"], env=env, cwd=ROOT, stdout=log, stderr=log
             )
         deadline = time.monotonic() + 20
         while "signer ready" not in log_path.read_text():

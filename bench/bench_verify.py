@@ -34,7 +34,7 @@ VerifyKey(bytes.fromhex(sys.argv[1])).verify(bytes.fromhex(sys.argv[2]), bytes.f
 def _floor_args() -> list[str]:
     """The floor's inputs (key, signed bytes, signature) from the valid vector, computed before timing."""
     sys.path.insert(0, str(ROOT))
-    from signer.receipt import b64decode, b64url_decode, signing_bytes
+    from keyturn.signer.receipt import b64decode, b64url_decode, signing_bytes
 
     receipt = json.loads((VECTORS / "valid_basic.json").read_bytes())
     jwks = json.loads((VECTORS / "keyset.json").read_bytes())
@@ -48,7 +48,7 @@ def _floor_args() -> list[str]:
 
 def _verify_cmd() -> list[str]:
     script = shutil.which("keyturn", path=str(Path(sys.executable).parent))
-    base = [script] if script else [sys.executable, "-m", "bot"]
+    base = [script] if script else [sys.executable, "-m", "keyturn"]
     manifest = json.loads((VECTORS / "manifest.json").read_text())
     params = next(v for v in manifest["vectors"] if v["name"] == "valid_basic")["params"]
     return [

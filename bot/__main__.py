@@ -1,7 +1,7 @@
-"""``python -m bot`` is the ``keyturn`` command."""
+"""``python -m keyturn`` is the ``keyturn`` command."""
 
 import sys
 
-from bot.cli import main
+from keyturn.cli import main
 
 sys.exit(main())

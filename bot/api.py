@@ -26,14 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bot.approvals import ApprovalService
-from bot.callbacks import CallbackPolicy, CallbackRefused
-from bot.metrics import Metrics
-from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
-from bot.ports import Refused
-from bot.prefilter import SourceLimiter, plausible
-from bot.slack_token import SlackTokenCheck
-from bot.store import (
+from keyturn.bot.approvals import ApprovalService
+from keyturn.bot.callbacks import CallbackPolicy, CallbackRefused
+from keyturn.bot.metrics import Metrics
+from keyturn.bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
+from keyturn.bot.ports import Refused
+from keyturn.bot.prefilter import SourceLimiter, plausible
+from keyturn.bot.slack_token import SlackTokenCheck
+from keyturn.bot.store import (
     ChangeFeed,
     LimitExceeded,
     RequestStore,
@@ -41,10 +41,10 @@ from bot.store import (
     SignError,
     StoreUnavailable,
 )
-from signer.errors import KeyturnError
-from signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
-from signer.oidc import unverified_claims
-from signer.receipt import format_time
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
+from keyturn.signer.oidc import unverified_claims
+from keyturn.signer.receipt import format_time
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Flow of one request (docs/slack.md):
 4. Listeners ack at once — nothing before the ack waits on Redis, the signer or Slack — and hand the work to a
    tracked asyncio task (``SlackEndpoint.drain`` waits for them; failures are logged, never lost silently).
 
-Refusals (``bot.ports.Refused``) become an ephemeral reply with the service's sentence, escaped.
+Refusals (``keyturn.bot.ports.Refused``) become an ephemeral reply with the service's sentence, escaped.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK, REASON_MAX
-from bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
-from bot.ports import Approvals, Messenger, Refused
-from bot.prefilter import SourceLimiter, plausible
-from bot.signer_client import SignerRefused, SignerUnavailable
-from bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
-from bot.store import StoreConflict, StoreUnavailable
-from signer import contract
-from signer.policy import Policy
+from keyturn.bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK, REASON_MAX
+from keyturn.bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
+from keyturn.bot.ports import Approvals, Messenger, Refused
+from keyturn.bot.prefilter import SourceLimiter, plausible
+from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
+from keyturn.bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
+from keyturn.bot.store import StoreConflict, StoreUnavailable
+from keyturn.signer import contract
+from keyturn.signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
 
@@ -69,7 +69,7 @@ DENY_CHECK_BUDGET = 1.2
 
 
 class SlackChecker(Protocol):
-    """The part of ``bot.signer_client.SignerClient`` the endpoint needs."""
+    """The part of ``keyturn.bot.signer_client.SignerClient`` the endpoint needs."""
 
     async def check_slack(self, body: str, timestamp: str, signature: str) -> None:
         """Return if the request is genuine; raise ``SignerRefused`` / ``SignerUnavailable`` otherwise."""

@@ -1,4 +1,4 @@
-"""The approval use cases (implements ``bot.ports.Approvals``): create, approve, deny, cancel, expire.
+"""The approval use cases (implements ``keyturn.bot.ports.Approvals``): create, approve, deny, cancel, expire.
 
 The service decides nothing the signer would not: it runs the same policy checks up front so a refused
 click gets an immediate, specific answer, and at quorum it forwards the evidence (the original request and
@@ -26,11 +26,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from bot import lifecycle
-from bot.callbacks import CallbackOutbox
-from bot.cards import format_duration
-from bot.metrics import Metrics
-from bot.models import (
+from keyturn.bot import lifecycle
+from keyturn.bot.callbacks import CallbackOutbox
+from keyturn.bot.cards import format_duration
+from keyturn.bot.metrics import Metrics
+from keyturn.bot.models import (
     Approval,
     DeployRequest,
     OriginEvidence,
@@ -38,15 +38,15 @@ from bot.models import (
     SlackEvidence,
     Status,
 )
-from bot.ports import Messenger, Refused
-from bot.slack_text import escape, user_mention
-from bot.store import RequestLimits, RequestStore, SignError, SigningInProgress, StoreUnavailable
-from signer import wire
-from signer.errors import KeyturnError
-from signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
-from signer.evidence import SlackEvidence as SignedSlackRequest
-from signer.policy import Environment, Policy, UnknownEnvironment
-from signer.receipt import parse_time
+from keyturn.bot.ports import Messenger, Refused
+from keyturn.bot.slack_text import escape, user_mention
+from keyturn.bot.store import RequestLimits, RequestStore, SignError, SigningInProgress, StoreUnavailable
+from keyturn.signer import wire
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
+from keyturn.signer.evidence import SlackEvidence as SignedSlackRequest
+from keyturn.signer.policy import Environment, Policy, UnknownEnvironment
+from keyturn.signer.receipt import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _origin_time(origin: OriginEvidence) -> datetime | None:
         t0 = int(origin.timestamp)
         if origin.kind == "github":
             # As the signer dates it (evidence._verify_github): the deployment's creation if earlier.
-            from signer.github_app import GitHubError, parse_payload
+            from keyturn.signer.github_app import GitHubError, parse_payload
 
             with contextlib.suppress(GitHubError, ValueError):
                 body = base64.b64decode(origin.body)

@@ -39,9 +39,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.metrics import Metrics
-from bot.models import DeployRequest, Status
-from bot.store import RequestStore, StoreUnavailable
+from keyturn.bot.metrics import Metrics
+from keyturn.bot.models import DeployRequest, Status
+from keyturn.bot.store import RequestStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

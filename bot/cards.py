@@ -1,12 +1,12 @@
 """The approval card and the deny modal, as Block Kit (pure: request + policy + now -> blocks).
 
-The pending card — the one with the Approve button — is rendered by the trust core (``signer.card``), the same
+The pending card — the one with the Approve button — is rendered by the trust core (``keyturn.signer.card``), the same
 code the signer runs to check every approve click: the signer accepts a click only when the clicked message
 is exactly that card for the request's signed origin ("render, don't search"; docs/security.md). So this
 module adds nothing of its own to a pending card. Cards in a final state (approved, denied, expired,
 cancelled) have no Approve button; they reuse the trust core's header, scope fields, unverified free text and
-footer, and add the outcome. Every string the bot did not write is escaped (``bot.slack_text``) or passed
-through ``signer.card.unverified_text``. See docs/slack.md.
+footer, and add the outcome. Every string the bot did not write is escaped (``keyturn.bot.slack_text``) or passed
+through ``keyturn.signer.card.unverified_text``. See docs/slack.md.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, PlainTextObject, SectionBlock
 from slack_sdk.models.views import View
 
-from bot.models import DeployRequest, Status
-from bot.slack_text import escape, one_line, safe, truncate, user_mention
-from signer import card as trusted
-from signer.card import (
+from keyturn.bot.models import DeployRequest, Status
+from keyturn.bot.slack_text import escape, one_line, safe, truncate, user_mention
+from keyturn.signer import card as trusted
+from keyturn.signer.card import (
     APPROVE_ACTION,
     DECISION_BLOCK,
     DENY_ACTION,
@@ -32,8 +32,8 @@ from signer.card import (
     format_duration,
     format_time,
 )
-from signer.policy import Policy
-from signer.receipt import Scope
+from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import Scope
 
 __all__ = [
     "APPROVE_ACTION",
@@ -189,7 +189,7 @@ def card_text(request: DeployRequest, policy: Policy) -> str:
 def render_card(request: DeployRequest, policy: Policy, now: datetime) -> Card:
     """The card for ``request`` in its current state.
 
-    Pending: exactly :func:`signer.card.render_pending` — the card the signer expects back in every approve
+    Pending: exactly :func:`keyturn.signer.card.render_pending` — the card the signer expects back in every approve
     click. Final: the same header, scope and free text with the outcome in place of the buttons.
     """
     if request.status is Status.PENDING:

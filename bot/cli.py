@@ -11,23 +11,23 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from signer.__main__ import COMMANDS as SIGNER_COMMANDS
+from keyturn.signer.__main__ import COMMANDS as SIGNER_COMMANDS
 
 # name -> ("module:function", one-line help). Each function takes argv (after the subcommand) and returns
-# the process exit code. The signer-side commands come from ``python -m signer``'s table (signer/__main__.py),
+# the process exit code. The signer-side commands come from ``python -m keyturn.signer``'s table (signer/__main__.py),
 # which the signer image runs without the bot.
 COMMANDS: dict[str, tuple[str, str]] = {
     **SIGNER_COMMANDS,
-    "bot": ("bot.server:main", "run the Slack bot and CI API"),
-    "request": ("bot.client:main", "ask for an approval from CI and wait for the receipt"),
-    "emulator": ("bot.emulator.__main__:main", "run the Slack emulator"),
-    "oidc-emulator": ("bot.emulator.oidc:main", "run the OIDC issuer emulator (GitHub/GitLab ID tokens)"),
-    "github-emulator": ("bot.emulator.github:main", "run the GitHub emulator (deployment protection rules)"),
+    "bot": ("keyturn.bot.server:main", "run the Slack bot and CI API"),
+    "request": ("keyturn.bot.client:main", "ask for an approval from CI and wait for the receipt"),
+    "emulator": ("keyturn.emulator.__main__:main", "run the Slack emulator"),
+    "oidc-emulator": ("keyturn.emulator.oidc:main", "run the OIDC issuer emulator (GitHub/GitLab ID tokens)"),
+    "github-emulator": ("keyturn.emulator.github:main", "run the GitHub emulator (deployment protection rules)"),
     "github-approver": (
-        "signer.github_approver:main",
+        "keyturn.signer.github_approver:main",
         "hold the GitHub App key; approve protected runs only on verified receipts",
     ),
-    "dev": ("bot.dev:main", "run everything locally: Redis, signer, bot and the Slack emulator"),
+    "dev": ("keyturn.bot.dev:main", "run everything locally: Redis, signer, bot and the Slack emulator"),
 }
 
 USAGE_EXIT = 2

@@ -1,9 +1,9 @@
 """``keyturn request``: ask the bot for an approval from CI and, with ``--wait``, wait for a verified receipt.
 
-Standard library HTTP (urllib) plus the gate (``signer.gate``), the same receipt check as ``keyturn verify``:
+Standard library HTTP (urllib) plus the gate (``keyturn.signer.gate``), the same receipt check as ``keyturn verify``:
 same keyset source rules, same development-key refusal, same exact-scope verification. A pipeline needs
 nothing else. The CI secret comes from ``KEYTURN_CI_SECRET`` only (never a flag: flags end up in process lists
-and logs). Arguments follow the gate commands' rules (``signer.cli_args``): ``-h`` is help only alone.
+and logs). Arguments follow the gate commands' rules (``keyturn.signer.cli_args``): ``-h`` is help only alone.
 
 With ``--oidc`` no secret is used: each call carries the job's OIDC ID token (``Authorization: Bearer``). On
 GitHub Actions a fresh one is requested for ``--audience`` from the runtime endpoint
@@ -42,12 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from signer import gate
-from signer.cli_args import UsageError, parse, wants_help
-from signer.receipt import Scope
+from keyturn.signer import gate
+from keyturn.signer.cli_args import UsageError, parse, wants_help
+from keyturn.signer.receipt import Scope
 
 if TYPE_CHECKING:
-    from signer.keyset import PublicKeyset
+    from keyturn.signer.keyset import PublicKeyset
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 MAX_POLL = 60
@@ -325,7 +325,7 @@ def with_token_claims(args: RequestArgs, token: str) -> RequestArgs:
     checking: the signer checks the token, and refuses a body that disagrees with it)."""
     import dataclasses
 
-    from signer.oidc import OidcError, unverified_claims
+    from keyturn.signer.oidc import OidcError, unverified_claims
 
     try:
         c = unverified_claims(token)

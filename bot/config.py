@@ -1,6 +1,6 @@
 """The bot's settings: environment variables with the ``KEYTURN_`` prefix, or an optional ``.env`` file.
 
-Read once in ``bot.server.main`` and passed down; nothing reads the environment at import time. Every
+Read once in ``keyturn.bot.server.main`` and passed down; nothing reads the environment at import time. Every
 variable is documented in docs/configuration.md and listed in ``.env.example``. Secrets are ``SecretStr`` so
 they never appear in a repr or a log line; a placeholder Slack token is refused outside dev mode.
 """
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     @field_validator("github_approver_url")
     @classmethod
     def _github_approver_url(cls, value: str | None) -> str | None:
-        from bot.github import approver_url_problem
+        from keyturn.bot.github import approver_url_problem
 
         if not value:
             return None
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     @field_validator("callback_hosts")
     @classmethod
     def _callback_hosts(cls, value: str) -> str:
-        from bot.callbacks import parse_host_patterns
+        from keyturn.bot.callbacks import parse_host_patterns
 
         return ",".join(parse_host_patterns(value))
 
@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str) -> str:
-        from bot.redisconn import parse_sentinels
+        from keyturn.bot.redisconn import parse_sentinels
 
         return ",".join(f"{h}:{p}" for h, p in parse_sentinels(value))
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-KEYTURN = [sys.executable, "-m", "bot"]
+KEYTURN = [sys.executable, "-m", "keyturn"]
 COLORS = {
     "redis": "31",
     "oidc": "33",
@@ -429,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
             {},
             "github approver listening",
         )
-        from bot.config import SIGNER_ONLY_VARIABLES  # here: pydantic stays off the import of this module
+        from keyturn.bot.config import SIGNER_ONLY_VARIABLES  # here: pydantic stays off the import of this module
 
         # The bot gets no signing secret and no CI secret: it asks the signer to check requests.
         bot_env = {

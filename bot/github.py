@@ -33,10 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.models import DeployRequest, OriginEvidence, RequestIn, Status
-from signer import github_app
-from signer.errors import KeyturnError
-from signer.evidence import GitHubEvidence, origin_claim, request_id_for
+from keyturn.bot.models import DeployRequest, OriginEvidence, RequestIn, Status
+from keyturn.signer import github_app
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.evidence import GitHubEvidence, origin_claim, request_id_for
 
 log = logging.getLogger("keyturn.github")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from bot.models import Approval, CardRef, DeployRequest, RequestIn, Status
-from bot.ports import Refused
+from keyturn.bot.models import Approval, CardRef, DeployRequest, RequestIn, Status
+from keyturn.bot.ports import Refused
 
 MAX_REASON_CHARS = 2000
 

@@ -1,4 +1,4 @@
-"""``SlackMessenger``: the approval logic's only way to talk to Slack (implements ``bot.ports.Messenger``).
+"""``SlackMessenger``: the approval logic's only way to talk to Slack (implements ``keyturn.bot.ports.Messenger``).
 
 Every Web API call goes through one retry loop: HTTP 429 waits the ``Retry-After`` Slack asks for (capped),
 5xx, transient ``ok:false`` errors and connection errors back off exponentially with jitter (capped), up to a
@@ -23,9 +23,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.cards import deny_modal, render_card
-from bot.models import CardRef, DeployRequest
-from signer.policy import Policy
+from keyturn.bot.cards import deny_modal, render_card
+from keyturn.bot.models import CardRef, DeployRequest
+from keyturn.signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from signer import contract
+from keyturn.signer import contract
 
 # The scope grammar is the signer's (signer/contract.py): the bot takes in exactly what the signer can sign.
 REQUEST_ID_RE = contract.REQUEST_ID_RE

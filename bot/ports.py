@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
+from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
 
 
 class Refused(Exception):

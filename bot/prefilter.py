@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from signer.evidence import MAX_SKEW
+from keyturn.signer.evidence import MAX_SKEW
 
 CLOCK_MARGIN = 30
 _TS_RE = re.compile(r"\A[0-9]{1,12}\Z")

@@ -26,19 +26,19 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from bot import timer_jobs
-from bot.api import Api, GuardMiddleware, http_error_handler
-from bot.approvals import ApprovalService, LifecycleHooks
-from bot.callbacks import CallbackOutbox, CallbackPolicy, CallbackSender, parse_host_patterns
-from bot.config import Settings, describe_error, signer_only_settings_found
-from bot.edge import BodyDeadlineMiddleware, ListenerSplitMiddleware, uvicorn_limits
-from bot.metrics import Metrics
-from bot.prefilter import SourceLimiter
-from bot.redisconn import make_redis
-from bot.slack_token import SlackTokenCheck
-from bot.store import ChangeFeed, RequestLimits, RequestStore, StoreUnavailable
-from signer.errors import KeyturnError
-from signer.policy import Policy, PolicyError, load_policy
+from keyturn.bot import timer_jobs
+from keyturn.bot.api import Api, GuardMiddleware, http_error_handler
+from keyturn.bot.approvals import ApprovalService, LifecycleHooks
+from keyturn.bot.callbacks import CallbackOutbox, CallbackPolicy, CallbackSender, parse_host_patterns
+from keyturn.bot.config import Settings, describe_error, signer_only_settings_found
+from keyturn.bot.edge import BodyDeadlineMiddleware, ListenerSplitMiddleware, uvicorn_limits
+from keyturn.bot.metrics import Metrics
+from keyturn.bot.prefilter import SourceLimiter
+from keyturn.bot.redisconn import make_redis
+from keyturn.bot.slack_token import SlackTokenCheck
+from keyturn.bot.store import ChangeFeed, RequestLimits, RequestStore, StoreUnavailable
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.policy import Policy, PolicyError, load_policy
 
 log = logging.getLogger("keyturn.bot")
 
@@ -80,7 +80,7 @@ class Components:
 def _timers(
     service: ApprovalService, comps: Components, clock: Clock, *, own_pool: bool = True
 ) -> tuple[LifecycleHooks, timer_jobs.TimerRunner]:
-    """The scheduler's hooks for the approval service and its start/stop runner (``bot.timer_jobs``)."""
+    """The scheduler's hooks for the approval service and its start/stop runner (``keyturn.bot.timer_jobs``)."""
     # A pool of their own: the lease step and the deadlines keep their connections when every request
     # handler is waiting for one of the shared pool's (issue 14, finding 1).
     timers_redis = comps.redis
@@ -108,9 +108,9 @@ def build_app(
     redis_client: aioredis.Redis | None = None,
 ) -> tuple[Starlette, Components]:
     """Wire the bot: Redis store, signer client, Slack messenger and endpoint, approval service, API."""
-    from bot.app import build_slack_endpoint
-    from bot.messenger import SlackMessenger, make_web_client
-    from bot.signer_client import SignerClient
+    from keyturn.bot.app import build_slack_endpoint
+    from keyturn.bot.messenger import SlackMessenger, make_web_client
+    from keyturn.bot.signer_client import SignerClient
 
     metrics = Metrics()
     client = redis_client or make_redis(settings)
@@ -238,7 +238,7 @@ def build_app(
     )
     routes = [Route("/slack/events", slack.handle, methods=["POST"]), *api.routes()]
     if settings.github_approver_url:
-        from bot.github import GitHubForwarder
+        from keyturn.bot.github import GitHubForwarder
 
         forwarder = GitHubForwarder(settings.github_approver_url, signer=signer, service=service, store=store)
         service.github = forwarder

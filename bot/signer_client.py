@@ -7,8 +7,8 @@ answer in time (the bot should fail closed: 503, or retry later), :class:`Signer
 stable ``code`` when it answered no.
 
 Connections are pooled (a few idle ones are kept) and each call uses one connection exclusively, so the
-client is safe for concurrent use from one event loop. Imports only the key-free ``signer.wire`` and
-``signer.errors`` (architecture rule, design.md §2).
+client is safe for concurrent use from one event loop. Imports only the key-free ``keyturn.signer.wire`` and
+``keyturn.signer.errors`` (architecture rule, design.md §2).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from signer import wire
-from signer.errors import KeyturnError
+from keyturn.signer import wire
+from keyturn.signer.errors import KeyturnError
 
 __all__ = ["SignerClient", "SignerHealth", "SignerRefused", "SignerUnavailable"]
 

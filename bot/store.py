@@ -60,9 +60,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
-from bot import lifecycle
-from bot.models import Approval, DeployRequest, OriginEvidence, Scope, SlackEvidence, Status
-from bot.ports import Refused
+from keyturn.bot import lifecycle
+from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, Scope, SlackEvidence, Status
+from keyturn.bot.ports import Refused
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bot import lifecycle
-from bot.approvals import ApprovalService
-from bot.cards import format_duration, format_time
-from bot.models import DeployRequest
-from bot.ports import Messenger
-from bot.scheduler import JobContext, Timers, check_fence, once, once_key
-from bot.slack_text import channel_mention, escape, group_mention, is_user_id, user_mention
-from bot.store import RequestStore
-from signer.policy import Environment, Policy, UnknownEnvironment
+from keyturn.bot import lifecycle
+from keyturn.bot.approvals import ApprovalService
+from keyturn.bot.cards import format_duration, format_time
+from keyturn.bot.models import DeployRequest
+from keyturn.bot.ports import Messenger
+from keyturn.bot.scheduler import JobContext, Timers, check_fence, once, once_key
+from keyturn.bot.slack_text import channel_mention, escape, group_mention, is_user_id, user_mention
+from keyturn.bot.store import RequestStore
+from keyturn.signer.policy import Environment, Policy, UnknownEnvironment
 
 log = logging.getLogger("keyturn.timer_jobs")
 

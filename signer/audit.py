@@ -35,8 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from signer.errors import AuditError, VerificationError
-from signer.receipt import canonical_json, strict_loads
+from keyturn.signer.errors import AuditError, VerificationError
+from keyturn.signer.receipt import canonical_json, strict_loads
 
 GENESIS = "0" * 64
 MAX_LINE_BYTES = 1024 * 1024

@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from signer.errors import KeyturnError
-from signer.receipt import Scope
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.receipt import Scope
 
 __all__ = [
     "APPROVE_ACTION",

@@ -3,7 +3,7 @@
 A checkpoint says "the audit log ``log`` had entry ``seq``, whose line hashes to ``head``, at ``issuedAt``",
 signed by the signer's active key. Archived away from the signer, checkpoints anchor the log: a log that
 later lacks entry ``seq`` was cut short, one that holds a different line there was rewritten
-(``signer.audit.verify_log``). Operator routine: docs/security.md, "Anchoring the audit log".
+(``keyturn.signer.audit.verify_log``). Operator routine: docs/security.md, "Anchoring the audit log".
 
 A checkpoint travels as a DSSE envelope whose payload is the JCS form of
 
@@ -15,7 +15,7 @@ payload type differs from the receipt's, so a checkpoint signature never verifie
 a receipt signature never as a checkpoint's, whatever the bytes (domain separation, as DSSE intends).
 
 ``log`` is the SHA-256 (hex) of the log's first line and ``head`` that of line ``seq`` (both 64 zeros for an
-empty log, ``seq`` 0). Signing happens in ``signer.keys.sign_checkpoint``, the only code touching the key.
+empty log, ``seq`` 0). Signing happens in ``keyturn.signer.keys.sign_checkpoint``, the only code touching the key.
 Standard library, PyNaCl and ``rfc8785`` only; no file, network or clock access.
 """
 
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 from nacl.exceptions import BadSignatureError
 
-from signer.audit import GENESIS
-from signer.errors import VerificationError
-from signer.keyset import PublicKeyset
-from signer.receipt import (
+from keyturn.signer.audit import GENESIS
+from keyturn.signer.errors import VerificationError
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import (
     Record,
     b64decode,
     b64encode,
@@ -43,7 +43,7 @@ from signer.receipt import (
 if TYPE_CHECKING:
     from typing import Any
 
-    from signer.receipt import datetime
+    from keyturn.signer.receipt import datetime
 
 CHECKPOINT_TYPE = "keyturn.audit.checkpoint"
 CHECKPOINT_VERSION = "1"

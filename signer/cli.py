@@ -16,14 +16,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from signer.cli_args import UsageError as _UsageError
-from signer.receipt import UTC, datetime
+from keyturn.signer.cli_args import UsageError as _UsageError
+from keyturn.signer.receipt import UTC, datetime
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
 
-    from signer.cli_args import ParsedArgs
+    from keyturn.signer.cli_args import ParsedArgs
 else:
 
     class _LazyModule:
@@ -140,7 +140,7 @@ def _parse_verify_args(argv: Sequence[str]) -> ParsedArgs:
     """Parse ``keyturn verify`` arguments by the gate commands' rules (signer/cli_args.py). Hand-written:
     argparse alone would add about a fifth of the verify floor to every CI deploy (bench/bench_verify.py),
     and it turns ``-h`` anywhere into exit 0. Raises ``UsageError``."""
-    from signer.cli_args import UsageError, parse
+    from keyturn.signer.cli_args import UsageError, parse
 
     args = parse(argv, values=_VERIFY_VALUES, flags=_VERIFY_FLAGS, required=_VERIFY_REQUIRED)
     if len(args.positionals) != 1:
@@ -151,15 +151,15 @@ def _parse_verify_args(argv: Sequence[str]) -> ParsedArgs:
 def verify_main(argv: Sequence[str]) -> int:
     """``keyturn verify``: exit 0 with one ``OK ...`` line only after a completed verification; 1 with
     ``REJECTED <code>: <detail>`` on stderr; 2 for usage errors (``-h`` anywhere but alone is one)."""
-    from signer.cli_args import UsageError, wants_help
+    from keyturn.signer.cli_args import UsageError, wants_help
 
     if wants_help(argv):
         print(VERIFY_USAGE, end="")
         return OK
     as_json = False
-    from signer import gate
-    from signer.errors import VerificationError
-    from signer.receipt import Scope, parse_time
+    from keyturn.signer import gate
+    from keyturn.signer.errors import VerificationError
+    from keyturn.signer.receipt import Scope, parse_time
 
     try:
         args = _parse_verify_args(argv)
@@ -245,8 +245,8 @@ def receipt_main(argv: Sequence[str]) -> int:
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
-    from signer.errors import KeyturnError
-    from signer.receipt import MAX_RECEIPT_BYTES, from_dsse, is_dsse, parse_receipt, strict_loads, to_dsse
+    from keyturn.signer.errors import KeyturnError
+    from keyturn.signer.receipt import MAX_RECEIPT_BYTES, from_dsse, is_dsse, parse_receipt, strict_loads, to_dsse
 
     try:
         obj = strict_loads(_read_capped(parsed.file, MAX_RECEIPT_BYTES, "receipt"))
@@ -280,8 +280,8 @@ def keygen_main(argv: Sequence[str]) -> int:
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
-    from signer.errors import KeyturnError
-    from signer.keys import SigningKeyset
+    from keyturn.signer.errors import KeyturnError
+    from keyturn.signer.keys import SigningKeyset
 
     try:
         keys = SigningKeyset.generate(parsed.out, dev=parsed.dev, now=_now())
@@ -350,8 +350,8 @@ def keys_main(argv: Sequence[str]) -> int:
     if not parsed.key_file:
         print("keyturn keys: --key-file (or KEYTURN_SIGNER_KEYSET) is required", file=sys.stderr)
         return USAGE
-    from signer.errors import KeyturnError
-    from signer.keys import DEFAULT_ROTATION_GRACE, SigningKeyset
+    from keyturn.signer.errors import KeyturnError
+    from keyturn.signer.keys import DEFAULT_ROTATION_GRACE, SigningKeyset
 
     given = getattr(parsed, "grace", None)  # an explicit --grace 0 is honoured (timedelta(0) is falsy)
     grace = DEFAULT_ROTATION_GRACE if given is None else given
@@ -527,8 +527,8 @@ def audit_main(argv: Sequence[str]) -> int:
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
-    from signer.errors import AuditError, VerificationError
-    from signer.gate import GateError, keyset_url_allowed
+    from keyturn.signer.errors import AuditError, VerificationError
+    from keyturn.signer.gate import GateError, keyset_url_allowed
 
     try:
         if parsed.action == "show":
@@ -566,7 +566,7 @@ def _checkpoint_paths(paths: Sequence[str]) -> list[str]:
 def _audit_show(parsed: argparse.Namespace) -> int:
     import json
 
-    from signer.audit import outcome_rows
+    from keyturn.signer.audit import outcome_rows
 
     try:
         with open(parsed.file, "rb") as f:
@@ -591,10 +591,10 @@ def _audit_show(parsed: argparse.Namespace) -> int:
 
 
 def _audit_verify(parsed: argparse.Namespace) -> int:
-    from signer import gate
-    from signer.audit import verify_log
-    from signer.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, verify_checkpoint
-    from signer.errors import AuditError, VerificationError
+    from keyturn.signer import gate
+    from keyturn.signer.audit import verify_log
+    from keyturn.signer.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, verify_checkpoint
+    from keyturn.signer.errors import AuditError, VerificationError
 
     if parsed.checkpoint and parsed.keys is None:
         raise _UsageError("--checkpoint needs --keys KEYSET, the public keyset that verifies it")
@@ -643,15 +643,15 @@ def _audit_verify(parsed: argparse.Namespace) -> int:
 
 
 def _time_text(dt: datetime) -> str:
-    from signer.receipt import format_time
+    from keyturn.signer.receipt import format_time
 
     return format_time(dt)
 
 
 def _audit_checkpoint(parsed: argparse.Namespace) -> int:
-    from signer import gate
-    from signer.checkpoint import MAX_CHECKPOINT_BYTES, verify_checkpoint
-    from signer.errors import VerificationError
+    from keyturn.signer import gate
+    from keyturn.signer.checkpoint import MAX_CHECKPOINT_BYTES, verify_checkpoint
+    from keyturn.signer.errors import VerificationError
 
     path = "/v1/audit/checkpoint"
     url = parsed.url if parsed.url.rstrip("/").endswith(path) else parsed.url.rstrip("/") + path
@@ -708,8 +708,8 @@ def signer_main(argv: Sequence[str]) -> int:
     parsed = _run_parser(p, argv)
     if isinstance(parsed, int):
         return parsed
-    from signer.config import ConfigError, load_settings
-    from signer.service import run
+    from keyturn.signer.config import ConfigError, load_settings
+    from keyturn.signer.service import run
 
     try:
         settings = load_settings()
@@ -771,7 +771,7 @@ def policy_main(argv: Sequence[str]) -> int:
         return _pin_groups(parsed)
     if parsed.action == "pin-oidc-keys":
         return _pin_oidc_keys(parsed)
-    from signer.policy import PolicyError, load_policy
+    from keyturn.signer.policy import PolicyError, load_policy
 
     try:
         policy = load_policy(parsed.file)
@@ -787,9 +787,9 @@ def policy_main(argv: Sequence[str]) -> int:
 def _pin_oidc_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from signer.errors import KeyturnError
-    from signer.pin_oidc import pin_issuer
-    from signer.policy import PolicyError, load_policy
+    from keyturn.signer.errors import KeyturnError
+    from keyturn.signer.pin_oidc import pin_issuer
+    from keyturn.signer.policy import PolicyError, load_policy
 
     prog = "keyturn policy pin-oidc-keys"
     try:
@@ -837,7 +837,7 @@ def _pin_oidc_keys(args: argparse.Namespace) -> int:
 def _pin_groups(args: argparse.Namespace) -> int:
     import hashlib
 
-    from signer import pin_groups as pg
+    from keyturn.signer import pin_groups as pg
 
     prog = "keyturn policy pin-groups"
     token = os.environ.get(pg.TOKEN_ENV, "")

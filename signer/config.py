@@ -34,7 +34,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from signer.errors import KeyturnError
+from keyturn.signer.errors import KeyturnError
 
 __all__ = ["ConfigError", "SignerSettings", "load_settings"]
 

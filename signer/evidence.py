@@ -22,10 +22,10 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from signer import card, contract, github_app, oidc
-from signer.errors import KeyturnError
-from signer.policy import Environment, Policy, is_slack_team_id, is_slack_user_id
-from signer.receipt import RequesterProof, Scope, no_duplicate_members
+from keyturn.signer import card, contract, github_app, oidc
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.policy import Environment, Policy, is_slack_team_id, is_slack_user_id
+from keyturn.signer.receipt import RequesterProof, Scope, no_duplicate_members
 
 __all__ = [
     "CALLBACK_KEY_LABEL",
@@ -418,8 +418,8 @@ def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy
     Requires: a single ``payload`` form field holding a JSON object (duplicate names refused) with
     ``type == "block_actions"``, exactly one action with ``action_id == "approve"`` in the card's decision
     block and ``value ==`` the request id, a ``user.id`` that is a Slack user id, the policy's workspace if it
-    names one, and a ``message`` that is exactly the card :mod:`signer.card` renders for ``facts``
-    (:func:`signer.card.check_clicked_card`). Codes: ``bad_click``, ``wrong_request``, ``wrong_team``,
+    names one, and a ``message`` that is exactly the card :mod:`keyturn.signer.card` renders for ``facts``
+    (:func:`keyturn.signer.card.check_clicked_card`). Codes: ``bad_click``, ``wrong_request``, ``wrong_team``,
     ``card_mismatch``.
     """
     form = _parse_form(body, "bad_click", "click")

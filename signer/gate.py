@@ -10,7 +10,7 @@ they apply the same trust rules (docs/security.md, "The gate: one receipt check"
    only to a URL passing the same rule (``untrusted_keyset``); the body is at most 1 MiB (``bad_keyset``) and
    the whole fetch ends within 10 s (``keyset_unavailable``).
 2. **Keyset** parsed strictly as a public JWKS (``bad_keyset``).
-3. **Receipt** (``check_receipt``): ``signer.verify.verify_receipt`` for exactly the expected scope at the
+3. **Receipt** (``check_receipt``): ``keyturn.signer.verify.verify_receipt`` for exactly the expected scope at the
    given time, development keys refused unless ``allow_dev_keys`` (``dev_key``, ``scope_mismatch:…``, …);
    with ``require_oidc``, only a receipt whose requester an OIDC token proved (``requester_not_proven``).
 
@@ -24,12 +24,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from signer.errors import KeyturnError
+from keyturn.signer.errors import KeyturnError
 
 if TYPE_CHECKING:
-    from signer.keyset import PublicKeyset
-    from signer.receipt import Scope, datetime
-    from signer.verify import VerifiedReceipt
+    from keyturn.signer.keyset import PublicKeyset
+    from keyturn.signer.receipt import Scope, datetime
+    from keyturn.signer.verify import VerifiedReceipt
 
 MAX_KEYSET_BYTES = 1024 * 1024
 KEYSET_FETCH_DEADLINE_S = 10.0
@@ -71,8 +71,8 @@ def load_keyset(
 ) -> PublicKeyset:
     """The trusted public keyset from ``source`` (a file path, or a URL when it contains ``://``), checked
     against the source rules above. Raises ``GateError``."""
-    from signer.errors import KeysetError, VerificationError
-    from signer.keyset import PublicKeyset
+    from keyturn.signer.errors import KeysetError, VerificationError
+    from keyturn.signer.keyset import PublicKeyset
 
     if "://" in source:
         if not keyset_url_allowed(source):
@@ -103,8 +103,8 @@ def check_receipt(
     """Verify ``receipt`` against ``keyset`` for exactly the ``expected`` scope at ``now``; the verified
     receipt, or ``GateError`` with the code of the first failed step of docs/receipt.md §4. With
     ``require_oidc`` a receipt without ``requesterProof`` is refused (``requester_not_proven``)."""
-    from signer.errors import VerificationError
-    from signer.verify import verify_receipt
+    from keyturn.signer.errors import VerificationError
+    from keyturn.signer.verify import verify_receipt
 
     try:
         return verify_receipt(

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from signer import contract
-from signer.errors import KeyturnError
-from signer.receipt import Scope
+from keyturn.signer import contract
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.receipt import Scope
 
 EVENT = "deployment_protection_rule"
 MAX_WEBHOOK_BYTES = 1024 * 1024  # GitHub caps payloads at 25 MB; this event is a few KB

@@ -4,7 +4,7 @@ The App registered as a deployment protection rule can approve any waiting run o
 private key is an authorization capability (docs/security.md, "GitHub deployment protection rules"). This
 small process holds it, with the webhook secret, and nothing else; it listens on loopback only and talks
 only to GitHub's API. It approves a run **only** after it has itself verified a receipt with the gate of
-``keyturn verify`` (``signer.gate.check_receipt``) against the pinned public keyset, for exactly the run's
+``keyturn verify`` (``keyturn.signer.gate.check_receipt``) against the pinned public keyset, for exactly the run's
 repository, sha, environment and workflow as GitHub's API reports them.
 
 Routes (JSON answers; ``error`` is a stable code):
@@ -50,11 +50,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from signer import contract, github_app
-from signer.gate import GateError, check_receipt, load_keyset
-from signer.github_app import GitHubError, Webhook
-from signer.keyset import PublicKeyset
-from signer.receipt import Scope
+from keyturn.signer import contract, github_app
+from keyturn.signer.gate import GateError, check_receipt, load_keyset
+from keyturn.signer.github_app import GitHubError, Webhook
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import Scope
 
 log = logging.getLogger("keyturn.github_approver")
 
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``keyturn github-approver``: serve the approver on loopback until interrupted."""
     import uvicorn
 
-    from signer.policy import load_policy
+    from keyturn.signer.policy import load_policy
 
     p = argparse.ArgumentParser(
         prog="keyturn github-approver",

@@ -26,10 +26,10 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from signer import checkpoint as _checkpoint
-from signer.audit import fsync_dir, write_all
-from signer.errors import KeyFileError, KeysetError, KeyturnError, VerificationError
-from signer.keyset import (
+from keyturn.signer import checkpoint as _checkpoint
+from keyturn.signer.audit import fsync_dir, write_all
+from keyturn.signer.errors import KeyFileError, KeysetError, KeyturnError, VerificationError
+from keyturn.signer.keyset import (
     ACTIVE,
     NEXT,
     REVOKED,
@@ -38,7 +38,7 @@ from signer.keyset import (
     PublicKeyset,
     parse_public_jwk,
 )
-from signer.receipt import b64encode, b64url_decode, b64url_encode, parse_receipt, signing_bytes, strict_loads
+from keyturn.signer.receipt import b64encode, b64url_decode, b64url_encode, parse_receipt, signing_bytes, strict_loads
 
 MAX_KEY_FILE_BYTES = 1024 * 1024
 FILE_MODE = 0o600
@@ -86,7 +86,7 @@ def _parse_entry(jwk: object, where: str) -> _Entry:
 
 
 def _new_entry(now: datetime, *, dev: bool, status: str = ACTIVE) -> _Entry:
-    from signer.keyset import key_id
+    from keyturn.signer.keyset import key_id
 
     sk = SigningKey.generate()
     vk = sk.verify_key
@@ -372,7 +372,7 @@ def sign_receipt(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[str, 
 
 
 def sign_checkpoint(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[str, Any]:
-    """Sign a checkpoint of the audit log's head (from ``signer.checkpoint.unsigned_checkpoint``) with the
+    """Sign a checkpoint of the audit log's head (from ``keyturn.signer.checkpoint.unsigned_checkpoint``) with the
     active key; return its DSSE envelope.
 
     The signature covers the checkpoint's own payload type (never the receipt's), so neither kind of

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 from nacl.bindings import crypto_hash_sha256
 from nacl.signing import VerifyKey
 
-from signer.errors import KeysetError, VerificationError
-from signer.receipt import Record, b64url_decode, b64url_encode, format_time, parse_time, strict_loads
+from keyturn.signer.errors import KeysetError, VerificationError
+from keyturn.signer.receipt import Record, b64url_decode, b64url_encode, format_time, parse_time, strict_loads
 
 if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
     from collections.abc import Iterator
     from typing import Any
 
-    from signer.receipt import datetime
+    from keyturn.signer.receipt import datetime
 
 ACTIVE = "active"
 NEXT = "next"

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from signer.errors import KeyturnError
-from signer.receipt import b64url_encode, no_duplicate_members
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.receipt import b64url_encode, no_duplicate_members
 
 __all__ = [
     "ALGORITHMS",

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from signer.errors import KeyturnError
-from signer.policy import Policy, PolicyError, is_slack_group_id, is_slack_user_id
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.policy import Policy, PolicyError, is_slack_group_id, is_slack_user_id
 
 __all__ = [
     "DEFAULT_API_URL",

@@ -24,9 +24,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from signer import oidc
-from signer.errors import KeyturnError
-from signer.policy import OidcIssuer
+from keyturn.signer import oidc
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.policy import OidcIssuer
 
 RETIRED_KEEP = timedelta(seconds=oidc.MAX_TOKEN_LIFETIME)
 MAX_DISCOVERY_BYTES = 64 * 1024
@@ -88,7 +88,7 @@ Fetch = Callable[[str, str, int], bytes]  # (url, what, limit) -> body
 
 
 def _default_fetch(url: str, what: str, limit: int) -> bytes:
-    from signer import gate
+    from keyturn.signer import gate
 
     if not gate.keyset_url_allowed(url):
         raise PinError(f"{url} must be https (plain http only to loopback)", code="oidc_discovery")
@@ -143,7 +143,7 @@ def pin_issuer(
 
 
 def _write(path: Path, text: str) -> None:
-    from signer.pin_groups import write_atomically
+    from keyturn.signer.pin_groups import write_atomically
 
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from signer.errors import KeyturnError
+from keyturn.signer.errors import KeyturnError
 
 __all__ = [
     "MAX_DURATION",

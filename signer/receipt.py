@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import rfc8785
 
-from signer.errors import VerificationError
+from keyturn.signer.errors import VerificationError
 
 if TYPE_CHECKING:  # annotations only (postponed by the __future__ import): nothing to load at run time
     from typing import Any, ClassVar

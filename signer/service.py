@@ -1,7 +1,7 @@
 """The signer process: an asyncio Unix-socket server speaking the wire protocol (design.md §5, issue 4).
 
-This is the I/O edge. Decisions are made by the pure :func:`signer.evidence.assess`; this module reads
-frames, calls it with the signer's own clock, signs with ``signer.keys``, records in ``signer.audit`` and
+This is the I/O edge. Decisions are made by the pure :func:`keyturn.signer.evidence.assess`; this module reads
+frames, calls it with the signer's own clock, signs with ``keyturn.signer.keys``, records in ``keyturn.signer.audit`` and
 writes the reply. Every bad frame gets an error reply and the connection keeps serving, except an oversized
 frame (its payload is never read, so the stream cannot be resynchronised) or one whose bytes stop arriving
 (``frame_timeout``): error reply, then close. Idle connections are closed quietly; past the connection cap
@@ -38,8 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from signer import evidence, oidc, wire
-from signer.audit import (
+from keyturn.signer import evidence, oidc, wire
+from keyturn.signer.audit import (
     OUTCOME_RECORDED,
     AuditHead,
     AuditLog,
@@ -47,11 +47,11 @@ from signer.audit import (
     read_entry,
     recorded_outcomes,
 )
-from signer.checkpoint import unsigned_checkpoint
-from signer.errors import KeyturnError
-from signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
-from signer.policy import Policy, PolicyError, PolicyIssue, load_policy
-from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, format_time, unsigned_receipt
+from keyturn.signer.checkpoint import unsigned_checkpoint
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
+from keyturn.signer.policy import Policy, PolicyError, PolicyIssue, load_policy
+from keyturn.signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, format_time, unsigned_receipt
 
 __all__ = [
     "Clock",
@@ -778,7 +778,7 @@ async def _serve_until_signalled(server: SignerServer) -> None:
 def run(settings: Any) -> int:
     """Load everything, serve until SIGTERM/SIGINT, return the exit code (2 when refusing to start).
 
-    ``settings`` is a :class:`signer.config.SignerSettings`. A start-up refusal prints one line naming the
+    ``settings`` is a :class:`keyturn.signer.config.SignerSettings`. A start-up refusal prints one line naming the
     problem (never a secret) and returns 2.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

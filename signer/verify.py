@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from nacl.exceptions import BadSignatureError
 
-from signer.errors import VerificationError
-from signer.keyset import PublicKeyset
-from signer.receipt import (
+from keyturn.signer.errors import VerificationError
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import (
     MAX_RECEIPT_BYTES,
     SCOPE_FIELDS,
     STATUS_APPROVED,
@@ -35,7 +35,7 @@ from signer.receipt import (
 if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
     from typing import Any
 
-    from signer.receipt import datetime
+    from keyturn.signer.receipt import datetime
 
 # A receipt may live at most this long, whatever it claims. This bounds what a leaked *rotated* key could
 # still do: receipts backdated before its rotation stop verifying at most this long after the rotation.

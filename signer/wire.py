@@ -30,8 +30,8 @@ from pydantic import (
     ValidationError,
 )
 
-from signer.errors import KeyturnError
-from signer.receipt import no_duplicate_members
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.receipt import no_duplicate_members
 
 __all__ = [
     "MAX_FRAME",

@@ -11,8 +11,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.models import CardRef, DeployRequest, Scope
-from signer.policy import Policy
+from keyturn.bot.models import CardRef, DeployRequest, Scope
+from keyturn.signer.policy import Policy
 from tests.harness import ROOT
 
 # The policy `keyturn dev` runs with (the emulator's sample workspace): production asks for a confirmation.
@@ -101,7 +101,7 @@ class Clock:
 
 
 class RecordingMessenger:
-    """A ``bot.ports.Messenger`` that records what would go to Slack.
+    """A ``keyturn.bot.ports.Messenger`` that records what would go to Slack.
 
     ``calls`` lists every call as ``(kind, what)``; ``replies`` the thread replies' text and ``dms`` the
     ``(user, text)`` of each DM. Tests steer Slack's side: ``card_ok = False`` fails every card post,

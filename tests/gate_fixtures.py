@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from signer.receipt import Scope, format_time
+from keyturn.signer.receipt import Scope, format_time
 from tests.vectors import generate, load
 
 REQUEST_ID = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A"

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import redis
 
-from bot.config import SIGNER_ONLY_VARIABLES
-from bot.dev import private_redis_argv
+from keyturn.bot.config import SIGNER_ONLY_VARIABLES
+from keyturn.bot.dev import private_redis_argv
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYTURN = [sys.executable, "-m", "bot"]
+KEYTURN = [sys.executable, "-m", "keyturn"]
 
 
 def free_port() -> int:
@@ -203,7 +203,7 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
 
 def ci_headers(secret: str, method: str, path: str, body: bytes, ts: int | None = None) -> dict[str, str]:
     """The ``X-Keyturn-*`` headers a pipeline sends (design.md §6), signed with ``secret``."""
-    from signer.evidence import ci_signature  # the one implementation of the scheme
+    from keyturn.signer.evidence import ci_signature  # the one implementation of the scheme
 
     stamp = str(int(time.time()) if ts is None else ts)
     return {

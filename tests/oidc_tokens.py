@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bot.emulator.oidc import IssuerKey, Job, encode_part, github_claims, gitlab_claims, sign_rs256
-from signer.oidc import b64url_encode
+from keyturn.emulator.oidc import IssuerKey, Job, encode_part, github_claims, gitlab_claims, sign_rs256
+from keyturn.signer.oidc import b64url_encode
 
 AUDIENCE = "https://keyturn.example"
 GITHUB_ISS = "https://oidc.keyturn.test/github"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY_HOLDING = {"signer.keys", "signer.service", "signer.cli", "signer.config"}
+KEY_HOLDING = {"keyturn.signer.keys", "keyturn.signer.service", "keyturn.signer.cli", "keyturn.signer.config"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -61,7 +61,7 @@ def _loaded_after_import(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["signer.verify", "signer.receipt", "signer.keyset"])
+@pytest.mark.parametrize("module", ["keyturn.signer.verify", "keyturn.signer.receipt", "keyturn.signer.keyset"])
 def test_verify_path_is_light(module: str) -> None:
     heavy = {"pydantic", "slack_sdk", "slack_bolt", "redis", "apscheduler", "starlette", "uvicorn", "aiohttp"}
     heavy |= {"cryptography"}  # RSA is for OIDC tokens at the signer; a receipt needs only PyNaCl
@@ -89,13 +89,13 @@ def test_verify_cli_loads_little_beyond_pynacl() -> None:
 
 
 def test_running_bot_never_loads_the_private_key_code() -> None:
-    loaded = _loaded_after_import("bot.server")
+    loaded = _loaded_after_import("keyturn.bot.server")
     assert loaded & KEY_HOLDING == set()
 
 
 @pytest.mark.parametrize(
     "module",
-    ["bot.lifecycle", "bot.cards", "bot.slack_text", "signer.evidence", "signer.oidc", "signer.card"],
+    ["keyturn.bot.lifecycle", "keyturn.bot.cards", "keyturn.bot.slack_text", "keyturn.signer.evidence", "keyturn.signer.oidc", "keyturn.signer.card"],
 )
 def test_pure_modules_do_no_io(module: str) -> None:
     io = {"redis", "socket", "asyncio", "aiohttp", "httpx", "urllib3", "starlette", "uvicorn"}
@@ -107,7 +107,7 @@ def test_pure_modules_do_no_io(module: str) -> None:
 def test_importing_the_oidc_parser_loads_no_rsa_library() -> None:
     """The bot reads token claims (unverified, to render the card) through signer.oidc; only verifying a
     signature, in the signer, loads ``cryptography``."""
-    loaded = {m.split(".")[0] for m in _loaded_after_import("signer.oidc")}
+    loaded = {m.split(".")[0] for m in _loaded_after_import("keyturn.signer.oidc")}
     assert "cryptography" not in loaded
 
 
@@ -138,4 +138,4 @@ def test_one_gate_only_signer_gate_checks_receipts_and_parses_keysets() -> None:
     }
     assert {k: v for k, v in offenders.items() if v} == {}
     for command in ("bot/client.py", "signer/cli.py"):
-        assert "signer.gate" in imported_modules(ROOT / command), command
+        assert "keyturn.signer.gate" in imported_modules(ROOT / command), command

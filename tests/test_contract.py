@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bot.models import RequestIn
-from signer.evidence import EvidenceError, parse_ci_request_body, parse_slash_request
-from signer.policy import Policy
+from keyturn.bot.models import RequestIn
+from keyturn.signer.evidence import EvidenceError, parse_ci_request_body, parse_slash_request
+from keyturn.signer.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
@@ -69,7 +69,7 @@ def test_bot_takes_in_exactly_the_ci_requests_the_signer_accepts(
 
 def bot_accepts_slash(text: str) -> bool:
     """The bot's slash listener (bot/app.py ``_on_command``): split, then the shared model."""
-    from bot.app import DEFAULT_WORKFLOW
+    from keyturn.bot.app import DEFAULT_WORKFLOW
 
     words = text.split()
     if not words or words[0].lower() != "request" or len(words) not in (4, 5):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from bot.cli import COMMANDS as KEYTURN_COMMANDS
-from signer.__main__ import COMMANDS as SIGNER_COMMANDS
+from keyturn.cli import COMMANDS as KEYTURN_COMMANDS
+from keyturn.signer.__main__ import COMMANDS as SIGNER_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -67,7 +67,7 @@ def test_signer_stage_copies_no_bot_code_and_installs_only_its_list() -> None:
     installs = re.findall(r"pip install [^&\n]*", stage)
     assert installs == ["pip install --no-cache-dir -r requirements-signer.txt "]
     assert "USER keyturn" in stage
-    assert '"python", "-m", "signer"' in stage
+    assert '"python", "-m", "keyturn.signer"' in stage
     bot = _stage("bot")
     assert "COPY bot ./bot" in bot
     assert DOCKERFILE.read_text().rstrip().endswith('CMD ["--help"]')  # the bot stage stays the default
@@ -102,7 +102,7 @@ def test_every_signer_module_imports_without_the_bots_libraries() -> None:
 import importlib, pkgutil, signer
 # The GitHub approver is a process of its own (it holds the App key and talks to GitHub's API over httpx):
 # it is not part of the signer image, which stays network-free (docs/security.md, GitHub protection rules).
-skip = {"signer.__main__", "signer.github_approver"}
+skip = {"keyturn.signer.__main__", "keyturn.signer.github_approver"}
 names = [m.name for m in pkgutil.walk_packages(signer.__path__, "signer.") if m.name not in skip]
 for name in names:
     importlib.import_module(name)

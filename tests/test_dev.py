@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.emulator.client import EmulatorClient
+from keyturn.emulator.client import EmulatorClient
 from tests.harness import KEYTURN, Proc, start_process, wait_until
 
 FAST_POLICY = """

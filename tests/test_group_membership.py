@@ -17,16 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import lifecycle
-from bot.approvals import ApprovalService
-from bot.models import DeployRequest, RequestIn
-from bot.ports import Refused
-from bot.store import RequestStore
-from signer import evidence as ev
-from signer import wire
-from signer.evidence import EvidenceError
-from signer.policy import Policy
-from signer.receipt import new_request_id
+from keyturn.bot import lifecycle
+from keyturn.bot.approvals import ApprovalService
+from keyturn.bot.models import DeployRequest, RequestIn
+from keyturn.bot.ports import Refused
+from keyturn.bot.store import RequestStore
+from keyturn.signer import evidence as ev
+from keyturn.signer import wire
+from keyturn.signer.evidence import EvidenceError
+from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import new_request_id
 from tests.bot.test_approvals import FakeSigner
 from tests.fixtures import Clock, RecordingMessenger
 from tests.signer.conftest import (

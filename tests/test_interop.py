@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from signer.receipt import b64decode, b64url_decode, signing_bytes
+from keyturn.signer.receipt import b64decode, b64url_decode, signing_bytes
 from tests.vectors import load
 
 NODE_VERIFY = r"""

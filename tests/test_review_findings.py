@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from signer import card
-from signer import evidence as ev
-from signer.evidence import EvidenceError, Secrets
-from signer.gate import GateError, load_keyset
-from signer.policy import Policy, PolicyError
-from signer.receipt import Scope
+from keyturn.signer import card
+from keyturn.signer import evidence as ev
+from keyturn.signer.evidence import EvidenceError, Secrets
+from keyturn.signer.gate import GateError, load_keyset
+from keyturn.signer.policy import Policy, PolicyError
+from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import write_keyset
 from tests.signer.conftest import (
     CI_SECRET,

@@ -1,4 +1,4 @@
-"""``keyturn emulator``: run the Slack emulator (``python -m bot.emulator`` works too).
+"""``keyturn emulator``: run the Slack emulator (``python -m keyturn.emulator`` works too).
 
 Settings are read here, once: flags first, then ``KEYTURN_EMULATOR_PORT`` / ``KEYTURN_EMULATOR_BOT_URL``, and
 the signing secret from the environment variable named by ``--signing-secret-env``. The secret is never
@@ -21,10 +21,10 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from bot.emulator.app import create_app
-from bot.emulator.core import EmulatorSettings
-from bot.emulator.errors import WorkspaceError
-from bot.emulator.workspace import load_workspace
+from keyturn.emulator.app import create_app
+from keyturn.emulator.core import EmulatorSettings
+from keyturn.emulator.errors import WorkspaceError
+from keyturn.emulator.workspace import load_workspace
 
 DEFAULT_SECRET_ENV = "KEYTURN_SLACK_SIGNING_SECRET"  # noqa: S105 - a variable name, not a secret
 

@@ -21,9 +21,9 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bot.emulator.clock import Clock
-from bot.emulator.core import Emulator, EmulatorSettings
-from bot.emulator.errors import EmulatorError
+from keyturn.emulator.clock import Clock
+from keyturn.emulator.core import Emulator, EmulatorSettings
+from keyturn.emulator.errors import EmulatorError
 
 log = logging.getLogger("keyturn.emulator")
 

@@ -4,7 +4,7 @@
 a bot that builds dicts learns about a 3001-character section only from Slack. The emulator answers the way
 Slack does: every problem found, each as ``[ERROR] <what> [json-pointer:/blocks/3/text/text]``.
 
-What Slack adds to blocks it stores (generated ids, defaults, escaping) is :mod:`bot.emulator.echo`'s job.
+What Slack adds to blocks it stores (generated ids, defaults, escaping) is :mod:`keyturn.emulator.echo`'s job.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The emulator: state, faults and recorder, the Web API call path, and the acting-as-Slack deliveries.
 
-HTTP-free apart from the outbound POSTs to the bot (aiohttp, a runtime dependency): :mod:`bot.emulator.app`
+HTTP-free apart from the outbound POSTs to the bot (aiohttp, a runtime dependency): :mod:`keyturn.emulator.app`
 turns requests into calls on :class:`Emulator` and its answers into responses.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from bot.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
-from bot.emulator.clock import Clock, SystemClock
-from bot.emulator.errors import EmulatorError, SlackError
-from bot.emulator.faults import Faults
-from bot.emulator.interactions import (
+from keyturn.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
+from keyturn.emulator.clock import Clock, SystemClock
+from keyturn.emulator.errors import EmulatorError, SlackError
+from keyturn.emulator.faults import Faults
+from keyturn.emulator.interactions import (
     SignedRequest,
     block_actions_payload,
     command_body,
@@ -28,10 +28,10 @@ from bot.emulator.interactions import (
     submission_values,
     view_submission_payload,
 )
-from bot.emulator.recorder import Recorder
-from bot.emulator.state import TRIGGER_TTL, Conversation, Message, WorkspaceState
-from bot.emulator.webapi import LINK_METHODS, METHODS
-from bot.emulator.workspace import User, Workspace, load_workspace
+from keyturn.emulator.recorder import Recorder
+from keyturn.emulator.state import TRIGGER_TTL, Conversation, Message, WorkspaceState
+from keyturn.emulator.webapi import LINK_METHODS, METHODS
+from keyturn.emulator.workspace import User, Workspace, load_workspace
 
 ACK_TIMEOUT = 3.0  # Slack gives up on the bot's answer after 3 s
 MAX_DELIVERIES = 1000

@@ -9,7 +9,7 @@ Where the note says the behaviour is unknown, the decision taken here is marked 
 The functions are pure and deterministic: the same blocks always give the same generated ids (note §1.2:
 generated ids look content-derived), and echoing an echo changes nothing (explicit ids are kept, defaults are
 only added where missing, and entity escaping never escapes an entity twice). Input must already have passed
-:mod:`bot.emulator.blockkit` validation; the echo only reshapes, it never refuses.
+:mod:`keyturn.emulator.blockkit` validation; the echo only reshapes, it never refuses.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bot.emulator.errors import EmulatorError
+from keyturn.emulator.errors import EmulatorError
 
 _ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _METHOD = re.compile(r"^(\*|[a-zA-Z]+(\.[a-zA-Z]+)+|response_url)$")

@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from signer.github_app import MAX_COMMENT, webhook_signature
+from keyturn.signer.github_app import MAX_COMMENT, webhook_signature
 
 DEFAULT_APP_ID = "424242"
 DEFAULT_INSTALLATION = 12345678

@@ -1,7 +1,7 @@
 """Acting as Slack toward the bot: the exact payloads Slack sends, form-encoded and signed (``v0``).
 
 Pure functions: state and ``now`` in, payloads and signed requests out. Sending them is
-:mod:`bot.emulator.core`'s job. Payload shapes follow Slack's interaction reference and platform facts §2.
+:mod:`keyturn.emulator.core`'s job. Payload shapes follow Slack's interaction reference and platform facts §2.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from bot.emulator.errors import EmulatorError
-from bot.emulator.state import Conversation, Ephemeral, Message, View, WorkspaceState
-from bot.emulator.workspace import User
+from keyturn.emulator.errors import EmulatorError
+from keyturn.emulator.state import Conversation, Ephemeral, Message, View, WorkspaceState
+from keyturn.emulator.workspace import User
 
 # The deprecated verification token Slack still puts in payloads. Not a secret: bots must not rely on it.
 VERIFICATION_TOKEN = "emulator-verification-token"  # noqa: S105 - a public placeholder

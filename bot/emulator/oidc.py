@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from signer.oidc import b64url_encode
+from keyturn.signer.oidc import b64url_encode
 
 Kind = Literal["github", "gitlab"]
 KINDS: tuple[Kind, ...] = ("github", "gitlab")
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``keyturn oidc-emulator``: serve the OIDC issuer emulator until interrupted."""
     import sys
 
-    from bot.emulator.__main__ import listen, serve
+    from keyturn.emulator.__main__ import listen, serve
 
     p = argparse.ArgumentParser(prog="keyturn oidc-emulator", description="Run the OIDC issuer emulator.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -3,7 +3,7 @@ trigger ids and response URLs.
 
 Pure: no I/O and no clock. Every operation that depends on time takes ``now`` (Unix seconds). Lookups that
 fail raise :class:`SlackError` with the code Slack would answer, so the Web API layer stays thin. The
-workspace itself (users, groups, channels) comes from :mod:`bot.emulator.workspace`.
+workspace itself (users, groups, channels) comes from :mod:`keyturn.emulator.workspace`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.emulator.echo import echo_blocks, echo_view, fallback_text
-from bot.emulator.errors import SlackError
-from bot.emulator.workspace import Workspace, load_workspace
+from keyturn.emulator.echo import echo_blocks, echo_view, fallback_text
+from keyturn.emulator.errors import SlackError
+from keyturn.emulator.workspace import Workspace, load_workspace
 
 __all__ = [
     "RESPONSE_URL_TTL",
@@ -58,7 +58,7 @@ class Conversation:
 
 def message_text(text: str | None, blocks: list[dict[str, Any]]) -> tuple[str, bool]:
     """The stored ``text`` and whether Slack generated it: the app's text, or when it sent none, the fallback
-    Slack builds from the (echoed) blocks (note §1.16, :func:`bot.emulator.echo.fallback_text`)."""
+    Slack builds from the (echoed) blocks (note §1.16, :func:`keyturn.emulator.echo.fallback_text`)."""
     if text:
         return text, False
     if blocks:
@@ -68,7 +68,7 @@ def message_text(text: str | None, blocks: list[dict[str, Any]]) -> tuple[str, b
 
 @dataclass
 class Message:
-    """A message in a channel or DM, as posted (blocks in the form Slack echoes them: bot.emulator.echo)."""
+    """A message in a channel or DM, as posted (blocks in the form Slack echoes them: keyturn.emulator.echo)."""
 
     channel: str
     ts: str

@@ -2,7 +2,7 @@
 
 Each handler takes the workspace state, the merged parameters (query + form + JSON) and ``now``; it returns
 the success body or raises :class:`SlackError` with Slack's error code. Authentication, scopes, faults and
-recording happen around these handlers in :mod:`bot.emulator.core`.
+recording happen around these handlers in :mod:`keyturn.emulator.core`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from bot.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
-from bot.emulator.errors import SlackError
-from bot.emulator.state import WorkspaceState
-from bot.emulator.workspace import User, zone
+from keyturn.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
+from keyturn.emulator.errors import SlackError
+from keyturn.emulator.state import WorkspaceState
+from keyturn.emulator.workspace import User, zone
 
 MAX_MESSAGE_TEXT = 40_000  # Slack truncates at 40k and answers msg_too_long beyond it
 

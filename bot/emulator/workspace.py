@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.emulator.errors import WorkspaceError
+from keyturn.emulator.errors import WorkspaceError
 
 SAMPLE_WORKSPACE = "sample_workspace.toml"
 
@@ -296,7 +296,7 @@ def load_workspace(path: Path | None = None) -> Workspace:
     """Load a workspace TOML file; without a path, the packaged sample workspace."""
     try:
         if path is None:
-            text = resources.files("bot.emulator").joinpath(SAMPLE_WORKSPACE).read_text("utf-8")
+            text = resources.files("keyturn.emulator").joinpath(SAMPLE_WORKSPACE).read_text("utf-8")
             where = SAMPLE_WORKSPACE
         else:
             text = path.read_text("utf-8")

@@ -30,9 +30,9 @@ import httpx
 import pytest
 import redis
 
-from bot.cards import APPROVE_ACTION, DENY_ACTION, REASON_ACTION, REASON_BLOCK
-from bot.emulator.client import EmulatorClient
-from signer import wire
+from keyturn.bot.cards import APPROVE_ACTION, DENY_ACTION, REASON_ACTION, REASON_BLOCK
+from keyturn.emulator.client import EmulatorClient
+from keyturn.signer import wire
 from tests import harness
 from tests.fixtures import STAGING_POLICY
 from tests.harness import Proc, free_port, wait_until

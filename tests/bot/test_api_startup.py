@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.config import Settings, describe_error
-from bot.server import main as server_main
+from keyturn.bot.config import Settings, describe_error
+from keyturn.bot.server import main as server_main
 from tests.harness import KEYTURN
 
 GOOD_POLICY = """

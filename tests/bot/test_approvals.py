@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.approvals import ApprovalService
-from bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
-from bot.ports import Refused
-from bot.signer_client import SignerRefused, SignerUnavailable
-from bot.store import RequestStore
-from signer import wire
-from signer.policy import Policy
+from keyturn.bot.approvals import ApprovalService
+from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
+from keyturn.bot.ports import Refused
+from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
+from keyturn.bot.store import RequestStore
+from keyturn.signer import wire
+from keyturn.signer.policy import Policy
 from tests.fixtures import Clock, RecordingMessenger
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"

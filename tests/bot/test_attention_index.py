@@ -15,12 +15,12 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from bot import lifecycle
-from bot.approvals import ApprovalService
-from bot.models import Approval, RequestIn, Status
-from bot.ports import Refused
-from bot.store import RequestStore
-from signer.policy import Policy
+from keyturn.bot import lifecycle
+from keyturn.bot.approvals import ApprovalService
+from keyturn.bot.models import Approval, RequestIn, Status
+from keyturn.bot.ports import Refused
+from keyturn.bot.store import RequestStore
+from keyturn.signer.policy import Policy
 from tests.bot.test_approvals import POLICY, FakeSigner, click, origin
 from tests.fixtures import Clock, RecordingMessenger
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.callbacks import CallbackPolicy, CallbackRefused
-from bot.server import DEV_MODE_WARNING
+from keyturn.bot.callbacks import CallbackPolicy, CallbackRefused
+from keyturn.bot.server import DEV_MODE_WARNING
 
 INTERNAL_NETS = [
     "127.0.0.0/8",

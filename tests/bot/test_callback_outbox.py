@@ -25,9 +25,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from bot.callbacks import DELIVERY_HEADER, CallbackOutbox, CallbackPolicy, CallbackSender
-from bot.metrics import Metrics
-from bot.store import OUTBOX_DUE_KEY, PENDING_KEY, RequestStore
+from keyturn.bot.callbacks import DELIVERY_HEADER, CallbackOutbox, CallbackPolicy, CallbackSender
+from keyturn.bot.metrics import Metrics
+from keyturn.bot.store import OUTBOX_DUE_KEY, PENDING_KEY, RequestStore
 from tests import harness
 from tests.bot.test_callbacks import Mac, deploy_request
 from tests.fixtures import STAGING_POLICY
@@ -325,8 +325,8 @@ async def test_the_last_failed_attempt_dead_letters_the_callback(
 
 
 async def _store_final(store: RequestStore, req: Any) -> None:
-    from bot import lifecycle
-    from bot.models import OriginEvidence
+    from keyturn.bot import lifecycle
+    from keyturn.bot.models import OriginEvidence
 
     origin = OriginEvidence(kind="ci", body="", timestamp="0", signature="v1=" + "0" * 64)
     created, _ = await store.create_or_get(req, origin, datetime.now(UTC))

@@ -17,17 +17,17 @@ from aiohttp import web
 from pydantic import ValidationError
 from ulid import ULID
 
-from bot import lifecycle
-from bot.callbacks import (
+from keyturn.bot import lifecycle
+from keyturn.bot.callbacks import (
     CallbackPolicy,
     CallbackRefused,
     CallbackSender,
     address_problem,
     parse_host_patterns,
 )
-from bot.config import Settings, describe_error
-from bot.models import DeployRequest, RequestIn
-from bot.store import RequestStore
+from keyturn.bot.config import Settings, describe_error
+from keyturn.bot.models import DeployRequest, RequestIn
+from keyturn.bot.store import RequestStore
 from tests.harness import free_port
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.cards import card_facts, deny_modal, format_duration, render_card
-from bot.emulator.blockkit import validate_message_blocks, validate_view
-from bot.models import Approval, DeployRequest, Scope, Status
-from signer.card import CardMismatch, check_clicked_card
-from signer.policy import Environment
+from keyturn.bot.cards import card_facts, deny_modal, format_duration, render_card
+from keyturn.emulator.blockkit import validate_message_blocks, validate_view
+from keyturn.bot.models import Approval, DeployRequest, Scope, Status
+from keyturn.signer.card import CardMismatch, check_clicked_card
+from keyturn.signer.policy import Environment
 from tests import fixtures
 from tests.fixtures import DEV_POLICY, REQUEST_ID, SHA
 

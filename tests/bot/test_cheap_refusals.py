@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.prefilter import plausible
-from bot.signer_client import SignerClient
-from signer import wire
+from keyturn.bot.prefilter import plausible
+from keyturn.bot.signer_client import SignerClient
+from keyturn.signer import wire
 
 GOOD_CI = "v1=" + "a" * 64
 GOOD_SLACK = "v0=" + "b" * 64

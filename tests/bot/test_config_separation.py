@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SIGNER_ONLY_VARIABLES, Settings, signer_only_settings_found
-from signer.config import SignerSettings
+from keyturn.bot.config import SIGNER_ONLY_VARIABLES, Settings, signer_only_settings_found
+from keyturn.signer.config import SignerSettings
 from tests.harness import KEYTURN, ROOT
 
 SECRET_VALUE = "a-real-looking-ci-secret-0123456789"

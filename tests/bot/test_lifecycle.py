@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import lifecycle
-from bot.models import Approval, DeployRequest, RequestIn, Status
-from bot.ports import Refused
+from keyturn.bot import lifecycle
+from keyturn.bot.models import Approval, DeployRequest, RequestIn, Status
+from keyturn.bot.ports import Refused
 
 NOW = datetime(2026, 2, 28, 16, 0, 0, tzinfo=UTC)
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"

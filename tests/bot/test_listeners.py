@@ -24,15 +24,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from bot.app import SlackEndpoint, build_slack_endpoint
-from bot.cards import card_facts
-from bot.emulator.client import AsyncEmulatorClient, Delivery
-from bot.messenger import SlackMessenger, make_web_client
-from bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, Scope, SlackEvidence, Status
-from bot.ports import Refused
-from bot.signer_client import SignerClient
-from signer.evidence import parse_approve_click, parse_slash_request, verify_slack_request
-from signer.receipt import new_request_id
+from keyturn.bot.app import SlackEndpoint, build_slack_endpoint
+from keyturn.bot.cards import card_facts
+from keyturn.emulator.client import AsyncEmulatorClient, Delivery
+from keyturn.bot.messenger import SlackMessenger, make_web_client
+from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, Scope, SlackEvidence, Status
+from keyturn.bot.ports import Refused
+from keyturn.bot.signer_client import SignerClient
+from keyturn.signer.evidence import parse_approve_click, parse_slash_request, verify_slack_request
+from keyturn.signer.receipt import new_request_id
 from tests import harness
 from tests.bot.test_messenger import ephemerals, message, views
 from tests.fixtures import DEV_POLICY, DEV_POLICY_PATH

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from bot.emulator.client import AsyncEmulatorClient
-from bot.messenger import (
+from keyturn.emulator.client import AsyncEmulatorClient
+from keyturn.bot.messenger import (
     CardMissing,
     RetryPolicy,
     SlackAuthError,
@@ -21,7 +21,7 @@ from bot.messenger import (
     SlackUnavailable,
     make_web_client,
 )
-from bot.models import Approval, CardRef, Status
+from keyturn.bot.models import Approval, CardRef, Status
 from tests.fixtures import DEV_POLICY, make_request
 from tests.harness import free_port, start_emulator
 

@@ -1,4 +1,4 @@
-"""The bot's Redis client (``bot.redisconn.make_redis``) on a real redis-server, through the CI API's routes.
+"""The bot's Redis client (``keyturn.bot.redisconn.make_redis``) on a real redis-server, through the CI API's routes.
 
 * When every pooled connection is busy, a request waits at most ``KEYTURN_REDIS_POOL_TIMEOUT`` and then gets a
   clean 503 ``store_unavailable`` (redis-py's default pool would raise at once; an unbounded one would hang).
@@ -22,13 +22,13 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from ulid import ULID
 
-from bot import lifecycle
-from bot.api import Api
-from bot.config import Settings
-from bot.metrics import Metrics
-from bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
-from bot.redisconn import make_redis
-from bot.store import ChangeFeed, RequestStore
+from keyturn.bot import lifecycle
+from keyturn.bot.api import Api
+from keyturn.bot.config import Settings
+from keyturn.bot.metrics import Metrics
+from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
+from keyturn.bot.redisconn import make_redis
+from keyturn.bot.store import ChangeFeed, RequestStore
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
 ORIGIN = OriginEvidence(

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import bot.client
-from signer import gate
-from signer.cli import verify_main
-from signer.receipt import Scope
+import keyturn.bot.client
+from keyturn.signer import gate
+from keyturn.signer.cli import verify_main
+from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import SCOPE, LoopbackServer, mint_receipt, write_keyset
 from tests.harness import KEYTURN, free_port
 
@@ -227,7 +227,7 @@ def test_verify_and_request_load_keysets_and_check_receipts_through_the_gate(
     monkeypatch.setattr(gate, "check_receipt", check_spy)
     receipt = tmp_path / "receipt.json"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        rc_request = bot.client.main(
+        rc_request = keyturn.bot.client.main(
             _argv(bot_server.url, "--wait", "--keys", str(keys), "--out", str(receipt))[1:]
         )
         verify_args = [str(receipt), "--keys", str(keys), "--repo", SCOPE.repo, "--sha", SCOPE.sha]
@@ -325,7 +325,7 @@ def test_request_never_exits_0_without_a_verified_receipt(
     argv = [t for u in units for t in u.tokens]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = bot.client.main(argv)
+        rc = keyturn.bot.client.main(argv)
     if argv in (["-h"], ["--help"]):
         assert rc == 0
         return

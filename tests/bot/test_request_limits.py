@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
-from bot.emulator.client import EmulatorClient
-from bot.store import PENDING_KEY
+from keyturn.emulator.client import EmulatorClient
+from keyturn.bot.store import PENDING_KEY
 from tests import harness
 from tests.fixtures import policy_toml
 from tests.harness import free_port

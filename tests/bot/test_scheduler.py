@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from bot.scheduler import (
+from keyturn.bot.scheduler import (
     DUE_KEY,
     INFLIGHT_KEY,
     LEADER_KEY,

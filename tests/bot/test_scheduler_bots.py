@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from bot.emulator.client import EmulatorClient
+from keyturn.emulator.client import EmulatorClient
 from tests import harness
 from tests.fixtures import policy_toml
 from tests.harness import Proc, free_port, wait_until

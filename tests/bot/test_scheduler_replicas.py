@@ -24,7 +24,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from bot.scheduler import DUE_KEY, LEADER_KEY, JobContext, Timers, once, once_key
+from keyturn.bot.scheduler import DUE_KEY, LEADER_KEY, JobContext, Timers, once, once_key
 from tests.harness import Proc, start_process, wait_until
 
 RUNS = "keyturn-test:runs"  # every handler run: member|replica|token|due_ms|ran_ms

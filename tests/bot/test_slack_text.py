@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.slack_text import (
+from keyturn.bot.slack_text import (
     UnsafeSlackId,
     channel_mention,
     escape,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from slack_sdk.errors import SlackApiError
 
-from bot.slack_token import SlackTokenCheck
+from keyturn.bot.slack_token import SlackTokenCheck
 
 
 class FakeWeb:

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.cards import APPROVE_ACTION
-from bot.emulator.client import EmulatorClient
-from bot.prefilter import SourceLimiter
+from keyturn.bot.cards import APPROVE_ACTION
+from keyturn.emulator.client import EmulatorClient
+from keyturn.bot.prefilter import SourceLimiter
 from tests import harness
 from tests.fixtures import STAGING_POLICY
 from tests.harness import Proc, free_port

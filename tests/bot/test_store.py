@@ -11,10 +11,10 @@ import redis
 import redis.asyncio as aioredis
 from ulid import ULID
 
-from bot import lifecycle
-from bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
-from bot.ports import Refused
-from bot.store import (
+from keyturn.bot import lifecycle
+from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
+from keyturn.bot.ports import Refused
+from keyturn.bot.store import (
     REPLAY_TTL,
     ChangeFeed,
     RequestStore,

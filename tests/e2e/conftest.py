@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.emulator.client import EmulatorClient
+from keyturn.emulator.client import EmulatorClient
 from tests import harness
 from tests.conftest import failed
 from tests.harness import Proc, RedisServer, free_port

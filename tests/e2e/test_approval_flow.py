@@ -6,10 +6,10 @@ import json
 import threading
 from datetime import UTC, datetime
 
-from bot.cards import REASON_ACTION, REASON_BLOCK
-from signer.keyset import PublicKeyset
-from signer.receipt import Scope
-from signer.verify import verify_receipt
+from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import Scope
+from keyturn.signer.verify import verify_receipt
 from tests.e2e.conftest import SHA, Stack
 
 

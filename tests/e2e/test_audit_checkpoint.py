@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from signer import checkpoint as cpmod
-from signer.audit import verify_file
-from signer.keyset import PublicKeyset
+from keyturn.signer import checkpoint as cpmod
+from keyturn.signer.audit import verify_file
+from keyturn.signer.keyset import PublicKeyset
 from tests.e2e.conftest import Stack
 from tests.harness import KEYTURN, ROOT
 

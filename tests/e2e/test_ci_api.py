@@ -11,8 +11,8 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from bot.cards import REASON_ACTION, REASON_BLOCK
-from signer.evidence import callback_signature
+from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
+from keyturn.signer.evidence import callback_signature
 from tests.e2e.conftest import CI_SECRET, Stack, ci_headers, request_body
 
 

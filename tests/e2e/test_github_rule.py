@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot.cards import REASON_ACTION, REASON_BLOCK
-from signer.github_app import app_jwt
+from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
+from keyturn.signer.github_app import app_jwt
 from tests import harness
 from tests.conftest import failed
 from tests.e2e.conftest import GITHUB_WEBHOOK_SECRET, SHA, Stack

@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK
+from keyturn.bot.cards import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, REASON_ACTION, REASON_BLOCK
 from tests.e2e.conftest import BOT_TOKEN, CI_SECRET, SHA, SLACK_SECRET, Stack, ci_headers, request_body
 from tests.harness import KEYTURN, free_port, http_ok, start_process
 

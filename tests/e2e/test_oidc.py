@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.emulator.client import EmulatorClient
-from bot.emulator.oidc import IssuerKey, encode_part, sign_rs256
-from signer import wire
-from signer.audit import outcome_rows
-from signer.evidence import OidcEvidence, request_id_for
-from signer.oidc import unverified_claims
+from keyturn.emulator.client import EmulatorClient
+from keyturn.emulator.oidc import IssuerKey, encode_part, sign_rs256
+from keyturn.signer import wire
+from keyturn.signer.audit import outcome_rows
+from keyturn.signer.evidence import OidcEvidence, request_id_for
+from keyturn.signer.oidc import unverified_claims
 from tests import harness
 from tests.conftest import failed
 from tests.e2e.conftest import BOT_TOKEN, CI_SECRET, SHA, SLACK_SECRET, Stack

@@ -7,8 +7,8 @@ import json
 import subprocess
 from typing import Any
 
-from bot.cards import REASON_ACTION, REASON_BLOCK
-from signer.audit import outcome_rows, verify_file
+from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
+from keyturn.signer.audit import outcome_rows, verify_file
 from tests.e2e.conftest import Stack
 from tests.harness import KEYTURN, wait_until
 

@@ -53,7 +53,7 @@ def test_wait_approved_writes_a_verified_receipt(stack: Stack, tmp_path: Path) -
 def test_wait_denied_exits_1(stack: Stack) -> None:
     proc = _start(_request(stack, "--wait", "--timeout", "60", "--keys", str(stack.keys_file)))
     req = _pending_card(stack)
-    from bot.cards import REASON_ACTION, REASON_BLOCK
+    from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
 
     since = len(stack.emulator.calls())
     stack.click("U0BOB", req, action="deny")
@@ -117,7 +117,7 @@ def test_two_identical_runs_in_one_second_share_the_request(
     (as a retried pipeline gets the pending request back)."""
     import types
 
-    from bot import client
+    from keyturn.bot import client
 
     frozen = float(int(time.time()))
     clock = types.SimpleNamespace(time=lambda: frozen, monotonic=time.monotonic, sleep=time.sleep)

@@ -20,10 +20,10 @@ from slack_bolt.adapter.asgi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.emulator.app import create_app, emulator_of
-from bot.emulator.client import EmulatorClient
-from bot.emulator.clock import ManualClock
-from bot.emulator.core import Emulator, EmulatorSettings
+from keyturn.emulator.app import create_app, emulator_of
+from keyturn.emulator.client import EmulatorClient
+from keyturn.emulator.clock import ManualClock
+from keyturn.emulator.core import Emulator, EmulatorSettings
 from tests.harness import wait_until
 
 SIGNING_SECRET = "test-signing-secret-0123456789abcdef"

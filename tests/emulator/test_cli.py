@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.emulator.errors import WorkspaceError
-from bot.emulator.workspace import load_workspace
+from keyturn.emulator.errors import WorkspaceError
+from keyturn.emulator.workspace import load_workspace
 from tests.harness import KEYTURN, free_port, http_ok, start_process
 
 SECRET = "cli-test-signing-secret-value"

@@ -1,4 +1,4 @@
-"""How the emulator echoes an app's blocks (bot/emulator/echo.py), item by item of
+"""How the emulator echoes an app's blocks (emulator/echo.py), item by item of
 shared/notes/slack-echoed-blocks.md (test names carry the note's item: ``test_1_9_…`` is §1 item 9), then the
 round trip over real HTTP (post with slack_sdk, click through the emulator, the blocks Bolt hands the bot) and
 properties (deterministic, idempotent) with hypothesis."""
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slack_sdk import WebClient
 
-from bot.emulator.blockkit import validate_message_blocks
-from bot.emulator.echo import IMAGE_EXTRAS, echo_blocks, echo_view, escape_plain_text, fallback_text
-from bot.emulator.interactions import interactivity_body, slack_json
+from keyturn.emulator.blockkit import validate_message_blocks
+from keyturn.emulator.echo import IMAGE_EXTRAS, echo_blocks, echo_view, escape_plain_text, fallback_text
+from keyturn.emulator.interactions import interactivity_body, slack_json
 from tests.emulator.conftest import BOT_TOKEN, RunningBot, RunningEmulator
 from tests.emulator.test_interactions import CARD, payload_of
 

@@ -13,8 +13,8 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
-from bot.emulator.client import EmulatorClientError
-from bot.emulator.interactions import slack_signature
+from keyturn.emulator.client import EmulatorClientError
+from keyturn.emulator.interactions import slack_signature
 from tests.emulator.conftest import BOT_TOKEN, SIGNING_SECRET, RunningBot, RunningEmulator
 
 CARD: list[dict[str, Any]] = [

@@ -12,8 +12,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.emulator.blockkit import InvalidBlocks, InvalidView, validate_message_blocks, validate_view
-from bot.emulator.client import EmulatorClientError
+from keyturn.emulator.blockkit import InvalidBlocks, InvalidView, validate_message_blocks, validate_view
+from keyturn.emulator.client import EmulatorClientError
 from tests.emulator.conftest import BOT_TOKEN, RunningEmulator
 
 

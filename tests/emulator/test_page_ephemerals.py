@@ -1,4 +1,4 @@
-"""The emulator page (bot/emulator/static/app.js) shows a user only their own ephemeral messages, from the
+"""The emulator page (emulator/static/app.js) shows a user only their own ephemeral messages, from the
 first load on (issue 15: it showed every user's until the user selector changed).
 
 The page runs in Node against a minimal DOM stand-in and a fake ``/_emulator/state`` that behaves as the real
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-APP_JS = Path(__file__).resolve().parents[2] / "bot" / "emulator" / "static" / "app.js"
+APP_JS = Path(__file__).resolve().parents[2] / "emulator" / "static" / "app.js"
 NODE = shutil.which("node") or shutil.which("nodejs")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js is not installed (apt-get install nodejs)")

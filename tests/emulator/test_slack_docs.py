@@ -20,7 +20,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.emulator.workspace import User
+from keyturn.emulator.workspace import User
 from tests.emulator.conftest import BOT_TOKEN, RunningEmulator
 from tests.emulator.test_limits_faults import _deny_trigger, modal
 
@@ -246,8 +246,8 @@ def test_users_info_errors_are_documented(web: WebClient) -> None:
 
 
 def test_a_workspace_with_an_unknown_time_zone_is_refused() -> None:
-    from bot.emulator.errors import WorkspaceError
-    from bot.emulator.workspace import parse_workspace
+    from keyturn.emulator.errors import WorkspaceError
+    from keyturn.emulator.workspace import parse_workspace
 
     data = {
         "team": {"id": "T0X", "name": "x"},
@@ -301,7 +301,7 @@ def test_post_ephemeral_success_is_the_documented_shape(web: WebClient) -> None:
 
 def test_the_bot_treats_the_ephemeral_answers_as_final() -> None:
     # The messenger must not retry a refusal that will never change (bot/messenger.py).
-    from bot.messenger import _NOT_FOUND
+    from keyturn.bot.messenger import _NOT_FOUND
 
     assert {"user_not_in_channel", "channel_not_found"} <= _NOT_FOUND
 

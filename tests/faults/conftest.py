@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from bot.emulator.client import EmulatorClient
+from keyturn.emulator.client import EmulatorClient
 from tests import harness
 from tests.conftest import failed
 from tests.e2e.conftest import CI_SECRET, SLACK_SECRET, Stack
@@ -200,7 +200,7 @@ class FaultStack(Stack):
 
 def workspace_toml() -> str:
     """The sample workspace plus the twenty approvers of ``quorum20``."""
-    sample = (Path(__file__).resolve().parents[2] / "bot" / "emulator" / "sample_workspace.toml").read_text()
+    sample = (Path(__file__).resolve().parents[2] / "emulator" / "sample_workspace.toml").read_text()
     # Users must come before the channels whose default membership is "every user": insert them first.
     extra = "".join(
         f'[[users]]\nid = "{u}"\nname = "q{u[3:].lower()}"\nreal_name = "Approver {u[3:]}"\n'

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from signer import wire
+from keyturn.signer import wire
 from tests.faults.conftest import FaultStack, build_stack, close_stack
 from tests.harness import KEYTURN
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bot.app import STORE_DOWN_APPROVE
+from keyturn.bot.app import STORE_DOWN_APPROVE
 from tests.e2e.conftest import CI_SECRET, SHA
 from tests.faults.conftest import FaultStack
 from tests.harness import KEYTURN, wait_until

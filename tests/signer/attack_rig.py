@@ -31,13 +31,13 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from bot.emulator.client import Delivery
-from bot.signer_client import SignerClient, SignerRefused
-from signer import wire
-from signer.card import APPROVE_ACTION
-from signer.evidence import slack_signature
-from signer.policy import Policy
-from signer.receipt import Scope
+from keyturn.emulator.client import Delivery
+from keyturn.bot.signer_client import SignerClient, SignerRefused
+from keyturn.signer import wire
+from keyturn.signer.card import APPROVE_ACTION
+from keyturn.signer.evidence import slack_signature
+from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import Scope
 from tests.harness import Proc, start_emulator
 from tests.signer.conftest import (
     SHA,

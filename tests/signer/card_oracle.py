@@ -1,6 +1,6 @@
 """An independent model of what a person reads on a Slack card, for the card-attack tests.
 
-Nothing here imports :mod:`signer.card`: the point is to judge the trust core's renderer and its check with
+Nothing here imports :mod:`keyturn.signer.card`: the point is to judge the trust core's renderer and its check with
 rules written separately, so that a blind spot shared by both cannot hide itself.
 
 * :func:`shown_texts` lists every string a card puts on screen (or behind a hover: a link target).

@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from signer import wire
-from signer.card import render_pending
-from signer.evidence import (
+from keyturn.signer import wire
+from keyturn.signer.card import render_pending
+from keyturn.signer.evidence import (
     CiEvidence,
     OidcEvidence,
     SlackEvidence,
@@ -31,9 +31,9 @@ from signer.evidence import (
     request_id_for,
     slack_signature,
 )
-from signer.keys import SigningKeyset
-from signer.policy import Policy
-from signer.receipt import Scope, new_request_id
+from keyturn.signer.keys import SigningKeyset
+from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import Scope, new_request_id
 from tests.harness import KEYTURN, Proc, start_process, unix_socket_ready
 
 SLACK_SECRET = "test-slack-signing-secret-0123456789"

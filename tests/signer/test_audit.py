@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from signer.audit import GENESIS, AuditLog, verify_file
-from signer.errors import AuditError
+from keyturn.signer.audit import GENESIS, AuditLog, verify_file
+from keyturn.signer.errors import AuditError
 from tests.harness import wait_until
 
 

@@ -28,13 +28,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from bot.signer_client import SignerClient
-from signer import checkpoint as cpmod
-from signer.audit import GENESIS, REWRITTEN, TRUNCATED, AuditLog, verify_file, verify_log
-from signer.errors import AuditError, KeyturnError, VerificationError
-from signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
-from signer.keyset import key_id
-from signer.receipt import (
+from keyturn.bot.signer_client import SignerClient
+from keyturn.signer import checkpoint as cpmod
+from keyturn.signer.audit import GENESIS, REWRITTEN, TRUNCATED, AuditLog, verify_file, verify_log
+from keyturn.signer.errors import AuditError, KeyturnError, VerificationError
+from keyturn.signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
+from keyturn.signer.keyset import key_id
+from keyturn.signer.receipt import (
     PAYLOAD_TYPE,
     ApprovalEntry,
     ApproverRef,
@@ -45,7 +45,7 @@ from signer.receipt import (
     to_dsse,
     unsigned_receipt,
 )
-from signer.verify import verify_receipt
+from keyturn.signer.verify import verify_receipt
 from tests.harness import KEYTURN, ROOT, Proc, unix_socket_ready, wait_until
 from tests.signer.conftest import (
     SCOPE,

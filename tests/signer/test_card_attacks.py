@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from signer import wire
-from signer.card import (
+from keyturn.signer import wire
+from keyturn.signer.card import (
     DECISION_BLOCK,
     FOOTER_BLOCK,
     HEADER_BLOCK,
@@ -41,10 +41,10 @@ from signer.card import (
     check_clicked_card,
     render_pending,
 )
-from signer.evidence import Secrets, SlackEvidence, assess, card_facts, origin_claim
-from signer.keyset import PublicKeyset
-from signer.receipt import Scope
-from signer.verify import verify_receipt
+from keyturn.signer.evidence import Secrets, SlackEvidence, assess, card_facts, origin_claim
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import Scope
+from keyturn.signer.verify import verify_receipt
 from tests.signer.attack_rig import (
     APPROVERS,
     ATTACK_POLICY,

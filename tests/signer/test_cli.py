@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from signer.audit import AuditLog
-from signer.cli import audit_main, keygen_main, keys_main, receipt_main, verify_main
+from keyturn.signer.audit import AuditLog
+from keyturn.signer.cli import audit_main, keygen_main, keys_main, receipt_main, verify_main
 from tests.vectors import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def keyturn(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``keyturn ARGS`` as CI would: a fresh Python process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bot", *args],
+        [sys.executable, "-m", "keyturn", *args],
         input=stdin,
         capture_output=True,
         cwd=cwd,
@@ -57,12 +57,12 @@ def keyturn(
 # per vector would cost seconds), recording exit code, stdout and stderr per vector.
 _DRIVER = """
 import contextlib, io, json, sys
-import bot.cli
+import keyturn.cli
 results = []
 for argv in json.loads(sys.stdin.read()):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = bot.cli.main(argv)
+        rc = keyturn.cli.main(argv)
     results.append([rc, out.getvalue(), err.getvalue()])
 print(json.dumps(results))
 """
@@ -238,8 +238,8 @@ def test_verify_refuses_unusable_inputs(
 
 def test_verify_import_path_stays_light(tmp_path: Path) -> None:
     code = (
-        "import sys, bot.cli\n"
-        f"rc = bot.cli.main({_verify_args(VALID, str(VALID.path), str(load.keyset_path()))!r})\n"
+        "import sys, keyturn.cli\n"
+        f"rc = keyturn.cli.main({_verify_args(VALID, str(VALID.path), str(load.keyset_path()))!r})\n"
         "heavy = {'pydantic', 'slack_sdk', 'slack_bolt', 'redis', 'aiohttp', 'starlette', 'uvicorn',\n"
         "         'apscheduler', 'ulid', 'ssl', 'http', 'email', 'asyncio'}\n"
         "print(rc, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.signer_client import SignerClient
-from signer.config import ConfigError, load_settings
+from keyturn.bot.signer_client import SignerClient
+from keyturn.signer.config import ConfigError, load_settings
 from tests.signer.conftest import CI_SECRET, SLACK_SECRET, SignerFiles, start_signer
 from tests.signer.test_service import run_signer_once, sign
 
@@ -130,7 +130,7 @@ def test_file_secrets_pass_the_same_checks_as_variables(
 def test_placeholders_are_refused_from_files_too(
     base_env: SignerFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("signer.config._PLACEHOLDERS", frozenset({"placeholder-secret-0123"}))
+    monkeypatch.setattr("keyturn.signer.config._PLACEHOLDERS", frozenset({"placeholder-secret-0123"}))
     monkeypatch.setenv("KEYTURN_CI_SECRET", "")
     monkeypatch.setenv(
         "KEYTURN_CI_SECRET_FILE", str(secret_file(base_env, "ci", "PLACEHOLDER-secret-0123\n"))

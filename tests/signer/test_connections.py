@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.signer_client import SignerClient, SignerUnavailable
+from keyturn.bot.signer_client import SignerClient, SignerUnavailable
 from tests.harness import Proc, wait_until
 from tests.signer.conftest import HEALTH, RawConn, SignerFiles, make_files, start_signer
 from tests.signer.test_hostile_frames import assert_error

@@ -9,11 +9,11 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
-from signer import card
-from signer import evidence as ev
-from signer.evidence import EvidenceError, Secrets
-from signer.policy import Policy, UnknownEnvironment
-from signer.receipt import Scope
+from keyturn.signer import card
+from keyturn.signer import evidence as ev
+from keyturn.signer.evidence import EvidenceError, Secrets
+from keyturn.signer.policy import Policy, UnknownEnvironment
+from keyturn.signer.receipt import Scope
 from tests.signer.conftest import (
     CI_SECRET,
     OTHER_SHA,

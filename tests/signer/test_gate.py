@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from signer import gate
-from signer.receipt import Scope
+from keyturn.signer import gate
+from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import SCOPE, LoopbackServer, mint_receipt, write_keyset
 from tests.harness import free_port
 from tests.vectors import load

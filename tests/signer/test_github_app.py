@@ -9,10 +9,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot.emulator.github import check_app_jwt
-from signer import github_app
-from signer.github_app import GitHubError, check_webhook, webhook_signature
-from signer.receipt import Scope
+from keyturn.emulator.github import check_app_jwt
+from keyturn.signer import github_app
+from keyturn.signer.github_app import GitHubError, check_webhook, webhook_signature
+from keyturn.signer.receipt import Scope
 
 SECRET = "webhook-secret-for-tests"
 SHA = "47efb7196c2a1a2fd3f52f2c59f0e2dd3d0e4d54"
@@ -195,7 +195,7 @@ def test_app_jwt_is_what_the_emulator_takes_and_only_from_the_app_key() -> None:
 
 
 def test_retry_policy() -> None:
-    from signer.github_approver import is_retryable, retry_delay
+    from keyturn.signer.github_approver import is_retryable, retry_delay
 
     assert is_retryable(502, {})
     assert is_retryable(429, {})
@@ -209,7 +209,7 @@ def test_retry_policy() -> None:
 
 
 def _origin(**over: Any) -> Any:
-    from signer.evidence import GitHubEvidence, github_stamp
+    from keyturn.signer.evidence import GitHubEvidence, github_stamp
 
     body = json.dumps(payload()).encode()
     values: dict[str, Any] = {
@@ -226,7 +226,7 @@ def _origin(**over: Any) -> Any:
 
 
 def test_the_signer_checks_the_webhook_signature_and_its_own_arrival_stamp() -> None:
-    from signer.evidence import EvidenceError, _verify_github
+    from keyturn.signer.evidence import EvidenceError, _verify_github
 
     assert _verify_github(SECRET, _origin()) == 1_800_000_000
     for bad, code in (
@@ -244,8 +244,8 @@ def test_the_signer_checks_the_webhook_signature_and_its_own_arrival_stamp() -> 
 
 
 def test_a_github_origin_claims_the_signed_scope_and_binds_the_workflow_into_its_id() -> None:
-    from signer.evidence import origin_claim, request_id_for
-    from signer.policy import Policy
+    from keyturn.signer.evidence import origin_claim, request_id_for
+    from keyturn.signer.policy import Policy
 
     policy = Policy.from_data(
         {
@@ -271,7 +271,7 @@ def test_a_github_origin_claims_the_signed_scope_and_binds_the_workflow_into_its
 
 def test_the_deployments_creation_bounds_the_request_start() -> None:
     """A stamp proves when the signer saw a webhook; an old webhook shown again is dated by its deployment."""
-    from signer.evidence import _verify_github
+    from keyturn.signer.evidence import _verify_github
 
     old = payload(
         deployment={"id": 1001, "sha": SHA, "environment": "production", "created_at": "2027-01-15T08:00:00Z"}

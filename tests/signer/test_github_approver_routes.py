@@ -8,7 +8,7 @@ import httpx
 import pytest
 from starlette.responses import JSONResponse
 
-from signer.github_approver import Approver, create_app
+from keyturn.signer.github_approver import Approver, create_app
 
 
 class RecordingApprover:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signer import wire
+from keyturn.signer import wire
 from tests.harness import Proc
 from tests.signer.conftest import HEALTH, RawConn, SignerFiles
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from bot.signer_client import SignerClient
-from signer.errors import KeyFileError, KeysetError, VerificationError
-from signer.keys import SigningKeyset, sign_receipt
-from signer.keyset import PublicKeyset
-from signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, new_request_id, unsigned_receipt
-from signer.service import _reload_refusal
-from signer.verify import verify_receipt
+from keyturn.bot.signer_client import SignerClient
+from keyturn.signer.errors import KeyFileError, KeysetError, VerificationError
+from keyturn.signer.keys import SigningKeyset, sign_receipt
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, new_request_id, unsigned_receipt
+from keyturn.signer.service import _reload_refusal
+from keyturn.signer.verify import verify_receipt
 from tests.harness import KEYTURN, Proc, wait_until
 from tests.signer.conftest import (
     SCOPE,

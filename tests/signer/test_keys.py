@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from signer.errors import KeyFileError, KeysetError, KeyturnError
-from signer.keys import SigningKeyset, sign_receipt
-from signer.keyset import PublicKeyset, key_id, thumbprint
-from signer.receipt import b64url_decode, b64url_encode
+from keyturn.signer.errors import KeyFileError, KeysetError, KeyturnError
+from keyturn.signer.keys import SigningKeyset, sign_receipt
+from keyturn.signer.keyset import PublicKeyset, key_id, thumbprint
+from keyturn.signer.receipt import b64url_decode, b64url_encode
 from tests.vectors import load
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

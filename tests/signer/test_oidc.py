@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.emulator.oidc import IssuerKey, Job, encode_part
-from signer import card, oidc, wire
-from signer import evidence as ev
-from signer.errors import KeyturnError, VerificationError
-from signer.oidc import Issuer, OidcError, parse_jwks, verify_token
-from signer.policy import Policy
-from signer.receipt import (
+from keyturn.emulator.oidc import IssuerKey, Job, encode_part
+from keyturn.signer import card, oidc, wire
+from keyturn.signer import evidence as ev
+from keyturn.signer.errors import KeyturnError, VerificationError
+from keyturn.signer.oidc import Issuer, OidcError, parse_jwks, verify_token
+from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import (
     ApprovalEntry,
     ApproverRef,
     RequesterProof,

@@ -18,10 +18,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from bot.signer_client import SignerClient, SignerRefused
-from signer import card, wire
-from signer.audit import verify_file
-from signer.evidence import ci_signature, slack_signature
+from keyturn.bot.signer_client import SignerClient, SignerRefused
+from keyturn.signer import card, wire
+from keyturn.signer.audit import verify_file
+from keyturn.signer.evidence import ci_signature, slack_signature
 from tests.harness import KEYTURN, Proc
 from tests.signer.conftest import (
     CI_SECRET,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.emulator.client import EmulatorClient
-from signer import pin_groups as pg
-from signer.policy import Policy, load_policy
+from keyturn.emulator.client import EmulatorClient
+from keyturn.signer import pin_groups as pg
+from keyturn.signer.policy import Policy, load_policy
 from tests.harness import KEYTURN, ROOT, Proc, free_port, start_emulator
 
 TOKEN = "xoxb-pin-groups-test-token-7f3a9c"

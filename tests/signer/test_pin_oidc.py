@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.emulator.oidc import IssuerKey
-from signer.pin_oidc import RETIRED_KEEP, PinError, merge, pin_issuer
-from signer.policy import OidcIssuer
+from keyturn.emulator.oidc import IssuerKey
+from keyturn.signer.pin_oidc import RETIRED_KEEP, PinError, merge, pin_issuer
+from keyturn.signer.policy import OidcIssuer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 A, B = IssuerKey.generate(), IssuerKey.generate()

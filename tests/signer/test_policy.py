@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from signer.policy import Policy, PolicyError, UnknownEnvironment, load_policy, parse_duration
+from keyturn.signer.policy import Policy, PolicyError, UnknownEnvironment, load_policy, parse_duration
 from tests.harness import KEYTURN, ROOT
 from tests.signer.conftest import POLICY_TOML
 

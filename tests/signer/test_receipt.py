@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import signer.receipt as rc
-from signer.errors import VerificationError
-from signer.receipt import (
+import keyturn.signer.receipt as rc
+from keyturn.signer.errors import VerificationError
+from keyturn.signer.receipt import (
     PAYLOAD_TYPE,
     ApprovalEntry,
     ApproverRef,

@@ -24,16 +24,16 @@ from typing import Any
 
 import pytest
 
-from bot.signer_client import SignerClient, SignerRefused, SignerUnavailable
-from signer import wire
-from signer.audit import AuditLog, verify_file
-from signer.evidence import Secrets, ci_signature, slack_signature
-from signer.keys import SigningKeyset
-from signer.keyset import PublicKeyset
-from signer.policy import Policy
-from signer.receipt import Scope
-from signer.service import Signer as SignerService
-from signer.verify import verify_receipt
+from keyturn.bot.signer_client import SignerClient, SignerRefused, SignerUnavailable
+from keyturn.signer import wire
+from keyturn.signer.audit import AuditLog, verify_file
+from keyturn.signer.evidence import Secrets, ci_signature, slack_signature
+from keyturn.signer.keys import SigningKeyset
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import Scope
+from keyturn.signer.service import Signer as SignerService
+from keyturn.signer.verify import verify_receipt
 from tests.harness import KEYTURN, Proc, unix_socket_ready, wait_until
 from tests.signer.conftest import (
     CI_SECRET,

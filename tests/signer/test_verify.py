@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signer.errors import VerificationError
-from signer.keys import SigningKeyset, sign_receipt
-from signer.receipt import (
+from keyturn.signer.errors import VerificationError
+from keyturn.signer.keys import SigningKeyset, sign_receipt
+from keyturn.signer.receipt import (
     ApprovalEntry,
     ApproverRef,
     Scope,
@@ -23,7 +23,7 @@ from signer.receipt import (
     new_request_id,
     unsigned_receipt,
 )
-from signer.verify import verify_receipt
+from keyturn.signer.verify import verify_receipt
 from tests.vectors import load
 
 VECTORS = load.vectors()

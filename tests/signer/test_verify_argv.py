@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from signer.cli import verify_main
+from keyturn.signer.cli import verify_main
 from tests.signer.test_cli import _verify_args, keyturn
 from tests.vectors import load
 
@@ -137,12 +137,12 @@ def test_audit_verify_help_among_args_does_not_pass(tmp_path: Path) -> None:
 # Runs many argument lists through the real ``keyturn`` entry point in one fresh interpreter.
 _DRIVER = """
 import contextlib, io, json, sys
-import bot.cli
+import keyturn.cli
 results = []
 for argv in json.loads(sys.stdin.read()):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = bot.cli.main(argv)
+        rc = keyturn.cli.main(argv)
     results.append([rc, out.getvalue(), err.getvalue()])
 print(json.dumps(results))
 """

@@ -23,8 +23,8 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from signer.keyset import ACTIVE, REVOKED, ROTATED, PublicKey, PublicKeyset, key_id
-from signer.receipt import PAYLOAD_TYPE, b64encode, b64url_encode, canonical_json, pae, signing_bytes, to_dsse
+from keyturn.signer.keyset import ACTIVE, REVOKED, ROTATED, PublicKey, PublicKeyset, key_id
+from keyturn.signer.receipt import PAYLOAD_TYPE, b64encode, b64url_encode, canonical_json, pae, signing_bytes, to_dsse
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"

@@ -9,8 +9,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from signer.keyset import PublicKeyset
-from signer.receipt import Scope, parse_time
+from keyturn.signer.keyset import PublicKeyset
+from keyturn.signer.receipt import Scope, parse_time
 
 VECTORS_DIR = Path(__file__).resolve().parent
 
