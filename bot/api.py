@@ -111,6 +111,19 @@ def _unauthorized() -> ApiError:
     return ApiError(401, "unauthorized", "authentication failed")
 
 
+def _signer_unavailable() -> ApiError:
+    return ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later")
+
+
+async def _public(fetch: Callable[[], Awaitable[dict[str, Any]]], cache_control: str) -> Response:
+    """Public data the signer holds (no auth), or 503 when the signer cannot be reached."""
+    try:
+        document = await fetch()
+    except (KeyturnError, OSError):
+        raise _signer_unavailable() from None
+    return JSONResponse(document, headers={"Cache-Control": cache_control})
+
+
 def _replayed(seen: SeenRequest) -> ApiError:
     if seen.request_id is None:
         return ApiError(
@@ -334,9 +347,7 @@ class Api:
             await self.signer.check_oidc(token, body)
         except KeyturnError as exc:
             if exc.code == "signer_unavailable":
-                raise ApiError(
-                    503, "signer_unavailable", "the signer cannot be reached; retry later"
-                ) from None
+                raise _signer_unavailable() from None
             self.metrics.refusals.labels(exc.code[:40]).inc()
             fields = getattr(exc, "fields", None)
             if exc.code == "oidc_body_mismatch" and body is not None:
@@ -353,7 +364,7 @@ class Api:
                 raise ApiError(403, exc.code, exc.message) from None
             raise ApiError(401, exc.code, exc.message) from None
         except OSError:
-            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+            raise _signer_unavailable() from None
 
     async def _authenticate_read(self, request: Request, req_id: str) -> None:
         """Authenticate a read or a cancel: the CI MAC, or an OIDC token for the request's repository."""
@@ -389,12 +400,10 @@ class Api:
         except KeyturnError as exc:
             if exc.code == "signer_unavailable":
                 self._source_ok(request)  # not the sender's failure
-                raise ApiError(
-                    503, "signer_unavailable", "the signer cannot be reached; retry later"
-                ) from None
+                raise _signer_unavailable() from None
             raise _unauthorized() from None
         except OSError:
-            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
+            raise _signer_unavailable() from None
         self._source_ok(request)
         return timestamp, signature
 
@@ -608,11 +617,7 @@ class Api:
 
     async def keys(self, request: Request) -> Response:
         """``GET /v1/keys``: the public keyset (no auth)."""
-        try:
-            jwks = await self.signer.keys()
-        except (KeyturnError, OSError):
-            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
-        return JSONResponse(jwks, headers={"Cache-Control": "public, max-age=60"})
+        return await _public(self.signer.keys, "public, max-age=60")
 
     async def audit_checkpoint(self, request: Request) -> Response:
         """``GET /v1/audit/checkpoint``: the signer's latest signed checkpoint of its audit log (no auth).
@@ -620,11 +625,7 @@ class Api:
         Public data (a signed hash and a count), served like ``/v1/keys`` so operators can archive it away
         from the signer. Never cached: it changes with every receipt.
         """
-        try:
-            envelope = await self.signer.checkpoint()
-        except (KeyturnError, OSError):
-            raise ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later") from None
-        return JSONResponse(envelope, headers={"Cache-Control": "no-store"})
+        return await _public(self.signer.checkpoint, "no-store")
 
     async def healthz(self, request: Request) -> Response:
         """Liveness: the process serves HTTP."""

@@ -350,11 +350,6 @@ class SlackEndpoint:
         if not task.cancelled() and task.exception() is not None:
             log.error("slack %s failed", what, exc_info=task.exception())
 
-    @property
-    def pending_tasks(self) -> int:
-        """How many post-ack tasks are still running."""
-        return len(self._tasks)
-
     async def drain(self, within: float = 10.0) -> None:
         """Wait up to ``within`` s for post-ack work to finish (shutdown, tests), then cancel what is left."""
         if not self._tasks:

@@ -357,7 +357,6 @@ class Timers:
             raise ValueError("batch_size or concurrency out of range")
         if ":" in replica_id or not replica_id:
             raise ValueError("replica_id must be non-empty and contain no ':'")
-        self._redis = redis
         self._handlers = dict(handlers)
         self._clock = clock
         self._tick_s = tick_s

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from keyturn.bot import timer_jobs
 from keyturn.bot.api import Api, GuardMiddleware, http_error_handler
 from keyturn.bot.approvals import ApprovalService, LifecycleHooks
 from keyturn.bot.callbacks import CallbackOutbox, CallbackPolicy, CallbackSender, parse_host_patterns
@@ -56,55 +57,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class ExpirySweeper:
-    """Expires due requests from the store's pending index, once a second (idempotent on every replica).
-
-    Used only when the scheduler's timer jobs are not installed: the expiry transition is a compare-and-swap,
-    so several replicas sweeping at once still expire each request exactly once.
-    """
-
-    def __init__(
-        self, service: ApprovalService, store: RequestStore, clock: Clock, every: float = 1.0
-    ) -> None:
-        self._service = service
-        self._store = store
-        self._clock = clock
-        self._every = every
-        self._task: asyncio.Task[None] | None = None
-
-    async def sweep(self) -> int:
-        """Expire whatever is due now; the number expired."""
-        n = 0
-        for rid in await self._store.due_ids(self._clock()):
-            req = await self._service.expire(rid)
-            if req is not None and req.status.final:
-                n += 1
-        return n
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep sweeping; Redis may come back
-                log.warning("expiry sweep failed: %s", type(exc).__name__)
-            await asyncio.sleep(self._every)
-
-    async def start(self) -> None:
-        """Start sweeping in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="keyturn-expiry-sweeper")
-
-    async def stop(self) -> None:
-        """Stop sweeping."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-
 @dataclass
 class Components:
     """Everything the app is built from (tests reach in for the store and the service)."""
@@ -127,22 +79,16 @@ class Components:
 
 def _timers(
     service: ApprovalService, comps: Components, clock: Clock, *, own_pool: bool = True
-) -> tuple[LifecycleHooks | None, Any]:
-    """The scheduler's hooks and its start/stop object, if ``keyturn.bot.timer_jobs`` provides them."""
-    try:
-        from keyturn.bot import timer_jobs  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None, None
-    install = getattr(timer_jobs, "install", None)
-    if install is None:
-        return None, None
+) -> tuple[LifecycleHooks, timer_jobs.TimerRunner]:
+    """The scheduler's hooks for the approval service and its start/stop runner
+    (``keyturn.bot.timer_jobs``)."""
     # A pool of their own: the lease step and the deadlines keep their connections when every request
     # handler is waiting for one of the shared pool's (issue 14, finding 1).
     timers_redis = comps.redis
     if own_pool:
         timers_redis = make_redis(comps.settings, max_connections=comps.settings.timers_redis_max_connections)
         comps.extra_clients.append(timers_redis)
-    result = install(
+    return timer_jobs.install(
         service=service,
         redis=timers_redis,
         policy=comps.policy,
@@ -153,8 +99,6 @@ def _timers(
         concurrency=max(1, min(16, comps.settings.timers_redis_max_connections // 2)),
         sweep_s=comps.settings.backstop_interval,
     )
-    hooks, runner = result
-    return hooks, runner
 
 
 def build_app(
@@ -248,10 +192,8 @@ def build_app(
     comps = Components(settings, policy, client, signer, store, service, feed, metrics, api, slack)
 
     # An injected client (tests) serves the timers too; a real deployment gives them a pool of their own.
-    hooks, runner = _timers(service, comps, clock, own_pool=redis_client is None)
-    if hooks is not None:
-        service.hooks = hooks
-    comps.background.append(runner if runner is not None else ExpirySweeper(service, store, clock))
+    service.hooks, runner = _timers(service, comps, clock, own_pool=redis_client is None)
+    comps.background.append(runner)
     comps.background.append(outbox)
 
     @contextlib.asynccontextmanager

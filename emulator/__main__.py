@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
@@ -52,6 +53,39 @@ async def _serve(server: _Server, sock: socket.socket) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
     await server.serve(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv6 when ``host`` is an IPv6 address); raises ``OSError``.
+
+    Bound before serving, so the ready line can name the port that ``--port 0`` got."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(app: Any, sock: socket.socket, host: str, name: str, **config: Any) -> int:
+    """Serve ``app`` on ``sock`` until SIGINT or SIGTERM (exit code 0); ``config`` goes to ``uvicorn.Config``.
+
+    ``{name} ready on http://HOST:PORT`` is printed only once uvicorn answers on the socket: tools (``keyturn
+    dev``) act on that line, so it must mean "answers now"."""
+    url_host = f"[{host}]" if ":" in host else host
+    server = _Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, **config),
+        f"{name} ready on http://{url_host}:{sock.getsockname()[1]}",
+    )
+    try:
+        asyncio.run(_serve(server, sock))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,34 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         workspace=workspace, signing_secret=secret, bot_url=bot_url, public_url=args.public_url
     )
     try:
-        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, port))
+        sock = listen(args.host, port)
     except OSError as exc:
         print(f"keyturn emulator: cannot listen on {args.host}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
-    actual_port = sock.getsockname()[1]
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    config = uvicorn.Config(
-        create_app(settings),
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=3,
-    )
-    server = _Server(config, f"emulator ready on http://{host}:{actual_port}")
+    app = create_app(settings)
     print(
         f"keyturn emulator: team {workspace.team.name} ({workspace.team.id}), "
         f"bot URL {bot_url or '(not set)'}",
         flush=True,
     )
-    try:
-        asyncio.run(_serve(server, sock))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-    return 0
+    return serve(app, sock, args.host, "emulator", lifespan="on")
 
 
 if __name__ == "__main__":

@@ -195,29 +195,13 @@ def create_app(settings: EmulatorSettings, clock: Clock | None = None) -> Starle
 
     async def click(request: Request) -> Response:
         body = await _control_body(request, ClickIn)
-        result = await emu.click(
-            user=body.user,
-            channel=body.channel,
-            ts=body.ts,
-            action_id=body.action_id,
-            value=body.value,
-            base_url=_base_url(request),
-            send=body.send,
-            timestamp=body.timestamp,
-            tamper_signature=body.tamper_signature,
-        )
+        # The control models' fields are the emulator methods' keywords, by design.
+        result = await emu.click(**body.model_dump(), base_url=_base_url(request))
         return _json(result, 200 if result["ok"] else 502)
 
     async def submit_view(request: Request) -> Response:
         body = await _control_body(request, SubmitViewIn)
-        result = await emu.submit_view(
-            user=body.user,
-            view_id=body.view_id,
-            values=body.values,
-            send=body.send,
-            timestamp=body.timestamp,
-            tamper_signature=body.tamper_signature,
-        )
+        result = await emu.submit_view(**body.model_dump())
         view = emu.state.views.get(body.view_id)
         if view is not None:
             result["view"] = {"id": view.id, "is_open": view.is_open, "errors": dict(view.errors)}
@@ -225,21 +209,12 @@ def create_app(settings: EmulatorSettings, clock: Clock | None = None) -> Starle
 
     async def close_view(request: Request) -> Response:
         body = await _control_body(request, CloseViewIn)
-        emu.close_view(user=body.user, view_id=body.view_id)
+        emu.close_view(**body.model_dump())
         return _json({"ok": True})
 
     async def command(request: Request) -> Response:
         body = await _control_body(request, CommandIn)
-        result = await emu.command(
-            user=body.user,
-            channel=body.channel,
-            command=body.command,
-            text=body.text,
-            base_url=_base_url(request),
-            send=body.send,
-            timestamp=body.timestamp,
-            tamper_signature=body.tamper_signature,
-        )
+        result = await emu.command(**body.model_dump(), base_url=_base_url(request))
         return _json(result, 200 if result["ok"] else 502)
 
     def _int_query(request: Request, name: str, default: int) -> int:

@@ -153,13 +153,20 @@ class _Checker:
             self.text(opt.get("text"), p + "/text", 75)
             self.string(opt, "value", p, 150, required=True)
 
-    def element(self, el: Any, ptr: str, allowed: frozenset[str]) -> None:
-        if not isinstance(el, dict):
-            self.err(ptr, "must be an element object")
-            return
-        kind = el.get("type")
+    def kind(self, obj: Any, ptr: str, what: str, allowed: frozenset[str]) -> str | None:
+        """The ``type`` of an element or block object if it is one of ``allowed``; else an error and None."""
+        if not isinstance(obj, dict):
+            self.err(ptr, f"must be {'an' if what[0] in 'aeiou' else 'a'} {what} object")
+            return None
+        kind = obj.get("type")
         if kind not in allowed:
-            self.err(ptr + "/type", f"unsupported element type {kind!r}")
+            self.err(ptr + "/type", f"unsupported {what} type {kind!r}")
+            return None
+        return str(kind)
+
+    def element(self, el: Any, ptr: str, allowed: frozenset[str]) -> None:
+        kind = self.kind(el, ptr, "element", allowed)
+        if kind is None:
             return
         self.ident(el, "action_id", ptr)
         if kind == "button":
@@ -188,12 +195,8 @@ class _Checker:
             self.text(el["placeholder"], ptr + "/placeholder", MAX_PLACEHOLDER, plain_only=True)
 
     def block(self, block: Any, ptr: str, in_view: bool) -> None:
-        if not isinstance(block, dict):
-            self.err(ptr, "must be a block object")
-            return
-        kind = block.get("type")
-        if kind not in BLOCK_TYPES:
-            self.err(ptr + "/type", f"unsupported block type {kind!r}")
+        kind = self.kind(block, ptr, "block", BLOCK_TYPES)
+        if kind is None:
             return
         self.ident(block, "block_id", ptr)
         if kind == "section":
@@ -231,11 +234,7 @@ class _Checker:
                 seen: set[str] = set()
                 for i, el in enumerate(elements):
                     self.element(el, f"{ptr}/elements/{i}", ACTION_ELEMENTS)
-                    aid = el.get("action_id") if isinstance(el, dict) else None
-                    if isinstance(aid, str):
-                        if aid in seen:
-                            self.err(f"{ptr}/elements/{i}/action_id", f"duplicate action_id {aid!r}")
-                        seen.add(aid)
+                    self.unique_id(el, "action_id", f"{ptr}/elements/{i}", seen)
         elif kind == "input":
             self.text(block.get("label"), ptr + "/label", MAX_LABEL, plain_only=True)
             if "hint" in block:
@@ -250,6 +249,14 @@ class _Checker:
             if "title" in block:
                 self.text(block["title"], ptr + "/title", MAX_LABEL, plain_only=True)
 
+    def unique_id(self, obj: Any, key: str, ptr: str, seen: set[str]) -> None:
+        """An error if ``obj``'s ``key`` (its action or block id) is one already in ``seen``; then add it."""
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, str):
+            if value in seen:
+                self.err(f"{ptr}/{key}", f"duplicate {key} {value!r}")
+            seen.add(value)
+
     def blocks(self, blocks: Any, ptr: str, max_blocks: int, in_view: bool) -> None:
         if not isinstance(blocks, list):
             self.err(ptr, "must be an array of blocks")
@@ -259,11 +266,7 @@ class _Checker:
         seen: set[str] = set()
         for i, block in enumerate(blocks):
             self.block(block, f"{ptr}/{i}", in_view)
-            bid = block.get("block_id") if isinstance(block, dict) else None
-            if isinstance(bid, str):
-                if bid in seen:
-                    self.err(f"{ptr}/{i}/block_id", f"duplicate block_id {bid!r}")
-                seen.add(bid)
+            self.unique_id(block, "block_id", f"{ptr}/{i}", seen)
 
 
 def validate_message_blocks(blocks: Any) -> None:

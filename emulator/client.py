@@ -1,15 +1,20 @@
 """A Python client of a running emulator's control API, for tests and for ``keyturn dev``.
 
 Uses httpx (a development dependency). :class:`EmulatorClient` is synchronous; :class:`AsyncEmulatorClient`
-has the same methods as coroutines, for tests whose bot shares the event loop.
+runs the same methods in a worker thread, as coroutines, for tests whose bot shares the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class EmulatorClientError(Exception):
@@ -198,7 +203,7 @@ class EmulatorClient:
         calls: list[dict[str, Any]] = self._get("/_emulator/calls", method=method, since=since)["calls"]
         return calls
 
-    def wait_for(self, method: str, timeout: float = 5.0, since: int = 0, **params: Any) -> dict[str, Any]:
+    def wait_for(self, /, method: str, timeout: float = 5.0, since: int = 0, **params: Any) -> dict[str, Any]:
         """The first call of ``method`` after ``since`` whose params equal ``params``; waits up to ``timeout``
         seconds for it. Raises :class:`TimeoutError` if none comes."""
         resp = self._http.get(
@@ -285,21 +290,36 @@ class EmulatorClient:
         self._post("/_emulator/reset")
 
 
+def _in_thread(
+    method: Callable[Concatenate[EmulatorClient, P], R],
+) -> Callable[Concatenate[AsyncEmulatorClient, P], Coroutine[Any, Any, R]]:
+    """``method`` of :class:`EmulatorClient` as a coroutine that runs it in a worker thread."""
+
+    async def call(self: AsyncEmulatorClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(method, self.sync, *args, **kwargs)
+
+    call.__name__, call.__doc__ = method.__name__, method.__doc__
+    return call
+
+
 class AsyncEmulatorClient:
-    """Asynchronous twin of :class:`EmulatorClient` (same methods, awaited)."""
+    """:class:`EmulatorClient`'s methods as coroutines, for tests whose bot shares the event loop.
+
+    Each call runs the synchronous client's method in a worker thread (httpx's client is thread-safe), so the
+    event loop keeps serving the bot while the emulator delivers to it and waits for its answer."""
 
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self.sync = EmulatorClient(base_url, timeout)
+        self.base_url = self.sync.base_url
 
     @property
     def api_url(self) -> str:
         """The ``base_url`` to give ``slack_sdk`` clients."""
-        return self.base_url + "/api/"
+        return self.sync.api_url
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
-        await self._http.aclose()
+        self.sync.close()
 
     async def __aenter__(self) -> AsyncEmulatorClient:
         return self
@@ -307,97 +327,16 @@ class AsyncEmulatorClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        return _check(await self._http.post(path, json=body or {}))
-
-    async def click(
-        self,
-        user: str,
-        channel: str,
-        ts: str,
-        action_id: str,
-        value: str | None = None,
-        *,
-        send: bool = True,
-        timestamp: int | None = None,
-        tamper_signature: bool = False,
-    ) -> Delivery:
-        """``user`` clicks the element ``action_id`` on the stored message ``(channel, ts)``."""
-        body = {"user": user, "channel": channel, "ts": ts, "action_id": action_id, "value": value}
-        data = await self._post("/_emulator/click", body | _send_options(send, timestamp, tamper_signature))
-        return Delivery(data)
-
-    async def submit_view(
-        self,
-        user: str,
-        view_id: str,
-        values: dict[str, dict[str, Any]] | None = None,
-        *,
-        send: bool = True,
-        timestamp: int | None = None,
-        tamper_signature: bool = False,
-    ) -> Delivery:
-        """``user`` submits the open view with ``values`` ``{block_id: {action_id: value}}``."""
-        body = {"user": user, "view_id": view_id, "values": values or {}}
-        opts = _send_options(send, timestamp, tamper_signature)
-        return Delivery(await self._post("/_emulator/submit_view", body | opts))
-
-    async def command(
-        self,
-        user: str,
-        channel: str,
-        command: str,
-        text: str = "",
-        *,
-        send: bool = True,
-        timestamp: int | None = None,
-        tamper_signature: bool = False,
-    ) -> Delivery:
-        """``user`` runs ``command text`` in ``channel``."""
-        body = {"user": user, "channel": channel, "command": command, "text": text}
-        opts = _send_options(send, timestamp, tamper_signature)
-        return Delivery(await self._post("/_emulator/command", body | opts))
-
-    async def calls(self, method: str | None = None, since: int = 0) -> list[dict[str, Any]]:
-        """Recorded calls after ``since``."""
-        params: dict[str, Any] = {"since": since} | ({"method": method} if method else {})
-        calls: list[dict[str, Any]] = _check(await self._http.get("/_emulator/calls", params=params))["calls"]
-        return calls
-
-    async def wait_for(
-        self,
-        method: str,
-        timeout: float = 5.0,  # noqa: ASYNC109 - the server's long-poll deadline
-        since: int = 0,
-        **params: Any,
-    ) -> dict[str, Any]:
-        """The first matching call; raises :class:`TimeoutError` if none comes within ``timeout``."""
-        resp = await self._http.get(
-            "/_emulator/wait", params=_wait_params(method, timeout, since, params), timeout=timeout + 10
-        )
-        if resp.status_code == 408:
-            raise TimeoutError(f"no {method} call matching {params} within {timeout}s")
-        call: dict[str, Any] = _check(resp)["call"]
-        return call
-
-    async def state(self, user: str | None = None) -> dict[str, Any]:
-        """The whole state (for ``user``)."""
-        params = {"user": user} if user else {}
-        return _check(await self._http.get("/_emulator/state", params=params))
-
-    async def fault(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        """Inject a fault (same keywords as :meth:`EmulatorClient.fault`)."""
-        fault: dict[str, Any] = (await self._post("/_emulator/faults", {"method": method, **kwargs}))["fault"]
-        return fault
-
-    async def clear_faults(self) -> None:
-        """Remove every fault."""
-        _check(await self._http.delete("/_emulator/faults"))
-
-    async def set_bot_url(self, url: str | None) -> None:
-        """Point the emulator at the bot's Slack request URL."""
-        await self._post("/_emulator/config", {"bot_url": url})
-
-    async def reset(self) -> None:
-        """Forget messages, views, calls, deliveries and faults."""
-        await self._post("/_emulator/reset")
+    click = _in_thread(EmulatorClient.click)
+    submit_view = _in_thread(EmulatorClient.submit_view)
+    close_view = _in_thread(EmulatorClient.close_view)
+    command = _in_thread(EmulatorClient.command)
+    calls = _in_thread(EmulatorClient.calls)
+    wait_for = _in_thread(EmulatorClient.wait_for)
+    state = _in_thread(EmulatorClient.state)
+    fault = _in_thread(EmulatorClient.fault)
+    faults = _in_thread(EmulatorClient.faults)
+    clear_faults = _in_thread(EmulatorClient.clear_faults)
+    deliveries = _in_thread(EmulatorClient.deliveries)
+    set_bot_url = _in_thread(EmulatorClient.set_bot_url)
+    reset = _in_thread(EmulatorClient.reset)

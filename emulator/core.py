@@ -292,6 +292,13 @@ class Emulator:
             del self.deliveries[:-MAX_DELIVERIES]
         return result
 
+    async def _sign_and_deliver(
+        self, kind: str, body: str, secret: str, timestamp: int | None, tamper_signature: bool, send: bool
+    ) -> dict[str, Any]:
+        """Sign ``body`` as Slack would (at ``timestamp``, or now); deliver it to the bot if ``send``."""
+        req = sign_request(kind, self.bot_url, body, secret, self._timestamp(timestamp), tamper_signature)
+        return await self._deliver(req, send)
+
     async def click(
         self,
         *,
@@ -312,10 +319,8 @@ class Emulator:
         if source is None:
             raise EmulatorError("message_not_found", f"no message {ts} in {conv.name} for {acting.name}", 404)
         secret = self._secret()
-        now = self.clock.now()
-        trigger_id = self.state.issue_trigger(acting.id, now)
-        target = self.state.issue_response_target(
-            conv.id, acting.id, now, message_ts=ts, is_ephemeral=not isinstance(source, Message)
+        now, trigger_id, response_url = self._issue(
+            acting, conv, base_url, message_ts=ts, is_ephemeral=not isinstance(source, Message)
         )
         payload = block_actions_payload(
             self.state,
@@ -325,18 +330,12 @@ class Emulator:
             action_id=action_id,
             value=value,
             trigger_id=trigger_id,
-            response_url=self._response_url(base_url, target.id),
+            response_url=response_url,
             now=now,
         )
-        req = sign_request(
-            "block_actions",
-            self.bot_url,
-            interactivity_body(payload),
-            secret,
-            self._timestamp(timestamp),
-            tamper_signature,
+        result = await self._sign_and_deliver(
+            "block_actions", interactivity_body(payload), secret, timestamp, tamper_signature, send
         )
-        result = await self._deliver(req, send)
         result["trigger_id"] = trigger_id
         return result
 
@@ -365,15 +364,9 @@ class Emulator:
         view.state_values = submission_values(view, values)
         trigger_id = self.state.issue_trigger(acting.id, now)
         payload = view_submission_payload(self.state, user=acting, view=view, trigger_id=trigger_id)
-        req = sign_request(
-            "view_submission",
-            self.bot_url,
-            interactivity_body(payload),
-            secret,
-            self._timestamp(timestamp),
-            tamper_signature,
+        result = await self._sign_and_deliver(
+            "view_submission", interactivity_body(payload), secret, timestamp, tamper_signature, send
         )
-        result = await self._deliver(req, send)
         response = result.get("response")
         if response is not None and response["status"] == 200:
             result["view_outcome"] = self._apply_view_ack(view.id, response["body"])
@@ -437,22 +430,19 @@ class Emulator:
         acting = self._user(user)
         conv = self._conversation(channel, acting)
         secret = self._secret()
-        now = self.clock.now()
-        trigger_id = self.state.issue_trigger(acting.id, now)
-        target = self.state.issue_response_target(conv.id, acting.id, now)
+        _, trigger_id, response_url = self._issue(acting, conv, base_url)
         body = command_body(
             self.state,
             user=acting,
             conv=conv,
             command=command,
             text=text,
-            response_url=self._response_url(base_url, target.id),
+            response_url=response_url,
             trigger_id=trigger_id,
         )
-        req = sign_request(
-            "slash_command", self.bot_url, body, secret, self._timestamp(timestamp), tamper_signature
+        result = await self._sign_and_deliver(
+            "slash_command", body, secret, timestamp, tamper_signature, send
         )
-        result = await self._deliver(req, send)
         result["trigger_id"] = trigger_id
         if send:
             self._show_command_ack(conv, acting, command, result)
@@ -483,6 +473,16 @@ class Emulator:
                 self.state.post_message(conv.id, text=text, blocks=blocks, now=now)
             else:
                 self.state.post_ephemeral(conv.id, user.id, text=text, blocks=blocks, now=now)
+
+    def _issue(
+        self, acting: User, conv: Conversation, base_url: str, **target: Any
+    ) -> tuple[float, str, str]:
+        """The time, a trigger id and a response URL for one interaction of ``acting`` in ``conv``, issued as
+        Slack issues them (``target``: what the response URL may replace; see ``issue_response_target``)."""
+        now = self.clock.now()
+        trigger_id = self.state.issue_trigger(acting.id, now)
+        response_target = self.state.issue_response_target(conv.id, acting.id, now, **target)
+        return now, trigger_id, self._response_url(base_url, response_target.id)
 
     def _response_url(self, base_url: str, target_id: str) -> str:
         base = (self.settings.public_url or base_url).rstrip("/")

@@ -375,13 +375,9 @@ class _NotFound(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``keyturn oidc-emulator``: serve the OIDC issuer emulator until interrupted."""
-    import asyncio
-    import socket
     import sys
 
-    import uvicorn
-
-    from keyturn.emulator.__main__ import _serve, _Server
+    from keyturn.emulator.__main__ import listen, serve
 
     p = argparse.ArgumentParser(prog="keyturn oidc-emulator", description="Run the OIDC issuer emulator.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -399,22 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Bound here, and announced only once uvicorn serves on it: `keyturn dev` pins the keys right after the
     # ready line, so the line must mean "answers now" (and --port 0 must name the port it got).
     try:
-        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, args.port))
+        sock = listen(args.host, args.port)
     except OSError as exc:
         print(
             f"keyturn oidc-emulator: cannot listen on {args.host}:{args.port}: {exc.strerror}",
             file=sys.stderr,
         )
         return 2
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
-    server = _Server(config, f"oidc emulator ready on http://{host}:{sock.getsockname()[1]}")
-    try:
-        asyncio.run(_serve(server, sock))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-    return 0
+    return serve(app, sock, args.host, "oidc emulator")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from keyturn.emulator.blockkit import BlockKitError, validate_message_blocks, validate_view
 from keyturn.emulator.errors import SlackError
@@ -20,6 +20,7 @@ from keyturn.emulator.workspace import User, zone
 MAX_MESSAGE_TEXT = 40_000  # Slack truncates at 40k and answers msg_too_long beyond it
 
 Params = dict[str, Any]
+T = TypeVar("T")
 Handler = Callable[[WorkspaceState, Params, float], dict[str, Any]]
 LinkHandler = Callable[[WorkspaceState, Params, float, str], dict[str, Any]]
 
@@ -33,6 +34,22 @@ def _str(params: Params, name: str) -> str | None:
     if not isinstance(value, str):
         raise SlackError("invalid_arguments", [f"[ERROR] `{name}` must be a string [json-pointer:/{name}]"])
     return value
+
+
+def _required(params: Params, name: str, error: str) -> str:
+    """The string parameter ``name``; Slack's ``error`` when it is missing or empty."""
+    value = _str(params, name)
+    if value is None:
+        raise SlackError(error)
+    return value
+
+
+def _lookup(params: Params, name: str, find: Callable[[str], T | None], error: str) -> T:
+    """What ``find`` gives for the parameter ``name``; Slack's ``error`` if it is missing or unknown."""
+    found = find(_required(params, name, error))
+    if found is None:
+        raise SlackError(error)
+    return found
 
 
 def _bool(params: Params, name: str) -> bool:
@@ -114,9 +131,7 @@ def auth_test(state: WorkspaceState, params: Params, now: float) -> dict[str, An
 
 def chat_post_message(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``chat.postMessage``."""
-    channel = _str(params, "channel")
-    if channel is None:
-        raise SlackError("channel_not_found")
+    channel = _required(params, "channel", "channel_not_found")
     blocks = _blocks(params)
     attachments = _attachments(params)
     text = _message_text(params, blocks, attachments)
@@ -135,12 +150,8 @@ def chat_post_message(state: WorkspaceState, params: Params, now: float) -> dict
 
 def chat_update(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``chat.update``: fields not given keep their value."""
-    channel = _str(params, "channel")
-    if channel is None:
-        raise SlackError("channel_not_found")
-    ts = _str(params, "ts")
-    if ts is None:
-        raise SlackError("message_not_found")
+    channel = _required(params, "channel", "channel_not_found")
+    ts = _required(params, "ts", "message_not_found")
     blocks = _blocks(params)
     attachments = _attachments(params)
     text = _message_text(params, blocks, attachments)
@@ -154,13 +165,9 @@ def chat_post_ephemeral(state: WorkspaceState, params: Params, now: float) -> di
     That table has no ``user_not_found``: a user who does not exist, was deactivated or was never given is
     "not in the channel" (``user_not_in_channel``), which is what Slack answers for each.
     """
-    channel = _str(params, "channel")
-    if channel is None:
-        raise SlackError("channel_not_found")
+    channel = _required(params, "channel", "channel_not_found")
     state.conversation(channel)  # an unknown channel is refused before the user is looked at, as Slack does
-    user = _str(params, "user")
-    if user is None:
-        raise SlackError("user_not_in_channel")
+    user = _required(params, "user", "user_not_in_channel")
     blocks = _blocks(params)
     text = _message_text(params, blocks, _attachments(params))
     eph = state.post_ephemeral(
@@ -180,9 +187,7 @@ def chat_get_permalink(state: WorkspaceState, params: Params, now: float, base_u
     Slack's permalinks point into its web client; the emulator's point at its own page (``base_url``),
     ``http://HOST:PORT/#<channel>/<ts>``, which scrolls to the message and highlights it.
     """
-    channel = _str(params, "channel")
-    if channel is None:
-        raise SlackError("channel_not_found")
+    channel = _required(params, "channel", "channel_not_found")
     conv = state.conversation(channel)
     ts = _str(params, "message_ts")
     if ts is None or state.message(conv.id, ts) is None:
@@ -203,23 +208,25 @@ def chat_delete(state: WorkspaceState, params: Params, now: float) -> dict[str, 
     return {"ok": True, "channel": conv.id, "ts": ts}
 
 
-def views_open(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
-    """``views.open``: needs a fresh, unused ``trigger_id`` issued by the emulator."""
+def _triggered_view(state: WorkspaceState, params: Params, now: float) -> tuple[str, dict[str, Any]]:
+    """The user whose ``trigger_id`` this call spends, and the view it opens (checked before the trigger is
+    spent, so an invalid view leaves the trigger usable, as in Slack)."""
     trigger_id = _str(params, "trigger_id")
     if trigger_id is None:
         raise SlackError("invalid_arguments", ["[ERROR] missing required field: trigger_id"])
     view = _view(params)
-    user = state.consume_trigger(trigger_id, now)
+    return state.consume_trigger(trigger_id, now), view
+
+
+def views_open(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
+    """``views.open``: needs a fresh, unused ``trigger_id`` issued by the emulator."""
+    user, view = _triggered_view(state, params, now)
     return {"ok": True, "view": state.open_view(user, view, now).to_slack()}
 
 
 def views_push(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``views.push``: a new view on top of the user's open modal (at most 3 deep, as in Slack)."""
-    trigger_id = _str(params, "trigger_id")
-    if trigger_id is None:
-        raise SlackError("invalid_arguments", ["[ERROR] missing required field: trigger_id"])
-    view = _view(params)
-    user = state.consume_trigger(trigger_id, now)
+    user, view = _triggered_view(state, params, now)
     stack = [v for v in state.views.values() if v.user == user and v.is_open]
     if not stack:
         raise SlackError("not_found")
@@ -307,29 +314,20 @@ def user_object(state: WorkspaceState, user: User, with_email: bool, now: float)
 
 def users_info(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``users.info``."""
-    user_id = _str(params, "user")
-    user = state.workspace.user(user_id) if user_id else None
-    if user is None:
-        raise SlackError("user_not_found")
+    user = _lookup(params, "user", state.workspace.user, "user_not_found")
     with_email = "users:read.email" in state.workspace.bot.scopes
     return {"ok": True, "user": user_object(state, user, with_email, now)}
 
 
 def users_lookup_by_email(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``users.lookupByEmail`` (note Slack's plural ``users_not_found``)."""
-    email = _str(params, "email")
-    user = state.workspace.user_by_email(email) if email else None
-    if user is None:
-        raise SlackError("users_not_found")
+    user = _lookup(params, "email", state.workspace.user_by_email, "users_not_found")
     return {"ok": True, "user": user_object(state, user, True, now)}
 
 
 def usergroups_users_list(state: WorkspaceState, params: Params, now: float) -> dict[str, Any]:
     """``usergroups.users.list``."""
-    group_id = _str(params, "usergroup")
-    group = state.workspace.group(group_id) if group_id else None
-    if group is None:
-        raise SlackError("no_such_subteam")
+    group = _lookup(params, "usergroup", state.workspace.group, "no_such_subteam")
     return {"ok": True, "users": list(group.users)}
 
 
@@ -368,9 +366,7 @@ def conversations_info(state: WorkspaceState, params: Params, now: float) -> dic
 
     The scope is checked here, not in :data:`METHODS`, because it depends on the conversation's kind.
     """
-    ref = _str(params, "channel")
-    if ref is None:
-        raise SlackError("channel_not_found")
+    ref = _required(params, "channel", "channel_not_found")
     # Only ids are accepted, as in Slack (names and user ids are for posting, not for lookups).
     if not ref.startswith(("C", "G", "D")):
         raise SlackError("channel_not_found")

@@ -11,20 +11,13 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from keyturn.signer.__main__ import COMMANDS as SIGNER_COMMANDS
+
 # name -> ("module:function", one-line help). Each function takes argv (after the subcommand) and returns
-# the process exit code.
+# the process exit code. The signer-side commands come from ``python -m keyturn.signer``'s table
+# (signer/__main__.py), which the signer image runs without the bot.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("keyturn.signer.cli:verify_main", "verify a receipt offline (the CI gate; fails closed)"),
-    "receipt": ("keyturn.signer.cli:receipt_main", "convert a receipt to or from a DSSE envelope"),
-    "keygen": ("keyturn.signer.cli:keygen_main", "create a private signing keyset file"),
-    "keys": ("keyturn.signer.cli:keys_main", "rotate, revoke or export keys"),
-    "audit": (
-        "keyturn.signer.cli:audit_main",
-        "verify the audit log against signed checkpoints; archive them",
-    ),
-    "secrets": ("keyturn.signer.cli:secrets_main", "make a CI secret (keyturn secrets new)"),
-    "policy": ("keyturn.signer.cli:policy_main", "check a keyturn.toml policy file"),
-    "signer": ("keyturn.signer.cli:signer_main", "run the isolated signer"),
+    **SIGNER_COMMANDS,
     "bot": ("keyturn.bot.server:main", "run the Slack bot and CI API"),
     "request": ("keyturn.bot.client:main", "ask for an approval from CI and wait for the receipt"),
     "emulator": ("keyturn.emulator.__main__:main", "run the Slack emulator"),

@@ -1,8 +1,8 @@
 """``python -m keyturn.signer``: the signer-side commands without the bot, for the signer-only image.
 
 The signer image (deploy/Dockerfile, target ``signer``) ships this package and the libraries it needs, and
-none of the bot's (Slack SDK, Redis, HTTP server): ``keyturn`` itself lives in ``bot/cli.py``, so this is
-the same dispatch for the commands whose code is all here. A test keeps the two tables in step.
+none of the bot's (Slack SDK, Redis, HTTP server): ``keyturn`` itself lives in ``keyturn/cli.py``, so this is
+the same dispatch for the commands whose code is all here; ``keyturn`` takes its table from this one.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-# name -> ("module:function", one-line help): the signer.cli entries of bot.cli.COMMANDS.
+# name -> ("module:function", one-line help). ``keyturn`` (keyturn/cli.py) offers these first, in this order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "signer": ("keyturn.signer.cli:signer_main", "run the isolated signer"),
+    "verify": ("keyturn.signer.cli:verify_main", "verify a receipt offline (the CI gate; fails closed)"),
+    "receipt": ("keyturn.signer.cli:receipt_main", "convert a receipt to or from a DSSE envelope"),
     "keygen": ("keyturn.signer.cli:keygen_main", "create a private signing keyset file"),
     "keys": ("keyturn.signer.cli:keys_main", "rotate, revoke or export keys"),
     "audit": (
@@ -22,8 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "secrets": ("keyturn.signer.cli:secrets_main", "make a CI secret (keyturn secrets new)"),
     "policy": ("keyturn.signer.cli:policy_main", "check a keyturn.toml policy file"),
-    "verify": ("keyturn.signer.cli:verify_main", "verify a receipt offline (the CI gate; fails closed)"),
-    "receipt": ("keyturn.signer.cli:receipt_main", "convert a receipt to or from a DSSE envelope"),
+    "signer": ("keyturn.signer.cli:signer_main", "run the isolated signer"),
 }
 USAGE_EXIT = 2
 

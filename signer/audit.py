@@ -434,7 +434,7 @@ class AuditLog:
             except VerificationError as e:
                 raise AuditError(f"record cannot be logged: {e}") from None
             try:
-                _write_all(self._fd, line + b"\n")
+                write_all(self._fd, line + b"\n")
             except OSError as e:
                 # A full disk (ENOSPC, EDQUOT, EFBIG) may have let part of the line through. Cut the file
                 # back to the entries before it (shrinking needs no space): the chain is as it was, nothing
@@ -492,13 +492,15 @@ class AuditLog:
         self.close()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write only part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a file created or renamed in ``directory`` durable (best effort: some filesystems refuse)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -527,11 +529,11 @@ def _move_aside(fd: int, path: Path, data: bytes, keep: int, now: datetime) -> T
         else:
             raise AuditError(f"cannot move the torn tail of {path} aside: too many .torn-{stamp} files")
         try:
-            _write_all(out, torn)
+            write_all(out, torn)
             os.fsync(out)
         finally:
             os.close(out)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         os.ftruncate(fd, keep)
         os.fsync(fd)
     except OSError as e:

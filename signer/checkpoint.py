@@ -28,7 +28,7 @@ from nacl.exceptions import BadSignatureError
 
 from keyturn.signer.audit import GENESIS
 from keyturn.signer.errors import VerificationError
-from keyturn.signer.keyset import REVOKED, PublicKeyset
+from keyturn.signer.keyset import PublicKeyset
 from keyturn.signer.receipt import (
     Record,
     b64decode,
@@ -191,15 +191,7 @@ def verify_checkpoint(
     if sigs[0]["keyid"] != checkpoint.key_id:
         raise _bad("the envelope's keyid differs from the payload's keyId")
     # 4. The key: known, not revoked, a development key only when allowed.
-    key = keyset.get(checkpoint.key_id)
-    if key is None:
-        raise VerificationError("unknown_key", f"key {checkpoint.key_id} is not in the trusted keyset")
-    if key.status == REVOKED:
-        raise VerificationError("revoked_key", f"key {checkpoint.key_id} is revoked")
-    if key.is_dev and not allow_dev_keys:
-        raise VerificationError(
-            "dev_key", f"key {checkpoint.key_id} is a development key (see --allow-dev-keys)"
-        )
+    key = keyset.trusted(checkpoint.key_id, allow_dev_keys=allow_dev_keys)
     # 5. The signature, over the checkpoint's own PAE.
     if len(sig) != 64:
         raise _bad("the signature is not a 64-byte Ed25519 signature")

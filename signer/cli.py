@@ -224,7 +224,8 @@ def _verify_usage(message: str) -> int:
     return USAGE
 
 
-def _reject(code: str, detail: str, as_json: bool) -> int:
+def _reject(code: str, detail: str, as_json: bool = False) -> int:
+    """Say why on stderr (and on stdout as JSON with ``as_json``); the exit code of a refusal."""
     print(f"REJECTED {code}: {detail}", file=sys.stderr)
     if as_json:
         print(json.dumps({"ok": False, "code": code, "detail": detail}, sort_keys=True))
@@ -548,14 +549,11 @@ def audit_main(argv: Sequence[str]) -> int:
         print(f"keyturn audit: {e}", file=sys.stderr)
         return USAGE
     except _Rejected as e:
-        print(f"REJECTED {e.code}: {e.detail}", file=sys.stderr)
-        return REJECTED
+        return _reject(e.code, e.detail)
     except (AuditError, VerificationError, GateError) as e:
-        print(f"REJECTED {e.code}: {e.message}", file=sys.stderr)
-        return REJECTED
+        return _reject(e.code, e.message)
     except Exception as e:  # fail closed: an unexpected error is a refusal, never an OK
-        print(f"REJECTED internal_error: {type(e).__name__} while checking the audit log", file=sys.stderr)
-        return REJECTED
+        return _reject("internal_error", f"{type(e).__name__} while checking the audit log")
 
 
 def _checkpoint_paths(paths: Sequence[str]) -> list[str]:

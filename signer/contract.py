@@ -56,14 +56,19 @@ def workflow_problem(value: str) -> str | None:
     return None if WORKFLOW_RE.match(value) else "must be 1-200 letters, digits or ._/@:+- (no spaces)"
 
 
+# The check of each scope field, by its name in a CI request body and in a receipt's scope.
+SCOPE_FIELD_PROBLEMS = {
+    "repo": repo_problem,
+    "sha": sha_problem,
+    "environment": environment_problem,
+    "workflow": workflow_problem,
+}
+
+
 def scope_problems(repo: str, sha: str, environment: str, workflow: str) -> dict[str, str]:
     """Each scope field that is invalid, mapped to what is wrong with it (empty when all are valid)."""
-    checks = {
-        "repo": repo_problem(repo),
-        "sha": sha_problem(sha),
-        "environment": environment_problem(environment),
-        "workflow": workflow_problem(workflow),
-    }
+    values = {"repo": repo, "sha": sha, "environment": environment, "workflow": workflow}
+    checks = {name: SCOPE_FIELD_PROBLEMS[name](value) for name, value in values.items()}
     return {name: problem for name, problem in checks.items() if problem is not None}
 
 

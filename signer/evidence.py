@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from keyturn.signer import card, contract, github_app, oidc
 from keyturn.signer.errors import KeyturnError
@@ -248,10 +248,6 @@ def is_request_id(value: object) -> bool:
     return contract.is_request_id(value)
 
 
-def _scope_problems(repo: str, sha: str, environment: str, workflow: str) -> dict[str, str]:
-    return contract.scope_problems(repo, sha, environment, workflow)
-
-
 # --- the CI request body ----------------------------------------------------------------------------------
 
 
@@ -274,31 +270,10 @@ class CiRequestBody(BaseModel):
     title: str | None = Field(default=None, min_length=1, max_length=300)
     callbackUrl: str | None = Field(default=None, max_length=2048)
 
-    @field_validator("repo")
+    @field_validator(*contract.SCOPE_FIELD_PROBLEMS)
     @classmethod
-    def _repo(cls, v: str) -> str:
-        if problem := contract.repo_problem(v):
-            raise ValueError(problem)
-        return v
-
-    @field_validator("sha")
-    @classmethod
-    def _sha(cls, v: str) -> str:
-        if problem := contract.sha_problem(v):
-            raise ValueError(problem)
-        return v
-
-    @field_validator("environment")
-    @classmethod
-    def _environment(cls, v: str) -> str:
-        if problem := contract.environment_problem(v):
-            raise ValueError(problem)
-        return v
-
-    @field_validator("workflow")
-    @classmethod
-    def _workflow(cls, v: str) -> str:
-        if problem := contract.workflow_problem(v):
+    def _scope_field(cls, v: str, info: ValidationInfo) -> str:
+        if problem := contract.SCOPE_FIELD_PROBLEMS[str(info.field_name)](v):
             raise ValueError(problem)
         return v
 
@@ -395,7 +370,7 @@ def parse_slash_request(body: str, policy: Policy) -> RequestClaim:
         )
     repo, sha, environment = words[1:4]
     workflow = words[4] if len(words) == 5 else DEFAULT_WORKFLOW
-    problems = _scope_problems(repo, sha, environment, workflow)
+    problems = contract.scope_problems(repo, sha, environment, workflow)
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
         raise EvidenceError("bad_origin", f"invalid request: {detail}", fields=problems)
@@ -641,7 +616,7 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
         raise oidc.OidcError(
             "oidc_claim_missing", "the token has no 'environment' claim (the job must name its environment)"
         )
-    problems = _scope_problems(who.repo, who.sha, who.environment, who.workflow)
+    problems = contract.scope_problems(who.repo, who.sha, who.environment, who.workflow)
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
         raise oidc.OidcError("oidc_claim_unusable", f"token claims: {detail}", fields=problems)

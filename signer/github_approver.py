@@ -243,6 +243,18 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status)
 
 
+async def _json_text(request: Request, name: str) -> tuple[dict[str, Any], str | None]:
+    """The request's JSON object ({} if it is none) and its member ``name`` if that is a non-blank string."""
+    try:
+        data = json.loads(await request.body())
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return {}, None
+    text = data.get(name)
+    return data, text if isinstance(text, str) and text.strip() else None
+
+
 class Approver:
     """The approver's state and decisions around the API; routes in :func:`create_app`."""
 
@@ -446,22 +458,14 @@ def create_app(approver: Approver) -> Starlette:
         return await approver.approve(key(request), body)
 
     async def reject(request: Request) -> Response:
-        try:
-            data = json.loads(await request.body())
-        except ValueError:
-            data = None
-        reason = data.get("reason") if isinstance(data, dict) else None
-        if not isinstance(reason, str) or not reason.strip():
+        data, reason = await _json_text(request, "reason")
+        if reason is None:
             return _error(400, "bad_request", "a JSON object with a non-empty 'reason'")
         return await approver.reject(key(request), reason, data.get("request_id"))
 
     async def status(request: Request) -> Response:
-        try:
-            data = json.loads(await request.body())
-        except ValueError:
-            data = None
-        text = data.get("text") if isinstance(data, dict) else None
-        if not isinstance(text, str) or not text.strip():
+        _, text = await _json_text(request, "text")
+        if text is None:
             return _error(400, "bad_request", "a JSON object with a non-empty 'text'")
         return await approver.status(key(request), text)
 

@@ -27,6 +27,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from keyturn.signer import checkpoint as _checkpoint
+from keyturn.signer.audit import fsync_dir, write_all
 from keyturn.signer.errors import KeyFileError, KeysetError, KeyturnError, VerificationError
 from keyturn.signer.keyset import (
     ACTIVE,
@@ -295,21 +296,9 @@ def _encode(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_fd(fd: int, data: bytes) -> None:
     os.fchmod(fd, FILE_MODE)
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    write_all(fd, data)
     os.fsync(fd)
 
 
@@ -325,7 +314,7 @@ def _write_new(path: Path, doc: Mapping[str, Any]) -> None:
         _write_fd(fd, _encode(doc))
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _replace(path: Path, doc: Mapping[str, Any]) -> None:
@@ -345,7 +334,7 @@ def _replace(path: Path, doc: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def generate(path: str | os.PathLike[str], *, dev: bool = False, now: datetime) -> SigningKeyset:

@@ -201,6 +201,20 @@ class PublicKeyset:
         """The key with id ``kid``, or None."""
         return self._keys.get(kid)
 
+    def trusted(self, kid: str, *, allow_dev_keys: bool = False) -> PublicKey:
+        """The key with id ``kid`` if it may vouch for anything: known, not revoked, a development key only
+        when ``allow_dev_keys``. Raises ``VerificationError`` (``unknown_key``, ``revoked_key``, ``dev_key``).
+
+        Whether it was valid when the signed thing was issued is the caller's next step (``valid_at``)."""
+        key = self._keys.get(kid)
+        if key is None:
+            raise VerificationError("unknown_key", f"key {kid} is not in the trusted keyset")
+        if key.status == REVOKED:
+            raise VerificationError("revoked_key", f"key {kid} is revoked")
+        if key.is_dev and not allow_dev_keys:
+            raise VerificationError("dev_key", f"key {kid} is a development key (see --allow-dev-keys)")
+        return key
+
     def __iter__(self) -> Iterator[PublicKey]:
         return iter(self._keys.values())
 

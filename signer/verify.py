@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from nacl.exceptions import BadSignatureError
 
 from keyturn.signer.errors import VerificationError
-from keyturn.signer.keyset import REVOKED, PublicKeyset
+from keyturn.signer.keyset import PublicKeyset
 from keyturn.signer.receipt import (
     MAX_RECEIPT_BYTES,
     SCOPE_FIELDS,
@@ -130,15 +130,7 @@ def verify_receipt(
     assert receipt.signature_value is not None
 
     # 4. The key is known and not revoked; development keys only when explicitly allowed.
-    key = keyset.get(receipt.key_id)
-    if key is None:
-        raise VerificationError("unknown_key", f"key {receipt.key_id} is not in the trusted keyset")
-    if key.status == REVOKED:
-        raise VerificationError("revoked_key", f"key {receipt.key_id} is revoked")
-    if key.is_dev and not allow_dev_keys:
-        raise VerificationError(
-            "dev_key", f"key {receipt.key_id} is a development key (see --allow-dev-keys)"
-        )
+    key = keyset.trusted(receipt.key_id, allow_dev_keys=allow_dev_keys)
 
     # 5. The signature covers PAE(type, JCS(receipt minus signature.value)): every other member is signed.
     try:

@@ -321,3 +321,54 @@ def start_bot(
         ready=http_ok(f"{url}/readyz"),
         cwd=cwd,
     )
+
+
+@dataclass
+class Backends:
+    """A real signer and a Slack emulator for a test's own bot(s), made by :func:`signer_and_emulator`."""
+
+    workdir: Path
+    logs: Path
+    policy: Path
+    signer_socket: Path
+    emulator_url: str
+    procs: list[Proc]  # stopped last first when the context ends, bots started here included
+
+    def start_bot(self, *, port: int, redis_url: str, env: Mapping[str, str] | None = None) -> Proc:
+        """``keyturn bot`` on ``port`` against these backends (see :func:`start_bot`)."""
+        proc = start_bot(
+            self.logs,
+            port=port,
+            redis_url=redis_url,
+            signer_socket=self.signer_socket,
+            policy=self.policy,
+            emulator_url=self.emulator_url,
+            cwd=self.workdir,
+            env=env,
+        )
+        self.procs.append(proc)
+        return proc
+
+
+@contextlib.contextmanager
+def signer_and_emulator(
+    workdir: Path, policy_text: str, *, slack_secret: str, ci_secret: str, bot_url: str | None = None
+) -> Iterator[Backends]:
+    """Fresh keys, ``policy_text`` as ``keyturn.toml``, a signer and an emulator sending to ``bot_url``, all
+    in ``workdir``; every process started through them is stopped on exit."""
+    policy = workdir / "keyturn.toml"
+    policy.write_text(policy_text)
+    keyset, _ = keygen(workdir)
+    logs = workdir / "logs"
+    procs: list[Proc] = []
+    try:
+        signer, sock = start_signer(
+            workdir, logs, policy=policy, keyset=keyset, slack_secret=slack_secret, ci_secret=ci_secret
+        )
+        procs.append(signer)
+        emulator, emulator_url = start_emulator(logs, slack_secret=slack_secret, bot_url=bot_url)
+        procs.append(emulator)
+        yield Backends(workdir, logs, policy, sock, emulator_url, procs)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()

@@ -27,7 +27,8 @@ from keyturn.signer import wire
 from keyturn.signer.evidence import EvidenceError
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import new_request_id
-from tests.bot.test_approvals import Clock, FakeMessenger, FakeSigner
+from tests.bot.test_approvals import FakeSigner
+from tests.fixtures import Clock, RecordingMessenger
 from tests.signer.conftest import (
     CI_SECRET,
     POLICY_TOML,
@@ -76,7 +77,7 @@ def _bot_refusal(user: str, claimed: dict[str, list[str]]) -> str | None:
     request = lifecycle.new_request(
         new_request_id(), body, now=clock.now, ttl=timedelta(minutes=30), required_approvals=2
     )
-    messenger = FakeMessenger()
+    messenger = RecordingMessenger()
     messenger.groups = {g: frozenset(members) for g, members in claimed.items()}
     store = cast(RequestStore, OneRequestStore(request))
     service = ApprovalService(store, messenger, FakeSigner(), POLICY, clock=clock)

@@ -34,26 +34,12 @@ from keyturn.bot.cards import APPROVE_ACTION, DENY_ACTION, REASON_ACTION, REASON
 from keyturn.emulator.client import EmulatorClient
 from keyturn.signer import wire
 from tests import harness
+from tests.fixtures import STAGING_POLICY
 from tests.harness import Proc, free_port, wait_until
 
 CI_SECRET = "abuse-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "abuse-slack-signing-secret-0123456789abcdef"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.staging]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 1
-request_ttl = "30m"
-receipt_ttl = "30m"
-allow_self_approval = false
-confirm_approve = false
-"""
+POLICY = STAGING_POLICY
 # Finding 7: cancel and deny races in all, across two replicas (fewer with KEYTURN_TEST_RACES, to try).
 RACES = int(os.environ.get("KEYTURN_TEST_RACES", "500"))
 SIGN_LEASE_S = 3  # short, so a dead signer's claim lapses quickly in the test

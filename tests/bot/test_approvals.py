@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
 from keyturn.bot.store import RequestStore
 from keyturn.signer import wire
 from keyturn.signer.policy import Policy
+from tests.fixtures import Clock, RecordingMessenger
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
 POLICY = b"""
@@ -38,61 +39,6 @@ receipt_ttl = "15m"
 [groups.S0ONCALL]
 members = ["U0ERIN"]
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class FakeMessenger:
-    """Records calls; ``fail_posts`` makes the next N post_card calls fail."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.fail_posts = 0
-        self.posted = asyncio.Event()
-        # What Slack says about groups right now; the approval checks must not depend on it.
-        self.groups: dict[str, frozenset[str]] = {"S0ONCALL": frozenset({"U0ERIN"})}
-
-    async def post_card(self, request: DeployRequest) -> CardRef:
-        self.calls.append(("post_card", request.id))
-        if self.fail_posts:
-            self.fail_posts -= 1
-            raise RuntimeError("slack down")
-        self.posted.set()
-        return CardRef(channel="C0DEPLOYS", ts="1.000100")
-
-    async def update_card(self, request: DeployRequest) -> None:
-        self.calls.append(("update_card", request.status))
-
-    async def reply_in_thread(self, card: CardRef, text: str) -> None:
-        self.calls.append(("reply", text))
-
-    async def send_dm(self, user_id: str, text: str) -> None:
-        self.calls.append(("dm", user_id))
-
-    async def ephemeral(self, channel: str, user_id: str, text: str) -> None:
-        self.calls.append(("ephemeral", user_id))
-
-    async def permalink(self, card: CardRef) -> str | None:
-        return None
-
-    async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
-        self.calls.append(("modal", trigger_id))
-
-    async def group_members(self, group_id: str) -> frozenset[str]:
-        self.calls.append(("group_members", group_id))
-        return self.groups.get(group_id, frozenset())
-
-    async def user_email(self, user_id: str) -> str | None:
-        return f"{user_id.lower()}@example.com"
-
-    async def user_by_email(self, email: str) -> str | None:
-        return None
 
 
 class FakeSigner:
@@ -138,9 +84,11 @@ class FakeSigner:
 
 
 @pytest.fixture
-async def parts(redis_url: str) -> AsyncIterator[tuple[ApprovalService, FakeMessenger, FakeSigner, Clock]]:
+async def parts(
+    redis_url: str,
+) -> AsyncIterator[tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock]]:
     client = aioredis.Redis.from_url(redis_url)
-    messenger, signer, clock = FakeMessenger(), FakeSigner(), Clock()
+    messenger, signer, clock = RecordingMessenger(), FakeSigner(), Clock()
     service = ApprovalService(
         RequestStore(client, retention=timedelta(hours=1)),
         messenger,
@@ -173,7 +121,7 @@ def click(user: str) -> SlackEvidence:
     return SlackEvidence(body=f"payload={user}", timestamp="1", signature="v0=00")
 
 
-async def created(service: ApprovalService, messenger: FakeMessenger, clock: Clock) -> DeployRequest:
+async def created(service: ApprovalService, messenger: RecordingMessenger, clock: Clock) -> DeployRequest:
     req, is_new = await service.create(body(), origin(clock))
     assert is_new
     await asyncio.wait_for(messenger.posted.wait(), 5)
@@ -182,7 +130,7 @@ async def created(service: ApprovalService, messenger: FakeMessenger, clock: Clo
 
 
 async def test_signer_refusal_keeps_request_pending_and_next_click_retries(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     service, messenger, signer, clock = parts
     req = await created(service, messenger, clock)
@@ -213,7 +161,7 @@ async def test_signer_refusal_keeps_request_pending_and_next_click_retries(
 
 
 async def test_refusals_have_specific_codes(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     service, messenger, _, clock = parts
     req = await created(service, messenger, clock)
@@ -236,7 +184,7 @@ async def test_refusals_have_specific_codes(
 
 
 async def test_precheck_uses_the_pinned_membership_not_slack(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     """Slack (or whoever answers as Slack) says mallory joined on-call and erin left: the early check still
     follows the policy's pinned [groups], exactly as the signer will, and never asks Slack."""
@@ -253,7 +201,7 @@ async def test_precheck_uses_the_pinned_membership_not_slack(
 
 
 async def test_card_posting_is_retried_and_the_error_is_visible(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     service, messenger, _, clock = parts
     messenger.fail_posts = 3
@@ -267,7 +215,7 @@ async def test_card_posting_is_retried_and_the_error_is_visible(
 
 
 async def test_expire_is_idempotent_and_only_when_due(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     service, messenger, _, clock = parts
     req = await created(service, messenger, clock)
@@ -282,7 +230,7 @@ async def test_expire_is_idempotent_and_only_when_due(
 
 
 async def test_hooks_hear_creation_and_the_final_state_once(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     service, messenger, _, clock = parts
     seen: list[tuple[str, Status]] = []
@@ -301,7 +249,7 @@ async def test_hooks_hear_creation_and_the_final_state_once(
     assert seen == [("created", Status.PENDING), ("final", Status.CANCELLED)]
 
 
-class HangingMessenger(FakeMessenger):
+class HangingMessenger(RecordingMessenger):
     """A replica whose Slack call never returns (it is about to die mid-post)."""
 
     def __init__(self) -> None:
@@ -321,7 +269,7 @@ async def test_a_card_whose_poster_died_is_posted_by_another_replica_never_twice
     client = aioredis.Redis.from_url(redis_url)
     store = RequestStore(client, retention=timedelta(hours=1))
     policy, clock = Policy.from_bytes(POLICY), Clock()
-    dying, survivor = HangingMessenger(), FakeMessenger()
+    dying, survivor = HangingMessenger(), RecordingMessenger()
     a = ApprovalService(store, dying, FakeSigner(), policy, clock=clock)
     b = ApprovalService(store, survivor, FakeSigner(), policy, clock=clock)
     try:
@@ -345,7 +293,7 @@ async def test_a_card_whose_poster_died_is_posted_by_another_replica_never_twice
 
 
 async def test_every_refusal_is_sent_to_the_signer_once_and_an_outage_is_retried_by_the_backstop(
-    parts: tuple[ApprovalService, FakeMessenger, FakeSigner, Clock],
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
 ) -> None:
     """Denied, cancelled, expired: each reaches the signer's record once, with its evidence; a signer outage
     loses nothing (the note stays in Redis and the leader's backstop records it later); a refusal of the

@@ -21,7 +21,8 @@ from keyturn.bot.models import Approval, RequestIn, Status
 from keyturn.bot.ports import Refused
 from keyturn.bot.store import RequestStore
 from keyturn.signer.policy import Policy
-from tests.bot.test_approvals import POLICY, Clock, FakeMessenger, FakeSigner, click, origin
+from tests.bot.test_approvals import POLICY, FakeSigner, click, origin
+from tests.fixtures import Clock, RecordingMessenger
 
 MANY = 1_100  # more than the old window of 1,000
 TARGET_RANK = 1_010  # the one whose card failed: ranked past the old window by expiry
@@ -35,7 +36,7 @@ async def store(redis_url: str) -> AsyncIterator[RequestStore]:
 
 
 def service_on(
-    store: RequestStore, messenger: FakeMessenger, signer: FakeSigner, clock: Clock
+    store: RequestStore, messenger: RecordingMessenger, signer: FakeSigner, clock: Clock
 ) -> ApprovalService:
     return ApprovalService(
         store,
@@ -79,7 +80,7 @@ async def test_card_backstop_and_pending_list_see_more_than_a_thousand(store: Re
         await asyncio.gather(*(store.transition(r, posted) for r in others[start : start + 50]))
 
     assert await store.needs_card_ids() == [target]
-    messenger, signer = FakeMessenger(), FakeSigner()
+    messenger, signer = RecordingMessenger(), FakeSigner()
     service = service_on(store, messenger, signer, clock)
     try:
         assert await service.resume() == 1  # the leader's backstop pass
@@ -109,7 +110,7 @@ async def test_quorum_backstop_finishes_once_across_replicas(store: RequestStore
     await store.mark_at_quorum([at_quorum])
 
     signer = FakeSigner()
-    replicas = [service_on(store, FakeMessenger(), signer, clock) for _ in range(3)]
+    replicas = [service_on(store, RecordingMessenger(), signer, clock) for _ in range(3)]
     try:
         done = await asyncio.gather(*(s.finish_stuck() for s in replicas))
         assert sum(done) == 1
@@ -133,7 +134,7 @@ async def test_a_cancel_waits_for_the_signature_in_flight_and_loses_to_it(store:
     await store.add_approval(req.id, Approval(user_id="U0BOB", at=clock.now), click("U0BOB"), clock.now)
     token = await store.claim_signing(req.id, timedelta(seconds=5))
     assert token is not None
-    service = service_on(store, FakeMessenger(), FakeSigner(), clock)
+    service = service_on(store, RecordingMessenger(), FakeSigner(), clock)
     try:
         cancel = asyncio.create_task(service.cancel(req.id))
         await asyncio.sleep(0)  # let it hit the claim

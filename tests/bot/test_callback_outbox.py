@@ -30,26 +30,12 @@ from keyturn.bot.metrics import Metrics
 from keyturn.bot.store import OUTBOX_DUE_KEY, PENDING_KEY, RequestStore
 from tests import harness
 from tests.bot.test_callbacks import Mac, deploy_request
+from tests.fixtures import STAGING_POLICY
 from tests.harness import Proc, free_port
 
 CI_SECRET = "outbox-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "outbox-slack-signing-secret-0123456789abcdef"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.staging]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 1
-request_ttl = "30m"
-receipt_ttl = "30m"
-allow_self_approval = false
-confirm_approve = false
-"""
+POLICY = STAGING_POLICY
 CONCURRENCY = 4
 
 

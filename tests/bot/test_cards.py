@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,33 +15,26 @@ from keyturn.bot.cards import card_facts, deny_modal, format_duration, render_ca
 from keyturn.bot.models import Approval, DeployRequest, Scope, Status
 from keyturn.emulator.blockkit import validate_message_blocks, validate_view
 from keyturn.signer.card import CardMismatch, check_clicked_card
-from keyturn.signer.policy import Environment, Policy
+from keyturn.signer.policy import Environment
+from tests import fixtures
+from tests.fixtures import DEV_POLICY, REQUEST_ID, SHA
 
-ROOT = Path(__file__).resolve().parents[2]
-POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
+POLICY = DEV_POLICY
 PROD = POLICY.environment("production")  # confirm_approve = true
 STAGING = POLICY.environment("staging")  # confirm_approve = false
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
-RID = "req_01JDQ4Z8Y3K6W2V7T5R9P0M1N2"
+RID = REQUEST_ID
 INJECTIONS = ["feat/<!channel>", "<@U1>", "a&b", "<https://evil|x>", "<!here>", "<!subteam^S1>", "<#C1>"]
 
 
 def make_request(**changes: Any) -> DeployRequest:
-    base: dict[str, Any] = {
-        "id": RID,
-        "scope": Scope(repo="acme/web", sha=SHA, environment="production", workflow="deploy"),
-        "requester": "github:alice",
-        "requester_slack_id": "U0ALICE",
+    """The shared test request at ``NOW``, with the free text a card shows."""
+    free_text = {
         "ref": "refs/heads/main",
         "run_url": "https://ci.example/acme/web/runs/42",
         "title": "Release 1.2",
-        "created_at": NOW,
-        "expires_at": NOW + timedelta(minutes=30),
-        "required_approvals": 2,
     }
-    base.update(changes)
-    return DeployRequest(**base)
+    return fixtures.make_request(NOW, **(free_text | changes))
 
 
 def texts(node: Any) -> Iterator[str]:

@@ -19,25 +19,13 @@ import httpx
 import pytest
 
 from tests import harness
+from tests.fixtures import policy_toml
 from tests.harness import Proc, free_port, http_ok, start_process
 
 CI_SECRET = "edge-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "edge-slack-signing-secret-0123456789abcdef"
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.shortlived]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 1
-request_ttl = "6s"
-receipt_ttl = "15m"
-"""
+POLICY = policy_toml("shortlived", request_ttl="6s", receipt_ttl="15m")
 HALF_HEADERS = 1_000  # connections that send half a request head and stall
 HALF_BODIES = 100  # connections that send a head and half a body and stall
 BOT_NOFILE = 1_024  # the bot's open-file limit, as in the report
@@ -47,20 +35,11 @@ GRACE_S = 3.0  # KEYTURN_SHUTDOWN_GRACE in this test
 
 @pytest.fixture
 def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
-    policy = tmp_path / "keyturn.toml"
-    policy.write_text(POLICY)
-    keyset, _ = harness.keygen(tmp_path)
-    logs = tmp_path / "logs"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs: list[Proc] = []
-    try:
-        signer, sock = harness.start_signer(
-            tmp_path, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
-        )
-        procs.append(signer)
-        emulator, emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=url)
-        procs.append(emulator)
+    with harness.signer_and_emulator(
+        tmp_path, POLICY, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET, bot_url=url
+    ) as backends:
         launcher = (
             "import resource, sys, runpy; "
             f"resource.setrlimit(resource.RLIMIT_NOFILE, ({BOT_NOFILE}, {BOT_NOFILE})); "
@@ -69,13 +48,13 @@ def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
         bot = start_process(
             "bot",
             [sys.executable, "-c", launcher],
-            logs,
+            backends.logs,
             env={
                 "KEYTURN_REDIS_URL": f"{redis_url}?db=5",
-                "KEYTURN_SIGNER_SOCKET": str(sock),
-                "KEYTURN_POLICY": str(policy),
+                "KEYTURN_SIGNER_SOCKET": str(backends.signer_socket),
+                "KEYTURN_POLICY": str(backends.policy),
                 "KEYTURN_SLACK_BOT_TOKEN": "xoxb-keyturn-test-token",
-                "KEYTURN_SLACK_API_URL": f"{emu_url}/api/",
+                "KEYTURN_SLACK_API_URL": f"{backends.emulator_url}/api/",
                 "KEYTURN_HOST": "127.0.0.1",
                 "KEYTURN_PORT": str(port),
                 "KEYTURN_DEV_MODE": "1",
@@ -87,14 +66,8 @@ def edge_bot(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
             ready=http_ok(f"{url}/readyz"),
             cwd=tmp_path,
         )
-        procs.append(bot)
-    except Exception:
-        for p in procs:
-            p.stop()
-        raise
-    yield url, bot
-    for p in reversed(procs):
-        p.stop()
+        backends.procs.append(bot)
+        yield url, bot
 
 
 def _open_half(port: int, payload: bytes) -> socket.socket | None:

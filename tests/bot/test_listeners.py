@@ -40,15 +40,14 @@ from keyturn.bot.ports import Refused
 from keyturn.bot.signer_client import SignerClient
 from keyturn.emulator.client import AsyncEmulatorClient, Delivery
 from keyturn.signer.evidence import parse_approve_click, parse_slash_request, verify_slack_request
-from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import new_request_id
 from tests import harness
 from tests.bot.test_messenger import ephemerals, message, views
+from tests.fixtures import DEV_POLICY, DEV_POLICY_PATH
 from tests.harness import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-POLICY_PATH = ROOT / "bot" / "dev_policy.toml"
-POLICY = Policy.from_bytes(POLICY_PATH.read_bytes())
+POLICY_PATH = DEV_POLICY_PATH
+POLICY = DEV_POLICY
 SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
 TOKEN = "xoxb-keyturn-test"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,30 +20,13 @@ from keyturn.bot.messenger import (
     SlackUnavailable,
     make_web_client,
 )
-from keyturn.bot.models import Approval, CardRef, DeployRequest, Scope, Status
+from keyturn.bot.models import Approval, CardRef, Status
 from keyturn.emulator.client import AsyncEmulatorClient
-from keyturn.signer.policy import Policy
+from tests.fixtures import DEV_POLICY, make_request
 from tests.harness import free_port, start_emulator
 
-ROOT = Path(__file__).resolve().parents[2]
-POLICY = Policy.from_bytes((ROOT / "bot" / "dev_policy.toml").read_bytes())
-SHA = "4f2a9c0d3b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"
+POLICY = DEV_POLICY
 TOKEN = "xoxb-keyturn-test"
-
-
-def make_request(**changes: Any) -> DeployRequest:
-    now = datetime.now(UTC)
-    base: dict[str, Any] = {
-        "id": "req_01JDQ4Z8Y3K6W2V7T5R9P0M1N2",
-        "scope": Scope(repo="acme/web", sha=SHA, environment="production", workflow="deploy"),
-        "requester": "github:alice",
-        "requester_slack_id": "U0ALICE",
-        "created_at": now,
-        "expires_at": now + timedelta(minutes=30),
-        "required_approvals": 2,
-    }
-    base.update(changes)
-    return DeployRequest(**base)
 
 
 async def messages(emu: AsyncEmulatorClient, channel: str) -> list[dict[str, Any]]:

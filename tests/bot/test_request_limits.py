@@ -21,26 +21,14 @@ import redis
 from keyturn.bot.store import PENDING_KEY
 from keyturn.emulator.client import EmulatorClient
 from tests import harness
-from tests.harness import Proc, free_port
+from tests.fixtures import policy_toml
+from tests.harness import free_port
 
 CI_SECRET = "limits-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "limits-slack-signing-secret-0123456789abcdef"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.staging]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL", "U0ALICE"]
-required_approvals = 1
-request_ttl = "30m"
-receipt_ttl = "30m"
-allow_self_approval = false
-confirm_approve = false
-"""
+POLICY = policy_toml(
+    approvers=("U0BOB", "U0CAROL", "U0ALICE"), allow_self_approval=False, confirm_approve=False
+)
 LIMITS = {
     "KEYTURN_MAX_PENDING_PER_REQUESTER": "3",
     "KEYTURN_MAX_PENDING_PER_REPO": "5",
@@ -80,38 +68,15 @@ class Stack:
 
 @pytest.fixture
 def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
-    policy = tmp_path / "keyturn.toml"
-    policy.write_text(POLICY)
-    keyset, _ = harness.keygen(tmp_path)
-    logs = tmp_path / "logs"
-    procs: list[Proc] = []
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     redis_url = f"{redis_url}?db=9"  # a database of its own, apart from the session's e2e bot (db 0)
-    try:
-        signer, sock = harness.start_signer(
-            tmp_path, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
-        )
-        procs.append(signer)
-        emulator, emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=url)
-        procs.append(emulator)
-        procs.append(
-            harness.start_bot(
-                logs,
-                port=port,
-                redis_url=redis_url,
-                signer_socket=sock,
-                policy=policy,
-                emulator_url=emu_url,
-                cwd=tmp_path,
-                env={"KEYTURN_DEV_MODE": "1", **LIMITS},
-            )
-        )
-        with httpx.Client(timeout=30) as http, EmulatorClient(emu_url) as emu:
+    with harness.signer_and_emulator(
+        tmp_path, POLICY, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET, bot_url=url
+    ) as backends:
+        backends.start_bot(port=port, redis_url=redis_url, env={"KEYTURN_DEV_MODE": "1", **LIMITS})
+        with httpx.Client(timeout=30) as http, EmulatorClient(backends.emulator_url) as emu:
             yield Stack(url, redis_url, http, emu)
-    finally:
-        for p in reversed(procs):
-            p.stop()
 
 
 def refused(resp: httpx.Response, limit: str) -> dict[str, Any]:

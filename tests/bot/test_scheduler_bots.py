@@ -25,28 +25,22 @@ import redis
 
 from keyturn.emulator.client import EmulatorClient
 from tests import harness
+from tests.fixtures import policy_toml
 from tests.harness import Proc, free_port, wait_until
 
 CI_SECRET = "sched-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "sched-slack-signing-secret-0123456789abcdef"
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.timed]
-channel = "C0DEPLOYS"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 2
-request_ttl = "8s"
-receipt_ttl = "15m"
-remind_every = "2s"
-escalate_after = 1
-escalate_to = ["U0DAVE"]
-"""
+POLICY = policy_toml(
+    "timed",
+    channel="C0DEPLOYS",
+    required_approvals=2,
+    request_ttl="8s",
+    receipt_ttl="15m",
+    remind_every="2s",
+    escalate_after=1,
+    escalate_to=["U0DAVE"],
+)
 
 
 @dataclass

@@ -16,12 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from keyturn.bot.approvals import ApprovalService
-from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
+from keyturn.bot.models import DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
 from keyturn.bot.scheduler import DUE_KEY, JobContext, StaleLeader
 from keyturn.bot.store import RequestStore
 from keyturn.bot.timer_jobs import TimerJobs, TimerRunner, install, reminder
 from keyturn.signer import wire
 from keyturn.signer.policy import Policy
+from tests.fixtures import Clock, RecordingMessenger
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
 POLICY = b"""
@@ -51,63 +52,6 @@ members = ["U0ERIN"]
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
-
-class Messenger:
-    """Records Slack calls; ``card`` controls whether posting the card succeeds."""
-
-    def __init__(self) -> None:
-        self.replies: list[str] = []
-        self.dms: list[tuple[str, str]] = []
-        self.card_ok = True
-        self.posted = asyncio.Event()
-        self.link: str | None = "https://acme.slack.com/archives/C0DEPLOYS/p1000100"
-
-    async def permalink(self, card: CardRef) -> str | None:
-        return self.link
-
-    async def post_card(self, request: DeployRequest) -> CardRef:
-        if not self.card_ok:
-            raise RuntimeError("slack down")
-        self.posted.set()
-        return CardRef(channel="C0DEPLOYS", ts="1.000100")
-
-    async def update_card(self, request: DeployRequest) -> None:
-        return None
-
-    async def reply_in_thread(self, card: CardRef, text: str) -> None:
-        self.replies.append(text)
-
-    async def send_dm(self, user_id: str, text: str) -> None:
-        self.dms.append((user_id, text))
-
-    async def ephemeral(self, channel: str, user_id: str, text: str) -> None:
-        return None
-
-    async def open_deny_modal(self, trigger_id: str, request: DeployRequest) -> None:
-        return None
-
-    async def group_members(self, group_id: str) -> frozenset[str]:
-        return {"S0ONCALL": frozenset({"U0ERIN"}), "S0LEADS": frozenset({"U0FRANK"})}.get(
-            group_id, frozenset()
-        )
-
-    async def user_email(self, user_id: str) -> str | None:
-        return None
-
-    async def user_by_email(self, email: str) -> str | None:
-        return None
-
-
 class NoSigner:
     async def sign(
         self,
@@ -133,7 +77,7 @@ class NoSigner:
 @dataclass
 class World:
     service: ApprovalService
-    messenger: Messenger
+    messenger: RecordingMessenger
     clock: Clock
     runner: TimerRunner
     redis: aioredis.Redis
@@ -169,7 +113,8 @@ class World:
 async def world(redis_url: str) -> AsyncIterator[World]:
     # A database of its own: the session's e2e bot (db 0) takes part in leader election too.
     client = aioredis.Redis.from_url(f"{redis_url}?db=7")
-    messenger, clock = Messenger(), Clock()
+    messenger = RecordingMessenger(link="https://acme.slack.com/archives/C0DEPLOYS/p1000100")
+    clock = Clock(T0)
     store = RequestStore(client, retention=timedelta(hours=1))
     policy = Policy.from_bytes(POLICY)
     service = ApprovalService(

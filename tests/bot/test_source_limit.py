@@ -25,26 +25,12 @@ from keyturn.bot.cards import APPROVE_ACTION
 from keyturn.bot.prefilter import SourceLimiter
 from keyturn.emulator.client import EmulatorClient
 from tests import harness
+from tests.fixtures import STAGING_POLICY
 from tests.harness import Proc, free_port
 
 CI_SECRET = "source-ci-secret-0123456789abcdef0123456789"
 SLACK_SECRET = "source-slack-signing-secret-0123456789abcdef"
-POLICY = """\
-version = 1
-[slack]
-command = "/keyturn"
-team_id = "T0KEYTURN"
-[identities]
-"github:alice" = "U0ALICE"
-[environments.staging]
-channel = "C0STAGING"
-approvers = ["U0BOB", "U0CAROL"]
-required_approvals = 1
-request_ttl = "30m"
-receipt_ttl = "30m"
-allow_self_approval = false
-confirm_approve = false
-"""
+POLICY = STAGING_POLICY
 BURST, RATE = 20, 5
 FLOOD_S = 8.0
 FLOOD_THREADS = 32
@@ -68,44 +54,21 @@ def test_source_limiter_refuses_after_the_burst_and_forgives_at_the_rate() -> No
 
 @pytest.fixture
 def stack(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, EmulatorClient, list[Proc]]]:
-    policy = tmp_path / "keyturn.toml"
-    policy.write_text(POLICY)
-    keyset, _ = harness.keygen(tmp_path)
-    logs = tmp_path / "logs"
-    procs: list[Proc] = []
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     redis_url = f"{redis_url}?db=10"  # a database of its own, apart from the session's e2e bot (db 0)
-    try:
-        signer, sock = harness.start_signer(
-            tmp_path, logs, policy=policy, keyset=keyset, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET
-        )
-        procs.append(signer)
-        emulator, emu_url = harness.start_emulator(logs, slack_secret=SLACK_SECRET, bot_url=url)
-        procs.append(emulator)
-        env = {
-            "KEYTURN_DEV_MODE": "1",
-            "KEYTURN_LOG_LEVEL": "WARNING",
-            "KEYTURN_SOURCE_BURST": str(BURST),
-            "KEYTURN_SOURCE_RATE": str(RATE),
-        }
-        procs.append(
-            harness.start_bot(
-                logs,
-                port=port,
-                redis_url=redis_url,
-                signer_socket=sock,
-                policy=policy,
-                emulator_url=emu_url,
-                cwd=tmp_path,
-                env=env,
-            )
-        )
-        with EmulatorClient(emu_url) as emu:
-            yield url, emu, procs
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    env = {
+        "KEYTURN_DEV_MODE": "1",
+        "KEYTURN_LOG_LEVEL": "WARNING",
+        "KEYTURN_SOURCE_BURST": str(BURST),
+        "KEYTURN_SOURCE_RATE": str(RATE),
+    }
+    with harness.signer_and_emulator(
+        tmp_path, POLICY, slack_secret=SLACK_SECRET, ci_secret=CI_SECRET, bot_url=url
+    ) as backends:
+        backends.start_bot(port=port, redis_url=redis_url, env=env)
+        with EmulatorClient(backends.emulator_url) as emu:
+            yield url, emu, backends.procs
 
 
 def _flood(url: str, stop: threading.Event, counts: Counter[int]) -> None:
