@@ -40,6 +40,7 @@ from keyturn.bot.store import (
     SeenRequest,
     SignError,
     StoreUnavailable,
+    owes_delivery,
 )
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
@@ -443,7 +444,7 @@ class Api:
     async def _view(self, req: DeployRequest) -> dict[str, Any]:
         error = await self.store.sign_error(req.id) if req.status is Status.PENDING else None
         view = request_view(req, self.base_url, error)
-        if req.callback_url:
+        if owes_delivery(req):
             # The callback's delivery: its id (the receiver's dedupe key), state (queued, delivered, dead
             # after the last attempt, refused by the URL rules), attempts so far and the last attempt.
             view["callback"] = await self.store.callback_job(req.id)

@@ -40,7 +40,14 @@ from keyturn.bot.models import (
 )
 from keyturn.bot.ports import Messenger, Refused
 from keyturn.bot.slack_text import escape, user_mention
-from keyturn.bot.store import RequestLimits, RequestStore, SignError, SigningInProgress, StoreUnavailable
+from keyturn.bot.store import (
+    RequestLimits,
+    RequestStore,
+    SignError,
+    SigningInProgress,
+    StoreUnavailable,
+    owes_delivery,
+)
 from keyturn.signer import wire
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
@@ -232,8 +239,6 @@ class ApprovalService:
         self._clock = clock
         self.hooks: LifecycleHooks = hooks or NoHooks()
         self._callbacks = callbacks
-        # The GitHub hand-off (bot/github.py), set by the server when an approver is configured.
-        self.github: Any = None
         self._metrics = metrics or Metrics()
         self._card_retry_max = card_retry_max.total_seconds()
         self._card_retry_first = card_retry_first.total_seconds()
@@ -563,7 +568,7 @@ class ApprovalService:
                 receipt=receipt,
             )
             if changed:
-                await self._on_final(done, receipt)
+                await self._on_final(done)
             return done
         finally:
             with contextlib.suppress(StoreUnavailable):
@@ -696,7 +701,7 @@ class ApprovalService:
                 await self._store.settle_final(done)
         return done
 
-    async def _on_final(self, request: DeployRequest, receipt: dict[str, Any] | None = None) -> None:
+    async def _on_final(self, request: DeployRequest) -> None:
         """Side effects of reaching a final state, run once by whoever made the transition."""
         self._metrics.decisions.labels(request.status.value).inc()
         if request.status is not Status.APPROVED:
@@ -715,14 +720,10 @@ class ApprovalService:
             )
         if request.requester_slack_id:
             await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
-        if request.origin_kind == "github" and self.github is not None:
-            if receipt is None and request.status is Status.APPROVED:
-                with contextlib.suppress(StoreUnavailable):
-                    receipt = await self._store.receipt(request.id)
-            self._spawn(self.github.decided(request, receipt), f"github-{request.id}")
-        if request.callback_url and self._callbacks is not None:
-            # The store enqueued the callback in the outbox right after the final write; this only wakes
-            # this replica's delivery workers so it goes out at once rather than at their next poll.
+        if owes_delivery(request) and self._callbacks is not None:
+            # The store enqueued the callback (or the GitHub hand-off) in the outbox right after the final
+            # write; this only wakes this replica's delivery workers so it goes out at once rather than at
+            # their next poll. In the outbox it survives this process dying before it is delivered.
             self._callbacks.wake()
         await self._quietly("on_final hook", self.hooks.on_final(request))
 

@@ -41,7 +41,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from keyturn.bot.metrics import Metrics
 from keyturn.bot.models import DeployRequest, Status
-from keyturn.bot.store import RequestStore, StoreUnavailable
+from keyturn.bot.store import RequestStore, StoreUnavailable, owes_delivery
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +250,19 @@ def callback_body(request: DeployRequest, receipt: dict[str, Any] | None) -> byt
 
 
 def refused(record: dict[str, Any]) -> bool:
-    """True if an attempt failed on a rule (a URL or address the policy refuses): retrying cannot make it
-    acceptable, so the callback is settled as refused rather than retried."""
-    return record["outcome"] == "invalid_url" or str(record.get("error", "")).startswith("callback_")
+    """True if an attempt failed on a rule (a URL or address the policy refuses, or the GitHub approver's
+    4xx): retrying cannot make it acceptable, so the delivery is settled as refused rather than retried."""
+    return record["outcome"] in ("invalid_url", "refused") or str(record.get("error", "")).startswith(
+        "callback_"
+    )
+
+
+class Handover(Protocol):
+    """The GitHub hand-off (bot/github.py, ``GitHubForwarder``) as the outbox drives it."""
+
+    async def hand_over(self, request: DeployRequest, receipt: dict[str, Any] | None) -> dict[str, Any]:
+        """One attempt; its record's ``outcome`` (``delivered``, ``refused`` or ``failed``) and details."""
+        ...
 
 
 class CallbackSender:
@@ -362,6 +372,22 @@ class CallbackSender:
         await self._record(request.id, record)
         return record
 
+    async def attempt_by(
+        self, request_id: str, number: int, deliver: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """One attempt made by ``deliver`` rather than a POST to a callback URL (the GitHub hand-off): bounded
+        by the same timeout and recorded like a callback attempt. Any exception is a failed attempt."""
+        record: dict[str, Any] = {"attempt": number, "at": self._clock().isoformat()}
+        try:
+            async with asyncio.timeout(self._timeout):
+                record.update(await deliver())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one failed attempt; the outbox retries
+            record.update(outcome="failed", error=type(exc).__name__)
+        await self._record(request_id, record)
+        return record
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
         return float(min(self._first_delay * 2 ** max(0, attempt - 1), self._max_delay))
@@ -424,6 +450,9 @@ class CallbackOutbox:
         self._workers: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        # The GitHub hand-off (bot/github.py), set by the server when an approver is configured: the outcome
+        # of a request a protection rule's webhook opened goes there instead of to a callback URL.
+        self.github: Handover | None = None
 
     @property
     def in_flight(self) -> int:
@@ -490,13 +519,23 @@ class CallbackOutbox:
         if not task.cancelled() and task.exception() is not None:
             log.error("callback delivery failed", exc_info=task.exception())
 
+    def _hand_over(
+        self, request: DeployRequest, receipt: dict[str, Any] | None
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def attempt() -> dict[str, Any]:
+            if self.github is None:  # a bot started without KEYTURN_GITHUB_APPROVER_URL: kept for one with it
+                return {"outcome": "failed", "error": "github_approver_not_configured"}
+            return await self.github.hand_over(request, receipt)
+
+        return attempt
+
     async def _work(self, request_id: str, token: int) -> None:
         try:
             job = await self._store.begin_callback(request_id)
             request = await self._store.get(request_id) if job is not None else None
         except StoreUnavailable:
             return  # the lease lapses and the attempt is made again
-        if job is None or request is None or not request.callback_url:
+        if job is None or request is None or not owes_delivery(request):
             with contextlib.suppress(StoreUnavailable):
                 await self._store.drop_callback(request_id, token)
             return
@@ -505,7 +544,10 @@ class CallbackOutbox:
             with contextlib.suppress(StoreUnavailable):
                 receipt = await self._store.receipt(request_id)
         number = int(job.get("attempts", "1"))
-        record = await self._sender.attempt(request, receipt, number, job.get("delivery_id", ""))
+        if request.origin_kind == "github":
+            record = await self._sender.attempt_by(request_id, number, self._hand_over(request, receipt))
+        else:
+            record = await self._sender.attempt(request, receipt, number, job.get("delivery_id", ""))
         outcome = record["outcome"]
         retry_at: int | None = None
         if outcome == "delivered":

@@ -12,8 +12,10 @@
 3. opens a request whose origin is the webhook itself (kind ``github``): the signer re-checks the signature
    and the stamp at signing time and takes repository, sha and environment from the signed payload.
 
-When the request reaches a final state, :meth:`GitHubForwarder.decided` hands the outcome to the approver: the
-receipt (the approver verifies it and approves the run) or the reason (it rejects the run). The bot holds
+When the request reaches a final state, its outcome is handed to the approver through the Redis outbox that
+carries CI callbacks (bot/callbacks.py): the receipt (the approver verifies it and approves the run) or the
+reason (it rejects the run), by :meth:`GitHubForwarder.hand_over`, retried until the approver settles it, and
+replayed by whichever bot process starts next if this one dies meanwhile. The bot holds
 neither the webhook secret nor the App key (docs/security.md, "GitHub deployment protection rules").
 """
 
@@ -182,13 +184,19 @@ class GitHubForwarder:
             status_code=202 if created else 200,
         )
 
-    async def decided(self, request: DeployRequest, receipt: dict[str, Any] | None) -> None:
-        """Hand a final request's outcome to the approver: the receipt to approve the run with, or the reason
-        to reject it. Retried while the approver answers 5xx or cannot be reached; a refusal (4xx) is final
-        and logged (the run keeps waiting until GitHub's own timeout, or a human)."""
+    async def hand_over(self, request: DeployRequest, receipt: dict[str, Any] | None) -> dict[str, Any]:
+        """One attempt at handing a final request's outcome to the approver: the receipt to approve the run
+        with, or the reason to reject it. Called by the outbox (bot/callbacks.py) until it is settled, so a
+        bot restart mid-handover replays it; the approver is idempotent (a second approve or reject of a
+        decided run answers ``409 already_decided``), so a replay never decides twice.
+
+        The attempt's record: ``outcome`` ``delivered`` (the approver took it, or the run was already
+        decided), ``refused`` (a 4xx: final, retrying cannot help) or ``failed`` (unreachable, 5xx, or an
+        approved request whose receipt Redis cannot give now: tried again later).
+        """
         origin = await self.store.origin(request.id)
         if origin is None or origin.kind != "github":
-            return
+            return {"outcome": "refused", "error": "handover_no_origin"}
         try:
             hook = github_app.parse_payload(
                 base64.b64decode(origin.body),
@@ -198,15 +206,22 @@ class GitHubForwarder:
             )
         except github_app.GitHubError as exc:
             log.error("github hand-off of %s: stored webhook unusable (%s)", request.id, exc.code)
-            return
+            return {"outcome": "refused", "error": f"handover_{exc.code}"}
         if request.status is Status.APPROVED:
-            if receipt is None:  # Redis lost it for now: the run keeps waiting; an approval is never rejected
+            if receipt is None:  # Redis lost it for now: try again later; an approval is never rejected
                 log.error("github hand-off of %s: approved but its receipt could not be read", request.id)
-                return
-            await self._post_outcome(hook.run_id, hook.environment, "approve", receipt)
+                return {"outcome": "failed", "error": "receipt_unavailable"}
+            kind, body = "approve", receipt
         else:
-            reject = {"reason": final_reason(request), "request_id": request.id}
-            await self._post_outcome(hook.run_id, hook.environment, "reject", reject)
+            kind, body = "reject", {"reason": final_reason(request), "request_id": request.id}
+        status, error = await self._post_once(hook.run_id, hook.environment, kind, body)
+        record: dict[str, Any] = {"target": f"github {kind} run {hook.run_id}", "status": status}
+        if status == 200 or error == "already_decided":
+            return {**record, "outcome": "delivered"}
+        if status is not None and status < 500:
+            log.error("github %s of run %s for %s refused: %s", kind, hook.run_id, request.id, error)
+            return {**record, "outcome": "refused", "error": f"approver_{error}"}
+        return {**record, "outcome": "failed", "error": error}
 
     async def _status(self, run_id: object, request: DeployRequest) -> None:
         """One status-only comment on the waiting run (it neither approves nor rejects): once, not retried,
@@ -218,32 +233,37 @@ class GitHubForwarder:
         with contextlib.suppress(httpx.HTTPError):
             await self.client.post(f"{self.approver_url}/runs/{run_id}/{env}/status", json={"text": text})
 
+    async def _post_once(
+        self, run_id: int, environment: str, kind: str, body: dict[str, Any]
+    ) -> tuple[int | None, str]:
+        """POST ``body`` to the approver's ``approve`` (a receipt) or ``reject`` route of the run, once:
+        (HTTP status or None if unreachable, the approver's error code or what went wrong)."""
+        url = f"{self.approver_url}/runs/{run_id}/{quote(environment, safe='')}/{kind}"
+        outcome: tuple[int | None, str]
+        try:
+            resp = await self.client.post(url, content=json.dumps(body).encode())
+        except httpx.HTTPError as exc:
+            outcome = (None, type(exc).__name__)
+        else:
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+            code = data.get("error") if isinstance(data, dict) else None
+            outcome = (resp.status_code, str(code or f"HTTP {resp.status_code}"))
+        level = logging.INFO if outcome[0] == 200 else logging.WARNING
+        log.log(level, "github %s of run %s: %s (%s)", kind, run_id, outcome[0] or "no answer", outcome[1])
+        return outcome
+
     async def _post_outcome(self, run_id: object, environment: str, kind: str, body: dict[str, Any]) -> None:
-        """POST ``body`` to the approver's ``approve`` (a receipt) or ``reject`` route of the run, retried
-        while the approver answers 5xx or cannot be reached."""
+        """:meth:`_post_once`, retried while the approver answers 5xx or cannot be reached: for the runs
+        the webhook route rejects itself (no request exists for the outbox to carry)."""
         if not isinstance(run_id, int):
             return
-        url = f"{self.approver_url}/runs/{run_id}/{quote(environment, safe='')}/{kind}"
-        content = json.dumps(body).encode()
         for attempt in range(1, HANDOFF_ATTEMPTS + 1):
-            try:
-                resp = await self.client.post(url, content=content)
-            except httpx.HTTPError as exc:
-                outcome = type(exc).__name__
-            else:
-                if resp.status_code < 500:
-                    level = logging.INFO if resp.status_code == 200 else logging.WARNING
-                    log.log(level, "github %s of run %s: HTTP %d", kind, run_id, resp.status_code)
-                    return
-                outcome = f"HTTP {resp.status_code}"
-            log.warning(
-                "github %s of run %s: %s, attempt %d/%d",
-                kind,
-                run_id,
-                outcome,
-                attempt,
-                HANDOFF_ATTEMPTS,
-            )
+            status, _ = await self._post_once(run_id, environment, kind, body)
+            if status is not None and status < 500:
+                return
             if attempt < HANDOFF_ATTEMPTS:
                 await self.sleep(HANDOFF_BACKOFF_S * 2 ** (attempt - 1))
 

@@ -242,7 +242,7 @@ def build_app(
         from keyturn.bot.github import GitHubForwarder
 
         forwarder = GitHubForwarder(settings.github_approver_url, signer=signer, service=service, store=store)
-        service.github = forwarder
+        outbox.github = forwarder  # outcomes of GitHub-origin requests go out through the outbox
         routes += forwarder.routes()
         comps.extra_clients.append(forwarder)
     app = Starlette(

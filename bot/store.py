@@ -115,6 +115,12 @@ def _guard(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+def owes_delivery(request: DeployRequest) -> bool:
+    """True if ``request``'s final outcome goes out through the outbox: a CI callback, or the hand-off to the
+    GitHub approver of a request a protection rule's webhook opened (bot/github.py)."""
+    return bool(request.callback_url) or request.origin_kind == "github"
+
+
 def record_key(request_id: str) -> str:
     """The hash holding a request's record."""
     return f"{PREFIX}:req:{{{request_id}}}"
@@ -813,7 +819,7 @@ class RequestStore:
             result, written = await self._write(current, new, receipt, unless_signing)
             if result == 1:
                 if written.status.final and not current.status.final:
-                    if written.callback_url:
+                    if owes_delivery(written):
                         # Before the index clean-up: a crash before this line leaves the request in the
                         # pending index, and the expiry job's repair (``settle_final``) enqueues it then.
                         await self.enqueue_callback(written.id)
@@ -983,7 +989,7 @@ class RequestStore:
         index clean-up. Both are idempotent, so running this for a request already tidied changes nothing."""
         if not request.status.final:
             return
-        if request.callback_url:
+        if owes_delivery(request):
             await self.enqueue_callback(request.id)
         await self._after_final(request)
 

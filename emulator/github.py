@@ -225,7 +225,8 @@ def create_github_app(emulator: GitHubEmulator, clock: Any = time.time) -> Starl
     async def api(request: Request) -> Response:
         """Every API route: record, apply the faults, then dispatch."""
         raw = await request.body()
-        call: dict[str, Any] = {"method": request.method, "path": request.url.path}
+        # ``at`` (this process's monotonic clock) lets a test measure the caller's backoff between calls.
+        call: dict[str, Any] = {"method": request.method, "path": request.url.path, "at": time.monotonic()}
         if raw:
             try:
                 call["body"] = json.loads(raw)

@@ -433,6 +433,10 @@ class Approver:
             resp = await self.api.call("POST", hook.callback_path, hook.installation_id, body)
         except GitHubUnavailable as exc:
             return _error(502, "github_unavailable", str(exc))
+        if resp.status_code == 422:
+            # GitHub no longer waits for this review: an earlier answer of ours it took (a crash lost our
+            # record of it, and the bot replays the outcome) or the run was cancelled there. Final: not a 5xx.
+            return _error(409, "run_not_waiting", "GitHub answered that the run no longer waits for a review")
         if resp.status_code != 204:
             return _error(502, "review_refused", f"GitHub answered the review with HTTP {resp.status_code}")
         pending.status, pending.comment = state, comment

@@ -216,9 +216,13 @@ def test_demo_shows_a_github_run_released_by_clicks(dev: tuple[Proc, str]) -> No
         assert answer["status"] == 202, answer
         post = slack.wait_for("chat.postMessage", timeout=20)
         channel, ts = post["response"]["channel"], post["response"]["ts"]
-        assert http.get(f"{runs_url}/{make['run_id']}").json()["status"] == "waiting"
-        for approver in ("U0BOB", "U0CAROL"):
-            assert slack.click(approver, channel, ts, "approve").status == 200
-        wait_until(
-            lambda: http.get(f"{runs_url}/{make['run_id']}").json()["status"] == "approved", 30, "the run"
-        )
+        run_url = f"{runs_url}/{make['run_id']}"
+        assert http.get(run_url).json()["status"] == "waiting"
+        assert slack.click("U0BOB", channel, ts, "approve").status == 200
+        assert http.get(run_url).json()["status"] == "waiting"  # one approval of two releases nothing
+        assert slack.click("U0CAROL", channel, ts, "approve").status == 200
+        wait_until(lambda: http.get(run_url).json()["status"] == "approved", 30, "the run")
+        reviews = http.get(run_url).json()["reviews"]
+        # Released once, by the receipt of the request the webhook opened.
+        assert [r["state"] for r in reviews] == [None, "approved"]
+        assert f"Keyturn receipt `{answer['body']['requestId']}` verified" in reviews[1]["comment"]

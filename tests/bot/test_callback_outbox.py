@@ -351,3 +351,61 @@ async def test_a_final_request_left_without_its_outbox_entry_is_repaired(store: 
     # Twice is once: the same job and delivery id.
     await store.settle_final(final)
     assert await store.callback_job(req.id) == job
+
+
+# --- in-process: the GitHub hand-off rides the same outbox ---------------------------------------------
+
+
+class ScriptedHandover:
+    """The GitHub hand-off (bot/github.py) as a test double: answers each attempt from a script."""
+
+    def __init__(self, *outcomes: dict[str, Any]) -> None:
+        self.outcomes = list(outcomes)
+        self.attempts = 0
+
+    async def hand_over(self, request: Any, receipt: dict[str, Any] | None) -> dict[str, Any]:
+        self.attempts += 1
+        return self.outcomes.pop(0)
+
+
+async def _handover_settles(store: RequestStore, handover: ScriptedHandover) -> dict[str, Any]:
+    """A GitHub-origin request cancelled (its final write enqueues the hand-off) and the outbox run until the
+    job is settled; the job."""
+    from keyturn.bot import lifecycle
+    from keyturn.bot.models import OriginEvidence
+
+    req = deploy_request("").model_copy(update={"callback_url": None, "origin_kind": "github"})
+    origin = OriginEvidence(kind="github", body="", timestamp="0", signature="sha256=" + "0" * 64)
+    created, _ = await store.create_or_get(req, origin, datetime.now(UTC))
+    await store.transition(created.id, lambda r: lifecycle.cancel(r, now=datetime.now(UTC)))
+    sender = CallbackSender(
+        store, Mac(), clock=lambda: datetime.now(UTC), attempts=4, first_delay=0.05, max_delay=0.05, timeout=2
+    )
+    outbox = CallbackOutbox(store, sender, concurrency=2, lease=5, poll_interval=0.05)
+    outbox.github = handover
+    await outbox.start()
+    try:
+        for _ in range(200):
+            job = await store.callback_job(req.id)
+            if job is not None and job["state"] != "queued":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await outbox.stop()
+    assert job is not None
+    return job
+
+
+async def test_a_github_handover_is_retried_until_the_approver_takes_it(store: RequestStore) -> None:
+    failed = {"outcome": "failed", "error": "ConnectError"}
+    handover = ScriptedHandover(failed, failed, {"outcome": "delivered", "status": 200})
+    job = await _handover_settles(store, handover)
+    assert (job["state"], job["attempts"], handover.attempts) == ("delivered", 3, 3)
+
+
+async def test_a_github_handover_the_approver_refuses_is_settled_not_retried(store: RequestStore) -> None:
+    refusal = {"outcome": "refused", "status": 403, "error": "approver_bad_signature"}
+    handover = ScriptedHandover(refusal)
+    job = await _handover_settles(store, handover)
+    assert (job["state"], job["attempts"], handover.attempts) == ("refused", 1, 1)
+    assert job["last"]["error"] == "approver_bad_signature"

@@ -8,154 +8,34 @@ The others drive the approver directly (as the bot does) to reach its refusals o
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
 from keyturn.signer.github_app import app_jwt
 from tests import harness
 from tests.conftest import failed
-from tests.e2e.conftest import GITHUB_WEBHOOK_SECRET, SHA, Stack
-from tests.harness import KEYTURN, Proc, free_port
+from tests.e2e.conftest import SHA, Stack
+from tests.github_rig import APP_ID, WORKFLOW, GitHubRig, app_key, start_github_rig, through_the_bot
 
-APP_ID = "424242"
-WEBHOOK_SECRET = GITHUB_WEBHOOK_SECRET
-WORKFLOW = ".github/workflows/deploy.yml"
 OTHER_SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-@dataclass
-class GitHubRig:
-    """The GitHub emulator and the approver, with an HTTP client for both."""
-
-    github_url: str
-    approver_url: str
-    procs: dict[str, Proc]
-    http: httpx.Client
-    approver_argv: list[str]
-    logs: Path
-
-    def restart_approver(self) -> None:
-        """Stop the approver and start it again with the same state file."""
-        self.procs["approver"].stop()
-        self.procs["approver"] = harness.start_process(
-            "github-approver",
-            self.approver_argv,
-            self.logs,
-            ready=harness.http_ok(f"{self.approver_url}/healthz"),
-        )
-
-    def new_run(self, **spec: Any) -> dict[str, Any]:
-        body = {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": WORKFLOW, **spec}
-        resp = self.http.post(f"{self.github_url}/_github/runs", json=body)
-        assert resp.status_code == 200, resp.text
-        data: dict[str, Any] = resp.json()
-        return data
-
-    def deliver(self, run_id: int, **spec: Any) -> dict[str, Any]:
-        """GitHub sends the run's webhook: to the approver (as the bot forwards it), or to ``url``."""
-        body = {"run_id": run_id, "url": f"{self.approver_url}/webhook", **spec}
-        resp = self.http.post(f"{self.github_url}/_github/deliver", json=body)
-        assert resp.status_code == 200, resp.text
-        data: dict[str, Any] = resp.json()
-        return data
-
-    def run(self, run_id: int) -> dict[str, Any]:
-        data: dict[str, Any] = self.http.get(f"{self.github_url}/_github/runs/{run_id}").json()
-        return data
-
-    def calls(self) -> list[dict[str, Any]]:
-        calls: list[dict[str, Any]] = self.http.get(f"{self.github_url}/_github/calls").json()["calls"]
-        return calls
-
-    def reviews_posted(self, run_id: int) -> list[dict[str, Any]]:
-        path = f"/repos/acme/web/actions/runs/{run_id}/deployment_protection_rule"
-        return [c for c in self.calls() if c["path"] == path and c["method"] == "POST"]
-
-    def faults(self, **values: Any) -> None:
-        assert self.http.post(f"{self.github_url}/_github/faults", json=values).status_code == 200
-
-    def approve(self, run_id: int, receipt: bytes, environment: str = "production") -> httpx.Response:
-        return self.http.post(f"{self.approver_url}/runs/{run_id}/{environment}/approve", content=receipt)
-
-    def reject(
-        self, run_id: int, reason: str, request_id: str | None = None, environment: str = "production"
-    ) -> httpx.Response:
-        body = {"reason": reason, "request_id": request_id}
-        return self.http.post(f"{self.approver_url}/runs/{run_id}/{environment}/reject", json=body)
-
-
-def _app_key(workdir: Path) -> tuple[Path, Path]:
-    """A fresh App key: the private half for the approver (mode 0600), the public half for the emulator."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = workdir / "app.private-key.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    os.chmod(private, 0o600)
-    public = workdir / "app.public-key.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
 
 
 @pytest.fixture(scope="module")
 def github_rig(e2e_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHubRig]:
-    workdir = tmp_path_factory.mktemp("github")
-    logs = workdir / "logs"
-    private, public = _app_key(workdir)
-    secret_file = workdir / "webhook-secret"
-    secret_file.write_text(WEBHOOK_SECRET)
-    gh_port, ap_port = free_port(), e2e_stack.approver_port
-    gh_url, ap_url = f"http://127.0.0.1:{gh_port}", f"http://127.0.0.1:{ap_port}"
-    procs: dict[str, Proc] = {}
-    try:
-        procs["github"] = harness.start_process(
-            "github-emulator",
-            [
-                *KEYTURN,
-                "github-emulator",
-                *("--port", str(gh_port), "--app-id", APP_ID, "--app-public-key", str(public)),
-                *("--webhook-secret-file", str(secret_file)),
-            ],
-            logs,
-            ready=harness.http_ok(f"{gh_url}/healthz"),
-        )
-        approver_argv = [
-            *KEYTURN,
-            "github-approver",
-            *("--port", str(ap_port), "--api-url", gh_url, "--app-id", APP_ID),
-            *("--app-key", str(private), "--webhook-secret-file", str(secret_file)),
-            *("--keys", str(e2e_stack.keys_file), "--policy", str(e2e_stack.workdir / "keyturn.toml")),
-            *("--request-link", "https://keyturn.example/requests/{request_id}"),
-            *("--attempts", "3", "--backoff", "0.05", "--timeout", "1"),
-            *("--state-file", str(workdir / "approver-state.json")),
-        ]
-        procs["approver"] = harness.start_process(
-            "github-approver", approver_argv, logs, ready=harness.http_ok(f"{ap_url}/healthz")
-        )
-    except Exception:
-        for p in procs.values():
-            p.stop()
-        raise
-    with httpx.Client(timeout=30) as http:
-        yield GitHubRig(gh_url, ap_url, procs, http, approver_argv, logs)
-    for p in reversed(list(procs.values())):
-        p.stop()
+    rig = start_github_rig(
+        tmp_path_factory.mktemp("github"),
+        approver_port=e2e_stack.approver_port,
+        keys_file=e2e_stack.keys_file,
+        policy=e2e_stack.workdir / "keyturn.toml",
+    )
+    yield rig
+    rig.close()
 
 
 @pytest.fixture
@@ -169,9 +49,11 @@ def gh(github_rig: GitHubRig, stack: Stack, request: pytest.FixtureRequest) -> I
     assert not dead, f"processes died during the test: {dead}"
 
 
-def _receipt_for(stack: Stack, environment: str = "production", sha: str = SHA) -> tuple[str, bytes]:
+def _receipt_for(
+    stack: Stack, environment: str = "production", sha: str = SHA, workflow: str = WORKFLOW
+) -> tuple[str, bytes]:
     """A real receipt from the stack's signer: a CI request for the scope, approved by quorum."""
-    created = stack.create(environment=environment, sha=sha, workflow=WORKFLOW)
+    created = stack.create(environment=environment, sha=sha, workflow=workflow)
     req = stack.card(created["requestId"])
     approvers = ["U0BOB", "U0CAROL"] if environment == "production" else ["U0BOB"]
     for user in approvers:
@@ -267,6 +149,23 @@ def test_a_restarted_approver_remembers_deliveries_waiting_runs_and_spent_reques
     assert [r["state"] for r in gh.run(first["run_id"])["reviews"]] == ["approved"]
 
 
+def test_a_replayed_approval_after_the_approver_lost_its_record_posts_no_second_review(
+    gh: GitHubRig, stack: Stack
+) -> None:
+    """The approver crashed between GitHub's 204 and writing its state, and the bot hands the receipt over
+    again: GitHub no longer waits, which is final (409), not a fault to retry, and no second review."""
+    run_id, _ = _waiting_run(gh)
+    _, receipt = _receipt_for(stack)
+    before = gh.state_file.read_bytes()  # its record with the run still waiting
+    assert gh.approve(run_id, receipt).status_code == 200
+    gh.procs["approver"].kill9()
+    gh.state_file.write_bytes(before)  # the write the crash cut
+    gh.start_approver()
+    replay = gh.approve(run_id, receipt)
+    assert (replay.status_code, replay.json()["error"]) == (409, "run_not_waiting")
+    assert [r["state"] for r in gh.run(run_id)["reviews"]] == ["approved"]
+
+
 def test_deny_rejects_the_run_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
     run_id, _ = _waiting_run(gh)
     req = stack.card(stack.create(workflow=WORKFLOW)["requestId"])
@@ -318,22 +217,17 @@ def test_refused_webhooks_leave_no_waiting_run(
     assert gh.calls() == []  # refused before any API call
 
 
-def _through_the_bot(gh: GitHubRig, stack: Stack, **spec: Any) -> tuple[int, dict[str, Any]]:
-    """GitHub delivers a new run's webhook to the bot; the run id and the request's card."""
-    run = gh.new_run(**spec)
-    answer = gh.deliver(run["run_id"], url=f"{stack.bot_url}/github/webhook")
-    assert answer["status"] == 202, answer
-    return run["run_id"], stack.card(answer["body"]["requestId"])
-
-
-def _wait_run(gh: GitHubRig, run_id: int, status: str) -> dict[str, Any]:
-    """Wait for the bot's hand-off to reach GitHub (another process: polled, as harness waits do)."""
-    harness.wait_until(lambda: gh.run(run_id)["status"] == status, 20, f"run {run_id} to be {status}")
-    return gh.run(run_id)
+def _decided(gh: GitHubRig, stack: Stack, run_id: int, status: str) -> dict[str, Any]:
+    """Wait for the bot's hand-off to decide the run, then for the bot's last outcome notice (the DM to the
+    requester, alice): the hand-off may overtake the Slack notices, and a notice landing after the next
+    test's reset would be counted there. The run."""
+    run = gh.wait_run(run_id, status)
+    stack.emulator.wait_for("chat.postMessage", timeout=10, channel="D0ALICE")
+    return run
 
 
 def test_through_the_bot_a_run_is_approved_once_after_quorum(gh: GitHubRig, stack: Stack) -> None:
-    run_id, req = _through_the_bot(gh, stack)
+    run_id, req = through_the_bot(gh, stack)
     rid = req["requestId"]
     assert req["scope"] == {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": WORKFLOW}
     post = stack.emulator.wait_for("chat.postMessage", channel="C0DEPLOYS")
@@ -343,7 +237,7 @@ def test_through_the_bot_a_run_is_approved_once_after_quorum(gh: GitHubRig, stac
     assert gh.run(run_id)["status"] == "waiting"  # one approval is not a quorum
     stack.click("U0CAROL", req)
     stack.wait_status(rid, "APPROVED")
-    run = _wait_run(gh, run_id, "approved")
+    run = _decided(gh, stack, run_id, "approved")
     status, approval = run["reviews"]
     assert status["state"] is None  # the status comment while it waited
     escaped = rid.replace("_", "\\_")  # Markdown-escaped: it renders as the id
@@ -354,37 +248,97 @@ def test_through_the_bot_a_run_is_approved_once_after_quorum(gh: GitHubRig, stac
 
 
 def test_through_the_bot_deny_rejects_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
-    run_id, req = _through_the_bot(gh, stack)
+    run_id, req = through_the_bot(gh, stack)
     since = len(stack.emulator.calls())
     stack.click("U0BOB", req, action="deny")
     view_id = stack.emulator.wait_for("views.open", since=since)["response"]["view"]["id"]
     stack.emulator.submit_view("U0BOB", view_id, {REASON_BLOCK: {REASON_ACTION: "not on a Friday"}})
     stack.wait_status(req["requestId"], "DENIED")
-    run = _wait_run(gh, run_id, "rejected")
+    run = _decided(gh, stack, run_id, "rejected")
     assert "denied by U0BOB: not on a Friday" in run["reviews"][-1]["comment"]
 
 
 def test_through_the_bot_expiry_rejects(gh: GitHubRig, stack: Stack) -> None:
-    run_id, req = _through_the_bot(gh, stack, environment="shortlived")
+    run_id, req = through_the_bot(gh, stack, environment="shortlived")
     stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
-    run = _wait_run(gh, run_id, "rejected")
+    run = _decided(gh, stack, run_id, "rejected")
     assert "expired" in run["reviews"][-1]["comment"]
 
 
-def test_through_the_bot_refused_webhooks_open_no_request(gh: GitHubRig, stack: Stack) -> None:
+def test_through_the_bot_cancel_rejects_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
+    run_id, req = through_the_bot(gh, stack)
+    rid = req["requestId"]
+    cancelled = stack.post(f"/v1/requests/{rid}/cancel", b"")  # the pipeline gave up
+    assert cancelled.status_code == 200, cancelled.text
+    run = _decided(gh, stack, run_id, "rejected")
+    status, rejection = run["reviews"]
+    assert (status["state"], rejection["state"]) == (None, "rejected")
+    assert rejection["comment"].startswith("Rejected by Keyturn: the request was cancelled")
+    assert f"(https://keyturn.example/requests/{rid})" in rejection["comment"]
+    # The hand-off went through the outbox and is settled there: nothing left to replay.
+    harness.wait_until(lambda: _handover(stack, rid)["state"] == "delivered", 10, "the hand-off to settle")
+    assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None, "rejected"]
+
+
+def _handover(stack: Stack, request_id: str) -> dict[str, Any]:
+    """The request's hand-off to the approver as the bot's API shows its outbox job."""
+    job: dict[str, Any] = stack.get(f"/v1/requests/{request_id}").json()["callback"]
+    return job
+
+
+def _cards_posted(stack: Stack) -> int:
+    """Cards posted to production's channel (not thread replies: a previous test's outcome notice may land
+    late, after the emulator's reset)."""
+    posts = stack.emulator.calls("chat.postMessage")
+    return sum(
+        1 for c in posts if c["params"].get("channel") == "C0DEPLOYS" and not c["params"].get("thread_ts")
+    )
+
+
+def _requests_opened(stack: Stack) -> int:
+    """How many requests the bot holds in Redis (their records: ``keyturn:req:{id}``)."""
+    with stack.redis.client() as client:
+        return sum(1 for key in client.scan_iter("keyturn:req:*") if key.endswith(b"}"))
+
+
+@pytest.mark.parametrize(
+    ("run", "delivery", "status", "code"),
+    [
+        ({}, {"signature": "bad"}, 401, "bad_signature"),
+        ({}, {"signature": "missing"}, 401, "missing_signature"),
+        ({"environment": "qa"}, {}, 422, "no_policy"),
+        ({}, {"raw": '{"action": "requested"}'}, 400, "malformed_payload"),
+        ({}, {"raw": "not json"}, 400, "malformed_payload"),
+    ],
+    ids=[
+        "bad_signature",
+        "missing_signature",
+        "environment_without_policy",
+        "payload_missing_fields",
+        "not_json",
+    ],
+)
+def test_through_the_bot_a_refused_webhook_opens_no_request_and_posts_no_card(
+    gh: GitHubRig, stack: Stack, run: dict[str, Any], delivery: dict[str, Any], status: int, code: str
+) -> None:
+    answer = gh.deliver(gh.new_run(**run)["run_id"], url=f"{stack.bot_url}/github/webhook", **delivery)
+    assert (answer["status"], answer["body"]["error"]) == (status, code), answer
+    assert answer["body"]["message"]  # a clear error, not only a code
+    assert _requests_opened(stack) == 0
+    assert _cards_posted(stack) == 0
+
+
+def test_through_the_bot_a_replayed_delivery_opens_no_second_request(gh: GitHubRig, stack: Stack) -> None:
     url = f"{stack.bot_url}/github/webhook"
-    bad = gh.deliver(gh.new_run()["run_id"], url=url, signature="bad")
-    assert (bad["status"], bad["body"]["error"]) == (401, "bad_signature")
-    no_policy = gh.deliver(gh.new_run(environment="qa")["run_id"], url=url)
-    assert (no_policy["status"], no_policy["body"]["error"]) == (422, "no_policy")
-    malformed = gh.deliver(gh.new_run()["run_id"], url=url, raw='{"action": "requested"}')
-    assert (malformed["status"], malformed["body"]["error"]) == (400, "malformed_payload")
     good = gh.new_run()
     first = gh.deliver(good["run_id"], url=url)
     assert first["status"] == 202
+    stack.card(first["body"]["requestId"])  # the genuine delivery's card is up
     replay = gh.deliver(good["run_id"], url=url, delivery=first["delivery"])
     assert (replay["status"], replay["body"]["error"]) == (409, "replayed_delivery")
-    assert len(stack.emulator.calls("chat.postMessage")) <= 1  # only the genuine delivery's card
+    assert replay["body"]["message"]
+    assert _requests_opened(stack) == 1
+    assert _cards_posted(stack) == 1
 
 
 def test_an_environment_without_policy_is_refused(gh: GitHubRig) -> None:
@@ -402,15 +356,22 @@ def test_a_replayed_delivery_is_refused(gh: GitHubRig) -> None:
     assert (again["status"], again["body"]["error"]) == (409, "replayed_delivery")
 
 
-def test_receipts_for_another_sha_or_environment_are_refused(gh: GitHubRig, stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("environment", "sha", "workflow", "field"),
+    [
+        ("staging", SHA, WORKFLOW, "environment"),
+        ("production", OTHER_SHA, WORKFLOW, "sha"),
+        ("production", SHA, ".github/workflows/other.yml", "workflow"),
+    ],
+    ids=["another_environment", "another_sha", "another_workflow"],
+)
+def test_a_receipt_for_another_scope_is_refused_by_the_approver(
+    gh: GitHubRig, stack: Stack, environment: str, sha: str, workflow: str, field: str
+) -> None:
     run_id, _ = _waiting_run(gh)
-    for environment, sha in (("staging", SHA), ("production", OTHER_SHA)):
-        _, receipt = _receipt_for(stack, environment, sha)
-        refused = gh.approve(run_id, receipt)
-        field = "environment" if environment != "production" else "sha"
-        assert (refused.status_code, refused.json()["error"]) == (403, f"scope_mismatch:{field}"), (
-            refused.text
-        )
+    _, receipt = _receipt_for(stack, environment, sha, workflow)
+    refused = gh.approve(run_id, receipt)
+    assert (refused.status_code, refused.json()["error"]) == (403, f"scope_mismatch:{field}"), refused.text
     assert gh.run(run_id)["status"] == "waiting"
     assert gh.reviews_posted(run_id) == []
 
@@ -429,7 +390,7 @@ def test_a_compromised_bot_cannot_get_a_run_approved_without_its_receipt(
     # A webhook of its own making (no webhook secret) is refused, so it cannot open a run of its choosing.
     assert gh.deliver(run_id, signature="bad")["status"] == 401
     # Nor can it talk to GitHub as the App: a JWT from any key but the App's gets no installation token.
-    _, _public = _app_key(tmp_path)
+    _, _public = app_key(tmp_path)
     own_key = tmp_path / "app.private-key.pem"
     jwt = app_jwt(APP_ID, own_key.read_bytes(), int(__import__("time").time()))
     token = gh.http.post(
@@ -439,6 +400,31 @@ def test_a_compromised_bot_cannot_get_a_run_approved_without_its_receipt(
     assert token.status_code == 401
     assert gh.run(run_id)["status"] == "waiting"
     assert gh.reviews_posted(run_id) == []
+
+
+def test_a_compromised_bot_handing_over_a_receipt_for_another_scope_gets_no_approval(
+    gh: GitHubRig, stack: Stack
+) -> None:
+    """What the bot's own store says is the bot's word: a compromised bot marks the run's request approved,
+    with a genuine receipt for staging, and hands it over through its outbox. The approver refuses it (403,
+    final), and the run waits."""
+    run_id, req = through_the_bot(gh, stack)
+    rid = req["requestId"]
+    _, other = _receipt_for(stack, "staging")
+    key = f"keyturn:req:{{{rid}}}"
+    with stack.redis.client() as r:
+        data = json.loads(r.hget(key, "data"))
+        data["status"] = "APPROVED"
+        r.hset(key, mapping={"status": "APPROVED", "data": json.dumps(data)})
+        r.set(f"{key}:receipt", other)
+        r.hset(f"{key}:outbox", mapping={"state": "queued", "delivery_id": "dlv_forged", "attempts": 0})
+        r.zadd("keyturn:outbox:due", {rid: 0})
+    harness.wait_until(lambda: _handover(stack, rid)["state"] != "queued", 10, "the forged hand-off")
+    job = _handover(stack, rid)
+    assert (job["state"], job["last"]["error"]) == ("refused", "approver_scope_mismatch:environment")
+    assert job["attempts"] == 1  # a refusal is final: not retried
+    assert gh.run(run_id)["status"] == "waiting"
+    assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None]  # the status comment only
 
 
 def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, stack: Stack) -> None:
@@ -466,16 +452,24 @@ def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, s
     gh.faults(server_errors=1, rate_limited=1)
     ok = gh.approve(run_id, receipt)
     assert ok.status_code == 200, ok.text
-    statuses = [c.get("status") for c in gh.calls()[before:]]
-    assert 502 in statuses
-    assert 403 in statuses
+    calls = gh.calls()[before:]
+    # Each fault was followed by a retry, after a wait: the exponential backoff (--backoff 0.05) after the
+    # 502, GitHub's Retry-After (1 s) after the rate limit.
+    waited = {
+        c["status"]: after["at"] - c["at"]
+        for c, after in itertools.pairwise(calls)
+        if c["status"] in (502, 403)
+    }
+    assert waited.keys() == {502, 403}, calls
+    assert waited[502] >= 0.05
+    assert waited[403] >= 1.0
     assert [r["state"] for r in gh.run(run_id)["reviews"]] == ["approved"]
 
 
 def test_through_the_bot_a_second_run_of_a_waiting_scope_is_rejected_not_orphaned(
     gh: GitHubRig, stack: Stack
 ) -> None:
-    first, req = _through_the_bot(gh, stack)
+    first, req = through_the_bot(gh, stack)
     second = gh.new_run()
     answer = gh.deliver(second["run_id"], url=f"{stack.bot_url}/github/webhook")
     assert (answer["status"], answer["body"]["error"]) == (409, "scope_busy")
@@ -490,12 +484,12 @@ def test_through_the_bot_github_faults_delay_the_approval_but_never_make_one(
 ) -> None:
     """GitHub fails more often than the approver retries: the approver answers 502, the bot tries again, and
     the run is approved once when GitHub answers. The receipt is what approves; the faults only delay it."""
-    run_id, req = _through_the_bot(gh, stack)
+    run_id, req = through_the_bot(gh, stack)
     stack.click("U0BOB", req)
     stack.wait_version(req["requestId"], req["version"])
     gh.faults(server_errors=5)  # the approver tries 3 times per call: its first hand-off fails whole
     stack.click("U0CAROL", req)
-    run = _wait_run(gh, run_id, "approved")
+    run = _decided(gh, stack, run_id, "approved")
     assert [r["state"] for r in run["reviews"]] == [None, "approved"]
     statuses = [c.get("status") for c in gh.calls()]
     assert statuses.count(502) == 5
@@ -507,6 +501,6 @@ def test_through_the_bot_an_old_deployment_is_not_revived(gh: GitHubRig, stack: 
     when the bot (or someone) presents it: the request expires and the run is rejected."""
     import time
 
-    run_id, req = _through_the_bot(gh, stack, created_at=int(time.time()) - 3600)  # production: 30 min
+    run_id, req = through_the_bot(gh, stack, created_at=int(time.time()) - 3600)  # production: 30 min
     stack.wait_status(req["requestId"], "EXPIRED", timeout=30)
-    assert "expired" in _wait_run(gh, run_id, "rejected")["reviews"][-1]["comment"]
+    assert "expired" in _decided(gh, stack, run_id, "rejected")["reviews"][-1]["comment"]
