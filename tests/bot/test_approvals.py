@@ -7,9 +7,9 @@ the signer refusing or down at quorum, Slack failing to post the card, hooks and
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,11 +20,14 @@ from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn
 from keyturn.bot.ports import Refused
 from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
 from keyturn.bot.store import RequestStore
-from keyturn.signer import wire
+from keyturn.signer import gate, wire
 from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import Scope, format_time
 from tests.fixtures import Clock, RecordingMessenger
+from tests.vectors import generate, load
 
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
+SCOPE = Scope("acme/web", SHA, "production", "deploy.yml")  # what body() asks for
 POLICY = b"""
 version = 1
 [identities]
@@ -42,9 +45,15 @@ members = ["U0ERIN"]
 
 
 class FakeSigner:
-    """Returns a receipt-shaped dict, or raises what it is told to."""
+    """The signer's ``sign``/``record_outcome`` in-process, or raising what it is told to.
 
-    def __init__(self) -> None:
+    ``sign`` returns a real receipt for ``scope``, signed by the fixed "primary" test-vector key
+    (tests/vectors/generate.py), so what the bot stores and hands on would pass ``keyturn verify`` against the
+    test keyset: a test can check the bot keeps a receipt byte-for-byte verifiable, not just receipt-shaped.
+    """
+
+    def __init__(self, scope: Scope = SCOPE) -> None:
+        self.scope = scope
         self.fail: Exception | None = None
         self.calls: list[tuple[str, int]] = []
         self.outcomes: list[tuple[str, str]] = []
@@ -74,13 +83,22 @@ class FakeSigner:
         self.calls.append((request_id, len(approvals)))
         if self.fail is not None:
             raise self.fail
-        return {
-            "requestId": request_id,
-            "status": "APPROVED",
-            "expiresAt": "2099-01-01T00:00:00Z",
-            "approver": {"id": "U0CAROL", "email": ""},
-            "signature": {"alg": "Ed25519", "keyId": "k", "value": base64.b64encode(b"s" * 64).decode()},
-        }
+        now = datetime.now(UTC).replace(microsecond=0)
+        # The tests' clicks are "payload=<user id>" (see click()); the last one is the approver.
+        users = [a.body.removeprefix("payload=") for a in approvals]
+        entries = [{"id": u, "email": emails.get(u, ""), "at": format_time(now)} for u in users]
+        return generate.signed(
+            "primary",
+            requestId=request_id,
+            issuedAt=format_time(now),
+            expiresAt=format_time(now + timedelta(minutes=15)),
+            scope_repo=self.scope.repo,
+            scope_sha=self.scope.sha,
+            scope_environment=self.scope.environment,
+            scope_workflow=self.scope.workflow,
+            approver={"id": users[-1], "email": emails.get(users[-1], "")},
+            approvals=entries,
+        )
 
 
 @pytest.fixture
@@ -158,6 +176,29 @@ async def test_signer_refusal_keeps_request_pending_and_next_click_retries(
     assert done.receipt_id is not None
     assert await service.store.sign_error(req.id) is None
     assert [n for _, n in signer.calls] == [2, 2, 2]
+
+
+async def test_the_receipt_the_bot_stores_verifies_for_exactly_the_requests_scope(
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
+) -> None:
+    """What the bot keeps and hands to CI is the signer's receipt, byte-for-byte verifiable: the same gate as
+    ``keyturn verify`` accepts it for the request's scope and refuses it for any other sha."""
+    service, messenger, _, clock = parts
+    req = await created(service, messenger, clock)
+    await service.approve(req.id, "U0BOB", click("U0BOB"))
+    done = await service.approve(req.id, "U0CAROL", click("U0CAROL"))
+    assert done.status is Status.APPROVED
+    stored = await service.store.receipt(req.id)
+    assert stored is not None
+    raw = json.dumps(stored).encode()
+    now = datetime.now(UTC)
+    verified = gate.check_receipt(raw, load.keyset(), SCOPE, now, allow_dev_keys=False)
+    assert verified.request_id == req.id
+    assert verified.approver.id == "U0CAROL"
+    other = Scope(SCOPE.repo, "f" * 40, SCOPE.environment, SCOPE.workflow)
+    with pytest.raises(gate.GateError) as exc:
+        gate.check_receipt(raw, load.keyset(), other, now, allow_dev_keys=False)
+    assert exc.value.code == "scope_mismatch:sha"
 
 
 async def test_refusals_have_specific_codes(
