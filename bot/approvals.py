@@ -19,7 +19,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -53,7 +52,7 @@ from keyturn.signer.errors import KeyturnError
 from keyturn.signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
 from keyturn.signer.evidence import SlackEvidence as SignedSlackRequest
 from keyturn.signer.policy import Environment, Policy, UnknownEnvironment
-from keyturn.signer.receipt import parse_time
+from keyturn.signer.receipt import Receipt, parse_receipt
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +162,9 @@ def wire_click(evidence: SlackEvidence) -> wire.SlackClick:
     return wire.SlackClick(body=evidence.body, timestamp=evidence.timestamp, signature=evidence.signature)
 
 
-def receipt_id_of(receipt: dict[str, Any]) -> str:
+def receipt_id_of(receipt: Receipt) -> str:
     """A short, stable id for a receipt: ``rcpt_`` + 20 hex of the SHA-256 of its signature value."""
-    sig = receipt.get("signature")
-    value = sig.get("value") if isinstance(sig, dict) else None
-    material = value if isinstance(value, str) else json.dumps(receipt, sort_keys=True)
-    return "rcpt_" + hashlib.sha256(material.encode()).hexdigest()[:20]
+    return "rcpt_" + hashlib.sha256((receipt.signature_value or "").encode()).hexdigest()[:20]
 
 
 def _requester_email(requester: str) -> str | None:
@@ -548,21 +544,24 @@ class ApprovalService:
                     "Click Approve again to retry.",
                 ) from None
             self._metrics.sign_latency.observe(asyncio.get_running_loop().time() - started)
-            receipt_id = receipt_id_of(receipt)
-            approver = receipt.get("approver")
-            by = approver.get("id") if isinstance(approver, dict) else None
+            # Parsed once into the receipt type (the verifier's own structure checks); the store keeps the
+            # object as the signer sent it. A receipt that is malformed or for another request is never
+            # stored or handed on: fail closed, the next click retries.
             try:
-                expires = parse_time(str(receipt.get("expiresAt")))
+                typed = parse_receipt(receipt)
+                if typed.request_id != current.id:
+                    raise KeyturnError("the receipt names another request", code="bad_receipt")
             except (KeyturnError, ValueError):
                 await self._signing_failed(current, "bad_receipt", "the signer returned a malformed receipt")
                 raise Refused("signing_failed", "The signer returned a malformed receipt.") from None
+            receipt_id = receipt_id_of(typed)
             done, changed = await self._store.transition(
                 current.id,
                 lambda r: lifecycle.mark_approved(
                     r,
-                    by=by if isinstance(by, str) else r.approvals[-1].user_id,
+                    by=typed.approver.id,
                     receipt_id=receipt_id,
-                    receipt_expires_at=expires,
+                    receipt_expires_at=typed.expires_at,
                     now=self._clock(),
                 ),
                 receipt=receipt,

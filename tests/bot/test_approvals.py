@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +58,7 @@ class FakeSigner:
         self.calls: list[tuple[str, int]] = []
         self.outcomes: list[tuple[str, str]] = []
         self.outcome_fail: Exception | None = None
+        self.tamper: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # a signer answering wrongly
 
     async def record_outcome(
         self,
@@ -87,7 +88,7 @@ class FakeSigner:
         # The tests' clicks are "payload=<user id>" (see click()); the last one is the approver.
         users = [a.body.removeprefix("payload=") for a in approvals]
         entries = [{"id": u, "email": emails.get(u, ""), "at": format_time(now)} for u in users]
-        return generate.signed(
+        receipt = generate.signed(
             "primary",
             requestId=request_id,
             issuedAt=format_time(now),
@@ -99,6 +100,7 @@ class FakeSigner:
             approver={"id": users[-1], "email": emails.get(users[-1], "")},
             approvals=entries,
         )
+        return receipt if self.tamper is None else self.tamper(receipt)
 
 
 @pytest.fixture
@@ -199,6 +201,33 @@ async def test_the_receipt_the_bot_stores_verifies_for_exactly_the_requests_scop
     with pytest.raises(gate.GateError) as exc:
         gate.check_receipt(raw, load.keyset(), other, now, allow_dev_keys=False)
     assert exc.value.code == "scope_mismatch:sha"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda r: {**r, "requestId": "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A"},  # another request's receipt
+        lambda r: {k: v for k, v in r.items() if k != "expiresAt"},  # malformed
+        lambda r: {**r, "version": "9.9"},  # a format this bot does not know
+    ],
+    ids=["another-request", "malformed", "unknown-version"],
+)
+async def test_a_receipt_the_signer_got_wrong_is_never_stored(
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock],
+    tamper: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    service, messenger, signer, clock = parts
+    req = await created(service, messenger, clock)
+    await service.approve(req.id, "U0BOB", click("U0BOB"))
+    signer.tamper = tamper
+    with pytest.raises(Refused) as exc:
+        await service.approve(req.id, "U0CAROL", click("U0CAROL"))
+    assert exc.value.code == "signing_failed"
+    assert (await service.get(req.id)).status is Status.PENDING
+    assert await service.store.receipt(req.id) is None
+    error = await service.store.sign_error(req.id)
+    assert error is not None
+    assert error.code == "bad_receipt"
 
 
 async def test_refusals_have_specific_codes(
