@@ -43,7 +43,13 @@ from keyturn.bot.store import (
     owes_delivery,
 )
 from keyturn.signer.errors import KeyturnError
-from keyturn.signer.evidence import EvidenceError, OidcEvidence, origin_claim, parse_ci_request_body
+from keyturn.signer.evidence import (
+    EvidenceError,
+    OidcEvidence,
+    check_same_oidc_job,
+    origin_claim,
+    parse_ci_request_body,
+)
 from keyturn.signer.oidc import unverified_claims
 from keyturn.signer.receipt import format_time
 
@@ -592,13 +598,25 @@ class Api:
         body = await read_body(request, self.max_body)
         if token is not None:
             await self._authenticate_read(request, rid)
+            # Any job of the repository may read; only the job that asked may give up (the signer refuses
+            # to record any other's cancel, so a cancel here would be one the record never shows).
+            origin = await self.store.origin(rid)
+            try:
+                check_same_oidc_job(origin.signature if origin else "", token, self.service.policy)
+            except EvidenceError as exc:
+                raise ApiError(403, exc.code, exc.message) from None
             signature = "oidc-cancel:" + hashlib.sha256(token.encode() + b"\0" + rid.encode()).hexdigest()
             # The token is the evidence: the signer checks it again before recording the cancel.
             evidence = OriginEvidence(kind="oidc", body="", timestamp="", signature=token)
         else:
             timestamp, signature = await self._authenticate(request, body)
             evidence = _ci_evidence(request, body, timestamp, signature)
-        await self._load(rid)
+        loaded = await self._load(rid)
+        env = self.service.policy.environments.get(loaded.scope.environment)
+        if token is None and env is not None and not env.ci_secret:
+            # As the signer would refuse to record it: the shared secret may not close this environment's
+            # requests, so the bot does not close them either (docs/security.md, "The record").
+            raise ApiError(403, "ci_secret_not_allowed", "this environment refuses the CI secret; use OIDC")
         await self._accept_once(signature)
         try:
             req = await self.service.cancel(rid, evidence)

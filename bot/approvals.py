@@ -49,7 +49,7 @@ from keyturn.bot.store import (
 )
 from keyturn.signer import wire
 from keyturn.signer.errors import KeyturnError
-from keyturn.signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, request_id_for
+from keyturn.signer.evidence import CiEvidence, GitHubEvidence, OidcEvidence, origin_claim, request_id_for
 from keyturn.signer.evidence import SlackEvidence as SignedSlackRequest
 from keyturn.signer.policy import Environment, Policy, UnknownEnvironment
 from keyturn.signer.receipt import Receipt, parse_receipt
@@ -379,6 +379,17 @@ class ApprovalService:
 
     # -- create ----------------------------------------------------------------------------------------
 
+    def _starter(self, origin: OriginEvidence) -> str | None:
+        """OIDC: who started this run attempt, when not the requester, as a Slack user by the policy."""
+        evidence = origin_evidence(origin)
+        if not isinstance(evidence, OidcEvidence):
+            return None
+        try:
+            started = origin_claim(evidence, self._policy).triggered_by
+        except KeyturnError:
+            return None  # the signer refuses such an origin anyway
+        return self._policy.resolve_requester(started) if started else None
+
     async def create(self, body: RequestIn, origin: OriginEvidence) -> tuple[DeployRequest, bool]:
         """Create a request (or return the pending one with the same scope); True if newly created."""
         env = self._environment(body.environment)
@@ -403,7 +414,7 @@ class ApprovalService:
             requester_slack_id=requester_slack_id,
             origin_kind=origin.kind,
         )
-        request = request.model_copy(update={"created_at": now})
+        request = request.model_copy(update={"created_at": now, "started_by_slack_id": self._starter(origin)})
         stored, created = await self._store.create_or_get(request, origin, now, self._limits)
         if created:
             self._metrics.requests_created.labels(body.environment).inc()
@@ -480,7 +491,7 @@ class ApprovalService:
         lifecycle.ensure_open(req, now)
         env = self._environment(req.scope.environment)
         self._ensure_authorized(req.scope.environment, user_id)
-        if not env.allow_self_approval and req.requester_slack_id == user_id:
+        if not env.allow_self_approval and req.asked_by(user_id):
             raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
         email: str | None = None
         with contextlib.suppress(Exception):
@@ -835,7 +846,7 @@ class ApprovalService:
                 self._ensure_authorized(req.scope.environment, user_id)
             except Refused:
                 continue
-            if not env.allow_self_approval and req.requester_slack_id == user_id:
+            if not env.allow_self_approval and req.asked_by(user_id):
                 continue
             out.append(req)
         return out

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, PlainTextObject, SectionBlock
-from slack_sdk.models.views import View
-
 from keyturn.bot.models import DeployRequest, Status
 from keyturn.bot.slack_text import escape, one_line, safe, truncate, user_mention
 from keyturn.signer import card as trusted
@@ -207,38 +204,6 @@ def render_card(request: DeployRequest, policy: Policy, now: datetime) -> Card:
 
 
 def deny_modal(request: DeployRequest) -> dict[str, Any]:
-    """The deny-with-reason modal; ``private_metadata`` carries the request id back to the submission."""
-    scope = request.scope
-    view = View(
-        type="modal",
-        callback_id=DENY_CALLBACK,
-        private_metadata=request.id,
-        title=PlainTextObject(text="Deny deploy"),
-        submit=PlainTextObject(text="Deny"),
-        close=PlainTextObject(text="Cancel"),
-        blocks=[
-            SectionBlock(
-                block_id="what",
-                text=_mrkdwn(
-                    truncate(
-                        f"Deny deploying *{scope.repo}* at `{scope.sha[:12]}` to *{scope.environment}*?"
-                        " The requester and the pipeline will see your reason.",
-                        SECTION_MAX,
-                    )
-                ),
-            ),
-            InputBlock(
-                block_id=REASON_BLOCK,
-                label=PlainTextObject(text="Reason"),
-                element=PlainTextInputElement(
-                    action_id=REASON_ACTION,
-                    multiline=True,
-                    max_length=REASON_MAX,
-                    placeholder=PlainTextObject(text="Why should this deploy not go ahead?"),
-                ),
-                optional=False,
-            ),
-        ],
-    )
-    out: dict[str, Any] = view.to_dict()
-    return out
+    """The deny-with-reason modal, as the trust core renders it (the signer checks the submitted form is
+    exactly this one before recording a denial); ``private_metadata`` carries the request id back."""
+    return trusted.render_deny_view(request.id, _scope(request))

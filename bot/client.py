@@ -326,7 +326,7 @@ def with_token_claims(args: RequestArgs, token: str) -> RequestArgs:
     checking: the signer checks the token, and refuses a body that disagrees with it)."""
     import dataclasses
 
-    from keyturn.signer.oidc import OidcError, unverified_claims
+    from keyturn.signer.oidc import OidcError, unverified_claims, workflow_path
 
     try:
         c = unverified_claims(token)
@@ -334,15 +334,11 @@ def with_token_claims(args: RequestArgs, token: str) -> RequestArgs:
         raise Exit(USAGE, f"--oidc: the ID token is malformed ({exc.code})") from None
     github = "repository" in c
     repo = c.get("repository") if github else c.get("project_path")
-    ref_uri = str(c.get("job_workflow_ref") if github else c.get("ci_config_ref_uri") or "")
-    before = ref_uri.rpartition("@")[0]
-    if github:
-        prefix = f"{repo}/"
-        workflow = before[len(prefix) :] if before.startswith(prefix) else before
-    else:
-        src, _, path = before.partition("//")
-        own = src.split("/", 1)[1] if "/" in src else ""
-        workflow = path if own == repo else f"{own}/{path}"
+    claim = "job_workflow_ref" if github else "ci_config_ref_uri"
+    try:  # the signer's own mapping, so the body never disagrees with the token over the workflow
+        workflow = workflow_path(str(c.get(claim) or ""), str(repo or ""), "/" if github else "//", claim)
+    except OidcError:
+        workflow = ""
     actor = c.get("actor") if github else c.get("user_login")
     filled = {
         "repo": args.repo or str(repo or ""),

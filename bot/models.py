@@ -134,6 +134,9 @@ class DeployRequest(BaseModel):
     scope: Scope
     requester: str
     requester_slack_id: str | None = None
+    # OIDC: the Slack user (by the policy) who started this run attempt when that is not the requester (a
+    # re-run of another's run); refused as an approver like the requester, as the signer refuses them.
+    started_by_slack_id: str | None = None
     ref: str | None = None
     run_url: str | None = None
     title: str | None = None
@@ -156,3 +159,7 @@ class DeployRequest(BaseModel):
     card: CardRef | None = None
     card_error: str | None = None
     version: int = 0  # bumped on every write; the compare-and-swap token
+
+    def asked_by(self, user_id: str) -> bool:
+        """Whether ``user_id`` asked for this deploy: the requester, or who started this run attempt."""
+        return user_id in (self.requester_slack_id, self.started_by_slack_id)

@@ -234,8 +234,8 @@ class TimerJobs:
                 log.warning("reminder: members of %s unavailable (%s)", group, type(exc).__name__)
                 unresolved.append(group)
         done = {a.user_id for a in req.approvals}
-        if not env.allow_self_approval and req.requester_slack_id:
-            done.add(req.requester_slack_id)
+        if not env.allow_self_approval:
+            done.update(u for u in (req.requester_slack_id, req.started_by_slack_id) if u)
         waiting = [u for u in dict.fromkeys(users) if u not in done and is_user_id(u)]
         return waiting, unresolved
 

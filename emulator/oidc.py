@@ -104,6 +104,7 @@ class Job:
     ref: str = "refs/heads/main"
     workflow: str = ".github/workflows/deploy.yml"
     actor: str = "alice"
+    triggering_actor: str | None = None  # who started this attempt (a re-run); None: the actor
     run_id: int = 1234567890
     run_attempt: int = 1
     pipeline_id: int = 987654
@@ -138,6 +139,7 @@ def github_claims(
         "run_attempt": str(job.run_attempt),
         "actor": job.actor,
         "actor_id": "3003",
+        "triggering_actor": job.triggering_actor or job.actor,
         "workflow": "deploy",
         "workflow_ref": f"{job.repository}/{job.workflow}@{job.ref}",
         "workflow_sha": job.sha,

@@ -60,6 +60,7 @@ __all__ = [
     "APPROVE_ACTION",
     "DECISION_BLOCK",
     "DENY_ACTION",
+    "DENY_PROMPT_BLOCK",
     "FOOTER_BLOCK",
     "HEADER_BLOCK",
     "PROVEN_BLOCK",
@@ -70,10 +71,12 @@ __all__ = [
     "CardMismatch",
     "approvals_text",
     "check_clicked_card",
+    "check_deny_view",
     "expires_text",
     "format_duration",
     "format_time",
     "normalize_blocks",
+    "render_deny_view",
     "render_pending",
     "scope_fields",
     "unverified_text",
@@ -88,9 +91,16 @@ DECISION_BLOCK = "kt_decision"
 FOOTER_BLOCK = "kt_footer"
 APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"
-# The deny modal (bot/cards.py renders it): its submission, signed by Slack, is the evidence of a denial the
-# signer records (signer/evidence.py, assess_outcome), so both sides read the reason from the same places.
+# The deny form (render_deny_view; the bot opens it): its submission, signed by Slack with the form as shown,
+# is the evidence of a denial the signer records (signer/evidence.py, assess_outcome), so the signer checks
+# the form is this request's (check_deny_view) and both sides read the reason from the same places.
 DENY_CALLBACK = "deny_reason"
+DENY_PROMPT_BLOCK = "kt_deny"
+DENY_PROMPT = "*Deny this deploy?* The requester and the pipeline will see your reason."
+# Slack's defaults on an echoed input block and text input (slack-echoed-blocks.md §1.6): never sent by us.
+_INPUT_DEFAULTS = {"dispatch_action": False}
+_TEXT_INPUT_DEFAULTS = {"dispatch_action_config": {"trigger_actions_on": ["on_enter_pressed"]}}
+_VIEW_SHOWN = ("title", "submit", "close", "blocks")
 REASON_BLOCK = "reason"
 REASON_ACTION = "reason_input"
 REASON_MAX = 1000
@@ -604,6 +614,73 @@ def render_pending(
         blocks.append(unverified)
     blocks += [_decision_block(facts, confirm), footer_block(facts.request_id)]
     return blocks
+
+
+def render_deny_view(request_id: str, scope: Scope) -> dict[str, Any]:
+    """The deny form of ``request_id``, exactly as the bot opens it and the signer expects it back: "Deny"
+    as title and button, the scope as the card shows it, the request id, and the reason input."""
+    reason = {
+        "type": "input",
+        "block_id": REASON_BLOCK,
+        "label": _plain("Reason"),
+        "optional": False,
+        "element": {
+            "type": "plain_text_input",
+            "action_id": REASON_ACTION,
+            "multiline": True,
+            "max_length": REASON_MAX,
+            "placeholder": _plain("Why should this deploy not go ahead?"),
+        },
+    }
+    return {
+        "type": "modal",
+        "callback_id": DENY_CALLBACK,
+        "private_metadata": request_id,
+        "title": _plain("Deny deploy"),
+        "submit": _plain("Deny"),
+        "close": _plain("Cancel"),
+        "blocks": [
+            {"type": "section", "block_id": DENY_PROMPT_BLOCK, "text": _mrkdwn(DENY_PROMPT)},
+            {"type": "section", "block_id": SCOPE_BLOCK, "fields": scope_fields(scope)},
+            footer_block(request_id),
+            reason,
+        ],
+    }
+
+
+def _without_defaults(node: Any, defaults: Mapping[str, Any]) -> Any:
+    if not isinstance(node, dict):
+        return node
+    return {k: v for k, v in node.items() if not (k in defaults and v == defaults[k])}
+
+
+def _input_as_sent(block: Any) -> Any:
+    # An echoed input block without the defaults Slack adds to it and to its text input.
+    if not isinstance(block, dict) or block.get("type") != "input" or "element" not in block:
+        return block
+    element = _without_defaults(block["element"], _TEXT_INPUT_DEFAULTS)
+    return {**_without_defaults(block, _INPUT_DEFAULTS), "element": element}
+
+
+def _shown_view_part(key: str, value: Any) -> Any:
+    """A part of an echoed view as compared: Slack's input defaults out, then :func:`normalize_blocks`."""
+    if key == "blocks" and isinstance(value, list):
+        value = [_input_as_sent(b) for b in value]
+    return normalize_blocks(value)
+
+
+def check_deny_view(view: Mapping[str, Any], request_id: str, scope: Scope) -> None:
+    """Refuse (:class:`CardMismatch`) unless the submitted ``view`` showed exactly the deny form of
+    ``request_id`` (:func:`render_deny_view`): its title, buttons and blocks, after Slack's echo defaults.
+
+    The bot opens the form, and Slack lets any interaction of a member open one: without this, a bot could
+    answer a Deny on one request (or an Approve, under an "Approve" title) with a form of another, and the
+    record would say that member denied it.
+    """
+    expected = render_deny_view(request_id, scope)
+    for key in _VIEW_SHOWN:
+        if _shown_view_part(key, view.get(key)) != normalize_blocks(expected[key]):
+            raise CardMismatch(f"the submitted form's {key} is not this request's deny form")
 
 
 # --- the check ----------------------------------------------------------------------------------------------

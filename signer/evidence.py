@@ -54,6 +54,7 @@ __all__ = [
     "check_ci_secret_allowed",
     "check_github_webhook",
     "check_oidc_request",
+    "check_same_oidc_job",
     "ci_signature",
     "github_stamp",
     "is_request_id",
@@ -312,6 +313,7 @@ class RequestClaim:
     run_url: str | None = None
     proof: RequesterProof | None = None  # how the requester was proven, for OIDC origins
     issuer_name: str | None = None  # the policy's name of the OIDC issuer
+    triggered_by: str | None = None  # OIDC: who started this run attempt, when not the requester
 
 
 def parse_ci_request_body(body: bytes) -> CiRequestBody:
@@ -603,15 +605,39 @@ def _web_base(policy: Policy, name: str) -> str:
     return "https://github.com" if cfg.kind == "github" else cfg.issuer
 
 
-def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
-    """What an OIDC origin asks for: everything from the token's claims; the body must agree with them."""
-    claims = oidc.unverified_claims(origin.token)
+def _oidc_identity(token: str, policy: Policy) -> tuple[str, oidc.CiIdentity]:
+    """The policy's name for ``token``'s issuer and the job its claims describe (signature not checked here:
+    the callers verify it, or render only what the signer will verify)."""
+    claims = oidc.unverified_claims(token)
     iss = claims.get("iss")
     name = next((n for n, i in policy.oidc.issuers.items() if isinstance(iss, str) and i.issuer == iss), None)
     if name is None:
         raise oidc.OidcError("oidc_unknown_issuer", "the token's issuer is not in the policy")
+    return name, oidc.identity_from_claims(policy.oidc.issuers[name].kind, _web_base(policy, name), claims)
+
+
+def check_same_oidc_job(origin_token: str, call_token: str, policy: Policy) -> None:
+    """Refuse (``bad_cancel``) unless ``call_token`` was issued to the very job whose ``origin_token`` made
+    the request: same issuer, repository, commit, workflow, environment, ref, actor, subject and run.
+
+    Any job of a repository can get a token for Keyturn's audience (a staging job, a branch's lint job): a
+    token of the same repository proves only that *some* job of it asked, not that the pipeline that made
+    this request gave it up. Within one job every such claim is the same (a GitHub job asks for a fresh
+    token; a GitLab job reuses its one), so the legitimate cancel still passes. Signatures are the caller's.
+    """
+    try:
+        first = _oidc_identity(origin_token, policy)
+        second = _oidc_identity(call_token, policy)
+    except oidc.OidcError as exc:
+        raise EvidenceError("bad_cancel", f"the cancel token is unusable: {exc.message}") from None
+    if first != second:
+        raise EvidenceError("bad_cancel", "the cancel token was not issued to the job that made the request")
+
+
+def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
+    """What an OIDC origin asks for: everything from the token's claims; the body must agree with them."""
+    name, who = _oidc_identity(origin.token, policy)
     cfg = policy.oidc.issuers[name]
-    who = oidc.identity_from_claims(cfg.kind, _web_base(policy, name), claims)
     if who.environment is None:
         raise oidc.OidcError(
             "oidc_claim_missing", "the token has no 'environment' claim (the job must name its environment)"
@@ -650,6 +676,7 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
         run_url=who.run_url,
         proof=RequesterProof(issuer=cfg.issuer, subject=who.subject, run=who.run),
         issuer_name=name,
+        triggered_by=who.triggered_by,
     )
 
 
@@ -689,7 +716,7 @@ def _github_claim(origin: GitHubEvidence, policy: Policy) -> RequestClaim:
         raise EvidenceError("bad_origin", f"workflow: {problem}", fields={"workflow": problem})
     return RequestClaim(
         Scope(hook.repo, hook.sha, hook.environment, origin.workflow),
-        f"github:{hook.sender}" if hook.sender else "github:unknown",
+        f"github:{hook.sender}",
         None,
         title=None,
         ref=hook.ref,
@@ -892,13 +919,15 @@ def assess(
     # 4. Policy: every clicker is authorized and not the requester; distinct users reach the quorum.
     requester_uid = policy.resolve_requester(claim.requester)
     requester_mail = _requester_email(claim.requester)
+    # Whoever started this run attempt asked for this deploy too (a re-run of another's run).
+    trigger_uid = policy.resolve_requester(claim.triggered_by) if claim.triggered_by else None
     first_click: dict[str, ApproveClick] = {}
     for click_ in sorted(parsed, key=lambda c: c.at):  # stable: equal times keep the order given
         uid = click_.user_id
         if not policy.authorizes(claim.scope.environment, uid):
             raise EvidenceError("not_authorized", f"{uid} is not an approver for {claim.scope.environment}")
         if not env.allow_self_approval and (
-            uid == requester_uid
+            uid in (requester_uid, trigger_uid)
             or (requester_mail is not None and emails.get(uid, "").casefold() == requester_mail)
         ):
             raise EvidenceError("self_approval", f"{uid} requested this deploy and may not approve it")
@@ -965,15 +994,16 @@ class OutcomeAssessment:
     reason: str | None = None
 
 
-def parse_deny_submission(body: str, request_id: str, policy: Policy, environment: str) -> tuple[str, str]:
+def parse_deny_submission(body: str, request_id: str, policy: Policy, scope: Scope) -> tuple[str, str]:
     """Who denied ``request_id`` and why, from the deny modal's submission (raw form body, signature already
     checked): ``(user_id, reason)``.
 
     Requires a single ``payload`` form field holding a ``view_submission`` of the deny modal
-    (``callback_id``) whose ``private_metadata`` is this request, a valid user who may decide this
-    environment by the policy, the policy's workspace if it names one, and a reason of 1 to
+    (``callback_id``) whose ``private_metadata`` is this request and whose shown form is exactly this
+    request's (:func:`card.check_deny_view`: the member saw "Deny" and this scope), a valid user who may
+    decide this environment by the policy, the policy's workspace if it names one, and a reason of 1 to
     :data:`card.REASON_MAX` characters (after trimming, as the bot trims). Codes: ``bad_denial``,
-    ``wrong_request``, ``wrong_team``, ``not_authorized``.
+    ``wrong_request``, ``deny_form_mismatch``, ``wrong_team``, ``not_authorized``.
     """
     form = _parse_form(body, "bad_denial", "deny submission")
     if set(form) != {"payload"}:
@@ -986,6 +1016,11 @@ def parse_deny_submission(body: str, request_id: str, policy: Policy, environmen
         raise EvidenceError("bad_denial", "not a submission of the deny form")
     if view.get("private_metadata") != request_id:
         raise EvidenceError("wrong_request", "the submission denies another request")
+    try:
+        card.check_deny_view(view, request_id, scope)
+    except card.CardMismatch as exc:
+        raise EvidenceError("deny_form_mismatch", str(exc)) from None
+    environment = scope.environment
     user_id, _ = _slack_actor(payload, policy, "bad_denial", "the submission")
     state = view.get("state")
     values = state.get("values") if isinstance(state, dict) else None
@@ -1025,7 +1060,7 @@ def assess_outcome(
     The origin is checked as for a receipt (authentic, bound to the id). Then: ``denied`` needs the deny
     submission signed by Slack (who and why are read from it, see :func:`parse_deny_submission`);
     ``cancelled`` needs the pipeline's cancel call for this request (the CI MAC, or for an OIDC request a
-    token of the same issuer and repository); ``expired`` needs nothing but the signer's clock past the
+    token issued to the job that made the request); ``expired`` needs nothing but the signer's clock past the
     request's lifetime. Evidence is not checked for freshness against ``now``: the bot may retry recording
     long after the fact, and one outcome per request is enforced by the service, not by time.
     """
@@ -1064,7 +1099,7 @@ def assess_outcome(
             "bad_denial_signature",
         )
         _within_lifetime(ts, t0, deadline, "denial")
-        user_id, reason = parse_deny_submission(denial.body, request_id, policy, claim.scope.environment)
+        user_id, reason = parse_deny_submission(denial.body, request_id, policy, claim.scope)
         return made(ts, f"slack:{user_id}", reason)
     if cancel is None:
         raise EvidenceError("bad_cancel", "a cancel needs the pipeline's cancel call")
@@ -1072,15 +1107,15 @@ def assess_outcome(
         if not isinstance(origin, OidcEvidence):
             raise EvidenceError("bad_cancel", "only an OIDC-proven request is cancelled with a token")
         verified = oidc.verify_token(cancel.token, oidc_issuers or {}, None)
-        first = oidc.unverified_claims(origin.token)
-        repo = verified.claims.get("repository", verified.claims.get("project_path"))
-        if verified.claims.get("iss") != first.get("iss") or repo != claim.scope.repo:
-            raise EvidenceError("bad_cancel", "the cancel token is for another issuer or repository")
+        check_same_oidc_job(origin.token, cancel.token, policy)
         ts = verified.issued_at
         who = f"oidc:{verified.claims.get('sub')}"
     else:
         if (cancel.method, cancel.path) != ("POST", f"/v1/requests/{request_id}/cancel"):
             raise EvidenceError("bad_cancel", "the call is not a POST to this request's cancel path")
+        # An environment that refuses the shared secret's requests refuses its cancels too: otherwise any
+        # holder of it (any job of any repository using it) could close that environment's requests.
+        _check_ci_secret_allowed(env)
         ts = _verify_ci_mac(
             secrets.ci_secret, cancel.method, cancel.path, cancel.body, cancel.timestamp, cancel.signature
         )

@@ -40,7 +40,8 @@ _RUN_PATH_RE = re.compile(
     r"\A/repos/(?P<repo>[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100})/actions/runs/(?P<run>[0-9]{1,20})"
     r"/deployment_protection_rule\Z"
 )
-_LOGIN_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?\Z")
+# A GitHub login: letters, digits, hyphens; Enterprise Managed Users add "_<shortcode>"; bots add "[bot]".
+_LOGIN_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,99}(?:\[bot\])?\Z")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~@-])")
 
 
@@ -68,7 +69,7 @@ class Webhook:
     ref: str | None
     event: str | None
     callback_path: str
-    sender: str | None = None  # sender.login: who triggered the run
+    sender: str | None = None  # sender.login: who triggered the run (always set by parse_payload)
     created_at: int | None = None  # deployment.created_at (Unix seconds): GitHub-signed, dates the request
 
 
@@ -209,8 +210,11 @@ def parse_payload(
     ref = payload.get("ref") if isinstance(payload.get("ref"), str) else None
     sender_obj = payload.get("sender")
     login = sender_obj.get("login") if isinstance(sender_obj, dict) else None
-    # A GitHub login: letters, digits, single hyphens (bots add "[bot]"); anything else is not named.
+    # Who triggered the run is the request's requester, whom the self-approval rule needs: a webhook whose
+    # sender cannot be read opens no request (an unnamed requester would map to no one, and approve).
     sender = login if isinstance(login, str) and _LOGIN_RE.match(login) else None
+    if sender is None:
+        problems["sender.login"] = "must be a GitHub login"
     trigger = payload.get("event") if isinstance(payload.get("event"), str) else None
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))

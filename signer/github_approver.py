@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -318,15 +319,21 @@ class Approver:
             status = 401 if exc.code in ("missing_signature", "bad_signature") else 400
             status = 422 if exc.code == "no_policy" else status
             return _error(status, exc.code, exc.message, fields=exc.fields)
-        if hook.delivery in self.deliveries:
-            return _error(409, "replayed_delivery", f"delivery {hook.delivery} was already taken")
+        # X-GitHub-Delivery is not under GitHub's signature: a bot may send an old body under a new id, and
+        # an approved run's old webhook would mark the run waiting as that (spent) attempt again, so the
+        # spent receipt would approve whatever attempt waits now. The signed body is taken once too.
+        taken = {hook.delivery, "sha256:" + hashlib.sha256(body).hexdigest()}
+        if taken & self.deliveries:
+            return _error(
+                409, "replayed_delivery", f"delivery {hook.delivery} (or its body) was already taken"
+            )
         # Claimed before the API reads so a concurrent copy is refused; released if they fail, so the bot may
         # forward the same delivery again once GitHub answers.
-        self.deliveries.add(hook.delivery)
+        self.deliveries |= taken
         try:
             scope = await self.scope_from_github(hook)
         except GitHubUnavailable as exc:
-            self.deliveries.discard(hook.delivery)
+            self.deliveries -= taken
             return _error(502, "github_unavailable", str(exc))
         except GitHubError as exc:
             return _error(409, exc.code, exc.message, fields=exc.fields)
@@ -375,17 +382,18 @@ class Approver:
             approvers = [a.email or a.id for a in verified.approvals]
             link = self._link(verified.request_id)
             attempt = attempt_id(pending.webhook)
-            spent_on = self.spent.get(verified.request_id)
+            rid = verified.request_id
+            spent_on = self.spent.get(rid)
             if spent_on is not None and spent_on != attempt:
-                return _error(
-                    409, "receipt_spent", f"request {verified.request_id} already approved run {spent_on}"
-                )
-            comment = github_app.approve_comment(verified.request_id, scope, approvers, link)
-            answer = await self._review(pending, "approved", comment, verified.request_id)
-            if pending.status == "approved":
-                self.spent[verified.request_id] = attempt
-                self._save()
-            return answer
+                return _error(409, "receipt_spent", f"request {rid} already approved run {spent_on}")
+            # Spent *before* the review call, with no await between the check and this write: the lock is per
+            # run, so a second run's approval with the same receipt may run meanwhile, and must find the
+            # request taken. Never given back: a failed call may still have reached GitHub (a lost answer),
+            # so the request stays bound to this run, which it may still approve on a retry.
+            self.spent[rid] = attempt
+            self._save()
+            comment = github_app.approve_comment(rid, scope, approvers, link)
+            return await self._review(pending, "approved", comment, rid)
 
     async def reject(self, key: RunKey, reason: str, request_id: str | None) -> JSONResponse:
         """Reject the run waiting at ``key`` with ``reason``: fail-closed, so no receipt is needed."""

@@ -57,6 +57,7 @@ __all__ = [
     "parse_jwks",
     "unverified_claims",
     "verify_token",
+    "workflow_path",
 ]
 
 Kind = Literal["github", "gitlab"]
@@ -353,6 +354,9 @@ class CiIdentity:
     subject: str
     run: str
     run_url: str
+    # GitHub: ``triggering_actor`` when it is not ``actor`` (someone re-ran another's run): who asked for
+    # *this* attempt, refused as an approver of it like the requester (``actor`` started the first attempt).
+    triggered_by: str | None = None
 
 
 def _str_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -362,13 +366,16 @@ def _str_claim(claims: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _workflow_path(ref_uri: str, repo: str, separator: str, claim: str) -> str:
-    """``<repo><separator><path>@<ref>`` -> ``<path>``; from another repository, ``<other repo>/<path>``.
+def workflow_path(ref_uri: str, repo: str, separator: str, claim: str) -> str:
+    """``<repo><separator><path>@<ref>`` -> ``<path>``; from another repository, ``<other repo><sep><path>``.
 
     GitHub's ``job_workflow_ref`` is ``owner/repo/.github/workflows/x.yml@refs/heads/main`` (separator
     ``/``); GitLab's ``ci_config_ref_uri`` is ``host/group/project//.gitlab-ci.yml@refs/heads/main``
     (separator ``//``, after the host). A workflow from another repository (a reusable workflow, an
-    included config) keeps that repository in its name, so it can never pass for this repository's own.
+    included config) keeps that repository in its name, so it can never pass for this repository's own:
+    on GitHub an own workflow starts with ``.github/``, which no ``owner/repo`` does; on GitLab a config
+    file may live at any path, so the other project stays separated by ``//``, which no file path holds
+    (``group/ci//deploy.yml`` is project ``group/ci``'s file, ``group/ci/deploy.yml`` this project's own).
     """
     before, at, _ref = ref_uri.rpartition("@")
     if not at or not before:
@@ -384,7 +391,7 @@ def _workflow_path(ref_uri: str, repo: str, separator: str, claim: str) -> str:
         source = f"{owner}/{name}"
         if not path:
             raise OidcError("oidc_claim_missing", f"the {claim!r} claim has no workflow path")
-    return path if source == repo else f"{source}/{path}"
+    return path if source == repo else f"{source}{separator}{path}"
 
 
 def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -> CiIdentity:
@@ -401,7 +408,7 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
     environment = env if isinstance(env, str) and env else None
     if kind == "github":
         repo = _str_claim(claims, "repository")
-        workflow = _workflow_path(_str_claim(claims, "job_workflow_ref"), repo, "/", "job_workflow_ref")
+        workflow = workflow_path(_str_claim(claims, "job_workflow_ref"), repo, "/", "job_workflow_ref")
         actor = _str_claim(claims, "actor")
         ref = _str_claim(claims, "ref")
         run_id, attempt = _str_claim(claims, "run_id"), _str_claim(claims, "run_attempt")
@@ -409,9 +416,13 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
             raise OidcError("oidc_claim_missing", "run_id and run_attempt must be numbers")
         run = f"{run_id}/{attempt}"
         run_url = f"{web_base}/{repo}/actions/runs/{run_id}/attempts/{attempt}"
+        trigger = claims.get("triggering_actor", actor)
+        if not isinstance(trigger, str) or not _LOGIN.match(trigger):
+            raise OidcError("oidc_claim_missing", "the token's triggering_actor is not a login name")
+        triggered_by = f"github:{trigger}" if trigger != actor else None
     else:
         repo = _str_claim(claims, "project_path")
-        workflow = _workflow_path(_str_claim(claims, "ci_config_ref_uri"), repo, "//", "ci_config_ref_uri")
+        workflow = workflow_path(_str_claim(claims, "ci_config_ref_uri"), repo, "//", "ci_config_ref_uri")
         actor = _str_claim(claims, "user_login")
         ref_path = claims.get("ref_path")
         if isinstance(ref_path, str) and ref_path.startswith("refs/"):
@@ -425,6 +436,7 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         if not _DIGITS.match(run):
             raise OidcError("oidc_claim_missing", "pipeline_id must be a number")
         run_url = f"{web_base}/{repo}/-/pipelines/{run}"
+        triggered_by = None
     if not _LOGIN.match(actor):
         raise OidcError("oidc_claim_missing", "the token's actor is not a login name")
     return CiIdentity(
@@ -437,4 +449,5 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         subject=subject,
         run=run,
         run_url=run_url,
+        triggered_by=triggered_by,
     )

@@ -42,6 +42,7 @@ team_id = "T0KEYTURN"
 
 [identities]
 "github:alice" = "U0ALICE"
+"github:bob" = "U0BOB"
 
 [oidc.issuers.github]
 issuer = "{GITHUB_ISS}"

@@ -19,12 +19,14 @@ from urllib.parse import urlencode
 import pytest
 
 from keyturn.bot.signer_client import SignerClient, SignerRefused
+from keyturn.emulator.echo import echo_view
 from keyturn.signer import card, wire
 from keyturn.signer.audit import verify_file
 from keyturn.signer.evidence import ci_signature, slack_signature
 from tests.harness import KEYTURN, Proc
 from tests.signer.conftest import (
     CI_SECRET,
+    SCOPE,
     SLACK_SECRET,
     TEAM,
     SignerFiles,
@@ -61,9 +63,8 @@ def deny_body(rid: str, user: str = "U0BOB", reason: str = "tests are red", team
         "team": {"id": team},
         "user": {"id": user},
         "view": {
+            **echo_view(card.render_deny_view(rid, SCOPE)),  # the form the trust core renders, as echoed
             "id": "V0DENY",
-            "callback_id": card.DENY_CALLBACK,
-            "private_metadata": rid,
             "state": {
                 "values": {
                     card.REASON_BLOCK: {card.REASON_ACTION: {"type": "plain_text_input", "value": reason}}
