@@ -314,6 +314,9 @@ class RequestClaim:
     proof: RequesterProof | None = None  # how the requester was proven, for OIDC origins
     issuer_name: str | None = None  # the policy's name of the OIDC issuer
     triggered_by: str | None = None  # OIDC: who started this run attempt, when not the requester
+    event: str | None = (
+        None  # OIDC: the event that started the job (GitHub event_name, GitLab pipeline_source)
+    )
 
 
 def parse_ci_request_body(body: bytes) -> CiRequestBody:
@@ -677,6 +680,7 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
         proof=RequesterProof(issuer=cfg.issuer, subject=who.subject, run=who.run),
         issuer_name=name,
         triggered_by=who.triggered_by,
+        event=who.event,
     )
 
 
@@ -780,6 +784,18 @@ def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
         raise EvidenceError("oidc_repository_not_allowed", "this repository may not ask for this environment")
     if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
         raise EvidenceError("oidc_branch_not_allowed", "this branch may not ask for this environment")
+    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a
+    # pull_request_target job is refused: its ref is the base branch, so the branch rule cannot speak for it.
+    if rules.events and claim.event not in rules.events:
+        raise EvidenceError(
+            "oidc_event_not_allowed", "jobs started by this event may not ask for this environment"
+        )
+    if rules.branches and not rules.events and claim.event == "pull_request_target":
+        raise EvidenceError(
+            "oidc_event_not_allowed",
+            "a pull_request_target job may not ask under a branch rule (its ref is the base branch); "
+            "list the event in the environment's oidc.events to allow it",
+        )
 
 
 def _check_ci_secret_allowed(env: Environment) -> None:

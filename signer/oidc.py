@@ -357,6 +357,8 @@ class CiIdentity:
     # GitHub: ``triggering_actor`` when it is not ``actor`` (someone re-ran another's run): who asked for
     # *this* attempt, refused as an approver of it like the requester (``actor`` started the first attempt).
     triggered_by: str | None = None
+    # GitHub ``event_name`` / GitLab ``pipeline_source``: the event that started the job (policy ``events``).
+    event: str | None = None
 
 
 def _str_claim(claims: Mapping[str, Any], name: str) -> str:
@@ -439,6 +441,7 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         triggered_by = None
     if not _LOGIN.match(actor):
         raise OidcError("oidc_claim_missing", "the token's actor is not a login name")
+    event = claims.get("event_name" if kind == "github" else "pipeline_source")
     return CiIdentity(
         repo=repo,
         sha=sha,
@@ -450,4 +453,5 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         run=run,
         run_url=run_url,
         triggered_by=triggered_by,
+        event=event if isinstance(event, str) and event else None,
     )

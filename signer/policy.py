@@ -162,6 +162,10 @@ def _at(field: str, detail: str) -> PydanticCustomError:
 OidcName = Annotated[str, _id_checker(_OIDC_NAME_RE, "an issuer name (letters, digits, '_', '-')", "github")]
 RepoName = Annotated[str, _id_checker(_REPO_NAME_RE, "a repository 'owner/name'", "acme/web")]
 BranchName = Annotated[str, _id_checker(_BRANCH_RE, "a branch name", "main")]
+_EVENT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+EventName = Annotated[
+    str, _id_checker(_EVENT_RE, "an event name (GitHub event_name, GitLab pipeline_source)", "push")
+]
 
 
 class OidcIssuer(_Frozen):
@@ -188,13 +192,17 @@ class OidcSettings(_Frozen):
 class EnvironmentOidc(_Frozen):
     """``[environments.<name>.oidc]``: which OIDC-proven jobs may ask for this environment.
 
-    ``issuers`` lists ``[oidc.issuers]`` names; ``repositories`` and ``branches`` (exact names, ``main`` for
-    ``refs/heads/main``) restrict further when non-empty.
+    ``issuers`` lists ``[oidc.issuers]`` names; ``repositories``, ``branches`` (exact names, ``main`` for
+    ``refs/heads/main``) and ``events`` (GitHub's ``event_name``, GitLab's ``pipeline_source``) restrict
+    further when non-empty. With ``branches`` set and ``events`` empty, a GitHub ``pull_request_target`` job
+    is refused: its ``ref`` is the base branch whatever pull request triggered it, so the branch rule would
+    say nothing about the code asking (list the event in ``events`` to allow it knowingly).
     """
 
     issuers: tuple[OidcName, ...] = Field(min_length=1)
     repositories: tuple[RepoName, ...] = ()
     branches: tuple[BranchName, ...] = ()
+    events: tuple[EventName, ...] = ()
 
 
 class Environment(_Frozen):

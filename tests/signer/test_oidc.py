@@ -347,6 +347,39 @@ def test_environment_policy_issuer_repository_branch() -> None:
     assert refusal(branch).code == "oidc_branch_not_allowed"
 
 
+def test_a_pull_request_target_job_is_refused_under_a_branch_rule() -> None:
+    """Its ``ref`` is the base branch whatever pull request started it: the branch rule cannot speak for the
+    code asking, so without an explicit ``events`` rule such a job is refused (fail closed)."""
+    token = genuine(KEY, claims_for("github", NOW, event_name="pull_request_target"))
+    assert refusal(token).code == "oidc_event_not_allowed"
+    assert check(genuine(KEY, claims_for("github", NOW, event_name="push"))).scope.environment == "production"
+
+
+@pytest.mark.parametrize(
+    ("event", "allowed"),
+    [("push", True), ("workflow_dispatch", True), ("pull_request_target", True), ("schedule", False),
+     ("pull_request", False), (None, False)],
+)  # fmt: skip
+def test_an_events_rule_admits_exactly_the_listed_events(event: str | None, allowed: bool) -> None:
+    policy = Policy.from_bytes(
+        POLICY_TOML.replace(
+            'branches = ["main"]',
+            'branches = ["main"]\nevents = ["push", "workflow_dispatch", "pull_request_target"]',
+        ).encode()
+    )
+    claims = claims_for("github", NOW)
+    claims.pop("event_name", None)
+    if event is not None:
+        claims["event_name"] = event
+    token = genuine(KEY, claims)
+    if allowed:
+        ev.check_oidc_request(token, body_for({}), policy, ISSUERS, at(NOW))
+    else:
+        with pytest.raises(KeyturnError) as exc:
+            ev.check_oidc_request(token, body_for({}), policy, ISSUERS, at(NOW))
+        assert exc.value.code == "oidc_event_not_allowed"
+
+
 def test_a_token_without_an_environment_claim_is_refused() -> None:
     assert refusal(genuine(KEY, claims_for("github", NOW, job=Job(environment=None)))).code == (
         "oidc_claim_missing"
