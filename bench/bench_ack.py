@@ -7,10 +7,9 @@ one connection per concurrent clicker), measured in interleaved rounds. Each cli
 * **floor**: ``AsyncApp(signing_secret=...)`` with Bolt's own in-process signature verification and a local
   ``authorize`` (no ``auth.test``), one listener ``@app.action("approve")`` that only calls ``ack()``, stock
   settings, served by Bolt's ASGI adapter.
-* **keyturn**: ``keyturn.bot.app`` exactly as deployed: every request is checked by a **real signer process**
-over
-  its Unix socket (``check_slack``; client pool of 32 connections), then dispatched to the listeners,
-  which ack and hand off. The work after the ack is an in-memory stub (click-to-receipt is measured
+* **keyturn**: ``keyturn.bot.app`` exactly as deployed: every request is checked by a **real signer
+  process** over its Unix socket (``check_slack``; client pool of 32 connections), then dispatched to the
+  listeners, which ack and hand off. The work after the ack is an in-memory stub (click-to-receipt is measured
   elsewhere).
 
 Prints p50/p99 at 1, 8 and 32 concurrent clicks and the p99 ratio keyturn/floor (target <= 1.3).

@@ -1,5 +1,4 @@
-"""Keyturn: a fail-closed deploy gate. Slack approvals, an isolated Ed25519 signer, offline-verifiable
-receipts.
+"""Keyturn: a fail-closed deploy gate (Slack approvals, an isolated Ed25519 signer, offline receipts).
 
 One import namespace for the whole distribution, shaped like the trust boundary (docs/design.md §1):
 
