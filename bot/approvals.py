@@ -505,6 +505,13 @@ class ApprovalService:
         ):
             raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
         approval = Approval(user_id=user_id, email=email, at=now)
+        counted = {a.user_id for a in req.approvals}
+        if user_id not in counted and len(counted) + 1 >= req.required_approvals:
+            # This click would reach the quorum: index the request *before* counting it. A count whose
+            # answer is lost (Redis gone, or fewer replicas than KEYTURN_REDIS_MIN_REPLICAS acknowledged it)
+            # may still have landed; the leader's backstop then finishes the request instead of leaving it
+            # at quorum with nobody to sign it. An entry for a request short of quorum is skipped there.
+            await self._store.mark_at_quorum([req])
         try:
             req = await self._store.add_approval(request_id, approval, evidence, now)
         except Refused as exc:

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     redis_sentinels: str = ""
     redis_sentinel_master: str = ""
     redis_sentinel_db: int = Field(default=0, ge=0, le=15)
+    # Durable writes on a replicated Redis (docs/operations.md): after each write the bot sends WAIT and
+    # counts the write as failed unless this many replicas acknowledged it within redis_replica_timeout
+    # seconds (re-sent until redis_retry_budget runs out). 0 (a single Redis): no WAIT.
+    redis_min_replicas: int = Field(default=0, ge=0, le=16)
+    redis_replica_timeout: float = Field(default=1.0, gt=0, le=30)
     signer_socket: Path = Path("/run/keyturn/signer.sock")
     policy: Path = Path("keyturn.toml")
     slack_bot_token: SecretStr = SecretStr("")

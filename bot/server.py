@@ -124,7 +124,13 @@ def build_app(
     )
     web = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     messenger = SlackMessenger(web, policy, now=clock)
-    store = RequestStore(client, retention=settings.retention)
+    store = RequestStore(
+        client,
+        retention=settings.retention,
+        min_replicas=settings.redis_min_replicas,
+        replica_timeout=settings.redis_replica_timeout,
+        replica_budget=settings.redis_retry_budget,
+    )
     callback_policy = CallbackPolicy(
         dev_mode=settings.dev_mode, hosts=parse_host_patterns(settings.callback_hosts)
     )

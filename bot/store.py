@@ -27,6 +27,7 @@ the layout works on Redis Cluster):
 * ``keyturn:ci_seen:{sha256}``    replay guard: a state-changing signed CI request already accepted, keyed by
                                   the digest of its signature (``pending``, then ``<action>:<requestId>``),
                                   kept :data:`REPLAY_TTL` (see ``claim_ci_request``)
+* ``keyturn:replication_fence``   written before each WAIT when replicas are asked for (``_replicated``)
 * channel ``keyturn:changed:{id}`` is published on every write (long-polls wait on it; see ``ChangeFeed``)
 
 Every write of a record is a compare-and-swap on ``version`` in Lua (callers retry on conflict), and the
@@ -39,6 +40,12 @@ and a connection can fail after Redis ran the command but before its answer arri
 own earlier write. So each script recognises its own completed write (by a token or by the exact bytes it
 wrote) and answers as if it had just made it, instead of reporting a conflict or a duplicate; each script
 says how above its text.
+
+On a replicated Redis (``KEYTURN_REDIS_MIN_REPLICAS`` > 0) every write is followed, on its own connection, by
+``WAIT``, and is reported done only once that many replicas hold it (``RequestStore._replicated``); otherwise
+it fails as :class:`NotReplicated` (a ``StoreUnavailable``). A write acknowledged by a primary that then
+fails over is lost with asynchronous replication; this keeps such a write from ever being reported as done
+(docs/operations.md, "The asynchronous failover window").
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from keyturn.bot import lifecycle
 from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, Scope, SlackEvidence, Status
@@ -468,6 +475,11 @@ class SigningInProgress(Exception):
     code = "signing_in_progress"
 
 
+def _commands(*commands: tuple[Any, ...]) -> Callable[[Any], object]:
+    """A queue for ``RequestStore._replicated`` of raw commands (name, arguments…), its values bound now."""
+    return lambda pipe: [pipe.execute_command(*c) for c in commands]
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -481,36 +493,129 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class NotReplicated(StoreUnavailable):
+    """A write the primary made but fewer than ``KEYTURN_REDIS_MIN_REPLICAS`` replicas acknowledged in time.
+
+    Fail closed: the write may be lost if the primary fails over now, so the caller is told it failed (a
+    click is answered "not recorded, click again"; a retry meets the write if it survived: every script
+    recognises its own earlier write)."""
+
+
+# Written last before each WAIT (see ``RequestStore._replicated``): a write that always reaches the
+# replication stream, so the WAIT that follows covers everything the primary had applied, including an
+# earlier attempt of the same call whose answer was lost.
+REPLICATION_FENCE_KEY = f"{PREFIX}:replication_fence"
+
+
+class _WriteScript:
+    """A registered write script that, when the store asks for replicas, runs through ``_replicated``.
+
+    Lua scripts are replicated as a whole (their effects, in one MULTI), so one WAIT after the script
+    covers every key it wrote."""
+
+    def __init__(self, store: RequestStore, text: str) -> None:
+        self._store = store
+        self._script = store.redis.register_script(text)
+
+    async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
+        if not self._store.replicated:
+            return await self._script(keys=keys, args=args)
+        sha, n = self._script.sha, len(keys)
+        rows = await self._store._replicated(lambda pipe: pipe.evalsha(sha, n, *keys, *args), self._script)
+        return rows[0]
+
+
 class RequestStore:
     """Deploy requests in Redis: create (deduplicated by scope), read, compare-and-swap transitions."""
 
-    def __init__(self, client: aioredis.Redis, *, retention: timedelta) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        retention: timedelta,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
+        replica_budget: float = 5.0,
+    ) -> None:
         self._r = client
         self._retention = max(1, int(retention.total_seconds()))
-        self._create = client.register_script(_CREATE)
-        self._update = client.register_script(_UPDATE)
-        self._add_approval = client.register_script(_ADD_APPROVAL)
-        self._delete_if_equals = client.register_script(_DELETE_IF_EQUALS)
-        self._hold = client.register_script(_HOLD)
-        self._set_error = client.register_script(_SET_ERROR)
-        self._claim_once = client.register_script(_CLAIM_ONCE)
-        self._update_unless_signing = client.register_script(_UPDATE_UNLESS_SIGNING)
-        self._claim_signing = client.register_script(_CLAIM_SIGNING)
-        self._release_signing = client.register_script(_RELEASE_SIGNING)
-        self._delete_in_flight = client.register_script(_DELETE_IN_FLIGHT)
-        self._claim_scope = client.register_script(_CLAIM_SCOPE)
-        self._append_attempt = client.register_script(_APPEND_ATTEMPT)
-        self._outbox_enqueue = client.register_script(_OUTBOX_ENQUEUE)
-        self._admit = client.register_script(_ADMIT)
-        self._outbox_claim = client.register_script(_OUTBOX_CLAIM)
-        self._outbox_settle = client.register_script(_OUTBOX_SETTLE)
-        self._outbox_begin = client.register_script(_OUTBOX_BEGIN)
-        self._outbox_mark = client.register_script(_OUTBOX_MARK)
+        # Durable writes (docs/operations.md, "The asynchronous failover window"): with ``min_replicas`` > 0
+        # every write is followed, on its own connection, by WAIT; see ``_replicated``.
+        self._min_replicas = min_replicas
+        self._wait_ms = max(1, int(replica_timeout * 1000))
+        self._replica_budget = replica_budget
+        self._create = _WriteScript(self, _CREATE)
+        self._update = _WriteScript(self, _UPDATE)
+        self._add_approval = _WriteScript(self, _ADD_APPROVAL)
+        self._delete_if_equals = _WriteScript(self, _DELETE_IF_EQUALS)
+        self._hold = _WriteScript(self, _HOLD)
+        self._set_error = _WriteScript(self, _SET_ERROR)
+        self._claim_once = _WriteScript(self, _CLAIM_ONCE)
+        self._update_unless_signing = _WriteScript(self, _UPDATE_UNLESS_SIGNING)
+        self._claim_signing = _WriteScript(self, _CLAIM_SIGNING)
+        self._release_signing = _WriteScript(self, _RELEASE_SIGNING)
+        self._delete_in_flight = _WriteScript(self, _DELETE_IN_FLIGHT)
+        self._claim_scope = _WriteScript(self, _CLAIM_SCOPE)
+        self._append_attempt = _WriteScript(self, _APPEND_ATTEMPT)
+        self._outbox_enqueue = _WriteScript(self, _OUTBOX_ENQUEUE)
+        self._admit = _WriteScript(self, _ADMIT)
+        self._outbox_claim = _WriteScript(self, _OUTBOX_CLAIM)
+        self._outbox_settle = _WriteScript(self, _OUTBOX_SETTLE)
+        self._outbox_begin = _WriteScript(self, _OUTBOX_BEGIN)
+        self._outbox_mark = _WriteScript(self, _OUTBOX_MARK)
 
     @property
     def redis(self) -> aioredis.Redis:
         """The underlying client (for the change feed and health checks)."""
         return self._r
+
+    @property
+    def replicated(self) -> bool:
+        """True when every write waits for ``min_replicas`` replicas (``KEYTURN_REDIS_MIN_REPLICAS``)."""
+        return self._min_replicas > 0
+
+    async def _replicated(self, queue: Callable[[Any], object], script: Any = None) -> list[Any]:
+        """Send the writes ``queue`` puts on a pipeline, then the fence and ``WAIT`` on the same connection;
+        their answers once ``min_replicas`` replicas hold them. Without replicas asked for: the writes only.
+
+        WAIT counts the replicas that acknowledged this connection's last write. A script that recognises
+        its own earlier write (a retried call) writes nothing, so the fence, written last, makes the count
+        cover the primary's whole stream up to now. Too few acknowledgements within the WAIT timeout: the
+        writes are sent again (each is safe to repeat; a write on a demoted primary fails READONLY and the
+        client follows the failover) until ``replica_budget`` seconds have passed, then
+        :class:`NotReplicated`. No sleep between attempts: WAIT itself waits.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._replica_budget
+        loaded = False
+        while True:
+            pipe = self._r.pipeline(transaction=False)
+            queue(pipe)
+            queued = len(pipe.command_stack)
+            if self.replicated:
+                pipe.set(REPLICATION_FENCE_KEY, "1")
+                pipe.execute_command("WAIT", self._min_replicas, self._wait_ms)
+            rows = await pipe.execute(raise_on_error=False)
+            if script is not None and not loaded and isinstance(rows[0], NoScriptError):
+                await self._r.script_load(script.script)  # a new primary's empty script cache
+                loaded = True
+                continue
+            for row in rows[:queued]:
+                if isinstance(row, Exception):
+                    raise row
+            if not self.replicated:
+                return list(rows)
+            acked = rows[-1]
+            if not isinstance(acked, Exception) and int(acked) >= self._min_replicas:
+                return list(rows[:queued])
+            if loop.time() >= deadline:
+                raise NotReplicated(
+                    f"redis: fewer than {self._min_replicas} replica(s) acknowledged the write "
+                    f"({acked if not isinstance(acked, Exception) else type(acked).__name__})"
+                )
+            log.warning(
+                "redis: a write not yet on %d replica(s) (%s); sending it again", self._min_replicas, acked
+            )
 
     @_guard
     async def ping(self) -> None:
@@ -601,7 +706,7 @@ class RequestStore:
         Written *before* the final transition, so a replica dying between the transition and the signer call
         leaves the note behind for the leader's backstop; a note for a request still pending is harmless
         (the backstop skips it until the request is decided)."""
-        await self._r.zadd(UNRECORDED_KEY, {request_id: _epoch(now)}, nx=True)
+        await self._replicated(lambda p: p.zadd(UNRECORDED_KEY, {request_id: _epoch(now)}, nx=True))
 
     @_guard
     async def unrecorded_ids(self) -> list[str]:
@@ -611,19 +716,21 @@ class RequestStore:
     @_guard
     async def mark_recorded(self, request_id: str) -> None:
         """The signer recorded this request's outcome (or it never will): drop the note."""
-        await self._r.zrem(UNRECORDED_KEY, request_id)
+        await self._replicated(lambda p: p.zrem(UNRECORDED_KEY, request_id))
 
     @_guard
     async def mark_needs_card(self, requests: list[DeployRequest]) -> None:
         """Put pending requests without a card into the attention index (start-up backfill)."""
         if requests:
-            await self._r.zadd(NEEDS_CARD_KEY, {r.id: _epoch(r.expires_at) for r in requests})
+            scores = {r.id: _epoch(r.expires_at) for r in requests}
+            await self._replicated(lambda p: p.zadd(NEEDS_CARD_KEY, scores))
 
     @_guard
     async def mark_at_quorum(self, requests: list[DeployRequest]) -> None:
         """Put pending requests at quorum into the attention index (after a click, and start-up backfill)."""
         if requests:
-            await self._r.zadd(AT_QUORUM_KEY, {r.id: _epoch(r.expires_at) for r in requests})
+            scores = {r.id: _epoch(r.expires_at) for r in requests}
+            await self._replicated(lambda p: p.zadd(AT_QUORUM_KEY, scores))
 
     @_guard
     async def due_ids(self, now: datetime, limit: int = 1000) -> list[str]:
@@ -693,12 +800,13 @@ class RequestStore:
                 raise StoreConflict(f"request id {stored.id} already exists")
             if await self._claim_scope(keys=[skey], args=[stored.id, lifetime + 60]):
                 score = _epoch(stored.expires_at)
-                pipe = self._r.pipeline(transaction=False)
-                pipe.zadd(PENDING_KEY, {stored.id: score})
-                pipe.zadd(NEEDS_CARD_KEY, {stored.id: score})
-                await pipe.execute()
+                await self._replicated(
+                    _commands(
+                        ("ZADD", PENDING_KEY, score, stored.id), ("ZADD", NEEDS_CARD_KEY, score, stored.id)
+                    )
+                )
                 return stored, True
-            await self._r.delete(record_key(stored.id), _sub_key(stored.id, "origin"))
+            await self._replicated(_commands(("DEL", record_key(stored.id), _sub_key(stored.id, "origin"))))
             if limits is not None:
                 await self._unadmit(stored)  # lost the scope to another request: this one does not exist
         raise StoreConflict("could not claim the scope index")
@@ -739,14 +847,12 @@ class RequestStore:
 
     async def _unadmit(self, request: DeployRequest) -> None:
         """Take a request out of the limits' counts (it became final, or was never created)."""
-        pipe = self._r.pipeline(transaction=False)
-        for key in (
+        keys = (
             f"{LIMITS_PREFIX}:requester:{request.requester}",
             f"{LIMITS_PREFIX}:repo:{request.scope.repo}",
             f"{LIMITS_PREFIX}:pending",
-        ):
-            pipe.zrem(key, request.id)
-        await pipe.execute()
+        )
+        await self._replicated(lambda p: [p.zrem(key, request.id) for key in keys])
 
     # -- transitions -----------------------------------------------------------------------------------
 
@@ -787,10 +893,9 @@ class RequestStore:
 
     async def _after_final(self, request: DeployRequest) -> None:
         # Index clean-up lives outside the script (other slots); stale entries are tolerated by readers.
-        pipe = self._r.pipeline(transaction=False)
-        for key in (PENDING_KEY, NEEDS_CARD_KEY, AT_QUORUM_KEY):
-            pipe.zrem(key, request.id)
-        await pipe.execute()
+        await self._replicated(
+            lambda p: [p.zrem(key, request.id) for key in (PENDING_KEY, NEEDS_CARD_KEY, AT_QUORUM_KEY)]
+        )
         await self._unadmit(request)
         await self._delete_if_equals(keys=[scope_key(request.scope)], args=[request.id])
 
@@ -825,7 +930,7 @@ class RequestStore:
                         await self.enqueue_callback(written.id)
                     await self._after_final(written)
                 elif written.card is not None and current.card is None:
-                    await self._r.zrem(NEEDS_CARD_KEY, written.id)
+                    await self._replicated(_commands(("ZREM", NEEDS_CARD_KEY, written.id)))
                 return written, True
             if result == -3:
                 raise SigningInProgress(request_id)
@@ -980,7 +1085,7 @@ class RequestStore:
             )
         )
         if state == "queued":
-            await self._r.zadd(OUTBOX_DUE_KEY, {request_id: _now_ms()}, nx=True)
+            await self._replicated(lambda p: p.zadd(OUTBOX_DUE_KEY, {request_id: _now_ms()}, nx=True))
         return state
 
     @_guard
@@ -1031,7 +1136,7 @@ class RequestStore:
             keys=[_sub_key(request_id, "outbox")], args=[state, json.dumps(last, separators=(",", ":"))]
         )
         if state == "dead":
-            await self._r.zadd(OUTBOX_DEAD_KEY, {request_id: _now_ms()})
+            await self._replicated(lambda p: p.zadd(OUTBOX_DEAD_KEY, {request_id: _now_ms()}))
         return True
 
     @_guard
@@ -1089,7 +1194,9 @@ class RequestStore:
     async def bind_ci_request(self, signature: str, action: str, request_id: str) -> None:
         """Record what a claimed CI request did (``create`` or ``cancel`` of ``request_id``), keeping its TTL,
         so a replay can be told which request it was about."""
-        await self._r.set(ci_seen_key(signature), f"{action}:{request_id}", xx=True, keepttl=True)
+        await self._replicated(
+            lambda p: p.set(ci_seen_key(signature), f"{action}:{request_id}", xx=True, keepttl=True)
+        )
 
     @_guard
     async def release_ci_request(self, signature: str) -> None:

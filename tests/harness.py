@@ -63,6 +63,15 @@ def http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
+def redis_pings(port: int) -> bool:
+    """True if a Redis server (or sentinel) on 127.0.0.1:``port`` answers PING."""
+    try:
+        with redis.Redis(port=port, socket_timeout=0.5) as r:
+            return bool(r.ping())
+    except redis.RedisError:
+        return False
+
+
 def unix_socket_ready(path: Path) -> Callable[[], bool]:
     """A readiness predicate: something accepts connections on the Unix socket ``path``."""
 

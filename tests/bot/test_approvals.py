@@ -19,7 +19,7 @@ from keyturn.bot.approvals import ApprovalService
 from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
 from keyturn.bot.ports import Refused
 from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
-from keyturn.bot.store import RequestStore
+from keyturn.bot.store import NotReplicated, RequestStore, StoreUnavailable
 from keyturn.signer import gate, wire
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import Scope, format_time
@@ -228,6 +228,32 @@ async def test_a_receipt_the_signer_got_wrong_is_never_stored(
     error = await service.store.sign_error(req.id)
     assert error is not None
     assert error.code == "bad_receipt"
+
+
+async def test_a_final_click_whose_answer_was_lost_is_finished_by_the_backstop(
+    parts: tuple[ApprovalService, RecordingMessenger, FakeSigner, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The click that reaches quorum lands in Redis but its answer is lost (Redis gone, or no replica
+    acknowledged it in time: ``NotReplicated``). The approver is told it failed; the request was indexed
+    for the leader's backstop *before* the click was counted, so the backstop finishes it."""
+    service, messenger, signer, clock = parts
+    req = await created(service, messenger, clock)
+    await service.approve(req.id, "U0BOB", click("U0BOB"))
+    store = service.store
+    landed = store.add_approval
+
+    async def lands_then_fails(*args: Any, **kwargs: Any) -> DeployRequest:
+        await landed(*args, **kwargs)
+        raise NotReplicated("redis: fewer than 1 replica(s) acknowledged the write (0)")
+
+    monkeypatch.setattr(store, "add_approval", lands_then_fails)
+    with pytest.raises(StoreUnavailable):
+        await service.approve(req.id, "U0CAROL", click("U0CAROL"))
+    assert req.id in await store.at_quorum_ids()
+    assert await service.finish_stuck() == 1
+    done = await service.get(req.id)
+    assert done.status is Status.APPROVED
+    assert [n for _, n in signer.calls] == [2]
 
 
 async def test_refusals_have_specific_codes(
