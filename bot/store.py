@@ -505,6 +505,9 @@ class NotReplicated(StoreUnavailable):
 # replication stream, so the WAIT that follows covers everything the primary had applied, including an
 # earlier attempt of the same call whose answer was lost.
 REPLICATION_FENCE_KEY = f"{PREFIX}:replication_fence"
+# How many times one write script call loads its script again on NOSCRIPT (each a restart or failover that
+# emptied Redis's script cache between the load and the run) before the write counts as failed.
+SCRIPT_RELOADS = 5
 
 
 class _WriteScript:
@@ -519,7 +522,15 @@ class _WriteScript:
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
         if not self._store.replicated:
-            return await self._script(keys=keys, args=args)
+            # redis-py loads the script again once on NOSCRIPT. Redis restarting again between that load
+            # and the run (restarts in quick succession) empties the cache once more: the script never ran,
+            # so running it again is safe. Bounded: a cache that never keeps the script is an outage.
+            for attempt in range(SCRIPT_RELOADS):
+                try:
+                    return await self._script(keys=keys, args=args)
+                except NoScriptError:
+                    if attempt == SCRIPT_RELOADS - 1:
+                        raise
         sha, n = self._script.sha, len(keys)
         rows = await self._store._replicated(lambda pipe: pipe.evalsha(sha, n, *keys, *args), self._script)
         return rows[0]
@@ -587,7 +598,7 @@ class RequestStore:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._replica_budget
-        loaded = False
+        loads = 0
         while True:
             pipe = self._r.pipeline(transaction=False)
             queue(pipe)
@@ -596,9 +607,9 @@ class RequestStore:
                 pipe.set(REPLICATION_FENCE_KEY, "1")
                 pipe.execute_command("WAIT", self._min_replicas, self._wait_ms)
             rows = await pipe.execute(raise_on_error=False)
-            if script is not None and not loaded and isinstance(rows[0], NoScriptError):
-                await self._r.script_load(script.script)  # a new primary's empty script cache
-                loaded = True
+            if script is not None and loads < SCRIPT_RELOADS and isinstance(rows[0], NoScriptError):
+                await self._r.script_load(script.script)  # a new primary's (or a restart's) empty cache
+                loads += 1
                 continue
             for row in rows[:queued]:
                 if isinstance(row, Exception):

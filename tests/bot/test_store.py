@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -276,3 +277,35 @@ async def test_ci_request_claim_is_once_and_outlives_the_signature_window(
     assert await store.claim_ci_request(other) is None
     await store.release_ci_request(other)
     assert await store.claim_ci_request(other) is None
+
+
+class _RestartingRedis(aioredis.Redis):
+    """A client whose next ``restarts`` script runs each meet a Redis that has just restarted: the script
+    cache is empty when EVALSHA arrives, also right after the client loaded the script again."""
+
+    restarts = 0
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: str) -> Any:  # type: ignore[override]
+        if self.restarts > 0:
+            self.restarts -= 1
+            await self.script_flush()
+        return await super().evalsha(sha, numkeys, *keys_and_args)
+
+
+@pytest.mark.parametrize("restarts", [1, 2, 3])
+async def test_a_click_survives_redis_restarting_between_loading_a_script_and_running_it(
+    redis_url: str, restarts: int
+) -> None:
+    """Redis restarts in quick succession (routine maintenance, issue 13): the store's write scripts find
+    an empty script cache more than once in one call. The click is counted once, never refused."""
+    client = _RestartingRedis.from_url(redis_url)
+    assert isinstance(client, _RestartingRedis)
+    try:
+        store = RequestStore(client, retention=timedelta(hours=1))
+        req, _ = await store.create_or_get(make(sha="c" * 40), ORIGIN, NOW)
+        client.restarts = restarts
+        done = await store.add_approval(req.id, *click("U0BOB"), NOW)
+        assert [a.user_id for a in done.approvals] == ["U0BOB"]
+        assert client.restarts == 0
+    finally:
+        await client.aclose()
