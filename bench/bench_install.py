@@ -22,17 +22,11 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import build_wheel  # noqa: E402
+
 TARGET = 1.5
-
-
-def _build_wheel(out: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-         str(ROOT)],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    (wheel,) = out.glob("keyturn-*.whl")
-    return wheel
 
 
 def _size(path: Path) -> int:
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_targets = list(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
-        wheel = _build_wheel(where / "wheels")
+        wheel = build_wheel(where / "wheels")
         results: dict[str, list[tuple[float, int, int]]] = {"floor": [], "keyturn": []}
         for run in range(args.runs):
             order = ["floor", "keyturn"] if run % 2 == 0 else ["keyturn", "floor"]

@@ -58,6 +58,7 @@ required_approvals = 2
 request_ttl = "1h"
 receipt_ttl = "15m"
 """
+BENCH_POLICY = Policy.from_bytes(POLICY.encode())
 SCOPE = {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": "deploy.yml"}
 
 
@@ -74,10 +75,9 @@ def evidence_set(t0: int) -> tuple[str, wire.CiOrigin, list[wire.SlackClick]]:
         timestamp=ts,
         signature=ev.ci_signature(CI, "POST", "/v1/requests", body, ts),
     )
-    policy = Policy.from_bytes(POLICY.encode())
     clicks = []
     for i, user in enumerate(("U0BOB", "U0CAROL")):
-        cbody = click_body(origin, user, policy=policy)
+        cbody = click_body(origin, user, policy=BENCH_POLICY)
         cts = str(t0 + 1 + i)
         clicks.append(
             wire.SlackClick(body=cbody, timestamp=cts, signature=ev.slack_signature(SLACK, cbody, cts))
@@ -206,7 +206,7 @@ def main(argv: list[str]) -> int:
         keyset = root / "keys.json"
         keys = SigningKeyset.generate(keyset, now=datetime(2026, 1, 1, tzinfo=UTC))
         (root / "keyturn.toml").write_text(POLICY)
-        policy = Policy.from_bytes(POLICY.encode())
+        policy = BENCH_POLICY
         t0 = int(time.time()) - 5
 
         floor = in_process_floor(keys, policy, args.seconds, t0)

@@ -566,20 +566,20 @@ class ApprovalService:
             # object as the signer sent it. A receipt that is malformed or for another request is never
             # stored or handed on: fail closed, the next click retries.
             try:
-                typed = parse_receipt(receipt)
-                if typed.request_id != current.id:
-                    raise KeyturnError("the receipt names another request", code="bad_receipt")
+                typed: Receipt | None = parse_receipt(receipt)
             except (KeyturnError, ValueError):
+                typed = None
+            if typed is None or typed.request_id != current.id:
                 await self._signing_failed(current, "bad_receipt", "the signer returned a malformed receipt")
-                raise Refused("signing_failed", "The signer returned a malformed receipt.") from None
-            receipt_id = receipt_id_of(typed)
+                raise Refused("signing_failed", "The signer returned a malformed receipt.")
+            receipt_id, by, expires = receipt_id_of(typed), typed.approver.id, typed.expires_at
             done, changed = await self._store.transition(
                 current.id,
                 lambda r: lifecycle.mark_approved(
                     r,
-                    by=typed.approver.id,
+                    by=by,
                     receipt_id=receipt_id,
-                    receipt_expires_at=typed.expires_at,
+                    receipt_expires_at=expires,
                     now=self._clock(),
                 ),
                 receipt=receipt,

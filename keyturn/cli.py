@@ -88,27 +88,26 @@ def _missing_library(extra: str) -> str | None:
 class MissingExtra(Exception):
     """A command's library is not installed: the install lacks the extra that brings it."""
 
+    def __init__(self, command: str, library: str, extra: str) -> None:
+        super().__init__(
+            f"keyturn {command}: the library {library!r} is not installed; "
+            f"install the '{extra}' extra: pip install 'keyturn[{extra}]'"
+        )
+
 
 def _resolve(name: str) -> Callable[[Sequence[str]], int]:
     module_name, func_name = COMMANDS[name][0].split(":")
     extra = EXTRAS.get(name)
     missing = _missing_library(extra) if extra else None
     if extra and missing:
-        raise MissingExtra(
-            f"keyturn {name}: the library {missing!r} is not installed; "
-            f"install the '{extra}' extra: pip install 'keyturn[{extra}]'"
-        )
+        raise MissingExtra(name, missing, extra)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         # Our own modules are always installed; a missing third-party library means a missing extra.
         if exc.name is None or exc.name.split(".")[0] == "keyturn":
             raise
-        extra = EXTRAS.get(name, "all")
-        raise MissingExtra(
-            f"keyturn {name}: the library {exc.name!r} is not installed; "
-            f"install the '{extra}' extra: pip install 'keyturn[{extra}]'"
-        ) from exc
+        raise MissingExtra(name, exc.name, EXTRAS.get(name, "all")) from exc
     func: Callable[[Sequence[str]], int] = getattr(module, func_name)
     return func
 

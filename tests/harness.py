@@ -29,6 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYTURN = [sys.executable, "-m", "keyturn"]
 
 
+def build_wheel(out: Path) -> Path:
+    """Build the keyturn wheel from this checkout into ``out`` (no build environment: the dev extra brings
+    setuptools and wheel); its path. For the base-install test and its benchmark."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+         str(ROOT)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (wheel,) = out.glob("keyturn-*.whl")
+    return wheel
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

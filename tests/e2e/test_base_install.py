@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import CI_SECRET, SHA, Stack
+from tests.harness import build_wheel
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 # pip's own distributions and the base install's: keyturn, PyNaCl (and what it is built on), RFC 8785.
 ALLOWED_DISTRIBUTIONS = {"keyturn", "pynacl", "cffi", "pycparser", "rfc8785", "pip", "setuptools"}
 ALLOWED_IMPORTS = {"keyturn", "nacl", "_cffi_backend", "rfc8785"}
@@ -67,13 +67,7 @@ class BaseInstall:
 
 def build_base_install(where: Path) -> BaseInstall:
     """Build the wheel from this checkout and install it, base only, into a new venv under ``where``."""
-    wheels = where / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-         str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    (wheel,) = wheels.glob("keyturn-*.whl")
+    wheel = build_wheel(where / "wheels")
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
