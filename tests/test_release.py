@@ -120,3 +120,31 @@ def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path: Path) -> None:
     # One import namespace: nothing installed under a generic top-level name such as `bot` or `signer`.
     assert {n.split("/")[0] for n in names} == {"keyturn", f"keyturn-{version}.dist-info"}
     assert {"keyturn/signer/verify.py", "keyturn/bot/server.py", "keyturn/emulator/app.py"} <= set(names)
+
+
+def _extra_distributions(extras: dict[str, list[str]], name: str) -> set[str]:
+    """The distributions an extra brings, following ``keyturn[...]`` self-references."""
+    found: set[str] = set()
+    for line in extras[name]:
+        req = Requirement(line)
+        if canonicalize_name(req.name) == "keyturn":
+            for inner in req.extras:
+                found |= _extra_distributions(extras, inner)
+        else:
+            found.add(canonicalize_name(req.name))
+    return found
+
+
+def test_the_dispatchers_extra_table_matches_pyproject() -> None:
+    """``keyturn <command>`` names the extra to install from its own table of import names; each name it
+    checks must be a library that extra really brings, or the hint would send a user to the wrong extra."""
+    import tomllib
+
+    from keyturn.cli import COMMANDS, EXTRA_MODULES, EXTRAS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, modules in EXTRA_MODULES.items():
+        brought = _extra_distributions(extras, extra)
+        assert {canonicalize_name(m) for m in modules} <= brought, extra
+    assert set(EXTRAS.values()) <= set(extras)
+    assert set(EXTRAS) | {"verify", "receipt", "request"} == set(COMMANDS)
