@@ -86,13 +86,19 @@ def _missing_library(extra: str) -> str | None:
 
 
 class MissingExtra(Exception):
-    """A command's library is not installed: the install lacks the extra that brings it."""
+    """A command's library is not installed: the install lacks the extra that brings it.
 
-    def __init__(self, command: str, library: str, extra: str) -> None:
-        super().__init__(
-            f"keyturn {command}: the library {library!r} is not installed; "
+    ``extra`` is None for a base command (``verify``, ``request``, ``receipt``): its libraries are the base
+    install's own, so no extra would help; the install itself is broken and must be redone.
+    """
+
+    def __init__(self, command: str, library: str, extra: str | None) -> None:
+        remedy = (
             f"install the '{extra}' extra: pip install 'keyturn[{extra}]'"
+            if extra
+            else "the base install is incomplete; reinstall it: pip install --force-reinstall keyturn"
         )
+        super().__init__(f"keyturn {command}: the library {library!r} is not installed; {remedy}")
 
 
 def _resolve(name: str) -> Callable[[Sequence[str]], int]:
@@ -107,7 +113,7 @@ def _resolve(name: str) -> Callable[[Sequence[str]], int]:
         # Our own modules are always installed; a missing third-party library means a missing extra.
         if exc.name is None or exc.name.split(".")[0] == "keyturn":
             raise
-        raise MissingExtra(name, exc.name, EXTRAS.get(name, "all")) from exc
+        raise MissingExtra(name, exc.name, extra) from exc
     func: Callable[[Sequence[str]], int] = getattr(module, func_name)
     return func
 

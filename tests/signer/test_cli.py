@@ -329,3 +329,31 @@ def test_verify_main_in_process_never_raises(tmp_path: Path, capsys: pytest.Capt
     args = _verify_args(VALID, str(bad), str(load.keyset_path()))[1:]
     assert verify_main([*args, "--trust-keys-in-checkout"]) == 1
     assert capsys.readouterr().err.startswith("REJECTED malformed: ")
+
+
+def test_a_base_command_missing_its_own_library_says_reinstall_not_an_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken base install (PyNaCl gone) fails closed, names the library, and asks for a reinstall.
+
+    No extra brings the verifier's libraries, so pointing at ``keyturn[all]`` would send an operator the
+    wrong way while the gate stays shut.
+    """
+    import importlib
+
+    import keyturn.cli
+
+    real_import = importlib.import_module
+
+    def without_nacl(name: str, package: str | None = None) -> object:
+        if name == "keyturn.signer.cli":
+            raise ModuleNotFoundError("No module named 'nacl'", name="nacl")
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", without_nacl)
+    rc = keyturn.cli.main(["verify", "r.json", "--keys", "k.json"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "'nacl' is not installed" in err
+    assert "pip install --force-reinstall keyturn" in err
+    assert "keyturn[" not in err
