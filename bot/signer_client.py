@@ -66,14 +66,12 @@ class _Conn:
 
 
 _M = TypeVar("_M", bound=BaseModel)
-_ORIGIN: TypeAdapter[wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin] = (
-    TypeAdapter(wire.Origin)
-)
+_ORIGIN: TypeAdapter[wire.AnyOrigin] = TypeAdapter(wire.Origin)
 
 # Error codes after which the signer closes the connection (design.md §5).
 _HANG_UP_CODES = frozenset({"frame_too_large", "frame_timeout", "too_many_connections"})
 
-OriginLike = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin | Mapping[str, Any]
+OriginLike = wire.AnyOrigin | Mapping[str, Any]
 ClickLike = wire.SlackClick | Mapping[str, Any]
 
 
@@ -160,11 +158,7 @@ class SignerClient:
         :class:`SignerRefused` naming the failed check (``card_mismatch``, ``self_approval``, ...)."""
         try:
             origin_model = (
-                origin
-                if isinstance(
-                    origin, wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin
-                )
-                else _ORIGIN.validate_python(dict(origin))
+                origin if isinstance(origin, wire.AnyOrigin) else _ORIGIN.validate_python(dict(origin))
             )
             clicks = [
                 c if isinstance(c, wire.SlackClick) else wire.SlackClick.model_validate(dict(c))
@@ -189,7 +183,7 @@ class SignerClient:
         self,
         request_id: str,
         outcome: str,
-        origin: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
+        origin: wire.AnyOrigin,
         *,
         denial: wire.SlackClick | None = None,
         cancel: wire.CiOrigin | wire.OidcCall | None = None,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack
 
 import httpx
+
+if TYPE_CHECKING:
+    from keyturn.emulator.faults import FaultFields
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -245,25 +248,10 @@ class EmulatorClient:
         eph: list[dict[str, Any]] = self.state(user)["ephemerals"]
         return eph
 
-    def fault(
-        self,
-        method: str,
-        *,
-        error: str | None = None,
-        status: int = 200,
-        retry_after: int = 1,
-        latency: float = 0.0,
-        times: int | None = None,
-    ) -> dict[str, Any]:
-        """Inject a fault (see ``docs/emulator.md``); returns it with its id."""
-        body: dict[str, Any] = {
-            "method": method,
-            "error": error,
-            "status": status,
-            "retry_after": retry_after,
-        }
-        body |= {"latency": latency, "times": times}
-        fault: dict[str, Any] = self._post("/_emulator/faults", body)["fault"]
+    def fault(self, method: str, **fields: Unpack[FaultFields]) -> dict[str, Any]:
+        """Inject a fault (see ``docs/emulator.md``; an absent field takes the emulator's default); returns it
+        with its id."""
+        fault: dict[str, Any] = self._post("/_emulator/faults", {"method": method, **fields})["fault"]
         return fault
 
     def faults(self) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import itertools
 import re
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from keyturn.emulator.errors import EmulatorError
 
@@ -35,6 +35,17 @@ class Fault:
         return asdict(self)
 
 
+class FaultFields(TypedDict, total=False):
+    """What a fault sets besides its method, as :meth:`Faults.add` and the control API take it (an absent
+    field takes :class:`Fault`'s default)."""
+
+    error: str | None
+    status: int
+    retry_after: int
+    latency: float
+    times: int | None
+
+
 class Faults:
     """The active faults, consulted once per Web API call."""
 
@@ -43,39 +54,31 @@ class Faults:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def add(
-        self,
-        method: str,
-        *,
-        error: str | None = None,
-        status: int = 200,
-        retry_after: int = 1,
-        latency: float = 0.0,
-        times: int | None = None,
-    ) -> Fault:
+    def add(self, method: str, **fields: Unpack[FaultFields]) -> Fault:
         """Inject a fault on ``method``. With ``status=429`` the answer is a rate limit (``error`` defaults
         to ``ratelimited``); with another non-200 status, that status; with only ``latency``, a slow
         but normal answer. Raises :class:`EmulatorError` (``invalid_fault``) for nonsense values."""
+        f = Fault(0, method, **fields)  # its id is taken below, once it is known to be sensible
         if not isinstance(method, str) or not _METHOD.match(method):
             raise EmulatorError("invalid_fault", f"not a Web API method name: {method!r}")
-        if error is not None and not _ERROR_CODE.match(error):
+        if f.error is not None and not _ERROR_CODE.match(f.error):
             raise EmulatorError("invalid_fault", "error must be a Slack error code like channel_not_found")
-        if not 200 <= status <= 599 or 201 <= status <= 399:
+        if not 200 <= f.status <= 599 or 201 <= f.status <= 399:
             raise EmulatorError("invalid_fault", "status must be 200 or an HTTP error status (400-599)")
-        if not 0 <= retry_after <= 3600:
+        if not 0 <= f.retry_after <= 3600:
             raise EmulatorError("invalid_fault", "retry_after must be 0..3600 seconds")
-        if not 0.0 <= latency <= 60.0:
+        if not 0.0 <= f.latency <= 60.0:
             raise EmulatorError("invalid_fault", "latency must be 0..60 seconds")
-        if times is not None and times < 1:
+        if f.times is not None and f.times < 1:
             raise EmulatorError("invalid_fault", "times must be at least 1 (or absent: until cleared)")
-        if status == 200 and error is None and latency == 0.0:
+        if f.status == 200 and f.error is None and f.latency == 0.0:
             raise EmulatorError("invalid_fault", "a fault needs an error, an error status or a latency")
-        if status == 429 and error is None:
-            error = "ratelimited"
+        if f.status == 429 and f.error is None:
+            f.error = "ratelimited"
         with self._lock:
-            fault = Fault(next(self._ids), method, error, status, retry_after, latency, times)
-            self._faults.append(fault)
-            return fault
+            f.id = next(self._ids)
+            self._faults.append(f)
+            return f
 
     def rate_limit(self, method: str, retry_after: int = 1, times: int | None = 1) -> Fault:
         """Answer the next ``times`` calls of ``method`` with HTTP 429 and ``Retry-After``."""

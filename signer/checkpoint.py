@@ -38,6 +38,7 @@ from keyturn.signer.receipt import (
     pae,
     parse_time,
     strict_loads,
+    strict_object,
 )
 
 if TYPE_CHECKING:
@@ -158,13 +159,7 @@ def verify_checkpoint(
     ``key_not_valid_at_issue``.
     """
     # 1. Strict parse of the envelope: one JSON object, no duplicate names or floats, exactly its members.
-    if isinstance(data, bytes | bytearray):
-        try:
-            env: Mapping[str, Any] = strict_loads(bytes(data), max_size=MAX_CHECKPOINT_BYTES)
-        except VerificationError as e:
-            raise _bad(f"not a checkpoint envelope: {e}") from None
-    else:
-        env = data
+    env = strict_object(data, MAX_CHECKPOINT_BYTES, lambda why: _bad(f"not a checkpoint envelope: {why}"))
     if not isinstance(env, Mapping) or env.keys() != _ENVELOPE_MEMBERS:
         raise _bad("a checkpoint is a DSSE envelope with exactly payloadType, payload and signatures")
     # 2. Its own payload type: a receipt (or anything else signed by the same key) is not a checkpoint.

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from keyturn.signer.cli_args import ParsedArgs
+    from keyturn.signer.policy import Policy
 else:
 
     class _LazyModule:
@@ -778,17 +779,24 @@ def policy_main(argv: Sequence[str]) -> int:
         return _pin_groups(parsed)
     if parsed.action == "pin-oidc-keys":
         return _pin_oidc_keys(parsed)
-    from keyturn.signer.policy import PolicyError, load_policy
-
-    try:
-        policy = load_policy(parsed.file)
-    except PolicyError as e:
-        for issue in e.issues:
-            print(f"{e.source}: {issue}", file=sys.stderr)
+    policy = _load_policy(parsed.file)
+    if policy is None:
         return REJECTED
     envs = ", ".join(policy.environments)
     print(f"OK {parsed.file}: {len(policy.environments)} environment(s) ({envs}), sha256 {policy.sha256}")
     return OK
+
+
+def _load_policy(path: str, prefix: str = "") -> Policy | None:
+    """The policy in ``path``; None once each of its issues is printed to stderr after ``prefix``."""
+    from keyturn.signer.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as e:
+        for issue in e.issues:
+            print(f"{prefix}{e.source}: {issue}", file=sys.stderr)
+        return None
 
 
 def _pin_oidc_keys(args: argparse.Namespace) -> int:
@@ -796,14 +804,10 @@ def _pin_oidc_keys(args: argparse.Namespace) -> int:
 
     from keyturn.signer.errors import KeyturnError
     from keyturn.signer.pin_oidc import pin_issuer
-    from keyturn.signer.policy import PolicyError, load_policy
 
     prog = "keyturn policy pin-oidc-keys"
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as e:
-        for issue in e.issues:
-            print(f"{prog}: {e.source}: {issue}", file=sys.stderr)
+    policy = _load_policy(args.file, f"{prog}: ")
+    if policy is None:
         return REJECTED
     bases: dict[str, str] = {}
     for item in args.from_:

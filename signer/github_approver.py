@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,6 +245,15 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status)
 
 
+def _waiting(pending: PendingRun | None) -> PendingRun | JSONResponse:
+    """``pending`` if it is a known run still waiting for a decision, else the answer refusing to decide."""
+    if pending is None:
+        return _error(404, "unknown_run", "no checked webhook for this run and environment")
+    if pending.status != "waiting":
+        return _error(409, "already_decided", f"the run was already {pending.status}", decided=pending.status)
+    return pending
+
+
 async def _json_text(request: Request, name: str) -> tuple[dict[str, Any], str | None]:
     """The request's JSON object ({} if it is none) and its member ``name`` if that is a non-blank string."""
     try:
@@ -292,6 +302,18 @@ class Approver:
 
     def _lock(self, key: RunKey) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def _deciding(self, key: RunKey) -> AsyncIterator[PendingRun | JSONResponse]:
+        """The run waiting at ``key``, held under its lock while the caller decides it, or the answer refusing
+        to decide it. An unknown run is refused before a lock is made for it; the status is read under the
+        lock, so of two concurrent decisions of one run only the first finds it waiting."""
+        pending = self.runs.get(key)
+        if pending is None:
+            yield _waiting(None)
+            return
+        async with self._lock(key):
+            yield _waiting(pending)
 
     async def scope_from_github(self, webhook: Webhook) -> Scope:
         """The run's scope as GitHub's API reports it now (never the bot's word, nor only the webhook's)."""
@@ -358,14 +380,9 @@ class Approver:
     async def approve(self, key: RunKey, receipt: bytes) -> JSONResponse:
         """Approve the run waiting at ``key`` if ``receipt`` passes the gate for the run's scope as GitHub
         reports it."""
-        pending = self.runs.get(key)
-        if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run and environment")
-        async with self._lock(key):
-            if pending.status != "waiting":
-                return _error(
-                    409, "already_decided", f"the run was already {pending.status}", decided=pending.status
-                )
+        async with self._deciding(key) as pending:
+            if isinstance(pending, JSONResponse):
+                return pending
             try:
                 scope = await self.scope_from_github(pending.webhook)
             except GitHubUnavailable as exc:
@@ -397,14 +414,9 @@ class Approver:
 
     async def reject(self, key: RunKey, reason: str, request_id: str | None) -> JSONResponse:
         """Reject the run waiting at ``key`` with ``reason``: fail-closed, so no receipt is needed."""
-        pending = self.runs.get(key)
-        if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run and environment")
-        async with self._lock(key):
-            if pending.status != "waiting":
-                return _error(
-                    409, "already_decided", f"the run was already {pending.status}", decided=pending.status
-                )
+        async with self._deciding(key) as pending:
+            if isinstance(pending, JSONResponse):
+                return pending
             rid = request_id if contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)
@@ -412,13 +424,9 @@ class Approver:
     async def status(self, key: RunKey, text: str) -> JSONResponse:
         """A status-only comment on a waiting run (no ``state``: it neither approves nor rejects). The text is
         the bot's: Markdown-escaped; GitHub takes at most 10 per deployment."""
-        pending = self.runs.get(key)
-        if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run and environment")
-        if pending.status != "waiting":
-            return _error(
-                409, "already_decided", f"the run was already {pending.status}", decided=pending.status
-            )
+        pending = _waiting(self.runs.get(key))
+        if isinstance(pending, JSONResponse):
+            return pending
         hook = pending.webhook
         body = {"environment_name": hook.environment, "comment": github_app.status_comment(text)}
         try:

@@ -18,7 +18,14 @@ from nacl.bindings import crypto_hash_sha256
 from nacl.signing import VerifyKey
 
 from keyturn.signer.errors import KeysetError, VerificationError
-from keyturn.signer.receipt import Record, b64url_decode, b64url_encode, format_time, parse_time, strict_loads
+from keyturn.signer.receipt import (
+    Record,
+    b64url_decode,
+    b64url_encode,
+    format_time,
+    parse_time,
+    strict_object,
+)
 
 if TYPE_CHECKING:  # annotations only: keyturn verify's import path stays light (see signer/receipt.py)
     from collections.abc import Iterator
@@ -179,13 +186,9 @@ class PublicKeyset:
 
         A keyset containing private key material (``d``) is refused: it must never reach CI.
         """
-        if isinstance(data, bytes | bytearray):
-            try:
-                obj: Mapping[str, Any] = strict_loads(bytes(data), max_size=MAX_KEYSET_BYTES)
-            except VerificationError as e:
-                raise KeysetError(f"keyset is not valid JSON: {e}") from None
-        else:
-            obj = data
+        obj = strict_object(
+            data, MAX_KEYSET_BYTES, lambda why: KeysetError(f"keyset is not valid JSON: {why}")
+        )
         keys = obj.get("keys") if isinstance(obj, Mapping) else None
         if not isinstance(keys, list) or not keys:
             raise KeysetError("keyset must be a JSON object with a non-empty 'keys' list")

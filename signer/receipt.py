@@ -24,6 +24,7 @@ import rfc8785
 from keyturn.signer.errors import VerificationError
 
 if TYPE_CHECKING:  # annotations only (postponed by the __future__ import): nothing to load at run time
+    from collections.abc import Callable
     from typing import Any, ClassVar
 
 # The datetime types, also for the verify path's other modules, straight from CPython's C implementation: the
@@ -434,6 +435,19 @@ def strict_loads(data: bytes, max_size: int = MAX_RECEIPT_BYTES) -> dict[str, An
     if not isinstance(obj, dict):
         raise _malformed("top level must be a JSON object")
     return obj
+
+
+def strict_object(
+    data: bytes | Mapping[str, Any], max_size: int, refuse: Callable[[str], Exception]
+) -> Mapping[str, Any]:
+    """``data`` parsed by :func:`strict_loads` when it is bytes, a failure raised as ``refuse(reason)`` so the
+    caller names what it expected; as given when the caller parsed it already."""
+    if not isinstance(data, bytes | bytearray):
+        return data
+    try:
+        return strict_loads(bytes(data), max_size=max_size)
+    except VerificationError as e:
+        raise refuse(str(e)) from None
 
 
 def canonical_json(obj: Any) -> bytes:

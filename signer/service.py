@@ -447,7 +447,7 @@ class Signer:
 
 
 def _origin_evidence(
-    o: wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin,
+    o: wire.AnyOrigin,
 ) -> evidence.Origin:
     """A frame's origin as the trust core's evidence type."""
     if isinstance(o, wire.CiOrigin):

@@ -18,7 +18,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -237,7 +237,9 @@ class SlackClick(_Model):
     signature: Short
 
 
-Origin = Annotated[CiOrigin | SlackCommandOrigin | OidcOrigin | GitHubOrigin, Field(discriminator="kind")]
+# Any origin model: for annotations and isinstance checks; ``Origin`` is the same union as pydantic parses it.
+AnyOrigin: TypeAlias = CiOrigin | SlackCommandOrigin | OidcOrigin | GitHubOrigin
+Origin = Annotated[AnyOrigin, Field(discriminator="kind")]
 
 
 class SignRequest(_Request):
