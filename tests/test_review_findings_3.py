@@ -1,0 +1,59 @@
+"""Third adversarial review (fresh eyes): one test per attack, named after it, asserting the refusal the
+product gives. Each was first committed as ``xfail(strict=True)`` (the product did not refuse), then fixed.
+
+Attackers played: a compromised bot (every frame to the signer and the GitHub approver, genuine Slack clicks
+and GitHub webhooks replayed or withheld, any Redis write), a compromised Redis, a hostile CI job (its body,
+an OIDC token of its own), and hostile argv for ``keyturn``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_review_findings_oidc_github import (
+    RECEIPT,
+    LostAnswers,
+    _approver,
+    _deliver,
+    _webhook,
+)
+
+# --- the GitHub approver: a request approves one run attempt ----------------------------------------------
+
+
+class LostFirstAttempt(LostAnswers):
+    """GitHub applies every review of run 41 but loses its answers until ``lose`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.0)
+        self.lose = True
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.lose:
+            return await super().__call__(request)
+        return await super(LostAnswers, self).__call__(request)
+
+
+@pytest.mark.xfail(strict=True, reason="a waiting run keeps its first attempt's webhook")
+async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(tmp_path: Path) -> None:
+    """Run 41's first attempt (deployment 1041) was approved with request R, but GitHub's answer was lost
+    (502: the run stays "waiting" in the approver's memory, R spent on attempt 1). The attempt deployed; a
+    re-run (attempt 2, deployment 2041) now waits for a quorum of its own. Its genuine webhook was taken but
+    did not replace the waiting attempt 1, so the bot's retry of R (its outbox retries a 502) passed the
+    "spent on this attempt" check and GitHub's per-run review endpoint released attempt 2 with R."""
+    github = LostFirstAttempt()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        approver = _approver(tmp_path, client)
+        assert await _deliver(approver, _webhook(41, deployment_id=1041), "delivery-a1") == (200, None)
+        lost = await approver.approve((41, "production"), RECEIPT)
+        assert (lost.status_code, json.loads(bytes(lost.body)).get("error")) == (502, "github_unavailable")
+        assert set(github.approved) == {41}  # attempt 1 was approved at GitHub
+        github.lose, github.approved = False, []
+        assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
+        again = await approver.approve((41, "production"), RECEIPT)
+        assert (again.status_code, json.loads(bytes(again.body)).get("error")) == (409, "receipt_spent")
+    assert github.approved == []
