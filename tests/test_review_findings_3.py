@@ -14,6 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keyturn.signer import evidence as ev
+from keyturn.signer.policy import Policy
+from tests.oidc_tokens import claims_for, genuine
+from tests.signer.conftest import at
+from tests.signer.test_oidc import ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
 from tests.test_review_findings_oidc_github import (
     RECEIPT,
     LostAnswers,
@@ -57,3 +62,25 @@ async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(tmp_p
         again = await approver.approve((41, "production"), RECEIPT)
         assert (again.status_code, json.loads(bytes(again.body)).get("error")) == (409, "receipt_spent")
     assert github.approved == []
+
+
+# --- OIDC: a branch rule speaks only for jobs whose ref is the code that runs -----------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="only pull_request_target is refused under a branch rule")
+@pytest.mark.parametrize("event", ["workflow_run", "issue_comment"])
+def test_attack_a_job_started_by_another_runs_event_passes_a_branch_rule(event: str) -> None:
+    """Like ``pull_request_target``, a ``workflow_run`` job (started when another workflow, say a fork pull
+    request's, finished) and an ``issue_comment`` job (a "/deploy" comment on a pull request) run with the
+    default branch as their ``ref`` whatever code they then check out and build: the pull request's artifacts
+    or head. Under ``branches = ["main"]`` without an ``events`` rule such a job's token passed as a push to
+    main, so a pull request's code could ask for a production deploy as "main"."""
+    token = genuine(KEY, claims_for("github", NOW, event_name=event))
+    assert refusal(token).code == "oidc_event_not_allowed"
+    # The event stays usable where the policy lists it knowingly.
+    policy = Policy.from_bytes(
+        POLICY_TOML.replace('branches = ["main"]', f'branches = ["main"]\nevents = ["{event}"]').encode()
+    )
+    assert (
+        ev.check_oidc_request(token, body_for({}), policy, ISSUERS, at(NOW)).scope.environment == "production"
+    )
