@@ -90,6 +90,11 @@ _URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REQUEST_ID_LABEL = b"keyturn request id v1"
 GITHUB_STAMP_LABEL = b"keyturn github arrival v1"
+# GitHub events whose job runs with the default (base) branch as its ``ref`` whatever started it, and whose
+# workflows habitually build what a pull request brought: its head (``pull_request_target``, a "/deploy"
+# ``issue_comment``) or another run's artifacts (``workflow_run``, say of a fork's pull request). A branch
+# rule says nothing about such a job's code, so without an ``events`` rule it is refused.
+BASE_BRANCH_EVENTS = frozenset({"pull_request_target", "workflow_run", "issue_comment"})
 
 
 class EvidenceError(KeyturnError):
@@ -784,17 +789,17 @@ def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
         raise EvidenceError("oidc_repository_not_allowed", "this repository may not ask for this environment")
     if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
         raise EvidenceError("oidc_branch_not_allowed", "this branch may not ask for this environment")
-    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a
-    # pull_request_target job is refused: its ref is the base branch, so the branch rule cannot speak for it.
+    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a job
+    # whose ref is the default branch whatever started it is refused: the branch rule cannot speak for it.
     if rules.events and claim.event not in rules.events:
         raise EvidenceError(
             "oidc_event_not_allowed", "jobs started by this event may not ask for this environment"
         )
-    if rules.branches and not rules.events and claim.event == "pull_request_target":
+    if rules.branches and not rules.events and claim.event in BASE_BRANCH_EVENTS:
         raise EvidenceError(
             "oidc_event_not_allowed",
-            "a pull_request_target job may not ask under a branch rule (its ref is the base branch); "
-            "list the event in the environment's oidc.events to allow it",
+            f"a {claim.event} job may not ask under a branch rule (its ref is the base branch whatever "
+            "started it); list the event in the environment's oidc.events to allow it",
         )
 
 

@@ -67,7 +67,6 @@ async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(tmp_p
 # --- OIDC: a branch rule speaks only for jobs whose ref is the code that runs -----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="only pull_request_target is refused under a branch rule")
 @pytest.mark.parametrize("event", ["workflow_run", "issue_comment"])
 def test_attack_a_job_started_by_another_runs_event_passes_a_branch_rule(event: str) -> None:
     """Like ``pull_request_target``, a ``workflow_run`` job (started when another workflow, say a fork pull
