@@ -16,11 +16,15 @@ import pytest
 
 from keyturn.signer import evidence as ev
 from keyturn.signer.policy import Policy
+from keyturn.signer.receipt import Scope
+from tests.gate_fixtures import mint_receipt
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
 from tests.signer.test_oidc import ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
 from tests.test_review_findings_oidc_github import (
+    GH_SHA,
     RECEIPT,
+    WORKFLOW,
     LostAnswers,
     _approver,
     _deliver,
@@ -28,6 +32,9 @@ from tests.test_review_findings_oidc_github import (
 )
 
 # --- the GitHub approver: a request approves one run attempt ----------------------------------------------
+
+
+OTHER_REQUEST = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1B"
 
 
 class LostFirstAttempt(LostAnswers):
@@ -43,13 +50,16 @@ class LostFirstAttempt(LostAnswers):
         return await super(LostAnswers, self).__call__(request)
 
 
-@pytest.mark.xfail(strict=True, reason="a waiting run keeps its first attempt's webhook")
-async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rerun_webhook", ["delivered", "withheld"])
+async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(
+    tmp_path: Path, rerun_webhook: str
+) -> None:
     """Run 41's first attempt (deployment 1041) was approved with request R, but GitHub's answer was lost
     (502: the run stays "waiting" in the approver's memory, R spent on attempt 1). The attempt deployed; a
     re-run (attempt 2, deployment 2041) now waits for a quorum of its own. Its genuine webhook was taken but
-    did not replace the waiting attempt 1, so the bot's retry of R (its outbox retries a 502) passed the
-    "spent on this attempt" check and GitHub's per-run review endpoint released attempt 2 with R."""
+    did not replace the waiting attempt 1 (or a compromised bot withheld it), so a retry of R (the bot's
+    outbox retries a 502) passed the "spent on this attempt" check, and GitHub's per-run review endpoint
+    released attempt 2 with R."""
     github = LostFirstAttempt()
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
         approver = _approver(tmp_path, client)
@@ -58,10 +68,32 @@ async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(tmp_p
         assert (lost.status_code, json.loads(bytes(lost.body)).get("error")) == (502, "github_unavailable")
         assert set(github.approved) == {41}  # attempt 1 was approved at GitHub
         github.lose, github.approved = False, []
-        assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
+        github.attempts[41] = 2  # the re-run waits now
+        expected = "run_attempt_changed"
+        if rerun_webhook == "delivered":
+            assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
+            expected = "receipt_spent"
         again = await approver.approve((41, "production"), RECEIPT)
-        assert (again.status_code, json.loads(bytes(again.body)).get("error")) == (409, "receipt_spent")
+        assert (again.status_code, json.loads(bytes(again.body)).get("error")) == (409, expected)
     assert github.approved == []
+
+
+async def test_a_rerun_with_its_own_receipt_is_approved_after_an_earlier_attempts_lost_answer(
+    tmp_path: Path,
+) -> None:
+    """The fix must not strand the re-run: its own request's receipt approves it."""
+    github = LostFirstAttempt()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        approver = _approver(tmp_path, client)
+        assert await _deliver(approver, _webhook(41, deployment_id=1041), "delivery-a1") == (200, None)
+        assert (await approver.approve((41, "production"), RECEIPT)).status_code == 502
+        github.lose, github.approved = False, []
+        github.attempts[41] = 2
+        assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
+        own = mint_receipt(Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=OTHER_REQUEST)
+        answer = await approver.approve((41, "production"), own)
+        assert answer.status_code == 200, bytes(answer.body)
+    assert github.approved == [41]
 
 
 # --- OIDC: a branch rule speaks only for jobs whose ref is the code that runs -----------------------------

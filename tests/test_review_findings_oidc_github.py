@@ -488,6 +488,7 @@ class SlowGitHub:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.approved: list[int] = []
+        self.attempts: dict[int, int] = {}  # run id -> its run_attempt (1 unless a test re-runs it)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -503,6 +504,7 @@ class SlowGitHub:
             return httpx.Response(204)
         run_id = int(path.rsplit("/", 1)[1])
         run = {"id": run_id, "head_sha": GH_SHA, "path": WORKFLOW, "repository": {"full_name": "acme/web"}}
+        run["run_attempt"] = self.attempts.get(run_id, 1)
         return httpx.Response(200, json=run)
 
 
