@@ -15,12 +15,13 @@ import httpx
 import pytest
 
 from keyturn.signer import evidence as ev
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import mint_receipt
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
-from tests.signer.test_oidc import ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
+from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
 from tests.test_review_findings_oidc_github import (
     GH_SHA,
     RECEIPT,
@@ -115,3 +116,18 @@ def test_attack_a_job_started_by_another_runs_event_passes_a_branch_rule(event: 
     assert (
         ev.check_oidc_request(token, body_for({}), policy, ISSUERS, at(NOW)).scope.environment == "production"
     )
+
+
+@pytest.mark.xfail(strict=True, reason="merge_request_event passes a branch rule")
+def test_attack_a_forks_merge_request_job_named_main_passes_a_gitlab_branch_rule() -> None:
+    """A GitLab merge request pipeline's ``ref`` is the source branch, which a fork may call ``main``; run in
+    the parent project, GitLab versions before its fix of issue 548165 issued the job a token of the parent
+    project. Under ``branches = ["main"]`` without an ``events`` rule that token passed as main's."""
+    policy = Policy.from_bytes(POLICY_TOML.replace('issuers = ["github"]', 'issuers = ["gitlab"]').encode())
+    claims = claims_for("gitlab", NOW, pipeline_source="merge_request_event")
+    body = body_for({}, requester="gitlab:alice")
+    with pytest.raises(KeyturnError) as exc:
+        ev.check_oidc_request(genuine(GITLAB_KEY, claims), body, policy, ISSUERS, at(NOW))
+    assert exc.value.code == "oidc_event_not_allowed"
+    push = claims_for("gitlab", NOW)  # a push to main itself still asks
+    assert ev.check_oidc_request(genuine(GITLAB_KEY, push), body, policy, ISSUERS, at(NOW)).event == "push"
