@@ -118,7 +118,6 @@ def test_attack_a_job_started_by_another_runs_event_passes_a_branch_rule(event: 
     )
 
 
-@pytest.mark.xfail(strict=True, reason="merge_request_event passes a branch rule")
 def test_attack_a_forks_merge_request_job_named_main_passes_a_gitlab_branch_rule() -> None:
     """A GitLab merge request pipeline's ``ref`` is the source branch, which a fork may call ``main``; run in
     the parent project, GitLab versions before its fix of issue 548165 issued the job a token of the parent
