@@ -18,7 +18,7 @@ from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import Scope
-from tests.gate_fixtures import mint_receipt
+from tests.gate_fixtures import mint_receipt, write_keyset
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
 from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
@@ -130,3 +130,31 @@ def test_attack_a_forks_merge_request_job_named_main_passes_a_gitlab_branch_rule
     assert exc.value.code == "oidc_event_not_allowed"
     push = claims_for("gitlab", NOW)  # a push to main itself still asks
     assert ev.check_oidc_request(genuine(GITLAB_KEY, push), body, policy, ISSUERS, at(NOW)).event == "push"
+
+
+# --- the gate: a keyset file the deployed checkout could replace ----------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="only $GITHUB_WORKSPACE names the checkout beside the git work tree")
+def test_attack_keyset_in_a_gitlab_project_dir_without_git_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GitLab deploy job with ``GIT_STRATEGY: none`` runs in ``$CI_PROJECT_DIR`` holding the build job's
+    artifacts and no ``.git``: a merge request's build could put its own ``keys.json`` there (with a receipt
+    signed by its key). The gate looked for a git work tree and ``$GITHUB_WORKSPACE`` only, so it trusted the
+    file; so it did for any job that ``cd``'d out of the checkout before verifying."""
+    from keyturn.signer import gate
+
+    project = tmp_path / "builds" / "acme" / "web"
+    project.mkdir(parents=True)
+    keys = write_keyset(project)
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    monkeypatch.setenv("CI_PROJECT_DIR", str(project))
+    monkeypatch.chdir(project)
+    with pytest.raises(gate.GateError) as exc:
+        gate.load_keyset(str(keys), trust_keys_in_checkout=False)
+    assert exc.value.code == "untrusted_keyset"
+    monkeypatch.chdir(tmp_path)  # from outside it too
+    with pytest.raises(gate.GateError) as exc:
+        gate.load_keyset(str(keys), trust_keys_in_checkout=False)
+    assert exc.value.code == "untrusted_keyset"
