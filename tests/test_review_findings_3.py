@@ -135,7 +135,6 @@ def test_attack_a_forks_merge_request_job_named_main_passes_a_gitlab_branch_rule
 # --- the gate: a keyset file the deployed checkout could replace ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="only $GITHUB_WORKSPACE names the checkout beside the git work tree")
 def test_attack_keyset_in_a_gitlab_project_dir_without_git_is_trusted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -54,7 +54,11 @@ def _argv(url: str, *extra: str, scope: Scope = SCOPE) -> list[str]:
 
 def request(argv: list[str], cwd: Path, workspace: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``keyturn ARGV`` in a fresh process with the CI secret set, as a pipeline does."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_WORKSPACE", "KEYTURN_CI_SECRET")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GITHUB_WORKSPACE", "CI_PROJECT_DIR", "KEYTURN_CI_SECRET")
+    }
     env["KEYTURN_CI_SECRET"] = SECRET
     if workspace is not None:
         env["GITHUB_WORKSPACE"] = str(workspace)
