@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
@@ -157,3 +159,100 @@ def test_attack_keyset_in_a_gitlab_project_dir_without_git_is_trusted(
     with pytest.raises(gate.GateError) as exc:
         gate.load_keyset(str(keys), trust_keys_in_checkout=False)
     assert exc.value.code == "untrusted_keyset"
+
+
+# --- property: whatever a hostile bot replays, withholds or retries, a request approves one attempt --------
+
+
+class RerunningGitHub:
+    """One run (41) whose attempts GitHub re-runs; reviews go to whichever attempt waits now (the endpoint is
+    per run), may be applied while their answer is lost, and are recorded per request id."""
+
+    def __init__(self) -> None:
+        self.attempt, self.waiting, self.lose = 1, True, False
+        self.approved_by: dict[str, set[int]] = {}  # request id -> the attempts it released
+
+    def deployment(self, attempt: int) -> int:
+        return 1000 * attempt + 41
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/access_tokens"):
+            return httpx.Response(201, json={"token": "ghs_test"})
+        if "/deployments/" in path:
+            dep = int(path.rsplit("/", 1)[1])
+            return httpx.Response(200, json={"id": dep, "sha": GH_SHA, "environment": "production"})
+        if path.endswith("/deployment_protection_rule"):
+            if not self.waiting:
+                return httpx.Response(422, json={"message": "No pending deployment requests"})
+            comment = json.loads(request.content)["comment"]
+            for rid in (RECEIPT_REQUEST, OTHER_REQUEST):
+                if rid.removeprefix("req_") in comment:
+                    self.approved_by.setdefault(rid, set()).add(self.attempt)
+            self.waiting = False
+            if self.lose:
+                raise httpx.ReadTimeout("the answer was lost", request=request)
+            return httpx.Response(204)
+        run = {
+            "id": 41,
+            "head_sha": GH_SHA,
+            "path": WORKFLOW,
+            "repository": {"full_name": "acme/web"},
+            "run_attempt": self.attempt,
+        }
+        return httpx.Response(200, json=run)
+
+
+RECEIPT_REQUEST = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A"  # RECEIPT's (tests.gate_fixtures.REQUEST_ID)
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("deliver"), st.integers(1, 4)),
+        st.tuples(st.just("approve"), st.sampled_from([RECEIPT_REQUEST, OTHER_REQUEST])),
+        st.tuples(st.just("rerun"), st.just(0)),
+        st.tuples(st.just("lose"), st.booleans()),
+    ),
+    max_size=14,
+)
+
+
+LOST_THEN_RERUN = [
+    ("deliver", 1),
+    ("lose", True),
+    ("approve", RECEIPT_REQUEST),
+    ("rerun", 0),
+    ("lose", False),
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS)
+@example(steps=[*LOST_THEN_RERUN, ("approve", RECEIPT_REQUEST)])  # the re-run's webhook withheld
+@example(steps=[*LOST_THEN_RERUN, ("deliver", 2), ("approve", RECEIPT_REQUEST)])
+@example(steps=[*LOST_THEN_RERUN, ("deliver", 2), ("deliver", 1), ("approve", RECEIPT_REQUEST)])
+async def test_no_sequence_of_webhooks_reruns_and_retries_lets_a_request_approve_two_attempts(
+    tmp_path: Path, steps: list[tuple[str, object]]
+) -> None:
+    """A hostile bot delivers genuine webhooks of any existing attempt (each at most once: GitHub signed it,
+    the approver takes it once) in any order, withholds others, retries approvals with either of two genuine
+    receipts for the run's scope, while GitHub re-runs the run and loses answers. No request id ever
+    releases two attempts."""
+    receipts = {
+        RECEIPT_REQUEST: RECEIPT,
+        OTHER_REQUEST: mint_receipt(
+            Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=OTHER_REQUEST
+        ),
+    }
+    github = RerunningGitHub()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        approver = _approver(tmp_path, client)
+        approver.api.s.attempts = 1  # one try per call: a lost answer is a 502 at once
+        for step, arg in steps:
+            if step == "deliver" and isinstance(arg, int) and arg <= github.attempt:
+                await _deliver(approver, _webhook(41, deployment_id=github.deployment(arg)), f"d-{arg}")
+            elif step == "approve" and isinstance(arg, str):
+                await approver.approve((41, "production"), receipts[arg])
+            elif step == "rerun":
+                github.attempt, github.waiting = github.attempt + 1, True
+            elif step == "lose" and isinstance(arg, bool):
+                github.lose = arg
+    assert all(len(attempts) <= 1 for attempts in github.approved_by.values()), github.approved_by

@@ -10,6 +10,7 @@ key), and a compromised Redis (the same as the bot).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -508,6 +509,7 @@ class SlowGitHub:
         return httpx.Response(200, json=run)
 
 
+@functools.cache  # one 2048-bit key per test process: generating it dominated the approver's tests
 def _app_key() -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
