@@ -20,7 +20,7 @@ from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import Scope
-from tests.gate_fixtures import mint_receipt, write_keyset
+from tests.gate_fixtures import SCOPE, LoopbackServer, mint_receipt, write_keyset
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
 from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
@@ -256,3 +256,44 @@ async def test_no_sequence_of_webhooks_reruns_and_retries_lets_a_request_approve
             elif step == "lose" and isinstance(arg, bool):
                 github.lose = arg
     assert all(len(attempts) <= 1 for attempts in github.approved_by.values()), github.approved_by
+
+
+# --- keyturn request --wait: the bot being gated cannot also vouch for the keys ----------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="a keyset URL served by the bot (--url) is trusted")
+def test_attack_request_wait_trusts_the_keyset_the_compromised_bot_serves(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keyturn request --url B --wait --keys B/v1/keys`` (the natural pairing: the bot serves
+    ``GET /v1/keys``, and ``keyturn verify --help`` called it a trusted place) takes the receipt *and* the
+    keys that verify it from the bot it is gating: a compromised bot answers APPROVED at once with a receipt
+    signed by a key of its own and serves that key, and the gate exited 0 with no approval at all. Refused
+    before anything is asked: a usage error naming ``untrusted_keyset``, and no request posted."""
+    from keyturn.bot import client
+
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    with LoopbackServer() as bot:  # approves everything, serves a receipt and the key that signed it
+        scope = [
+            "--repo",
+            SCOPE.repo,
+            "--sha",
+            SCOPE.sha,
+            "--env",
+            SCOPE.environment,
+            "--workflow",
+            SCOPE.workflow,
+        ]
+        argv = [
+            "--url",
+            bot.url,
+            *scope,
+            "--requester",
+            "github:alice",
+            "--wait",
+            "--keys",
+            bot.url + "/keys",
+        ]
+        assert client.main(argv) == client.USAGE
+        assert bot.posted() == []
+    assert "untrusted_keyset" in capsys.readouterr().err
