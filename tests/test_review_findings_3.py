@@ -261,7 +261,6 @@ async def test_no_sequence_of_webhooks_reruns_and_retries_lets_a_request_approve
 # --- keyturn request --wait: the bot being gated cannot also vouch for the keys ----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a keyset URL served by the bot (--url) is trusted")
 def test_attack_request_wait_trusts_the_keyset_the_compromised_bot_serves(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
