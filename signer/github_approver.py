@@ -546,7 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--webhook-secret-file", required=True, help="file holding the App's webhook secret")
     p.add_argument(
-        "--keys", required=True, help="the pinned public keyset (file or https URL), as for verify"
+        "--keys",
+        required=True,
+        help="the pinned public keyset (file or https URL), as for verify; never the bot's /v1/keys",
     )
     p.add_argument("--policy", required=True, help="keyturn.toml: only its environments are gated here")
     p.add_argument("--request-link", help="URL template of a request, with {request_id}, for review comments")
