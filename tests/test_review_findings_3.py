@@ -29,6 +29,7 @@ from tests.test_review_findings_oidc_github import (
     RECEIPT,
     WORKFLOW,
     LostAnswers,
+    SlowGitHub,
     _approver,
     _deliver,
     _webhook,
@@ -164,11 +165,12 @@ def test_attack_keyset_in_a_gitlab_project_dir_without_git_is_trusted(
 # --- property: whatever a hostile bot replays, withholds or retries, a request approves one attempt --------
 
 
-class RerunningGitHub:
+class RerunningGitHub(SlowGitHub):
     """One run (41) whose attempts GitHub re-runs; reviews go to whichever attempt waits now (the endpoint is
     per run), may be applied while their answer is lost, and are recorded per request id."""
 
     def __init__(self) -> None:
+        super().__init__(delay=0.0)
         self.attempt, self.waiting, self.lose = 1, True, False
         self.approved_by: dict[str, set[int]] = {}  # request id -> the attempts it released
 
@@ -176,31 +178,19 @@ class RerunningGitHub:
         return 1000 * attempt + 41
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path.endswith("/access_tokens"):
-            return httpx.Response(201, json={"token": "ghs_test"})
-        if "/deployments/" in path:
-            dep = int(path.rsplit("/", 1)[1])
-            return httpx.Response(200, json={"id": dep, "sha": GH_SHA, "environment": "production"})
-        if path.endswith("/deployment_protection_rule"):
-            if not self.waiting:
-                return httpx.Response(422, json={"message": "No pending deployment requests"})
-            comment = json.loads(request.content)["comment"]
-            for rid in (RECEIPT_REQUEST, OTHER_REQUEST):
-                if rid.removeprefix("req_") in comment:
-                    self.approved_by.setdefault(rid, set()).add(self.attempt)
-            self.waiting = False
-            if self.lose:
-                raise httpx.ReadTimeout("the answer was lost", request=request)
-            return httpx.Response(204)
-        run = {
-            "id": 41,
-            "head_sha": GH_SHA,
-            "path": WORKFLOW,
-            "repository": {"full_name": "acme/web"},
-            "run_attempt": self.attempt,
-        }
-        return httpx.Response(200, json=run)
+        self.attempts[41] = self.attempt  # what GitHub's read of the run says
+        if not request.url.path.endswith("/deployment_protection_rule"):
+            return await super().__call__(request)
+        if not self.waiting:
+            return httpx.Response(422, json={"message": "No pending deployment requests"})
+        comment = json.loads(request.content)["comment"]
+        for rid in (RECEIPT_REQUEST, OTHER_REQUEST):
+            if rid.removeprefix("req_") in comment:
+                self.approved_by.setdefault(rid, set()).add(self.attempt)
+        self.waiting = False
+        if self.lose:
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return httpx.Response(204)
 
 
 RECEIPT_REQUEST = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A"  # RECEIPT's (tests.gate_fixtures.REQUEST_ID)
