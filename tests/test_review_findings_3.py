@@ -100,6 +100,30 @@ async def test_a_rerun_with_its_own_receipt_is_approved_after_an_earlier_attempt
     assert github.approved == [41]
 
 
+async def test_the_checked_attempt_survives_a_restart_of_the_approver(tmp_path: Path) -> None:
+    """The attempt a waiting run was checked at is kept in ``--state-file``: after a restart, a retry of the
+    spent receipt still finds the run re-run and sends nothing."""
+    from keyturn.signer.github_approver import Approver
+
+    github = LostFirstAttempt()
+    state = tmp_path / "approver-state.json"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        first = _approver(tmp_path, client)
+        first.state_file = state
+        assert await _deliver(first, _webhook(41, deployment_id=1041), "delivery-a1") == (200, None)
+        assert (await first.approve((41, "production"), RECEIPT)).status_code == 502
+        github.lose, github.approved = False, []
+        github.attempts[41] = 2
+        again = Approver(first.s, first.api, first.now, state)  # a restart: everything from the file
+        assert again.runs[(41, "production")].attempt == 1
+        answer = await again.approve((41, "production"), RECEIPT)
+        assert (answer.status_code, json.loads(bytes(answer.body)).get("error")) == (
+            409,
+            "run_attempt_changed",
+        )
+    assert github.approved == []
+
+
 # --- OIDC: a branch rule speaks only for jobs whose ref is the code that runs -----------------------------
 
 
