@@ -127,6 +127,28 @@ async def test_the_checked_attempt_survives_a_restart_of_the_approver(tmp_path: 
 # --- OIDC: a branch rule speaks only for jobs whose ref is the code that runs -----------------------------
 
 
+EVENT_NAMES = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z") | st.sampled_from(sorted(ev.REF_UNBOUND_EVENTS))
+
+
+@settings(max_examples=60, deadline=None)
+@given(event=EVENT_NAMES, listed=st.lists(EVENT_NAMES, max_size=3, unique=True))
+def test_a_branch_rule_admits_a_ref_unbound_event_only_when_listed(event: str, listed: list[str]) -> None:
+    """Under ``branches = ["main"]``: with an ``events`` list, exactly the listed events ask; without one,
+    every event but those whose ``ref`` does not name their code (``REF_UNBOUND_EVENTS``)."""
+    rule = f"\nevents = {json.dumps(listed)}" if listed else ""
+    policy = Policy.from_bytes(
+        POLICY_TOML.replace('branches = ["main"]', 'branches = ["main"]' + rule).encode()
+    )
+    token = genuine(KEY, claims_for("github", NOW, event_name=event))
+    admitted = event in listed if listed else event not in ev.REF_UNBOUND_EVENTS
+    if admitted:
+        ev.check_oidc_request(token, body_for({}), policy, ISSUERS, at(NOW))
+        return
+    with pytest.raises(KeyturnError) as exc:
+        ev.check_oidc_request(token, body_for({}), policy, ISSUERS, at(NOW))
+    assert exc.value.code == "oidc_event_not_allowed"
+
+
 @pytest.mark.parametrize("event", ["workflow_run", "issue_comment"])
 def test_attack_a_job_started_by_another_runs_event_passes_a_branch_rule(event: str) -> None:
     """Like ``pull_request_target``, a ``workflow_run`` job (started when another workflow, say a fork pull
