@@ -21,8 +21,9 @@ Exit codes — never 0 on doubt:
      request refused as invalid or unauthorized)
 * 3  the bot or the keyset URL cannot be reached, or the wait timed out
 
-The keyset must come from a trusted place (a pinned file, or the bot's ``/v1/keys`` over TLS you trust),
-never from the checkout being deployed: whoever controls the keyset controls what verifies.
+The keyset must come from a trusted place (a pinned file, written from a CI variable), never from the checkout
+being deployed nor from the bot this command asks (``--keys`` on ``--url``'s host is refused): whoever
+controls the keyset controls what verifies.
 """
 
 from __future__ import annotations
@@ -184,9 +185,23 @@ class BotClient:
         return status, data if isinstance(data, dict) else {}
 
 
+def _host_port(url: str) -> tuple[str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+
+
 def _load_keyset(source: str, args: RequestArgs) -> PublicKeyset:
     """The trusted keyset through the gate, ``Exit`` if the gate refuses it. Called before asking for
     approval, so a broken or untrusted keyset fails the job at once instead of after people have approved."""
+    # The bot serves GET /v1/keys, but it is the party this gate checks: keys from it would let a compromised
+    # bot vouch for a receipt it signed itself (docs/security.md, "The gate: one receipt check").
+    if "://" in source and _host_port(source) == _host_port(args.url):
+        raise Exit(
+            USAGE,
+            f"REJECTED {gate.UNTRUSTED_KEYSET}: --keys {source} is served by the bot this command asks "
+            "(--url): a compromised bot would vouch for receipts it signed itself. Pin the keyset "
+            "(a file written from a CI variable) or fetch it from another host you trust",
+        )
     try:
         return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout)
     except gate.GateError as exc:

@@ -64,6 +64,7 @@ class Run:
     event: str = "push"
     sender: str = "alice"
     created_at: int = 0  # the deployment's creation (Unix seconds); set by new_run and rerun
+    attempt: int = 1  # run_attempt: one more per re-run
     status: str = "waiting"  # waiting -> approved | rejected, once
     reviews: list[dict[str, Any]] = field(default_factory=list)
 
@@ -294,6 +295,7 @@ def create_github_app(emulator: GitHubEmulator, clock: Any = time.time) -> Starl
                 "id": run.run_id,
                 "name": run.workflow.rsplit("/", 1)[-1],
                 "head_sha": run.sha,
+                "run_attempt": run.attempt,
                 "head_branch": run.ref.removeprefix("refs/heads/"),
                 "path": run.workflow,
                 "event": run.event,
@@ -317,6 +319,7 @@ def create_github_app(emulator: GitHubEmulator, clock: Any = time.time) -> Starl
             return JSONResponse({"error": "not_found"}, 404)
         emulator._next_deployment += 1
         run.deployment_id, run.status = emulator._next_deployment, "waiting"
+        run.attempt += 1
         run.created_at = int(time.time())
         return JSONResponse(asdict(run))
 

@@ -112,8 +112,9 @@ Verify a Keyturn receipt offline before deploying. Fails closed: exit 0 only for
 unexpired receipt for exactly this repo, commit, environment and workflow; exit 1 with
 "REJECTED <code>: <detail>" on stderr otherwise; exit 2 for usage errors.
 
-The keyset must come from a trusted place (the signer's /v1/keys over https, or a pinned file),
-never from the checkout being deployed.
+The keyset must come from a trusted place (a pinned file, written from a CI variable), never from
+the checkout being deployed, nor fetched from the bot (its GET /v1/keys): whoever serves the keyset
+decides what verifies.
 
 arguments:
   RECEIPT                   receipt file (plain JSON or DSSE envelope), or - for stdin

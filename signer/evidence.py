@@ -90,6 +90,15 @@ _URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REQUEST_ID_LABEL = b"keyturn request id v1"
 GITHUB_STAMP_LABEL = b"keyturn github arrival v1"
+# Events whose job's ``ref`` does not say whose code runs. GitHub runs these with the default (base) branch as
+# ``ref`` whatever started them, and their workflows habitually build what a pull request brought: its head
+# (``pull_request_target``, a "/deploy" ``issue_comment``) or another run's artifacts (``workflow_run``, say
+# of a fork's pull request). A GitLab ``merge_request_event`` job's ``ref`` is the source branch, which a fork
+# names as it likes (``main``): GitLab itself once issued such jobs tokens of the parent project (its issue
+# 548165). A branch rule says nothing about such a job's code, so without an ``events`` rule it is refused.
+REF_UNBOUND_EVENTS = frozenset(
+    {"pull_request_target", "workflow_run", "issue_comment", "merge_request_event"}
+)
 
 
 class EvidenceError(KeyturnError):
@@ -784,17 +793,17 @@ def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
         raise EvidenceError("oidc_repository_not_allowed", "this repository may not ask for this environment")
     if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
         raise EvidenceError("oidc_branch_not_allowed", "this branch may not ask for this environment")
-    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a
-    # pull_request_target job is refused: its ref is the base branch, so the branch rule cannot speak for it.
+    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a job
+    # whose ref does not name the branch its code came from is refused: the branch rule cannot speak for it.
     if rules.events and claim.event not in rules.events:
         raise EvidenceError(
             "oidc_event_not_allowed", "jobs started by this event may not ask for this environment"
         )
-    if rules.branches and not rules.events and claim.event == "pull_request_target":
+    if rules.branches and not rules.events and claim.event in REF_UNBOUND_EVENTS:
         raise EvidenceError(
             "oidc_event_not_allowed",
-            "a pull_request_target job may not ask under a branch rule (its ref is the base branch); "
-            "list the event in the environment's oidc.events to allow it",
+            f"a {claim.event} job may not ask under a branch rule (its ref does not name the branch its code "
+            "came from); list the event in the environment's oidc.events to allow it",
         )
 
 

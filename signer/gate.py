@@ -4,15 +4,16 @@
 they apply the same trust rules (docs/security.md, "The gate: one receipt check"):
 
 1. **Keyset source** (``load_keyset``). A file is read (at most 1 MiB) unless it lies inside the checkout
-   being deployed — the git work tree around the current directory, or ``$GITHUB_WORKSPACE`` — where a pull
-   request could replace it (``untrusted_keyset``; ``trust_keys_in_checkout`` overrides). A URL must be
-   ``https://``, or plain ``http://`` to a loopback host only (``bad_keyset_url``); a redirect is followed
-   only to a URL passing the same rule (``untrusted_keyset``); the body is at most 1 MiB (``bad_keyset``) and
-   the whole fetch ends within 10 s (``keyset_unavailable``).
+   being deployed — the git work tree around the current directory, ``$GITHUB_WORKSPACE`` or
+   ``$CI_PROJECT_DIR`` — where a pull request could replace it (``untrusted_keyset``;
+   ``trust_keys_in_checkout`` overrides). A URL must be ``https://``, or plain ``http://`` to a loopback host
+   only (``bad_keyset_url``); a redirect is followed only to a URL passing the same rule
+   (``untrusted_keyset``); the body is at most 1 MiB (``bad_keyset``) and the whole fetch ends within 10 s
+   (``keyset_unavailable``).
 2. **Keyset** parsed strictly as a public JWKS (``bad_keyset``).
 3. **Receipt** (``check_receipt``): ``keyturn.signer.verify.verify_receipt`` for exactly the expected scope
-at the
-   given time, development keys refused unless ``allow_dev_keys`` (``dev_key``, ``scope_mismatch:…``, …);
+   at the given time, development keys refused unless ``allow_dev_keys`` (``dev_key``,
+   ``scope_mismatch:…``, …);
    with ``require_oidc``, only a receipt whose requester an OIDC token proved (``requester_not_proven``).
 
 Every refusal is one ``GateError`` with a stable code; the commands map codes to their exit codes. Standard
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 MAX_KEYSET_BYTES = 1024 * 1024
 KEYSET_FETCH_DEADLINE_S = 10.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Environment variables naming the checkout being deployed: GitHub Actions', GitLab CI's.
+CHECKOUT_VARIABLES = ("GITHUB_WORKSPACE", "CI_PROJECT_DIR")
 
 # The gate's own codes (the receipt codes are docs/receipt.md §4's).
 BAD_KEYSET_URL = "bad_keyset_url"  # the --keys URL breaks the source rule: known from the arguments alone
@@ -170,9 +173,12 @@ def _refuse_keyset_in_checkout(path: str) -> None:
         raise GateError(
             UNTRUSTED_KEYSET, f"cannot tell whether keyset {path} is in the checkout: {e}"
         ) from None
-    workspace = os.environ.get("GITHUB_WORKSPACE")
-    if workspace:
-        roots.append(os.path.realpath(workspace))
+    # The CI's own name for the checkout, which may hold no .git (GitLab's GIT_STRATEGY: none fills
+    # $CI_PROJECT_DIR with another job's artifacts) or lie outside the current directory.
+    for variable in CHECKOUT_VARIABLES:
+        workspace = os.environ.get(variable)
+        if workspace:
+            roots.append(os.path.realpath(workspace))
     for root in roots:
         # Both are absolute and resolved: a common path equal to root means keys is root or lies below it.
         if root is not None and os.path.commonpath([keys, root]) == root:

@@ -305,6 +305,20 @@ def run_scope(webhook: Webhook, run: Mapping[str, Any], deployment: Mapping[str,
     return Scope(repo, sha, environment, workflow)
 
 
+def run_attempt(run: Mapping[str, Any]) -> int:
+    """The run's current ``run_attempt`` (1, then one more per re-run) from GitHub's read of the run. GitHub's
+    review endpoint is per run, so an approval goes to whichever attempt waits now: the approver compares this
+    with the attempt it checked. Missing or not a positive number: ``run_mismatch``."""
+    attempt = run.get("run_attempt")
+    if type(attempt) is not int or attempt < 1:
+        raise GitHubError(
+            "run_mismatch",
+            "GitHub's read of the run has no usable run_attempt",
+            fields={"run.run_attempt": "missing"},
+        )
+    return attempt
+
+
 def _b64url(data: bytes) -> str:
     import base64
 

@@ -21,9 +21,11 @@ A run is waiting once per protected environment (a workflow may deploy to severa
 - ``POST /runs/{run_id}/{environment}/status``: ``{"text": "..."}``, a status-only comment on a waiting run.
 - ``GET /runs/{run_id}/{environment}``, ``GET /healthz``.
 
-A request approves one run: its receipt names a scope, not a run, so the approver remembers which run each
-request id approved (run, environment and deployment: a re-run attempt has a new deployment) and refuses it
-for another (``receipt_spent``).
+A request approves one run attempt: its receipt names a scope, not a run, so the approver remembers which
+attempt each request id approved (run, environment, deployment and ``run_attempt``) and refuses it for
+another (``receipt_spent``). GitHub's review endpoint is per run, not per attempt, so an approval is sent only
+while the run is still at the attempt whose webhook was checked (``run_attempt_changed``), and a newer
+attempt's webhook replaces a waiting earlier one.
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -94,6 +96,9 @@ class PendingRun:
     webhook: Webhook
     status: str = "waiting"  # waiting -> approved | rejected
     comment: str | None = None
+    # The run's ``run_attempt`` as GitHub's API reported it when the webhook was taken (None only from a
+    # state file written before it was kept: such a run is never approved, fail closed).
+    attempt: int | None = None
 
 
 RunKey = tuple[int, str]  # (run id, environment): what waits for one review
@@ -104,10 +109,11 @@ def run_key(webhook: Webhook) -> RunKey:
     return webhook.run_id, webhook.environment
 
 
-def attempt_id(webhook: Webhook) -> str:
-    """What one receipt may approve: this run, this environment, this deployment (a re-run attempt is a
-    new deployment, so it needs its own request)."""
-    return f"{webhook.run_id}/{webhook.environment}/{webhook.deployment_id}"
+def attempt_id(pending: PendingRun) -> str:
+    """What one receipt may approve: this run, this environment, this deployment, this attempt (a re-run is
+    a new attempt, and a new deployment, so it needs its own request)."""
+    hook = pending.webhook
+    return f"{hook.run_id}/{hook.environment}/{hook.deployment_id}/{pending.attempt}"
 
 
 class GitHubUnavailable(Exception):
@@ -218,7 +224,7 @@ def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: M
         {
             "version": 1,
             "runs": [
-                {"webhook": asdict(r.webhook), "status": r.status, "comment": r.comment}
+                {"webhook": asdict(r.webhook), "status": r.status, "comment": r.comment, "attempt": r.attempt}
                 for r in runs.values()
             ],
             "deliveries": sorted(deliveries),
@@ -236,7 +242,9 @@ def load_state(data: bytes) -> tuple[dict[RunKey, PendingRun], set[str], dict[st
     runs = {}
     for item in obj["runs"]:
         hook = Webhook(**item["webhook"])
-        runs[run_key(hook)] = PendingRun(hook, str(item["status"]), item.get("comment"))
+        attempt = item.get("attempt")
+        attempt = attempt if type(attempt) is int else None
+        runs[run_key(hook)] = PendingRun(hook, str(item["status"]), item.get("comment"), attempt)
     spent = {str(k): str(v) for k, v in obj["spent"].items()}
     return runs, {str(d) for d in obj["deliveries"]}, spent
 
@@ -315,8 +323,9 @@ class Approver:
         async with self._lock(key):
             yield _waiting(pending)
 
-    async def scope_from_github(self, webhook: Webhook) -> Scope:
-        """The run's scope as GitHub's API reports it now (never the bot's word, nor only the webhook's)."""
+    async def read_run(self, webhook: Webhook) -> tuple[Scope, int]:
+        """The run's scope and its current ``run_attempt`` as GitHub's API reports them now (never the bot's
+        word, nor only the webhook's)."""
         run = await self.api.read_json(
             f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}", webhook.installation_id
         )
@@ -325,7 +334,7 @@ class Approver:
             deployment = await self.api.read_json(
                 f"/repos/{webhook.repo}/deployments/{webhook.deployment_id}", webhook.installation_id
             )
-        return github_app.run_scope(webhook, run, deployment)
+        return github_app.run_scope(webhook, run, deployment), github_app.run_attempt(run)
 
     async def webhook(self, headers: Mapping[str, str], body: bytes) -> JSONResponse:
         """Check a forwarded delivery; remember its run as waiting."""
@@ -353,16 +362,17 @@ class Approver:
         # forward the same delivery again once GitHub answers.
         self.deliveries |= taken
         try:
-            scope = await self.scope_from_github(hook)
+            scope, attempt = await self.read_run(hook)
         except GitHubUnavailable as exc:
             self.deliveries -= taken
             return _error(502, "github_unavailable", str(exc))
         except GitHubError as exc:
             return _error(409, exc.code, exc.message, fields=exc.fields)
         async with self._lock(run_key(hook)):
-            known = self.runs.get(run_key(hook))
-            if known is None or known.status != "waiting":
-                self.runs[run_key(hook)] = PendingRun(hook)
+            # A webhook never taken before is a newer attempt (or deployment) of the run: it replaces the
+            # one kept, even a waiting one. Kept, the earlier attempt's request (spent on it, its approval's
+            # answer lost) would pass the "spent on this attempt" check and approve the re-run waiting now.
+            self.runs[run_key(hook)] = PendingRun(hook, attempt=attempt)
             self._save()
         log.info("run %s waiting: %s %s -> %s", hook.run_id, scope.repo, scope.sha, scope.environment)
         return JSONResponse(
@@ -384,11 +394,19 @@ class Approver:
             if isinstance(pending, JSONResponse):
                 return pending
             try:
-                scope = await self.scope_from_github(pending.webhook)
+                scope, attempt = await self.read_run(pending.webhook)
             except GitHubUnavailable as exc:
                 return _error(502, "github_unavailable", str(exc))
             except GitHubError as exc:
                 return _error(409, exc.code, exc.message, fields=exc.fields)
+            if pending.attempt is None or attempt != pending.attempt:
+                # The review endpoint approves whatever attempt waits now: only the checked one may be.
+                return _error(
+                    409,
+                    "run_attempt_changed",
+                    f"the run is at attempt {attempt}, not the attempt {pending.attempt} whose webhook was "
+                    "checked; the new attempt needs its own webhook and request",
+                )
             try:
                 verified = check_receipt(
                     receipt, self.s.keyset, scope, self.now(), allow_dev_keys=self.s.allow_dev_keys
@@ -398,16 +416,16 @@ class Approver:
                 return _error(403, exc.code, exc.message)
             approvers = [a.email or a.id for a in verified.approvals]
             link = self._link(verified.request_id)
-            attempt = attempt_id(pending.webhook)
+            this_attempt = attempt_id(pending)
             rid = verified.request_id
             spent_on = self.spent.get(rid)
-            if spent_on is not None and spent_on != attempt:
+            if spent_on is not None and spent_on != this_attempt:
                 return _error(409, "receipt_spent", f"request {rid} already approved run {spent_on}")
             # Spent *before* the review call, with no await between the check and this write: the lock is per
             # run, so a second run's approval with the same receipt may run meanwhile, and must find the
             # request taken. Never given back: a failed call may still have reached GitHub (a lost answer),
             # so the request stays bound to this run, which it may still approve on a retry.
-            self.spent[rid] = attempt
+            self.spent[rid] = this_attempt
             self._save()
             comment = github_app.approve_comment(rid, scope, approvers, link)
             return await self._review(pending, "approved", comment, rid)
@@ -536,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--webhook-secret-file", required=True, help="file holding the App's webhook secret")
     p.add_argument(
-        "--keys", required=True, help="the pinned public keyset (file or https URL), as for verify"
+        "--keys",
+        required=True,
+        help="the pinned public keyset (file or https URL), as for verify; never the bot's /v1/keys",
     )
     p.add_argument("--policy", required=True, help="keyturn.toml: only its environments are gated here")
     p.add_argument("--request-link", help="URL template of a request, with {request_id}, for review comments")

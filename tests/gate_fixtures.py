@@ -25,13 +25,16 @@ SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
 SCOPE = Scope("acme/web", SHA, "production", "deploy.yml")
 
 
-def mint_receipt(scope: Scope = SCOPE, *, key: str = "primary", now: datetime | None = None) -> bytes:
-    """An APPROVED receipt for ``scope`` signed by the test key ``key`` ("primary", or "development" for a
-    dev key), issued a minute before ``now`` (default: the real clock) and valid for an hour."""
+def mint_receipt(
+    scope: Scope = SCOPE, *, key: str = "primary", now: datetime | None = None, request_id: str = REQUEST_ID
+) -> bytes:
+    """An APPROVED receipt of ``request_id`` for ``scope`` signed by the test key ``key`` ("primary", or
+    "development" for a dev key), issued a minute before ``now`` (default: the real clock) and valid for an
+    hour."""
     at = datetime.now(UTC) if now is None else now
     receipt = generate.signed(
         key,
-        requestId=REQUEST_ID,
+        requestId=request_id,
         issuedAt=format_time(at - timedelta(minutes=1)),
         expiresAt=format_time(at + timedelta(hours=1)),
         scope_repo=scope.repo,

@@ -10,6 +10,7 @@ key), and a compromised Redis (the same as the bot).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -488,6 +489,7 @@ class SlowGitHub:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.approved: list[int] = []
+        self.attempts: dict[int, int] = {}  # run id -> its run_attempt (1 unless a test re-runs it)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -503,9 +505,11 @@ class SlowGitHub:
             return httpx.Response(204)
         run_id = int(path.rsplit("/", 1)[1])
         run = {"id": run_id, "head_sha": GH_SHA, "path": WORKFLOW, "repository": {"full_name": "acme/web"}}
+        run["run_attempt"] = self.attempts.get(run_id, 1)
         return httpx.Response(200, json=run)
 
 
+@functools.cache  # one 2048-bit key per test process: generating it dominated the approver's tests
 def _app_key() -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa

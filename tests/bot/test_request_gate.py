@@ -54,7 +54,11 @@ def _argv(url: str, *extra: str, scope: Scope = SCOPE) -> list[str]:
 
 def request(argv: list[str], cwd: Path, workspace: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``keyturn ARGV`` in a fresh process with the CI secret set, as a pipeline does."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_WORKSPACE", "KEYTURN_CI_SECRET")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GITHUB_WORKSPACE", "CI_PROJECT_DIR", "KEYTURN_CI_SECRET")
+    }
     env["KEYTURN_CI_SECRET"] = SECRET
     if workspace is not None:
         env["GITHUB_WORKSPACE"] = str(workspace)
@@ -99,19 +103,28 @@ def test_request_wait_refuses_plain_http_keyset_to_remote_host(
     assert bot_server.posted() == []
 
 
-def test_request_wait_refuses_redirect_to_http(bot_server: LoopbackServer, tmp_path: Path) -> None:
-    bot_server.redirects["/keys-moved"] = "http://keys.example.com/v1/keys"
-    p = request(_argv(bot_server.url, "--wait", "--keys", bot_server.url + "/keys-moved"), cwd=tmp_path)
+@pytest.fixture
+def keys_server() -> Iterator[LoopbackServer]:
+    """A keyset host apart from the bot (the bot's own /v1/keys is refused: it would vouch for itself)."""
+    with LoopbackServer() as s:
+        yield s
+
+
+def test_request_wait_refuses_redirect_to_http(
+    bot_server: LoopbackServer, keys_server: LoopbackServer, tmp_path: Path
+) -> None:
+    keys_server.redirects["/keys-moved"] = "http://keys.example.com/v1/keys"
+    p = request(_argv(bot_server.url, "--wait", "--keys", keys_server.url + "/keys-moved"), cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     assert "REJECTED untrusted_keyset: refusing redirect" in p.stderr
     assert bot_server.posted() == []
 
 
 def test_request_wait_follows_a_redirect_that_passes_the_rule(
-    bot_server: LoopbackServer, tmp_path: Path
+    bot_server: LoopbackServer, keys_server: LoopbackServer, tmp_path: Path
 ) -> None:
-    bot_server.redirects["/keys-moved"] = bot_server.url + "/keys"
-    argv = _argv(bot_server.url, "--wait", "--keys", bot_server.url + "/keys-moved", "--out", "r.json")
+    keys_server.redirects["/keys-moved"] = keys_server.url + "/keys"
+    argv = _argv(bot_server.url, "--wait", "--keys", keys_server.url + "/keys-moved", "--out", "r.json")
     p = request(argv, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
 

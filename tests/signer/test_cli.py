@@ -24,7 +24,7 @@ VALID = load.vector("valid_basic")
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "GITHUB_WORKSPACE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_WORKSPACE", "CI_PROJECT_DIR")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 

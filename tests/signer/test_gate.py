@@ -30,6 +30,7 @@ def _outside_any_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     # The gate looks at the current directory and $GITHUB_WORKSPACE: run each test from a plain directory.
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    monkeypatch.delenv("CI_PROJECT_DIR", raising=False)
 
 
 def _code(exc: pytest.ExceptionInfo[gate.GateError]) -> str:
