@@ -356,12 +356,12 @@ class ApprovalService:
         try:
             return self._policy.environment(name)
         except UnknownEnvironment:
-            raise Refused("unknown_environment", f"There is no environment {name!r} in the policy.") from None
+            raise Refused("unknown_environment", environment=name) from None
 
     async def _load(self, request_id: str) -> DeployRequest:
         req = await self._store.get(request_id)
         if req is None:
-            raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            raise Refused("unknown_request")
         return req
 
     def _ensure_authorized(self, environment: str, user_id: str) -> None:
@@ -371,7 +371,7 @@ class ApprovalService:
         # refused until an admin runs `keyturn policy pin-groups`).
         self._environment(environment)  # Refused("unknown_environment") rather than a bare KeyturnError
         if not self._policy.authorizes(environment, user_id):
-            raise Refused("not_an_approver", f"You are not an approver for {environment}.")
+            raise Refused("not_an_approver", environment=environment)
 
     def _refused(self, exc: Refused) -> Refused:
         self._metrics.refusals.labels(exc.code).inc()
@@ -492,7 +492,7 @@ class ApprovalService:
         env = self._environment(req.scope.environment)
         self._ensure_authorized(req.scope.environment, user_id)
         if not env.allow_self_approval and req.asked_by(user_id):
-            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+            raise Refused("self_approval")
         email: str | None = None
         with contextlib.suppress(Exception):
             email = await self._messenger.user_email(user_id)
@@ -503,7 +503,7 @@ class ApprovalService:
             and email is not None
             and email.casefold() == requester_email
         ):
-            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+            raise Refused("self_approval")
         approval = Approval(user_id=user_id, email=email, at=now)
         counted = {a.user_id for a in req.approvals}
         if user_id not in counted and len(counted) + 1 >= req.required_approvals:
@@ -543,7 +543,7 @@ class ApprovalService:
             stored = await self._store.approvals(current.id)
             origin = await self._store.origin(current.id)
             if origin is None:
-                raise Refused("unknown_request", "The original request's evidence is gone.")
+                raise Refused("evidence_gone")
             emails = {s.approval.user_id: s.approval.email for s in stored if s.approval.email}
             started = asyncio.get_running_loop().time()
             try:
@@ -556,11 +556,7 @@ class ApprovalService:
                     code = "signer_unavailable"
                 message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 await self._signing_failed(current, code, message)
-                raise Refused(
-                    "signing_failed",
-                    f"Your approval is recorded, but no receipt could be issued ({code}: {message}). "
-                    "Click Approve again to retry.",
-                ) from None
+                raise Refused("signing_failed", cause=code, detail=message[:300]) from None
             self._metrics.sign_latency.observe(asyncio.get_running_loop().time() - started)
             # Parsed once into the receipt type (the verifier's own structure checks); the store keeps the
             # object as the signer sent it. A receipt that is malformed or for another request is never
@@ -570,8 +566,9 @@ class ApprovalService:
             except (KeyturnError, ValueError):
                 typed = None
             if typed is None or typed.request_id != current.id:
-                await self._signing_failed(current, "bad_receipt", "the signer returned a malformed receipt")
-                raise Refused("signing_failed", "The signer returned a malformed receipt.")
+                detail = "the signer returned a malformed receipt"
+                await self._signing_failed(current, "bad_receipt", detail)
+                raise Refused("signing_failed", cause="bad_receipt", detail=detail)
             receipt_id, by, expires = receipt_id_of(typed), typed.approver.id, typed.expires_at
             done, changed = await self._store.transition(
                 current.id,
@@ -628,7 +625,7 @@ class ApprovalService:
         the signer refuses to record it: ``bad_denial``)."""
         try:
             if not reason.strip():
-                raise Refused("reason_required", "Please give a reason for denying.")
+                raise Refused("reason_required")
             req = await self._load(request_id)
             if not (req.status is Status.DENIED and req.decided_by == user_id):
                 self._ensure_authorized(req.scope.environment, user_id)
@@ -683,10 +680,7 @@ class ApprovalService:
                 if not wait:
                     break
                 await self._store.wait_signing_released(request_id, self._sign_lease.total_seconds() + 1.0)
-        raise Refused(
-            "signing_in_progress",
-            "A receipt is being issued for this request right now; try again in a moment.",
-        )
+        raise Refused("signing_in_progress")
 
     async def expire(self, request_id: str) -> DeployRequest | None:
         """Expire the request if its lifetime is over; a no-op otherwise. Safe to call any number of times.

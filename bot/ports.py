@@ -4,7 +4,7 @@
   The approval logic never builds Block Kit or calls the Web API itself.
 * ``Approvals``: the use cases the Slack listeners and the CI API call (implemented in ``bot/approvals.py``).
   Listeners ack, parse and delegate; the service rules, and refuses with ``Refused`` (a stable ``code`` plus
-  the sentence to show the user).
+  facts; the sentence to show the user comes from ``keyturn.signer.words``).
 """
 
 from __future__ import annotations
@@ -12,19 +12,24 @@ from __future__ import annotations
 from typing import Protocol
 
 from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.words import Fact
 
 
-class Refused(Exception):
-    """A user action that changes nothing, with the reason to show them (ephemeral in Slack, 4xx in the API).
+class Refused(KeyturnError):
+    """A user action that changes nothing: a stable ``code`` and its ``facts``; the sentence to show
+    (ephemeral in Slack, the ``message`` of a 4xx in the API) is rendered from them by
+    ``keyturn.signer.words``.
 
     Codes: ``not_an_approver``, ``self_approval``, ``already_approved``, ``not_pending`` (already decided,
-    expired or cancelled), ``unknown_request``, ``unknown_environment``, ``reason_required``.
+    expired or cancelled; fact ``status``), ``unknown_request``, ``unknown_environment`` (fact
+    ``environment``), ``reason_required``, ``quorum_not_reached``, ``signing_failed``,
+    ``signing_in_progress``, ``evidence_gone``.
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, code: str, message: str | None = None, **facts: Fact) -> None:
+        # ``message``: only for raise sites not migrated to code + facts yet (bot/store.py's).
+        super().__init__(message, code=code, facts=facts)
 
 
 class Messenger(Protocol):
