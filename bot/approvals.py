@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 from keyturn.bot import lifecycle
 from keyturn.bot.callbacks import CallbackOutbox
-from keyturn.bot.cards import format_duration
 from keyturn.bot.metrics import Metrics
 from keyturn.bot.models import (
     Approval,
@@ -38,7 +37,6 @@ from keyturn.bot.models import (
     Status,
 )
 from keyturn.bot.ports import Messenger, Refused
-from keyturn.bot.slack_text import escape, user_mention
 from keyturn.bot.store import (
     RequestLimits,
     RequestStore,
@@ -188,24 +186,6 @@ def _origin_time(origin: OriginEvidence) -> datetime | None:
         return datetime.fromtimestamp(t0, UTC)
     except (ValueError, OverflowError, OSError):
         return None
-
-
-def outcome_text(request: DeployRequest, ttl: timedelta | None = None) -> str:
-    """One escaped mrkdwn sentence describing a final outcome (thread reply, DM)."""
-    scope = request.scope
-    what = f"`{escape(scope.repo)}` @ `{escape(scope.sha[:12])}` to *{escape(scope.environment)}*"
-    if request.status is Status.APPROVED:
-        who = ", ".join(user_mention(a.user_id) for a in request.approvals)
-        return f":white_check_mark: Deploy of {what} approved by {who}. Receipt `{request.receipt_id}`."
-    if request.status is Status.DENIED:
-        by = user_mention(request.decided_by) if request.decided_by else "an approver"
-        return f":no_entry: Deploy of {what} denied by {by}: {escape(request.deny_reason or '')}"
-    if request.status is Status.EXPIRED:
-        within = f" within {format_duration(ttl)}" if ttl else ""
-        return f":hourglass: Deploy of {what} expired: no decision{within}."
-    if request.status is Status.CANCELLED:
-        return f":heavy_multiplication_x: Deploy of {what} was cancelled by the pipeline."
-    return f"Deploy of {what} is pending."
 
 
 class ApprovalService:
@@ -596,12 +576,9 @@ class ApprovalService:
                 req.id, SignError(code=code, message=message[:500], at=self._clock())
             )
         if req.card is not None:
-            text = (
-                f":warning: The quorum is reached but no receipt could be issued "
-                f"(`{escape(code)}`: {escape(message[:300])}). The approvals are kept; "
-                "click Approve again to retry."
+            await self._quietly(
+                "announce_sign_failure", self._messenger.announce_sign_failure(req, code, message)
             )
-            await self._quietly("reply_in_thread", self._messenger.reply_in_thread(req.card, text))
 
     # -- deny, cancel, expire --------------------------------------------------------------------------
 
@@ -722,15 +699,9 @@ class ApprovalService:
         ttl: timedelta | None = None
         with contextlib.suppress(Refused):
             ttl = self._environment(request.scope.environment).request_ttl
-        text = outcome_text(request, ttl)
         if request.card is not None:
             await self._quietly("update_card", self._messenger.update_card(request))
-            mention = f"{user_mention(request.requester_slack_id)} " if request.requester_slack_id else ""
-            await self._quietly(
-                "reply_in_thread", self._messenger.reply_in_thread(request.card, mention + text)
-            )
-        if request.requester_slack_id:
-            await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
+        await self._quietly("announce_outcome", self._messenger.announce_outcome(request, ttl))
         if owes_delivery(request) and self._callbacks is not None:
             # The store enqueued the callback (or the GitHub hand-off) in the outbox right after the final
             # write; this only wakes this replica's delivery workers so it goes out at once rather than at

@@ -26,6 +26,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from keyturn.bot.cards import deny_modal, render_card
 from keyturn.bot.models import CardRef, DeployRequest
+from keyturn.bot.notices import SlackIntents
 from keyturn.signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
@@ -173,8 +174,9 @@ class _TtlCache:
         return self._locks.setdefault(key, asyncio.Lock())
 
 
-class SlackMessenger:
-    """Posts and updates cards, replies, DMs and modals; looks up groups and emails. See ``Messenger``.
+class SlackMessenger(SlackIntents):
+    """Posts and updates cards, replies, DMs and modals; looks up groups and emails. See ``Messenger``; the
+    intent methods (outcomes, reminders, escalations) come from ``keyturn.bot.notices.SlackIntents``.
 
     ``client`` is an ``AsyncWebClient`` pointed at Slack (or the emulator); build one with
     ``make_web_client``. ``policy`` says which channel each environment's cards go to and whether Approve

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
@@ -33,7 +35,10 @@ class Refused(KeyturnError):
 
 
 class Messenger(Protocol):
-    """What the approval logic asks of Slack. Every method retries Slack trouble (429/5xx) itself."""
+    """What the approval logic asks of Slack. Every method retries Slack trouble (429/5xx) itself.
+
+    The approval logic says what happened through the intent methods (``announce_outcome``, ``remind``,
+    ``escalate``...); the messenger decides the words (``keyturn.bot.notices``) and where they go."""
 
     async def post_card(self, request: DeployRequest) -> CardRef:
         """Post the request's card in its environment's channel and return where it lives."""
@@ -41,6 +46,44 @@ class Messenger(Protocol):
 
     async def update_card(self, request: DeployRequest) -> None:
         """Re-render the card in place from the request's current state (approvals, outcome)."""
+        ...
+
+    async def announce_outcome(self, request: DeployRequest, ttl: timedelta | None = None) -> None:
+        """Tell the card's thread and the requester the request's final outcome (``ttl``: its lifetime, for
+        an expiry)."""
+        ...
+
+    async def remind(
+        self,
+        request: DeployRequest,
+        *,
+        waiting: Sequence[str],
+        groups: Sequence[str],
+        now: datetime,
+        final: bool,
+    ) -> None:
+        """Remind the approvers who have not acted (``waiting`` users, unresolved ``groups``) in the thread;
+        ``final``: the last call before expiry."""
+        ...
+
+    async def escalate(
+        self,
+        request: DeployRequest,
+        *,
+        users: Sequence[str],
+        groups: Sequence[str],
+        after: int,
+        now: datetime,
+    ) -> None:
+        """Escalate in the thread to ``users`` and ``groups``: no decision after ``after`` reminders."""
+        ...
+
+    async def escalate_dm(self, user_id: str, request: DeployRequest, *, after: int, now: datetime) -> None:
+        """Ask one escalation contact directly for a decision, with a link to the card."""
+        ...
+
+    async def announce_sign_failure(self, request: DeployRequest, code: str, detail: str) -> None:
+        """The quorum is reached but the signer issued no receipt (``code``, its ``detail``): say so."""
         ...
 
     async def reply_in_thread(self, card: CardRef, text: str) -> None:

@@ -30,7 +30,7 @@ _STATUS_WORDS = {
 
 
 def _not_pending(facts: Facts) -> str:
-    status = str(facts.get("status", ""))
+    status = str(facts.get("status", "")).lower()  # the stored value (``EXPIRED``) or a word
     return f"This request is {_STATUS_WORDS.get(status, status or 'not pending')}; nothing was changed."
 
 

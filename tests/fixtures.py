@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyturn.bot.models import CardRef, DeployRequest, Scope
+from keyturn.bot.notices import SlackIntents
 from keyturn.signer.policy import Policy
 from tests.harness import ROOT
 
@@ -100,16 +102,20 @@ class Clock:
         self.now += timedelta(**kw)
 
 
-class RecordingMessenger:
+class RecordingMessenger(SlackIntents):
     """A ``keyturn.bot.ports.Messenger`` that records what would go to Slack.
 
-    ``calls`` lists every call as ``(kind, what)``; ``replies`` the thread replies' text and ``dms`` the
-    ``(user, text)`` of each DM. Tests steer Slack's side: ``card_ok = False`` fails every card post,
-    ``fail_posts = n`` the next n; ``groups`` is what Slack says about user groups; ``link`` the permalink.
+    The intent methods (outcome, reminder, escalation...) are the real messenger's (``SlackIntents``), so they
+    send the real words through the primitives recorded here; ``intents`` lists each as ``(intent, request
+    id)``. ``calls`` lists every primitive call as ``(kind, what)``; ``replies`` the thread replies' text and
+    ``dms`` the ``(user, text)`` of each DM. Tests steer Slack's side: ``card_ok = False`` fails every card
+    post, ``fail_posts = n`` the next n; ``groups`` is what Slack says about user groups; ``link`` the
+    permalink.
     """
 
     def __init__(self, *, link: str | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.intents: list[tuple[str, str]] = []
         self.replies: list[str] = []
         self.dms: list[tuple[str, str]] = []
         self.card_ok = True
@@ -133,6 +139,42 @@ class RecordingMessenger:
 
     async def update_card(self, request: DeployRequest) -> None:
         self.calls.append(("update_card", request.status))
+
+    async def announce_outcome(self, request: DeployRequest, ttl: timedelta | None = None) -> None:
+        self.intents.append(("announce_outcome", request.id))
+        await super().announce_outcome(request, ttl)
+
+    async def remind(
+        self,
+        request: DeployRequest,
+        *,
+        waiting: Sequence[str],
+        groups: Sequence[str],
+        now: datetime,
+        final: bool,
+    ) -> None:
+        self.intents.append(("remind", request.id))
+        await super().remind(request, waiting=waiting, groups=groups, now=now, final=final)
+
+    async def escalate(
+        self,
+        request: DeployRequest,
+        *,
+        users: Sequence[str],
+        groups: Sequence[str],
+        after: int,
+        now: datetime,
+    ) -> None:
+        self.intents.append(("escalate", request.id))
+        await super().escalate(request, users=users, groups=groups, after=after, now=now)
+
+    async def escalate_dm(self, user_id: str, request: DeployRequest, *, after: int, now: datetime) -> None:
+        self.intents.append(("escalate_dm", request.id))
+        await super().escalate_dm(user_id, request, after=after, now=now)
+
+    async def announce_sign_failure(self, request: DeployRequest, code: str, detail: str) -> None:
+        self.intents.append(("announce_sign_failure", request.id))
+        await super().announce_sign_failure(request, code, detail)
 
     async def reply_in_thread(self, card: CardRef, text: str) -> None:
         self.calls.append(("reply", text))
