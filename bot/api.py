@@ -119,6 +119,10 @@ HTTP_STATUS: dict[str, int] = {
     "signing_failed": 409,
     "evidence_gone": 410,
     "receipt_gone": 410,
+    # the GitHub webhook (bot/github.py)
+    "payload_too_large": 413,
+    "no_policy": 422,
+    "scope_busy": 409,
     # Starlette's own
     "not_found": 404,
     "method_not_allowed": 405,
@@ -127,6 +131,8 @@ HTTP_STATUS: dict[str, int] = {
     "store_unavailable": 503,
     "not_ready": 503,
     "shutting_down": 503,
+    "approver_unavailable": 503,
+    "approver_error": 502,
     "internal_error": 500,
 }
 CLIENT_FAULT = 400

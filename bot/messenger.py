@@ -27,6 +27,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from keyturn.bot.cards import deny_modal, render_card
 from keyturn.bot.models import CardRef, DeployRequest
 from keyturn.bot.notices import SlackIntents
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
@@ -66,13 +67,15 @@ _AUTH = frozenset(
 )
 
 
-class SlackError(Exception):
-    """Slack refused a call or could not be reached. ``code`` is stable; ``slack_error`` is Slack's word."""
+class SlackError(KeyturnError):
+    """Slack refused a call or could not be reached. ``code`` is stable; ``slack_error`` is Slack's word.
+
+    The facts (``method``, ``slack_error``, ``status``) are worded by ``keyturn.signer.words``."""
 
     code = "slack_error"
 
     def __init__(self, method: str, slack_error: str, status: int | None = None) -> None:
-        super().__init__(f"Slack {method} failed: {slack_error}" + (f" (HTTP {status})" if status else ""))
+        super().__init__(method=method, slack_error=slack_error, status=status)
         self.method = method
         self.slack_error = slack_error
         self.status = status

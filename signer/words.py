@@ -46,6 +46,26 @@ def _replayed(facts: Facts) -> str:
     )
 
 
+def _slack_failed(facts: Facts) -> str:
+    status = facts.get("status")
+    return f"Slack {facts.get('method')} failed: {facts.get('slack_error')}" + (
+        f" (HTTP {status})" if status else ""
+    )
+
+
+_BAD_URL = {
+    "unparsable": "not a valid URL",
+    "credentials": "must not carry a user name or password",
+    "no_host": "has no host",
+}
+
+
+def _callback_address(facts: Facts) -> str:
+    if facts.get("ip") is None:
+        return f"host {facts.get('host')} is a {facts.get('problem')}"
+    return f"{facts.get('host')} resolves to {facts.get('ip')}, a {facts.get('problem')} address"
+
+
 # code -> a str.format template over the facts, or a function of the facts for sentences that branch.
 SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
@@ -80,8 +100,34 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     "not_ready": "not ready: {down}",
     "shutting_down": "the bot is stopping; retry",
     "internal_error": "internal error; see the bot's log",
+    "payload_too_large": "webhook body too large",
+    "scope_busy": (
+        "another run of this commit for {environment} is already waiting for approval ({request_id}); "
+        "this run was rejected"
+    ),
+    "approver_unavailable": "the approver did not answer",
+    "approver_error": "the approver's answer is not JSON",
     "not_found": "Not Found",
     "method_not_allowed": "Method Not Allowed",
+    # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
+    "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),
+    "callback_url_scheme": lambda facts: (
+        "must be an http(s) URL" if facts.get("dev_mode") else "must be an https (http only in dev mode) URL"
+    ),
+    "callback_host_not_allowed": "host {host} is not in KEYTURN_CALLBACK_HOSTS",
+    "callback_address_refused": _callback_address,
+    # -- Slack refused a call or could not be reached (bot/messenger.py; for logs and operators) --
+    **dict.fromkeys(
+        (
+            "slack_error",
+            "slack_not_found",
+            "slack_auth",
+            "slack_unavailable",
+            "slack_rejected",
+            "card_missing",
+        ),
+        _slack_failed,
+    ),
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,6 +102,10 @@ class Clock:
         self.now += timedelta(**kw)
 
 
+# The Messenger's intent methods (keyturn.bot.notices.SlackIntents), recorded by RecordingMessenger.
+INTENTS = ("announce_outcome", "remind", "escalate", "escalate_dm", "announce_sign_failure")
+
+
 class RecordingMessenger(SlackIntents):
     """A ``keyturn.bot.ports.Messenger`` that records what would go to Slack.
 
@@ -116,6 +120,8 @@ class RecordingMessenger(SlackIntents):
     def __init__(self, *, link: str | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.intents: list[tuple[str, str]] = []
+        for name in INTENTS:  # each intent is recorded, then runs as the real messenger's
+            setattr(self, name, self._recorded(name, getattr(self, name)))
         self.replies: list[str] = []
         self.dms: list[tuple[str, str]] = []
         self.card_ok = True
@@ -140,41 +146,13 @@ class RecordingMessenger(SlackIntents):
     async def update_card(self, request: DeployRequest) -> None:
         self.calls.append(("update_card", request.status))
 
-    async def announce_outcome(self, request: DeployRequest, ttl: timedelta | None = None) -> None:
-        self.intents.append(("announce_outcome", request.id))
-        await super().announce_outcome(request, ttl)
+    def _recorded(self, name: str, intent: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def recorded(*args: Any, **kwargs: Any) -> None:
+            request = next(a for a in args if isinstance(a, DeployRequest))
+            self.intents.append((name, request.id))
+            await intent(*args, **kwargs)
 
-    async def remind(
-        self,
-        request: DeployRequest,
-        *,
-        waiting: Sequence[str],
-        groups: Sequence[str],
-        now: datetime,
-        final: bool,
-    ) -> None:
-        self.intents.append(("remind", request.id))
-        await super().remind(request, waiting=waiting, groups=groups, now=now, final=final)
-
-    async def escalate(
-        self,
-        request: DeployRequest,
-        *,
-        users: Sequence[str],
-        groups: Sequence[str],
-        after: int,
-        now: datetime,
-    ) -> None:
-        self.intents.append(("escalate", request.id))
-        await super().escalate(request, users=users, groups=groups, after=after, now=now)
-
-    async def escalate_dm(self, user_id: str, request: DeployRequest, *, after: int, now: datetime) -> None:
-        self.intents.append(("escalate_dm", request.id))
-        await super().escalate_dm(user_id, request, after=after, now=now)
-
-    async def announce_sign_failure(self, request: DeployRequest, code: str, detail: str) -> None:
-        self.intents.append(("announce_sign_failure", request.id))
-        await super().announce_sign_failure(request, code, detail)
+        return recorded
 
     async def reply_in_thread(self, card: CardRef, text: str) -> None:
         self.calls.append(("reply", text))

@@ -17,7 +17,15 @@ from keyturn.signer.words import has_words, words
 
 ROOT = Path(__file__).resolve().parents[2]
 # The only codes that may be a 5xx: the bot's dependencies are down, it is stopping, or it failed itself.
-OUTAGES = {"signer_unavailable", "store_unavailable", "not_ready", "shutting_down", "internal_error"}
+OUTAGES = {
+    "signer_unavailable",
+    "store_unavailable",
+    "not_ready",
+    "shutting_down",
+    "internal_error",
+    "approver_unavailable",
+    "approver_error",
+}
 
 
 def raised_codes(path: Path, names: set[str]) -> set[str]:
@@ -35,7 +43,9 @@ def raised_codes(path: Path, names: set[str]) -> set[str]:
     }
 
 
-API_CODES = raised_codes(ROOT / "bot" / "api.py", {"ApiError"})
+API_CODES = raised_codes(ROOT / "bot" / "api.py", {"ApiError"}) | raised_codes(
+    ROOT / "bot" / "github.py", {"_error"}
+)
 # The service's refusals reach the API too (relayed with their code, facts and words).
 REFUSED_CODES = raised_codes(ROOT / "bot" / "lifecycle.py", {"Refused"}) | raised_codes(
     ROOT / "bot" / "approvals.py", {"Refused"}
