@@ -2,8 +2,9 @@
 
 Every ``/v1/requests…`` route is authenticated by the signer (design.md §6): the bot forwards the method, the
 path, the raw body and the ``X-Keyturn-*`` headers and gets a yes or a no; any failure is the same bare 401.
-Errors are JSON ``{"error": code, "message": ..., "fields"?: [...]}`` with a stable code; bad input is a 4xx,
-an unreachable Redis or signer a 503, and anything unexpected a 500 ``internal_error`` (logged without
+Errors are JSON ``{"error": code, "message": ..., "fields"?: [...]}`` with a stable code, the status from the
+one table ``HTTP_STATUS`` and the message from ``keyturn.signer.words``; bad input is a 4xx (an unlisted code
+too), an unreachable Redis or signer a 503, and anything unexpected a 500 ``internal_error`` (logged without
 request data) — never a stack trace.
 """
 

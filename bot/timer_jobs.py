@@ -36,6 +36,7 @@ from keyturn.bot.ports import Messenger
 from keyturn.bot.scheduler import JobContext, Timers, check_fence, once, once_key
 from keyturn.bot.slack_text import is_user_id
 from keyturn.bot.store import RequestStore
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Environment, Policy, UnknownEnvironment
 
 log = logging.getLogger("keyturn.timer_jobs")
@@ -46,7 +47,7 @@ FINAL_LEAD_MAX = timedelta(minutes=5)
 ONCE_MARGIN_S = 86_400  # once-keys outlive the request by a day
 
 
-class CardNotPosted(Exception):
+class CardNotPosted(KeyturnError):
     """The request has no card yet (Slack trouble); the reminder is retried later rather than lost."""
 
     code = "card_not_posted"
@@ -153,7 +154,7 @@ class TimerJobs:
         if ctx.n == env.escalate_after and (env.escalate_to or env.escalate_to_groups) and self.timers:
             await self.timers.schedule("escalate", req.id, now)
         if req.card is None:
-            raise CardNotPosted("no card to reply to yet")
+            raise CardNotPosted()
         if not await once(
             self._redis,
             self._once(req, f"remind:{ctx.n}"),
@@ -172,7 +173,7 @@ class TimerJobs:
         if req is None or env is None:
             return
         if req.card is None:
-            raise CardNotPosted("no card to reply to yet")
+            raise CardNotPosted()
         ttl = self._ttl(req, now)
         users, groups = list(env.escalate_to), list(env.escalate_to_groups)
         after = env.escalate_after

@@ -109,6 +109,8 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     "approver_error": "the approver's answer is not JSON",
     "not_found": "Not Found",
     "method_not_allowed": "Method Not Allowed",
+    # -- the timer jobs (bot/timer_jobs.py; for logs: the job is retried) --
+    "card_not_posted": "no card to reply to yet",
     # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
     "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),
     "callback_url_scheme": lambda facts: (
