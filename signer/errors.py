@@ -8,9 +8,12 @@ never contain secrets or private key material.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from keyturn.signer.words import Fact, words
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from keyturn.signer.words import Fact
 
 
 class KeyturnError(Exception):
@@ -34,8 +37,14 @@ class KeyturnError(Exception):
         if code is not None:
             self.code = code
         self.facts: dict[str, Fact] = {**(facts or {}), **more}
-        # Fallback for raise sites not migrated yet (most of signer/): their own sentence, kept as given.
-        self.message = message if message is not None else words(self.code, self.facts)
+        if message is None:
+            # Imported here, not at the top: `keyturn verify` imports this module on every deploy, and its
+            # own refusals (not migrated yet) pass their sentence, so the words module stays off its path.
+            from keyturn.signer.words import words
+
+            message = words(self.code, self.facts)
+        # A given message is the fallback for raise sites not migrated yet (most of signer/): used as given.
+        self.message = message
         super().__init__(self.message)
 
     def __str__(self) -> str:
