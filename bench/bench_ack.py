@@ -65,7 +65,7 @@ class StubApprovals:
     """Approvals whose work after the ack costs nothing: this benchmark is about the ack."""
 
     async def approve(self, request_id: str, user_id: str, evidence: SlackEvidence) -> Any:
-        raise Refused("already_approved", "You already approved this deploy.")
+        raise Refused("already_approved")
 
     def __getattr__(self, name: str) -> Any:
         raise NotImplementedError(name)

@@ -2,8 +2,9 @@
 
 Every ``/v1/requests…`` route is authenticated by the signer (design.md §6): the bot forwards the method, the
 path, the raw body and the ``X-Keyturn-*`` headers and gets a yes or a no; any failure is the same bare 401.
-Errors are JSON ``{"error": code, "message": ..., "fields"?: [...]}`` with a stable code; bad input is a 4xx,
-an unreachable Redis or signer a 503, and anything unexpected a 500 ``internal_error`` (logged without
+Errors are JSON ``{"error": code, "message": ..., "fields"?: [...]}`` with a stable code, the status from the
+one table ``HTTP_STATUS`` and the message from ``keyturn.signer.words``; bad input is a 4xx (an unlisted code
+too), an unreachable Redis or signer a 503, and anything unexpected a 500 ``internal_error`` (logged without
 request data) — never a stack trace.
 """
 
@@ -15,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -52,6 +53,7 @@ from keyturn.signer.evidence import (
 )
 from keyturn.signer.oidc import unverified_claims
 from keyturn.signer.receipt import format_time
+from keyturn.signer.words import Fact, field_words
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +86,101 @@ class ApiSigner(Protocol):
         ...
 
 
-class ApiError(Exception):
-    """An HTTP error with a stable code, rendered as JSON."""
+# The one table of HTTP statuses: a code's status wherever it is raised. A code not listed is a client fault
+# (400, see status_of): bad input must never come back as a 5xx, so only the outages and the bot's own
+# failure below are 5xx, and a test holds every code this module raises to this table and to the words.
+HTTP_STATUS: dict[str, int] = {
+    # the body or the query
+    "malformed_body": 400,
+    "bad_content_length": 400,
+    "body_too_large": 413,
+    "invalid_request": 422,
+    "invalid_parameter": 422,
+    "unknown_environment": 422,
+    "oidc_body_mismatch": 422,
+    "bad_origin": 422,
+    # who is asking
+    "unauthorized": 401,
+    "ci_secret_not_allowed": 403,
+    "not_an_approver": 403,
+    "self_approval": 403,
+    "bad_cancel": 403,
+    "too_many_failures": 429,
+    "too_many_pending": 429,
+    "rate_limited": 429,
+    # the request's state
+    "unknown_request": 404,
+    "replayed_request": 409,
+    "not_pending": 409,
+    "not_approved": 409,
+    "already_approved": 409,
+    "quorum_not_reached": 409,
+    "reason_required": 422,
+    "signing_in_progress": 409,
+    "signing_failed": 409,
+    "evidence_gone": 410,
+    "receipt_gone": 410,
+    # the GitHub webhook (bot/github.py)
+    "payload_too_large": 413,
+    "no_policy": 422,
+    "scope_busy": 409,
+    # Starlette's own
+    "not_found": 404,
+    "method_not_allowed": 405,
+    # outages (retry later) and the bot's own failure: the only 5xx
+    "signer_unavailable": 503,
+    "store_unavailable": 503,
+    "not_ready": 503,
+    "shutting_down": 503,
+    "approver_unavailable": 503,
+    "approver_error": 502,
+    "internal_error": 500,
+}
+CLIENT_FAULT = 400
+
+
+def status_of(code: str, default: int = CLIENT_FAULT) -> int:
+    """The HTTP status of ``code``: the table's, 403 for a refused OIDC claim (``oidc_*_not_allowed``, a
+    family the signer may grow), else ``default`` — a 4xx, since an unlisted code is a refusal, not an
+    outage (``_check_oidc`` passes 401: whatever the signer refused a token for, it is not authenticated)."""
+    if code in HTTP_STATUS:
+        return HTTP_STATUS[code]
+    if code.startswith("oidc_") and code.endswith("_not_allowed"):
+        return 403
+    return default
+
+
+class ApiError(KeyturnError):
+    """An HTTP error: a stable code and its facts (the sentence comes from ``keyturn.signer.words``, the
+    status from ``HTTP_STATUS``), rendered as JSON ``{"error": code, "message": ..., "fields"?: [...]}``
+    plus ``extra``."""
 
     def __init__(
         self,
-        http_status: int,
         code: str,
-        message: str,
         *,
+        message: str | None = None,
+        http_status: int | None = None,
         fields: list[dict[str, str]] | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        facts: Mapping[str, Fact] | None = None,
+        **more: Fact,
     ) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
-        self.message = message
+        # ``message``: a sentence another part already wrote (a signer refusal relayed as it came).
+        super().__init__(message, code=code, facts=facts, **more)
+        self.http_status = http_status if http_status is not None else status_of(code)
         self.fields = fields
         self.extra = extra or {}
         self.headers = headers
+
+    @classmethod
+    def relay(
+        cls, exc: KeyturnError, *, default: int = CLIENT_FAULT, fields: list[dict[str, str]] | None = None
+    ) -> ApiError:
+        """Answer with another part's refusal (the signer's, the service's): its code, facts and words."""
+        status = status_of(exc.code, default)
+        return cls(exc.code, message=exc.message, http_status=status, fields=fields, facts=exc.facts)
 
     def response(self) -> JSONResponse:
         """The JSON response for this error."""
@@ -114,41 +191,24 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.http_status, headers=self.headers)
 
 
-def _unauthorized() -> ApiError:
-    return ApiError(401, "unauthorized", "authentication failed")
-
-
-def _signer_unavailable() -> ApiError:
-    return ApiError(503, "signer_unavailable", "the signer cannot be reached; retry later")
-
-
 async def _public(fetch: Callable[[], Awaitable[dict[str, Any]]], cache_control: str) -> Response:
     """Public data the signer holds (no auth), or 503 when the signer cannot be reached."""
     try:
         document = await fetch()
     except (KeyturnError, OSError):
-        raise _signer_unavailable() from None
+        raise ApiError("signer_unavailable") from None
     return JSONResponse(document, headers={"Cache-Control": cache_control})
 
 
 def _replayed(seen: SeenRequest) -> ApiError:
     if seen.request_id is None:
-        return ApiError(
-            409,
-            "replayed_request",
-            "this signed request was already received and is still being handled; a signed request is "
-            "accepted once: sign a new one to retry",
-        )
+        return ApiError("replayed_request")
     return ApiError(
-        409,
         "replayed_request",
-        f"this signed request was already accepted ({seen.action} of {seen.request_id}); a signed request is "
-        "accepted once: sign a new one to ask again",
+        action=seen.action,
+        request_id=seen.request_id,
         extra={"requestId": seen.request_id},
     )
-
-
-_REFUSED_STATUS = {"unknown_request": 404, "not_pending": 409, "unknown_environment": 422}
 
 
 def _time(dt: datetime | None) -> str | None:
@@ -218,15 +278,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+                raise ApiError("body_too_large", limit=limit)
         except ValueError:
-            raise ApiError(400, "bad_content_length", "Content-Length is not a number") from None
+            raise ApiError("bad_content_length") from None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+            raise ApiError("body_too_large", limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -240,12 +300,9 @@ def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise ApiError(
-            422,
-            "invalid_parameter",
-            f"{name} must be an integer from {low} to {high}",
-            fields=[{"field": name, "message": f"must be an integer from {low} to {high}"}],
-        )
+        facts: dict[str, Fact] = {"name": name, "low": low, "high": high}
+        field = {"field": name, "message": field_words("invalid_parameter", facts)}
+        raise ApiError("invalid_parameter", fields=[field], facts=facts)
     return value
 
 
@@ -304,9 +361,7 @@ class Api:
     def _too_many_failures(self, retry: int) -> ApiError:
         self.metrics.refusals.labels("too_many_failures").inc()
         return ApiError(
-            429,
             "too_many_failures",
-            "too many failed authentications from this address; retry later",
             extra={"limit": "source", "retryAfter": retry},
             headers={"Retry-After": str(retry)},
         )
@@ -343,7 +398,7 @@ class Api:
             return None
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > 16 * 1024:
-            raise _unauthorized()
+            raise ApiError("unauthorized")
         return token
 
     async def _check_oidc(self, token: str, body: bytes | None) -> None:
@@ -354,7 +409,7 @@ class Api:
             await self.signer.check_oidc(token, body)
         except KeyturnError as exc:
             if exc.code == "signer_unavailable":
-                raise _signer_unavailable() from None
+                raise ApiError("signer_unavailable") from None
             self.metrics.refusals.labels(exc.code[:40]).inc()
             fields = getattr(exc, "fields", None)
             if exc.code == "oidc_body_mismatch" and body is not None:
@@ -364,14 +419,11 @@ class Api:
                 except KeyturnError as mine:
                     fields = getattr(mine, "fields", None)
             if exc.code in ("oidc_body_mismatch", "bad_origin"):
-                raise ApiError(422, exc.code, exc.message, fields=_field_list(fields, exc.message)) from None
-            if exc.code == "unknown_environment":
-                raise ApiError(422, exc.code, exc.message) from None
-            if exc.code.startswith("oidc_") and exc.code.endswith("_not_allowed"):
-                raise ApiError(403, exc.code, exc.message) from None
-            raise ApiError(401, exc.code, exc.message) from None
+                raise ApiError.relay(exc, fields=_field_list(fields, exc.message)) from None
+            # Whatever else the signer refused the token for, the caller is not authenticated: 401.
+            raise ApiError.relay(exc, default=401) from None
         except OSError:
-            raise _signer_unavailable() from None
+            raise ApiError("signer_unavailable") from None
 
     async def _authenticate_read(self, request: Request, req_id: str) -> None:
         """Authenticate a read or a cancel: the CI MAC, or an OIDC token for the request's repository."""
@@ -386,7 +438,7 @@ class Api:
         repo = claims.get("repository", claims.get("project_path"))
         req = await self._load(req_id)
         if req.origin_kind != "oidc" or req.scope.repo != repo:
-            raise ApiError(404, "unknown_request", "no such request")
+            raise ApiError("unknown_request")
 
     def _precheck(self, request: Request) -> None:
         """Refuse (401) what the signer would certainly refuse, before reading a body or calling it."""
@@ -395,7 +447,7 @@ class Api:
         if not plausible(timestamp, signature, kind="ci"):
             self.metrics.refusals.labels("implausible_signature").inc()
             self.sources.acquire(_client(request))  # a failure: it costs the address a token, kept
-            raise _unauthorized()
+            raise ApiError("unauthorized")
 
     async def _authenticate(self, request: Request, body: bytes) -> tuple[str, str]:
         self._precheck(request)
@@ -407,10 +459,10 @@ class Api:
         except KeyturnError as exc:
             if exc.code == "signer_unavailable":
                 self._source_ok(request)  # not the sender's failure
-                raise _signer_unavailable() from None
-            raise _unauthorized() from None
+                raise ApiError("signer_unavailable") from None
+            raise ApiError("unauthorized") from None
         except OSError:
-            raise _signer_unavailable() from None
+            raise ApiError("signer_unavailable") from None
         self._source_ok(request)
         return timestamp, signature
 
@@ -438,13 +490,13 @@ class Api:
     def _request_id(self, request: Request) -> str:
         rid = str(request.path_params.get("request_id", ""))
         if not REQUEST_ID_RE.fullmatch(rid):
-            raise ApiError(404, "unknown_request", "no such request")
+            raise ApiError("unknown_request")
         return rid
 
     async def _load(self, rid: str) -> DeployRequest:
         req = await self.store.get(rid)
         if req is None:
-            raise ApiError(404, "unknown_request", "no such request")
+            raise ApiError("unknown_request")
         return req
 
     async def _view(self, req: DeployRequest) -> dict[str, Any]:
@@ -476,34 +528,31 @@ class Api:
         except EvidenceError as exc:
             if exc.fields:
                 fields = [{"field": k, "message": v} for k, v in exc.fields.items()]
-                raise ApiError(422, "invalid_request", exc.message, fields=fields) from None
-            raise ApiError(400, "malformed_body", exc.message) from None
+                raise ApiError("invalid_request", message=exc.message, fields=fields) from None
+            raise ApiError("malformed_body", message=exc.message) from None  # the parser's own words
         try:
             req_in = RequestIn.model_validate_json(body)
         except ValidationError as exc:
             if any(err["type"] == "json_invalid" for err in exc.errors()):
                 # What the signer's parser let through but pydantic's does not, e.g. a lone surrogate escape.
-                raise ApiError(400, "malformed_body", "body is not valid JSON text") from None
+                raise ApiError("malformed_body") from None
             fields = _fields_from_validation(exc)
             detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-            raise ApiError(422, "invalid_request", f"invalid request: {detail}", fields=fields) from None
+            raise ApiError("invalid_request", fields=fields, detail=detail) from None
         if req_in.callback_url is not None:
             try:
                 self.callback_policy.check_url(req_in.callback_url)
             except CallbackRefused as exc:
-                raise ApiError(
-                    422,
-                    "invalid_request",
-                    f"invalid request: callbackUrl: {exc.reason}",
-                    fields=[{"field": "callbackUrl", "message": exc.reason}],
-                ) from None
+                detail = f"callbackUrl: {exc.reason}"
+                field = {"field": "callbackUrl", "message": exc.reason}
+                raise ApiError("invalid_request", fields=[field], detail=detail) from None
         if token is not None:
             # What the card shows comes from the token's claims (the signer renders it so too): the ref and
             # run link it proves, and none of the body's free text (docs/security.md, "OIDC-proven requests").
             try:
                 claim = origin_claim(OidcEvidence(token, body), self.service.policy)
             except KeyturnError as exc:  # the signer accepted it: only a policy out of step gets here
-                raise ApiError(422, exc.code, exc.message) from None
+                raise ApiError.relay(exc, default=422) from None
             req_in = req_in.model_copy(update={"ref": claim.ref, "run_url": claim.run_url, "title": None})
             iat = unverified_claims(token).get("iat")
             origin = OriginEvidence(
@@ -523,19 +572,14 @@ class Api:
             await self._failed(signature)  # nothing was created: the same bytes may be sent again
             if isinstance(exc, LimitExceeded):
                 raise ApiError(
-                    429,
                     exc.code,
-                    exc.message,
+                    message=exc.message,  # bot/store.py words its limits itself (not migrated)
                     extra={"limit": exc.limit, "retryAfter": exc.retry_after},
                     headers={"Retry-After": str(exc.retry_after)},
                 ) from None
             if isinstance(exc, Refused) and exc.code == "unknown_environment":
-                raise ApiError(
-                    422,
-                    "unknown_environment",
-                    exc.message,
-                    fields=[{"field": "environment", "message": "not an environment in the policy"}],
-                ) from None
+                field = {"field": "environment", "message": field_words(exc.code, exc.facts)}
+                raise ApiError(exc.code, fields=[field], facts=exc.facts) from None
             raise
         await self._acted(signature, "create", req.id)
         view = await self._view(req)
@@ -579,14 +623,10 @@ class Api:
         await self._authenticate_read(request, rid)
         req = await self._load(rid)
         if req.status is not Status.APPROVED:
-            raise ApiError(
-                409, "not_approved", f"the request is {req.status.value}", extra={"status": req.status.value}
-            )
+            raise ApiError("not_approved", status=req.status.value, extra={"status": req.status.value})
         receipt = await self.store.receipt(rid)
         if receipt is None:
-            raise ApiError(
-                410, "receipt_gone", "the receipt is no longer stored", extra={"status": req.status.value}
-            )
+            raise ApiError("receipt_gone", extra={"status": req.status.value})
         return JSONResponse(receipt)
 
     async def cancel(self, request: Request) -> Response:
@@ -603,8 +643,8 @@ class Api:
             origin = await self.store.origin(rid)
             try:
                 check_same_oidc_job(origin.signature if origin else "", token, self.service.policy)
-            except EvidenceError as exc:
-                raise ApiError(403, exc.code, exc.message) from None
+            except KeyturnError as exc:  # bad_cancel; any other refusal of the token is a 403 here too
+                raise ApiError.relay(exc, default=403) from None
             signature = "oidc-cancel:" + hashlib.sha256(token.encode() + b"\0" + rid.encode()).hexdigest()
             # The token is the evidence: the signer checks it again before recording the cancel.
             evidence = OriginEvidence(kind="oidc", body="", timestamp="", signature=token)
@@ -616,7 +656,7 @@ class Api:
         if token is None and env is not None and not env.ci_secret:
             # As the signer would refuse to record it: the shared secret may not close this environment's
             # requests, so the bot does not close them either (docs/security.md, "The record").
-            raise ApiError(403, "ci_secret_not_allowed", "this environment refuses the CI secret; use OIDC")
+            raise ApiError("ci_secret_not_allowed")
         await self._accept_once(signature)
         try:
             req = await self.service.cancel(rid, evidence)
@@ -624,12 +664,8 @@ class Api:
             await self._failed(signature)  # nothing was cancelled: a replay gets the same answer again
             if isinstance(exc, Refused) and exc.code == "not_pending":
                 current = await self._load(rid)
-                raise ApiError(
-                    409,
-                    "not_pending",
-                    f"the request is {current.status.value}",
-                    extra={"status": current.status.value},
-                ) from None
+                state = current.status.value
+                raise ApiError("not_pending", status=state, extra={"status": state}) from None
             raise
         await self._acted(signature, "cancel", rid)
         return JSONResponse(await self._view(req))
@@ -680,7 +716,7 @@ class Api:
         if all(v == "ok" for v in checks.values()):
             return JSONResponse({"status": "ready", **checks, **info})
         down = ", ".join(k for k, v in checks.items() if v != "ok")
-        return ApiError(503, "not_ready", f"not ready: {down}", extra={**checks, **info}).response()
+        return ApiError("not_ready", down=down, extra={**checks, **info}).response()
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus exposition."""
@@ -710,10 +746,9 @@ class Api:
             except ApiError as exc:
                 return exc.response()
             except Refused as exc:
-                status = _REFUSED_STATUS.get(exc.code, 409)
-                return ApiError(status, exc.code, exc.message).response()
+                return ApiError.relay(exc).response()
             except StoreUnavailable:
-                return ApiError(503, "store_unavailable", "Redis cannot be reached; retry later").response()
+                return ApiError("store_unavailable").response()
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
@@ -765,11 +800,9 @@ class GuardMiddleware:
             log.warning("%s %s cut short by shutdown", scope.get("method"), route)
             if not response_started:
                 status = 503
-                response = JSONResponse(
-                    {"error": "shutting_down", "message": "the bot is stopping; retry"},
-                    status_code=503,
-                    headers={"Connection": "close", "Retry-After": "1"},
-                )
+                response = ApiError(
+                    "shutting_down", headers={"Connection": "close", "Retry-After": "1"}
+                ).response()
                 with contextlib.suppress(Exception):
                     await response(scope, receive, send)
         except Exception as exc:
@@ -777,10 +810,7 @@ class GuardMiddleware:
             log.error("internal error on %s %s: %s", scope.get("method"), route, type(exc).__name__)
             if not response_started:
                 status = 500
-                response = JSONResponse(
-                    {"error": "internal_error", "message": "internal error; see the bot's log"},
-                    status_code=500,
-                )
+                response = ApiError("internal_error").response()
                 await response(scope, receive, send)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")

@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 from keyturn.bot import lifecycle
 from keyturn.bot.callbacks import CallbackOutbox
-from keyturn.bot.cards import format_duration
 from keyturn.bot.metrics import Metrics
 from keyturn.bot.models import (
     Approval,
@@ -38,7 +37,6 @@ from keyturn.bot.models import (
     Status,
 )
 from keyturn.bot.ports import Messenger, Refused
-from keyturn.bot.slack_text import escape, user_mention
 from keyturn.bot.store import (
     RequestLimits,
     RequestStore,
@@ -190,24 +188,6 @@ def _origin_time(origin: OriginEvidence) -> datetime | None:
         return None
 
 
-def outcome_text(request: DeployRequest, ttl: timedelta | None = None) -> str:
-    """One escaped mrkdwn sentence describing a final outcome (thread reply, DM)."""
-    scope = request.scope
-    what = f"`{escape(scope.repo)}` @ `{escape(scope.sha[:12])}` to *{escape(scope.environment)}*"
-    if request.status is Status.APPROVED:
-        who = ", ".join(user_mention(a.user_id) for a in request.approvals)
-        return f":white_check_mark: Deploy of {what} approved by {who}. Receipt `{request.receipt_id}`."
-    if request.status is Status.DENIED:
-        by = user_mention(request.decided_by) if request.decided_by else "an approver"
-        return f":no_entry: Deploy of {what} denied by {by}: {escape(request.deny_reason or '')}"
-    if request.status is Status.EXPIRED:
-        within = f" within {format_duration(ttl)}" if ttl else ""
-        return f":hourglass: Deploy of {what} expired: no decision{within}."
-    if request.status is Status.CANCELLED:
-        return f":heavy_multiplication_x: Deploy of {what} was cancelled by the pipeline."
-    return f"Deploy of {what} is pending."
-
-
 class ApprovalService:
     """The approval use cases on top of the store, the messenger and the signer."""
 
@@ -356,12 +336,12 @@ class ApprovalService:
         try:
             return self._policy.environment(name)
         except UnknownEnvironment:
-            raise Refused("unknown_environment", f"There is no environment {name!r} in the policy.") from None
+            raise Refused("unknown_environment", environment=name) from None
 
     async def _load(self, request_id: str) -> DeployRequest:
         req = await self._store.get(request_id)
         if req is None:
-            raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            raise Refused("unknown_request")
         return req
 
     def _ensure_authorized(self, environment: str, user_id: str) -> None:
@@ -371,7 +351,7 @@ class ApprovalService:
         # refused until an admin runs `keyturn policy pin-groups`).
         self._environment(environment)  # Refused("unknown_environment") rather than a bare KeyturnError
         if not self._policy.authorizes(environment, user_id):
-            raise Refused("not_an_approver", f"You are not an approver for {environment}.")
+            raise Refused("not_an_approver", environment=environment)
 
     def _refused(self, exc: Refused) -> Refused:
         self._metrics.refusals.labels(exc.code).inc()
@@ -492,7 +472,7 @@ class ApprovalService:
         env = self._environment(req.scope.environment)
         self._ensure_authorized(req.scope.environment, user_id)
         if not env.allow_self_approval and req.asked_by(user_id):
-            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+            raise Refused("self_approval")
         email: str | None = None
         with contextlib.suppress(Exception):
             email = await self._messenger.user_email(user_id)
@@ -503,7 +483,7 @@ class ApprovalService:
             and email is not None
             and email.casefold() == requester_email
         ):
-            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+            raise Refused("self_approval")
         approval = Approval(user_id=user_id, email=email, at=now)
         counted = {a.user_id for a in req.approvals}
         if user_id not in counted and len(counted) + 1 >= req.required_approvals:
@@ -543,7 +523,7 @@ class ApprovalService:
             stored = await self._store.approvals(current.id)
             origin = await self._store.origin(current.id)
             if origin is None:
-                raise Refused("unknown_request", "The original request's evidence is gone.")
+                raise Refused("evidence_gone")
             emails = {s.approval.user_id: s.approval.email for s in stored if s.approval.email}
             started = asyncio.get_running_loop().time()
             try:
@@ -556,11 +536,7 @@ class ApprovalService:
                     code = "signer_unavailable"
                 message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 await self._signing_failed(current, code, message)
-                raise Refused(
-                    "signing_failed",
-                    f"Your approval is recorded, but no receipt could be issued ({code}: {message}). "
-                    "Click Approve again to retry.",
-                ) from None
+                raise Refused("signing_failed", cause=code, detail=message[:300]) from None
             self._metrics.sign_latency.observe(asyncio.get_running_loop().time() - started)
             # Parsed once into the receipt type (the verifier's own structure checks); the store keeps the
             # object as the signer sent it. A receipt that is malformed or for another request is never
@@ -570,8 +546,9 @@ class ApprovalService:
             except (KeyturnError, ValueError):
                 typed = None
             if typed is None or typed.request_id != current.id:
-                await self._signing_failed(current, "bad_receipt", "the signer returned a malformed receipt")
-                raise Refused("signing_failed", "The signer returned a malformed receipt.")
+                detail = "the signer returned a malformed receipt"
+                await self._signing_failed(current, "bad_receipt", detail)
+                raise Refused("signing_failed", cause="bad_receipt", detail=detail)
             receipt_id, by, expires = receipt_id_of(typed), typed.approver.id, typed.expires_at
             done, changed = await self._store.transition(
                 current.id,
@@ -599,12 +576,9 @@ class ApprovalService:
                 req.id, SignError(code=code, message=message[:500], at=self._clock())
             )
         if req.card is not None:
-            text = (
-                f":warning: The quorum is reached but no receipt could be issued "
-                f"(`{escape(code)}`: {escape(message[:300])}). The approvals are kept; "
-                "click Approve again to retry."
+            await self._quietly(
+                "announce_sign_failure", self._messenger.announce_sign_failure(req, code, message)
             )
-            await self._quietly("reply_in_thread", self._messenger.reply_in_thread(req.card, text))
 
     # -- deny, cancel, expire --------------------------------------------------------------------------
 
@@ -628,7 +602,7 @@ class ApprovalService:
         the signer refuses to record it: ``bad_denial``)."""
         try:
             if not reason.strip():
-                raise Refused("reason_required", "Please give a reason for denying.")
+                raise Refused("reason_required")
             req = await self._load(request_id)
             if not (req.status is Status.DENIED and req.decided_by == user_id):
                 self._ensure_authorized(req.scope.environment, user_id)
@@ -683,10 +657,7 @@ class ApprovalService:
                 if not wait:
                     break
                 await self._store.wait_signing_released(request_id, self._sign_lease.total_seconds() + 1.0)
-        raise Refused(
-            "signing_in_progress",
-            "A receipt is being issued for this request right now; try again in a moment.",
-        )
+        raise Refused("signing_in_progress")
 
     async def expire(self, request_id: str) -> DeployRequest | None:
         """Expire the request if its lifetime is over; a no-op otherwise. Safe to call any number of times.
@@ -728,15 +699,9 @@ class ApprovalService:
         ttl: timedelta | None = None
         with contextlib.suppress(Refused):
             ttl = self._environment(request.scope.environment).request_ttl
-        text = outcome_text(request, ttl)
         if request.card is not None:
             await self._quietly("update_card", self._messenger.update_card(request))
-            mention = f"{user_mention(request.requester_slack_id)} " if request.requester_slack_id else ""
-            await self._quietly(
-                "reply_in_thread", self._messenger.reply_in_thread(request.card, mention + text)
-            )
-        if request.requester_slack_id:
-            await self._quietly("send_dm", self._messenger.send_dm(request.requester_slack_id, text))
+        await self._quietly("announce_outcome", self._messenger.announce_outcome(request, ttl))
         if owes_delivery(request) and self._callbacks is not None:
             # The store enqueued the callback (or the GitHub hand-off) in the outbox right after the final
             # write; this only wakes this replica's delivery workers so it goes out at once rather than at

@@ -42,6 +42,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from keyturn.bot.metrics import Metrics
 from keyturn.bot.models import DeployRequest, Status
 from keyturn.bot.store import RequestStore, StoreUnavailable, owes_delivery
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.words import Fact
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,13 @@ Resolve = Callable[[str, int], Awaitable[list[str]]]
 _HOST_PATTERN_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
-class CallbackRefused(Exception):
-    """A callback URL or address the rules forbid: a stable ``code``, and a ``reason`` naming the rule."""
+class CallbackRefused(KeyturnError):
+    """A callback URL or address the rules forbid: a stable ``code`` and its facts (``host``, ``ip``...);
+    ``reason`` is the rule in words (``keyturn.signer.words``), shown against the ``callbackUrl`` field."""
 
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    def __init__(self, code: str, **facts: Fact) -> None:
+        super().__init__(code=code, facts=facts)
+        self.reason = self.message
 
 
 def parse_host_patterns(value: str) -> tuple[str, ...]:
@@ -170,23 +172,20 @@ class CallbackPolicy:
             parts = urlsplit(url)
             port = parts.port
         except ValueError:
-            raise CallbackRefused("callback_url_invalid", "not a valid URL") from None
+            raise CallbackRefused("callback_url_invalid", problem="unparsable") from None
         schemes = ("https", "http") if self.dev_mode else ("https",)
         if parts.scheme not in schemes:
-            need = "http(s)" if self.dev_mode else "https (http only in dev mode)"
-            raise CallbackRefused("callback_url_scheme", f"must be an {need} URL")
+            raise CallbackRefused("callback_url_scheme", dev_mode=self.dev_mode)
         if parts.username is not None or parts.password is not None:
-            raise CallbackRefused("callback_url_invalid", "must not carry a user name or password")
+            raise CallbackRefused("callback_url_invalid", problem="credentials")
         host = canonical_host(parts.hostname or "")
         if not host:
-            raise CallbackRefused("callback_url_invalid", "has no host")
+            raise CallbackRefused("callback_url_invalid", problem="no_host")
         if self.hosts and not self.allowlisted(host):
-            raise CallbackRefused(
-                "callback_host_not_allowed", f"host {host} is not in KEYTURN_CALLBACK_HOSTS"
-            )
+            raise CallbackRefused("callback_host_not_allowed", host=host)
         if not self.dev_mode and not self.allowlisted(host):
             if host == "localhost" or host.endswith(".localhost"):
-                raise CallbackRefused("callback_address_refused", f"host {host} is a loopback name")
+                raise CallbackRefused("callback_address_refused", host=host, problem="loopback name")
             literal = legacy_ip_literal(host)
             if literal is not None:
                 self.check_addresses(host, [literal])
@@ -202,9 +201,7 @@ class CallbackPolicy:
         for ip in addresses:
             problem = address_problem(ip)
             if problem is not None:
-                raise CallbackRefused(
-                    "callback_address_refused", f"{host} resolves to {ip}, a {problem} address"
-                )
+                raise CallbackRefused("callback_address_refused", host=host, ip=str(ip), problem=problem)
 
 
 async def system_resolve(host: str, port: int) -> list[str]:

@@ -35,10 +35,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from keyturn.bot.api import CLIENT_FAULT, ApiError, status_of
 from keyturn.bot.models import DeployRequest, OriginEvidence, RequestIn, Status
 from keyturn.signer import github_app
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.evidence import GitHubEvidence, origin_claim, request_id_for
+from keyturn.signer.words import Fact
 
 log = logging.getLogger("keyturn.github")
 
@@ -69,8 +71,13 @@ def approver_url_problem(url: str) -> str | None:
     return None
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status)
+def _error(
+    code: str, message: str | None = None, *, default: int = CLIENT_FAULT, **facts: Fact
+) -> JSONResponse:
+    """The CI API's error shape, status from its one table (``keyturn.bot.api.HTTP_STATUS``); ``message``
+    only for a sentence another part wrote (a relayed refusal), else the words module's."""
+    status = status_of(code, default)
+    return ApiError(code, message=message, http_status=status, facts=facts).response()
 
 
 def final_reason(request: DeployRequest) -> str:
@@ -107,7 +114,7 @@ class GitHubForwarder:
         """``POST /github/webhook`` (steps 1-3 of the module docstring)."""
         body = await request.body()
         if len(body) > MAX_WEBHOOK_BYTES:
-            return _error(413, "payload_too_large", "webhook body too large")
+            return _error("payload_too_large")
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
         delivery = headers.get("x-github-delivery", "-")
         try:
@@ -115,9 +122,9 @@ class GitHubForwarder:
             data = answer.json()
         except httpx.HTTPError as exc:
             log.warning("github webhook %s: approver unreachable (%s)", delivery, type(exc).__name__)
-            return _error(503, "approver_unavailable", "the approver did not answer")
+            return _error("approver_unavailable")
         except ValueError:
-            return _error(502, "approver_error", "the approver's answer is not JSON")
+            return _error("approver_error")
         if answer.status_code != 200 or not isinstance(data, dict):
             log.info(
                 "github webhook %s refused: %s",
@@ -161,10 +168,9 @@ class GitHubForwarder:
             await self._post_outcome(
                 data.get("run_id"), str(data.get("environment", "")), "reject", {"reason": reason}
             )
-            message = exc.message if isinstance(exc, KeyturnError) else "the request could not be opened"
-            return _error(
-                422 if code == "no_policy" else 400 if isinstance(exc, KeyturnError) else 503, code, message
-            )
+            if isinstance(exc, KeyturnError):  # a refusal: its status from the one table (a 4xx)
+                return _error(code, exc.message)
+            return _error(code, "the request could not be opened", default=503)
         if not created and req.id != request_id_for(evidence):
             # One pending request per scope (bot/store.py): another run of this commit and environment waits
             # on it, and its outcome goes to that run only. This run is rejected, not left waiting forever.
@@ -175,7 +181,7 @@ class GitHubForwarder:
                 "reject",
                 {"reason": reason, "request_id": req.id},
             )
-            return _error(409, "scope_busy", reason + f" ({req.id}); this run was rejected")
+            return _error("scope_busy", environment=req.scope.environment, request_id=req.id)
         log.info("github webhook %s: run %s -> request %s", delivery, data.get("run_id"), req.id)
         if created:
             await self._status(data.get("run_id"), req)

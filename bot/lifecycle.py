@@ -2,8 +2,9 @@
 
 PENDING → APPROVED | DENIED | EXPIRED | CANCELLED. Final states are sticky: nothing moves a request out of
 one. Every transition takes a ``DeployRequest``, the event and ``now``, and returns the new request or raises
-``Refused`` with a stable code. Repeating the event that produced the current final state is a no-op (the
-same request comes back), so a retried webhook, a replayed scheduler job or a double-click changes nothing.
+``Refused`` with a stable code and facts (no prose here: the words live in ``keyturn.signer.words``).
+Repeating the event that produced the current final state is a no-op (the same request comes back), so a
+retried webhook, a replayed scheduler job or a double-click changes nothing.
 
 The returned request has the same ``version`` as the input: the store bumps it when it writes (its
 compare-and-swap token, see ``bot/store.py``). See docs/design.md §8.
@@ -32,14 +33,7 @@ def is_expired(request: DeployRequest, now: datetime) -> bool:
 
 
 def _refuse_final(request: DeployRequest) -> Refused:
-    word = {
-        Status.APPROVED: "already approved",
-        Status.DENIED: "already denied",
-        Status.EXPIRED: "expired",
-        Status.CANCELLED: "cancelled",
-        Status.PENDING: "pending",
-    }[request.status]
-    return Refused("not_pending", f"This request is {word}; nothing was changed.")
+    return Refused("not_pending", status=request.status.value)
 
 
 def ensure_open(request: DeployRequest, now: datetime) -> None:
@@ -47,7 +41,7 @@ def ensure_open(request: DeployRequest, now: datetime) -> None:
     if request.status.final:
         raise _refuse_final(request)
     if is_expired(request, now):
-        raise Refused("not_pending", "This request has expired; nothing was changed.")
+        raise Refused("not_pending", status=Status.EXPIRED.value)  # stored as pending, over in fact
 
 
 def new_request(
@@ -97,7 +91,7 @@ def add_approval(request: DeployRequest, approval: Approval, now: datetime) -> D
     """Count ``approval``. Refused if the request is not open or the user already approved."""
     ensure_open(request, now)
     if has_approved(request, approval.user_id):
-        raise Refused("already_approved", "You have already approved this request.")
+        raise Refused("already_approved")
     return request.model_copy(update={"approvals": [*request.approvals, approval]})
 
 
@@ -114,7 +108,7 @@ def mark_approved(
         return request
     ensure_open(request, now)
     if not quorum_reached(request):
-        raise Refused("quorum_not_reached", "Not enough approvals yet.")
+        raise Refused("quorum_not_reached")
     return request.model_copy(
         update={
             "status": Status.APPROVED,
@@ -132,7 +126,7 @@ def deny(request: DeployRequest, *, by: str, reason: str, now: datetime) -> Depl
     if request.status is Status.DENIED and request.decided_by == by:
         return request
     if not reason:
-        raise Refused("reason_required", "Please give a reason for denying.")
+        raise Refused("reason_required")
     if request.status.final:
         raise _refuse_final(request)
     # A denial after expiry would be harmless, but the outcome must be the expiry the scheduler reports.

@@ -26,6 +26,8 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from keyturn.bot.cards import deny_modal, render_card
 from keyturn.bot.models import CardRef, DeployRequest
+from keyturn.bot.notices import SlackIntents
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
@@ -65,13 +67,15 @@ _AUTH = frozenset(
 )
 
 
-class SlackError(Exception):
-    """Slack refused a call or could not be reached. ``code`` is stable; ``slack_error`` is Slack's word."""
+class SlackError(KeyturnError):
+    """Slack refused a call or could not be reached. ``code`` is stable; ``slack_error`` is Slack's word.
+
+    The facts (``method``, ``slack_error``, ``status``) are worded by ``keyturn.signer.words``."""
 
     code = "slack_error"
 
     def __init__(self, method: str, slack_error: str, status: int | None = None) -> None:
-        super().__init__(f"Slack {method} failed: {slack_error}" + (f" (HTTP {status})" if status else ""))
+        super().__init__(method=method, slack_error=slack_error, status=status)
         self.method = method
         self.slack_error = slack_error
         self.status = status
@@ -173,8 +177,9 @@ class _TtlCache:
         return self._locks.setdefault(key, asyncio.Lock())
 
 
-class SlackMessenger:
-    """Posts and updates cards, replies, DMs and modals; looks up groups and emails. See ``Messenger``.
+class SlackMessenger(SlackIntents):
+    """Posts and updates cards, replies, DMs and modals; looks up groups and emails. See ``Messenger``; the
+    intent methods (outcomes, reminders, escalations) come from ``keyturn.bot.notices.SlackIntents``.
 
     ``client`` is an ``AsyncWebClient`` pointed at Slack (or the emulator); build one with
     ``make_web_client``. ``policy`` says which channel each environment's cards go to and whether Approve

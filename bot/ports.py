@@ -4,31 +4,41 @@
   The approval logic never builds Block Kit or calls the Web API itself.
 * ``Approvals``: the use cases the Slack listeners and the CI API call (implemented in ``bot/approvals.py``).
   Listeners ack, parse and delegate; the service rules, and refuses with ``Refused`` (a stable ``code`` plus
-  the sentence to show the user).
+  facts; the sentence to show the user comes from ``keyturn.signer.words``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.words import Fact
 
 
-class Refused(Exception):
-    """A user action that changes nothing, with the reason to show them (ephemeral in Slack, 4xx in the API).
+class Refused(KeyturnError):
+    """A user action that changes nothing: a stable ``code`` and its ``facts``; the sentence to show
+    (ephemeral in Slack, the ``message`` of a 4xx in the API) is rendered from them by
+    ``keyturn.signer.words``.
 
     Codes: ``not_an_approver``, ``self_approval``, ``already_approved``, ``not_pending`` (already decided,
-    expired or cancelled), ``unknown_request``, ``unknown_environment``, ``reason_required``.
+    expired or cancelled; fact ``status``), ``unknown_request``, ``unknown_environment`` (fact
+    ``environment``), ``reason_required``, ``quorum_not_reached``, ``signing_failed``,
+    ``signing_in_progress``, ``evidence_gone``.
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, code: str, message: str | None = None, **facts: Fact) -> None:
+        # ``message``: only for raise sites not migrated to code + facts yet (bot/store.py's).
+        super().__init__(message, code=code, facts=facts)
 
 
 class Messenger(Protocol):
-    """What the approval logic asks of Slack. Every method retries Slack trouble (429/5xx) itself."""
+    """What the approval logic asks of Slack. Every method retries Slack trouble (429/5xx) itself.
+
+    The approval logic says what happened through the intent methods (``announce_outcome``, ``remind``,
+    ``escalate``...); the messenger decides the words (``keyturn.bot.notices``) and where they go."""
 
     async def post_card(self, request: DeployRequest) -> CardRef:
         """Post the request's card in its environment's channel and return where it lives."""
@@ -36,6 +46,44 @@ class Messenger(Protocol):
 
     async def update_card(self, request: DeployRequest) -> None:
         """Re-render the card in place from the request's current state (approvals, outcome)."""
+        ...
+
+    async def announce_outcome(self, request: DeployRequest, ttl: timedelta | None = None) -> None:
+        """Tell the card's thread and the requester the request's final outcome (``ttl``: its lifetime, for
+        an expiry)."""
+        ...
+
+    async def remind(
+        self,
+        request: DeployRequest,
+        *,
+        waiting: Sequence[str],
+        groups: Sequence[str],
+        now: datetime,
+        final: bool,
+    ) -> None:
+        """Remind the approvers who have not acted (``waiting`` users, unresolved ``groups``) in the thread;
+        ``final``: the last call before expiry."""
+        ...
+
+    async def escalate(
+        self,
+        request: DeployRequest,
+        *,
+        users: Sequence[str],
+        groups: Sequence[str],
+        after: int,
+        now: datetime,
+    ) -> None:
+        """Escalate in the thread to ``users`` and ``groups``: no decision after ``after`` reminders."""
+        ...
+
+    async def escalate_dm(self, user_id: str, request: DeployRequest, *, after: int, now: datetime) -> None:
+        """Ask one escalation contact directly for a decision, with a link to the card."""
+        ...
+
+    async def announce_sign_failure(self, request: DeployRequest, code: str, detail: str) -> None:
+        """The quorum is reached but the signer issued no receipt (``code``, its ``detail``): say so."""
         ...
 
     async def reply_in_thread(self, card: CardRef, text: str) -> None:

@@ -31,26 +31,23 @@ import redis.asyncio as aioredis
 
 from keyturn.bot import lifecycle
 from keyturn.bot.approvals import ApprovalService
-from keyturn.bot.cards import format_duration, format_time
 from keyturn.bot.models import DeployRequest
 from keyturn.bot.ports import Messenger
 from keyturn.bot.scheduler import JobContext, Timers, check_fence, once, once_key
-from keyturn.bot.slack_text import channel_mention, escape, group_mention, is_user_id, user_mention
+from keyturn.bot.slack_text import is_user_id
 from keyturn.bot.store import RequestStore
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Environment, Policy, UnknownEnvironment
 
 log = logging.getLogger("keyturn.timer_jobs")
 
 Clock = Callable[[], datetime]
 
-# A permalink fit to sit inside <url|label>: Slack's are https; the emulator's are http to its own page.
-LINK_RE = re.compile(r"https?://[^\s<>|]{1,2000}")
-MAX_MENTIONS = 20
 FINAL_LEAD_MAX = timedelta(minutes=5)
 ONCE_MARGIN_S = 86_400  # once-keys outlive the request by a day
 
 
-class CardNotPosted(Exception):
+class CardNotPosted(KeyturnError):
     """The request has no card yet (Slack trouble); the reminder is retried later rather than lost."""
 
     code = "card_not_posted"
@@ -157,7 +154,7 @@ class TimerJobs:
         if ctx.n == env.escalate_after and (env.escalate_to or env.escalate_to_groups) and self.timers:
             await self.timers.schedule("escalate", req.id, now)
         if req.card is None:
-            raise CardNotPosted("no card to reply to yet")
+            raise CardNotPosted()
         if not await once(
             self._redis,
             self._once(req, f"remind:{ctx.n}"),
@@ -165,8 +162,9 @@ class TimerJobs:
             fencing_token=ctx.fencing_token,
         ):
             return
+        waiting, unresolved = await self._waiting_on(req, env)
         final = this.final if this is not None else False
-        await self._messenger.reply_in_thread(req.card, await self._reminder_text(req, env, now, final))
+        await self._messenger.remind(req, waiting=waiting, groups=unresolved, now=now, final=final)
 
     async def escalate(self, ctx: JobContext) -> None:
         """Mention ``escalate_to`` in the thread and DM each of them a link to the card."""
@@ -175,30 +173,24 @@ class TimerJobs:
         if req is None or env is None:
             return
         if req.card is None:
-            raise CardNotPosted("no card to reply to yet")
+            raise CardNotPosted()
         ttl = self._ttl(req, now)
         users, groups = list(env.escalate_to), list(env.escalate_to_groups)
+        after = env.escalate_after
         if await once(self._redis, self._once(req, "escalate"), ttl, fencing_token=ctx.fencing_token):
-            who = self._mentions(users, groups)
-            left = format_duration(req.expires_at - now)
-            await self._messenger.reply_in_thread(
-                req.card,
-                f":rotating_light: Escalating: no decision after {env.escalate_after} "
-                f"reminder{'s' if env.escalate_after != 1 else ''}. {who}, please take a look: {left} left.",
-            )
+            await self._messenger.escalate(req, users=users, groups=groups, after=after, now=now)
         for group in groups:
             try:
                 users += sorted(await self._messenger.group_members(group))
             except Exception as exc:  # the group was mentioned in the thread; DMs go to whoever resolves
                 log.warning("escalation: members of %s unavailable (%s)", group, type(exc).__name__)
-        text = await self._dm_text(req, env, now)
         for user in dict.fromkeys(u for u in users if is_user_id(u)):
             # Per-user guard: one failed DM does not stop the others, and none is sent twice.
             if await once(
                 self._redis, self._once(req, f"escalate.dm.{user}"), ttl, fencing_token=ctx.fencing_token
             ):
                 try:
-                    await self._messenger.send_dm(user, text)
+                    await self._messenger.escalate_dm(user, req, after=after, now=now)
                 except Exception as exc:
                     log.warning("escalation DM to %s failed (%s)", user, type(exc).__name__)
 
@@ -238,51 +230,6 @@ class TimerJobs:
             done.update(u for u in (req.requester_slack_id, req.started_by_slack_id) if u)
         waiting = [u for u in dict.fromkeys(users) if u not in done and is_user_id(u)]
         return waiting, unresolved
-
-    @staticmethod
-    def _mentions(users: list[str], groups: list[str]) -> str:
-        parts = [user_mention(u) for u in users if is_user_id(u)][:MAX_MENTIONS]
-        more = max(0, len(users) - MAX_MENTIONS)
-        parts += [group_mention(g) for g in groups]
-        text = " ".join(parts) or "the approvers"
-        return f"{text} and {more} more" if more else text
-
-    async def _reminder_text(self, req: DeployRequest, env: Environment, now: datetime, final: bool) -> str:
-        waiting, unresolved = await self._waiting_on(req, env)
-        missing = max(1, req.required_approvals - len({a.user_id for a in req.approvals}))
-        needs = f"{missing} more approval{'s' if missing != 1 else ''}"
-        left = format_duration(req.expires_at - now)
-        at = format_time(req.expires_at, now)
-        who = self._mentions(waiting, unresolved)
-        if final:
-            return (
-                f":alarm_clock: Last call: this deploy expires in {left} ({at}), still needing {needs}. {who}"
-            )
-        return f":bell: Reminder: this deploy still needs {needs}. {who}: {left} left (expires {at})."
-
-    async def _dm_text(self, req: DeployRequest, env: Environment, now: datetime) -> str:
-        scope = req.scope
-        what = f"`{escape(scope.repo)}` @ `{escape(scope.sha[:12])}` to *{escape(scope.environment)}*"
-        left = format_duration(req.expires_at - now)
-        return (
-            f":rotating_light: A deploy of {what} needs a decision: no decision after {env.escalate_after} "
-            f"reminder{'s' if env.escalate_after != 1 else ''}, {left} left. {await self._card_link(req)}"
-        )
-
-    async def _card_link(self, req: DeployRequest) -> str:
-        card = req.card
-        if card is None:
-            return ""
-        try:
-            url = await self._messenger.permalink(card)
-        except Exception as exc:  # a link is a convenience: the DM goes out without it
-            log.warning("permalink unavailable (%s)", type(exc).__name__)
-            url = None
-        if isinstance(url, str) and LINK_RE.fullmatch(url):
-            return f"<{escape(url)}|Open the request>"
-        # A channel mention is a native link in Slack; the card is the request's message there.
-        mention = channel_mention(card.channel)
-        return f"The request is in {mention}." if mention else ""
 
 
 class TimerRunner:

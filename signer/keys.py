@@ -371,7 +371,7 @@ def sign_receipt(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[str, 
     """
     parse_receipt(dict(unsigned), signed=False)
     if unsigned["signature"]["keyId"] != keys.active_kid:
-        raise KeyturnError("receipt names a key other than the active key", code="key_mismatch")
+        raise KeyturnError(code="key_mismatch", what="receipt")
     _kid, sig = keys.sign(signing_bytes(unsigned))
     signed = dict(unsigned)
     signed["signature"] = {**unsigned["signature"], "value": b64encode(sig)}
@@ -387,7 +387,7 @@ def sign_checkpoint(keys: SigningKeyset, unsigned: Mapping[str, Any]) -> dict[st
     """
     parsed = _checkpoint.parse_checkpoint(dict(unsigned))
     if parsed.key_id != keys.active_kid:
-        raise KeyturnError("checkpoint names a key other than the active key", code="key_mismatch")
+        raise KeyturnError(code="key_mismatch", what="checkpoint")
     payload = _checkpoint.payload_bytes(unsigned)
     kid, sig = keys.sign(_checkpoint.signing_bytes(payload))
     return _checkpoint.envelope(payload, kid, sig)

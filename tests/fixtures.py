@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyturn.bot.models import CardRef, DeployRequest, Scope
+from keyturn.bot.notices import SlackIntents
 from keyturn.signer.policy import Policy
 from tests.harness import ROOT
 
@@ -100,16 +102,26 @@ class Clock:
         self.now += timedelta(**kw)
 
 
-class RecordingMessenger:
+# The Messenger's intent methods (keyturn.bot.notices.SlackIntents), recorded by RecordingMessenger.
+INTENTS = ("announce_outcome", "remind", "escalate", "escalate_dm", "announce_sign_failure")
+
+
+class RecordingMessenger(SlackIntents):
     """A ``keyturn.bot.ports.Messenger`` that records what would go to Slack.
 
-    ``calls`` lists every call as ``(kind, what)``; ``replies`` the thread replies' text and ``dms`` the
-    ``(user, text)`` of each DM. Tests steer Slack's side: ``card_ok = False`` fails every card post,
-    ``fail_posts = n`` the next n; ``groups`` is what Slack says about user groups; ``link`` the permalink.
+    The intent methods (outcome, reminder, escalation...) are the real messenger's (``SlackIntents``), so they
+    send the real words through the primitives recorded here; ``intents`` lists each as ``(intent, request
+    id)``. ``calls`` lists every primitive call as ``(kind, what)``; ``replies`` the thread replies' text and
+    ``dms`` the ``(user, text)`` of each DM. Tests steer Slack's side: ``card_ok = False`` fails every card
+    post, ``fail_posts = n`` the next n; ``groups`` is what Slack says about user groups; ``link`` the
+    permalink.
     """
 
     def __init__(self, *, link: str | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.intents: list[tuple[str, str]] = []
+        for name in INTENTS:  # each intent is recorded, then runs as the real messenger's
+            setattr(self, name, self._recorded(name, getattr(self, name)))
         self.replies: list[str] = []
         self.dms: list[tuple[str, str]] = []
         self.card_ok = True
@@ -133,6 +145,14 @@ class RecordingMessenger:
 
     async def update_card(self, request: DeployRequest) -> None:
         self.calls.append(("update_card", request.status))
+
+    def _recorded(self, name: str, intent: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def recorded(*args: Any, **kwargs: Any) -> None:
+            request = next(a for a in args if isinstance(a, DeployRequest))
+            self.intents.append((name, request.id))
+            await intent(*args, **kwargs)
+
+        return recorded
 
     async def reply_in_thread(self, card: CardRef, text: str) -> None:
         self.calls.append(("reply", text))

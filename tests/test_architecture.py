@@ -148,10 +148,12 @@ def test_running_bot_never_loads_the_private_key_code() -> None:
     [
         "keyturn.bot.lifecycle",
         "keyturn.bot.cards",
+        "keyturn.bot.notices",
         "keyturn.bot.slack_text",
         "keyturn.signer.evidence",
         "keyturn.signer.oidc",
         "keyturn.signer.card",
+        "keyturn.signer.words",
     ],
 )
 def test_pure_modules_do_no_io(module: str) -> None:

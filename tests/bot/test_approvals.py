@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from keyturn.bot.approvals import ApprovalService
 from keyturn.bot.models import CardRef, DeployRequest, OriginEvidence, RequestIn, SlackEvidence, Status
+from keyturn.bot.notices import outcome_text
 from keyturn.bot.ports import Refused
 from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
 from keyturn.bot.store import NotReplicated, RequestStore, StoreUnavailable
@@ -160,13 +161,14 @@ async def test_signer_refusal_keeps_request_pending_and_next_click_retries(
     with pytest.raises(Refused) as exc:
         await service.approve(req.id, "U0CAROL", click("U0CAROL"))
     assert exc.value.code == "signing_failed"
-    assert "card_mismatch" in exc.value.message
+    assert exc.value.facts == {"cause": "card_mismatch", "detail": "the card lied"}
     after = await service.get(req.id)
     assert after.status is Status.PENDING
     assert len(after.approvals) == 2
     error = await service.store.sign_error(req.id)
     assert error is not None
     assert error.code == "card_mismatch"
+    assert ("announce_sign_failure", req.id) in messenger.intents
     assert any(kind == "reply" and "card_mismatch" in str(text) for kind, text in messenger.calls)
 
     signer.fail = SignerUnavailable("down")
@@ -177,6 +179,10 @@ async def test_signer_refusal_keeps_request_pending_and_next_click_retries(
     assert done.status is Status.APPROVED
     assert done.receipt_id is not None
     assert await service.store.sign_error(req.id) is None
+    # The service says what happened; the messenger words it (thread and requester's DM alike).
+    assert messenger.intents.count(("announce_outcome", req.id)) == 1
+    assert messenger.dms == [("U0ALICE", outcome_text(done))]
+    assert messenger.replies[-1] == f"<@U0ALICE> {outcome_text(done)}"
     assert [n for _, n in signer.calls] == [2, 2, 2]
 
 
@@ -261,10 +267,13 @@ async def test_refusals_have_specific_codes(
 ) -> None:
     service, messenger, _, clock = parts
     req = await created(service, messenger, clock)
-    for user, code in (("U0ALICE", "self_approval"), ("U0MALLORY", "not_an_approver")):
+    for user, code, facts in (
+        ("U0ALICE", "self_approval", {}),
+        ("U0MALLORY", "not_an_approver", {"environment": "production"}),
+    ):
         with pytest.raises(Refused) as exc:
             await service.approve(req.id, user, click(user))
-        assert exc.value.code == code
+        assert (exc.value.code, exc.value.facts) == (code, facts)
     await service.approve(req.id, "U0ERIN", click("U0ERIN"))  # via S0ONCALL
     with pytest.raises(Refused) as exc:
         await service.approve(req.id, "U0ERIN", click("U0ERIN"))

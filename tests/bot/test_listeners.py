@@ -41,6 +41,7 @@ from keyturn.bot.signer_client import SignerClient
 from keyturn.emulator.client import AsyncEmulatorClient, Delivery
 from keyturn.signer.evidence import parse_approve_click, parse_slash_request, verify_slack_request
 from keyturn.signer.receipt import new_request_id
+from keyturn.signer.words import words
 from tests import harness
 from tests.bot.test_messenger import ephemerals, message, views
 from tests.fixtures import DEV_POLICY, DEV_POLICY_PATH
@@ -110,14 +111,14 @@ class FakeApprovals:
     def _pending(self, request_id: str, user_id: str) -> DeployRequest:
         req = self.requests.get(request_id)
         if req is None:
-            raise Refused("unknown_request", "No such request.")
+            raise Refused("unknown_request")
         if req.status.final:
-            raise Refused("not_pending", f"This request is already {req.status.value.lower()}.")
+            raise Refused("not_pending", status=req.status.value)
         env = POLICY.environment(req.scope.environment)
         if req.requester_slack_id == user_id:
-            raise Refused("self_approval", "You requested this deploy, so you cannot approve it.")
+            raise Refused("self_approval")
         if user_id not in env.approvers and user_id != "U0ERIN":
-            raise Refused("not_an_approver", f"You are not an approver for {req.scope.environment}.")
+            raise Refused("not_an_approver", environment=req.scope.environment)
         return req
 
     async def create(self, body: RequestIn, origin: OriginEvidence) -> tuple[DeployRequest, bool]:
@@ -137,7 +138,7 @@ class FakeApprovals:
         parse_approve_click(evidence.body, ts, card_facts(req, POLICY), POLICY)
         self.evidence_checked.append(user_id)
         if any(a.user_id == user_id for a in req.approvals):
-            raise Refused("already_approved", "You already approved this deploy.")
+            raise Refused("already_approved")
         req.approvals.append(Approval(user_id=user_id, at=datetime.now(UTC)))
         if len(req.approvals) >= req.required_approvals:
             req.status = Status.APPROVED
@@ -163,7 +164,7 @@ class FakeApprovals:
     async def get(self, request_id: str) -> DeployRequest:
         self.calls.append(("get", request_id))
         if request_id not in self.requests:
-            raise Refused("unknown_request", "No such request.")
+            raise Refused("unknown_request")
         return self.requests[request_id]
 
     async def pending_for(self, user_id: str) -> list[DeployRequest]:
@@ -255,11 +256,16 @@ async def test_simultaneous_clicks_all_get_200(bot: Bot) -> None:
 @pytest.mark.parametrize(
     ("user", "says"),
     [
-        ("U0MALLORY", "You are not an approver for production."),
-        ("U0ALICE", "You requested this deploy, so you cannot approve it."),
+        ("U0MALLORY", words("not_an_approver", {"environment": "production"})),
+        ("U0ALICE", words("self_approval")),
     ],
 )
 async def test_refused_click_gets_an_ephemeral_reason(bot: Bot, user: str, says: str) -> None:
+    """The service refuses with a code and facts; the approver reads the words module's sentence."""
+    assert says in (
+        "You are not an approver for production.",
+        "You requested this deploy, so you cannot approve it.",
+    )
     req = await bot.approvals.add()
     assert req.card is not None
     d = await bot.emu.click(user, "C0DEPLOYS", req.card.ts, "approve")
@@ -276,7 +282,9 @@ async def test_click_on_a_decided_request_gets_a_friendly_reply(bot: Bot) -> Non
     req.status = Status.EXPIRED
     await bot.emu.click("U0BOB", "C0DEPLOYS", ts, "approve")
     await bot.endpoint.drain()
-    assert [e["text"] for e in await ephemerals(bot.emu, "U0BOB")] == ["This request is already expired."]
+    assert [e["text"] for e in await ephemerals(bot.emu, "U0BOB")] == [
+        "This request is expired; nothing was changed."
+    ]
 
 
 async def test_deny_opens_the_modal_with_the_incoming_trigger(bot: Bot) -> None:
@@ -299,7 +307,7 @@ async def test_deny_by_a_non_approver_opens_no_modal(bot: Bot) -> None:
     await bot.endpoint.drain()
     assert await views(bot.emu, "U0MALLORY") == []
     assert [e["text"] for e in await ephemerals(bot.emu, "U0MALLORY")] == [
-        "You are not an approver for production."
+        words("not_an_approver", {"environment": "production"})
     ]
 
 
@@ -386,7 +394,7 @@ async def test_slash_command_status_and_pending(bot: Bot) -> None:
     await bot.endpoint.drain()
     texts = [e["text"] for e in await ephemerals(bot.emu, "U0BOB")]
     assert sum(req.id in t and "*PENDING*, 0 of 2" in t for t in texts) == 2
-    assert "No such request." in texts
+    assert words("unknown_request") in texts
 
 
 async def test_bad_signature_is_refused_401(bot: Bot) -> None:

@@ -21,6 +21,7 @@ from keyturn.bot.messenger import (
     make_web_client,
 )
 from keyturn.bot.models import Approval, CardRef, Status
+from keyturn.bot.notices import escalation_text, outcome_text, reminder_text
 from keyturn.emulator.client import AsyncEmulatorClient
 from tests.fixtures import DEV_POLICY, make_request
 from tests.harness import free_port, start_emulator
@@ -211,6 +212,29 @@ async def test_thread_reply_dm_and_ephemeral(messenger: SlackMessenger, emu: Asy
     assert [e["text"] for e in await ephemerals(emu, "U0MALLORY")] == [
         "You are not an approver for production."
     ]
+
+
+async def test_intents_reach_slack_in_the_notices_words(
+    messenger: SlackMessenger, emu: AsyncEmulatorClient
+) -> None:
+    """The approval logic says what happened; the messenger words it and picks the thread, the DM."""
+    now = datetime.now(UTC)
+    ref = await messenger.post_card(make_request(now))
+    pending = make_request(now, card=ref)
+    await messenger.remind(pending, waiting=["U0BOB"], groups=[], now=now, final=False)
+    await messenger.escalate(pending, users=["U0DAVE"], groups=["S0LEADS"], after=2, now=now)
+    await messenger.escalate_dm("U0DAVE", pending, after=2, now=now)
+    denied = make_request(now, card=ref, status=Status.DENIED, decided_by="U0BOB", deny_reason="not today")
+    await messenger.announce_outcome(denied)
+    (card,) = [m for m in await messages(emu, "C0DEPLOYS") if m["ts"] == ref.ts]
+    assert [r["text"] for r in card["replies"]] == [
+        reminder_text(pending, "<@U0BOB>", now, final=False),
+        escalation_text(pending, "<@U0DAVE> <!subteam^S0LEADS>", 2, now),
+        f"<@U0ALICE> {outcome_text(denied)}",
+    ]
+    dm_texts = [m["text"] for im in (await emu.state())["ims"] for m in im["messages"]]
+    assert outcome_text(denied) in dm_texts  # to the requester
+    assert any(t.startswith(":rotating_light: A deploy of") and "Open the request" in t for t in dm_texts)
 
 
 async def test_group_members_cached_briefly(emu: AsyncEmulatorClient, sleeps: Sleeps) -> None:

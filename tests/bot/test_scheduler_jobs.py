@@ -199,6 +199,16 @@ async def test_reminders_escalation_and_expiry_in_order(world: World) -> None:
     assert await world.redis.zcard(DUE_KEY) == 0  # nothing left for the request
     assert len(m.replies) == 5  # the expiry notice from the service
     assert await world.at(120) == 0
+    # The jobs said what happened (intents); the words above are the messenger's (keyturn.bot.notices).
+    assert [i for i, _ in m.intents] == [
+        "remind",
+        "remind",
+        "escalate",
+        "escalate_dm",
+        "escalate_dm",
+        "remind",
+        "announce_outcome",
+    ]
 
 
 EMU_LINK = "http://127.0.0.1:3000/#C0DEPLOYS/1.000100"

@@ -1,0 +1,165 @@
+"""The words for people: every refusal's sentence, rendered from its stable code and its facts.
+
+Raise sites say *what* went wrong — a code (``not_an_approver``) and a few facts (``environment="prod"``) —
+and this module alone says it in words. The Slack side (ephemeral replies to approvers, thread notices) and
+the HTTP side (the ``message`` of a JSON error) both render from here, so a sentence is changed in one place
+and callers branch on the code, never on the words.
+
+Pure and dependency-free (the standard library only): the base install, the signer and the bot all load
+it. Facts are stable, non-secret values (a field name, a limit, an environment, a status); never a token,
+a body or key material. A sentence whose fact is missing falls back to the code itself rather than raising:
+rendering words must never turn a refusal into a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+# A fact: a small, stable, non-secret value a sentence may quote.
+Fact = str | int | float | bool | None
+Facts = Mapping[str, Fact]
+
+# What a final (or effectively final) status reads as in "This request is ...".
+_STATUS_WORDS = {
+    "approved": "already approved",
+    "denied": "already denied",
+    "expired": "expired",
+    "cancelled": "cancelled",
+    "pending": "pending",
+}
+
+
+def _not_pending(facts: Facts) -> str:
+    status = str(facts.get("status", "")).lower()  # the stored value (``EXPIRED``) or a word
+    return f"This request is {_STATUS_WORDS.get(status, status or 'not pending')}; nothing was changed."
+
+
+def _replayed(facts: Facts) -> str:
+    if facts.get("request_id") is None:
+        return (
+            "this signed request was already received and is still being handled; a signed request is "
+            "accepted once: sign a new one to retry"
+        )
+    return (
+        f"this signed request was already accepted ({facts.get('action')} of {facts['request_id']}); "
+        "a signed request is accepted once: sign a new one to ask again"
+    )
+
+
+def _slack_failed(facts: Facts) -> str:
+    status = facts.get("status")
+    return f"Slack {facts.get('method')} failed: {facts.get('slack_error')}" + (
+        f" (HTTP {status})" if status else ""
+    )
+
+
+_BAD_URL = {
+    "unparsable": "not a valid URL",
+    "credentials": "must not carry a user name or password",
+    "no_host": "has no host",
+}
+
+
+def _callback_address(facts: Facts) -> str:
+    if facts.get("ip") is None:
+        return f"host {facts.get('host')} is a {facts.get('problem')}"
+    return f"{facts.get('host')} resolves to {facts.get('ip')}, a {facts.get('problem')} address"
+
+
+# code -> a str.format template over the facts, or a function of the facts for sentences that branch.
+SENTENCES: dict[str, str | Callable[[Facts], str]] = {
+    # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
+    "not_pending": _not_pending,
+    "already_approved": "You have already approved this request.",
+    "quorum_not_reached": "Not enough approvals yet.",
+    "reason_required": "Please give a reason for denying.",
+    "unknown_request": "No such request (it may have been cleaned up).",
+    "evidence_gone": "The original request's evidence is gone.",
+    "unknown_environment": "There is no environment {environment!r} in the policy.",
+    "not_an_approver": "You are not an approver for {environment}.",
+    "self_approval": "You requested this deploy, so you cannot approve it.",
+    "signing_failed": (
+        "Your approval is recorded, but no receipt could be issued ({cause}: {detail}). "
+        "Click Approve again to retry."
+    ),
+    "signing_in_progress": "A receipt is being issued for this request right now; try again in a moment.",
+    # -- the CI API (bot/api.py) --
+    "unauthorized": "authentication failed",
+    "signer_unavailable": "the signer cannot be reached; retry later",
+    "store_unavailable": "Redis cannot be reached; retry later",
+    "replayed_request": _replayed,
+    "body_too_large": "the body is larger than {limit} bytes",
+    "bad_content_length": "Content-Length is not a number",
+    "invalid_parameter": "{name} must be an integer from {low} to {high}",
+    "invalid_request": "invalid request: {detail}",
+    "malformed_body": "body is not valid JSON text",
+    "too_many_failures": "too many failed authentications from this address; retry later",
+    "not_approved": "the request is {status}",
+    "receipt_gone": "the receipt is no longer stored",
+    "ci_secret_not_allowed": "this environment refuses the CI secret; use OIDC",
+    "not_ready": "not ready: {down}",
+    "shutting_down": "the bot is stopping; retry",
+    "internal_error": "internal error; see the bot's log",
+    "payload_too_large": "webhook body too large",
+    "scope_busy": (
+        "another run of this commit for {environment} is already waiting for approval ({request_id}); "
+        "this run was rejected"
+    ),
+    "approver_unavailable": "the approver did not answer",
+    "approver_error": "the approver's answer is not JSON",
+    "not_found": "Not Found",
+    "method_not_allowed": "Method Not Allowed",
+    # -- the timer jobs (bot/timer_jobs.py; for logs: the job is retried) --
+    "card_not_posted": "no card to reply to yet",
+    # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
+    "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),
+    "callback_url_scheme": lambda facts: (
+        "must be an http(s) URL" if facts.get("dev_mode") else "must be an https (http only in dev mode) URL"
+    ),
+    "callback_host_not_allowed": "host {host} is not in KEYTURN_CALLBACK_HOSTS",
+    "callback_address_refused": _callback_address,
+    # -- Slack refused a call or could not be reached (bot/messenger.py; for logs and operators) --
+    **dict.fromkeys(
+        (
+            "slack_error",
+            "slack_not_found",
+            "slack_auth",
+            "slack_unavailable",
+            "slack_rejected",
+            "card_missing",
+        ),
+        _slack_failed,
+    ),
+    # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
+    "key_mismatch": "{what} names a key other than the active key",
+}
+
+# What a field of a CI body is told, by the same facts (the ``fields`` list of a 422).
+FIELD_SENTENCES: dict[str, str] = {
+    "invalid_parameter": "must be an integer from {low} to {high}",
+    "unknown_environment": "not an environment in the policy",
+}
+
+
+def _render(template: str | Callable[[Facts], str] | None, code: str, facts: Facts) -> str:
+    if template is None:
+        return code
+    try:
+        return template(facts) if callable(template) else template.format_map(dict(facts))
+    except (KeyError, IndexError, ValueError):
+        return code  # a fact is missing: the code still says what happened
+
+
+def words(code: str, facts: Facts | None = None) -> str:
+    """The sentence for ``code`` with ``facts`` filled in; the code itself when none is known."""
+    return _render(SENTENCES.get(code), code, facts or {})
+
+
+def field_words(code: str, facts: Facts | None = None) -> str:
+    """What the ``fields`` entry of a 422 says about the field ``code`` concerns."""
+    return _render(FIELD_SENTENCES.get(code), code, facts or {})
+
+
+def has_words(code: str) -> bool:
+    """True if ``code`` has a sentence here (a test holds every code the CI API raises to it)."""
+    return code in SENTENCES
