@@ -33,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from keyturn.bot.config import Settings
@@ -46,6 +47,43 @@ REDIS_SOCKET_TIMEOUT = 5.0
 REDIS_CONNECT_TIMEOUT = 2.0
 # Far above what the budget allows; only a guard against a zero-delay loop.
 _MAX_ATTEMPTS = 1000
+# How many times one script call loads its script again on NOSCRIPT (each a restart or failover that emptied
+# Redis's script cache between the load and the run) before the call counts as failed.
+SCRIPT_RELOADS = 5
+
+
+class ReloadingScript:
+    """A Lua script run with EVALSHA that survives Redis losing its script cache (the store's, the timers').
+
+    redis-py loads a script again once on NOSCRIPT. Redis restarting again between that load and the run
+    (restarts in quick succession, a failover to a replica that never saw the script) empties the cache once
+    more. NOSCRIPT means the script did not run, so running it again is always safe, whatever it writes.
+    Bounded by :data:`SCRIPT_RELOADS`: a cache that never keeps the script is an outage, and the last
+    ``NoScriptError`` goes to the caller (a ``RedisError``: the store answers 503, the timers retry later).
+    """
+
+    def __init__(self, client: aioredis.Redis, text: str) -> None:
+        self._client = client
+        self._script = client.register_script(text)
+
+    @property
+    def sha(self) -> str:
+        """The script's SHA-1 (for EVALSHA inside a pipeline)."""
+        return str(self._script.sha)
+
+    async def load(self) -> None:
+        """Load the script into Redis's cache (after a NOSCRIPT seen in a pipeline)."""
+        await self._client.script_load(self._script.script)
+
+    async def __call__(self, *, keys: list[Any], args: list[Any]) -> Any:
+        """Run the script with ``keys`` and ``args``; its reply."""
+        for attempt in range(SCRIPT_RELOADS):
+            try:
+                return await self._script(keys=keys, args=args)
+            except NoScriptError:
+                if attempt == SCRIPT_RELOADS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class BoundedRetry(Retry):

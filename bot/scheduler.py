@@ -42,6 +42,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from keyturn.bot.redisconn import ReloadingScript
+
 log = logging.getLogger("keyturn.scheduler")
 
 PREFIX = "keyturn:{timers}:"
@@ -383,14 +385,14 @@ class Timers:
         self._tick_task: asyncio.Task[int] | None = None
         self._lease_lock = asyncio.Lock()
 
-        self._s_schedule = redis.register_script(_SCHEDULE)
-        self._s_cancel = redis.register_script(_CANCEL_ALL)
-        self._s_lease = redis.register_script(_LEASE)
-        self._s_release = redis.register_script(_RELEASE)
-        self._s_requeue_all = redis.register_script(_REQUEUE_ALL)
-        self._s_claim = redis.register_script(_CLAIM)
-        self._s_complete = redis.register_script(_COMPLETE)
-        self._s_retry = redis.register_script(_RETRY)
+        self._s_schedule = ReloadingScript(redis, _SCHEDULE)
+        self._s_cancel = ReloadingScript(redis, _CANCEL_ALL)
+        self._s_lease = ReloadingScript(redis, _LEASE)
+        self._s_release = ReloadingScript(redis, _RELEASE)
+        self._s_requeue_all = ReloadingScript(redis, _REQUEUE_ALL)
+        self._s_claim = ReloadingScript(redis, _CLAIM)
+        self._s_complete = ReloadingScript(redis, _COMPLETE)
+        self._s_retry = ReloadingScript(redis, _RETRY)
 
     # --- public interface ----------------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ from redis.exceptions import NoScriptError, RedisError
 from keyturn.bot import lifecycle
 from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, Scope, SlackEvidence, Status
 from keyturn.bot.ports import Refused
+from keyturn.bot.redisconn import SCRIPT_RELOADS, ReloadingScript
 
 log = logging.getLogger(__name__)
 
@@ -505,34 +506,24 @@ class NotReplicated(StoreUnavailable):
 # replication stream, so the WAIT that follows covers everything the primary had applied, including an
 # earlier attempt of the same call whose answer was lost.
 REPLICATION_FENCE_KEY = f"{PREFIX}:replication_fence"
-# How many times one write script call loads its script again on NOSCRIPT (each a restart or failover that
-# emptied Redis's script cache between the load and the run) before the write counts as failed.
-SCRIPT_RELOADS = 5
 
 
 class _WriteScript:
-    """A registered write script that, when the store asks for replicas, runs through ``_replicated``.
+    """A write script (:class:`ReloadingScript`) that, when the store asks for replicas, runs through
+    ``_replicated``.
 
     Lua scripts are replicated as a whole (their effects, in one MULTI), so one WAIT after the script
     covers every key it wrote."""
 
     def __init__(self, store: RequestStore, text: str) -> None:
         self._store = store
-        self._script = store.redis.register_script(text)
+        self.script = ReloadingScript(store.redis, text)
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
         if not self._store.replicated:
-            # redis-py loads the script again once on NOSCRIPT. Redis restarting again between that load
-            # and the run (restarts in quick succession) empties the cache once more: the script never ran,
-            # so running it again is safe. Bounded: a cache that never keeps the script is an outage.
-            for attempt in range(SCRIPT_RELOADS):
-                try:
-                    return await self._script(keys=keys, args=args)
-                except NoScriptError:
-                    if attempt == SCRIPT_RELOADS - 1:
-                        raise
-        sha, n = self._script.sha, len(keys)
-        rows = await self._store._replicated(lambda pipe: pipe.evalsha(sha, n, *keys, *args), self._script)
+            return await self.script(keys=keys, args=args)
+        sha, n = self.script.sha, len(keys)
+        rows = await self._store._replicated(lambda pipe: pipe.evalsha(sha, n, *keys, *args), self.script)
         return rows[0]
 
 
@@ -585,7 +576,9 @@ class RequestStore:
         """True when every write waits for ``min_replicas`` replicas (``KEYTURN_REDIS_MIN_REPLICAS``)."""
         return self._min_replicas > 0
 
-    async def _replicated(self, queue: Callable[[Any], object], script: Any = None) -> list[Any]:
+    async def _replicated(
+        self, queue: Callable[[Any], object], script: ReloadingScript | None = None
+    ) -> list[Any]:
         """Send the writes ``queue`` puts on a pipeline, then the fence and ``WAIT`` on the same connection;
         their answers once ``min_replicas`` replicas hold them. Without replicas asked for: the writes only.
 
@@ -608,7 +601,7 @@ class RequestStore:
                 pipe.execute_command("WAIT", self._min_replicas, self._wait_ms)
             rows = await pipe.execute(raise_on_error=False)
             if script is not None and loads < SCRIPT_RELOADS and isinstance(rows[0], NoScriptError):
-                await self._r.script_load(script.script)  # a new primary's (or a restart's) empty cache
+                await script.load()  # a new primary's (or a restart's) empty cache
                 loads += 1
                 continue
             for row in rows[:queued]:

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from keyturn.bot.models import CardRef, DeployRequest, Scope
 from keyturn.bot.notices import SlackIntents
 from keyturn.signer.policy import Policy
@@ -180,3 +182,16 @@ class RecordingMessenger(SlackIntents):
 
     async def user_by_email(self, email: str) -> str | None:
         return None
+
+
+class RestartingRedis(aioredis.Redis):
+    """A client whose next ``restarts`` script runs each meet a Redis that has just restarted: the script
+    cache is empty when EVALSHA arrives, also right after the client loaded the script again."""
+
+    restarts = 0
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: str) -> Any:  # type: ignore[override]
+        if self.restarts > 0:
+            self.restarts -= 1
+            await self.script_flush()
+        return await super().evalsha(sha, numkeys, *keys_and_args)

@@ -25,6 +25,7 @@ from keyturn.bot.scheduler import (
     once,
     once_key,
 )
+from tests.fixtures import RestartingRedis
 
 T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 
@@ -268,6 +269,47 @@ async def test_hung_handler_is_timed_out_and_retried(make: MakeTimers) -> None:
     clock.advance(1)
     assert await t.tick() == 1
     assert rec.members() == ["escalate:req_1"]
+
+
+@pytest.mark.parametrize("restarts", [1, 2, 4])
+async def test_a_deadline_survives_redis_restarting_between_loading_a_script_and_running_it(
+    redis_url: str, restarts: int
+) -> None:
+    """Redis restarts in quick succession (issue 13): every timer script (schedule, lease, claim, complete)
+    finds an empty script cache more than once in one call. The deadline is still scheduled, runs once,
+    and leaves nothing in flight to run again."""
+    client = RestartingRedis.from_url(f"{redis_url}?db=7")
+    assert isinstance(client, RestartingRedis)
+    clock, rec = FakeClock(), Recorder()
+    completing = False
+
+    async def expire(ctx: JobContext) -> None:
+        nonlocal completing
+        await rec(ctx)
+        client.restarts = restarts  # the flushes meet the script that completes the job
+        completing = True
+
+    try:
+        t = Timers(client, {"expire": expire}, clock=clock, replica_id="a")
+        client.restarts = restarts
+        assert await t.lease_step()
+        client.restarts = restarts
+        assert await t.schedule("expire", "req_1", T0 + timedelta(seconds=5))
+        clock.advance(5)
+        client.restarts = restarts
+        assert await t.tick() == 1
+        assert completing
+        assert client.restarts == 0
+        assert rec.members() == ["expire:req_1"]
+        assert await client.zcard(DUE_KEY) == 0
+        assert await client.zcard(INFLIGHT_KEY) == 0
+        clock.advance(3600)  # past any claim lease: nothing was left to be re-queued and run again
+        assert await t.lease_step()
+        assert await t.tick() == 0
+        assert rec.members() == ["expire:req_1"]
+    finally:
+        await client.flushdb()
+        await client.aclose()
 
 
 async def test_rescheduling_moves_the_deadline(make: MakeTimers) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -25,6 +24,7 @@ from keyturn.bot.store import (
     record_key,
     scope_key,
 )
+from tests.fixtures import RestartingRedis
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SHA = "4f8a2cd91ef7a2c7f3a5f0aa12d93b33f2d40e17"
@@ -279,27 +279,14 @@ async def test_ci_request_claim_is_once_and_outlives_the_signature_window(
     assert await store.claim_ci_request(other) is None
 
 
-class _RestartingRedis(aioredis.Redis):
-    """A client whose next ``restarts`` script runs each meet a Redis that has just restarted: the script
-    cache is empty when EVALSHA arrives, also right after the client loaded the script again."""
-
-    restarts = 0
-
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: str) -> Any:  # type: ignore[override]
-        if self.restarts > 0:
-            self.restarts -= 1
-            await self.script_flush()
-        return await super().evalsha(sha, numkeys, *keys_and_args)
-
-
 @pytest.mark.parametrize("restarts", [1, 2, 3])
 async def test_a_click_survives_redis_restarting_between_loading_a_script_and_running_it(
     redis_url: str, restarts: int
 ) -> None:
     """Redis restarts in quick succession (routine maintenance, issue 13): the store's write scripts find
     an empty script cache more than once in one call. The click is counted once, never refused."""
-    client = _RestartingRedis.from_url(redis_url)
-    assert isinstance(client, _RestartingRedis)
+    client = RestartingRedis.from_url(redis_url)
+    assert isinstance(client, RestartingRedis)
     try:
         store = RequestStore(client, retention=timedelta(hours=1))
         req, _ = await store.create_or_get(make(sha="c" * 40), ORIGIN, NOW)
