@@ -11,6 +11,9 @@ Both run as real processes against the same private redis-server, loaded from on
 
 Prints throughput and p50/p99 for both and the ratios. Usage:
 ``.venv/bin/python bench/bench_intake.py [--requests N] [--concurrency C]``.
+
+``--profile`` runs Keyturn's side only and counts what each request costs: Redis commands (redis-server's
+``MONITOR``, by command name) and Slack Web API calls (the emulator's call log, by method).
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +141,7 @@ def keyturn_stack() -> Iterator[BenchStack]:
                     cwd=work,
                     env={"KEYTURN_LOG_LEVEL": "WARNING"},
                 )
-                yield BenchStack(bot_url, emu_url, srv.url, work, procs)
+                yield BenchStack(bot_url, emu_url, srv.url, work, procs | {"redis": srv.proc})
             finally:
                 for p in reversed(list(procs.values())):
                     p.stop()
@@ -202,7 +209,11 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--profile", action="store_true", help="count Redis commands and Slack calls per request")
+    ap.add_argument("--py-spy", type=Path, metavar="FILE", help="with --profile: the bot's sampled stacks")
     args = ap.parse_args(argv)
+    if args.profile:
+        return profile(args.requests, args.concurrency, args.py_spy)
     with keyturn_stack() as st:
         floor_port = free_port()
         floor = start_process(
@@ -237,6 +248,77 @@ def main(argv: list[str]) -> int:
     )
     print(f"  mean keyturn latency {statistics.mean(k_lat) * 1000:.1f} ms")
     return 0
+
+
+def profile(n: int, concurrency: int, py_spy_out: Path | None = None) -> int:
+    """Print the CPU each process spends, the Redis commands (by name) and Slack calls (by method) per
+    request, Keyturn side only; with ``py_spy_out``, also sample the bot's stacks there (needs py-spy)."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) if py_spy_out else None
+    if py_spy_out and py_spy is None:
+        raise SystemExit("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+    from keyturn.emulator.client import EmulatorClient
+
+    with keyturn_stack() as st:
+
+        async def keyturn_one(client: httpx.AsyncClient, i: int) -> None:
+            await intake_one(client, st.bot_url, i)
+
+        asyncio.run(run_load(20, concurrency, keyturn_one))  # warm-up: scripts loaded, pools filled
+        emulator = EmulatorClient(st.emulator_url)
+        since = len(emulator.calls())
+        sock = st.redis_url.removeprefix("unix://")
+        out = st.workdir / "monitor.log"
+        with out.open("wb") as sink:
+            monitor = subprocess.Popen(["redis-cli", "-s", sock, "monitor"], stdout=sink)
+            spy = None
+            if py_spy:  # sampled stacks of the bot, collapsed ("folded") for a flame graph or a summary
+                spy = subprocess.Popen(
+                    [py_spy, "record", "--pid", str(st.procs["bot"].popen.pid), "--format", "raw",
+                     "--rate", "200", "--output", str(py_spy_out), "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            try:
+                time.sleep(0.5)  # MONITOR attached before the first request
+                cpu_before, load_before = cpu_seconds(st.procs), time.process_time()
+                elapsed, _ = asyncio.run(run_load(n, concurrency, keyturn_one))
+                cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(st.procs).items()}
+                cpu["load generator"] = time.process_time() - load_before
+                time.sleep(1.0)  # the last card's trailing writes
+            finally:
+                monitor.terminate()
+                monitor.wait()
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(timeout=60)
+        sent: Counter[str] = Counter()  # round trips: what the bot sent (scripts count once)
+        in_lua: Counter[str] = Counter()  # what those scripts ran inside redis-server
+        for line in out.read_text(errors="replace").splitlines():
+            parts = line.split('"')
+            if len(parts) > 1:
+                name = parts[1].upper()
+                (in_lua if "[0 lua]" in parts[0] else sent)[name] += 1
+        slack = Counter(c["method"] for c in emulator.calls(since=since))
+    print(f"intake profile, {n} requests at concurrency {concurrency}: {n / elapsed:.1f} req/s (MONITOR on)")
+    print("  CPU ms per request: " + ", ".join(f"{k} {1000 * v / n:.1f}" for k, v in cpu.items()))
+    for title, counts in (("commands the bot sent", sent), ("commands run inside its scripts", in_lua)):
+        print(f"  redis {title}, per request: {sum(counts.values()) / n:.1f}")
+        for name, count in counts.most_common():
+            print(f"    {name:<24} {count / n:6.2f}")
+    print(f"  slack calls per request: {sum(slack.values()) / n:.2f}")
+    for name, count in slack.most_common():
+        print(f"    {name:<24} {count / n:6.2f}")
+    return 0
+
+
+def cpu_seconds(procs: dict[str, Proc]) -> dict[str, float]:
+    """CPU time (user + system) each process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name, proc in procs.items():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _port_open(port: int) -> bool:
