@@ -499,8 +499,19 @@ class Api:
             raise ApiError("unknown_request")
         return req
 
-    async def _view(self, req: DeployRequest) -> dict[str, Any]:
-        error = await self.store.sign_error(req.id) if req.status is Status.PENDING else None
+    async def _load_with_error(self, rid: str) -> tuple[DeployRequest, SignError | None]:
+        req, error = await self.store.get_with_sign_error(rid)
+        if req is None:
+            raise ApiError(404, "unknown_request", "no such request")
+        return req, error
+
+    async def _view(
+        self, req: DeployRequest, error: SignError | None = None, *, error_read: bool = False
+    ) -> dict[str, Any]:
+        """The request as the API shows it; ``error_read``: ``error`` was read with ``req`` (or cannot exist
+        yet), so it is not read again."""
+        if not error_read and req.status is Status.PENDING:
+            error = await self.store.sign_error(req.id)
         view = request_view(req, self.base_url, error)
         if owes_delivery(req):
             # The callback's delivery: its id (the receiver's dedupe key), state (queued, delivered, dead
@@ -582,7 +593,7 @@ class Api:
                 raise ApiError(exc.code, fields=[field], facts=exc.facts) from None
             raise
         await self._acted(signature, "create", req.id)
-        view = await self._view(req)
+        view = await self._view(req, error_read=created)  # created just now: nothing was signed yet
         return JSONResponse(view, status_code=202 if created else 200)
 
     async def status(self, request: Request) -> Response:
@@ -591,12 +602,15 @@ class Api:
         await self._authenticate_read(request, rid)
         wait = _int_param(request, "wait", 0, MAX_WAIT_SECONDS) or 0
         since = _int_param(request, "since", 0, 2**53)
-        req = await self._load(rid)
-        if wait and not req.status.final and (since is None or req.version == since):
-            req = await self._wait_for_change(rid, req.version if since is None else since, wait)
-        return JSONResponse(await self._view(req))
+        if wait:
+            req, error = await self._wait_for_change(rid, since, wait)
+        else:
+            req, error = await self._load_with_error(rid)
+        return JSONResponse(await self._view(req, error, error_read=True))
 
-    async def _wait_for_change(self, rid: str, version: int, wait: int) -> DeployRequest:
+    async def _wait_for_change(
+        self, rid: str, version: int | None, wait: int
+    ) -> tuple[DeployRequest, SignError | None]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         self.metrics.long_polls.inc()
@@ -605,15 +619,21 @@ class Api:
         finally:
             self.metrics.long_polls.dec()
 
-    async def _wait_loop(self, rid: str, version: int, deadline: float) -> DeployRequest:
+    async def _wait_loop(
+        self, rid: str, version: int | None, deadline: float
+    ) -> tuple[DeployRequest, SignError | None]:
+        """The request (and its signer failure) once it is final or no longer at ``version`` (None: the
+        version it has now), or as it stands at ``deadline``. One read per wake-up."""
         loop = asyncio.get_running_loop()
         async with self.feed.watch(rid) as changed:
             while True:
                 changed.clear()  # before the read, so a write after it still wakes us
-                req = await self._load(rid)
+                req, error = await self._load_with_error(rid)
+                if version is None:
+                    version = req.version
                 remaining = deadline - loop.time()
                 if req.status.final or req.version != version or remaining <= 0 or self.closing.is_set():
-                    return req
+                    return req, error
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(remaining, REREAD_SECONDS))
 

@@ -419,11 +419,11 @@ class ApprovalService:
         try:
             while True:
                 try:
-                    req = await self._store.get(request_id)
+                    lease = timedelta(seconds=delay) + self._card_lease
+                    held, req = await self._store.hold_card_posting(request_id, token, lease)
                     if req is None or req.card is not None:
                         return
-                    lease = timedelta(seconds=delay) + self._card_lease
-                    if not await self._store.hold_card_posting(request_id, token, lease):
+                    if not held:
                         return  # another replica is posting it
                 except StoreUnavailable:
                     await asyncio.sleep(delay)
@@ -446,7 +446,9 @@ class ApprovalService:
                     delay = min(delay * 2, self._card_retry_max)
                     continue
                 done, _ = await self._store.transition(
-                    request_id, functools.partial(lifecycle.with_card, channel=card.channel, ts=card.ts)
+                    request_id,
+                    functools.partial(lifecycle.with_card, channel=card.channel, ts=card.ts),
+                    current=req,  # as read with the claim: usually still current, one round trip saved
                 )
                 if done.status.final:  # decided while the card was being posted: show the outcome
                     await self._quietly("update_card", self._messenger.update_card(done))

@@ -637,6 +637,17 @@ class RequestStore:
         return DeployRequest.model_validate_json(data)
 
     @_guard
+    async def get_with_sign_error(self, request_id: str) -> tuple[DeployRequest | None, SignError | None]:
+        """The request and, while it is pending, its last signer failure: one read (a long-poll's wake-up)."""
+        data, raw = await self._r.hmget(record_key(request_id), ["data", "sign_error"])
+        if data is None:
+            return None, None
+        request = DeployRequest.model_validate_json(data)
+        if raw is None or request.status is not Status.PENDING:
+            return request, None
+        return request, SignError.model_validate_json(raw)
+
+    @_guard
     async def get_many(self, request_ids: list[str]) -> list[DeployRequest]:
         """The requests that still exist, in the given order."""
         if not request_ids:
@@ -911,19 +922,33 @@ class RequestStore:
         *,
         receipt: dict[str, Any] | None = None,
         unless_signing: bool = False,
+        current: DeployRequest | None = None,
     ) -> tuple[DeployRequest, bool]:
         """Apply ``event`` (a pure lifecycle function) with compare-and-swap, retrying on conflict.
 
         Returns (request, changed). ``event`` may raise ``Refused``; an event returning the request
         unchanged writes nothing. ``receipt`` is stored in the same atomic step. With ``unless_signing``, a
         move to DENIED/CANCELLED/EXPIRED raises :class:`SigningInProgress` while a signing claim is held.
+        ``current``: the request as the caller last read it, tried first instead of reading it again (a
+        stale copy only costs a conflict: the write compares versions, then the request is read afresh).
         """
-        for _ in range(MAX_CAS_ATTEMPTS):
-            current = await self.get(request_id)
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            # The caller's copy is only good for a write the versions confirm: an answer taken from it
+            # alone (a refusal, "nothing to change") is re-decided on the request as stored.
+            given = attempt == 0 and current is not None and current.id == request_id
+            if not given:
+                current = await self.get(request_id)
             if current is None:
                 raise Refused("unknown_request", "No such request (it may have been cleaned up).")
-            new = event(current)
+            try:
+                new = event(current)
+            except Refused:
+                if given:
+                    continue
+                raise
             if new == current:
+                if given:
+                    continue
                 return current, False
             result, written = await self._write(current, new, receipt, unless_signing)
             if result == 1:
@@ -1039,16 +1064,25 @@ class RequestStore:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @_guard
-    async def hold_card_posting(self, request_id: str, token: str, lease: timedelta) -> bool:
-        """Take (or extend, if ``token`` already holds it) the right to post this request's card.
+    async def hold_card_posting(
+        self, request_id: str, token: str, lease: timedelta
+    ) -> tuple[bool, DeployRequest | None]:
+        """Take (or extend, if ``token`` already holds it) the right to post this request's card; whether
+        this caller holds it, and the request as it stands (None if gone), read in the same round trip.
 
         One replica posts a card at a time; if it dies mid-post its claim lapses after ``lease`` and another
         replica's backstop posts the card. (Slack has no idempotency key: a replica that died after Slack
         accepted the card but before its ts was stored leaves an orphan card, whose buttons still act on the
-        same request. That is the price of never leaving a request without a card.)
+        same request. That is the price of never leaving a request without a card.) The claim is taken even
+        when the request turns out to have its card already: the caller releases it, as it always does.
         """
         ms = max(1, int(lease.total_seconds() * 1000))
-        return bool(await self._hold(keys=[_sub_key(request_id, "card_posting")], args=[token, ms]))
+        sha, claim = self._hold.script.sha, _sub_key(request_id, "card_posting")
+        held, data = await self._replicated(
+            lambda p: [p.evalsha(sha, 1, claim, token, ms), p.hget(record_key(request_id), "data")],
+            self._hold.script,
+        )
+        return bool(held), None if data is None else DeployRequest.model_validate_json(data)
 
     @_guard
     async def release_card_posting(self, request_id: str, token: str) -> None:
