@@ -502,7 +502,7 @@ class Api:
     async def _load_with_error(self, rid: str) -> tuple[DeployRequest, SignError | None]:
         req, error = await self.store.get_with_sign_error(rid)
         if req is None:
-            raise ApiError(404, "unknown_request", "no such request")
+            raise ApiError("unknown_request")
         return req, error
 
     async def _view(
@@ -641,10 +641,11 @@ class Api:
         """``GET /v1/requests/{id}/receipt``: the receipt, or 409 with the status."""
         rid = self._request_id(request)
         await self._authenticate_read(request, rid)
-        req = await self._load(rid)
+        req, receipt = await self.store.get_with_receipt(rid)  # one round trip
+        if req is None:
+            raise ApiError("unknown_request")
         if req.status is not Status.APPROVED:
             raise ApiError("not_approved", status=req.status.value, extra={"status": req.status.value})
-        receipt = await self.store.receipt(rid)
         if receipt is None:
             raise ApiError("receipt_gone", extra={"status": req.status.value})
         return JSONResponse(receipt)

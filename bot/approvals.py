@@ -488,14 +488,15 @@ class ApprovalService:
             raise Refused("self_approval")
         approval = Approval(user_id=user_id, email=email, at=now)
         counted = {a.user_id for a in req.approvals}
-        if user_id not in counted and len(counted) + 1 >= req.required_approvals:
+        indexed = user_id not in counted and len(counted) + 1 >= req.required_approvals
+        if indexed:
             # This click would reach the quorum: index the request *before* counting it. A count whose
             # answer is lost (Redis gone, or fewer replicas than KEYTURN_REDIS_MIN_REPLICAS acknowledged it)
             # may still have landed; the leader's backstop then finishes the request instead of leaving it
             # at quorum with nobody to sign it. An entry for a request short of quorum is skipped there.
             await self._store.mark_at_quorum([req])
         try:
-            req = await self._store.add_approval(request_id, approval, evidence, now)
+            req = await self._store.add_approval(request_id, approval, evidence, now, current=req)
         except Refused as exc:
             if exc.code != "already_approved":
                 raise
@@ -507,7 +508,8 @@ class ApprovalService:
         self._metrics.approvals.labels(req.scope.environment).inc()
         if lifecycle.quorum_reached(req):
             # Indexed before signing: if this replica dies mid-signature, the leader's backstop finds it.
-            await self._store.mark_at_quorum([req])
+            if not indexed:  # (already indexed above when this click was foreseen to reach the quorum)
+                await self._store.mark_at_quorum([req])
             return await self._finish(req)
         await self._quietly("update_card", self._messenger.update_card(req))
         return req
@@ -519,11 +521,12 @@ class ApprovalService:
             # Another click is signing right now (it reports the outcome), or the request was decided.
             return await self._load(req.id)
         try:
-            current = await self._load(req.id)
+            loaded, stored, origin = await self._store.signing_inputs(req.id)  # one round trip
+            if loaded is None:
+                raise Refused("unknown_request")
+            current = loaded
             if current.status.final:
                 return current
-            stored = await self._store.approvals(current.id)
-            origin = await self._store.origin(current.id)
             if origin is None:
                 raise Refused("evidence_gone")
             emails = {s.approval.user_id: s.approval.email for s in stored if s.approval.email}

@@ -481,6 +481,12 @@ def _commands(*commands: tuple[Any, ...]) -> Callable[[Any], object]:
     return lambda pipe: [pipe.execute_command(*c) for c in commands]
 
 
+def _sorted_approvals(raw: dict[Any, Any]) -> list[StoredApproval]:
+    """The approvals hash's values, oldest first."""
+    items = [StoredApproval.model_validate_json(v) for v in raw.values()]
+    return sorted(items, key=lambda s: (s.approval.at, s.approval.user_id))
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -659,6 +665,33 @@ class RequestStore:
         return [DeployRequest.model_validate_json(row) for row in rows if row is not None]
 
     @_guard
+    async def signing_inputs(
+        self, request_id: str
+    ) -> tuple[DeployRequest | None, list[StoredApproval], OriginEvidence | None]:
+        """What a signature needs, in one round trip: the request, its approvals with their click evidence
+        (oldest first, as :meth:`approvals`) and its origin (as :meth:`origin`)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hget(record_key(request_id), "data")
+        pipe.hgetall(_sub_key(request_id, "approvals"))
+        pipe.get(_sub_key(request_id, "origin"))
+        data, approvals, origin = await pipe.execute()
+        return (
+            None if data is None else DeployRequest.model_validate_json(data),
+            _sorted_approvals(approvals),
+            None if origin is None else OriginEvidence.model_validate_json(origin),
+        )
+
+    @_guard
+    async def get_with_receipt(self, request_id: str) -> tuple[DeployRequest | None, dict[str, Any] | None]:
+        """The request and its receipt (None unless stored), in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hget(record_key(request_id), "data")
+        pipe.get(_sub_key(request_id, "receipt"))
+        data, raw = await pipe.execute()
+        receipt: dict[str, Any] | None = None if raw is None else json.loads(raw)
+        return None if data is None else DeployRequest.model_validate_json(data), receipt
+
+    @_guard
     async def sign_error(self, request_id: str) -> SignError | None:
         """The last signer failure recorded on a pending request."""
         raw = await self._r.hget(record_key(request_id), "sign_error")
@@ -673,9 +706,7 @@ class RequestStore:
     @_guard
     async def approvals(self, request_id: str) -> list[StoredApproval]:
         """Every counted approval with its click evidence, oldest first."""
-        raw = await self._r.hgetall(_sub_key(request_id, "approvals"))
-        items = [StoredApproval.model_validate_json(v) for v in raw.values()]
-        return sorted(items, key=lambda s: (s.approval.at, s.approval.user_id))
+        return _sorted_approvals(await self._r.hgetall(_sub_key(request_id, "approvals")))
 
     @_guard
     async def receipt(self, request_id: str) -> dict[str, Any] | None:
@@ -970,16 +1001,30 @@ class RequestStore:
 
     @_guard
     async def add_approval(
-        self, request_id: str, approval: Approval, evidence: SlackEvidence, now: datetime
+        self,
+        request_id: str,
+        approval: Approval,
+        evidence: SlackEvidence,
+        now: datetime,
+        current: DeployRequest | None = None,
     ) -> DeployRequest:
-        """Count ``approval`` once, atomically, only while pending. Raises ``Refused`` (already_approved…)."""
+        """Count ``approval`` once, atomically, only while pending. Raises ``Refused`` (already_approved…).
+
+        ``current``: the request as the caller just read it, tried first (as in :meth:`transition`)."""
         stored = StoredApproval(approval=approval, evidence=evidence).model_dump_json()
         token = secrets.token_hex(16)
-        for _ in range(MAX_CAS_ATTEMPTS):
-            current = await self.get(request_id)
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            given = attempt == 0 and current is not None and current.id == request_id
+            if not given:
+                current = await self.get(request_id)
             if current is None:
                 raise Refused("unknown_request", "No such request (it may have been cleaned up).")
-            new = lifecycle.add_approval(current, approval, now)
+            try:
+                new = lifecycle.add_approval(current, approval, now)
+            except Refused:
+                if given:  # decided on the caller's copy only: decide again on the stored request
+                    continue
+                raise
             written = new.model_copy(update={"version": current.version + 1})
             result = int(
                 await self._add_approval(
