@@ -50,6 +50,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_click_to_receipt import Floor  # noqa: E402
 from bench.bench_intake import CI_SECRET, SLACK_SECRET  # noqa: E402
 from bench.bench_intake import POLICY as INTAKE_POLICY  # noqa: E402
 from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK  # noqa: E402
@@ -153,6 +154,7 @@ class TrainResult:
     elapsed: float
     burst_latencies: list[float]
     single_latencies: list[float] = field(default_factory=list)
+    single_floor: list[float] = field(default_factory=list)  # sign + fsync + one chat.update, same run
     modals_refused: list[str] = field(default_factory=list)  # deny modals Slack would not open
     transport_retries: int = 0  # calls sent again after a broken connection
     seen_latencies: list[float] = field(default_factory=list)  # last click -> CI saw APPROVED
@@ -388,11 +390,14 @@ def _latency(req: Req, seen: bool = False) -> float | None:
     return end - max(before) if before else None
 
 
-async def single_click(st: TrainStack, n: int, seed: int) -> list[float]:
+async def single_click(st: TrainStack, n: int, seed: int) -> tuple[list[float], list[float]]:
     """``n`` requests approved one at a time with nothing else running: the first approval, then the CI
-    waiter, then the final click; seconds from that click to CI holding the verified receipt."""
+    waiter, then the final click; seconds from that click to CI holding the verified receipt, and after
+    each the floor (bench_click_to_receipt.Floor: one in-process sign with fsync + one chat.update)."""
     load = Load(st, seed)
+    floor = Floor(st.workdir, st.emulator_url)
     out: list[float] = []
+    floors: list[float] = []
     try:
         for i in range(n):
             req = await load.create(10_000 + i)
@@ -409,9 +414,11 @@ async def single_click(st: TrainStack, n: int, seed: int) -> list[float]:
             if req.ci_verified_at is None:
                 raise RuntimeError(f"{req.rid}: {req.status} {req.ci_problem}")
             out.append(req.ci_verified_at - req.last_approve_sent[-1])
+            floors.append(sum(await floor.measure(req.card)))
     finally:
+        floor.close()
         await load.close()
-    return out
+    return out, floors
 
 
 def audit_records(st: TrainStack) -> list[dict[str, Any]]:
@@ -555,6 +562,13 @@ def report(result: TrainResult, rss: dict[str, float]) -> str:
             f"  last click -> CI verified receipt, 1 click ({len(s)} requests one at a time): "
             f"p50 {pct(s, 0.5):7.1f} ms  p99 {pct(s, 0.99):7.1f} ms"
         )
+    if result.single_floor:
+        f, s = result.single_floor, result.single_latencies
+        lines.append(
+            f"    floor (in-process sign + audit fsync + one chat.update): p50 {pct(f, 0.5):7.1f} ms  "
+            f"p99 {pct(f, 0.99):7.1f} ms; ratio p99 {pct(s, 0.99) / pct(f, 0.99):.2f}x (target ≤ 2), "
+            f"p50 {pct(s, 0.5) / pct(f, 0.5):.2f}x"
+        )
     lines.append("  peak RSS MiB: " + ", ".join(f"{k} {v:.0f} (bound {RSS_BOUND_MIB[k.split('-')[0]]})"
                                                  for k, v in sorted(rss.items())))  # fmt: skip
     return "\n".join(lines)
@@ -573,7 +587,7 @@ def main(argv: list[str]) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     with train_stack(args.workdir) as st:
         result = asyncio.run(run_train(st, requests=args.requests, rounds=args.rounds, seed=args.seed))
-        result.single_latencies = asyncio.run(single_click(st, args.single, args.seed))
+        result.single_latencies, result.single_floor = asyncio.run(single_click(st, args.single, args.seed))
         problems = check(st, result)
         print(report(result, peak_rss_mib(st)))
         print(f"  approvers were told: {ephemeral_summary(st)}")
