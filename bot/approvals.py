@@ -565,6 +565,7 @@ class ApprovalService:
                     now=self._clock(),
                 ),
                 receipt=receipt,
+                current=current,  # read under the signing claim: usually still current (CAS checks)
             )
             if changed:
                 await self._on_final(done)
