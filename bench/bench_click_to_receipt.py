@@ -71,16 +71,22 @@ async def _create_with_card(
     return data
 
 
-async def _click_until_updated(client: httpx.AsyncClient, emu: str, req: dict[str, Any], user: str) -> float:
+async def _click(client: httpx.AsyncClient, emu: str, req: dict[str, Any], user: str) -> None:
+    """``user`` clicks Approve on ``req``'s card (the emulator signs the click and delivers it to the bot)."""
     card = req["card"]
-    t0 = time.perf_counter()
-    since = len((await client.get(f"{emu}/_emulator/calls")).json()["calls"])
     resp = await client.post(
         f"{emu}/_emulator/click",
         json={"user": user, "channel": card["channel"], "ts": card["ts"], "action_id": "approve",
               "value": req["requestId"]},
     )  # fmt: skip
     resp.raise_for_status()
+
+
+async def _click_until_updated(client: httpx.AsyncClient, emu: str, req: dict[str, Any], user: str) -> float:
+    card = req["card"]
+    t0 = time.perf_counter()
+    since = len((await client.get(f"{emu}/_emulator/calls")).json()["calls"])
+    await _click(client, emu, req, user)
     while True:  # the emulator's own long-poll for the next chat.update of this card
         waited = await client.get(
             f"{emu}/_emulator/wait",
@@ -116,14 +122,8 @@ async def _rounds(bot_url: str, emu: str, rounds: int, floor: bool) -> tuple[flo
 
 
 async def _ack_only(client: httpx.AsyncClient, emu: str, req: dict[str, Any]) -> float:
-    card = req["card"]
     t0 = time.perf_counter()
-    resp = await client.post(
-        f"{emu}/_emulator/click",
-        json={"user": "U0MALLORY", "channel": card["channel"], "ts": card["ts"], "action_id": "approve",
-              "value": req["requestId"]},
-    )  # fmt: skip
-    resp.raise_for_status()
+    await _click(client, emu, req, "U0MALLORY")
     return time.perf_counter() - t0
 
 
@@ -191,16 +191,10 @@ async def single_clicks(st: BenchStack, n: int) -> tuple[list[float], list[float
             req = await _create_with_card(client, st.bot_url, 50_000 + i, "staging")
             waiter = asyncio.create_task(_ci_wait(client, st, req, keyset))
             await asyncio.sleep(0.05)  # CI is already waiting when the approver clicks, as in a pipeline
-            card = req["card"]
             t0 = time.perf_counter()
-            resp = await client.post(
-                f"{st.emulator_url}/_emulator/click",
-                json={"user": "U0BOB", "channel": card["channel"], "ts": card["ts"], "action_id": "approve",
-                      "value": req["requestId"]},
-            )  # fmt: skip
-            resp.raise_for_status()
+            await _click(client, st.emulator_url, req, "U0BOB")
             done = await asyncio.wait_for(waiter, 60)
-            s, u = await floor.measure(card)
+            s, u = await floor.measure(req["card"])
             if i >= 2:
                 latencies.append(done - t0)
                 signs.append(s)
