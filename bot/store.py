@@ -964,13 +964,7 @@ class RequestStore:
         stale copy only costs a conflict: the write compares versions, then the request is read afresh).
         """
         for attempt in range(MAX_CAS_ATTEMPTS):
-            # The caller's copy is only good for a write the versions confirm: an answer taken from it
-            # alone (a refusal, "nothing to change") is re-decided on the request as stored.
-            given = attempt == 0 and current is not None and current.id == request_id
-            if not given:
-                current = await self.get(request_id)
-            if current is None:
-                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            current, given = await self._to_decide(request_id, current, attempt)
             try:
                 new = event(current)
             except Refused:
@@ -999,6 +993,21 @@ class RequestStore:
             # 0: someone else wrote first; -2: it became final meanwhile — re-read and re-decide.
         raise StoreConflict(f"too much contention on {request_id}")
 
+    async def _to_decide(
+        self, request_id: str, current: DeployRequest | None, attempt: int
+    ) -> tuple[DeployRequest, bool]:
+        """The request a compare-and-swap attempt decides on, and whether it is the caller's copy.
+
+        The caller's copy is tried first, on the first attempt only. It is good only for a write the versions
+        confirm: an answer taken from it alone (a refusal, "nothing to change") must be decided again on the
+        request as stored, so the callers retry when ``given`` and the event refuses or changes nothing.
+        """
+        given = attempt == 0 and current is not None and current.id == request_id
+        request = current if given else await self.get(request_id)
+        if request is None:
+            raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+        return request, given
+
     @_guard
     async def add_approval(
         self,
@@ -1014,11 +1023,7 @@ class RequestStore:
         stored = StoredApproval(approval=approval, evidence=evidence).model_dump_json()
         token = secrets.token_hex(16)
         for attempt in range(MAX_CAS_ATTEMPTS):
-            given = attempt == 0 and current is not None and current.id == request_id
-            if not given:
-                current = await self.get(request_id)
-            if current is None:
-                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            current, given = await self._to_decide(request_id, current, attempt)
             try:
                 new = lifecycle.add_approval(current, approval, now)
             except Refused:
