@@ -1,0 +1,149 @@
+"""Fourth adversarial review (of the error model and of the third review's fixes): one test per finding, named
+after it, asserting what the product does. Each was first committed as ``xfail(strict=True)``, then fixed.
+
+Played: a compromised bot against ``keyturn request --wait`` (the keyset it is told to trust), an outage of
+the bot's Redis or signer while a receipt is fetched, and OIDC callers of another issuer.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+from pathlib import Path
+
+import pytest
+
+from keyturn.bot import client
+from tests.gate_fixtures import SCOPE, LoopbackServer
+
+_SCOPE_ARGS = [
+    "--repo",
+    SCOPE.repo,
+    "--sha",
+    SCOPE.sha,
+    "--env",
+    SCOPE.environment,
+    "--workflow",
+    SCOPE.workflow,
+    "--requester",
+    "github:alice",
+]
+
+
+def _request(bot_url: str, keys: str, *more: str) -> list[str]:
+    return ["--url", bot_url, *_SCOPE_ARGS, "--wait", "--keys", keys, "--timeout", "20s", *more]
+
+
+# --- keyturn request --wait: the bot's own keyset under another name ----------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="the same-host check compares host strings")
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda port: f"http://localhost:{port}/keys", id="localhost-for-127.0.0.1"),
+    ],
+)
+def test_attack_request_wait_trusts_the_bots_keyset_under_another_name_of_its_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], spelling: object
+) -> None:
+    """The third review refused ``--keys`` on ``--url``'s host by comparing the two URLs' host strings: the
+    same bot's ``/v1/keys`` under another name of its host (``localhost`` for ``127.0.0.1``) passed, and a
+    compromised bot's own receipt and key exited 0 with no approval. Refused before anything is asked."""
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    with LoopbackServer() as bot:  # approves everything and serves the key that signed its receipt
+        port = bot.url.rsplit(":", 1)[1]
+        keys = spelling(port)  # type: ignore[operator]
+        assert client.main(_request(bot.url, keys)) == client.USAGE
+        assert bot.posted() == []
+    assert "untrusted_keyset" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason="the same-host check compares host strings")
+@pytest.mark.parametrize(
+    "keys",
+    [
+        "https://bot.invalid./v1/keys",  # the fully qualified name: the same host in DNS
+        "https://ｂｏｔ.invalid/v1/keys",  # fullwidth letters: IDNA maps them to the same name
+    ],
+)
+def test_attack_request_wait_trusts_the_bots_keyset_under_an_equivalent_spelling(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keys: str
+) -> None:
+    """Spellings a resolver treats as the bot's own host (a trailing dot, IDNA-equivalent letters) passed the
+    check, which then fetched the keyset from the bot. Refused from the arguments alone: nothing is fetched
+    or asked (the ``.invalid`` host resolves nowhere, so a fetch would exit 3, not 2)."""
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    assert client.main(_request("https://bot.invalid", keys)) == client.USAGE
+    assert "untrusted_keyset" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason="a redirect of the keyset URL is checked for the scheme only")
+def test_attack_request_wait_follows_a_keyset_redirect_to_the_bot(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A keyset host that redirects to the bot's ``/v1/keys`` (a "pinned" URL that only forwards) let the
+    bot vouch for its own receipt: the redirect passed the scheme rule, and a compromised bot's receipt
+    exited 0. The redirect is refused like the URL itself would be; nothing is asked."""
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    with LoopbackServer() as bot, LoopbackServer() as keys_host:
+        keys_host.redirects["/keyturn.json"] = bot.url + "/keys"
+        assert client.main(_request(bot.url, keys_host.url + "/keyturn.json")) == client.USAGE
+        assert bot.posted() == []
+    assert "untrusted_keyset" in capsys.readouterr().err
+
+
+# --- keyturn request --wait: an outage while the receipt is fetched -----------------------------------------
+
+
+class FlakyReceipts(LoopbackServer):
+    """The loopback bot, whose receipt route first answers ``failures`` times with ``status`` (a Redis or
+    signer outage: ``503 store_unavailable``), then the receipt."""
+
+    def __init__(self, failures: int, status: int = 503) -> None:
+        self.failures = failures
+        self.status = status
+        super().__init__()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        outer = self
+        base = super()._handler()
+
+        class Handler(base):  # type: ignore[valid-type, misc]
+            def do_GET(self) -> None:
+                if self.path.endswith("/receipt") and outer.failures > 0:
+                    outer.failures -= 1
+                    self._record()
+                    body = json.dumps({"error": "store_unavailable", "message": "retry later"}).encode()
+                    self._send(outer.status, body, {"Content-Type": "application/json"})
+                    return
+                super().do_GET()
+
+        return Handler
+
+
+@pytest.mark.xfail(strict=True, reason="any HTTP error on the receipt fetch exits 1 at once")
+@pytest.mark.parametrize("status", [503, 429])
+def test_outage_at_the_receipt_fetch_is_final_after_people_approved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: int
+) -> None:
+    """The request is APPROVED, but Redis (or the signer) is away for a moment when the receipt is read:
+    ``503 store_unavailable``, "retry later". ``keyturn request`` exited 1 ("denied... receipt refused") at
+    once, so the pipeline failed as if refused and its re-run opened a new request that people must approve
+    again. An outage is waited out as during the wait (until ``--timeout``), then the receipt verifies."""
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    bot = FlakyReceipts(failures=2, status=status)
+    with bot, LoopbackServer() as keys_host:
+        out = f"{tmp_path}/receipt.json"
+        assert client.main(_request(bot.url, keys_host.url + "/keys", "--out", out)) == client.OK
+        assert bot.failures == 0
+
+
+def test_refused_receipt_fetch_stays_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counterpart: a receipt the bot answers ``410 receipt_gone`` (or any other 4xx) is no outage; it
+    exits 1 at once, as before."""
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    bot = FlakyReceipts(failures=100, status=410)
+    with bot, LoopbackServer() as keys_host:
+        assert client.main(_request(bot.url, keys_host.url + "/keys")) == client.REFUSED
+        assert bot.failures == 99
