@@ -185,25 +185,14 @@ class BotClient:
         return status, data if isinstance(data, dict) else {}
 
 
-def _host_port(url: str) -> tuple[str | None, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    return parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-
-
 def _load_keyset(source: str, args: RequestArgs) -> PublicKeyset:
     """The trusted keyset through the gate, ``Exit`` if the gate refuses it. Called before asking for
     approval, so a broken or untrusted keyset fails the job at once instead of after people have approved."""
-    # The bot serves GET /v1/keys, but it is the party this gate checks: keys from it would let a compromised
-    # bot vouch for a receipt it signed itself (docs/security.md, "The gate: one receipt check").
-    if "://" in source and _host_port(source) == _host_port(args.url):
-        raise Exit(
-            USAGE,
-            f"REJECTED {gate.UNTRUSTED_KEYSET}: --keys {source} is served by the bot this command asks "
-            "(--url): a compromised bot would vouch for receipts it signed itself. Pin the keyset "
-            "(a file written from a CI variable) or fetch it from another host you trust",
-        )
+    # The bot serves GET /v1/keys, but it is the party this gate checks: keys from it (under any name of its
+    # host, or behind a redirect) would let a compromised bot vouch for a receipt it signed itself
+    # (docs/security.md, "The gate: one receipt check").
     try:
-        return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout)
+        return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout, not_from=args.url)
     except gate.GateError as exc:
         raise Exit(_KEYSET_EXIT.get(exc.code, USAGE), f"REJECTED {exc.code}: {exc.message}") from None
 

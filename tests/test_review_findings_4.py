@@ -37,7 +37,6 @@ def _request(bot_url: str, keys: str, *more: str) -> list[str]:
 # --- keyturn request --wait: the bot's own keyset under another name ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the same-host check compares host strings")
 @pytest.mark.parametrize(
     "spelling",
     [
@@ -59,7 +58,6 @@ def test_attack_request_wait_trusts_the_bots_keyset_under_another_name_of_its_ho
     assert "untrusted_keyset" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="the same-host check compares host strings")
 @pytest.mark.parametrize(
     "keys",
     [
@@ -78,7 +76,6 @@ def test_attack_request_wait_trusts_the_bots_keyset_under_an_equivalent_spelling
     assert "untrusted_keyset" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="a redirect of the keyset URL is checked for the scheme only")
 def test_attack_request_wait_follows_a_keyset_redirect_to_the_bot(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
