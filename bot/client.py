@@ -501,10 +501,7 @@ def run(
         raise Exit(REFUSED, f"{status}: {rid}")
     if status != "APPROVED":
         raise Exit(REFUSED, f"unexpected status {status!r}")
-    try:
-        receipt = _fetch_receipt(client, rid)
-    except OSError as exc:
-        raise Exit(UNREACHABLE, f"cannot fetch the receipt: {exc}") from None
+    receipt = _fetch_receipt(client, rid, deadline, progress)
     if keyset is None:  # unreachable: --wait requires --keys
         raise Exit(USAGE, "no keyset to verify the receipt with")
     summary = _verify(receipt, keyset, args, datetime.now(UTC))
@@ -519,17 +516,34 @@ def run(
     return OK
 
 
-def _fetch_receipt(client: BotClient, rid: str) -> bytes:
+def _fetch_receipt(client: BotClient, rid: str, deadline: float, progress: Callable[[str], None]) -> bytes:
+    """The approved request's receipt. An outage (the bot unreachable, a 5xx such as ``503
+    store_unavailable``, a 429) is waited out until ``deadline`` as during the wait, then exit 3: the
+    request is approved, and failing now would make people approve a re-run again. Any other answer is
+    final (exit 1)."""
     path = f"/v1/requests/{rid}/receipt"
-    req = urllib.request.Request(  # noqa: S310 - --url is checked to be http(s)
-        client.base + path, headers=client.auth_headers("GET", path, b"")
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=client.timeout) as resp:  # noqa: S310 - http(s) only
-            data: bytes = resp.read(1024 * 1024)
-            return data
-    except urllib.error.HTTPError as exc:
-        raise Exit(REFUSED, f"no receipt (HTTP {exc.code})") from None
+    failures = 0
+    while True:
+        req = urllib.request.Request(  # noqa: S310 - --url is checked to be http(s)
+            client.base + path, headers=client.auth_headers("GET", path, b"")
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=client.timeout) as resp:  # noqa: S310 - http(s) only
+                data: bytes = resp.read(1024 * 1024)
+                return data
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise Exit(REFUSED, f"no receipt (HTTP {exc.code})") from None
+            trouble = f"HTTP {exc.code}"
+        except (OSError, http.client.HTTPException) as exc:
+            trouble = str(exc) or type(exc).__name__
+        failures += 1
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Exit(UNREACHABLE, f"cannot fetch the receipt of {rid}: {trouble}")
+        if failures == 1:
+            progress(f"{rid} is APPROVED but its receipt cannot be fetched yet ({trouble}); retrying")
+        time.sleep(min(2.0 ** (failures - 1), 16.0, remaining))
 
 
 def _is_http_url(url: str) -> bool:

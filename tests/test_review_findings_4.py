@@ -119,7 +119,6 @@ class FlakyReceipts(LoopbackServer):
         return Handler
 
 
-@pytest.mark.xfail(strict=True, reason="any HTTP error on the receipt fetch exits 1 at once")
 @pytest.mark.parametrize("status", [503, 429])
 def test_outage_at_the_receipt_fetch_is_final_after_people_approved(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: int
