@@ -302,6 +302,12 @@ def parse_args(argv: Sequence[str]) -> RequestArgs:
     url = v["--url"]
     if not _is_http_url(url):
         raise UsageError("--url must be an http(s) URL")
+    if oidc and urllib.parse.urlsplit(url).scheme == "http" and not _is_loopback(url):
+        # The ID token would cross the network in clear: whoever reads it may cancel this request (a GitLab
+        # job's token lives as long as the job) or read it. Loopback is for `keyturn dev` and tests.
+        raise UsageError(
+            "--oidc sends the job's ID token: --url must be https (plain http only to localhost)"
+        )
     return RequestArgs(
         url=url,
         repo=v.get("--repo", ""),
@@ -544,6 +550,11 @@ def _fetch_receipt(client: BotClient, rid: str, deadline: float, progress: Calla
         if failures == 1:
             progress(f"{rid} is APPROVED but its receipt cannot be fetched yet ({trouble}); retrying")
         time.sleep(min(2.0 ** (failures - 1), 16.0, remaining))
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether ``url`` names a loopback host, by the gate's rule for plain-http keyset URLs."""
+    return urllib.parse.urlsplit(url).hostname in gate.LOOPBACK_HOSTS
 
 
 def _is_http_url(url: str) -> bool:

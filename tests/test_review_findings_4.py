@@ -143,3 +143,28 @@ def test_refused_receipt_fetch_stays_final(monkeypatch: pytest.MonkeyPatch) -> N
     with bot, LoopbackServer() as keys_host:
         assert client.main(_request(bot.url, keys_host.url + "/keys")) == client.REFUSED
         assert bot.failures == 99
+
+
+# --- keyturn request --oidc: the job's ID token in clear ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["http://keyturn.example.com", "HTTP://10.0.0.7:8080", "http://localhost.evil"]
+)
+def test_request_oidc_refuses_plain_http_to_a_remote_bot(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """``keyturn request --oidc --url http://…`` sent the job's ID token in clear to any host: whoever reads
+    it on the way may read and cancel that request. Refused as a usage error before any token is fetched (the
+    runtime endpoint here would fail the test if asked); plain http stays allowed to loopback only."""
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/never-asked?x=1")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runtime-token")
+    argv = ["--url", url, "--oidc", "--audience", "keyturn"]
+    assert client.main(argv) == client.USAGE
+    assert "--url must be https" in capsys.readouterr().err
+
+
+def test_request_oidc_keeps_plain_http_to_loopback() -> None:
+    """``keyturn dev`` and the tests talk to a bot on loopback over plain http."""
+    for url in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"):
+        assert client.parse_args(["--url", url, "--oidc", "--audience", "keyturn"]).url == url
