@@ -139,6 +139,17 @@ def variable_token_source(name: str, env: dict[str, str] | None = None) -> Token
     return lambda: value
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The CI API never redirects; following one would send the call's credentials (the job's ID token, the
+    MAC headers) to wherever it points, in clear if it points at http. A 3xx is answered as it came."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_BOT_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class BotClient:
     """A tiny HTTP client of the bot's CI API: each call signed with the CI secret, or carrying an OIDC
     ID token from ``token_source``."""
@@ -172,7 +183,7 @@ class BotClient:
             url, data=body if method == "POST" else None, headers=headers, method=method
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout + wait) as resp:  # noqa: S310 - http(s) only
+            with _BOT_OPENER.open(req, timeout=self.timeout + wait) as resp:
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -534,7 +545,7 @@ def _fetch_receipt(client: BotClient, rid: str, deadline: float, progress: Calla
             client.base + path, headers=client.auth_headers("GET", path, b"")
         )
         try:
-            with urllib.request.urlopen(req, timeout=client.timeout) as resp:  # noqa: S310 - http(s) only
+            with _BOT_OPENER.open(req, timeout=client.timeout) as resp:
                 data: bytes = resp.read(1024 * 1024)
                 return data
         except urllib.error.HTTPError as exc:

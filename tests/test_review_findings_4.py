@@ -168,3 +168,59 @@ def test_request_oidc_keeps_plain_http_to_loopback() -> None:
     """``keyturn dev`` and the tests talk to a bot on loopback over plain http."""
     for url in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"):
         assert client.parse_args(["--url", url, "--oidc", "--audience", "keyturn"]).url == url
+
+
+class RedirectingBot(LoopbackServer):
+    """The loopback bot whose receipt route redirects to ``target`` (a misconfigured proxy in front of it)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        super().__init__()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        outer = self
+        base = super()._handler()
+
+        class Handler(base):  # type: ignore[valid-type, misc]
+            def do_GET(self) -> None:
+                if self.path.endswith("/receipt"):
+                    self._record()
+                    self._send(302, headers={"Location": outer.target})
+                    return
+                super().do_GET()
+
+        return Handler
+
+
+class Listener(LoopbackServer):
+    """A loopback server that keeps the credentials of every request it gets."""
+
+    def __init__(self) -> None:
+        self.credentials: list[str] = []
+        super().__init__()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        outer = self
+        base = super()._handler()
+
+        class Handler(base):  # type: ignore[valid-type, misc]
+            def do_GET(self) -> None:
+                outer.credentials += [
+                    v for k, v in self.headers.items() if k.lower().startswith(("auth", "x-k"))
+                ]
+                super().do_GET()
+
+        return Handler
+
+
+def test_request_does_not_follow_a_bot_redirect_with_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI API never redirects. ``keyturn request`` followed a 3xx of the bot (urllib's default) and sent
+    the call's credentials (the job's ID token; here the MAC headers) to the new location, over plain http if
+    it said so, around the https-only rule for ``--oidc``. A redirect is now an answer: nothing is sent on."""
+    monkeypatch.setenv(client.SECRET_ENV, "s" * 32)
+    listener = Listener()
+    with listener, LoopbackServer() as keys_host:
+        bot = RedirectingBot(listener.url + "/v1/requests/x/receipt")
+        with bot:
+            assert client.main(_request(bot.url, keys_host.url + "/keys")) == client.REFUSED
+    assert listener.credentials == []
