@@ -1,8 +1,9 @@
 """Fourth adversarial review (of the error model and of the third review's fixes): one test per finding, named
 after it, asserting what the product does. Each was first committed as ``xfail(strict=True)``, then fixed.
 
-Played: a compromised bot against ``keyturn request --wait`` (the keyset it is told to trust), an outage of
-the bot's Redis or signer while a receipt is fetched, and OIDC callers of another issuer.
+Played: a compromised bot against ``keyturn request --wait`` (the keyset it is told to trust, its redirects),
+an outage of the bot's Redis or signer while a receipt is fetched, OIDC callers of another issuer or of a
+pipeline a merge request started, and a network observer between CI and the bot.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from keyturn.bot import client
+from keyturn.signer import evidence as ev
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.policy import Policy
 from tests.gate_fixtures import SCOPE, LoopbackServer
+from tests.oidc_tokens import claims_for, genuine
+from tests.signer.conftest import at
+from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, NOW, POLICY_TOML, body_for
 
 _SCOPE_ARGS = [
     "--repo",
@@ -224,3 +231,25 @@ def test_request_does_not_follow_a_bot_redirect_with_its_credentials(monkeypatch
         with bot:
             assert client.main(_request(bot.url, keys_host.url + "/keys")) == client.REFUSED
     assert listener.credentials == []
+
+
+# --- OIDC: a branch rule and the pipelines a merge request starts -------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="parent_pipeline is not in REF_UNBOUND_EVENTS")
+def test_attack_a_child_pipeline_of_a_forks_merge_request_passes_a_gitlab_branch_rule() -> None:
+    """The third review refused GitLab ``merge_request_event`` jobs under a branch rule (their ``ref`` is the
+    merge request's source branch, which a fork may call ``main``). A child pipeline runs on its parent's ref
+    and sha with ``pipeline_source`` ``parent_pipeline``: the fork's ``.gitlab-ci.yml``, run in the parent
+    project, triggers one, and its job's token passed ``branches = ["main"]`` as main's. Refused like its
+    parent; a policy that lists the event in ``events`` still admits it knowingly."""
+    gitlab_only = POLICY_TOML.replace('issuers = ["github"]', 'issuers = ["gitlab"]')
+    policy = Policy.from_bytes(gitlab_only.encode())
+    token = genuine(GITLAB_KEY, claims_for("gitlab", NOW, pipeline_source="parent_pipeline"))
+    body = body_for({}, requester="gitlab:alice")
+    with pytest.raises(KeyturnError) as exc:
+        ev.check_oidc_request(token, body, policy, ISSUERS, at(NOW))
+    assert exc.value.code == "oidc_event_not_allowed"
+    listed = gitlab_only.replace('branches = ["main"]', 'branches = ["main"]\nevents = ["parent_pipeline"]')
+    admitted = ev.check_oidc_request(token, body, Policy.from_bytes(listed.encode()), ISSUERS, at(NOW))
+    assert admitted.event == "parent_pipeline"
