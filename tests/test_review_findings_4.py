@@ -236,7 +236,6 @@ def test_request_does_not_follow_a_bot_redirect_with_its_credentials(monkeypatch
 # --- OIDC: a branch rule and the pipelines a merge request starts -------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="parent_pipeline is not in REF_UNBOUND_EVENTS")
 def test_attack_a_child_pipeline_of_a_forks_merge_request_passes_a_gitlab_branch_rule() -> None:
     """The third review refused GitLab ``merge_request_event`` jobs under a branch rule (their ``ref`` is the
     merge request's source branch, which a fork may call ``main``). A child pipeline runs on its parent's ref
