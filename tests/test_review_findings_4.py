@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,27 +19,15 @@ from keyturn.bot import client
 from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
-from tests.gate_fixtures import SCOPE, LoopbackServer
+from tests.bot.test_request_gate import _argv
+from tests.gate_fixtures import LoopbackServer
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
 from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, NOW, POLICY_TOML, body_for
 
-_SCOPE_ARGS = [
-    "--repo",
-    SCOPE.repo,
-    "--sha",
-    SCOPE.sha,
-    "--env",
-    SCOPE.environment,
-    "--workflow",
-    SCOPE.workflow,
-    "--requester",
-    "github:alice",
-]
-
 
 def _request(bot_url: str, keys: str, *more: str) -> list[str]:
-    return ["--url", bot_url, *_SCOPE_ARGS, "--wait", "--keys", keys, "--timeout", "20s", *more]
+    return _argv(bot_url, "--wait", "--keys", keys, "--timeout", "20s", *more)[1:]  # without "request"
 
 
 # --- keyturn request --wait: the bot's own keyset under another name ----------------------------------------
@@ -100,7 +89,26 @@ def test_attack_request_wait_follows_a_keyset_redirect_to_the_bot(
 # --- keyturn request --wait: an outage while the receipt is fetched -----------------------------------------
 
 
-class FlakyReceipts(LoopbackServer):
+class ScriptedServer(LoopbackServer):
+    """The loopback bot and keyset host, with ``get`` answering a GET first (True: answered)."""
+
+    def get(self, handler: Any) -> bool:
+        """Answer the GET ``handler`` holds, or return False to let the loopback server answer it."""
+        return False
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        outer = self
+        base = super()._handler()
+
+        class Handler(base):  # type: ignore[valid-type, misc]
+            def do_GET(self) -> None:
+                if not outer.get(self):
+                    super().do_GET()
+
+        return Handler
+
+
+class FlakyReceipts(ScriptedServer):
     """The loopback bot, whose receipt route first answers ``failures`` times with ``status`` (a Redis or
     signer outage: ``503 store_unavailable``), then the receipt."""
 
@@ -109,21 +117,15 @@ class FlakyReceipts(LoopbackServer):
         self.status = status
         super().__init__()
 
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        outer = self
-        base = super()._handler()
-
-        class Handler(base):  # type: ignore[valid-type, misc]
-            def do_GET(self) -> None:
-                if self.path.endswith("/receipt") and outer.failures > 0:
-                    outer.failures -= 1
-                    self._record()
-                    body = json.dumps({"error": "store_unavailable", "message": "retry later"}).encode()
-                    self._send(outer.status, body, {"Content-Type": "application/json"})
-                    return
-                super().do_GET()
-
-        return Handler
+    def get(self, handler: Any) -> bool:
+        """An outage answer on the receipt route while ``failures`` last."""
+        if not handler.path.endswith("/receipt") or self.failures <= 0:
+            return False
+        self.failures -= 1
+        handler._record()
+        body = json.dumps({"error": "store_unavailable", "message": "retry later"}).encode()
+        handler._send(self.status, body, {"Content-Type": "application/json"})
+        return True
 
 
 @pytest.mark.parametrize("status", [503, 429])
@@ -177,47 +179,33 @@ def test_request_oidc_keeps_plain_http_to_loopback() -> None:
         assert client.parse_args(["--url", url, "--oidc", "--audience", "keyturn"]).url == url
 
 
-class RedirectingBot(LoopbackServer):
+class RedirectingBot(ScriptedServer):
     """The loopback bot whose receipt route redirects to ``target`` (a misconfigured proxy in front of it)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         super().__init__()
 
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        outer = self
-        base = super()._handler()
-
-        class Handler(base):  # type: ignore[valid-type, misc]
-            def do_GET(self) -> None:
-                if self.path.endswith("/receipt"):
-                    self._record()
-                    self._send(302, headers={"Location": outer.target})
-                    return
-                super().do_GET()
-
-        return Handler
+    def get(self, handler: Any) -> bool:
+        """A redirect on the receipt route."""
+        if not handler.path.endswith("/receipt"):
+            return False
+        handler._record()
+        handler._send(302, headers={"Location": self.target})
+        return True
 
 
-class Listener(LoopbackServer):
+class Listener(ScriptedServer):
     """A loopback server that keeps the credentials of every request it gets."""
 
     def __init__(self) -> None:
         self.credentials: list[str] = []
         super().__init__()
 
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        outer = self
-        base = super()._handler()
-
-        class Handler(base):  # type: ignore[valid-type, misc]
-            def do_GET(self) -> None:
-                outer.credentials += [
-                    v for k, v in self.headers.items() if k.lower().startswith(("auth", "x-k"))
-                ]
-                super().do_GET()
-
-        return Handler
+    def get(self, handler: Any) -> bool:
+        """Keep the credentials; the loopback server answers."""
+        self.credentials += [v for k, v in handler.headers.items() if k.lower().startswith(("auth", "x-k"))]
+        return False
 
 
 def test_request_does_not_follow_a_bot_redirect_with_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
