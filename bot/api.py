@@ -211,6 +211,20 @@ def _replayed(seen: SeenRequest) -> ApiError:
     )
 
 
+# The claims naming a token's repository: its issuer, and GitHub's or GitLab's name and id for it.
+_REPOSITORY_CLAIMS = ("iss", "repository", "repository_id", "project_path", "project_id")
+
+
+def _same_repository(origin_token: str, token: str) -> bool:
+    """Whether ``token`` (verified by the signer) comes from the repository whose ``origin_token`` (verified
+    when the request was made) made the request: same issuer, same repository name and id."""
+    try:
+        made, asks = unverified_claims(origin_token), unverified_claims(token)
+    except KeyturnError:
+        return False
+    return isinstance(made.get("iss"), str) and all(made.get(c) == asks.get(c) for c in _REPOSITORY_CLAIMS)
+
+
 def _time(dt: datetime | None) -> str | None:
     return None if dt is None else format_time(dt)
 
@@ -426,7 +440,8 @@ class Api:
             raise ApiError("signer_unavailable") from None
 
     async def _authenticate_read(self, request: Request, req_id: str) -> None:
-        """Authenticate a read or a cancel: the CI MAC, or an OIDC token for the request's repository."""
+        """Authenticate a read or a cancel: the CI MAC, or an OIDC token of the repository that made the
+        request: the same issuer and the same repository (name and id) as the token it was made with."""
         token = self._bearer(request)
         if token is None:
             await self._authenticate(request, b"")
@@ -434,10 +449,11 @@ class Api:
         self._source_take(request)
         await self._check_oidc(token, None)
         self._source_ok(request)
-        claims = unverified_claims(token)  # verified by the signer just now
-        repo = claims.get("repository", claims.get("project_path"))
         req = await self._load(req_id)
-        if req.origin_kind != "oidc" or req.scope.repo != repo:
+        origin = await self.store.origin(req_id) if req.origin_kind == "oidc" else None
+        # A repository *name* is not an identity across issuers: a GitLab project may share a GitHub
+        # repository's path, and a deleted repository's name can be taken again. Others' requests are 404.
+        if origin is None or not _same_repository(origin.signature, token):
             raise ApiError("unknown_request")
 
     def _precheck(self, request: Request) -> None:

@@ -139,6 +139,17 @@ def variable_token_source(name: str, env: dict[str, str] | None = None) -> Token
     return lambda: value
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The CI API never redirects; following one would send the call's credentials (the job's ID token, the
+    MAC headers) to wherever it points, in clear if it points at http. A 3xx is answered as it came."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_BOT_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class BotClient:
     """A tiny HTTP client of the bot's CI API: each call signed with the CI secret, or carrying an OIDC
     ID token from ``token_source``."""
@@ -172,7 +183,7 @@ class BotClient:
             url, data=body if method == "POST" else None, headers=headers, method=method
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout + wait) as resp:  # noqa: S310 - http(s) only
+            with _BOT_OPENER.open(req, timeout=self.timeout + wait) as resp:
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -185,25 +196,14 @@ class BotClient:
         return status, data if isinstance(data, dict) else {}
 
 
-def _host_port(url: str) -> tuple[str | None, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    return parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-
-
 def _load_keyset(source: str, args: RequestArgs) -> PublicKeyset:
     """The trusted keyset through the gate, ``Exit`` if the gate refuses it. Called before asking for
     approval, so a broken or untrusted keyset fails the job at once instead of after people have approved."""
-    # The bot serves GET /v1/keys, but it is the party this gate checks: keys from it would let a compromised
-    # bot vouch for a receipt it signed itself (docs/security.md, "The gate: one receipt check").
-    if "://" in source and _host_port(source) == _host_port(args.url):
-        raise Exit(
-            USAGE,
-            f"REJECTED {gate.UNTRUSTED_KEYSET}: --keys {source} is served by the bot this command asks "
-            "(--url): a compromised bot would vouch for receipts it signed itself. Pin the keyset "
-            "(a file written from a CI variable) or fetch it from another host you trust",
-        )
+    # The bot serves GET /v1/keys, but it is the party this gate checks: keys from it (under any name of its
+    # host, or behind a redirect) would let a compromised bot vouch for a receipt it signed itself
+    # (docs/security.md, "The gate: one receipt check").
     try:
-        return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout)
+        return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout, not_from=args.url)
     except gate.GateError as exc:
         raise Exit(_KEYSET_EXIT.get(exc.code, USAGE), f"REJECTED {exc.code}: {exc.message}") from None
 
@@ -313,6 +313,12 @@ def parse_args(argv: Sequence[str]) -> RequestArgs:
     url = v["--url"]
     if not _is_http_url(url):
         raise UsageError("--url must be an http(s) URL")
+    if oidc and urllib.parse.urlsplit(url).scheme == "http" and not _is_loopback(url):
+        # The ID token would cross the network in clear: whoever reads it may cancel this request (a GitLab
+        # job's token lives as long as the job) or read it. Loopback is for `keyturn dev` and tests.
+        raise UsageError(
+            "--oidc sends the job's ID token: --url must be https (plain http only to localhost)"
+        )
     return RequestArgs(
         url=url,
         repo=v.get("--repo", ""),
@@ -512,10 +518,7 @@ def run(
         raise Exit(REFUSED, f"{status}: {rid}")
     if status != "APPROVED":
         raise Exit(REFUSED, f"unexpected status {status!r}")
-    try:
-        receipt = _fetch_receipt(client, rid)
-    except OSError as exc:
-        raise Exit(UNREACHABLE, f"cannot fetch the receipt: {exc}") from None
+    receipt = _fetch_receipt(client, rid, deadline, progress)
     if keyset is None:  # unreachable: --wait requires --keys
         raise Exit(USAGE, "no keyset to verify the receipt with")
     summary = _verify(receipt, keyset, args, datetime.now(UTC))
@@ -530,17 +533,39 @@ def run(
     return OK
 
 
-def _fetch_receipt(client: BotClient, rid: str) -> bytes:
+def _fetch_receipt(client: BotClient, rid: str, deadline: float, progress: Callable[[str], None]) -> bytes:
+    """The approved request's receipt. An outage (the bot unreachable, a 5xx such as ``503
+    store_unavailable``, a 429) is waited out until ``deadline`` as during the wait, then exit 3: the
+    request is approved, and failing now would make people approve a re-run again. Any other answer is
+    final (exit 1)."""
     path = f"/v1/requests/{rid}/receipt"
-    req = urllib.request.Request(  # noqa: S310 - --url is checked to be http(s)
-        client.base + path, headers=client.auth_headers("GET", path, b"")
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=client.timeout) as resp:  # noqa: S310 - http(s) only
-            data: bytes = resp.read(1024 * 1024)
-            return data
-    except urllib.error.HTTPError as exc:
-        raise Exit(REFUSED, f"no receipt (HTTP {exc.code})") from None
+    failures = 0
+    while True:
+        req = urllib.request.Request(  # noqa: S310 - --url is checked to be http(s)
+            client.base + path, headers=client.auth_headers("GET", path, b"")
+        )
+        try:
+            with _BOT_OPENER.open(req, timeout=client.timeout) as resp:
+                data: bytes = resp.read(1024 * 1024)
+                return data
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise Exit(REFUSED, f"no receipt (HTTP {exc.code})") from None
+            trouble = f"HTTP {exc.code}"
+        except (OSError, http.client.HTTPException) as exc:
+            trouble = str(exc) or type(exc).__name__
+        failures += 1
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Exit(UNREACHABLE, f"cannot fetch the receipt of {rid}: {trouble}")
+        if failures == 1:
+            progress(f"{rid} is APPROVED but its receipt cannot be fetched yet ({trouble}); retrying")
+        time.sleep(min(2.0 ** (failures - 1), 16.0, remaining))
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether ``url`` names a loopback host, by the gate's rule for plain-http keyset URLs."""
+    return urllib.parse.urlsplit(url).hostname in gate.LOOPBACK_HOSTS
 
 
 def _is_http_url(url: str) -> bool:

@@ -95,9 +95,11 @@ GITHUB_STAMP_LABEL = b"keyturn github arrival v1"
 # (``pull_request_target``, a "/deploy" ``issue_comment``) or another run's artifacts (``workflow_run``, say
 # of a fork's pull request). A GitLab ``merge_request_event`` job's ``ref`` is the source branch, which a fork
 # names as it likes (``main``): GitLab itself once issued such jobs tokens of the parent project (its issue
-# 548165). A branch rule says nothing about such a job's code, so without an ``events`` rule it is refused.
+# 548165). A GitLab child pipeline (``parent_pipeline``) runs on its parent's ref and sha, so a merge request
+# pipeline's child has the same unbound ref, and its source cannot be told from a push pipeline's child. A
+# branch rule says nothing about such a job's code, so without an ``events`` rule it is refused.
 REF_UNBOUND_EVENTS = frozenset(
-    {"pull_request_target", "workflow_run", "issue_comment", "merge_request_event"}
+    {"pull_request_target", "workflow_run", "issue_comment", "merge_request_event", "parent_pipeline"}
 )
 
 

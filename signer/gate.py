@@ -8,8 +8,9 @@ they apply the same trust rules (docs/security.md, "The gate: one receipt check"
    ``$CI_PROJECT_DIR`` — where a pull request could replace it (``untrusted_keyset``;
    ``trust_keys_in_checkout`` overrides). A URL must be ``https://``, or plain ``http://`` to a loopback host
    only (``bad_keyset_url``); a redirect is followed only to a URL passing the same rule
-   (``untrusted_keyset``); the body is at most 1 MiB (``bad_keyset``) and the whole fetch ends within 10 s
-   (``keyset_unavailable``).
+   (``untrusted_keyset``); with ``not_from`` (``keyturn request``: the bot it asks), neither the URL nor a
+   redirect may name that server under any spelling (``untrusted_keyset``); the body is at most 1 MiB
+   (``bad_keyset``) and the whole fetch ends within 10 s (``keyset_unavailable``).
 2. **Keyset** parsed strictly as a public JWKS (``bad_keyset``).
 3. **Receipt** (``check_receipt``): ``keyturn.signer.verify.verify_receipt`` for exactly the expected scope
    at the given time, development keys refused unless ``allow_dev_keys`` (``dev_key``,
@@ -70,11 +71,50 @@ def keyset_url_allowed(url: str) -> bool:
     return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
 
 
+def same_server(url: str, other: str) -> bool:
+    """Whether two http(s) URLs name the same server: host and port, the host compared as a resolver sees
+    it (case, a trailing dot and IDNA-equivalent letters do not matter; an IP literal in any notation is
+    its address; every loopback name and address is one host). A URL that does not parse names no server.
+    """
+    a, b = _server(url), _server(other)
+    return a is not None and a == b
+
+
+def _server(url: str) -> tuple[str, int | None] | None:
+    import contextlib
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    with contextlib.suppress(UnicodeError):  # what getaddrinfo looks up: nameprep folds case and width
+        host = host.encode("idna").decode("ascii").lower()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    else:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        loopback, host = ip.is_loopback, str(ip)
+    return ("loopback" if loopback else host), port
+
+
 def load_keyset(
-    source: str, *, trust_keys_in_checkout: bool, deadline_s: float = KEYSET_FETCH_DEADLINE_S
+    source: str,
+    *,
+    trust_keys_in_checkout: bool,
+    deadline_s: float = KEYSET_FETCH_DEADLINE_S,
+    not_from: str | None = None,
 ) -> PublicKeyset:
     """The trusted public keyset from ``source`` (a file path, or a URL when it contains ``://``), checked
-    against the source rules above. Raises ``GateError``."""
+    against the source rules above. ``not_from``: the URL of the service this keyset is to check (the bot
+    ``keyturn request`` asks): a keyset it serves would vouch for receipts it made itself, so neither the
+    URL nor a redirect may lead to that server. Raises ``GateError``."""
     from keyturn.signer.errors import KeysetError, VerificationError
     from keyturn.signer.keyset import PublicKeyset
 
@@ -84,7 +124,14 @@ def load_keyset(
                 BAD_KEYSET_URL,
                 f"--keys must be a file or an https URL (plain http only to localhost): {source}",
             )
-        data = fetch_document(source, deadline_s=deadline_s)
+        if not_from is not None and same_server(source, not_from):
+            raise GateError(
+                UNTRUSTED_KEYSET,
+                f"--keys {source} is served by {not_from}, the service whose receipts it is to check: a "
+                "compromised one would vouch for receipts it signed itself. Pin the keyset (a file written "
+                "from a CI variable) or fetch it from another host you trust",
+            )
+        data = fetch_document(source, deadline_s=deadline_s, not_from=not_from)
     else:
         if not trust_keys_in_checkout:
             _refuse_keyset_in_checkout(source)
@@ -201,10 +248,12 @@ def fetch_document(
     limit: int = MAX_KEYSET_BYTES,
     too_large: str = BAD_KEYSET,
     deadline_s: float = KEYSET_FETCH_DEADLINE_S,
+    not_from: str | None = None,
 ) -> bytes:
     """GET ``what`` (a keyset; an audit checkpoint) from ``url`` within ``deadline_s`` seconds in all, at most
     ``limit`` bytes, under the keyset source rule. Refusals: ``<what>_unavailable``, ``untrusted_<what>``
-    (a redirect breaking the rule) and ``too_large``. The caller checks ``url`` itself first.
+    (a redirect breaking the rule, or leading to the server of ``not_from``) and ``too_large``. The caller
+    checks ``url`` itself first.
 
     The socket timeout bounds each read, not the whole fetch: a server trickling a byte now and then would
     hold the CI job forever. So the fetch runs in a daemon thread that is abandoned at the deadline.
@@ -215,7 +264,7 @@ def fetch_document(
 
     def work() -> None:
         try:
-            box["data"] = _fetch(url, deadline_s, what, limit, too_large)
+            box["data"] = _fetch(url, deadline_s, what, limit, too_large, not_from)
         except Exception as e:  # handed to the caller's thread below
             box["error"] = e
 
@@ -233,9 +282,12 @@ def fetch_document(
     return data
 
 
-def _fetch(url: str, timeout_s: float, what: str, limit: int, too_large: str) -> bytes:
+def _fetch(
+    url: str, timeout_s: float, what: str, limit: int, too_large: str, not_from: str | None = None
+) -> bytes:
     """The fetch itself. Redirects are followed only to URLs that pass the same rule as ``url``, so an https
-    URL cannot be downgraded to plain http, nor a loopback one sent elsewhere in clear text."""
+    URL cannot be downgraded to plain http, nor a loopback one sent elsewhere in clear text; nor to the
+    server of ``not_from``."""
     import http.client
     import urllib.error
     import urllib.parse
@@ -244,6 +296,12 @@ def _fetch(url: str, timeout_s: float, what: str, limit: int, too_large: str) ->
     def check(target: str) -> None:
         if not keyset_url_allowed(target):
             raise GateError(f"untrusted_{what}", f"refusing redirect of the {what} URL to {target}")
+        if not_from is not None and same_server(target, not_from):
+            raise GateError(
+                f"untrusted_{what}",
+                f"refusing redirect of the {what} URL to {target}: served by {not_from}, whose receipts it "
+                "is to check",
+            )
 
     class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
         def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:

@@ -560,3 +560,26 @@ def test_an_oidc_cancel_is_recorded_with_the_tokens_subject(ostack: OidcStack) -
     wait_until(lambda: bool(rows()), 10, "the cancel in the audit log")  # another process's file: polled
     [row] = rows()
     assert (row["outcome"], row["by"]) == ("cancelled", "oidc:repo:acme/web:environment:production")
+
+
+def test_a_token_of_another_issuer_cannot_read_a_request_of_the_same_repository_name(
+    ostack: OidcStack,
+) -> None:
+    """OIDC reads are bound to the issuer and repository that made the request, not to a repository *name*:
+    with github.com and a GitLab issuer both in the policy, a GitLab project at the path ``acme/web`` used to
+    read (status, receipt) the GitHub repository ``acme/web``'s requests. It gets 404, as for any request not
+    its own; the GitHub repository's own token still reads it."""
+    ostack.job(environment="staging")  # staging admits both issuers
+    github = ostack.token("github")
+    resp = ostack.post_oidc(github, body_for(github))
+    assert resp.status_code == 202, resp.text
+    rid = resp.json()["requestId"]
+    gitlab = ostack.token("gitlab")
+    assert unverified_claims(gitlab)["project_path"] == unverified_claims(github)["repository"]
+    for path in (f"/v1/requests/{rid}", f"/v1/requests/{rid}/receipt"):
+        read = ostack.http.get(ostack.bot_url + path, headers={"Authorization": f"Bearer {gitlab}"})
+        assert (read.status_code, read.json()["error"]) == (404, "unknown_request"), path
+    own = ostack.http.get(
+        f"{ostack.bot_url}/v1/requests/{rid}", headers={"Authorization": f"Bearer {ostack.token('github')}"}
+    )
+    assert own.status_code == 200, own.text
