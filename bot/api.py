@@ -623,7 +623,9 @@ class Api:
         await self._authenticate_read(request, rid)
         req = await self._load(rid)
         if req.status is not Status.APPROVED:
-            raise ApiError("not_approved", status=req.status.value, extra={"status": req.status.value})
+            raise ApiError(
+                "not_approved", reason="request", status=req.status.value, extra={"status": req.status.value}
+            )
         receipt = await self.store.receipt(rid)
         if receipt is None:
             raise ApiError("receipt_gone", extra={"status": req.status.value})

@@ -66,8 +66,69 @@ def _callback_address(facts: Facts) -> str:
     return f"{facts.get('host')} resolves to {facts.get('ip')}, a {facts.get('problem')} address"
 
 
-# code -> a str.format template over the facts, or a function of the facts for sentences that branch.
-SENTENCES: dict[str, str | Callable[[Facts], str]] = {
+# A sentence: a str.format template over the facts, or a function of the facts for sentences that branch.
+Template = str | Callable[[Facts], str]
+# A code raised for several reasons (``malformed``): its sentences keyed by the fact ``reason``.
+Reasons = Mapping[str, Template]
+
+# -- the receipt verifier (signer/receipt.py, signer/verify.py: what `keyturn verify` prints in a CI log) --
+_MALFORMED: Reasons = {
+    "time_shape": "time must be RFC 3339 UTC 'YYYY-MM-DDTHH:MM:SSZ', got {value}",
+    "time_range": "time out of range: {value}",
+    "duplicate_member": "duplicate member name {name}",
+    "float": "numbers with a fraction or exponent are not allowed: {value}",
+    "constant": "{value} is not JSON",
+    "not_bytes": "expected bytes",
+    "too_large": "larger than {limit} bytes",
+    "not_utf8": "not valid UTF-8",
+    "not_json": "not valid JSON: {detail} at line {line} column {column}",
+    "not_json_type": "not valid JSON: {detail}",
+    "not_canonicalizable": "cannot canonicalize: {detail}",
+    "not_object": "{where} must be a JSON object",
+    "missing_member": "{where} lacks member {name}",
+    "unknown_member": "{where} has unknown member {name}",
+    "not_string": "{member} must be a string",
+    "text_length": "{member} must be 1..{limit} characters",
+    "not_printable": "{member} contains non-printable characters",
+    "bad_sha": "scope.sha must be 40 or 64 lowercase hex digits",
+    "bad_key_id": "signature.keyId must be 1..{limit} base64url characters",
+    "unsigned_with_value": "an unsigned receipt must not carry signature.value",
+    "bad_status": "status must be an upper-case word",
+    "bad_request_id": "requestId must be 'req_' followed by a ULID",
+    "expires_before_issued": "expiresAt must be after issuedAt",
+    "approvals_length": "approvals must be a list of 1..{limit} entries",
+    "approvals_repeat": "approvals must name distinct approvers",
+    "approver_not_in_approvals": "approver must be one of approvals",
+    "payload_type": "payloadType must be {expected}",
+    "envelope_base64": "envelope payload is not canonical base64",
+    "envelope_signatures": "envelope must carry exactly one signature",
+    "envelope_signature_strings": "signatures[0].keyid and .sig must be strings",
+    "envelope_not_canonical": "envelope payload is not the canonical (RFC 8785) form",
+    "envelope_with_value": "envelope payload must carry signature without value",
+    "envelope_key_id": "envelope keyid differs from the payload's signature.keyId",
+}
+
+_VERIFY: dict[str, Template | Reasons] = {
+    "malformed": _MALFORMED,
+    "unsupported_version": "unknown receipt version {version}",
+    "unsupported_alg": "signature algorithm {alg} is not Ed25519",
+    "bad_signature": {
+        "not_base64": "signature.value is not canonical base64",
+        "length": "signature.value is not a 64-byte Ed25519 signature",
+        "mismatch": "signature does not verify",
+    },
+    # A signed receipt's status (reason "receipt"), or a request's status (the CI API's receipt route).
+    "not_approved": {"receipt": "status is {status}", "request": "the request is {status}"},
+    "key_not_valid_at_issue": "key {kid} ({key_status}) was not valid at {at}",
+    "lifetime_too_long": "receipt lifetime exceeds {limit}",
+    "not_yet_valid": "issued at {at}, in the future",
+    "expired": "expired at {at}",
+    "scope_mismatch": "receipt is for {field} {got}, deploying {want}",  # code scope_mismatch:<field>
+    "requester_not_proven": "the receipt does not say the requester was proven by an OIDC token",
+}
+
+# code -> its sentence, or its sentences by reason.
+SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
     "not_pending": _not_pending,
     "already_approved": "You have already approved this request.",
@@ -94,7 +155,6 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     "invalid_request": "invalid request: {detail}",
     "malformed_body": "body is not valid JSON text",
     "too_many_failures": "too many failed authentications from this address; retry later",
-    "not_approved": "the request is {status}",
     "receipt_gone": "the receipt is no longer stored",
     "ci_secret_not_allowed": "this environment refuses the CI secret; use OIDC",
     "not_ready": "not ready: {down}",
@@ -132,6 +192,7 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     ),
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
+    **_VERIFY,
 }
 
 # What a field of a CI body is told, by the same facts (the ``fields`` list of a 422).
@@ -141,7 +202,9 @@ FIELD_SENTENCES: dict[str, str] = {
 }
 
 
-def _render(template: str | Callable[[Facts], str] | None, code: str, facts: Facts) -> str:
+def _render(template: Template | Reasons | None, code: str, facts: Facts) -> str:
+    if isinstance(template, Mapping):
+        template = template.get(str(facts.get("reason")))
     if template is None:
         return code
     try:
@@ -150,9 +213,14 @@ def _render(template: str | Callable[[Facts], str] | None, code: str, facts: Fac
         return code  # a fact is missing: the code still says what happened
 
 
+def _sentence(code: str) -> Template | Reasons | None:
+    # ``scope_mismatch:sha``: a code with a detail after the colon is said by the code before it.
+    return SENTENCES.get(code, SENTENCES.get(code.partition(":")[0]))
+
+
 def words(code: str, facts: Facts | None = None) -> str:
     """The sentence for ``code`` with ``facts`` filled in; the code itself when none is known."""
-    return _render(SENTENCES.get(code), code, facts or {})
+    return _render(_sentence(code), code, facts or {})
 
 
 def field_words(code: str, facts: Facts | None = None) -> str:
@@ -160,6 +228,10 @@ def field_words(code: str, facts: Facts | None = None) -> str:
     return _render(FIELD_SENTENCES.get(code), code, facts or {})
 
 
-def has_words(code: str) -> bool:
-    """True if ``code`` has a sentence here (a test holds every code the CI API raises to it)."""
-    return code in SENTENCES
+def has_words(code: str, reason: str | None = None) -> bool:
+    """True if ``code`` has a sentence here (for ``reason``, when given and the code is said by reason);
+    tests hold every code the CI API and the migrated signer modules raise to it."""
+    sentence = _sentence(code)
+    if isinstance(sentence, Mapping):
+        return reason is None or reason in sentence
+    return sentence is not None
