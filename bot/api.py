@@ -528,8 +528,8 @@ class Api:
         except EvidenceError as exc:
             if exc.fields:
                 fields = [{"field": k, "message": v} for k, v in exc.fields.items()]
-                raise ApiError("invalid_request", message=exc.message, fields=fields) from None
-            raise ApiError("malformed_body", message=exc.message) from None  # the parser's own words
+                raise ApiError("invalid_request", fields=fields, facts=exc.facts) from None
+            raise ApiError("malformed_body", facts=exc.facts) from None  # said by the parser's reason
         try:
             req_in = RequestIn.model_validate_json(body)
         except ValidationError as exc:

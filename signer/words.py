@@ -69,7 +69,7 @@ def _callback_address(facts: Facts) -> str:
 # A sentence: a str.format template over the facts, or a function of the facts for sentences that branch.
 Template = str | Callable[[Facts], str]
 # A code raised for several reasons (``malformed``): its sentences keyed by the fact ``reason``.
-Reasons = Mapping[str, Template]
+Reasons = Mapping[str | None, Template]  # None: the sentence when no reason is given
 
 # -- the receipt verifier (signer/receipt.py, signer/verify.py: what `keyturn verify` prints in a CI log) --
 _MALFORMED: Reasons = {
@@ -127,6 +127,94 @@ _VERIFY: dict[str, Template | Reasons] = {
     "requester_not_proven": "the receipt does not say the requester was proven by an OIDC token",
 }
 
+# -- the signer's evidence checks (signer/evidence.py): reasons are unique across its codes, so every code
+# it raises is said by this one table (the code says which check; the reason which way it failed) --
+_EVIDENCE: dict[str | None, Template] = {
+    # the origin's and the clicks' MACs (codes bad_ci_signature, bad_slack_signature, bad_denial_signature...)
+    "timestamp": "timestamp is not a number of seconds",
+    "signature_shape": "signature must be '{prefix}<hex>'",
+    "signature_mismatch": "signature does not match",
+    "skew": "timestamp is more than {limit} s away from now",
+    "method": "method must be upper-case letters",
+    "path": "path must start with '/' and carry no query string",
+    "stamp_mismatch": "the arrival stamp is not the signer's",
+    # bodies and forms
+    "not_json": "{what} is not valid JSON ({detail})",
+    "not_form": "{what} is not a valid form body",
+    "repeated_field": "{what} repeats the field {name}",
+    "too_large": lambda facts: (
+        f"approval {facts['index']} is too large"
+        if "index" in facts
+        else f"body is larger than {facts['limit']} bytes"
+    ),
+    "not_utf8": "body is not UTF-8",
+    "not_object": "body must be a JSON object",
+    "fields": "invalid request: {detail}",
+    "workflow": "workflow: {detail}",
+    # the origin
+    "not_slash": "an interactivity payload is not a slash command",
+    "other_command": "not the {command} command",
+    "slash_user": "slash command has no valid user_id",
+    "slash_grammar": "expected '{command} request <repo> <sha> <environment> [workflow]'",
+    "not_create": "the origin is not a POST /v1/requests",
+    "other_team": "{what} comes from another Slack workspace",
+    "no_user": "{what} names no valid user",
+    "bad_team": "{what} names an invalid team",
+    "request_id": "requestId must be 'req_' + a ULID",
+    "origin": "requestId is not the id bound to this origin",
+    "body": "the body disagrees with its token on {names}",
+    "rule": "this {what} may not ask for this environment",
+    "event": "jobs started by this event may not ask for this environment",
+    "ref_unbound": (
+        "a {event} job may not ask under a branch rule (its ref does not name the branch its code came "
+        "from); list the event in the environment's oidc.events to allow it"
+    ),
+    "oidc_only": "this environment takes only OIDC-proven requests, not the CI secret",
+    # clicks and the deny form
+    "click_form": "a click body is a single 'payload' form field",
+    "not_block_actions": "not a block_actions click",
+    "actions": "a click carries exactly one action",
+    "not_approve_button": "not a click on the card's Approve button",
+    "click": "the click approves another request",
+    "denial": "the submission denies another request",
+    "deny_form": "a deny submission is a single 'payload' form field",
+    "not_view_submission": "not a view_submission",
+    "not_deny_form": "not a submission of the deny form",
+    "reason_length": "the reason must be 1 to {limit} characters",
+    "no_submission": "a denial needs the signed deny submission",
+    "submission_too_large": "the deny submission is too large",
+    # the decision
+    "future": "the request is dated in the future",
+    "ttl": "the request's lifetime (request_ttl) is over",
+    "none": "no approvals were supplied",
+    "approval_time": "approval {index} lies outside the request lifetime",
+    "outcome_time": "the {what} lies outside the request lifetime",
+    "approval": "approval {index}: {detail}",
+    "approve": "{user} is not an approver for {environment}",
+    "decide": "{user} may not decide requests for {environment}",
+    "self": "{user} requested this deploy and may not approve it",
+    "quorum": "{count} distinct approver(s), {required} required",
+    "evidence": (
+        "the signer's clock is {seconds} s behind the request's evidence; "
+        "no receipt is dated before what it approves"
+    ),
+    "outcome": "outcome must be one of {outcomes}",
+    "clock": "the request's lifetime is not over by the signer's clock",
+    "no_call": "a cancel needs the pipeline's cancel call",
+    "token_for_secret": "only an OIDC-proven request is cancelled with a token",
+    "not_cancel_path": "the call is not a POST to this request's cancel path",
+    "token_unusable": "the cancel token is unusable: {detail}",
+    "other_job": "the cancel token was not issued to the job that made the request",
+}
+EVIDENCE_CODES = (
+    "bad_ci_signature", "bad_slack_signature", "bad_denial_signature", "bad_github_stamp",
+    "stale_request", "bad_request", "bad_request_body", "bad_origin", "wrong_team", "bad_click", "bad_denial",
+    "bad_cancel", "wrong_request", "card_mismatch", "deny_form_mismatch", "request_id_mismatch",
+    "oidc_body_mismatch", "oidc_issuer_not_allowed", "oidc_repository_not_allowed", "oidc_branch_not_allowed",
+    "oidc_event_not_allowed", "evidence_outside_lifetime", "request_expired", "insufficient_approvals",
+    "not_authorized", "clock_behind", "not_expired",
+)  # fmt: skip
+
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
@@ -138,7 +226,6 @@ SENTENCES: dict[str, Template | Reasons] = {
     "evidence_gone": "The original request's evidence is gone.",
     "unknown_environment": "There is no environment {environment!r} in the policy.",
     "not_an_approver": "You are not an approver for {environment}.",
-    "self_approval": "You requested this deploy, so you cannot approve it.",
     "signing_failed": (
         "Your approval is recorded, but no receipt could be issued ({cause}: {detail}). "
         "Click Approve again to retry."
@@ -153,10 +240,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     "bad_content_length": "Content-Length is not a number",
     "invalid_parameter": "{name} must be an integer from {low} to {high}",
     "invalid_request": "invalid request: {detail}",
-    "malformed_body": "body is not valid JSON text",
     "too_many_failures": "too many failed authentications from this address; retry later",
     "receipt_gone": "the receipt is no longer stored",
-    "ci_secret_not_allowed": "this environment refuses the CI secret; use OIDC",
     "not_ready": "not ready: {down}",
     "shutting_down": "the bot is stopping; retry",
     "internal_error": "internal error; see the bot's log",
@@ -193,6 +278,12 @@ SENTENCES: dict[str, Template | Reasons] = {
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
     **_VERIFY,
+    **dict.fromkeys(EVIDENCE_CODES, _EVIDENCE),
+    # The CI API's own (no reason), or the signer's body parser's reason for it (shared with the bot).
+    "malformed_body": {**_EVIDENCE, None: "body is not valid JSON text"},
+    # Said by the bot to an approver (no reason) and by the signer's checks (with one).
+    "self_approval": {**_EVIDENCE, None: "You requested this deploy, so you cannot approve it."},
+    "ci_secret_not_allowed": {**_EVIDENCE, None: "this environment refuses the CI secret; use OIDC"},
 }
 
 # What a field of a CI body is told, by the same facts (the ``fields`` list of a 422).
@@ -202,9 +293,17 @@ FIELD_SENTENCES: dict[str, str] = {
 }
 
 
+# Another part's refusal said under a code (a card check, a GitHub payload, the body's parser): ``detail`` is
+# that part's sentence, already rendered from its own code and facts.
+RELAYED = "relayed"
+
+
 def _render(template: Template | Reasons | None, code: str, facts: Facts) -> str:
+    if facts.get("reason") == RELAYED and "detail" in facts:
+        return str(facts["detail"])
     if isinstance(template, Mapping):
-        template = template.get(str(facts.get("reason")))
+        reason = facts.get("reason")
+        template = template.get(None if reason is None else str(reason))
     if template is None:
         return code
     try:
@@ -232,6 +331,8 @@ def has_words(code: str, reason: str | None = None) -> bool:
     """True if ``code`` has a sentence here (for ``reason``, when given and the code is said by reason);
     tests hold every code the CI API and the migrated signer modules raise to it."""
     sentence = _sentence(code)
+    if reason == RELAYED:
+        return True
     if isinstance(sentence, Mapping):
         return reason is None or reason in sentence
     return sentence is not None
