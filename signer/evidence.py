@@ -471,7 +471,7 @@ def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy
             may_approve=lambda uid: policy.authorizes(facts.scope.environment, uid),
         )
     except card.CardMismatch as exc:
-        raise EvidenceError("card_mismatch", reason="relayed", detail=exc.message) from None
+        raise EvidenceError("card_mismatch", facts=exc.facts) from None
     return ApproveClick(user_id, team_id, request_id, timestamp)
 
 

@@ -110,7 +110,6 @@ _MALFORMED: Reasons = {
 
 _VERIFY: dict[str, Template | Reasons] = {
     "malformed": _MALFORMED,
-    "unsupported_version": "unknown receipt version {version}",
     "unsupported_alg": "signature algorithm {alg} is not Ed25519",
     "bad_signature": {
         "not_base64": "signature.value is not canonical base64",
@@ -125,6 +124,10 @@ _VERIFY: dict[str, Template | Reasons] = {
     "expired": "expired at {at}",
     "scope_mismatch": "receipt is for {field} {got}, deploying {want}",  # code scope_mismatch:<field>
     "requester_not_proven": "the receipt does not say the requester was proven by an OIDC token",
+    # the key it names (signer/keyset.py)
+    "unknown_key": "key {kid} is not in the trusted keyset",
+    "revoked_key": "key {kid} is revoked",
+    "dev_key": "key {kid} is a development key (see --allow-dev-keys)",
 }
 
 # -- the signer's evidence checks (signer/evidence.py): reasons are unique across its codes, so every code
@@ -208,12 +211,71 @@ _EVIDENCE: dict[str | None, Template] = {
 }
 EVIDENCE_CODES = (
     "bad_ci_signature", "bad_slack_signature", "bad_denial_signature", "bad_github_stamp",
-    "stale_request", "bad_request", "bad_request_body", "bad_origin", "wrong_team", "bad_click", "bad_denial",
-    "bad_cancel", "wrong_request", "card_mismatch", "deny_form_mismatch", "request_id_mismatch",
+    "stale_request", "bad_request_body", "bad_origin", "wrong_team", "bad_click", "bad_denial",
+    "bad_cancel", "wrong_request", "deny_form_mismatch", "request_id_mismatch",
     "oidc_body_mismatch", "oidc_issuer_not_allowed", "oidc_repository_not_allowed", "oidc_branch_not_allowed",
     "oidc_event_not_allowed", "evidence_outside_lifetime", "request_expired", "insufficient_approvals",
     "not_authorized", "clock_behind", "not_expired",
 )  # fmt: skip
+
+# -- the card check (signer/card.py, code card_mismatch) --
+_CARD: Reasons = {
+    "deny_view": "the submitted form's {part} is not this request's deny form",
+    "no_status": "the clicked card has no status part in Keyturn's layout",
+    "no_message": "the click carries no message (ephemeral cards cannot approve)",
+    "extra_part": "the clicked message carries {part}, which Keyturn's card never has",
+    "own_sender": "the clicked message carries a {part} of its own, which Keyturn never sets",
+    "no_blocks": "the clicked message carries no blocks",
+    "approvals_line": "the clicked card's approvals line is not in Keyturn's form",
+    "approvals_names": "the clicked card's approvals line names someone who is not an approver here",
+    "expiry_line": "the clicked card's expiry line is not in Keyturn's form",
+    "block_count": "the clicked card has {got} blocks where Keyturn's card for this request has {want}",
+    "block": "the clicked card differs from Keyturn's card for this request in block {block}",
+    "differs": "the clicked card differs from Keyturn's card for this request",
+}
+
+# -- the bot-signer socket (signer/wire.py) --
+_WIRE: Reasons = {
+    "not_utf8": "frame is not UTF-8",
+    "not_json": "frame is not valid JSON: {detail}",
+    "surrogate": "frame holds a lone surrogate escape (not Unicode text)",
+    "not_object": "a request is a JSON object",
+    "version_type": "v must be an integer",
+    "protocol": "protocol version {version} is not supported ({supported} is)",
+    "op_type": "op must be a string",
+    "op": "unknown op {op}",
+    "group_members": (
+        "groupMembers: unknown field; the signer no longer takes group membership from the bot "
+        "(it uses the [groups] pinned in its policy): upgrade the bot"
+    ),
+    "schema": "{detail}",
+    "size": "frame of {size} bytes exceeds {limit}",
+    "idle": "no request within {seconds} s",
+    "header": "stream ended inside a frame header",
+    "body": "stream ended inside a frame",
+    "frame": "frame not received within {seconds} s",
+}
+WIRE_CODES = ("bad_frame", "bad_reply", "unknown_op", "frame_too_large", "idle_timeout", "truncated_frame")
+
+# -- the gate: keyset and checkpoint sources (signer/gate.py; what `keyturn verify` prints about --keys) --
+_GATE: Reasons = {
+    "source_rule": "--keys must be a file or an https URL (plain http only to localhost): {source}",
+    "verifying": "{error} while verifying",
+    "keyset_file": "cannot read keyset {path}: {detail}",
+    "too_large": "{what} larger than {limit} bytes",
+    "checkout_unknown": "cannot tell whether keyset {path} is in the checkout: {detail}",
+    "in_checkout": (
+        "keyset {path} is inside the checkout being deployed ({root}); a pull request could replace it. "
+        "Fetch it from the signer (https URL) or a path outside the checkout, "
+        "or pass --trust-keys-in-checkout if this checkout is trusted"
+    ),
+    "deadline": "the {what} URL did not answer within {seconds} s",
+    "fetch": "cannot fetch {what}: {detail}",
+    "redirect": "refusing redirect of the {what} URL to {target}",
+    "http_status": "{what} URL answered HTTP {status}",
+}
+# Codes the gate builds from what it fetches (``keyset_unavailable``, ``untrusted_checkpoint``, ...).
+_GATE_FAMILIES = ("untrusted_", "_unavailable", "_too_large")
 
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
@@ -244,7 +306,6 @@ SENTENCES: dict[str, Template | Reasons] = {
     "receipt_gone": "the receipt is no longer stored",
     "not_ready": "not ready: {down}",
     "shutting_down": "the bot is stopping; retry",
-    "internal_error": "internal error; see the bot's log",
     "payload_too_large": "webhook body too large",
     "scope_busy": (
         "another run of this commit for {environment} is already waiting for approval ({request_id}); "
@@ -278,6 +339,15 @@ SENTENCES: dict[str, Template | Reasons] = {
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
     **_VERIFY,
+    "card_mismatch": _CARD,
+    **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
+    # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
+    "bad_request": {**_EVIDENCE, **_WIRE},
+    **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset", "bad_checkpoint"), _GATE),
+    # A receipt (no reason) or the socket protocol's version.
+    "unsupported_version": {None: "unknown receipt version {version}", **_WIRE},
+    # The CI API's own (no reason), or the gate's surprise while verifying.
+    "internal_error": {None: "internal error; see the bot's log", **_GATE},
     **dict.fromkeys(EVIDENCE_CODES, _EVIDENCE),
     # The CI API's own (no reason), or the signer's body parser's reason for it (shared with the bot).
     "malformed_body": {**_EVIDENCE, None: "body is not valid JSON text"},
@@ -314,7 +384,10 @@ def _render(template: Template | Reasons | None, code: str, facts: Facts) -> str
 
 def _sentence(code: str) -> Template | Reasons | None:
     # ``scope_mismatch:sha``: a code with a detail after the colon is said by the code before it.
-    return SENTENCES.get(code, SENTENCES.get(code.partition(":")[0]))
+    sentence = SENTENCES.get(code, SENTENCES.get(code.partition(":")[0]))
+    if sentence is None and any(part in code for part in _GATE_FAMILIES):
+        return _GATE
+    return sentence
 
 
 def words(code: str, facts: Facts | None = None) -> str:
