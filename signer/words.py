@@ -118,7 +118,6 @@ _VERIFY: dict[str, Template | Reasons] = {
     },
     # A signed receipt's status (reason "receipt"), or a request's status (the CI API's receipt route).
     "not_approved": {"receipt": "status is {status}", "request": "the request is {status}"},
-    "key_not_valid_at_issue": "key {kid} ({key_status}) was not valid at {at}",
     "lifetime_too_long": "receipt lifetime exceeds {limit}",
     "not_yet_valid": "issued at {at}, in the future",
     "expired": "expired at {at}",
@@ -277,16 +276,30 @@ _GATE: Reasons = {
 # Codes the gate builds from what it fetches (``keyset_unavailable``, ``untrusted_checkpoint``, ...).
 _GATE_FAMILIES = ("untrusted_", "_unavailable", "_too_large")
 
+# -- the signer service (signer/service.py: what it answers the bot, and why it refuses to start) --
+_SERVICE: Reasons = {
+    "fake_clock": "fake clock file {path} is unreadable",
+    "active_key": "the active key {kid} was created after this receipt's issue time",
+    "outcome": "request {request_id} is already closed on the record (audit seq {seq}); no receipt",
+    "receipt": "request {request_id} has a receipt on the record (audit seq {seq})",
+    "no_group": "socket group {group} does not exist",
+    "not_socket": "{path} exists and is not a socket; refusing to replace it",
+    "in_use": "another process is listening on {path}",
+    "listen": "cannot listen on {path}: {detail}",
+    "permissions": "cannot set permissions on {path}: {detail}",
+}
+
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
     "not_pending": _not_pending,
-    "already_approved": "You have already approved this request.",
+    # An approver's second click (no reason), or the signer's record of a receipt.
+    "already_approved": {None: "You have already approved this request.", **_SERVICE},
     "quorum_not_reached": "Not enough approvals yet.",
     "reason_required": "Please give a reason for denying.",
     "unknown_request": "No such request (it may have been cleaned up).",
     "evidence_gone": "The original request's evidence is gone.",
-    "unknown_environment": "There is no environment {environment!r} in the policy.",
+    "unknown_environment": "There is no environment {environment!r} in the policy.",  # also the signer's
     "not_an_approver": "You are not an approver for {environment}.",
     "signing_failed": (
         "Your approval is recorded, but no receipt could be issued ({cause}: {detail}). "
@@ -340,6 +353,10 @@ SENTENCES: dict[str, Template | Reasons] = {
     "key_mismatch": "{what} names a key other than the active key",
     **_VERIFY,
     "card_mismatch": _CARD,
+    **dict.fromkeys(("clock_unavailable", "request_closed", "config"), _SERVICE),
+    "invalid_policy": "{source}: {problems}",  # each problem is its key path and what is wrong there
+    # A receipt's key (verifier, no reason) or the signer's active key (service).
+    "key_not_valid_at_issue": {None: "key {kid} ({key_status}) was not valid at {at}", **_SERVICE},
     **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
     # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
     "bad_request": {**_EVIDENCE, **_WIRE},
