@@ -33,6 +33,7 @@ from keyturn.bot.metrics import Metrics
 from keyturn.bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from keyturn.bot.ports import Refused
 from keyturn.bot.prefilter import SourceLimiter, plausible
+from keyturn.bot.signer_client import signer_unavailable
 from keyturn.bot.slack_token import SlackTokenCheck
 from keyturn.bot.store import (
     ChangeFeed,
@@ -408,7 +409,7 @@ class Api:
         try:
             await self.signer.check_oidc(token, body)
         except KeyturnError as exc:
-            if exc.code == "signer_unavailable":
+            if signer_unavailable(exc):
                 raise ApiError("signer_unavailable") from None
             self.metrics.refusals.labels(exc.code[:40]).inc()
             fields = getattr(exc, "fields", None)
@@ -457,7 +458,7 @@ class Api:
         try:
             await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
         except KeyturnError as exc:
-            if exc.code == "signer_unavailable":
+            if signer_unavailable(exc):
                 self._source_ok(request)  # not the sender's failure
                 raise ApiError("signer_unavailable") from None
             raise ApiError("unauthorized") from None
