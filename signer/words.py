@@ -328,7 +328,24 @@ SENTENCES: dict[str, Template | Reasons] = {
     "approver_error": "the approver's answer is not JSON",
     "not_found": "Not Found",
     "method_not_allowed": "Method Not Allowed",
-    # -- the timer jobs (bot/timer_jobs.py; for logs: the job is retried) --
+    # -- `keyturn request` (bot/client.py; its sentences still come with the exit, by status) --
+    "request_refused": "not approved, or the receipt was refused",
+    "request_invalid": "the request or the configuration is invalid",
+    "request_unreachable": "the bot or the keyset URL cannot be reached",
+    # -- `keyturn dev` (bot/dev.py: for the person at the terminal) --
+    "dev_no_port": "no free TCP port on {host}",
+    "dev_not_ready": lambda facts: (
+        f"{facts['name']} exited with code {facts['status']} before it was ready"
+        if "status" in facts
+        else f"{facts['name']} was not ready after {facts['seconds']}s"
+    ),
+    "dev_step_failed": "{what} failed: {detail}",
+    "dev_no_redis": "redis-server is missing: run ./scripts/bootstrap.sh (or apt-get install redis-server)",
+    "dev_exited": "{name} exited with code {status}",
+    # -- the timer jobs (bot/timer_jobs.py, bot/scheduler.py; for logs: the job is retried) --
+    "timer_error": "scheduling failed",
+    "bad_job": "the job cannot be scheduled",
+    "stale_leader": "this replica no longer holds the timer leader lease",
     "card_not_posted": "no card to reply to yet",
     # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
     "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),

@@ -128,3 +128,31 @@ async def test_a_signer_that_ran_out_of_time_is_a_503_not_a_failed_authenticatio
         resp = await http.get("/v1/requests/req_01JAAAAAAAAAAAAAAAAAAAAAAA", headers=headers)
     assert resp.status_code == 503
     assert resp.json()["error"] == "signer_unavailable"
+
+
+def test_the_bots_other_errors_are_keyturn_errors_with_codes() -> None:
+    """`keyturn request`'s exit, the scheduler's refusals and `keyturn dev`'s start-up failures share the one
+    base: a stable code (and, for dev, facts said by the words module)."""
+    from keyturn.bot.client import REFUSED, UNREACHABLE, USAGE, Exit
+    from keyturn.bot.dev import DevError
+    from keyturn.bot.scheduler import BadJob, StaleLeader, TimerError
+
+    exits = [Exit(status, "why") for status in (REFUSED, USAGE, UNREACHABLE)]
+    assert [(e.status, e.code, e.message) for e in exits] == [
+        (REFUSED, "request_refused", "why"),
+        (USAGE, "request_invalid", "why"),
+        (UNREACHABLE, "request_unreachable", "why"),
+    ]
+    assert all(isinstance(e, KeyturnError) for e in exits)
+    timer_errors = [BadJob("bad request id"), StaleLeader("fencing token is no longer the leader's")]
+    assert [(e.code, str(e)) for e in timer_errors] == [
+        ("bad_job", "bad request id"),
+        ("stale_leader", "fencing token is no longer the leader's"),
+    ]
+    assert issubclass(TimerError, KeyturnError)
+    assert str(DevError("dev_not_ready", name="bot", seconds="30")) == "bot was not ready after 30s"
+    assert (
+        str(DevError("dev_not_ready", name="bot", status=1)) == "bot exited with code 1 before it was ready"
+    )
+    assert has_words("dev_no_redis")
+    assert "redis-server is missing" in str(DevError("dev_no_redis"))
