@@ -632,7 +632,7 @@ def _oidc_identity(token: str, policy: Policy) -> tuple[str, oidc.CiIdentity]:
     iss = claims.get("iss")
     name = next((n for n, i in policy.oidc.issuers.items() if isinstance(iss, str) and i.issuer == iss), None)
     if name is None:
-        raise oidc.OidcError("oidc_unknown_issuer", "the token's issuer is not in the policy")
+        raise oidc.OidcError("oidc_unknown_issuer", "issuer")
     return name, oidc.identity_from_claims(policy.oidc.issuers[name].kind, _web_base(policy, name), claims)
 
 
@@ -659,13 +659,11 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
     name, who = _oidc_identity(origin.token, policy)
     cfg = policy.oidc.issuers[name]
     if who.environment is None:
-        raise oidc.OidcError(
-            "oidc_claim_missing", "the token has no 'environment' claim (the job must name its environment)"
-        )
+        raise oidc.OidcError("oidc_claim_missing", "environment")
     problems = contract.scope_problems(who.repo, who.sha, who.environment, who.workflow)
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
-        raise oidc.OidcError("oidc_claim_unusable", f"token claims: {detail}", fields=problems)
+        raise oidc.OidcError("oidc_claim_unusable", "claims", detail=detail, fields=problems)
     try:
         body = parse_ci_request_body(origin.body)
     except EvidenceError as exc:

@@ -289,6 +289,55 @@ _SERVICE: Reasons = {
     "permissions": "cannot set permissions on {path}: {detail}",
 }
 
+# -- OIDC ID tokens and issuer key sets (signer/oidc.py; the token's refusals are relayed to CI as 401s) --
+_OIDC: Reasons = {
+    "not_base64url": "{what} is not unpadded base64url",
+    "not_canonical_base64url": "{what} is not canonical base64url",
+    "not_strict_json": "{what} is not a strict JSON object",
+    "not_object": "{what} is not a JSON object",
+    "token_size": "a token is 1..{limit} ASCII characters",
+    "token_parts": "a token has three dot-separated parts (JWS compact form)",
+    "no_alg": "token header has no 'alg' string",
+    "member": "token header member {name} is not accepted",
+    "typ": "token header 'typ' must be 'JWT' when present",
+    "uint_type": "{what} must be a base64url string",
+    "uint_form": "{what} must be a minimal big-endian integer",
+    "algorithm": "algorithm {algorithm} is not supported (RS256 is)",
+    "too_large": "key set is too large",
+    "no_keys": "key set has no 'keys' list",
+    "key_not_object": "keys[{index}] is not an object",
+    "no_kid": "keys[{index}] has no usable 'kid'",
+    "kid_twice": "kid {kid} appears twice",
+    "kty": "key {kid} has kty {kty}, not RSA",
+    "key_alg": "key {kid} is for {alg}, not {algorithm}",
+    "not_signing": "key {kid} is not a signing key",
+    "private": "key {kid} holds private material",
+    "weak": "key {kid} is too weak",
+    "seconds": "claim {name} must be whole seconds",
+    "issuer": "the token's issuer is not in the policy",
+    "alg": "the token's alg is not {algorithm}",
+    "kid": "the token's kid is not among the issuer's pinned keys",
+    "signature": "the token's signature does not verify",
+    "audience": "the token is for another audience",
+    "lifetime": "the token's lifetime (exp - iat) is not plausible",
+    "expired": "the token has expired",
+    "not_yet_valid": "the token is not valid yet",
+    "claim": "the token has no usable {name} claim",
+    "no_ref": "the {claim} claim has no '@<ref>'",
+    "no_path": "the {claim} claim has no '//<path>'",
+    "no_workflow": "the {claim} claim has no workflow path",
+    "run_numbers": "run_id and run_attempt must be numbers",
+    "login": "the token's {claim} is not a login name",
+    "pipeline_number": "pipeline_id must be a number",
+    "environment": "the token has no 'environment' claim (the job must name its environment)",
+    "claims": "token claims: {detail}",
+}
+OIDC_CODES = (
+    "oidc_malformed", "oidc_bad_header", "bad_oidc_keys", "oidc_unknown_issuer", "oidc_bad_alg",
+    "oidc_unknown_kid", "oidc_bad_signature", "oidc_wrong_audience", "oidc_expired", "oidc_not_yet_valid",
+    "oidc_claim_missing", "oidc_claim_unusable", "oidc_discovery",
+)  # fmt: skip
+
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
@@ -370,6 +419,7 @@ SENTENCES: dict[str, Template | Reasons] = {
     "key_mismatch": "{what} names a key other than the active key",
     **_VERIFY,
     "card_mismatch": _CARD,
+    **dict.fromkeys(OIDC_CODES, _OIDC),
     **dict.fromkeys(("clock_unavailable", "request_closed", "config"), _SERVICE),
     "invalid_policy": "{source}: {problems}",  # each problem is its key path and what is wrong there
     # A receipt's key (verifier, no reason) or the signer's active key (service).

@@ -76,7 +76,7 @@ def test_the_words_module_is_standard_library_only() -> None:
 SIGNER = Path(__file__).resolve().parents[2] / "signer"
 # The signer modules whose raise sites say code + facts (issue 10), and how each error class takes its code
 # and reason: (position of the code or a fixed code, position of the reason or None for a keyword).
-MIGRATED = ("receipt", "verify", "keyset", "evidence", "card", "wire", "gate", "service")
+MIGRATED = ("receipt", "verify", "keyset", "evidence", "card", "wire", "gate", "service", "oidc")
 RAISERS: dict[str, tuple[int | str, int | None]] = {
     "VerificationError": (0, None),
     "EvidenceError": (0, None),
@@ -86,6 +86,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "WireError": (0, 1),
     "GateError": (0, 1),
     "ServiceError": (0, 1),
+    "OidcError": (0, 1),
 }
 
 
