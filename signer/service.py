@@ -52,7 +52,7 @@ from keyturn.signer.errors import KeyturnError
 from keyturn.signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
 from keyturn.signer.policy import Policy, PolicyError, PolicyIssue, load_policy
 from keyturn.signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, format_time, unsigned_receipt
-from keyturn.signer.words import Fact
+from keyturn.signer.words import Fact, words
 
 __all__ = [
     "Clock",
@@ -248,10 +248,12 @@ class Signer:
             return wire.error_reply(request.id, exc.code, exc.message)
         except TimeoutError:
             log.warning("%s %s timed out after %ss", request.op, request.id[:40], self.timeout)
-            return wire.error_reply(request.id, "timeout", f"request took longer than {self.timeout} s")
+            return wire.error_reply(request.id, "timeout", words("timeout", {"seconds": self.timeout}))
         except Exception as exc:  # a bug must cost one reply, not the process
             log.error("%s failed: %s", request.op, type(exc).__name__)
-            return wire.error_reply(request.id, "internal_error", "the signer failed to process the request")
+            return wire.error_reply(
+                request.id, "internal_error", words("internal_error", {"reason": "signer"})
+            )
         return wire.ok_reply(request.id, result)
 
     async def handle(self, request: wire.Request) -> BaseModel | dict[str, Any]:
@@ -624,9 +626,8 @@ class SignerServer:
         if not self._at_capacity:
             self._at_capacity = True
             log.warning("%d connections open: refusing new ones", len(self._connections))
-        reply = wire.error_reply(
-            "", "too_many_connections", f"the signer serves at most {self.max_connections} connections"
-        )
+        limit = {"limit": self.max_connections}
+        reply = wire.error_reply("", "too_many_connections", words("too_many_connections", limit))
         with contextlib.suppress(Exception):
             writer.write(wire.encode_frame(reply))
             await asyncio.wait_for(writer.drain(), 1.0)

@@ -287,6 +287,7 @@ _SERVICE: Reasons = {
     "in_use": "another process is listening on {path}",
     "listen": "cannot listen on {path}: {detail}",
     "permissions": "cannot set permissions on {path}: {detail}",
+    "signer": "the signer failed to process the request",
 }
 
 # -- OIDC ID tokens and issuer key sets (signer/oidc.py; the token's refusals are relayed to CI as 401s) --
@@ -421,6 +422,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     "card_mismatch": _CARD,
     **dict.fromkeys(OIDC_CODES, _OIDC),
     **dict.fromkeys(("clock_unavailable", "request_closed", "config"), _SERVICE),
+    "timeout": "request took longer than {seconds} s",
+    "too_many_connections": "the signer serves at most {limit} connections",
     "invalid_policy": "{source}: {problems}",  # each problem is its key path and what is wrong there
     # A receipt's key (verifier, no reason) or the signer's active key (service).
     "key_not_valid_at_issue": {None: "key {kid} ({key_status}) was not valid at {at}", **_SERVICE},
@@ -430,8 +433,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset", "bad_checkpoint"), _GATE),
     # A receipt (no reason) or the socket protocol's version.
     "unsupported_version": {None: "unknown receipt version {version}", **_WIRE},
-    # The CI API's own (no reason), or the gate's surprise while verifying.
-    "internal_error": {None: "internal error; see the bot's log", **_GATE},
+    # The CI API's own (no reason), the gate's surprise while verifying, or the signer's own failure.
+    "internal_error": {None: "internal error; see the bot's log", **_GATE, "signer": _SERVICE["signer"]},
     **dict.fromkeys(EVIDENCE_CODES, _EVIDENCE),
     # The CI API's own (no reason), or the signer's body parser's reason for it (shared with the bot).
     "malformed_body": {**_EVIDENCE, None: "body is not valid JSON text"},
