@@ -245,12 +245,14 @@ def test_verify_import_path_stays_light(tmp_path: Path) -> None:
         f"rc = keyturn.cli.main({_verify_args(VALID, str(VALID.path), str(load.keyset_path()))!r})\n"
         "heavy = {'pydantic', 'slack_sdk', 'slack_bolt', 'redis', 'aiohttp', 'starlette', 'uvicorn',\n"
         "         'apscheduler', 'ulid', 'ssl', 'http', 'email', 'asyncio'}\n"
-        "print(rc, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+        "words = 'keyturn.signer.words' in sys.modules\n"
+        "print(rc, sorted({m.split('.')[0] for m in sys.modules} & heavy), words)\n"
     )
     p = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=60
     )
-    assert p.stdout.strip().endswith("0 []"), p.stdout + p.stderr
+    # An accepted receipt renders no refusal, so the words module is not even loaded.
+    assert p.stdout.strip().endswith("0 [] False"), p.stdout + p.stderr
 
 
 # --- in-process commands ----------------------------------------------------------------------
