@@ -33,6 +33,7 @@ from keyturn.bot.metrics import Metrics
 from keyturn.bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, Status
 from keyturn.bot.ports import Refused
 from keyturn.bot.prefilter import SourceLimiter, plausible
+from keyturn.bot.signer_client import signer_unavailable
 from keyturn.bot.slack_token import SlackTokenCheck
 from keyturn.bot.store import (
     ChangeFeed,
@@ -422,7 +423,7 @@ class Api:
         try:
             await self.signer.check_oidc(token, body)
         except KeyturnError as exc:
-            if exc.code == "signer_unavailable":
+            if signer_unavailable(exc):
                 raise ApiError("signer_unavailable") from None
             self.metrics.refusals.labels(exc.code[:40]).inc()
             fields = getattr(exc, "fields", None)
@@ -473,7 +474,7 @@ class Api:
         try:
             await self.signer.check_ci(request.method, request.url.path, body, timestamp, signature)
         except KeyturnError as exc:
-            if exc.code == "signer_unavailable":
+            if signer_unavailable(exc):
                 self._source_ok(request)  # not the sender's failure
                 raise ApiError("signer_unavailable") from None
             raise ApiError("unauthorized") from None
@@ -555,8 +556,8 @@ class Api:
         except EvidenceError as exc:
             if exc.fields:
                 fields = [{"field": k, "message": v} for k, v in exc.fields.items()]
-                raise ApiError("invalid_request", message=exc.message, fields=fields) from None
-            raise ApiError("malformed_body", message=exc.message) from None  # the parser's own words
+                raise ApiError("invalid_request", fields=fields, facts=exc.facts) from None
+            raise ApiError("malformed_body", facts=exc.facts) from None  # said by the parser's reason
         try:
             req_in = RequestIn.model_validate_json(body)
         except ValidationError as exc:
@@ -661,7 +662,9 @@ class Api:
         if req is None:
             raise ApiError("unknown_request")
         if req.status is not Status.APPROVED:
-            raise ApiError("not_approved", status=req.status.value, extra={"status": req.status.value})
+            raise ApiError(
+                "not_approved", reason="request", status=req.status.value, extra={"status": req.status.value}
+            )
         if receipt is None:
             raise ApiError("receipt_gone", extra={"status": req.status.value})
         return JSONResponse(receipt)

@@ -49,10 +49,11 @@ from keyturn.bot.cards import (
 from keyturn.bot.models import REQUEST_ID_RE, DeployRequest, OriginEvidence, RequestIn, SlackEvidence
 from keyturn.bot.ports import Approvals, Messenger, Refused
 from keyturn.bot.prefilter import SourceLimiter, plausible
-from keyturn.bot.signer_client import SignerRefused, SignerUnavailable
+from keyturn.bot.signer_client import signer_unavailable
 from keyturn.bot.slack_text import CHANNEL_ID_RE, channel_mention, escape, is_user_id, safe
 from keyturn.bot.store import StoreConflict, StoreUnavailable
 from keyturn.signer import contract
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
 
 log = logging.getLogger("keyturn.slack")
@@ -307,9 +308,9 @@ class SlackEndpoint:
             return _too_many_failures(retry)
         try:
             await self.signer.check_slack(body, timestamp, signature)
-        except SignerRefused:
-            return _invalid()
-        except SignerUnavailable:
+        except (KeyturnError, OSError, TimeoutError) as exc:
+            if not signer_unavailable(exc):
+                return _invalid()
             log.error("signer unavailable: refusing a Slack request")
             self.sources.release(source)  # not the sender's failure
             return JSONResponse({"error": "signer unavailable"}, status_code=503)

@@ -37,6 +37,7 @@ from keyturn.bot.models import (
     Status,
 )
 from keyturn.bot.ports import Messenger, Refused
+from keyturn.bot.signer_client import signer_unavailable
 from keyturn.bot.store import (
     RequestLimits,
     RequestStore,
@@ -536,9 +537,7 @@ class ApprovalService:
                     current.id, wire_origin(origin), [wire_click(s.evidence) for s in stored], emails
                 )
             except (KeyturnError, OSError, TimeoutError) as exc:
-                code = getattr(exc, "code", None) or "signer_unavailable"
-                if isinstance(exc, OSError | TimeoutError):
-                    code = "signer_unavailable"
+                code = exc.code if isinstance(exc, KeyturnError) else "signer_unavailable"
                 message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 await self._signing_failed(current, code, message)
                 raise Refused("signing_failed", cause=code, detail=message[:300]) from None
@@ -766,7 +765,7 @@ class ApprovalService:
             return self._record_failed(request.id, "signer_unavailable", str(exc), retry=True)
         except KeyturnError as exc:
             code = exc.code or "signer_error"
-            retry = code in ("signer_unavailable", "timeout", "not_expired", "too_many_connections")
+            retry = signer_unavailable(exc) or code == "not_expired"  # not expired yet: retried later
             if not self._record_failed(request.id, code, exc.message, retry=retry):
                 return False
         except Exception as exc:  # a bug must not cost the transition; the note stays for the backstop

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from keyturn.signer import gate
 from keyturn.signer.cli_args import UsageError, parse, wants_help
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import Scope
 
 if TYPE_CHECKING:
@@ -62,13 +63,17 @@ REPLAY_ATTEMPTS = 3
 _KEYSET_EXIT = {gate.KEYSET_UNAVAILABLE: UNREACHABLE}
 
 
-class Exit(Exception):
-    """Stop with ``code`` after printing ``message`` on stderr."""
+class Exit(KeyturnError):
+    """Stop with exit status ``status`` after printing ``message`` on stderr. ``code`` is the stable error
+    code of that status (``request_refused``, ``request_invalid``, ``request_unreachable``)."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message, code=_EXIT_CODES.get(status, "request_refused"))
+        self.status = status
+
+
+# Each exit status's stable code (0 is never an Exit).
+_EXIT_CODES = {REFUSED: "request_refused", USAGE: "request_invalid", UNREACHABLE: "request_unreachable"}
 
 
 def parse_duration(text: str) -> float:
@@ -600,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, secret, progress)
     except Exit as exc:
         print(f"keyturn request: {exc.message}", file=sys.stderr)
-        return exc.code
+        return exc.status
     except KeyboardInterrupt:
         return UNREACHABLE
     except Exception as exc:  # never exit 0 on doubt

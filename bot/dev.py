@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from keyturn.signer.errors import KeyturnError
+from keyturn.signer.words import Fact
+
 KEYTURN = [sys.executable, "-m", "keyturn"]
 COLORS = {
     "redis": "31",
@@ -74,8 +77,12 @@ issuers = ["github", "gitlab"]
 """
 
 
-class DevError(Exception):
-    """A start-up failure with a message for the person at the terminal."""
+class DevError(KeyturnError):
+    """A start-up failure for the person at the terminal: a ``dev_*`` code and facts (words in
+    ``keyturn.signer.words``)."""
+
+    def __init__(self, code: str, **facts: Fact) -> None:
+        super().__init__(code=code, facts=facts)
 
 
 @dataclass
@@ -111,7 +118,7 @@ def _free_port(preferred: int) -> int:
                 continue
             chosen: int = s.getsockname()[1]
             return chosen
-    raise DevError("no free TCP port on 127.0.0.1")
+    raise DevError("dev_no_port", host="127.0.0.1")
 
 
 class Stack:
@@ -148,9 +155,9 @@ class Stack:
             deadline = time.monotonic() + timeout
             while not child.ready.wait(0.1):
                 if popen.poll() is not None:
-                    raise DevError(f"{name} exited with code {popen.returncode} before it was ready")
+                    raise DevError("dev_not_ready", name=name, status=popen.returncode)
                 if time.monotonic() > deadline:
-                    raise DevError(f"{name} was not ready after {timeout:.0f}s")
+                    raise DevError("dev_not_ready", name=name, seconds=f"{timeout:.0f}")
         return child
 
     def first_exited(self) -> Child | None:
@@ -182,7 +189,7 @@ def _run_quiet(argv: Sequence[str], what: str, env: Mapping[str, str] | None = N
         list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
     )
     if result.returncode != 0:
-        raise DevError(f"{what} failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise DevError("dev_step_failed", what=what, detail=result.stderr.strip() or result.stdout.strip())
     return result.stdout
 
 
@@ -344,9 +351,7 @@ def run(args: argparse.Namespace) -> int:
         if not redis_url:
             binary = shutil.which("redis-server")
             if binary is None:
-                raise DevError(
-                    "redis-server is missing: run ./scripts/bootstrap.sh (or apt-get install redis-server)"
-                )
+                raise DevError("dev_no_redis")
             sock = workdir / "redis.sock"
             stack.start(
                 "redis",
@@ -455,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
         while True:
             dead = stack.first_exited()
             if dead is not None:
-                raise DevError(f"{dead.name} exited with code {dead.popen.returncode}")
+                raise DevError("dev_exited", name=dead.name, status=dead.popen.returncode)
             time.sleep(0.5)
     except KeyboardInterrupt:
         interrupted = True

@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from keyturn.bot.redisconn import ReloadingScript
+from keyturn.signer.errors import KeyturnError
 
 log = logging.getLogger("keyturn.scheduler")
 
@@ -61,7 +62,7 @@ ONCE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 Clock = Callable[[], datetime]
 
 
-class TimerError(Exception):
+class TimerError(KeyturnError):
     """A scheduling error with a stable ``code``."""
 
     code = "timer_error"

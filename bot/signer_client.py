@@ -27,13 +27,30 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from keyturn.signer import wire
 from keyturn.signer.errors import KeyturnError
 
-__all__ = ["SignerClient", "SignerHealth", "SignerRefused", "SignerUnavailable"]
+__all__ = ["SignerClient", "SignerHealth", "SignerRefused", "SignerUnavailable", "signer_unavailable"]
 
 
 class SignerUnavailable(KeyturnError):
     """The signer could not be reached, hung up, answered garbage, or did not answer within the timeout."""
 
     code = "signer_unavailable"
+
+
+# What the signer answers when it cannot say yes or no now: it ran out of time, or it is full (the client
+# turns the latter into SignerUnavailable as it hangs up). Either is worth a retry; neither is a refusal.
+UNAVAILABLE_CODES = frozenset({"signer_unavailable", "timeout", "too_many_connections"})
+
+
+def signer_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the signer could not answer (retry later; HTTP 503), not that it refused.
+
+    The one test the bot makes (the CI API, the Slack listener, signing and recording outcomes): the client
+    raises :class:`SignerUnavailable` for an unreachable, hung-up, garbled or slow socket; an ``OSError`` or
+    ``TimeoutError`` from below it, or the signer's own ``timeout`` answer, means the same.
+    """
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    return isinstance(exc, KeyturnError) and exc.code in UNAVAILABLE_CODES
 
 
 class SignerRefused(KeyturnError):

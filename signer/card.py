@@ -55,6 +55,7 @@ from typing import Any
 
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import Scope
+from keyturn.signer.words import Fact
 
 __all__ = [
     "APPROVE_ACTION",
@@ -152,8 +153,8 @@ class CardMismatch(KeyturnError):
 
     code = "card_mismatch"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="card_mismatch")
+    def __init__(self, reason: str, **facts: Fact) -> None:
+        super().__init__(code="card_mismatch", facts={"reason": reason, **facts})
 
 
 @dataclass(frozen=True)
@@ -680,7 +681,7 @@ def check_deny_view(view: Mapping[str, Any], request_id: str, scope: Scope) -> N
     expected = render_deny_view(request_id, scope)
     for key in _VIEW_SHOWN:
         if _shown_view_part(key, view.get(key)) != normalize_blocks(expected[key]):
-            raise CardMismatch(f"the submitted form's {key} is not this request's deny form")
+            raise CardMismatch("deny_view", part=key)
 
 
 # --- the check ----------------------------------------------------------------------------------------------
@@ -718,7 +719,7 @@ def _status_texts(blocks: list[Any]) -> tuple[str, str]:
                 ):
                     return approvals[len(APPROVALS_LABEL) :], expires[len(EXPIRES_LABEL) :]
             break
-    raise CardMismatch("the clicked card has no status part in Keyturn's layout")
+    raise CardMismatch("no_status")
 
 
 def check_clicked_card(
@@ -743,40 +744,39 @@ def check_clicked_card(
        :func:`normalize_blocks` on both sides, for equality.
     """
     if not isinstance(message, Mapping):
-        raise CardMismatch("the click carries no message (ephemeral cards cannot approve)")
+        raise CardMismatch("no_message")
     for extra in ("attachments", "files"):
         if message.get(extra) not in (None, []):
-            raise CardMismatch(f"the clicked message carries {extra}, which Keyturn's card never has")
+            raise CardMismatch("extra_part", part=extra)
     # A poster-chosen sender name or picture (chat.postMessage username/icon_*) is shown above the card.
     for sender in ("username", "icons"):
         if sender in message:
-            raise CardMismatch(f"the clicked message carries a {sender} of its own, which Keyturn never sets")
+            raise CardMismatch("own_sender", part=sender)
     blocks = message.get("blocks")
     if not isinstance(blocks, list):
-        raise CardMismatch("the clicked message carries no blocks")
+        raise CardMismatch("no_blocks")
     approvals, expires = _status_texts(blocks)
     # "N of M" or "N of M: <@U…>, …": M must be this environment's quorum.
     if not _APPROVALS_RE.match(approvals) or approvals.split(" ")[2].rstrip(":") != str(required_approvals):
-        raise CardMismatch("the clicked card's approvals line is not in Keyturn's form")
+        raise CardMismatch("approvals_line")
     if not all(may_approve(uid) for uid in _MENTION_RE.findall(approvals)):
-        raise CardMismatch("the clicked card's approvals line names someone who is not an approver here")
+        raise CardMismatch("approvals_names")
     if not _EXPIRES_RE.match(expires):
-        raise CardMismatch("the clicked card's expiry line is not in Keyturn's form")
+        raise CardMismatch("expiry_line")
     expected = render_pending(
         facts, environments=environments, confirm=confirm, approvals=approvals, expires=expires
     )
     got = normalize_blocks(blocks)
     want = normalize_blocks(expected)
     if got != want:
-        raise CardMismatch(_first_difference(got, want))
+        raise _first_difference(got, want)
 
 
-def _first_difference(got: list[Any], want: list[Any]) -> str:
-    """A short, specific reason naming the first block that differs (for logs and the refusal message)."""
+def _first_difference(got: list[Any], want: list[Any]) -> CardMismatch:
+    """The refusal naming the first block that differs (for logs and the refusal message)."""
     if len(got) != len(want):
-        return f"the clicked card has {len(got)} blocks where Keyturn's card for this request has {len(want)}"
+        return CardMismatch("block_count", got=len(got), want=len(want))
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if g != w:
-            name = w.get("block_id", i) if isinstance(w, dict) else i
-            return f"the clicked card differs from Keyturn's card for this request in block {name}"
-    return "the clicked card differs from Keyturn's card for this request"  # pragma: no cover
+            return CardMismatch("block", block=str(w.get("block_id", i) if isinstance(w, dict) else i))
+    return CardMismatch("differs")  # pragma: no cover

@@ -37,15 +37,24 @@ class KeyturnError(Exception):
         if code is not None:
             self.code = code
         self.facts: dict[str, Fact] = {**(facts or {}), **more}
-        if message is None:
-            # Imported here, not at the top: `keyturn verify` imports this module on every deploy, and its
-            # own refusals (not migrated yet) pass their sentence, so the words module stays off its path.
-            from keyturn.signer.words import words
+        # A given message is the fallback for raise sites not migrated yet: used as given. Otherwise the
+        # sentence is rendered when first read, so raising (and catching) a refusal never loads the words:
+        # `keyturn verify` imports this module on every deploy and renders only the refusal it prints.
+        self._message = message
+        super().__init__(self.code, self.facts)
 
-            message = words(self.code, self.facts)
-        # A given message is the fallback for raise sites not migrated yet (most of signer/): used as given.
-        self.message = message
-        super().__init__(self.message)
+    @property
+    def message(self) -> str:
+        """The sentence for people: the given one, else the words module's for ``code`` and ``facts``."""
+        if self._message is None:
+            from keyturn.signer.words import words  # here, not at the top: see __init__
+
+            self._message = words(self.code, self.facts)
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = value
 
     def __str__(self) -> str:
         return self.message
@@ -56,8 +65,8 @@ class VerificationError(KeyturnError):
 
     code = "verification_failed"
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message, code=code)
+    def __init__(self, code: str, message: str | None = None, /, **facts: Fact) -> None:
+        super().__init__(message, code=code, facts=facts)
 
 
 class KeyFileError(KeyturnError):

@@ -26,6 +26,7 @@ from keyturn.signer import card, contract, github_app, oidc
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Environment, Policy, is_slack_team_id, is_slack_user_id
 from keyturn.signer.receipt import RequesterProof, Scope, no_duplicate_members
+from keyturn.signer.words import Fact
 
 __all__ = [
     "CALLBACK_KEY_LABEL",
@@ -109,8 +110,17 @@ class EvidenceError(KeyturnError):
     ``fields`` maps a request-body field to what is wrong with it, when the refusal is about body fields.
     """
 
-    def __init__(self, code: str, message: str, *, fields: Mapping[str, str] | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self,
+        code: str,
+        message: str | None = None,
+        /,
+        *,
+        fields: Mapping[str, str] | None = None,
+        facts: Mapping[str, Fact] | None = None,
+        **more: Fact,
+    ) -> None:
+        super().__init__(message, code=code, facts=facts, **more)
         self.fields = dict(fields or {})
 
 
@@ -129,7 +139,7 @@ class Secrets:
 def parse_timestamp(value: object, code: str) -> int:
     """A signature timestamp as whole Unix seconds; anything but 1-12 ASCII digits raises ``code``."""
     if not isinstance(value, str) or not _TS_RE.match(value):
-        raise EvidenceError(code, "timestamp is not a number of seconds")
+        raise EvidenceError(code, reason="timestamp")
     return int(value)
 
 
@@ -145,16 +155,16 @@ def _mac(key: bytes, message: bytes) -> str:
 
 def _check_sig(expected_hex: str, signature: object, prefix: str, code: str) -> None:
     if not isinstance(signature, str) or not signature.startswith(prefix):
-        raise EvidenceError(code, f"signature must be '{prefix}<hex>'")
+        raise EvidenceError(code, reason="signature_shape", prefix=prefix)
     given = signature[len(prefix) :]
     # The shape check leaks nothing about the secret; the comparison itself is constant-time.
     if not _HEX_SIG_RE.match(given) or not hmac.compare_digest(given, expected_hex):
-        raise EvidenceError(code, "signature does not match")
+        raise EvidenceError(code, reason="signature_mismatch")
 
 
 def _check_fresh(ts: int, now: datetime) -> None:
     if abs(_epoch(now) - ts) > MAX_SKEW:
-        raise EvidenceError("stale_request", f"timestamp is more than {MAX_SKEW} s away from now")
+        raise EvidenceError("stale_request", reason="skew", limit=MAX_SKEW)
 
 
 def ci_signature(secret: str, method: str, path: str, body: bytes, timestamp: str) -> str:
@@ -186,9 +196,9 @@ def callback_signature(ci_secret: str, path: str, timestamp: str, body: bytes) -
 
 def _check_ci_shape(method: str, path: str) -> None:
     if not _METHOD_RE.match(method):
-        raise EvidenceError("bad_ci_signature", "method must be upper-case letters")
+        raise EvidenceError("bad_ci_signature", reason="method")
     if not _PATH_RE.match(path) or "?" in path:
-        raise EvidenceError("bad_ci_signature", "path must start with '/' and carry no query string")
+        raise EvidenceError("bad_ci_signature", reason="path")
 
 
 def _verify_ci_mac(secret: str, method: str, path: str, body: bytes, timestamp: str, signature: str) -> int:
@@ -237,7 +247,7 @@ def _strict_json(text: str | bytes, code: str, what: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=no_duplicate_members)
     except (ValueError, RecursionError) as exc:
-        raise EvidenceError(code, f"{what} is not valid JSON ({exc})") from None
+        raise EvidenceError(code, reason="not_json", what=what, detail=str(exc)) from None
 
 
 def _parse_form(body: str, code: str, what: str) -> dict[str, str]:
@@ -246,11 +256,11 @@ def _parse_form(body: str, code: str, what: str) -> dict[str, str]:
             body, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=64
         )
     except (ValueError, UnicodeDecodeError):
-        raise EvidenceError(code, f"{what} is not a valid form body") from None
+        raise EvidenceError(code, reason="not_form", what=what) from None
     out: dict[str, str] = {}
     for key, value in pairs:
         if key in out:
-            raise EvidenceError(code, f"{what} repeats the field {key!r}")
+            raise EvidenceError(code, reason="repeated_field", what=what, name=repr(key))
         out[key] = value
     return out
 
@@ -336,14 +346,14 @@ def parse_ci_request_body(body: bytes) -> CiRequestBody:
     Raises ``EvidenceError("bad_request_body")`` whose ``fields`` maps each bad field to its problem.
     """
     if len(body) > CI_BODY_MAX:
-        raise EvidenceError("bad_request_body", f"body is larger than {CI_BODY_MAX} bytes")
+        raise EvidenceError("bad_request_body", reason="too_large", limit=CI_BODY_MAX)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise EvidenceError("bad_request_body", "body is not UTF-8") from None
+        raise EvidenceError("bad_request_body", reason="not_utf8") from None
     obj = _strict_json(text, "bad_request_body", "body")
     if not isinstance(obj, dict):
-        raise EvidenceError("bad_request_body", "body must be a JSON object")
+        raise EvidenceError("bad_request_body", reason="not_object")
     try:
         return CiRequestBody.model_validate(obj)
     except ValidationError as exc:
@@ -355,7 +365,7 @@ def parse_ci_request_body(body: bytes) -> CiRequestBody:
                 msg = "unknown field"
             fields.setdefault(name, msg)
         detail = "; ".join(f"{k}: {v}" for k, v in fields.items())
-        raise EvidenceError("bad_request_body", f"invalid request: {detail}", fields=fields) from None
+        raise EvidenceError("bad_request_body", reason="fields", detail=detail, fields=fields) from None
 
 
 # --- the slash command ------------------------------------------------------------------------------------
@@ -371,32 +381,30 @@ def parse_slash_request(body: str, policy: Policy) -> RequestClaim:
     """
     form = _parse_form(body, "bad_origin", "slash command")
     if "payload" in form:
-        raise EvidenceError("bad_origin", "an interactivity payload is not a slash command")
+        raise EvidenceError("bad_origin", reason="not_slash")
     if form.get("command") != policy.slack.command:
-        raise EvidenceError("bad_origin", f"not the {policy.slack.command} command")
+        raise EvidenceError("bad_origin", reason="other_command", command=policy.slack.command)
     user_id = form.get("user_id", "")
     if not is_slack_user_id(user_id):
-        raise EvidenceError("bad_origin", "slash command has no valid user_id")
+        raise EvidenceError("bad_origin", reason="slash_user")
     team_id = form.get("team_id") or None
     _check_team(team_id, policy, "bad_origin", "slash command")
     words = form.get("text", "").split()
     if len(words) not in (4, 5) or words[0].lower() != "request":
-        raise EvidenceError(
-            "bad_origin", f"expected '{policy.slack.command} request <repo> <sha> <environment> [workflow]'"
-        )
+        raise EvidenceError("bad_origin", reason="slash_grammar", command=policy.slack.command)
     repo, sha, environment = words[1:4]
     workflow = words[4] if len(words) == 5 else DEFAULT_WORKFLOW
     problems = contract.scope_problems(repo, sha, environment, workflow)
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
-        raise EvidenceError("bad_origin", f"invalid request: {detail}", fields=problems)
+        raise EvidenceError("bad_origin", reason="fields", detail=detail, fields=problems)
     return RequestClaim(Scope(repo, sha, environment, workflow), f"slack:{user_id}", team_id)
 
 
 def _check_team(team_id: str | None, policy: Policy, code: str, what: str) -> None:
     expected = policy.slack.team_id
     if expected is not None and team_id != expected:
-        raise EvidenceError(code, f"{what} comes from another Slack workspace")
+        raise EvidenceError(code, reason="other_team", what=what)
 
 
 # --- the approve click and the card -----------------------------------------------------------------------
@@ -419,11 +427,11 @@ def _slack_actor(payload: Mapping[str, Any], policy: Policy, code: str, what: st
     user = payload.get("user")
     user_id = user.get("id") if isinstance(user, dict) else None
     if not isinstance(user_id, str) or not is_slack_user_id(user_id):
-        raise EvidenceError(code, f"{what} names no valid user")
+        raise EvidenceError(code, reason="no_user", what=what)
     team = payload.get("team")
     team_id = team.get("id") if isinstance(team, dict) else None
     if team_id is not None and (not isinstance(team_id, str) or not is_slack_team_id(team_id)):
-        raise EvidenceError(code, f"{what} names an invalid team")
+        raise EvidenceError(code, reason="bad_team", what=what)
     _check_team(team_id, policy, "wrong_team", what)
     return user_id, team_id
 
@@ -440,19 +448,19 @@ def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy
     """
     form = _parse_form(body, "bad_click", "click")
     if set(form) != {"payload"}:
-        raise EvidenceError("bad_click", "a click body is a single 'payload' form field")
+        raise EvidenceError("bad_click", reason="click_form")
     payload = _strict_json(form["payload"], "bad_click", "click payload")
     if not isinstance(payload, dict) or payload.get("type") != "block_actions":
-        raise EvidenceError("bad_click", "not a block_actions click")
+        raise EvidenceError("bad_click", reason="not_block_actions")
     actions = payload.get("actions")
     if not isinstance(actions, list) or len(actions) != 1 or not isinstance(actions[0], dict):
-        raise EvidenceError("bad_click", "a click carries exactly one action")
+        raise EvidenceError("bad_click", reason="actions")
     action = actions[0]
     if action.get("action_id") != card.APPROVE_ACTION or action.get("block_id") != card.DECISION_BLOCK:
-        raise EvidenceError("bad_click", "not a click on the card's Approve button")
+        raise EvidenceError("bad_click", reason="not_approve_button")
     request_id = facts.request_id
     if action.get("value") != request_id:
-        raise EvidenceError("wrong_request", "the click approves another request")
+        raise EvidenceError("wrong_request", reason="click")
     user_id, team_id = _slack_actor(payload, policy, "bad_click", "the click")
     env = policy.environment(facts.scope.environment)
     try:
@@ -465,7 +473,7 @@ def parse_approve_click(body: str, timestamp: int, facts: card.CardFacts, policy
             may_approve=lambda uid: policy.authorizes(facts.scope.environment, uid),
         )
     except card.CardMismatch as exc:
-        raise EvidenceError("card_mismatch", exc.message) from None
+        raise EvidenceError("card_mismatch", facts=exc.facts) from None
     return ApproveClick(user_id, team_id, request_id, timestamp)
 
 
@@ -540,7 +548,7 @@ def check_github_webhook(
             body, delivery, api_base_path=None, environments=frozenset(policy.environments)
         )
     except github_app.GitHubError as exc:
-        raise EvidenceError(exc.code, exc.message, fields=exc.fields) from None
+        raise EvidenceError(exc.code, reason="relayed", detail=exc.message, fields=exc.fields) from None
 
 
 def _verify_github(secret: str, origin: GitHubEvidence) -> int:
@@ -550,17 +558,17 @@ def _verify_github(secret: str, origin: GitHubEvidence) -> int:
     try:
         github_app.check_signature(secret, origin.signature, origin.body)
     except github_app.GitHubError as exc:
-        raise EvidenceError(exc.code, exc.message) from None
+        raise EvidenceError(exc.code, reason="relayed", detail=exc.message) from None
     ts = parse_timestamp(origin.timestamp, "bad_github_stamp")
     expected = github_stamp(secret, origin.body, origin.delivery, origin.timestamp)
     if not hmac.compare_digest(expected, origin.stamp if isinstance(origin.stamp, str) else ""):
-        raise EvidenceError("bad_github_stamp", "the arrival stamp is not the signer's")
+        raise EvidenceError("bad_github_stamp", reason="stamp_mismatch")
     try:
         created = github_app.parse_payload(
             origin.body, origin.delivery, api_base_path=None, environments=None
         ).created_at
     except github_app.GitHubError as exc:
-        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+        raise EvidenceError("bad_origin", reason="relayed", detail=exc.message, fields=exc.fields) from None
     return ts if created is None else min(ts, created)
 
 
@@ -626,7 +634,7 @@ def _oidc_identity(token: str, policy: Policy) -> tuple[str, oidc.CiIdentity]:
     iss = claims.get("iss")
     name = next((n for n, i in policy.oidc.issuers.items() if isinstance(iss, str) and i.issuer == iss), None)
     if name is None:
-        raise oidc.OidcError("oidc_unknown_issuer", "the token's issuer is not in the policy")
+        raise oidc.OidcError("oidc_unknown_issuer", "issuer")
     return name, oidc.identity_from_claims(policy.oidc.issuers[name].kind, _web_base(policy, name), claims)
 
 
@@ -643,9 +651,9 @@ def check_same_oidc_job(origin_token: str, call_token: str, policy: Policy) -> N
         first = _oidc_identity(origin_token, policy)
         second = _oidc_identity(call_token, policy)
     except oidc.OidcError as exc:
-        raise EvidenceError("bad_cancel", f"the cancel token is unusable: {exc.message}") from None
+        raise EvidenceError("bad_cancel", reason="token_unusable", detail=exc.message) from None
     if first != second:
-        raise EvidenceError("bad_cancel", "the cancel token was not issued to the job that made the request")
+        raise EvidenceError("bad_cancel", reason="other_job")
 
 
 def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
@@ -653,17 +661,15 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
     name, who = _oidc_identity(origin.token, policy)
     cfg = policy.oidc.issuers[name]
     if who.environment is None:
-        raise oidc.OidcError(
-            "oidc_claim_missing", "the token has no 'environment' claim (the job must name its environment)"
-        )
+        raise oidc.OidcError("oidc_claim_missing", "environment")
     problems = contract.scope_problems(who.repo, who.sha, who.environment, who.workflow)
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in problems.items())
-        raise oidc.OidcError("oidc_claim_unusable", f"token claims: {detail}", fields=problems)
+        raise oidc.OidcError("oidc_claim_unusable", "claims", detail=detail, fields=problems)
     try:
         body = parse_ci_request_body(origin.body)
     except EvidenceError as exc:
-        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+        raise EvidenceError("bad_origin", reason="relayed", detail=exc.message, fields=exc.fields) from None
     # A body that disagrees with its token is refused, naming the field: never silently "corrected".
     proven = {
         "repo": who.repo,
@@ -675,9 +681,7 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
     mismatched = {k: f"the token says {v!r}" for k, v in proven.items() if getattr(body, k) != v}
     if mismatched:
         raise EvidenceError(
-            "oidc_body_mismatch",
-            "the body disagrees with its token on " + ", ".join(sorted(mismatched)),
-            fields=mismatched,
+            "oidc_body_mismatch", reason="body", names=", ".join(sorted(mismatched)), fields=mismatched
         )
     return RequestClaim(
         Scope(who.repo, who.sha, who.environment, who.workflow),
@@ -706,11 +710,13 @@ def origin_claim(origin: Origin, policy: Policy) -> RequestClaim:
         return _github_claim(origin, policy)
     if isinstance(origin, CiEvidence):
         if (origin.method, origin.path) != ("POST", "/v1/requests"):
-            raise EvidenceError("bad_origin", "the origin is not a POST /v1/requests")
+            raise EvidenceError("bad_origin", reason="not_create")
         try:
             body = parse_ci_request_body(origin.body)
         except EvidenceError as exc:
-            raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+            raise EvidenceError(
+                "bad_origin", reason="relayed", detail=exc.message, fields=exc.fields
+            ) from None
         return RequestClaim(
             body.scope, body.requester, None, title=body.title, ref=body.ref, run_url=body.runUrl
         )
@@ -725,10 +731,10 @@ def _github_claim(origin: GitHubEvidence, policy: Policy) -> RequestClaim:
             origin.body, origin.delivery, api_base_path=None, environments=frozenset(policy.environments)
         )
     except github_app.GitHubError as exc:
-        raise EvidenceError("bad_origin", exc.message, fields=exc.fields) from None
+        raise EvidenceError("bad_origin", reason="relayed", detail=exc.message, fields=exc.fields) from None
     problem = contract.workflow_problem(origin.workflow)
     if problem:
-        raise EvidenceError("bad_origin", f"workflow: {problem}", fields={"workflow": problem})
+        raise EvidenceError("bad_origin", reason="workflow", detail=problem, fields={"workflow": problem})
     return RequestClaim(
         Scope(hook.repo, hook.sha, hook.environment, origin.workflow),
         f"github:{hook.sender}",
@@ -790,30 +796,22 @@ def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
     """The environment's ``[environments.<name>.oidc]`` rules: issuer, repository, branch."""
     rules = env.oidc
     if rules is None or claim.issuer_name not in rules.issuers:
-        raise EvidenceError("oidc_issuer_not_allowed", "this issuer may not ask for this environment")
+        raise EvidenceError("oidc_issuer_not_allowed", reason="rule", what="issuer")
     if rules.repositories and claim.scope.repo not in rules.repositories:
-        raise EvidenceError("oidc_repository_not_allowed", "this repository may not ask for this environment")
+        raise EvidenceError("oidc_repository_not_allowed", reason="rule", what="repository")
     if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
-        raise EvidenceError("oidc_branch_not_allowed", "this branch may not ask for this environment")
+        raise EvidenceError("oidc_branch_not_allowed", reason="rule", what="branch")
     # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a job
     # whose ref does not name the branch its code came from is refused: the branch rule cannot speak for it.
     if rules.events and claim.event not in rules.events:
-        raise EvidenceError(
-            "oidc_event_not_allowed", "jobs started by this event may not ask for this environment"
-        )
+        raise EvidenceError("oidc_event_not_allowed", reason="event")
     if rules.branches and not rules.events and claim.event in REF_UNBOUND_EVENTS:
-        raise EvidenceError(
-            "oidc_event_not_allowed",
-            f"a {claim.event} job may not ask under a branch rule (its ref does not name the branch its code "
-            "came from); list the event in the environment's oidc.events to allow it",
-        )
+        raise EvidenceError("oidc_event_not_allowed", reason="ref_unbound", event=claim.event)
 
 
 def _check_ci_secret_allowed(env: Environment) -> None:
     if not env.ci_secret:
-        raise EvidenceError(
-            "ci_secret_not_allowed", "this environment takes only OIDC-proven requests, not the CI secret"
-        )
+        raise EvidenceError("ci_secret_not_allowed", reason="oidc_only")
 
 
 def check_ci_secret_allowed(body: bytes, policy: Policy) -> None:
@@ -855,7 +853,7 @@ def _verified_origin(
     start of the request's lifetime), what it asks for, and its environment. Shared by :func:`assess` and
     :func:`assess_outcome`, so a receipt and a recorded refusal stand on the same checks of the origin."""
     if not is_request_id(request_id):
-        raise EvidenceError("bad_request", "requestId must be 'req_' + a ULID")
+        raise EvidenceError("bad_request", reason="request_id")
     if isinstance(origin, OidcEvidence):
         # The token's times are checked as it arrives; here the request's lifetime, from iat, governs.
         t0 = oidc.verify_token(origin.token, oidc_issuers or {}, None).issued_at
@@ -882,7 +880,7 @@ def _verified_origin(
     # The request id is a function of the origin: clicks on this request's card name this id (and the card
     # shows it), so they cannot be combined with any other origin.
     if request_id != request_id_for(origin):
-        raise EvidenceError("request_id_mismatch", "requestId is not the id bound to this origin")
+        raise EvidenceError("request_id_mismatch", reason="origin")
     return t0, claim, env
 
 
@@ -913,17 +911,17 @@ def assess(
     # Freshness at signing time is the request's own lifetime [t0, t0 + request_ttl], by the signer's clock.
     deadline = t0 + env.request_ttl.total_seconds()
     if t0 > now_s + MAX_SKEW:
-        raise EvidenceError("evidence_outside_lifetime", "the request is dated in the future")
+        raise EvidenceError("evidence_outside_lifetime", reason="future")
     if now_s >= deadline:
-        raise EvidenceError("request_expired", "the request's lifetime (request_ttl) is over")
+        raise EvidenceError("request_expired", reason="ttl")
 
     # 2./3. Each approval is a genuine approve click on this request's card, inside the request lifetime.
     if not clicks:
-        raise EvidenceError("insufficient_approvals", "no approvals were supplied")
+        raise EvidenceError("insufficient_approvals", reason="none")
     parsed: list[ApproveClick] = []
     for i, click in enumerate(clicks):
         if len(click.body) > MAX_CLICK_BODY:
-            raise EvidenceError("bad_click", f"approval {i} is too large")
+            raise EvidenceError("bad_click", reason="too_large", index=i)
         try:
             ts = _verify_slack_mac(
                 secrets.slack_signing_secret,
@@ -933,15 +931,15 @@ def assess(
                 "bad_click_signature",
             )
         except EvidenceError as exc:
-            raise EvidenceError(exc.code, f"approval {i}: {exc.message}") from None
+            raise EvidenceError(exc.code, reason="approval", index=i, detail=exc.message) from None
         if not t0 <= ts <= deadline:
-            raise EvidenceError(
-                "evidence_outside_lifetime", f"approval {i} lies outside the request lifetime"
-            )
+            raise EvidenceError("evidence_outside_lifetime", reason="approval_time", index=i)
         try:
             parsed.append(parse_approve_click(click.body, ts, facts, policy))
         except EvidenceError as exc:
-            raise EvidenceError(exc.code, f"approval {i}: {exc.message}", fields=exc.fields) from None
+            raise EvidenceError(
+                exc.code, reason="approval", index=i, detail=exc.message, fields=exc.fields
+            ) from None
 
     # 4. Policy: every clicker is authorized and not the requester; distinct users reach the quorum.
     requester_uid = policy.resolve_requester(claim.requester)
@@ -952,17 +950,18 @@ def assess(
     for click_ in sorted(parsed, key=lambda c: c.at):  # stable: equal times keep the order given
         uid = click_.user_id
         if not policy.authorizes(claim.scope.environment, uid):
-            raise EvidenceError("not_authorized", f"{uid} is not an approver for {claim.scope.environment}")
+            raise EvidenceError(
+                "not_authorized", reason="approve", user=uid, environment=claim.scope.environment
+            )
         if not env.allow_self_approval and (
             uid in (requester_uid, trigger_uid)
             or (requester_mail is not None and emails.get(uid, "").casefold() == requester_mail)
         ):
-            raise EvidenceError("self_approval", f"{uid} requested this deploy and may not approve it")
+            raise EvidenceError("self_approval", reason="self", user=uid)
         first_click.setdefault(uid, click_)  # a repeated click by the same user counts once
     if len(first_click) < env.required_approvals:
         raise EvidenceError(
-            "insufficient_approvals",
-            f"{len(first_click)} distinct approver(s), {env.required_approvals} required",
+            "insufficient_approvals", reason="quorum", count=len(first_click), required=env.required_approvals
         )
     counted = tuple(
         CountedApproval(c.user_id, emails.get(c.user_id, ""), datetime.fromtimestamp(c.at, UTC))
@@ -970,11 +969,7 @@ def assess(
     )
     newest = max([t0, *(c.at for c in parsed)])
     if now_s + CLOCK_BEHIND_TOLERANCE < newest:
-        raise EvidenceError(
-            "clock_behind",
-            f"the signer's clock is {int(newest - now_s)} s behind the request's evidence; "
-            "no receipt is dated before what it approves",
-        )
+        raise EvidenceError("clock_behind", reason="evidence", seconds=int(newest - now_s))
     issued_at = datetime.fromtimestamp(int(max(now_s, newest)), UTC)
     return Assessment(
         request_id=request_id,
@@ -1034,19 +1029,19 @@ def parse_deny_submission(body: str, request_id: str, policy: Policy, scope: Sco
     """
     form = _parse_form(body, "bad_denial", "deny submission")
     if set(form) != {"payload"}:
-        raise EvidenceError("bad_denial", "a deny submission is a single 'payload' form field")
+        raise EvidenceError("bad_denial", reason="deny_form")
     payload = _strict_json(form["payload"], "bad_denial", "deny submission payload")
     if not isinstance(payload, dict) or payload.get("type") != "view_submission":
-        raise EvidenceError("bad_denial", "not a view_submission")
+        raise EvidenceError("bad_denial", reason="not_view_submission")
     view = payload.get("view")
     if not isinstance(view, dict) or view.get("callback_id") != card.DENY_CALLBACK:
-        raise EvidenceError("bad_denial", "not a submission of the deny form")
+        raise EvidenceError("bad_denial", reason="not_deny_form")
     if view.get("private_metadata") != request_id:
-        raise EvidenceError("wrong_request", "the submission denies another request")
+        raise EvidenceError("wrong_request", reason="denial")
     try:
         card.check_deny_view(view, request_id, scope)
     except card.CardMismatch as exc:
-        raise EvidenceError("deny_form_mismatch", str(exc)) from None
+        raise EvidenceError("deny_form_mismatch", reason="relayed", detail=str(exc)) from None
     environment = scope.environment
     user_id, _ = _slack_actor(payload, policy, "bad_denial", "the submission")
     state = view.get("state")
@@ -1056,9 +1051,9 @@ def parse_deny_submission(body: str, request_id: str, policy: Policy, scope: Sco
     value = action.get("value") if isinstance(action, dict) else None
     reason = value.strip() if isinstance(value, str) else ""
     if not reason or len(reason) > card.REASON_MAX:
-        raise EvidenceError("bad_denial", f"the reason must be 1 to {card.REASON_MAX} characters")
+        raise EvidenceError("bad_denial", reason="reason_length", limit=card.REASON_MAX)
     if not policy.authorizes(environment, user_id):
-        raise EvidenceError("not_authorized", f"{user_id} may not decide requests for {environment}")
+        raise EvidenceError("not_authorized", reason="decide", user=user_id, environment=environment)
     return user_id, reason
 
 
@@ -1067,7 +1062,7 @@ def _within_lifetime(ts: int, t0: int, deadline: float, what: str) -> None:
     # clock, and refusing to *record* it over a few seconds of skew would lose it from the log, while a
     # recorded refusal authorizes nothing.
     if not t0 - MAX_SKEW <= ts <= deadline + MAX_SKEW:
-        raise EvidenceError("evidence_outside_lifetime", f"the {what} lies outside the request lifetime")
+        raise EvidenceError("evidence_outside_lifetime", reason="outcome_time", what=what)
 
 
 def assess_outcome(
@@ -1092,7 +1087,7 @@ def assess_outcome(
     long after the fact, and one outcome per request is enforced by the service, not by time.
     """
     if outcome not in OUTCOMES:
-        raise EvidenceError("bad_request", f"outcome must be one of {', '.join(OUTCOMES)}")
+        raise EvidenceError("bad_request", reason="outcome", outcomes=", ".join(OUTCOMES))
     now_s = _epoch(now)
     t0, claim, env = _verified_origin(policy, secrets, request_id, origin, oidc_issuers)
     deadline = t0 + env.request_ttl.total_seconds()
@@ -1111,13 +1106,13 @@ def assess_outcome(
 
     if outcome == "expired":
         if now_s < deadline:
-            raise EvidenceError("not_expired", "the request's lifetime is not over by the signer's clock")
+            raise EvidenceError("not_expired", reason="clock")
         return made(deadline)
     if outcome == "denied":
         if denial is None:
-            raise EvidenceError("bad_denial", "a denial needs the signed deny submission")
+            raise EvidenceError("bad_denial", reason="no_submission")
         if len(denial.body) > MAX_CLICK_BODY:
-            raise EvidenceError("bad_denial", "the deny submission is too large")
+            raise EvidenceError("bad_denial", reason="submission_too_large")
         ts = _verify_slack_mac(
             secrets.slack_signing_secret,
             denial.body,
@@ -1129,17 +1124,17 @@ def assess_outcome(
         user_id, reason = parse_deny_submission(denial.body, request_id, policy, claim.scope)
         return made(ts, f"slack:{user_id}", reason)
     if cancel is None:
-        raise EvidenceError("bad_cancel", "a cancel needs the pipeline's cancel call")
+        raise EvidenceError("bad_cancel", reason="no_call")
     if isinstance(cancel, OidcCall):
         if not isinstance(origin, OidcEvidence):
-            raise EvidenceError("bad_cancel", "only an OIDC-proven request is cancelled with a token")
+            raise EvidenceError("bad_cancel", reason="token_for_secret")
         verified = oidc.verify_token(cancel.token, oidc_issuers or {}, None)
         check_same_oidc_job(origin.token, cancel.token, policy)
         ts = verified.issued_at
         who = f"oidc:{verified.claims.get('sub')}"
     else:
         if (cancel.method, cancel.path) != ("POST", f"/v1/requests/{request_id}/cancel"):
-            raise EvidenceError("bad_cancel", "the call is not a POST to this request's cancel path")
+            raise EvidenceError("bad_cancel", reason="not_cancel_path")
         # An environment that refuses the shared secret's requests refuses its cancels too: otherwise any
         # holder of it (any job of any repository using it) could close that environment's requests.
         _check_ci_secret_allowed(env)

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any
 from keyturn.signer.errors import KeyturnError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from keyturn.signer.keyset import PublicKeyset
     from keyturn.signer.receipt import Scope, datetime
     from keyturn.signer.verify import VerifiedReceipt
+    from keyturn.signer.words import Fact
 
 MAX_KEYSET_BYTES = 1024 * 1024
 KEYSET_FETCH_DEADLINE_S = 10.0
@@ -50,10 +53,15 @@ INTERNAL_ERROR = "internal_error"  # an unexpected exception while verifying: a 
 
 
 class GateError(KeyturnError):
-    """The gate refused: ``code`` is stable (branch on it), ``message`` is for people."""
+    """The gate refused: ``code`` is stable (branch on it), ``message`` is for people (``reason`` and the
+    facts pick it in the words module; a relayed receipt refusal passes that refusal's facts)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, code: str, reason: str | None = None, *, facts: Mapping[str, Fact] | None = None, **more: Fact
+    ) -> None:
+        super().__init__(
+            code=code, facts={**(facts or {}), **more, **({} if reason is None else {"reason": reason})}
+        )
 
 
 def keyset_url_allowed(url: str) -> bool:
@@ -120,17 +128,9 @@ def load_keyset(
 
     if "://" in source:
         if not keyset_url_allowed(source):
-            raise GateError(
-                BAD_KEYSET_URL,
-                f"--keys must be a file or an https URL (plain http only to localhost): {source}",
-            )
+            raise GateError(BAD_KEYSET_URL, "source_rule", source=source)
         if not_from is not None and same_server(source, not_from):
-            raise GateError(
-                UNTRUSTED_KEYSET,
-                f"--keys {source} is served by {not_from}, the service whose receipts it is to check: a "
-                "compromised one would vouch for receipts it signed itself. Pin the keyset (a file written "
-                "from a CI variable) or fetch it from another host you trust",
-            )
+            raise GateError(UNTRUSTED_KEYSET, "same_server", source=source, service=not_from)
         data = fetch_document(source, deadline_s=deadline_s, not_from=not_from)
     else:
         if not trust_keys_in_checkout:
@@ -139,7 +139,7 @@ def load_keyset(
     try:
         return PublicKeyset.from_jwks(data)
     except (KeysetError, VerificationError, ValueError, RecursionError) as e:
-        raise GateError(BAD_KEYSET, str(e) or type(e).__name__) from None
+        raise GateError(BAD_KEYSET, "relayed", detail=str(e) or type(e).__name__) from None
 
 
 def check_receipt(
@@ -167,9 +167,9 @@ def check_receipt(
             require_requester_proof=require_oidc,
         )
     except VerificationError as e:
-        raise GateError(e.code, e.message) from None
+        raise GateError(e.code, facts=e.facts) from None
     except Exception as e:  # fail closed: a surprise in verification is a refusal, never a pass
-        raise GateError(INTERNAL_ERROR, f"{type(e).__name__} while verifying") from None
+        raise GateError(INTERNAL_ERROR, "verifying", error=type(e).__name__) from None
 
 
 # --- keyset files -------------------------------------------------------------------------------------------
@@ -181,9 +181,9 @@ def _read_file(path: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_KEYSET_BYTES + 1)
     except OSError as e:
-        raise GateError(UNREADABLE, f"cannot read keyset {path}: {e.strerror}") from None
+        raise GateError(UNREADABLE, "keyset_file", path=path, detail=e.strerror) from None
     if len(data) > MAX_KEYSET_BYTES:
-        raise GateError(BAD_KEYSET, f"keyset larger than {MAX_KEYSET_BYTES} bytes")
+        raise GateError(BAD_KEYSET, "too_large", what="keyset", limit=MAX_KEYSET_BYTES)
     return data
 
 
@@ -217,9 +217,7 @@ def _refuse_keyset_in_checkout(path: str) -> None:
         keys = os.path.realpath(path)
         roots: list[str | None] = [*_checkout_roots(os.path.realpath(os.getcwd()))]
     except OSError as e:
-        raise GateError(
-            UNTRUSTED_KEYSET, f"cannot tell whether keyset {path} is in the checkout: {e}"
-        ) from None
+        raise GateError(UNTRUSTED_KEYSET, "checkout_unknown", path=path, detail=str(e)) from None
     # The CI's own name for the checkout, which may hold no .git (GitLab's GIT_STRATEGY: none fills
     # $CI_PROJECT_DIR with another job's artifacts) or lie outside the current directory.
     for variable in CHECKOUT_VARIABLES:
@@ -229,13 +227,7 @@ def _refuse_keyset_in_checkout(path: str) -> None:
     for root in roots:
         # Both are absolute and resolved: a common path equal to root means keys is root or lies below it.
         if root is not None and os.path.commonpath([keys, root]) == root:
-            raise GateError(
-                UNTRUSTED_KEYSET,
-                f"keyset {path} is inside the checkout being deployed ({root}); "
-                "a pull request could replace it. "
-                "Fetch it from the signer (https URL) or a path outside the checkout, "
-                "or pass --trust-keys-in-checkout if this checkout is trusted",
-            )
+            raise GateError(UNTRUSTED_KEYSET, "in_checkout", path=path, root=root)
 
 
 # --- keyset URLs --------------------------------------------------------------------------------------------
@@ -272,12 +264,12 @@ def fetch_document(
     worker.start()
     worker.join(deadline_s)
     if worker.is_alive():
-        raise GateError(f"{what}_unavailable", f"the {what} URL did not answer within {deadline_s:g} s")
+        raise GateError(f"{what}_unavailable", "deadline", what=what, seconds=f"{deadline_s:g}")
     if "error" in box:
         error: Exception = box["error"]
         if isinstance(error, GateError):
             raise error
-        raise GateError(f"{what}_unavailable", f"cannot fetch {what}: {type(error).__name__}") from None
+        raise GateError(f"{what}_unavailable", "fetch", what=what, detail=type(error).__name__) from None
     data: bytes = box["data"]
     return data
 
@@ -295,12 +287,10 @@ def _fetch(
 
     def check(target: str) -> None:
         if not keyset_url_allowed(target):
-            raise GateError(f"untrusted_{what}", f"refusing redirect of the {what} URL to {target}")
+            raise GateError(f"untrusted_{what}", "redirect", what=what, target=target)
         if not_from is not None and same_server(target, not_from):
             raise GateError(
-                f"untrusted_{what}",
-                f"refusing redirect of the {what} URL to {target}: served by {not_from}, whose receipts it "
-                "is to check",
+                f"untrusted_{what}", "redirect_same_server", what=what, target=target, service=not_from
             )
 
     class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
@@ -324,10 +314,10 @@ def _fetch(
         with opener.open(request, timeout=timeout_s) as resp:
             data: bytes = resp.read(limit + 1)
     except urllib.error.HTTPError as e:
-        raise GateError(f"{what}_unavailable", f"{what} URL answered HTTP {e.code}") from None
+        raise GateError(f"{what}_unavailable", "http_status", what=what, status=e.code) from None
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise GateError(f"{what}_unavailable", f"cannot fetch {what}: {reason}") from None
+        raise GateError(f"{what}_unavailable", "fetch", what=what, detail=str(reason)) from None
     if len(data) > limit:
-        raise GateError(too_large, f"{what} larger than {limit} bytes")
+        raise GateError(too_large, "too_large", what=what, limit=limit)
     return data

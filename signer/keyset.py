@@ -211,11 +211,11 @@ class PublicKeyset:
         Whether it was valid when the signed thing was issued is the caller's next step (``valid_at``)."""
         key = self._keys.get(kid)
         if key is None:
-            raise VerificationError("unknown_key", f"key {kid} is not in the trusted keyset")
+            raise VerificationError("unknown_key", kid=kid)
         if key.status == REVOKED:
-            raise VerificationError("revoked_key", f"key {kid} is revoked")
+            raise VerificationError("revoked_key", kid=kid)
         if key.is_dev and not allow_dev_keys:
-            raise VerificationError("dev_key", f"key {kid} is a development key (see --allow-dev-keys)")
+            raise VerificationError("dev_key", kid=kid)
         return key
 
     def __iter__(self) -> Iterator[PublicKey]:

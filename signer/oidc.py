@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import b64url_encode, no_duplicate_members
+from keyturn.signer.words import Fact
 
 __all__ = [
     "ALGORITHMS",
@@ -80,8 +81,10 @@ class OidcError(KeyturnError):
     ``fields`` maps a request-body field to what is wrong with it when a body disagrees with its token.
     """
 
-    def __init__(self, code: str, message: str, *, fields: Mapping[str, str] | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, code: str, reason: str, *, fields: Mapping[str, str] | None = None, **facts: Fact
+    ) -> None:
+        super().__init__(code=code, facts={"reason": reason, **facts})
         self.fields = dict(fields or {})
 
 
@@ -95,13 +98,13 @@ def b64url_decode(text: str, what: str = "value", code: str = "oidc_malformed") 
     are all refused, so one byte string has exactly one accepted encoding.
     """
     if not _B64URL.match(text) or len(text) % 4 == 1:
-        raise OidcError(code, f"{what} is not unpadded base64url")
+        raise OidcError(code, "not_base64url", what=what)
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise OidcError(code, f"{what} is not unpadded base64url") from None
+        raise OidcError(code, "not_base64url", what=what) from None
     if b64url_encode(raw) != text:  # trailing bits set: a second spelling of the same bytes
-        raise OidcError(code, f"{what} is not canonical base64url")
+        raise OidcError(code, "not_canonical_base64url", what=what)
     return raw
 
 
@@ -115,9 +118,9 @@ def _json_object(raw: bytes, what: str, code: str = "oidc_malformed") -> dict[st
             raw.decode("utf-8"), object_pairs_hook=no_duplicate_members, parse_constant=_reject_constant
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise OidcError(code, f"{what} is not a strict JSON object") from None
+        raise OidcError(code, "not_strict_json", what=what) from None
     if not isinstance(obj, dict):
-        raise OidcError(code, f"{what} is not a JSON object")
+        raise OidcError(code, "not_object", what=what)
     return obj
 
 
@@ -137,23 +140,23 @@ class CompactJws:
 def parse_compact(token: str) -> CompactJws:
     """Parse ``header.payload.signature`` strictly (step 1 and 2); raises ``oidc_malformed``."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
-        raise OidcError("oidc_malformed", f"a token is 1..{MAX_TOKEN_BYTES} ASCII characters")
+        raise OidcError("oidc_malformed", "token_size", limit=MAX_TOKEN_BYTES)
     parts = token.split(".")
     if len(parts) != 3:
-        raise OidcError("oidc_malformed", "a token has three dot-separated parts (JWS compact form)")
+        raise OidcError("oidc_malformed", "token_parts")
     header = _json_object(b64url_decode(parts[0], "token header"), "token header")
     claims = _json_object(b64url_decode(parts[1], "token payload"), "token payload")
     signature = b64url_decode(parts[2], "token signature")
     # 2. The header names an algorithm and a key id, and nothing that would bring its own key.
     alg = header.get("alg")
     if not isinstance(alg, str):
-        raise OidcError("oidc_malformed", "token header has no 'alg' string")
+        raise OidcError("oidc_malformed", "no_alg")
     bad = sorted(_FORBIDDEN_HEADER & header.keys())
     if bad:
-        raise OidcError("oidc_bad_header", f"token header member {bad[0]!r} is not accepted")
+        raise OidcError("oidc_bad_header", "member", name=repr(bad[0]))
     typ = header.get("typ")
     if typ is not None and typ != "JWT":
-        raise OidcError("oidc_bad_header", "token header 'typ' must be 'JWT' when present")
+        raise OidcError("oidc_bad_header", "typ")
     return CompactJws(header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
 
 
@@ -189,10 +192,10 @@ class Jwks:
 
 def _uint(value: object, what: str) -> int:
     if not isinstance(value, str):
-        raise OidcError("bad_oidc_keys", f"{what} must be a base64url string")
+        raise OidcError("bad_oidc_keys", "uint_type", what=what)
     raw = b64url_decode(value, what, "bad_oidc_keys")
     if not raw or raw[0] == 0:  # RFC 7518 §6.3.1: no leading zero octets
-        raise OidcError("bad_oidc_keys", f"{what} must be a minimal big-endian integer")
+        raise OidcError("bad_oidc_keys", "uint_form", what=what)
     return int.from_bytes(raw, "big")
 
 
@@ -203,33 +206,35 @@ def parse_jwks(data: bytes, algorithm: str) -> Jwks:
     statement, and a surprise in it should stop the signer, not be ignored. Raises ``bad_oidc_keys``.
     """
     if algorithm not in ALGORITHMS:
-        raise OidcError("bad_oidc_keys", f"algorithm {algorithm!r} is not supported (RS256 is)")
+        raise OidcError("bad_oidc_keys", "algorithm", algorithm=repr(algorithm))
     if len(data) > MAX_JWKS_BYTES:
-        raise OidcError("bad_oidc_keys", "key set is too large")
+        raise OidcError("bad_oidc_keys", "too_large")
     obj = _json_object(data, "key set", "bad_oidc_keys")
     raw_keys = obj.get("keys")
     if not isinstance(raw_keys, list) or not raw_keys:
-        raise OidcError("bad_oidc_keys", "key set has no 'keys' list")
+        raise OidcError("bad_oidc_keys", "no_keys")
     keys: dict[str, RsaKey] = {}
     for i, jwk in enumerate(raw_keys):
         if not isinstance(jwk, dict):
-            raise OidcError("bad_oidc_keys", f"keys[{i}] is not an object")
+            raise OidcError("bad_oidc_keys", "key_not_object", index=i)
         kid = jwk.get("kid")
         if not isinstance(kid, str) or not 1 <= len(kid) <= 256 or not kid.isprintable():
-            raise OidcError("bad_oidc_keys", f"keys[{i}] has no usable 'kid'")
+            raise OidcError("bad_oidc_keys", "no_kid", index=i)
         if kid in keys:
-            raise OidcError("bad_oidc_keys", f"kid {kid!r} appears twice")
+            raise OidcError("bad_oidc_keys", "kid_twice", kid=repr(kid))
         if jwk.get("kty") != "RSA":
-            raise OidcError("bad_oidc_keys", f"key {kid!r} has kty {jwk.get('kty')!r}, not RSA")
+            raise OidcError("bad_oidc_keys", "kty", kid=repr(kid), kty=repr(jwk.get("kty")))
         if "alg" in jwk and jwk["alg"] != algorithm:
-            raise OidcError("bad_oidc_keys", f"key {kid!r} is for {jwk['alg']!r}, not {algorithm}")
+            raise OidcError(
+                "bad_oidc_keys", "key_alg", kid=repr(kid), alg=repr(jwk["alg"]), algorithm=algorithm
+            )
         if "use" in jwk and jwk["use"] != "sig":
-            raise OidcError("bad_oidc_keys", f"key {kid!r} is not a signing key")
+            raise OidcError("bad_oidc_keys", "not_signing", kid=repr(kid))
         if "d" in jwk or "p" in jwk:
-            raise OidcError("bad_oidc_keys", f"key {kid!r} holds private material")
+            raise OidcError("bad_oidc_keys", "private", kid=repr(kid))
         n, e = _uint(jwk.get("n"), f"{kid}.n"), _uint(jwk.get("e"), f"{kid}.e")
         if n.bit_length() < MIN_RSA_BITS or e < 3 or e % 2 == 0:
-            raise OidcError("bad_oidc_keys", f"key {kid!r} is too weak")
+            raise OidcError("bad_oidc_keys", "weak", kid=repr(kid))
         keys[kid] = RsaKey(kid, n, e)
     return Jwks(keys)
 
@@ -278,7 +283,7 @@ class VerifiedToken:
 def _int_claim(claims: Mapping[str, Any], name: str) -> int:
     value = claims.get(name)
     if type(value) is not int or not 0 <= value < 2**40:  # bool is an int subclass; floats are refused
-        raise OidcError("oidc_malformed", f"claim {name!r} must be whole seconds")
+        raise OidcError("oidc_malformed", "seconds", name=repr(name))
     return value
 
 
@@ -301,39 +306,39 @@ def verify_token(
     iss = claims.get("iss")
     issuer = next((i for i in issuers.values() if isinstance(iss, str) and i.issuer == iss), None)
     if issuer is None:
-        raise OidcError("oidc_unknown_issuer", "the token's issuer is not in the policy")
+        raise OidcError("oidc_unknown_issuer", "issuer")
     # 4. The algorithm is the one this issuer uses: a token cannot choose it (no "none", no HS256 keyed
     #    with the public key).
     if jws.header["alg"] != issuer.algorithm:
-        raise OidcError("oidc_bad_alg", f"the token's alg is not {issuer.algorithm}")
+        raise OidcError("oidc_bad_alg", "alg", algorithm=issuer.algorithm)
     # 5. The key is one of the issuer's pinned keys.
     kid = jws.header.get("kid")
     key = issuer.keys.keys.get(kid) if isinstance(kid, str) else None
     if key is None:
-        raise OidcError("oidc_unknown_kid", "the token's kid is not among the issuer's pinned keys")
+        raise OidcError("oidc_unknown_kid", "kid")
     # 6. The signature.
     if not _rs256_verify(key, jws.signing_input, jws.signature):
-        raise OidcError("oidc_bad_signature", "the token's signature does not verify")
+        raise OidcError("oidc_bad_signature", "signature")
     # 7. The audience is ours, exactly (a one-element list is the same statement).
     aud = claims.get("aud")
     if isinstance(aud, list) and len(aud) == 1:
         aud = aud[0]
     if aud != issuer.audience:
-        raise OidcError("oidc_wrong_audience", "the token is for another audience")
+        raise OidcError("oidc_wrong_audience", "audience")
     # 8. Times: whole seconds; a lifetime that makes sense; inside it at ``now`` give or take ``skew``.
     exp = _int_claim(claims, "exp")
     iat = _int_claim(claims, "iat")
     nbf = _int_claim(claims, "nbf") if "nbf" in claims else None
     if not iat < exp <= iat + MAX_TOKEN_LIFETIME:
-        raise OidcError("oidc_malformed", "the token's lifetime (exp - iat) is not plausible")
+        raise OidcError("oidc_malformed", "lifetime")
     if now is not None:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         t = now.timestamp()
         if t >= exp + skew:
-            raise OidcError("oidc_expired", "the token has expired")
+            raise OidcError("oidc_expired", "expired")
         if (nbf is not None and nbf > t + skew) or iat > t + skew:
-            raise OidcError("oidc_not_yet_valid", "the token is not valid yet")
+            raise OidcError("oidc_not_yet_valid", "not_yet_valid")
     return VerifiedToken(issuer, claims, iat, exp)
 
 
@@ -364,7 +369,7 @@ class CiIdentity:
 def _str_claim(claims: Mapping[str, Any], name: str) -> str:
     value = claims.get(name)
     if not isinstance(value, str) or not value or len(value) > 1024 or not value.isprintable():
-        raise OidcError("oidc_claim_missing", f"the token has no usable {name!r} claim")
+        raise OidcError("oidc_claim_missing", "claim", name=repr(name))
     return value
 
 
@@ -381,18 +386,18 @@ def workflow_path(ref_uri: str, repo: str, separator: str, claim: str) -> str:
     """
     before, at, _ref = ref_uri.rpartition("@")
     if not at or not before:
-        raise OidcError("oidc_claim_missing", f"the {claim!r} claim has no '@<ref>'")
+        raise OidcError("oidc_claim_missing", "no_ref", claim=repr(claim))
     if separator == "//":
         source, sep, path = before.partition("//")
         if not sep or not path:
-            raise OidcError("oidc_claim_missing", f"the {claim!r} claim has no '//<path>'")
+            raise OidcError("oidc_claim_missing", "no_path", claim=repr(claim))
         source = source.split("/", 1)[1] if "/" in source else ""  # drop the host
     else:
         owner, _, rest = before.partition("/")
         name, _, path = rest.partition("/")
         source = f"{owner}/{name}"
         if not path:
-            raise OidcError("oidc_claim_missing", f"the {claim!r} claim has no workflow path")
+            raise OidcError("oidc_claim_missing", "no_workflow", claim=repr(claim))
     return path if source == repo else f"{source}{separator}{path}"
 
 
@@ -415,12 +420,12 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         ref = _str_claim(claims, "ref")
         run_id, attempt = _str_claim(claims, "run_id"), _str_claim(claims, "run_attempt")
         if not _DIGITS.match(run_id) or not _DIGITS.match(attempt):
-            raise OidcError("oidc_claim_missing", "run_id and run_attempt must be numbers")
+            raise OidcError("oidc_claim_missing", "run_numbers")
         run = f"{run_id}/{attempt}"
         run_url = f"{web_base}/{repo}/actions/runs/{run_id}/attempts/{attempt}"
         trigger = claims.get("triggering_actor", actor)
         if not isinstance(trigger, str) or not _LOGIN.match(trigger):
-            raise OidcError("oidc_claim_missing", "the token's triggering_actor is not a login name")
+            raise OidcError("oidc_claim_missing", "login", claim="triggering_actor")
         triggered_by = f"github:{trigger}" if trigger != actor else None
     else:
         repo = _str_claim(claims, "project_path")
@@ -432,15 +437,15 @@ def identity_from_claims(kind: Kind, web_base: str, claims: Mapping[str, Any]) -
         else:
             ref_dir = {"branch": "heads", "tag": "tags"}.get(str(claims.get("ref_type")))
             if ref_dir is None:
-                raise OidcError("oidc_claim_missing", "the token has no usable 'ref_type' claim")
+                raise OidcError("oidc_claim_missing", "claim", name="'ref_type'")
             ref = f"refs/{ref_dir}/{_str_claim(claims, 'ref')}"
         run = _str_claim(claims, "pipeline_id")
         if not _DIGITS.match(run):
-            raise OidcError("oidc_claim_missing", "pipeline_id must be a number")
+            raise OidcError("oidc_claim_missing", "pipeline_number")
         run_url = f"{web_base}/{repo}/-/pipelines/{run}"
         triggered_by = None
     if not _LOGIN.match(actor):
-        raise OidcError("oidc_claim_missing", "the token's actor is not a login name")
+        raise OidcError("oidc_claim_missing", "login", claim="actor")
     event = claims.get("event_name" if kind == "github" else "pipeline_source")
     return CiIdentity(
         repo=repo,

@@ -449,7 +449,7 @@ class PolicyError(KeyturnError):
     def __init__(self, source: str, issues: Sequence[PolicyIssue]) -> None:
         self.source = source
         self.issues = tuple(issues)
-        super().__init__(f"{source}: " + "; ".join(str(i) for i in self.issues))
+        super().__init__(source=source, problems="; ".join(str(i) for i in self.issues))
 
 
 class UnknownEnvironment(KeyturnError):
@@ -459,7 +459,7 @@ class UnknownEnvironment(KeyturnError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"no environment {name!r} in the policy")
+        super().__init__(environment=name)
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -90,8 +90,9 @@ _MAX_STATUS = 32
 _MAX_KEY_ID = 128
 
 
-def _malformed(message: str) -> VerificationError:
-    return VerificationError("malformed", message)
+def _malformed(reason: str, **facts: str | int) -> VerificationError:
+    """A ``malformed`` refusal; ``reason`` (and the facts) pick its sentence in the words module."""
+    return VerificationError("malformed", reason=reason, **facts)
 
 
 def _show(value: object) -> str:
@@ -323,7 +324,7 @@ def format_time(dt: datetime) -> str:
 def parse_time(s: str) -> datetime:
     """Parse exactly ``YYYY-MM-DDTHH:MM:SSZ`` into an aware UTC datetime; anything else is ``malformed``."""
     if not isinstance(s, str) or not _is_time_text(s):
-        raise _malformed(f"time must be RFC 3339 UTC 'YYYY-MM-DDTHH:MM:SSZ', got {_show(s)}")
+        raise _malformed("time_shape", value=_show(s))
     try:
         y, mo, d, h, mi, sec = (
             int(s[0:4]),
@@ -335,7 +336,7 @@ def parse_time(s: str) -> datetime:
         )
         return datetime(y, mo, d, h, mi, sec, tzinfo=UTC)
     except ValueError:
-        raise _malformed(f"time out of range: {_show(s)}") from None
+        raise _malformed("time_range", value=_show(s)) from None
 
 
 def new_request_id(now: datetime | None = None) -> str:
@@ -389,7 +390,16 @@ def b64url_decode(text: str) -> bytes:
 
 
 class _Refused(ValueError):
-    pass
+    """A strict-JSON refusal from inside ``json.loads`` (a ``ValueError``, so JSON callers catch it as such);
+    ``str()`` is the ``malformed`` sentence for ``reason`` and ``facts``."""
+
+    def __init__(self, reason: str, **facts: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.facts = facts
+
+    def __str__(self) -> str:
+        return str(_malformed(self.reason, **self.facts))
 
 
 def no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -398,42 +408,42 @@ def no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _Refused(f"duplicate member name {_show(key)}")
+            raise _Refused("duplicate_member", name=_show(key))
         out[key] = value
     return out
 
 
 def _no_float(text: str) -> Any:
-    raise _Refused(f"numbers with a fraction or exponent are not allowed: {_show(text)}")
+    raise _Refused("float", value=_show(text))
 
 
 def _no_constant(text: str) -> Any:
-    raise _Refused(f"{text} is not JSON")
+    raise _Refused("constant", value=text)
 
 
 def strict_loads(data: bytes, max_size: int = MAX_RECEIPT_BYTES) -> dict[str, Any]:
     """Parse a JSON object from bytes: UTF-8 only, at most ``max_size`` bytes, no duplicate member names,
     no floats or NaN/Infinity. Raises ``VerificationError("malformed")``."""
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise _malformed("expected bytes")
+        raise _malformed("not_bytes")
     if len(data) > max_size:
-        raise _malformed(f"larger than {max_size} bytes")
+        raise _malformed("too_large", limit=max_size)
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
-        raise _malformed("not valid UTF-8") from None
+        raise _malformed("not_utf8") from None
     try:
         obj = json.loads(
             text, object_pairs_hook=no_duplicate_members, parse_float=_no_float, parse_constant=_no_constant
         )
     except _Refused as e:
-        raise _malformed(str(e)) from None
+        raise _malformed(e.reason, **e.facts) from None
     except json.JSONDecodeError as e:
-        raise _malformed(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise _malformed("not_json", detail=e.msg, line=e.lineno, column=e.colno) from None
     except (ValueError, RecursionError) as e:
-        raise _malformed(f"not valid JSON: {type(e).__name__}") from None
+        raise _malformed("not_json_type", detail=type(e).__name__) from None
     if not isinstance(obj, dict):
-        raise _malformed("top level must be a JSON object")
+        raise _malformed("not_object", where="top level")
     return obj
 
 
@@ -455,7 +465,7 @@ def canonical_json(obj: Any) -> bytes:
     try:
         return rfc8785.dumps(obj)
     except (ValueError, TypeError, UnicodeError, RecursionError) as e:
-        raise _malformed(f"cannot canonicalize: {type(e).__name__}") from None
+        raise _malformed("not_canonicalizable", detail=type(e).__name__) from None
 
 
 # --- structure --------------------------------------------------------------------------------------------
@@ -465,13 +475,13 @@ def _members(
     obj: object, where: str, required: frozenset[str], optional: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     if not isinstance(obj, dict):
-        raise _malformed(f"{where} must be a JSON object")
+        raise _malformed("not_object", where=where)
     missing = sorted(required - obj.keys())
     if missing:
-        raise _malformed(f"{where} lacks member {missing[0]!r}")
+        raise _malformed("missing_member", where=where, name=repr(missing[0]))
     unknown = sorted(obj.keys() - required - optional)
     if unknown:
-        raise _malformed(f"{where} has unknown member {_show(unknown[0])}")
+        raise _malformed("unknown_member", where=where, name=_show(unknown[0]))
     return obj
 
 
@@ -480,12 +490,12 @@ def _text(
 ) -> str:
     value = obj[key]
     if not isinstance(value, str):
-        raise _malformed(f"{where}.{key} must be a string")
+        raise _malformed("not_string", member=f"{where}.{key}")
     if (not value and not allow_empty) or len(value) > limit:
-        raise _malformed(f"{where}.{key} must be 1..{limit} characters")
+        raise _malformed("text_length", member=f"{where}.{key}", limit=limit)
     # isprintable() refuses control, format (e.g. bidi overrides), separator and surrogate characters.
     if not value.isprintable():
-        raise _malformed(f"{where}.{key} contains non-printable characters")
+        raise _malformed("not_printable", member=f"{where}.{key}")
     return value
 
 
@@ -493,7 +503,7 @@ def _scope(obj: object) -> Scope:
     m = _members(obj, "scope", frozenset(SCOPE_FIELDS))
     sha = m["sha"]
     if not isinstance(sha, str) or not _is_sha(sha):
-        raise _malformed("scope.sha must be 40 or 64 lowercase hex digits")
+        raise _malformed("bad_sha")
     return Scope(
         repo=_text(m, "repo", "scope"),
         sha=sha,
@@ -515,57 +525,57 @@ def parse_receipt(obj: object, *, signed: bool = True) -> Receipt:
     and algorithm are checked first so a future format is reported as such, not as malformed.
     """
     if not isinstance(obj, dict):
-        raise _malformed("receipt must be a JSON object")
+        raise _malformed("not_object", where="receipt")
     if "version" not in obj:
-        raise _malformed("receipt lacks member 'version'")
+        raise _malformed("missing_member", where="receipt", name="'version'")
     version = obj["version"]
     if not isinstance(version, str) or version not in RECEIPT_VERSIONS:
-        raise VerificationError("unsupported_version", f"unknown receipt version {_show(obj['version'])}")
+        raise VerificationError("unsupported_version", version=_show(obj["version"]))
     sig = obj.get("signature")
     if not isinstance(sig, dict) or "alg" not in sig:
-        raise _malformed("receipt lacks signature.alg")
+        raise _malformed("missing_member", where="receipt", name="signature.alg")
     if sig["alg"] != ALG_ED25519 or not isinstance(sig["alg"], str):
-        raise VerificationError("unsupported_alg", f"signature algorithm {_show(sig['alg'])} is not Ed25519")
+        raise VerificationError("unsupported_alg", alg=_show(sig["alg"]))
 
     optional = frozenset({"requesterProof"}) if version == RECEIPT_VERSION_PROVEN else frozenset()
     top = _members(obj, "receipt", TOP_LEVEL_MEMBERS, optional)
     sig = _members(top["signature"], "signature", frozenset({"alg", "keyId"}), frozenset({"value"}))
     key_id = sig["keyId"]
     if not isinstance(key_id, str) or not _is_key_id(key_id):
-        raise _malformed("signature.keyId must be 1..128 base64url characters")
+        raise _malformed("bad_key_id", limit=_MAX_KEY_ID)
     value = sig.get("value")
     if signed and not isinstance(value, str):
-        raise _malformed("signature.value must be a string")
+        raise _malformed("not_string", member="signature.value")
     if not signed and "value" in sig:
-        raise _malformed("an unsigned receipt must not carry signature.value")
+        raise _malformed("unsigned_with_value")
 
     status = top["status"]
     if not isinstance(status, str) or not _is_status(status):
-        raise _malformed("status must be an upper-case word")
+        raise _malformed("bad_status")
     request_id = top["requestId"]
     if not isinstance(request_id, str) or not _is_request_id(request_id):
-        raise _malformed("requestId must be 'req_' followed by a ULID")
+        raise _malformed("bad_request_id")
     issued_at = parse_time(top["issuedAt"])
     expires_at = parse_time(top["expiresAt"])
     if expires_at <= issued_at:
-        raise _malformed("expiresAt must be after issuedAt")
+        raise _malformed("expires_before_issued")
 
     approver = ApproverRef(*_person(top["approver"], "approver"))
     if "at" in top["approver"]:
-        raise _malformed("approver has unknown member 'at'")
+        raise _malformed("unknown_member", where="approver", name="'at'")
     raw_approvals = top["approvals"]
     if not isinstance(raw_approvals, list) or not 1 <= len(raw_approvals) <= MAX_APPROVALS:
-        raise _malformed(f"approvals must be a list of 1..{MAX_APPROVALS} entries")
+        raise _malformed("approvals_length", limit=MAX_APPROVALS)
     approvals: list[ApprovalEntry] = []
     for i, entry in enumerate(raw_approvals):
         uid, email = _person(entry, f"approvals[{i}]")
         if "at" not in entry:
-            raise _malformed(f"approvals[{i}] lacks member 'at'")
+            raise _malformed("missing_member", where=f"approvals[{i}]", name="'at'")
         approvals.append(ApprovalEntry(uid, email, parse_time(entry["at"])))
     if len({a.id for a in approvals}) != len(approvals):
-        raise _malformed("approvals must name distinct approvers")
+        raise _malformed("approvals_repeat")
     if not any(a.id == approver.id and a.email == approver.email for a in approvals):
-        raise _malformed("approver must be one of approvals")
+        raise _malformed("approver_not_in_approvals")
 
     proof: RequesterProof | None = None
     if "requesterProof" in top:
@@ -638,7 +648,7 @@ def pae(payload_type: str, body: bytes) -> bytes:
 def _without_value(receipt: Mapping[str, Any]) -> dict[str, Any]:
     sig = receipt.get("signature")
     if not isinstance(sig, Mapping):
-        raise _malformed("receipt lacks a signature object")
+        raise _malformed("missing_member", where="receipt", name="a signature object")
     body = {k: v for k, v in receipt.items() if k != "signature"}
     body["signature"] = {k: v for k, v in sig.items() if k != "value"}
     return body
@@ -675,24 +685,24 @@ def from_dsse(envelope: Mapping[str, Any]) -> dict[str, Any]:
     bytes, so both forms sign the very same bytes. Raises ``VerificationError("malformed")``."""
     env = _members(dict(envelope), "envelope", frozenset({"payloadType", "payload", "signatures"}))
     if env["payloadType"] != PAYLOAD_TYPE:
-        raise _malformed(f"payloadType must be {PAYLOAD_TYPE!r}")
+        raise _malformed("payload_type", expected=repr(PAYLOAD_TYPE))
     try:
         payload = b64decode(env["payload"])
     except ValueError:
-        raise _malformed("envelope payload is not canonical base64") from None
+        raise _malformed("envelope_base64") from None
     sigs = env["signatures"]
     if not isinstance(sigs, list) or len(sigs) != 1:
-        raise _malformed("envelope must carry exactly one signature")
+        raise _malformed("envelope_signatures")
     entry = _members(sigs[0], "signatures[0]", frozenset({"keyid", "sig"}))
     if not isinstance(entry["sig"], str) or not isinstance(entry["keyid"], str):
-        raise _malformed("signatures[0].keyid and .sig must be strings")
+        raise _malformed("envelope_signature_strings")
     receipt = strict_loads(payload)
     if canonical_json(receipt) != payload:
-        raise _malformed("envelope payload is not the canonical (RFC 8785) form")
+        raise _malformed("envelope_not_canonical")
     sig = receipt.get("signature")
     if not isinstance(sig, dict) or "value" in sig:
-        raise _malformed("envelope payload must carry signature without value")
+        raise _malformed("envelope_with_value")
     if sig.get("keyId") != entry["keyid"]:
-        raise _malformed("envelope keyid differs from the payload's signature.keyId")
+        raise _malformed("envelope_key_id")
     sig["value"] = entry["sig"]
     return receipt

@@ -52,6 +52,7 @@ from keyturn.signer.errors import KeyturnError
 from keyturn.signer.keys import SigningKeyset, sign_checkpoint, sign_receipt
 from keyturn.signer.policy import Policy, PolicyError, PolicyIssue, load_policy
 from keyturn.signer.receipt import STATUS_APPROVED, ApprovalEntry, ApproverRef, format_time, unsigned_receipt
+from keyturn.signer.words import Fact, words
 
 __all__ = [
     "Clock",
@@ -74,8 +75,8 @@ class ServiceError(KeyturnError):
 
     code = "signer_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(self, code: str, reason: str, **facts: Fact) -> None:
+        super().__init__(code=code, facts={"reason": reason, **facts})
 
 
 def system_clock() -> datetime:
@@ -94,7 +95,7 @@ def file_clock(path: Path) -> Clock:
             text = path.read_text().strip()
             return datetime.fromtimestamp(float(text), UTC)
         except (OSError, ValueError, OverflowError):
-            raise ServiceError(f"fake clock file {path} is unreadable", code="clock_unavailable") from None
+            raise ServiceError("clock_unavailable", "fake_clock", path=str(path)) from None
 
     return now
 
@@ -247,10 +248,12 @@ class Signer:
             return wire.error_reply(request.id, exc.code, exc.message)
         except TimeoutError:
             log.warning("%s %s timed out after %ss", request.op, request.id[:40], self.timeout)
-            return wire.error_reply(request.id, "timeout", f"request took longer than {self.timeout} s")
+            return wire.error_reply(request.id, "timeout", words("timeout", {"seconds": self.timeout}))
         except Exception as exc:  # a bug must cost one reply, not the process
             log.error("%s failed: %s", request.op, type(exc).__name__)
-            return wire.error_reply(request.id, "internal_error", "the signer failed to process the request")
+            return wire.error_reply(
+                request.id, "internal_error", words("internal_error", {"reason": "signer"})
+            )
         return wire.ok_reply(request.id, result)
 
     async def handle(self, request: wire.Request) -> BaseModel | dict[str, Any]:
@@ -353,10 +356,7 @@ class Signer:
         if not keys.active_valid_at(decision.issued_at):
             # A key created "in the future" by a skewed clock: refuse rather than issue a receipt that no
             # verifier would accept.
-            raise ServiceError(
-                f"the active key {keys.active_kid} was created after this receipt's issue time",
-                code="key_not_valid_at_issue",
-            )
+            raise ServiceError("key_not_valid_at_issue", "active_key", kid=keys.active_kid)
         # Striped locks: the same request always takes the same one, so its signs run one after the other.
         async with self._signing[hash(decision.request_id) % len(self._signing)]:
             return await self._issue(decision.request_id, keys, unsigned, request)
@@ -373,9 +373,7 @@ class Signer:
         if request_id in self._outcomes:
             # Denied, cancelled or expired on the record: a receipt now would contradict the log.
             raise ServiceError(
-                f"request {request_id} is already closed on the record (audit seq "
-                f"{self._outcomes[request_id]}); no receipt",
-                code="request_closed",
+                "request_closed", "outcome", request_id=request_id, seq=self._outcomes[request_id]
             )
         if request_id in self._issued:
             seq_before = self._issued[request_id]
@@ -427,10 +425,7 @@ class Signer:
         rid = decision.request_id
         async with self._signing[hash(rid) % len(self._signing)]:
             if rid in self._issued:
-                raise ServiceError(
-                    f"request {rid} has a receipt on the record (audit seq {self._issued[rid]})",
-                    code="already_approved",
-                )
+                raise ServiceError("already_approved", "receipt", request_id=rid, seq=self._issued[rid])
             if rid in self._outcomes:
                 seq = self._outcomes[rid]
                 record = await asyncio.to_thread(read_entry, self.audit.path, seq)
@@ -539,7 +534,7 @@ def _resolve_gid(group: str) -> int:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise ServiceError(f"socket group {group!r} does not exist", code="config") from None
+        raise ServiceError("config", "no_group", group=repr(group)) from None
 
 
 def bind_socket(path: Path, group: str | None = None) -> socket.socket:
@@ -556,14 +551,14 @@ def bind_socket(path: Path, group: str | None = None) -> socket.socket:
         st = None
     if st is not None:
         if not stat.S_ISSOCK(st.st_mode):
-            raise ServiceError(f"{path} exists and is not a socket; refusing to replace it", code="config")
+            raise ServiceError("config", "not_socket", path=str(path))
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(str(path))
             except OSError:
                 pass  # nobody is listening: stale
             else:
-                raise ServiceError(f"another process is listening on {path}", code="config")
+                raise ServiceError("config", "in_use", path=str(path))
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -571,7 +566,7 @@ def bind_socket(path: Path, group: str | None = None) -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise ServiceError(f"cannot listen on {path}: {exc.strerror or exc}", code="config") from None
+        raise ServiceError("config", "listen", path=str(path), detail=str(exc.strerror or exc)) from None
     finally:
         os.umask(old_umask)
     try:
@@ -583,7 +578,7 @@ def bind_socket(path: Path, group: str | None = None) -> socket.socket:
     except OSError as exc:
         sock.close()
         path.unlink(missing_ok=True)
-        raise ServiceError(f"cannot set permissions on {path}: {exc.strerror}", code="config") from None
+        raise ServiceError("config", "permissions", path=str(path), detail=exc.strerror) from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -631,9 +626,8 @@ class SignerServer:
         if not self._at_capacity:
             self._at_capacity = True
             log.warning("%d connections open: refusing new ones", len(self._connections))
-        reply = wire.error_reply(
-            "", "too_many_connections", f"the signer serves at most {self.max_connections} connections"
-        )
+        limit = {"limit": self.max_connections}
+        reply = wire.error_reply("", "too_many_connections", words("too_many_connections", limit))
         with contextlib.suppress(Exception):
             writer.write(wire.encode_frame(reply))
             await asyncio.wait_for(writer.drain(), 1.0)

@@ -136,46 +136,41 @@ def verify_receipt(
     try:
         sig = b64decode(receipt.signature_value)
     except ValueError:
-        raise VerificationError("bad_signature", "signature.value is not canonical base64") from None
+        raise VerificationError("bad_signature", reason="not_base64") from None
     if len(sig) != 64:
-        raise VerificationError("bad_signature", "signature.value is not a 64-byte Ed25519 signature")
+        raise VerificationError("bad_signature", reason="length")
     try:
         key.verify_key.verify(signing_bytes(obj), sig)
     except BadSignatureError:
-        raise VerificationError("bad_signature", "signature does not verify") from None
+        raise VerificationError("bad_signature", reason="mismatch") from None
 
     # 6. Only an approval authorizes a deploy; a signed DENIED (or any other status) is a refusal.
     if receipt.status != STATUS_APPROVED:
-        raise VerificationError("not_approved", f"status is {receipt.status}")
+        raise VerificationError("not_approved", reason="receipt", status=receipt.status)
 
     # 7. The key was entitled to sign at issuedAt (created before, and not yet rotated away).
     if not key.valid_at(receipt.issued_at):
         raise VerificationError(
-            "key_not_valid_at_issue",
-            f"key {key.kid} ({key.status}) was not valid at {format_time(receipt.issued_at)}",
+            "key_not_valid_at_issue", kid=key.kid, key_status=key.status, at=format_time(receipt.issued_at)
         )
     if receipt.expires_at - receipt.issued_at > MAX_LIFETIME:
-        raise VerificationError("lifetime_too_long", f"receipt lifetime exceeds {MAX_LIFETIME}")
+        raise VerificationError("lifetime_too_long", limit=str(MAX_LIFETIME))
 
     # 8-9. Time window, with a small allowance for the signer's clock running ahead.
     if receipt.issued_at > now + timedelta(seconds=max_skew_s):
-        raise VerificationError("not_yet_valid", f"issued at {format_time(receipt.issued_at)}, in the future")
+        raise VerificationError("not_yet_valid", at=format_time(receipt.issued_at))
     if now >= receipt.expires_at:
-        raise VerificationError("expired", f"expired at {format_time(receipt.expires_at)}")
+        raise VerificationError("expired", at=format_time(receipt.expires_at))
 
     # 10. Scope: byte-for-byte equality of each field with what is being deployed.
     for field in SCOPE_FIELDS:
         got, want = getattr(receipt.scope, field), getattr(expected, field)
         if got != want:
-            raise VerificationError(
-                f"scope_mismatch:{field}", f"receipt is for {field} {got!r}, deploying {want!r}"
-            )
+            raise VerificationError(f"scope_mismatch:{field}", field=field, got=repr(got), want=repr(want))
 
     # 11. When asked: the requester was proven by the job's OIDC token (the signer says so, under signature).
     if require_requester_proof and receipt.requester_proof is None:
-        raise VerificationError(
-            "requester_not_proven", "the receipt does not say the requester was proven by an OIDC token"
-        )
+        raise VerificationError("requester_not_proven")
 
     return VerifiedReceipt(
         request_id=receipt.request_id,

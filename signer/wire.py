@@ -32,6 +32,7 @@ from pydantic import (
 
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import no_duplicate_members
+from keyturn.signer.words import Fact
 
 __all__ = [
     "MAX_FRAME",
@@ -88,8 +89,8 @@ class WireError(KeyturnError):
     ``unsupported_version``, ``unknown_op``, and on the client side ``bad_reply``.
     """
 
-    def __init__(self, code: str, message: str, request_id: str = "") -> None:
-        super().__init__(message, code=code)
+    def __init__(self, code: str, reason: str, request_id: str = "", **facts: Fact) -> None:
+        super().__init__(code=code, facts={"reason": reason, **facts})
         self.request_id = request_id
 
 
@@ -444,13 +445,13 @@ def _loads(payload: bytes, code: str) -> Any:
     try:
         obj = json.loads(payload.decode("utf-8"), object_pairs_hook=no_duplicate_members)
     except UnicodeDecodeError:
-        raise WireError(code, "frame is not UTF-8") from None
+        raise WireError(code, "not_utf8") from None
     except (ValueError, RecursionError) as exc:
-        raise WireError(code, f"frame is not valid JSON: {str(exc)[:200]}") from None
+        raise WireError(code, "not_json", detail=str(exc)[:200]) from None
     # Refused here, once: an id with a lone surrogate could not even be echoed in the reply (the reply would
     # not encode and the connection would drop), and a body with one cannot be MACed.
     if _SURROGATE_ESCAPE.search(payload) and not _is_text(obj):
-        raise WireError(code, "frame holds a lone surrogate escape (not Unicode text)")
+        raise WireError(code, "surrogate")
     return obj
 
 
@@ -467,34 +468,33 @@ def parse_request(payload: bytes) -> Request:
     """Parse one request frame's payload; raises :class:`WireError` with the code to answer with."""
     obj = _loads(payload, "bad_frame")
     if not isinstance(obj, dict):
-        raise WireError("bad_request", "a request is a JSON object")
+        raise WireError("bad_request", "not_object")
     rid = obj.get("id")
     request_id = rid if isinstance(rid, str) and len(rid) <= 128 else ""
     v = obj.get("v")
     if type(v) is not int:  # bool is an int subclass: `true` is no version
-        raise WireError("bad_request", "v must be an integer", request_id)
+        raise WireError("bad_request", "version_type", request_id)
     if v != PROTOCOL_VERSION:
         shown = str(v) if -(10**6) < v < 10**6 else "out of range"  # no 4000-digit echo
         raise WireError(
-            "unsupported_version", f"protocol version {shown} is not supported (1 is)", request_id
+            "unsupported_version", "protocol", request_id, version=shown, supported=PROTOCOL_VERSION
         )
     op = obj.get("op")
     if not isinstance(op, str):
-        raise WireError("bad_request", "op must be a string", request_id)
+        raise WireError("bad_request", "op_type", request_id)
     if op not in OPS:
-        raise WireError("unknown_op", f"unknown op {op[:40]!r}", request_id)
+        raise WireError("unknown_op", "op", request_id, op=repr(op[:40]))
     if op == "sign" and "groupMembers" in obj:
         # A bot from before membership was pinned: say why, rather than only "unknown field".
         raise WireError(
             "bad_request",
-            "groupMembers: unknown field; the signer no longer takes group membership from the bot "
-            "(it uses the [groups] pinned in its policy): upgrade the bot",
+            "group_members",
             request_id,
         )
     try:
         return _REQUEST.validate_python(obj)
     except ValidationError as exc:
-        raise WireError("bad_request", _describe(exc), request_id) from None
+        raise WireError("bad_request", "schema", request_id, detail=_describe(exc)) from None
 
 
 def parse_reply(payload: bytes) -> OkReply | ErrorReply:
@@ -503,7 +503,7 @@ def parse_reply(payload: bytes) -> OkReply | ErrorReply:
     try:
         return _REPLY.validate_python(obj)
     except ValidationError as exc:
-        raise WireError("bad_reply", _describe(exc)) from None
+        raise WireError("bad_reply", "schema", detail=_describe(exc)) from None
 
 
 # --- framing ----------------------------------------------------------------------------------------------
@@ -514,7 +514,7 @@ def encode_frame(message: BaseModel | Mapping[str, Any]) -> bytes:
     obj = message.model_dump(mode="json") if isinstance(message, BaseModel) else message
     data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     if len(data) > MAX_FRAME:
-        raise WireError("frame_too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+        raise WireError("frame_too_large", "size", size=len(data), limit=MAX_FRAME)
     return len(data).to_bytes(_HEADER, "big") + data
 
 
@@ -538,19 +538,19 @@ async def read_frame(
     except asyncio.IncompleteReadError:
         return None
     except TimeoutError:
-        raise WireError("idle_timeout", f"no request within {idle_timeout} s") from None
+        raise WireError("idle_timeout", "idle", seconds=idle_timeout) from None
     try:
         async with asyncio.timeout(frame_timeout):
             try:
                 header = first + await reader.readexactly(_HEADER - 1)
             except asyncio.IncompleteReadError:
-                raise WireError("truncated_frame", "stream ended inside a frame header") from None
+                raise WireError("truncated_frame", "header") from None
             size = int.from_bytes(header, "big")
             if size > max_size:
-                raise WireError("frame_too_large", f"frame of {size} bytes exceeds {max_size}")
+                raise WireError("frame_too_large", "size", size=size, limit=max_size)
             try:
                 return await reader.readexactly(size)
             except asyncio.IncompleteReadError:
-                raise WireError("truncated_frame", "stream ended inside a frame") from None
+                raise WireError("truncated_frame", "body") from None
     except TimeoutError:
-        raise WireError("frame_timeout", f"frame not received within {frame_timeout} s") from None
+        raise WireError("frame_timeout", "frame", seconds=frame_timeout) from None

@@ -66,18 +66,299 @@ def _callback_address(facts: Facts) -> str:
     return f"{facts.get('host')} resolves to {facts.get('ip')}, a {facts.get('problem')} address"
 
 
-# code -> a str.format template over the facts, or a function of the facts for sentences that branch.
-SENTENCES: dict[str, str | Callable[[Facts], str]] = {
+# A sentence: a str.format template over the facts, or a function of the facts for sentences that branch.
+Template = str | Callable[[Facts], str]
+# A code raised for several reasons (``malformed``): its sentences keyed by the fact ``reason``.
+Reasons = Mapping[str | None, Template]  # None: the sentence when no reason is given
+
+# -- the receipt verifier (signer/receipt.py, signer/verify.py: what `keyturn verify` prints in a CI log) --
+_MALFORMED: Reasons = {
+    "time_shape": "time must be RFC 3339 UTC 'YYYY-MM-DDTHH:MM:SSZ', got {value}",
+    "time_range": "time out of range: {value}",
+    "duplicate_member": "duplicate member name {name}",
+    "float": "numbers with a fraction or exponent are not allowed: {value}",
+    "constant": "{value} is not JSON",
+    "not_bytes": "expected bytes",
+    "too_large": "larger than {limit} bytes",
+    "not_utf8": "not valid UTF-8",
+    "not_json": "not valid JSON: {detail} at line {line} column {column}",
+    "not_json_type": "not valid JSON: {detail}",
+    "not_canonicalizable": "cannot canonicalize: {detail}",
+    "not_object": "{where} must be a JSON object",
+    "missing_member": "{where} lacks member {name}",
+    "unknown_member": "{where} has unknown member {name}",
+    "not_string": "{member} must be a string",
+    "text_length": "{member} must be 1..{limit} characters",
+    "not_printable": "{member} contains non-printable characters",
+    "bad_sha": "scope.sha must be 40 or 64 lowercase hex digits",
+    "bad_key_id": "signature.keyId must be 1..{limit} base64url characters",
+    "unsigned_with_value": "an unsigned receipt must not carry signature.value",
+    "bad_status": "status must be an upper-case word",
+    "bad_request_id": "requestId must be 'req_' followed by a ULID",
+    "expires_before_issued": "expiresAt must be after issuedAt",
+    "approvals_length": "approvals must be a list of 1..{limit} entries",
+    "approvals_repeat": "approvals must name distinct approvers",
+    "approver_not_in_approvals": "approver must be one of approvals",
+    "payload_type": "payloadType must be {expected}",
+    "envelope_base64": "envelope payload is not canonical base64",
+    "envelope_signatures": "envelope must carry exactly one signature",
+    "envelope_signature_strings": "signatures[0].keyid and .sig must be strings",
+    "envelope_not_canonical": "envelope payload is not the canonical (RFC 8785) form",
+    "envelope_with_value": "envelope payload must carry signature without value",
+    "envelope_key_id": "envelope keyid differs from the payload's signature.keyId",
+}
+
+_VERIFY: dict[str, Template | Reasons] = {
+    "malformed": _MALFORMED,
+    "unsupported_alg": "signature algorithm {alg} is not Ed25519",
+    "bad_signature": {
+        "not_base64": "signature.value is not canonical base64",
+        "length": "signature.value is not a 64-byte Ed25519 signature",
+        "mismatch": "signature does not verify",
+    },
+    # A signed receipt's status (reason "receipt"), or a request's status (the CI API's receipt route).
+    "not_approved": {"receipt": "status is {status}", "request": "the request is {status}"},
+    "lifetime_too_long": "receipt lifetime exceeds {limit}",
+    "not_yet_valid": "issued at {at}, in the future",
+    "expired": "expired at {at}",
+    "scope_mismatch": "receipt is for {field} {got}, deploying {want}",  # code scope_mismatch:<field>
+    "requester_not_proven": "the receipt does not say the requester was proven by an OIDC token",
+    # the key it names (signer/keyset.py)
+    "unknown_key": "key {kid} is not in the trusted keyset",
+    "revoked_key": "key {kid} is revoked",
+    "dev_key": "key {kid} is a development key (see --allow-dev-keys)",
+}
+
+# -- the signer's evidence checks (signer/evidence.py): reasons are unique across its codes, so every code
+# it raises is said by this one table (the code says which check; the reason which way it failed) --
+_EVIDENCE: dict[str | None, Template] = {
+    # the origin's and the clicks' MACs (codes bad_ci_signature, bad_slack_signature, bad_denial_signature...)
+    "timestamp": "timestamp is not a number of seconds",
+    "signature_shape": "signature must be '{prefix}<hex>'",
+    "signature_mismatch": "signature does not match",
+    "skew": "timestamp is more than {limit} s away from now",
+    "method": "method must be upper-case letters",
+    "path": "path must start with '/' and carry no query string",
+    "stamp_mismatch": "the arrival stamp is not the signer's",
+    # bodies and forms
+    "not_json": "{what} is not valid JSON ({detail})",
+    "not_form": "{what} is not a valid form body",
+    "repeated_field": "{what} repeats the field {name}",
+    "too_large": lambda facts: (
+        f"approval {facts['index']} is too large"
+        if "index" in facts
+        else f"body is larger than {facts['limit']} bytes"
+    ),
+    "not_utf8": "body is not UTF-8",
+    "not_object": "body must be a JSON object",
+    "fields": "invalid request: {detail}",
+    "workflow": "workflow: {detail}",
+    # the origin
+    "not_slash": "an interactivity payload is not a slash command",
+    "other_command": "not the {command} command",
+    "slash_user": "slash command has no valid user_id",
+    "slash_grammar": "expected '{command} request <repo> <sha> <environment> [workflow]'",
+    "not_create": "the origin is not a POST /v1/requests",
+    "other_team": "{what} comes from another Slack workspace",
+    "no_user": "{what} names no valid user",
+    "bad_team": "{what} names an invalid team",
+    "request_id": "requestId must be 'req_' + a ULID",
+    "origin": "requestId is not the id bound to this origin",
+    "body": "the body disagrees with its token on {names}",
+    "rule": "this {what} may not ask for this environment",
+    "event": "jobs started by this event may not ask for this environment",
+    "ref_unbound": (
+        "a {event} job may not ask under a branch rule (its ref does not name the branch its code came "
+        "from); list the event in the environment's oidc.events to allow it"
+    ),
+    "oidc_only": "this environment takes only OIDC-proven requests, not the CI secret",
+    # clicks and the deny form
+    "click_form": "a click body is a single 'payload' form field",
+    "not_block_actions": "not a block_actions click",
+    "actions": "a click carries exactly one action",
+    "not_approve_button": "not a click on the card's Approve button",
+    "click": "the click approves another request",
+    "denial": "the submission denies another request",
+    "deny_form": "a deny submission is a single 'payload' form field",
+    "not_view_submission": "not a view_submission",
+    "not_deny_form": "not a submission of the deny form",
+    "reason_length": "the reason must be 1 to {limit} characters",
+    "no_submission": "a denial needs the signed deny submission",
+    "submission_too_large": "the deny submission is too large",
+    # the decision
+    "future": "the request is dated in the future",
+    "ttl": "the request's lifetime (request_ttl) is over",
+    "none": "no approvals were supplied",
+    "approval_time": "approval {index} lies outside the request lifetime",
+    "outcome_time": "the {what} lies outside the request lifetime",
+    "approval": "approval {index}: {detail}",
+    "approve": "{user} is not an approver for {environment}",
+    "decide": "{user} may not decide requests for {environment}",
+    "self": "{user} requested this deploy and may not approve it",
+    "quorum": "{count} distinct approver(s), {required} required",
+    "evidence": (
+        "the signer's clock is {seconds} s behind the request's evidence; "
+        "no receipt is dated before what it approves"
+    ),
+    "outcome": "outcome must be one of {outcomes}",
+    "clock": "the request's lifetime is not over by the signer's clock",
+    "no_call": "a cancel needs the pipeline's cancel call",
+    "token_for_secret": "only an OIDC-proven request is cancelled with a token",
+    "not_cancel_path": "the call is not a POST to this request's cancel path",
+    "token_unusable": "the cancel token is unusable: {detail}",
+    "other_job": "the cancel token was not issued to the job that made the request",
+}
+EVIDENCE_CODES = (
+    "bad_ci_signature", "bad_slack_signature", "bad_denial_signature", "bad_github_stamp",
+    "stale_request", "bad_request_body", "bad_origin", "wrong_team", "bad_click", "bad_denial",
+    "bad_cancel", "wrong_request", "deny_form_mismatch", "request_id_mismatch",
+    "oidc_body_mismatch", "oidc_issuer_not_allowed", "oidc_repository_not_allowed", "oidc_branch_not_allowed",
+    "oidc_event_not_allowed", "evidence_outside_lifetime", "request_expired", "insufficient_approvals",
+    "not_authorized", "clock_behind", "not_expired",
+)  # fmt: skip
+
+# -- the card check (signer/card.py, code card_mismatch) --
+_CARD: Reasons = {
+    "deny_view": "the submitted form's {part} is not this request's deny form",
+    "no_status": "the clicked card has no status part in Keyturn's layout",
+    "no_message": "the click carries no message (ephemeral cards cannot approve)",
+    "extra_part": "the clicked message carries {part}, which Keyturn's card never has",
+    "own_sender": "the clicked message carries a {part} of its own, which Keyturn never sets",
+    "no_blocks": "the clicked message carries no blocks",
+    "approvals_line": "the clicked card's approvals line is not in Keyturn's form",
+    "approvals_names": "the clicked card's approvals line names someone who is not an approver here",
+    "expiry_line": "the clicked card's expiry line is not in Keyturn's form",
+    "block_count": "the clicked card has {got} blocks where Keyturn's card for this request has {want}",
+    "block": "the clicked card differs from Keyturn's card for this request in block {block}",
+    "differs": "the clicked card differs from Keyturn's card for this request",
+}
+
+# -- the bot-signer socket (signer/wire.py) --
+_WIRE: Reasons = {
+    "not_utf8": "frame is not UTF-8",
+    "not_json": "frame is not valid JSON: {detail}",
+    "surrogate": "frame holds a lone surrogate escape (not Unicode text)",
+    "not_object": "a request is a JSON object",
+    "version_type": "v must be an integer",
+    "protocol": "protocol version {version} is not supported ({supported} is)",
+    "op_type": "op must be a string",
+    "op": "unknown op {op}",
+    "group_members": (
+        "groupMembers: unknown field; the signer no longer takes group membership from the bot "
+        "(it uses the [groups] pinned in its policy): upgrade the bot"
+    ),
+    "schema": "{detail}",
+    "size": "frame of {size} bytes exceeds {limit}",
+    "idle": "no request within {seconds} s",
+    "header": "stream ended inside a frame header",
+    "body": "stream ended inside a frame",
+    "frame": "frame not received within {seconds} s",
+}
+WIRE_CODES = ("bad_frame", "bad_reply", "unknown_op", "frame_too_large", "idle_timeout", "truncated_frame")
+
+# -- the gate: keyset and checkpoint sources (signer/gate.py; what `keyturn verify` prints about --keys) --
+_GATE: Reasons = {
+    "source_rule": "--keys must be a file or an https URL (plain http only to localhost): {source}",
+    "verifying": "{error} while verifying",
+    "keyset_file": "cannot read keyset {path}: {detail}",
+    "too_large": "{what} larger than {limit} bytes",
+    "checkout_unknown": "cannot tell whether keyset {path} is in the checkout: {detail}",
+    "in_checkout": (
+        "keyset {path} is inside the checkout being deployed ({root}); a pull request could replace it. "
+        "Fetch it from the signer (https URL) or a path outside the checkout, "
+        "or pass --trust-keys-in-checkout if this checkout is trusted"
+    ),
+    "deadline": "the {what} URL did not answer within {seconds} s",
+    "fetch": "cannot fetch {what}: {detail}",
+    "redirect": "refusing redirect of the {what} URL to {target}",
+    "same_server": (
+        "--keys {source} is served by {service}, the service whose receipts it is to check: a compromised "
+        "one would vouch for receipts it signed itself. Pin the keyset (a file written from a CI variable) "
+        "or fetch it from another host you trust"
+    ),
+    "redirect_same_server": (
+        "refusing redirect of the {what} URL to {target}: served by {service}, whose receipts it is to check"
+    ),
+    "http_status": "{what} URL answered HTTP {status}",
+}
+# Codes the gate builds from what it fetches (``keyset_unavailable``, ``untrusted_checkpoint``, ...).
+_GATE_FAMILIES = ("untrusted_", "_unavailable", "_too_large")
+
+# -- the signer service (signer/service.py: what it answers the bot, and why it refuses to start) --
+_SERVICE: Reasons = {
+    "fake_clock": "fake clock file {path} is unreadable",
+    "active_key": "the active key {kid} was created after this receipt's issue time",
+    "outcome": "request {request_id} is already closed on the record (audit seq {seq}); no receipt",
+    "receipt": "request {request_id} has a receipt on the record (audit seq {seq})",
+    "no_group": "socket group {group} does not exist",
+    "not_socket": "{path} exists and is not a socket; refusing to replace it",
+    "in_use": "another process is listening on {path}",
+    "listen": "cannot listen on {path}: {detail}",
+    "permissions": "cannot set permissions on {path}: {detail}",
+    "signer": "the signer failed to process the request",
+}
+
+# -- OIDC ID tokens and issuer key sets (signer/oidc.py; the token's refusals are relayed to CI as 401s) --
+_OIDC: Reasons = {
+    "not_base64url": "{what} is not unpadded base64url",
+    "not_canonical_base64url": "{what} is not canonical base64url",
+    "not_strict_json": "{what} is not a strict JSON object",
+    "not_object": "{what} is not a JSON object",
+    "token_size": "a token is 1..{limit} ASCII characters",
+    "token_parts": "a token has three dot-separated parts (JWS compact form)",
+    "no_alg": "token header has no 'alg' string",
+    "member": "token header member {name} is not accepted",
+    "typ": "token header 'typ' must be 'JWT' when present",
+    "uint_type": "{what} must be a base64url string",
+    "uint_form": "{what} must be a minimal big-endian integer",
+    "algorithm": "algorithm {algorithm} is not supported (RS256 is)",
+    "too_large": "key set is too large",
+    "no_keys": "key set has no 'keys' list",
+    "key_not_object": "keys[{index}] is not an object",
+    "no_kid": "keys[{index}] has no usable 'kid'",
+    "kid_twice": "kid {kid} appears twice",
+    "kty": "key {kid} has kty {kty}, not RSA",
+    "key_alg": "key {kid} is for {alg}, not {algorithm}",
+    "not_signing": "key {kid} is not a signing key",
+    "private": "key {kid} holds private material",
+    "weak": "key {kid} is too weak",
+    "seconds": "claim {name} must be whole seconds",
+    "issuer": "the token's issuer is not in the policy",
+    "alg": "the token's alg is not {algorithm}",
+    "kid": "the token's kid is not among the issuer's pinned keys",
+    "signature": "the token's signature does not verify",
+    "audience": "the token is for another audience",
+    "lifetime": "the token's lifetime (exp - iat) is not plausible",
+    "expired": "the token has expired",
+    "not_yet_valid": "the token is not valid yet",
+    "claim": "the token has no usable {name} claim",
+    "no_ref": "the {claim} claim has no '@<ref>'",
+    "no_path": "the {claim} claim has no '//<path>'",
+    "no_workflow": "the {claim} claim has no workflow path",
+    "run_numbers": "run_id and run_attempt must be numbers",
+    "login": "the token's {claim} is not a login name",
+    "pipeline_number": "pipeline_id must be a number",
+    "environment": "the token has no 'environment' claim (the job must name its environment)",
+    "claims": "token claims: {detail}",
+}
+OIDC_CODES = (
+    "oidc_malformed", "oidc_bad_header", "bad_oidc_keys", "oidc_unknown_issuer", "oidc_bad_alg",
+    "oidc_unknown_kid", "oidc_bad_signature", "oidc_wrong_audience", "oidc_expired", "oidc_not_yet_valid",
+    "oidc_claim_missing", "oidc_claim_unusable", "oidc_discovery",
+)  # fmt: skip
+
+# code -> its sentence, or its sentences by reason.
+SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
     "not_pending": _not_pending,
-    "already_approved": "You have already approved this request.",
+    # An approver's second click (no reason), or the signer's record of a receipt.
+    "already_approved": {None: "You have already approved this request.", **_SERVICE},
     "quorum_not_reached": "Not enough approvals yet.",
     "reason_required": "Please give a reason for denying.",
     "unknown_request": "No such request (it may have been cleaned up).",
     "evidence_gone": "The original request's evidence is gone.",
-    "unknown_environment": "There is no environment {environment!r} in the policy.",
+    "unknown_environment": "There is no environment {environment!r} in the policy.",  # also the signer's
     "not_an_approver": "You are not an approver for {environment}.",
-    "self_approval": "You requested this deploy, so you cannot approve it.",
     "signing_failed": (
         "Your approval is recorded, but no receipt could be issued ({cause}: {detail}). "
         "Click Approve again to retry."
@@ -92,14 +373,10 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     "bad_content_length": "Content-Length is not a number",
     "invalid_parameter": "{name} must be an integer from {low} to {high}",
     "invalid_request": "invalid request: {detail}",
-    "malformed_body": "body is not valid JSON text",
     "too_many_failures": "too many failed authentications from this address; retry later",
-    "not_approved": "the request is {status}",
     "receipt_gone": "the receipt is no longer stored",
-    "ci_secret_not_allowed": "this environment refuses the CI secret; use OIDC",
     "not_ready": "not ready: {down}",
     "shutting_down": "the bot is stopping; retry",
-    "internal_error": "internal error; see the bot's log",
     "payload_too_large": "webhook body too large",
     "scope_busy": (
         "another run of this commit for {environment} is already waiting for approval ({request_id}); "
@@ -109,7 +386,24 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     "approver_error": "the approver's answer is not JSON",
     "not_found": "Not Found",
     "method_not_allowed": "Method Not Allowed",
-    # -- the timer jobs (bot/timer_jobs.py; for logs: the job is retried) --
+    # -- `keyturn request` (bot/client.py; its sentences still come with the exit, by status) --
+    "request_refused": "not approved, or the receipt was refused",
+    "request_invalid": "the request or the configuration is invalid",
+    "request_unreachable": "the bot or the keyset URL cannot be reached",
+    # -- `keyturn dev` (bot/dev.py: for the person at the terminal) --
+    "dev_no_port": "no free TCP port on {host}",
+    "dev_not_ready": lambda facts: (
+        f"{facts['name']} exited with code {facts['status']} before it was ready"
+        if "status" in facts
+        else f"{facts['name']} was not ready after {facts['seconds']}s"
+    ),
+    "dev_step_failed": "{what} failed: {detail}",
+    "dev_no_redis": "redis-server is missing: run ./scripts/bootstrap.sh (or apt-get install redis-server)",
+    "dev_exited": "{name} exited with code {status}",
+    # -- the timer jobs (bot/timer_jobs.py, bot/scheduler.py; for logs: the job is retried) --
+    "timer_error": "scheduling failed",
+    "bad_job": "the job cannot be scheduled",
+    "stale_leader": "this replica no longer holds the timer leader lease",
     "card_not_posted": "no card to reply to yet",
     # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
     "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),
@@ -132,6 +426,29 @@ SENTENCES: dict[str, str | Callable[[Facts], str]] = {
     ),
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
+    **_VERIFY,
+    "card_mismatch": _CARD,
+    **dict.fromkeys(OIDC_CODES, _OIDC),
+    **dict.fromkeys(("clock_unavailable", "request_closed", "config"), _SERVICE),
+    "timeout": "request took longer than {seconds} s",
+    "too_many_connections": "the signer serves at most {limit} connections",
+    "invalid_policy": "{source}: {problems}",  # each problem is its key path and what is wrong there
+    # A receipt's key (verifier, no reason) or the signer's active key (service).
+    "key_not_valid_at_issue": {None: "key {kid} ({key_status}) was not valid at {at}", **_SERVICE},
+    **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
+    # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
+    "bad_request": {**_EVIDENCE, **_WIRE},
+    **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset", "bad_checkpoint"), _GATE),
+    # A receipt (no reason) or the socket protocol's version.
+    "unsupported_version": {None: "unknown receipt version {version}", **_WIRE},
+    # The CI API's own (no reason), the gate's surprise while verifying, or the signer's own failure.
+    "internal_error": {None: "internal error; see the bot's log", **_GATE, "signer": _SERVICE["signer"]},
+    **dict.fromkeys(EVIDENCE_CODES, _EVIDENCE),
+    # The CI API's own (no reason), or the signer's body parser's reason for it (shared with the bot).
+    "malformed_body": {**_EVIDENCE, None: "body is not valid JSON text"},
+    # Said by the bot to an approver (no reason) and by the signer's checks (with one).
+    "self_approval": {**_EVIDENCE, None: "You requested this deploy, so you cannot approve it."},
+    "ci_secret_not_allowed": {**_EVIDENCE, None: "this environment refuses the CI secret; use OIDC"},
 }
 
 # What a field of a CI body is told, by the same facts (the ``fields`` list of a 422).
@@ -141,7 +458,17 @@ FIELD_SENTENCES: dict[str, str] = {
 }
 
 
-def _render(template: str | Callable[[Facts], str] | None, code: str, facts: Facts) -> str:
+# Another part's refusal said under a code (a card check, a GitHub payload, the body's parser): ``detail`` is
+# that part's sentence, already rendered from its own code and facts.
+RELAYED = "relayed"
+
+
+def _render(template: Template | Reasons | None, code: str, facts: Facts) -> str:
+    if facts.get("reason") == RELAYED and "detail" in facts:
+        return str(facts["detail"])
+    if isinstance(template, Mapping):
+        reason = facts.get("reason")
+        template = template.get(None if reason is None else str(reason))
     if template is None:
         return code
     try:
@@ -150,9 +477,17 @@ def _render(template: str | Callable[[Facts], str] | None, code: str, facts: Fac
         return code  # a fact is missing: the code still says what happened
 
 
+def _sentence(code: str) -> Template | Reasons | None:
+    # ``scope_mismatch:sha``: a code with a detail after the colon is said by the code before it.
+    sentence = SENTENCES.get(code, SENTENCES.get(code.partition(":")[0]))
+    if sentence is None and any(part in code for part in _GATE_FAMILIES):
+        return _GATE
+    return sentence
+
+
 def words(code: str, facts: Facts | None = None) -> str:
     """The sentence for ``code`` with ``facts`` filled in; the code itself when none is known."""
-    return _render(SENTENCES.get(code), code, facts or {})
+    return _render(_sentence(code), code, facts or {})
 
 
 def field_words(code: str, facts: Facts | None = None) -> str:
@@ -160,6 +495,12 @@ def field_words(code: str, facts: Facts | None = None) -> str:
     return _render(FIELD_SENTENCES.get(code), code, facts or {})
 
 
-def has_words(code: str) -> bool:
-    """True if ``code`` has a sentence here (a test holds every code the CI API raises to it)."""
-    return code in SENTENCES
+def has_words(code: str, reason: str | None = None) -> bool:
+    """True if ``code`` has a sentence here (for ``reason``, when given and the code is said by reason);
+    tests hold every code the CI API and the migrated signer modules raise to it."""
+    sentence = _sentence(code)
+    if reason == RELAYED:
+        return True
+    if isinstance(sentence, Mapping):
+        return reason is None or reason in sentence
+    return sentence is not None

@@ -4,6 +4,7 @@ never a 5xx for a client's fault."""
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,8 @@ from starlette.applications import Starlette
 from keyturn.bot.api import HTTP_STATUS, Api, ApiError, status_of
 from keyturn.bot.metrics import Metrics
 from keyturn.bot.ports import Refused
+from keyturn.bot.signer_client import SignerRefused, SignerUnavailable, signer_unavailable
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.words import has_words, words
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +92,67 @@ async def test_the_http_body_carries_the_code_and_the_words() -> None:
         resp = await http.get("/v1/requests/not-a-request-id")
     assert resp.status_code == 404
     assert resp.json() == {"error": "unknown_request", "message": words("unknown_request")}
+
+
+@pytest.mark.parametrize(
+    ("exc", "unavailable"),
+    [
+        (SignerUnavailable("the signer closed the connection"), True),
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (SignerRefused("timeout", "request took longer than 5 s"), True),  # the signer's own "not now"
+        (SignerRefused("too_many_connections", "busy"), True),
+        (SignerRefused("bad_ci_signature", "signature does not match"), False),
+        (KeyturnError(code="not_expired"), False),
+    ],
+)
+def test_signer_unavailable_is_one_test(exc: BaseException, unavailable: bool) -> None:
+    """The CI API, the Slack listener, signing and outcome recording all ask this one function."""
+    assert signer_unavailable(exc) is unavailable
+
+
+class SlowSigner:
+    """Answers every check with the signer's own ``timeout``: it could not say yes or no in time."""
+
+    async def check_ci(self, method: str, path: str, body: bytes, timestamp: str, signature: str) -> None:
+        raise SignerRefused("timeout", "request took longer than 5 s")
+
+
+async def test_a_signer_that_ran_out_of_time_is_a_503_not_a_failed_authentication() -> None:
+    """Before, the CI API read the signer's ``timeout`` as a refused signature (401, and a token off the
+    caller's failure budget) while signing read it as "retry"."""
+    api = Api(None, None, SlowSigner(), None, Metrics(), base_url="http://bot.test")  # type: ignore[arg-type]
+    app = Starlette(routes=api.routes())
+    headers = {"X-Keyturn-Timestamp": str(int(time.time())), "X-Keyturn-Signature": "v1=" + "0" * 64}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot.test") as http:
+        resp = await http.get("/v1/requests/req_01JAAAAAAAAAAAAAAAAAAAAAAA", headers=headers)
+    assert resp.status_code == 503
+    assert resp.json()["error"] == "signer_unavailable"
+
+
+def test_the_bots_other_errors_are_keyturn_errors_with_codes() -> None:
+    """`keyturn request`'s exit, the scheduler's refusals and `keyturn dev`'s start-up failures share the one
+    base: a stable code (and, for dev, facts said by the words module)."""
+    from keyturn.bot.client import REFUSED, UNREACHABLE, USAGE, Exit
+    from keyturn.bot.dev import DevError
+    from keyturn.bot.scheduler import BadJob, StaleLeader, TimerError
+
+    exits = [Exit(status, "why") for status in (REFUSED, USAGE, UNREACHABLE)]
+    assert [(e.status, e.code, e.message) for e in exits] == [
+        (REFUSED, "request_refused", "why"),
+        (USAGE, "request_invalid", "why"),
+        (UNREACHABLE, "request_unreachable", "why"),
+    ]
+    assert all(isinstance(e, KeyturnError) for e in exits)
+    timer_errors = [BadJob("bad request id"), StaleLeader("fencing token is no longer the leader's")]
+    assert [(e.code, str(e)) for e in timer_errors] == [
+        ("bad_job", "bad request id"),
+        ("stale_leader", "fencing token is no longer the leader's"),
+    ]
+    assert issubclass(TimerError, KeyturnError)
+    assert str(DevError("dev_not_ready", name="bot", seconds="30")) == "bot was not ready after 30s"
+    assert (
+        str(DevError("dev_not_ready", name="bot", status=1)) == "bot exited with code 1 before it was ready"
+    )
+    assert has_words("dev_no_redis")
+    assert "redis-server is missing" in str(DevError("dev_no_redis"))

@@ -28,19 +28,24 @@ def _start(argv: list[str], secret: str | None = CI_SECRET) -> subprocess.Popen[
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _pending_card(stack: Stack) -> dict[str, object]:
-    """The request the running client created, once its card is posted."""
-    call = stack.emulator.wait_for("chat.postMessage", timeout=15)
-    rid = json.dumps(call["params"]).split("req_", 1)[1][:26]
-    return stack.card("req_" + rid)
+def _pending_card(stack: Stack, since: int) -> dict[str, object]:
+    """The request the running client created, once its card is posted (the first card after ``since``: an
+    earlier test's outcome reply may still land in the channel meanwhile)."""
+    while True:
+        call = stack.emulator.wait_for("chat.postMessage", timeout=15, since=since)
+        params = json.dumps(call["params"])
+        if "thread_ts" not in call["params"] and "req_" in params:
+            return stack.card("req_" + params.split("req_", 1)[1][:26])
+        since = call["seq"]
 
 
 def test_wait_approved_writes_a_verified_receipt(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "receipt.json"
+    since = len(stack.emulator.calls())
     proc = _start(
         _request(stack, "--wait", "--timeout", "60", "--keys", str(stack.keys_file), "--out", str(out))
     )
-    req = _pending_card(stack)
+    req = _pending_card(stack, since)
     stack.click("U0BOB", req)
     stack.click("U0CAROL", req)
     _, stderr = proc.communicate(timeout=60)
@@ -51,8 +56,9 @@ def test_wait_approved_writes_a_verified_receipt(stack: Stack, tmp_path: Path) -
 
 
 def test_wait_denied_exits_1(stack: Stack) -> None:
+    since = len(stack.emulator.calls())
     proc = _start(_request(stack, "--wait", "--timeout", "60", "--keys", str(stack.keys_file)))
-    req = _pending_card(stack)
+    req = _pending_card(stack, since)
     from keyturn.bot.cards import REASON_ACTION, REASON_BLOCK
 
     since = len(stack.emulator.calls())

@@ -73,6 +73,9 @@ def _check_outcome(vec: load.LoadedVector, rc: int, out: str, err: str) -> str |
         ok = rc == 0 and out.startswith("OK req_") and out.count("\n") == 1 and err == ""
     else:
         ok = rc == 1 and err.startswith(f"REJECTED {vec.code}: ") and err.count("\n") == 1 and out == ""
+        # The CI log says what was wrong in words: never the bare code again, never an unfilled template.
+        sentence = err.removeprefix(f"REJECTED {vec.code}: ").strip()
+        ok = ok and sentence not in ("", vec.code, vec.code.partition(":")[0]) and "{" not in sentence
     return None if ok else f"{vec.name}: rc={rc} out={out!r} err={err[-300:]!r}"
 
 
@@ -242,12 +245,14 @@ def test_verify_import_path_stays_light(tmp_path: Path) -> None:
         f"rc = keyturn.cli.main({_verify_args(VALID, str(VALID.path), str(load.keyset_path()))!r})\n"
         "heavy = {'pydantic', 'slack_sdk', 'slack_bolt', 'redis', 'aiohttp', 'starlette', 'uvicorn',\n"
         "         'apscheduler', 'ulid', 'ssl', 'http', 'email', 'asyncio'}\n"
-        "print(rc, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+        "words = 'keyturn.signer.words' in sys.modules\n"
+        "print(rc, sorted({m.split('.')[0] for m in sys.modules} & heavy), words)\n"
     )
     p = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=60
     )
-    assert p.stdout.strip().endswith("0 []"), p.stdout + p.stderr
+    # An accepted receipt renders no refusal, so the words module is not even loaded.
+    assert p.stdout.strip().endswith("0 [] False"), p.stdout + p.stderr
 
 
 # --- in-process commands ----------------------------------------------------------------------
@@ -318,6 +323,32 @@ def test_audit_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err.startswith("REJECTED audit_unreadable: ")
     assert audit_main(["verify", str(path), "--checkpoint", str(path)]) == 2  # no --keys to verify it with
     assert "--checkpoint needs --keys" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("changed_commit", "receipt is for sha '"),
+        ("expired", "expired at 20"),
+        ("signed_denied_accepted", "status is DENIED"),
+        ("duplicate_status_member", "duplicate member name 'status'"),
+        ("unknown_scope_member", "scope has unknown member "),
+        ("alg_none", "signature algorithm 'none' is not Ed25519"),
+        ("signature_truncated", "signature.value is not a 64-byte Ed25519 signature"),
+        ("issued_before_key_created", "was not valid at 20"),
+        ("requester_not_proven", "the requester was proven by an OIDC token"),
+    ],
+)
+def test_verify_refusals_name_what_was_wrong(
+    name: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sentences come from the words module now (issue 10); the CI log still names the wrong thing."""
+    vec = load.vector(name)
+    args = _verify_args(vec, str(vec.path), str(load.keyset_path()))[1:]
+    assert verify_main([*args, "--trust-keys-in-checkout"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"REJECTED {vec.code}: ")
+    assert says in err, err
 
 
 def test_verify_main_in_process_never_raises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -434,7 +434,8 @@ def test_refuses_to_replace_a_file_that_is_not_a_socket(signer_files: SignerFile
     signer_files.socket.write_text("precious")
     out = run_signer_once(signer_files)
     assert out.returncode == 2
-    assert "not a socket" in out.stderr
+    # The one line the operator sees names the code and the path (the words module's sentence).
+    assert f"refusing to start: config: {signer_files.socket} exists and is not a socket" in out.stderr
     assert signer_files.socket.read_text() == "precious"
 
 

@@ -3,6 +3,16 @@ module."""
 
 from __future__ import annotations
 
+import ast
+import string
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import keyturn.signer.words as words_module
 from keyturn.signer.errors import KeyturnError, VerificationError
 from keyturn.signer.words import Fact, field_words, has_words, words
 
@@ -59,3 +69,130 @@ def test_the_words_module_is_standard_library_only() -> None:
         for alias in node.names
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+# --- every refusal the migrated signer modules raise has words, and the facts its sentence needs ----------
+
+SIGNER = Path(__file__).resolve().parents[2] / "signer"
+# The signer modules whose raise sites say code + facts (issue 10), and how each error class takes its code
+# and reason: (position of the code or a fixed code, position of the reason or None for a keyword).
+MIGRATED = ("receipt", "verify", "keyset", "evidence", "card", "wire", "gate", "service", "oidc")
+RAISERS: dict[str, tuple[int | str, int | None]] = {
+    "VerificationError": (0, None),
+    "EvidenceError": (0, None),
+    "_malformed": ("malformed", 0),
+    "_Refused": ("malformed", 0),
+    "CardMismatch": ("card_mismatch", 0),
+    "WireError": (0, 1),
+    "GateError": (0, 1),
+    "ServiceError": (0, 1),
+    "OidcError": (0, 1),
+}
+
+
+@dataclass(frozen=True)
+class RaiseSite:
+    where: str
+    code: str | None  # None: the code is a variable (a helper raising for its caller's code)
+    reason: str | None
+    facts: frozenset[str] | None  # None: passed through (``facts=...`` or ``**``), not checked here
+    prose: bool  # a sentence written at the raise site
+
+
+def _literal(node: ast.expr | None, names: Mapping[str, str] | None = None) -> str | None:
+    """A string the code spells out: a literal, a module constant, or an f-string of the gate's documents
+    (``f"{what}_unavailable"``, said of a keyset)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name) and names:
+        return names.get(node.id)
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_literal(v) or "keyset" for v in node.values)
+    return None
+
+
+def raise_sites(module: str) -> list[RaiseSite]:
+    """Every construction of a refusal in ``signer/<module>.py``, with its literal code, reason and facts."""
+    path = SIGNER / f"{module}.py"
+    tree = ast.parse(path.read_text())
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name) and isinstance(node.value.value, str)
+    }
+    sites = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name not in RAISERS or (module == "receipt" and name == "_malformed" and not node.args):
+            continue
+        code_at, reason_at = RAISERS[name]
+        code = (
+            code_at if isinstance(code_at, str) else _literal(node.args[0], constants) if node.args else None
+        )
+        keywords = {k.arg: k.value for k in node.keywords}
+        reason_node = node.args[reason_at] if reason_at is not None and len(node.args) > reason_at else None
+        reason_node = reason_node or keywords.get("reason")
+        reason = _literal(reason_node)
+        passed_through = "facts" in keywords or None in keywords
+        facts = (
+            None if passed_through else frozenset(k for k in keywords if k and k not in ("reason", "fields"))
+        )
+        given = reason_at is None and isinstance(code_at, int) and len(node.args) > 1
+        prose = given or (reason_node is not None and reason is None and not passed_through)
+        if reason is not None and not reason.isidentifier():
+            prose = True
+        sites.append(RaiseSite(f"signer/{module}.py:{node.lineno}", code, reason, facts, prose))
+    return sites
+
+
+def _needed_facts(code: str, reason: str | None) -> set[str] | None:
+    """The facts a code's sentence (for ``reason``) fills in; None when a function renders it."""
+    sentence = words_module._sentence(code)
+    if isinstance(sentence, Mapping):
+        sentence = sentence.get(reason)
+    if not isinstance(sentence, str):
+        return None
+    return {field for _, field, _, _ in string.Formatter().parse(sentence) if field}
+
+
+@pytest.mark.parametrize("module", MIGRATED)
+def test_every_refusal_a_migrated_signer_module_raises_has_words(module: str) -> None:
+    sites = raise_sites(module)
+    assert sites, f"no raise sites found in {module}: is RAISERS out of date?"
+    literal_codes = {s.code for s in sites if s.code is not None}
+    problems = []
+    for site in sites:
+        if site.prose:
+            problems.append(f"{site.where}: writes its own sentence; say a code, a reason and facts")
+            continue
+        codes = [site.code] if site.code is not None else sorted(literal_codes)
+        if site.reason == words_module.RELAYED:
+            continue  # another part's sentence, rendered from its own code and facts
+        said = [c for c in codes if has_words(c, site.reason)]
+        if not said and (site.facts is not None or site.reason is not None):
+            problems.append(f"{site.where}: {site.code or codes} (reason {site.reason}) has no words")
+            continue
+        needed = _needed_facts(said[0], site.reason) if said and site.code is not None else None
+        if needed is not None and site.facts is not None and not needed <= site.facts:
+            problems.append(f"{site.where}: the sentence needs {sorted(needed - site.facts)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_verifier_loads_no_words_until_it_renders_a_refusal() -> None:
+    """`keyturn verify` imports signer.errors on every deploy; raising and catching a refusal loads no
+    words."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from keyturn.signer.errors import VerificationError\n"
+        "e = VerificationError('expired', at='2026-01-01T00:00:00Z')\n"
+        "before = 'keyturn.signer.words' in sys.modules\n"
+        "print(before, str(e))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False expired at 2026-01-01T00:00:00Z"
