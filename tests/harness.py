@@ -7,6 +7,7 @@ a shared Redis: each session gets its own ``redis-server`` on a Unix socket in a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,11 +20,15 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from keyturn.bot.config import SIGNER_ONLY_VARIABLES
 from keyturn.bot.dev import private_redis_argv
+
+if TYPE_CHECKING:
+    from keyturn.emulator.client import EmulatorClient
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYTURN = [sys.executable, "-m", "keyturn"]
@@ -275,6 +280,17 @@ def start_signer(
         ready=unix_socket_ready(sock),
     )
     return proc, sock
+
+
+def new_card_request_id(emulator: EmulatorClient, since: int = 0, timeout: float = 15.0) -> str:
+    """The request id on the first card (a top-level ``chat.postMessage`` naming a request) posted after call
+    ``since``. An earlier test's outcome reply may land in the channel meanwhile: it is passed over."""
+    while True:
+        call = emulator.wait_for("chat.postMessage", timeout=timeout, since=since)
+        params = json.dumps(call["params"])
+        if "thread_ts" not in call["params"] and "req_" in params:
+            return "req_" + params.split("req_", 1)[1][:26]
+        since = call["seq"]
 
 
 def start_emulator(logs: Path, *, slack_secret: str, bot_url: str | None = None) -> tuple[Proc, str]:

@@ -509,6 +509,9 @@ async function refresh() {
     const user = ui.user;
     const resp = await fetch(`/_emulator/state?user=${encodeURIComponent(user)}`, { cache: "no-store" });
     const st = await resp.json();
+    // The user was switched while this was in flight: the switch's own refresh renders. Rendering this
+    // answer would show the previous user's ephemerals and views under the new user's name.
+    if (user !== ui.user) return;
     if (st.version !== ui.version || !ui.state || ui.forceRender || user !== ui.stateUser) {
       ui.state = st;
       ui.stateUser = user;

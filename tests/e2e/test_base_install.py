@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import CI_SECRET, SHA, Stack
-from tests.harness import build_wheel
+from tests.harness import build_wheel, new_card_request_id
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +102,13 @@ def test_base_install_requests_and_verifies_a_receipt_loading_nothing_else(
     keys = str(stack.keys_file)
     scope = ["--repo", "acme/web", "--sha", SHA, "--env", "production", "--workflow", "deploy.yml"]
     request_modules = tmp_path / "request.modules"
+    since = len(stack.emulator.calls())
     proc = base.keyturn(
         ["request", "--url", stack.bot_url, *scope, "--requester", "github:alice", "--wait",
          "--timeout", "60", "--keys", keys, "--out", str(receipt)],
         request_modules, KEYTURN_CI_SECRET=CI_SECRET,
     )  # fmt: skip
-    call = stack.emulator.wait_for("chat.postMessage", timeout=30)
-    rid = "req_" + json.dumps(call["params"]).split("req_", 1)[1][:26]
+    rid = new_card_request_id(stack.emulator, since, timeout=30)
     card = stack.card(rid)
     stack.click("U0BOB", card)
     stack.click("U0CAROL", card)

@@ -296,9 +296,9 @@ def test_keyturn_request_oidc_on_github_actions(ostack: OidcStack, tmp_path: Pat
         *KEYTURN, "request", "--url", ostack.bot_url, "--oidc", "--audience", AUDIENCE, "--wait",
         "--timeout", "60", "--keys", str(ostack.keys_file), "--out", str(out),
     ]  # fmt: skip
+    since = len(ostack.emulator.calls())
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    call = ostack.emulator.wait_for("chat.postMessage", timeout=15)
-    rid = "req_" + json.dumps(call["params"]).split("req_", 1)[1][:26]
+    rid = harness.new_card_request_id(ostack.emulator, since)
     ostack.click("U0CAROL", ostack.card(rid))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr

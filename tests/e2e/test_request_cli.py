@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import CI_SECRET, SHA, Stack
-from tests.harness import KEYTURN, free_port
+from tests.harness import KEYTURN, free_port, new_card_request_id
 
 
 def _request(stack: Stack, *extra: str, env: str = "production") -> list[str]:
@@ -29,14 +29,8 @@ def _start(argv: list[str], secret: str | None = CI_SECRET) -> subprocess.Popen[
 
 
 def _pending_card(stack: Stack, since: int) -> dict[str, object]:
-    """The request the running client created, once its card is posted (the first card after ``since``: an
-    earlier test's outcome reply may still land in the channel meanwhile)."""
-    while True:
-        call = stack.emulator.wait_for("chat.postMessage", timeout=15, since=since)
-        params = json.dumps(call["params"])
-        if "thread_ts" not in call["params"] and "req_" in params:
-            return stack.card("req_" + params.split("req_", 1)[1][:26])
-        since = call["seq"]
+    """The request the running client created, once its card is posted after call ``since``."""
+    return stack.card(new_card_request_id(stack.emulator, since))
 
 
 def test_wait_approved_writes_a_verified_receipt(stack: Stack, tmp_path: Path) -> None:

@@ -33,6 +33,9 @@ def show(page: Any, emu: RunningEmulator, blocks: list[dict[str, Any]]) -> Any:
     )["ts"]
     page.goto(emu.url + "/")
     page.select_option("#user-select", "U0BOB")
+    # Rendered for bob: later refreshes render again only when the state changes, so the nodes read below
+    # stay in the document (a re-render would detach them and read back empty styles).
+    page.wait_for_function("() => ui.stateUser === 'U0BOB'")
     message = page.locator(f'.message[data-ts="{ts}"]')
     message.wait_for()
     return message
