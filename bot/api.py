@@ -477,6 +477,11 @@ class Api:
             if signer_unavailable(exc):
                 self._source_ok(request)  # not the sender's failure
                 raise ApiError("signer_unavailable") from None
+            if exc.code == "ci_secret_not_allowed":
+                # Refused after the MAC checked out: the sender holds the secret, and must learn that this
+                # environment takes only OIDC-proven requests, not hunt for a wrong secret or clock.
+                self._source_ok(request)
+                raise ApiError("ci_secret_not_allowed") from None
             raise ApiError("unauthorized") from None
         except OSError:
             raise ApiError("signer_unavailable") from None

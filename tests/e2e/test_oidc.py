@@ -467,6 +467,9 @@ def test_token_replayed_after_expiry(ostack: OidcStack) -> None:
 
 
 def test_shared_secret_is_refused_for_production(ostack: OidcStack) -> None:
+    """A correctly signed shared-secret request for production (``ci_secret = false``) is refused as
+    ``ci_secret_not_allowed`` (403), not as a bad signature (401): the MAC was good, and the operator must
+    learn to switch the job to OIDC rather than hunt for a wrong secret or clock. No card is posted."""
     body = json.dumps(
         {
             "repo": "acme/web",
@@ -477,7 +480,9 @@ def test_shared_secret_is_refused_for_production(ostack: OidcStack) -> None:
         }
     ).encode()
     resp = ostack.post("/v1/requests", body)
-    assert resp.status_code == 401
+    assert (resp.status_code, resp.json()["error"]) == (403, "ci_secret_not_allowed")
+    assert "OIDC" in resp.json()["message"]
+    assert ostack.emulator.calls("chat.postMessage") == []
 
 
 def _sign_frame(ostack: OidcStack, token: str, **origin_extra: Any) -> dict[str, Any]:
