@@ -356,6 +356,15 @@ SENTENCES: dict[str, Template | Reasons] = {
     "quorum_not_reached": "Not enough approvals yet.",
     "reason_required": "Please give a reason for denying.",
     "unknown_request": "No such request (it may have been cleaned up).",
+    # -- a new request over a limit (bot/store.py; the reason is the limit) --
+    "rate_limited": {
+        "rate": "Too many new requests from {who}: at most {rate:g} a minute (bursts of {burst})."
+    },
+    "too_many_pending": {
+        "requester": "{who} has {cap} pending requests, the most allowed; cancel or wait for one.",
+        "repo": "{repo} has {cap} pending requests, the most allowed; cancel or wait for one.",
+        "total": "The bot holds {cap} pending requests, the most allowed; try again later.",
+    },
     "evidence_gone": "The original request's evidence is gone.",
     "unknown_environment": "There is no environment {environment!r} in the policy.",  # also the signer's
     "not_an_approver": "You are not an approver for {environment}.",

@@ -73,10 +73,11 @@ def test_the_words_module_is_standard_library_only() -> None:
 
 # --- every refusal the migrated signer modules raise has words, and the facts its sentence needs ----------
 
-SIGNER = Path(__file__).resolve().parents[2] / "signer"
-# The signer modules whose raise sites say code + facts (issue 10), and how each error class takes its code
-# and reason: (position of the code or a fixed code, position of the reason or None for a keyword).
-MIGRATED = ("receipt", "verify", "keyset", "evidence", "card", "wire", "gate", "service", "oidc")
+ROOT = Path(__file__).resolve().parents[2]
+# The modules whose raise sites say code + facts (issue 10): a bare name is a signer module, else a path
+# under the repository. And how each error class takes its code and reason: (position of the code or a
+# fixed code, position of the reason or None for a keyword).
+MIGRATED = ("receipt", "verify", "keyset", "evidence", "card", "wire", "gate", "service", "oidc", "bot/store")
 RAISERS: dict[str, tuple[int | str, int | None]] = {
     "VerificationError": (0, None),
     "EvidenceError": (0, None),
@@ -87,6 +88,8 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "GateError": (0, 1),
     "ServiceError": (0, 1),
     "OidcError": (0, 1),
+    "Refused": (0, None),
+    "LimitExceeded": (0, None),
 }
 
 
@@ -112,8 +115,10 @@ def _literal(node: ast.expr | None, names: Mapping[str, str] | None = None) -> s
 
 
 def raise_sites(module: str) -> list[RaiseSite]:
-    """Every construction of a refusal in ``signer/<module>.py``, with its literal code, reason and facts."""
-    path = SIGNER / f"{module}.py"
+    """Every construction of a refusal in ``module`` (``signer/<module>.py`` or ``<module>.py``), with its
+    literal code, reason and facts."""
+    where = module if "/" in module else f"signer/{module}"
+    path = ROOT / f"{where}.py"
     tree = ast.parse(path.read_text())
     constants = {
         target.id: node.value.value
@@ -145,7 +150,7 @@ def raise_sites(module: str) -> list[RaiseSite]:
         prose = given or (reason_node is not None and reason is None and not passed_through)
         if reason is not None and not reason.isidentifier():
             prose = True
-        sites.append(RaiseSite(f"signer/{module}.py:{node.lineno}", code, reason, facts, prose))
+        sites.append(RaiseSite(f"{where}.py:{node.lineno}", code, reason, facts, prose))
     return sites
 
 
