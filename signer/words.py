@@ -124,7 +124,10 @@ _VERIFY: dict[str, Template | Reasons] = {
     "scope_mismatch": "receipt is for {field} {got}, deploying {want}",  # code scope_mismatch:<field>
     "requester_not_proven": "the receipt does not say the requester was proven by an OIDC token",
     # the key it names (signer/keyset.py)
-    "unknown_key": "key {kid} is not in the trusted keyset",
+    "unknown_key": {
+        None: "key {kid} is not in the trusted keyset",
+        "key_file": "no key with kid {kid!r} in the key file",  # `keyturn keys revoke` (signer/keys.py)
+    },
     "revoked_key": "key {kid} is revoked",
     "dev_key": "key {kid} is a development key (see --allow-dev-keys)",
 }
@@ -347,6 +350,32 @@ OIDC_CODES = (
     "oidc_claim_missing", "oidc_claim_unusable", "oidc_discovery",
 )  # fmt: skip
 
+# -- the signer's private key file (signer/keys.py: what `keyturn keys` and the signer's start-up print) --
+_KEY_FILE: Reasons = {
+    "d_not_base64url": "{where}.d is not base64url",
+    "d_length": "{where}.d must be a 32-byte Ed25519 seed",
+    "x_not_of_d": "{where}: x is not the public key of d",
+    "grace": "the rotation grace must be between 0 and {most}",
+    "active_count": "a key file needs exactly one active key, found {found}",
+    "active_without_d": "the active key lacks its private part 'd'",
+    "next_count": "a key file holds at most one next key, found {found}",
+    "next_without_d": "the next key lacks its private part 'd'",
+    "duplicate_kid": "duplicate kid in key file",
+    "not_json": "key file is not valid JSON: {detail}",
+    "no_keys": "key file must be a JSON object with a non-empty 'keys' list",
+    "cannot_open": "cannot open key file {path}: {error}",
+    "not_regular": "key file {path} is not a regular file",
+    "too_open": ("key file {path} has mode {mode}; it must not be accessible by group or others (chmod 600)"),
+    "next_already_staged": "a next key is already staged ({kid}); activate or revoke it",
+    "no_next": "no next key is staged: run 'keyturn keys add-next' and publish it first",
+    "next_staged": "a next key is staged ({kid}): run 'keyturn keys activate-next' instead",
+    "rotation_before_creation": "rotation time is before the active key's creation",
+    "revoke_active": "refusing to revoke the active key: run 'keyturn keys rotate' first",
+    "exists": "{path} already exists; refusing to overwrite a key file",
+    "cannot_create": "cannot create {path}: {error}",
+    "cannot_write": "cannot write beside {path}: {error}",
+}
+
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
@@ -435,6 +464,7 @@ SENTENCES: dict[str, Template | Reasons] = {
     ),
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
+    "key_file": _KEY_FILE,
     **_VERIFY,
     "card_mismatch": _CARD,
     **dict.fromkeys(OIDC_CODES, _OIDC),
