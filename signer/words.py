@@ -284,6 +284,31 @@ _GATE: Reasons = {
     ),
     "http_status": "{what} URL answered HTTP {status}",
 }
+# -- a signed audit-log checkpoint (signer/checkpoint.py; `keyturn audit verify --checkpoint`) --
+_CHECKPOINT: Reasons = {
+    "payload_not_object": "checkpoint payload must be a JSON object",
+    "payload_lacks": "checkpoint payload lacks {members}",
+    "payload_unknown": "unknown members {members}",
+    "type": "type must be {type!r}",
+    "version": "unknown checkpoint version {version!r} (this verifier knows '1')",
+    "seq": "seq must be a non-negative integer",
+    "hashes": "log and head must be 64 lowercase hex digits",
+    "inconsistent": "log, seq and head are inconsistent",
+    "key_id": "keyId must be 1..128 base64url characters",
+    "issued_at": "issuedAt: {detail}",
+    "not_envelope": "not a checkpoint envelope: {detail}",
+    "envelope_members": "a checkpoint is a DSSE envelope with exactly payloadType, payload and signatures",
+    "payload_type": "payloadType is {got!r}, not {want!r}",
+    "signature_count": "a checkpoint carries exactly one signature",
+    "signature_members": "signatures[0] must have exactly keyid and sig",
+    "base64": "payload and signature must be canonical standard base64",
+    "payload": "payload: {detail}",
+    "not_canonical": "payload is not in its canonical (RFC 8785) form",
+    "keyid_differs": "the envelope's keyid differs from the payload's keyId",
+    "signature_length": "the signature is not a 64-byte Ed25519 signature",
+    "signature_mismatch": "the signature does not verify",
+}
+
 # Codes the gate builds from what it fetches (``keyset_unavailable``, ``untrusted_checkpoint``, ...).
 _GATE_FAMILIES = ("untrusted_", "_unavailable", "_too_large")
 
@@ -477,7 +502,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
     # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
     "bad_request": {**_EVIDENCE, **_WIRE},
-    **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset", "bad_checkpoint"), _GATE),
+    **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset"), _GATE),
+    "bad_checkpoint": {**_GATE, **_CHECKPOINT},  # fetched by the gate, checked by signer/checkpoint.py
     # A receipt (no reason) or the socket protocol's version.
     "unsupported_version": {None: "unknown receipt version {version}", **_WIRE},
     # The CI API's own (no reason), the gate's surprise while verifying, or the signer's own failure.

@@ -103,6 +103,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "Refused": (0, None),
     "LimitExceeded": (0, None),
     "KeyFileError": ("key_file", None),
+    "_bad": ("bad_checkpoint", 0),
     "KeyturnError": ("error", None),
 }
 
