@@ -326,6 +326,17 @@ _SERVICE: Reasons = {
     "signer": "the signer failed to process the request",
 }
 
+# -- the signer's settings (signer/config.py: why it refuses to start; names variables and files, never a
+# secret's value) --
+_CONFIG: Reasons = {
+    "secret_unreadable": "{var}: cannot read {path}: {error}",
+    "secret_too_large": "{var}: {path} is larger than {limit} bytes; not a secret file",
+    "secret_not_utf8": "{var}: {path} is not UTF-8 text",
+    "secret_empty": "{var}: {path} is empty",
+    "both_set": "{var} and {file_var} are both set; set only one",
+    "settings": "{problems}",  # each problem names its variable and what is wrong with it
+}
+
 # -- OIDC ID tokens and issuer key sets (signer/oidc.py; the token's refusals are relayed to CI as 401s) --
 _OIDC: Reasons = {
     "not_base64url": "{what} is not unpadded base64url",
@@ -493,7 +504,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     **_VERIFY,
     "card_mismatch": _CARD,
     **dict.fromkeys(OIDC_CODES, _OIDC),
-    **dict.fromkeys(("clock_unavailable", "request_closed", "config"), _SERVICE),
+    **dict.fromkeys(("clock_unavailable", "request_closed"), _SERVICE),
+    "config": {**_SERVICE, **_CONFIG},  # the service's start-up refusals and the settings
     "timeout": "request took longer than {seconds} s",
     "too_many_connections": "the signer serves at most {limit} connections",
     "invalid_policy": "{source}: {problems}",  # each problem is its key path and what is wrong there

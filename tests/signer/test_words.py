@@ -104,6 +104,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "LimitExceeded": (0, None),
     "KeyFileError": ("key_file", None),
     "_bad": ("bad_checkpoint", 0),
+    "ConfigError": ("config", None),
     "KeyturnError": ("error", None),
 }
 
