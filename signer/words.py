@@ -284,6 +284,43 @@ _GATE: Reasons = {
     ),
     "http_status": "{what} URL answered HTTP {status}",
 }
+# -- the signer's audit log (signer/audit.py: what the signer logs and `keyturn audit verify` prints) --
+_AT_ENTRY = "entry seq {seq} (line {line}): "
+_AUDIT: Reasons = {
+    "no_entry": "audit log {path} has no readable entry seq {seq}",
+    "cannot_open": "cannot open audit log {path}: {error}",
+    "in_use": "audit log {path} is in use by another process",
+    "failed": "audit log unusable after an earlier failure: {failure}",
+    "record": "record cannot be logged: {detail}",
+    "write": "audit log write failed: {error}; nothing was recorded",
+    "fsync": "audit log fsync failed: {error}",
+    "too_many_aside": "cannot move the torn tail of {path} aside: too many .torn-{stamp} files",
+}
+_AUDIT_CHAIN: Reasons = {
+    "not_json": _AT_ENTRY + "not a JSON object: {detail}",
+    "members": _AT_ENTRY + "must have exactly seq, prev and record",
+    "seq": _AT_ENTRY + "has seq {found}; entries missing or reordered",
+    "prev": _AT_ENTRY
+    + "prev does not match the previous entry's hash; it or the entry before it was altered",
+}
+_AUDIT_TORN: Reasons = {
+    "torn": (
+        _AT_ENTRY + "incomplete last line (no newline): {size} bytes of a write torn by a crash or a full "
+        "disk; no receipt was returned for them, and the signer moves them aside at its next start"
+    ),
+    "move_aside": "cannot move the torn tail of {path} aside: {error}",
+}
+_AUDIT_REWRITTEN: Reasons = {
+    "log_id": (
+        "entry seq {seq} (line {line}) is not the first entry the checkpoint's log id names: this is another "
+        "log, or it was rewritten from its first entry on"
+    ),
+    "head": (
+        "entry seq {seq} (line {line}) is not the entry a signed checkpoint anchors there: it or an entry "
+        "before it was rewritten and the chain recomputed"
+    ),
+}
+
 # -- a signed audit-log checkpoint (signer/checkpoint.py; `keyturn audit verify --checkpoint`) --
 _CHECKPOINT: Reasons = {
     "payload_not_object": "checkpoint payload must be a JSON object",
@@ -505,6 +542,15 @@ SENTENCES: dict[str, Template | Reasons] = {
     "card_mismatch": _CARD,
     **dict.fromkeys(OIDC_CODES, _OIDC),
     **dict.fromkeys(("clock_unavailable", "request_closed"), _SERVICE),
+    "audit_log": _AUDIT,
+    "audit_chain_broken": _AUDIT_CHAIN,
+    "audit_torn_tail": _AUDIT_TORN,
+    "audit_rewritten": _AUDIT_REWRITTEN,
+    "audit_truncated": (
+        "the log has {entries} complete entries but a signed checkpoint anchors entry seq {seq}: entries "
+        "were removed from its end"
+    ),
+    "audit_unreadable": "cannot read audit log {path}: {error}",
     "config": {**_SERVICE, **_CONFIG},  # the service's start-up refusals and the settings
     "timeout": "request took longer than {seconds} s",
     "too_many_connections": "the signer serves at most {limit} connections",

@@ -105,6 +105,8 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "KeyFileError": ("key_file", None),
     "_bad": ("bad_checkpoint", 0),
     "ConfigError": ("config", None),
+    "AuditError": ("audit_log", None),
+    "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
 }
 
