@@ -115,6 +115,7 @@ _VERIFY: dict[str, Template | Reasons] = {
         "not_base64": "signature.value is not canonical base64",
         "length": "signature.value is not a 64-byte Ed25519 signature",
         "mismatch": "signature does not verify",
+        "webhook": "X-Hub-Signature-256 does not match the body",  # signer/github_app.py
     },
     # A signed receipt's status (reason "receipt"), or a request's status (the CI API's receipt route).
     "not_approved": {"receipt": "status is {status}", "request": "the request is {status}"},
@@ -321,6 +322,35 @@ _AUDIT_REWRITTEN: Reasons = {
     ),
 }
 
+# -- a GitHub deployment protection rule's webhook and reads (signer/github_app.py; the approver's and the
+# signer's refusals of a run) --
+_GITHUB: dict[str, Template | Reasons] = {
+    "bad_delivery": {
+        "header": "X-GitHub-Delivery is missing or not a delivery id",
+        "payload": "the delivery id is not one",
+    },
+    "unsupported_event": "X-GitHub-Event must be {want!r}, not {got}",
+    "github_not_configured": "no webhook secret is configured",
+    "missing_signature": "no X-Hub-Signature-256 header",
+    "malformed_payload": {
+        "not_json": "the body is not a JSON object in UTF-8",
+        "not_object": "the body is not a JSON object",
+        "fields": "payload fields: {detail}",  # each field and what is wrong with it
+    },
+    "unsupported_action": "action must be 'requested', not {got}",
+    "no_policy": "no policy for environment {environment!r}: refused",
+    "bad_callback": {
+        "not_url": "deployment_callback_url is not a URL",
+        "not_endpoint": "deployment_callback_url is not a run's protection rule endpoint",
+        "other_repo": "deployment_callback_url names another repository",
+    },
+    "run_mismatch": {
+        "reads": "GitHub's reads disagree with the webhook: {detail}",
+        "run_attempt": "GitHub's read of the run has no usable run_attempt",
+    },
+    "bad_app_key": "the App private key is not an RSA key",
+}
+
 # -- a signed audit-log checkpoint (signer/checkpoint.py; `keyturn audit verify --checkpoint`) --
 _CHECKPOINT: Reasons = {
     "payload_not_object": "checkpoint payload must be a JSON object",
@@ -488,7 +518,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     "receipt_gone": "the receipt is no longer stored",
     "not_ready": "not ready: {down}",
     "shutting_down": "the bot is stopping; retry",
-    "payload_too_large": "webhook body too large",
+    # The bot's webhook route (no reason) or the GitHub approver's parser (signer/github_app.py).
+    "payload_too_large": {None: "webhook body too large", "limit": "webhook body larger than {limit} bytes"},
     "scope_busy": (
         "another run of this commit for {environment} is already waiting for approval ({request_id}); "
         "this run was rejected"
@@ -542,6 +573,7 @@ SENTENCES: dict[str, Template | Reasons] = {
     "card_mismatch": _CARD,
     **dict.fromkeys(OIDC_CODES, _OIDC),
     **dict.fromkeys(("clock_unavailable", "request_closed"), _SERVICE),
+    **_GITHUB,
     "audit_log": _AUDIT,
     "audit_chain_broken": _AUDIT_CHAIN,
     "audit_torn_tail": _AUDIT_TORN,

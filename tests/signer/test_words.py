@@ -106,6 +106,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "_bad": ("bad_checkpoint", 0),
     "ConfigError": ("config", None),
     "AuditError": ("audit_log", None),
+    "GitHubError": (0, None),
     "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
 }
