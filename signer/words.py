@@ -349,6 +349,28 @@ _GITHUB: dict[str, Template | Reasons] = {
         "run_attempt": "GitHub's read of the run has no usable run_attempt",
     },
     "bad_app_key": "the App private key is not an RSA key",
+    # -- keyturn github-approver's answers (signer/github_approver.py; the JSON body's message) --
+    "github_unavailable": {
+        "retries": "{method} {path}: {last} after {attempts} attempts",
+        "token_refused": "installation token refused: HTTP {status}",
+        "no_token": "installation token answer has no token",
+        "read_status": "GET {path}: HTTP {status}",
+        "read_not_object": "GET {path}: not a JSON object",
+    },
+    "unknown_run": "no checked webhook for this run and environment",
+    "already_decided": "the run was already {decided}",
+    "replayed_delivery": "delivery {delivery} (or its body) was already taken",
+    "run_attempt_changed": (
+        "the run is at attempt {attempt}, not the attempt {checked} whose webhook was checked; the new "
+        "attempt needs its own webhook and request"
+    ),
+    "receipt_spent": "request {request_id} already approved run {run}",
+    "review_refused": {
+        "comment": "GitHub answered the comment with HTTP {status}",
+        "review": "GitHub answered the review with HTTP {status}",
+    },
+    "run_not_waiting": "GitHub answered that the run no longer waits for a review",
+    "too_large": "receipt body too large",
 }
 
 # -- a signed audit-log checkpoint (signer/checkpoint.py; `keyturn audit verify --checkpoint`) --
@@ -591,7 +613,7 @@ SENTENCES: dict[str, Template | Reasons] = {
     "key_not_valid_at_issue": {None: "key {kid} ({key_status}) was not valid at {at}", **_SERVICE},
     **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
     # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
-    "bad_request": {**_EVIDENCE, **_WIRE},
+    "bad_request": {**_EVIDENCE, **_WIRE, "json_text": "a JSON object with a non-empty {name!r}"},
     **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset"), _GATE),
     "bad_checkpoint": {**_GATE, **_CHECKPOINT},  # fetched by the gate, checked by signer/checkpoint.py
     # A receipt (no reason) or the socket protocol's version.

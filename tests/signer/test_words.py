@@ -107,6 +107,8 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "ConfigError": ("config", None),
     "AuditError": ("audit_log", None),
     "GitHubError": (0, None),
+    "GitHubUnavailable": ("github_unavailable", None),
+    "_error": (1, None),
     "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
 }
