@@ -428,6 +428,11 @@ _CONFIG: Reasons = {
 
 # -- OIDC ID tokens and issuer key sets (signer/oidc.py; the token's refusals are relayed to CI as 401s) --
 _OIDC: Reasons = {
+    # `keyturn oidc pin` (signer/pin_oidc.py), said of the issuer it pins
+    "pin_url": "{url} must be https (plain http only to loopback)",
+    "pin_issuer": "{name}: the discovery document is for issuer {got}, not {want!r}",
+    "pin_no_jwks_uri": "{name}: the discovery document has no jwks_uri",
+    "pin_keys": "{name}: {detail}",
     "not_base64url": "{what} is not unpadded base64url",
     "not_canonical_base64url": "{what} is not canonical base64url",
     "not_strict_json": "{what} is not a strict JSON object",

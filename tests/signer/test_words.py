@@ -109,6 +109,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "GitHubError": (0, None),
     "GitHubUnavailable": ("github_unavailable", None),
     "_error": (1, None),
+    "PinError": ("error", None),
     "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
 }
