@@ -373,6 +373,43 @@ _GITHUB: dict[str, Template | Reasons] = {
     "too_large": "receipt body too large",
 }
 
+# -- `keyturn policy pin-groups` (signer/pin_groups.py: what the person pinning reads) --
+_PIN_SLACK = "Slack {method} for {group} failed: "
+_PIN_GROUPS: dict[str, Template | Reasons] = {
+    "bad_api_url": "--api-url must be an https:// URL (plain http only to loopback)",
+    "bad_policy": {
+        "groups_not_list": "environments.{name}.approver_groups: must be a list",
+        "not_group": "environments.{name}.approver_groups: {group!r} is not a Slack user group id",
+        "render_group": "not a Slack user group id: {group!r}",
+        "member": "group {group}: a member is not a Slack user id",
+        "toml": "{source}: not valid TOML: {detail}",
+        "invalid": "{source}: with the members Slack lists, the policy is invalid: {problems}",
+    },
+    "unsafe_edit": {
+        "cannot_replace": (
+            "cannot replace the [groups] tables in the file safely (is `groups` written as dotted keys or an "
+            "inline table?): run without --write and paste the printed tables by hand"
+        ),
+        "not_held": "the edited file does not hold the pinned groups; nothing written",
+    },
+}
+# Slack's refusals of the pinning call (code ``slack_error``; the messenger's carry no reason).
+_PIN_SLACK_FAILED: Reasons = {
+    "redirect": "Slack API answered a redirect (HTTP {status}); refusing to follow it",
+    "rate_limited": _PIN_SLACK + "HTTP 429 (rate limited; Retry-After {retry_after} s): run it again later",
+    "http": lambda facts: (
+        _PIN_SLACK.format_map(dict(facts))
+        + f"HTTP {facts['status']}"
+        + (f": {facts['answer']}" if facts.get("answer") else "")
+    ),
+    "unreachable": _PIN_SLACK + "cannot reach {api_url}: {error}",
+    "too_large": _PIN_SLACK + "answer larger than {limit} bytes",
+    "not_json": _PIN_SLACK + "the answer is not JSON",
+    "refused": _PIN_SLACK + "{answer}",
+    "no_users": _PIN_SLACK + "the answer has no list of users",
+    "bad_user": _PIN_SLACK + "{user!r} is not a Slack user id (expected U… or W…)",
+}
+
 # -- a signed audit-log checkpoint (signer/checkpoint.py; `keyturn audit verify --checkpoint`) --
 _CHECKPOINT: Reasons = {
     "payload_not_object": "checkpoint payload must be a JSON object",
@@ -601,6 +638,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     **dict.fromkeys(OIDC_CODES, _OIDC),
     **dict.fromkeys(("clock_unavailable", "request_closed"), _SERVICE),
     **_GITHUB,
+    **_PIN_GROUPS,
+    "slack_error": {None: _slack_failed, **_PIN_SLACK_FAILED},
     "audit_log": _AUDIT,
     "audit_chain_broken": _AUDIT_CHAIN,
     "audit_torn_tail": _AUDIT_TORN,
