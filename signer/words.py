@@ -435,6 +435,28 @@ _CHECKPOINT: Reasons = {
     "signature_mismatch": "the signature does not verify",
 }
 
+# -- a public keyset (JWKS) read by signer/keyset.py (code bad_keyset; `where` names the key, keys[i]) --
+_KEYSET: Reasons = {
+    "time": "{where}.{name}: {detail}",
+    "key_not_object": "{where} must be a JSON object",
+    "key_type": "{where} must be an OKP Ed25519 key",
+    "use": "{where}.use must be 'sig'",
+    "alg": "{where}.alg must be 'EdDSA'",
+    "x_not_base64url": "{where}.x is not base64url",
+    "x_length": "{where}.x must be 32 bytes",
+    "kid": "{where}.kid must be the key's RFC 7638 thumbprint (or 'dev-' + thumbprint)",
+    "status": "{where}.status must be one of active, next, rotated, revoked",
+    "no_created_at": "{where} lacks createdAt",
+    "no_rotated_at": "{where}: a rotated key needs rotatedAt",
+    "no_revoked_at": "{where}: a revoked key needs revokedAt",
+    "live_with_end": "{where}: a key with status {status} has no rotatedAt/revokedAt",
+    "rotated_before_created": "{where}: rotatedAt is before createdAt",
+    "duplicate_kid": "duplicate kid {kid}",
+    "not_json": "keyset is not valid JSON: {detail}",
+    "no_keys": "keyset must be a JSON object with a non-empty 'keys' list",
+    "private_material": "keyset contains private key material ('d'); export the public keyset",
+}
+
 # Codes the gate builds from what it fetches (``keyset_unavailable``, ``untrusted_checkpoint``, ...).
 _GATE_FAMILIES = ("untrusted_", "_unavailable", "_too_large")
 
@@ -658,7 +680,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
     # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
     "bad_request": {**_EVIDENCE, **_WIRE, "json_text": "a JSON object with a non-empty {name!r}"},
-    **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset"), _GATE),
+    **dict.fromkeys(("bad_keyset_url", "unreadable"), _GATE),
+    "bad_keyset": {**_GATE, **_KEYSET},  # fetched by the gate, parsed by signer/keyset.py
     "bad_checkpoint": {**_GATE, **_CHECKPOINT},  # fetched by the gate, checked by signer/checkpoint.py
     # A receipt (no reason) or the socket protocol's version.
     "unsupported_version": {None: "unknown receipt version {version}", **_WIRE},

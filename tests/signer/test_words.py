@@ -110,6 +110,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "GitHubUnavailable": ("github_unavailable", None),
     "_error": (1, None),
     "PinError": ("error", None),
+    "KeysetError": ("bad_keyset", None),
     "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
 }
