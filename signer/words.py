@@ -630,8 +630,21 @@ SENTENCES: dict[str, Template | Reasons] = {
     "dev_exited": "{name} exited with code {status}",
     # -- the timer jobs (bot/timer_jobs.py, bot/scheduler.py; for logs: the job is retried) --
     "timer_error": "scheduling failed",
-    "bad_job": "the job cannot be scheduled",
-    "stale_leader": "this replica no longer holds the timer leader lease",
+    "bad_job": {
+        None: "the job cannot be scheduled",
+        "kind": "bad job kind {kind}",
+        "request_id": "bad request id",
+        "number": "bad job number {n}",
+        "member": "malformed job member",
+        "once_key": "bad once key parts",
+        "naive": "datetime must be timezone-aware",
+        "ttl": "ttl_s must be at least 1",
+        "no_handler": "no handler for job kind {kind}",
+    },
+    "stale_leader": {
+        None: "this replica no longer holds the timer leader lease",
+        "fence": "fencing token is no longer the leader's",
+    },
     "card_not_posted": "no card to reply to yet",
     # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
     "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),

@@ -144,7 +144,7 @@ def test_the_bots_other_errors_are_keyturn_errors_with_codes() -> None:
         (UNREACHABLE, "request_unreachable", "why"),
     ]
     assert all(isinstance(e, KeyturnError) for e in exits)
-    timer_errors = [BadJob("bad request id"), StaleLeader("fencing token is no longer the leader's")]
+    timer_errors = [BadJob("request_id"), StaleLeader("fence")]
     assert [(e.code, str(e)) for e in timer_errors] == [
         ("bad_job", "bad request id"),
         ("stale_leader", "fencing token is no longer the leader's"),

@@ -111,6 +111,8 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "_error": (1, None),
     "PinError": ("error", None),
     "KeysetError": ("bad_keyset", None),
+    "BadJob": ("bad_job", 0),
+    "StaleLeader": ("stale_leader", 0),
     "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
 }
