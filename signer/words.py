@@ -565,6 +565,39 @@ _KEY_FILE: Reasons = {
     "cannot_write": "cannot write beside {path}: {error}",
 }
 
+# -- `keyturn request` (bot/client.py: what a CI log shows; the exit status picks the code) --
+_REQUEST: Reasons = {
+    "oidc_env": (
+        "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN are not set (does the job have "
+        "'permissions: id-token: write'? On GitLab, pass --id-token-var)"
+    ),
+    "oidc_url": "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL is not an http(s) URL",
+    "oidc_http": "--oidc: the token endpoint answered HTTP {status}",
+    "oidc_unreachable": "--oidc: cannot get a token: {error}",
+    "oidc_no_value": "--oidc: the token endpoint's answer has no 'value'",
+    "oidc_var": "--oidc: ${name} is not set (declare it under id_tokens: in the job)",
+    "rejected": "REJECTED {rejected}: {detail}",
+    "oidc_malformed": "--oidc: the ID token is malformed ({error})",
+    "oidc_missing": "--oidc: the token does not say {missing}; pass them as options",
+    "bot_unreachable": "cannot reach the bot at {url}: {error}",
+    "replayed": "the bot kept answering replayed_request; try again",
+    "oidc_refused": "the OIDC token was refused: {error}: {detail}",
+    "ci_signature": "the bot refused the CI signature: check {env} and the clock",
+    "policy": "refused by policy: {error}: {detail}",
+    "refused": "the request was refused: {detail}",
+    "bot_http": "the bot answered HTTP {status}: {detail}",
+    "timed_out": "timed out waiting for {request_id} (still PENDING)",
+    "wait_needs_keys": "--wait needs --keys: a trusted keyset to verify the receipt (fail closed)",
+    "needs_audience": "--oidc on GitHub Actions needs --audience (the policy's audience)",
+    "denied": "DENIED by {by}: {why}",
+    "final": "{status}: {request_id}",
+    "unexpected": "unexpected status {status}",
+    "no_keyset": "no keyset to verify the receipt with",
+    "cannot_write": "cannot write {path}: {error}",
+    "no_receipt": "no receipt (HTTP {status})",
+    "receipt_unreachable": "cannot fetch the receipt of {request_id}: {detail}",
+}
+
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
@@ -615,9 +648,9 @@ SENTENCES: dict[str, Template | Reasons] = {
     "not_found": "Not Found",
     "method_not_allowed": "Method Not Allowed",
     # -- `keyturn request` (bot/client.py; its sentences still come with the exit, by status) --
-    "request_refused": "not approved, or the receipt was refused",
-    "request_invalid": "the request or the configuration is invalid",
-    "request_unreachable": "the bot or the keyset URL cannot be reached",
+    "request_refused": {None: "not approved, or the receipt was refused", **_REQUEST},
+    "request_invalid": {None: "the request or the configuration is invalid", **_REQUEST},
+    "request_unreachable": {None: "the bot or the keyset URL cannot be reached", **_REQUEST},
     # -- `keyturn dev` (bot/dev.py: for the person at the terminal) --
     "dev_no_port": "no free TCP port on {host}",
     "dev_not_ready": lambda facts: (

@@ -112,6 +112,7 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "PinError": ("error", None),
     "KeysetError": ("bad_keyset", None),
     "BadJob": ("bad_job", 0),
+    "Exit": ("request_refused", 1),  # the code follows the exit status; the reasons are shared
     "StaleLeader": ("stale_leader", 0),
     "broken": ("audit_chain_broken", 0),
     "KeyturnError": ("error", None),
