@@ -606,7 +606,7 @@ class Api:
             if isinstance(exc, LimitExceeded):
                 raise ApiError(
                     exc.code,
-                    message=exc.message,  # bot/store.py words its limits itself (not migrated)
+                    facts=exc.facts,
                     extra={"limit": exc.limit, "retryAfter": exc.retry_after},
                     headers={"Retry-After": str(exc.retry_after)},
                 ) from None

@@ -51,6 +51,7 @@ from keyturn.signer.receipt import Scope
 
 if TYPE_CHECKING:
     from keyturn.signer.keyset import PublicKeyset
+    from keyturn.signer.words import Fact
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 MAX_POLL = 60
@@ -67,8 +68,9 @@ class Exit(KeyturnError):
     """Stop with exit status ``status`` after printing ``message`` on stderr. ``code`` is the stable error
     code of that status (``request_refused``, ``request_invalid``, ``request_unreachable``)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message, code=_EXIT_CODES.get(status, "request_refused"))
+    def __init__(self, status: int, reason: str, /, **facts: Fact) -> None:
+        # ``reason`` picks the sentence in ``keyturn.signer.words``; the facts fill it in.
+        super().__init__(code=_EXIT_CODES.get(status, "request_refused"), facts={"reason": reason, **facts})
         self.status = status
 
 
@@ -108,13 +110,9 @@ def github_token_source(
     url = environ.get("ACTIONS_ID_TOKEN_REQUEST_URL", "")
     bearer = environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "")
     if not url or not bearer:
-        raise Exit(
-            USAGE,
-            "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN are not set (does the job have "
-            "'permissions: id-token: write'? On GitLab, pass --id-token-var)",
-        )
+        raise Exit(USAGE, "oidc_env")
     if not _is_http_url(url):
-        raise Exit(USAGE, "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL is not an http(s) URL")
+        raise Exit(USAGE, "oidc_url")
     full = url + ("&" if "?" in url else "?") + urllib.parse.urlencode({"audience": audience})
 
     def fetch() -> str:
@@ -125,12 +123,12 @@ def github_token_source(
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only
                 data = json.loads(resp.read(64 * 1024))
         except urllib.error.HTTPError as exc:
-            raise Exit(USAGE, f"--oidc: the token endpoint answered HTTP {exc.code}") from None
+            raise Exit(USAGE, "oidc_http", status=exc.code) from None
         except (OSError, ValueError) as exc:
-            raise Exit(UNREACHABLE, f"--oidc: cannot get a token: {type(exc).__name__}") from None
+            raise Exit(UNREACHABLE, "oidc_unreachable", error=type(exc).__name__) from None
         value = data.get("value") if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
-            raise Exit(USAGE, "--oidc: the token endpoint's answer has no 'value'")
+            raise Exit(USAGE, "oidc_no_value")
         return value
 
     return fetch
@@ -140,7 +138,7 @@ def variable_token_source(name: str, env: dict[str, str] | None = None) -> Token
     """GitLab CI: the ID token in the ``id_tokens`` variable ``name`` (it lives as long as the job)."""
     value = (env if env is not None else os.environ).get(name, "")
     if not value:
-        raise Exit(USAGE, f"--oidc: ${name} is not set (declare it under id_tokens: in the job)")
+        raise Exit(USAGE, "oidc_var", name=name)
     return lambda: value
 
 
@@ -210,7 +208,9 @@ def _load_keyset(source: str, args: RequestArgs) -> PublicKeyset:
     try:
         return gate.load_keyset(source, trust_keys_in_checkout=args.trust_keys_in_checkout, not_from=args.url)
     except gate.GateError as exc:
-        raise Exit(_KEYSET_EXIT.get(exc.code, USAGE), f"REJECTED {exc.code}: {exc.message}") from None
+        raise Exit(
+            _KEYSET_EXIT.get(exc.code, USAGE), "rejected", rejected=exc.code, detail=exc.message
+        ) from None
 
 
 def _verify(receipt: bytes, keyset: PublicKeyset, args: RequestArgs, now: datetime) -> str:
@@ -220,7 +220,7 @@ def _verify(receipt: bytes, keyset: PublicKeyset, args: RequestArgs, now: dateti
             receipt, keyset, args.scope, now, allow_dev_keys=args.allow_dev_keys, require_oidc=args.oidc
         )
     except gate.GateError as exc:
-        raise Exit(REFUSED, f"REJECTED {exc.code}: {exc.message}") from None
+        raise Exit(REFUSED, "rejected", rejected=exc.code, detail=exc.message) from None
     return verified.summary()
 
 
@@ -357,7 +357,7 @@ def with_token_claims(args: RequestArgs, token: str) -> RequestArgs:
     try:
         c = unverified_claims(token)
     except OidcError as exc:
-        raise Exit(USAGE, f"--oidc: the ID token is malformed ({exc.code})") from None
+        raise Exit(USAGE, "oidc_malformed", error=exc.code) from None
     github = "repository" in c
     repo = c.get("repository") if github else c.get("project_path")
     claim = "job_workflow_ref" if github else "ci_config_ref_uri"
@@ -375,7 +375,7 @@ def with_token_claims(args: RequestArgs, token: str) -> RequestArgs:
     }
     missing = [k for k, value in filled.items() if not value]
     if missing:
-        raise Exit(USAGE, f"--oidc: the token does not say {', '.join(missing)}; pass them as options")
+        raise Exit(USAGE, "oidc_missing", missing=", ".join(missing))
     return dataclasses.replace(
         args,
         repo=filled["repo"],
@@ -410,7 +410,7 @@ def _post_request(client: BotClient, args: RequestArgs) -> dict[str, Any]:
         try:
             status, data = client.call("POST", "/v1/requests", raw)
         except OSError as exc:
-            raise Exit(UNREACHABLE, f"cannot reach the bot at {client.base}: {exc}") from None
+            raise Exit(UNREACHABLE, "bot_unreachable", url=client.base, error=str(exc)) from None
         if status != 409 or data.get("error") != "replayed_request":
             return _check_status(status, data)
         rid = data.get("requestId")
@@ -420,14 +420,14 @@ def _post_request(client: BotClient, args: RequestArgs) -> dict[str, Any]:
         # (the signature covers whole seconds, so nothing sooner would differ).
         if attempt + 1 < REPLAY_ATTEMPTS:
             time.sleep(1.0 - (time.time() % 1.0) + 0.01)
-    raise Exit(UNREACHABLE, "the bot kept answering replayed_request; try again")
+    raise Exit(UNREACHABLE, "replayed")
 
 
 def _get_request(client: BotClient, rid: str) -> dict[str, Any]:
     try:  # quoted: the id comes from an answer, and must stay one path segment
         status, data = client.call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}")
     except OSError as exc:
-        raise Exit(UNREACHABLE, f"cannot reach the bot at {client.base}: {exc}") from None
+        raise Exit(UNREACHABLE, "bot_unreachable", url=client.base, error=str(exc)) from None
     return _check_status(status, data)
 
 
@@ -436,16 +436,16 @@ def _check_status(status: int, data: dict[str, Any]) -> dict[str, Any]:
         return data
     message = str(data.get("message") or data.get("error") or f"HTTP {status}")
     if status == 401 and str(data.get("error", "")).startswith("oidc_"):
-        raise Exit(USAGE, f"the OIDC token was refused: {data.get('error')}: {message}")
+        raise Exit(USAGE, "oidc_refused", error=str(data.get("error")), detail=message)
     if status == 401:
-        raise Exit(USAGE, f"the bot refused the CI signature: check {SECRET_ENV} and the clock")
+        raise Exit(USAGE, "ci_signature", env=SECRET_ENV)
     if status == 403:
-        raise Exit(USAGE, f"refused by policy: {data.get('error')}: {message}")
+        raise Exit(USAGE, "policy", error=str(data.get("error")), detail=message)
     if status in (400, 404, 413, 422):
         fields = data.get("fields")
         detail = "; ".join(f"{f.get('field')}: {f.get('message')}" for f in fields) if fields else message
-        raise Exit(USAGE, f"the request was refused: {detail}")
-    raise Exit(UNREACHABLE, f"the bot answered HTTP {status}: {message}")
+        raise Exit(USAGE, "refused", detail=detail)
+    raise Exit(UNREACHABLE, "bot_http", status=status, detail=message)
 
 
 def _wait(
@@ -468,7 +468,7 @@ def _wait(
             shown = seen
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise Exit(UNREACHABLE, f"timed out waiting for {rid} (still PENDING)")
+            raise Exit(UNREACHABLE, "timed_out", request_id=rid)
         wait = max(1, min(MAX_POLL, int(remaining)))
         try:
             code, data = client.call(
@@ -496,7 +496,7 @@ def run(
 ) -> int:
     """The command, after argument parsing; returns the exit code or raises ``Exit``."""
     if args.wait and not args.keys:
-        raise Exit(USAGE, "--wait needs --keys: a trusted keyset to verify the receipt (fail closed)")
+        raise Exit(USAGE, "wait_needs_keys")
     keyset = _load_keyset(args.keys, args) if args.keys else None
     if args.oidc:
         if token_source is None:
@@ -504,7 +504,7 @@ def run(
                 token_source = variable_token_source(args.id_token_var)
             else:
                 if not args.audience:
-                    raise Exit(USAGE, "--oidc on GitHub Actions needs --audience (the policy's audience)")
+                    raise Exit(USAGE, "needs_audience")
                 token_source = github_token_source(args.audience)
         args = with_token_claims(args, token_source())
     client = BotClient(args.url, secret, token_source=token_source if args.oidc else None)
@@ -518,20 +518,20 @@ def run(
     final = _wait(client, request, deadline, progress)
     status = str(final.get("status"))
     if status == "DENIED":
-        raise Exit(REFUSED, f"DENIED by {final.get('decidedBy')}: {final.get('denyReason')}")
+        raise Exit(REFUSED, "denied", by=str(final.get("decidedBy")), why=str(final.get("denyReason")))
     if status in ("EXPIRED", "CANCELLED"):
-        raise Exit(REFUSED, f"{status}: {rid}")
+        raise Exit(REFUSED, "final", status=status, request_id=rid)
     if status != "APPROVED":
-        raise Exit(REFUSED, f"unexpected status {status!r}")
+        raise Exit(REFUSED, "unexpected", status=repr(status))
     receipt = _fetch_receipt(client, rid, deadline, progress)
     if keyset is None:  # unreachable: --wait requires --keys
-        raise Exit(USAGE, "no keyset to verify the receipt with")
+        raise Exit(USAGE, "no_keyset")
     summary = _verify(receipt, keyset, args, datetime.now(UTC))
     if args.out:
         try:
             Path(args.out).write_bytes(receipt)
         except OSError as exc:
-            raise Exit(USAGE, f"cannot write {args.out}: {exc.strerror}") from None
+            raise Exit(USAGE, "cannot_write", path=str(args.out), error=exc.strerror) from None
     else:
         sys.stdout.write(receipt.decode() + "\n")
     progress(summary)
@@ -555,14 +555,14 @@ def _fetch_receipt(client: BotClient, rid: str, deadline: float, progress: Calla
                 return data
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
-                raise Exit(REFUSED, f"no receipt (HTTP {exc.code})") from None
+                raise Exit(REFUSED, "no_receipt", status=exc.code) from None
             trouble = f"HTTP {exc.code}"
         except (OSError, http.client.HTTPException) as exc:
             trouble = str(exc) or type(exc).__name__
         failures += 1
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise Exit(UNREACHABLE, f"cannot fetch the receipt of {rid}: {trouble}")
+            raise Exit(UNREACHABLE, "receipt_unreachable", request_id=rid, detail=trouble)
         if failures == 1:
             progress(f"{rid} is APPROVED but its receipt cannot be fetched yet ({trouble}); retrying")
         time.sleep(min(2.0 ** (failures - 1), 16.0, remaining))

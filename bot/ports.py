@@ -29,8 +29,8 @@ class Refused(KeyturnError):
     ``signing_in_progress``, ``evidence_gone``.
     """
 
-    def __init__(self, code: str, message: str | None = None, **facts: Fact) -> None:
-        # ``message``: only for raise sites not migrated to code + facts yet (bot/store.py's).
+    def __init__(self, code: str, message: str | None = None, /, **facts: Fact) -> None:
+        # ``message``: a sentence used as given (a test's stand-in); Keyturn's raise sites pass none.
         super().__init__(message, code=code, facts=facts)
 
 

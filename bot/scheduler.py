@@ -44,6 +44,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from keyturn.bot.redisconn import ReloadingScript
 from keyturn.signer.errors import KeyturnError
+from keyturn.signer.words import Fact
 
 log = logging.getLogger("keyturn.scheduler")
 
@@ -67,9 +68,9 @@ class TimerError(KeyturnError):
 
     code = "timer_error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, reason: str | None = None, /, **facts: Fact) -> None:
+        # ``reason`` picks the sentence in ``keyturn.signer.words`` (none: the code's general one).
+        super().__init__(facts={"reason": reason, **facts} if reason is not None else facts)
 
 
 class BadJob(TimerError):
@@ -101,13 +102,13 @@ Handler = Callable[[JobContext], Awaitable[None]]
 def member_for(kind: str, request_id: str, n: int | None = None) -> str:
     """The ZSET member naming one deadline: ``<kind>:<requestId>[:<n>]``. Raises ``BadJob`` on bad parts."""
     if not KIND_RE.fullmatch(kind):
-        raise BadJob(f"bad job kind {kind!r}")
+        raise BadJob("kind", kind=repr(kind))
     if not REQUEST_ID_RE.fullmatch(request_id):
-        raise BadJob("bad request id")
+        raise BadJob("request_id")
     if n is None:
         return f"{kind}:{request_id}"
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n > 1_000_000:
-        raise BadJob(f"bad job number {n!r}")
+        raise BadJob("number", n=repr(n))
     return f"{kind}:{request_id}:{n}"
 
 
@@ -120,9 +121,9 @@ def parse_member(member: str) -> tuple[str, str, int | None]:
     elif len(parts) == 3 and parts[2].isdigit() and not parts[2].startswith("0"):
         kind, request_id, n = parts[0], parts[1], int(parts[2])
     else:
-        raise BadJob("malformed job member")
+        raise BadJob("member")
     if member_for(kind, request_id, n) != member:
-        raise BadJob("malformed job member")
+        raise BadJob("member")
     return kind, request_id, n
 
 
@@ -140,13 +141,13 @@ def once_key(request_id: str, name: str) -> str:
     """A key for :func:`once`, e.g. ``once_key(rid, "remind:3")``; in the ``{timers}`` slot so the fence
     check and the set-if-absent are one atomic script."""
     if not REQUEST_ID_RE.fullmatch(request_id) or not ONCE_NAME_RE.fullmatch(name):
-        raise BadJob("bad once key parts")
+        raise BadJob("once_key")
     return f"{PREFIX}once:{request_id}:{name}"
 
 
 def _ms(dt: datetime) -> int:
     if dt.tzinfo is None or dt.utcoffset() is None:
-        raise BadJob("datetime must be timezone-aware")
+        raise BadJob("naive")
     return round(dt.timestamp() * 1000)
 
 
@@ -302,11 +303,11 @@ async def once(redis: aioredis.Redis, key: str, ttl_s: int, *, fencing_token: in
     :func:`once_key` (same Redis slot as the lease).
     """
     if ttl_s < 1:
-        raise BadJob("ttl_s must be at least 1")
+        raise BadJob("ttl")
     token = "" if fencing_token is None else str(int(fencing_token))
     result = await redis.eval(_ONCE, 2, LEADER_KEY, key, token, str(int(ttl_s)))
     if int(result) < 0:
-        raise StaleLeader("fencing token is no longer the leader's")
+        raise StaleLeader("fence")
     return int(result) == 1
 
 
@@ -314,7 +315,7 @@ async def check_fence(redis: aioredis.Redis, fencing_token: int) -> None:
     """Raise ``StaleLeader`` unless ``fencing_token`` still holds the leader lease."""
     ok = await redis.eval(_FENCE, 1, LEADER_KEY, str(int(fencing_token)))
     if int(ok) != 1:
-        raise StaleLeader("fencing token is no longer the leader's")
+        raise StaleLeader("fence")
 
 
 class Timers:
@@ -353,7 +354,7 @@ class Timers:
         """
         for name in handlers:
             if not KIND_RE.fullmatch(name):
-                raise BadJob(f"bad job kind {name!r}")
+                raise BadJob("kind", kind=repr(name))
         if not (0 < tick_s <= 60 and 0.3 <= lease_s <= 600 and job_timeout_s > 0):
             raise ValueError("tick_s, lease_s or job_timeout_s out of range")
         if not (1 <= batch_size <= 10_000 and concurrency >= 1):
@@ -414,7 +415,7 @@ class Timers:
         request was cancelled with ``cancel_all``. Raises ``BadJob`` for an unknown kind or bad input.
         """
         if kind not in self._handlers:
-            raise BadJob(f"no handler for job kind {kind!r}")
+            raise BadJob("no_handler", kind=repr(kind))
         member = member_for(kind, request_id, n)
         due_ms = _ms(due)
         done = await self._s_schedule(
@@ -633,7 +634,7 @@ class Timers:
         handler = self._handlers.get(kind)
         try:
             if handler is None:
-                raise BadJob(f"no handler for job kind {kind!r}")
+                raise BadJob("no_handler", kind=repr(kind))
             ctx = JobContext(kind, request_id, n, _from_ms(due_ms), token)
             await asyncio.wait_for(handler(ctx), self._job_timeout_s)
         except StaleLeader:

@@ -61,7 +61,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
@@ -71,6 +71,7 @@ from keyturn.bot import lifecycle
 from keyturn.bot.models import Approval, DeployRequest, OriginEvidence, Scope, SlackEvidence, Status
 from keyturn.bot.ports import Refused
 from keyturn.bot.redisconn import SCRIPT_RELOADS, ReloadingScript
+from keyturn.signer.words import Fact
 
 log = logging.getLogger(__name__)
 
@@ -455,18 +456,13 @@ class RequestLimits:
 
 
 class LimitExceeded(Refused):
-    """A new request over a limit: ``limit`` names it, ``retry_after`` (s) says when to try again."""
+    """A new request over a limit: code ``rate_limited`` (the requester's rate) or ``too_many_pending`` (a
+    cap on pending requests); ``limit`` (also the ``reason`` fact that picks the sentence) names the limit:
+    ``rate``, ``requester``, ``repo`` or ``total``. ``retry_after`` (s) says when to try again."""
 
-    _MESSAGES: ClassVar[dict[str, str]] = {
-        "rate": "Too many new requests from {who}: at most {rate:g} a minute (bursts of {burst}).",
-        "requester": "{who} has {cap} pending requests, the most allowed; cancel or wait for one.",
-        "repo": "{repo} has {cap} pending requests, the most allowed; cancel or wait for one.",
-        "total": "The bot holds {cap} pending requests, the most allowed; try again later.",
-    }
-
-    def __init__(self, limit: str, retry_after: int, message: str) -> None:
-        super().__init__("rate_limited" if limit == "rate" else "too_many_pending", message)
-        self.limit = limit
+    def __init__(self, code: str, *, reason: str, retry_after: int, **facts: Fact) -> None:
+        super().__init__(code, reason=reason, **facts)
+        self.limit = reason
         self.retry_after = retry_after
 
 
@@ -885,11 +881,19 @@ class RequestStore:
         name = _text(limit)
         if name == "ok":
             return
-        cap = {"requester": limits.per_requester, "repo": limits.per_repo, "total": limits.total}.get(name)
-        message = LimitExceeded._MESSAGES[name].format(
-            who=who, repo=repo, cap=cap, rate=limits.rate_per_minute, burst=limits.burst
-        )
-        raise LimitExceeded(name, max(1, -(-int(retry_ms) // 1000)), message)
+        wait = max(1, -(-int(retry_ms) // 1000))
+        if name == "rate":
+            rate, burst = limits.rate_per_minute, limits.burst
+            raise LimitExceeded(
+                "rate_limited", reason="rate", retry_after=wait, who=who, rate=rate, burst=burst
+            )
+        if name == "requester":
+            cap = limits.per_requester
+            raise LimitExceeded("too_many_pending", reason="requester", retry_after=wait, who=who, cap=cap)
+        if name == "repo":
+            cap = limits.per_repo
+            raise LimitExceeded("too_many_pending", reason="repo", retry_after=wait, repo=repo, cap=cap)
+        raise LimitExceeded("too_many_pending", reason="total", retry_after=wait, cap=limits.total)
 
     async def _unadmit(self, request: DeployRequest) -> None:
         """Take a request out of the limits' counts (it became final, or was never created)."""
@@ -989,7 +993,7 @@ class RequestStore:
             if result == -3:
                 raise SigningInProgress(request_id)
             if result == -1:
-                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+                raise Refused("unknown_request")
             # 0: someone else wrote first; -2: it became final meanwhile — re-read and re-decide.
         raise StoreConflict(f"too much contention on {request_id}")
 
@@ -1005,7 +1009,7 @@ class RequestStore:
         given = attempt == 0 and current is not None and current.id == request_id
         request = current if given else await self.get(request_id)
         if request is None:
-            raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+            raise Refused("unknown_request")
         return request, given
 
     @_guard
@@ -1050,9 +1054,9 @@ class RequestStore:
             if result == 3:  # our own write, retried after it landed; others may have written since
                 return await self.get(request_id) or written
             if result == 2:
-                raise Refused("already_approved", "You have already approved this request.")
+                raise Refused("already_approved")
             if result == -1:
-                raise Refused("unknown_request", "No such request (it may have been cleaned up).")
+                raise Refused("unknown_request")
             # 0 (conflict) or -2 (became final): re-read; lifecycle refuses a final request.
         raise StoreConflict(f"too much contention on {request_id}")
 

@@ -33,10 +33,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keyturn.signer.errors import AuditError, VerificationError
 from keyturn.signer.receipt import canonical_json, strict_loads
+
+if TYPE_CHECKING:
+    from keyturn.signer.words import Fact
 
 GENESIS = "0" * 64
 MAX_LINE_BYTES = 1024 * 1024
@@ -60,21 +63,20 @@ def _line_hash(line: bytes) -> str:
 
 def _check_line(line: bytes, number: int, expected_prev: str) -> None:
     """Check one line (without newline) as entry ``number``; raise ``AuditError`` naming it."""
-    where = f"entry seq {number} (line {number})"
 
-    def broken(message: str) -> AuditError:
-        return AuditError(f"{where}: {message}", seq=number, line=number, code=CHAIN_BROKEN)
+    def broken(reason: str, **facts: Fact) -> AuditError:
+        return AuditError(code=CHAIN_BROKEN, seq=number, line=number, facts={"reason": reason, **facts})
 
     try:
         entry = strict_loads(line, max_size=MAX_LINE_BYTES)
     except VerificationError as e:
-        raise broken(f"not a JSON object: {e}") from None
+        raise broken("not_json", detail=e.message) from None
     if set(entry) != _ENTRY_MEMBERS or not isinstance(entry["record"], dict):
-        raise broken("must have exactly seq, prev and record")
+        raise broken("members")
     if entry["seq"] != number or isinstance(entry["seq"], bool):
-        raise broken(f"has seq {entry['seq']!r}; entries missing or reordered")
+        raise broken("seq", found=repr(entry["seq"]))
     if entry["prev"] != expected_prev:
-        raise broken("prev does not match the previous entry's hash; it or the entry before it was altered")
+        raise broken("prev")
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,7 @@ class AuditScan:
     def _check_anchor(self, anchor: Anchor) -> None:
         seq = anchor.seq
         if seq > self.entries:
-            raise AuditError(
-                f"the log has {self.entries} complete entries but a signed checkpoint anchors entry "
-                f"seq {seq}: entries were removed from its end",
-                seq=seq,
-                code=TRUNCATED,
-            )
+            raise AuditError(code=TRUNCATED, seq=seq, entries=self.entries)
         if seq == 0:
             return  # a checkpoint of an empty log vouches for nothing
         if seq not in self.hashes:
@@ -148,21 +145,9 @@ class AuditScan:
         # The chain makes entry seq's hash commit to every entry before it, entry 1 included: a different
         # log id is the same finding, reported at the first entry.
         if self.log != anchor.log:
-            raise AuditError(
-                "entry seq 1 (line 1) is not the first entry the checkpoint's log id names: this is another "
-                "log, or it was rewritten from its first entry on",
-                seq=1,
-                line=1,
-                code=REWRITTEN,
-            )
+            raise AuditError(code=REWRITTEN, reason="log_id", seq=1, line=1)
         if self.hashes[seq] != anchor.head:
-            raise AuditError(
-                f"entry seq {seq} (line {seq}) is not the entry a signed checkpoint anchors there: it or an "
-                "entry before it was rewritten and the chain recomputed",
-                seq=seq,
-                line=seq,
-                code=REWRITTEN,
-            )
+            raise AuditError(code=REWRITTEN, reason="head", seq=seq, line=seq)
 
 
 def scan(data: bytes, at: Collection[int] = ()) -> AuditScan:
@@ -188,14 +173,7 @@ def scan(data: bytes, at: Collection[int] = ()) -> AuditScan:
 
 def _torn_error(result: AuditScan) -> AuditError:
     n = result.entries + 1
-    return AuditError(
-        f"entry seq {n} (line {n}): incomplete last line (no newline): {result.torn} bytes of a write torn "
-        "by a crash or a full disk; no receipt was returned for them, and the signer moves them aside at its "
-        "next start",
-        seq=n,
-        line=n,
-        code=TORN_TAIL,
-    )
+    return AuditError(code=TORN_TAIL, reason="torn", seq=n, line=n, size=result.torn)
 
 
 def verify_log(data: bytes, anchors: Iterable[Anchor] = ()) -> AuditScan:
@@ -218,7 +196,7 @@ def _read(path: str | os.PathLike[str]) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise AuditError(f"cannot read audit log {os.fspath(path)}: {e.strerror}", code=UNREADABLE) from None
+        raise AuditError(code=UNREADABLE, path=os.fspath(path), error=e.strerror) from None
 
 
 def verify_file(path: str | os.PathLike[str]) -> int:
@@ -335,7 +313,7 @@ def read_entry(path: str | os.PathLike[str], seq: int) -> dict[str, Any]:
                 if isinstance(record, dict):
                     return record
                 break
-    raise AuditError(f"audit log {os.fspath(path)} has no readable entry seq {seq}", seq=seq, line=seq)
+    raise AuditError(reason="no_entry", path=os.fspath(path), seq=seq, line=seq)
 
 
 @dataclass(frozen=True)
@@ -377,12 +355,12 @@ class AuditLog:
         try:
             fd = os.open(p, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as e:
-            raise AuditError(f"cannot open audit log {p}: {e.strerror}") from None
+            raise AuditError(reason="cannot_open", path=str(p), error=e.strerror) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise AuditError(f"audit log {p} is in use by another process") from None
+                raise AuditError(reason="in_use", path=str(p)) from None
             chunks: list[bytes] = []
             offset = 0
             while chunk := os.pread(fd, 1 << 20, offset):
@@ -423,16 +401,16 @@ class AuditLog:
     def append(self, record: Mapping[str, Any]) -> int:
         """Append ``record`` as the next entry and return its ``seq`` once it is durable on disk."""
         if self._failed is not None:
-            raise AuditError(f"audit log unusable after an earlier failure: {self._failed}")
+            raise AuditError(reason="failed", failure=self._failed)
         with self._write_lock:
             if self._failed is not None:
-                raise AuditError(f"audit log unusable after an earlier failure: {self._failed}")
+                raise AuditError(reason="failed", failure=self._failed)
             seq = self._seq + 1
             try:
                 line = canonical_json({"seq": seq, "prev": self._head, "record": dict(record)})
                 strict_loads(line, max_size=MAX_LINE_BYTES)  # never write a line verify_file would refuse
             except VerificationError as e:
-                raise AuditError(f"record cannot be logged: {e}") from None
+                raise AuditError(reason="record", detail=e.message) from None
             try:
                 write_all(self._fd, line + b"\n")
             except OSError as e:
@@ -442,7 +420,7 @@ class AuditLog:
                 # that fails is the log left unusable (the torn tail is then repaired at the next start).
                 if not self._roll_back():
                     self._failed = f"write failed: {e.strerror}"
-                raise AuditError(f"audit log write failed: {e.strerror}; nothing was recorded") from None
+                raise AuditError(reason="write", error=e.strerror) from None
             self._size += len(line) + 1
             self._seq, self._head = seq, _line_hash(line)
             if seq == 1:
@@ -475,7 +453,7 @@ class AuditLog:
                 os.fsync(self._fd)
             except OSError as e:
                 self._failed = f"fsync failed: {e.strerror}"
-                raise AuditError(f"audit log fsync failed: {e.strerror}") from None
+                raise AuditError(reason="fsync", error=e.strerror) from None
             self._synced = target
             self._durable = head
 
@@ -527,7 +505,7 @@ def _move_aside(fd: int, path: Path, data: bytes, keep: int, now: datetime) -> T
             except FileExistsError:
                 continue
         else:
-            raise AuditError(f"cannot move the torn tail of {path} aside: too many .torn-{stamp} files")
+            raise AuditError(reason="too_many_aside", path=str(path), stamp=stamp)
         try:
             write_all(out, torn)
             os.fsync(out)
@@ -537,5 +515,5 @@ def _move_aside(fd: int, path: Path, data: bytes, keep: int, now: datetime) -> T
         os.ftruncate(fd, keep)
         os.fsync(fd)
     except OSError as e:
-        raise AuditError(f"cannot move the torn tail of {path} aside: {e.strerror}", code=TORN_TAIL) from None
+        raise AuditError(code=TORN_TAIL, reason="move_aside", path=str(path), error=e.strerror) from None
     return TornTail(len(torn), aside)

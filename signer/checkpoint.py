@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from keyturn.signer.receipt import datetime
+    from keyturn.signer.words import Fact
 
 CHECKPOINT_TYPE = "keyturn.audit.checkpoint"
 CHECKPOINT_VERSION = "1"
@@ -74,8 +75,8 @@ class Checkpoint(Record):
         self._set(log, seq, head, issued_at, key_id)
 
 
-def _bad(message: str) -> VerificationError:
-    return VerificationError("bad_checkpoint", message)
+def _bad(reason: str, **facts: Fact) -> VerificationError:
+    return VerificationError("bad_checkpoint", reason=reason, **facts)
 
 
 def _is_hash(value: object) -> bool:
@@ -86,32 +87,36 @@ def parse_checkpoint(obj: object) -> Checkpoint:
     """Check a checkpoint payload's structure and return it typed; raises ``VerificationError``
     (``bad_checkpoint``). Does not check any signature."""
     if not isinstance(obj, dict):
-        raise _bad("checkpoint payload must be a JSON object")
+        raise _bad("payload_not_object")
     if obj.keys() != _MEMBERS:
         missing, unknown = sorted(_MEMBERS - obj.keys()), sorted(obj.keys() - _MEMBERS)
-        raise _bad(f"checkpoint payload lacks {missing}" if missing else f"unknown members {unknown[:3]}")
+        raise (
+            _bad("payload_lacks", members=str(missing))
+            if missing
+            else _bad("payload_unknown", members=str(unknown[:3]))
+        )
     if obj["type"] != CHECKPOINT_TYPE:
-        raise _bad(f"type must be {CHECKPOINT_TYPE!r}")
+        raise _bad("type", type=CHECKPOINT_TYPE)
     if obj["version"] != CHECKPOINT_VERSION:
-        raise _bad(f"unknown checkpoint version {str(obj['version'])[:20]!r} (this verifier knows '1')")
+        raise _bad("version", version=str(obj["version"])[:20])
     seq = obj["seq"]
     if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
-        raise _bad("seq must be a non-negative integer")
+        raise _bad("seq")
     log, head = obj["log"], obj["head"]
     if not _is_hash(log) or not _is_hash(head):
-        raise _bad("log and head must be 64 lowercase hex digits")
+        raise _bad("hashes")
     assert isinstance(log, str)
     assert isinstance(head, str)
     # The three describe one log: empty (all GENESIS), or entry 1 both names the log and is the head at seq 1.
     if (seq == 0) != (log == GENESIS) or (seq == 0) != (head == GENESIS) or (seq == 1 and log != head):
-        raise _bad("log, seq and head are inconsistent")
+        raise _bad("inconsistent")
     key_id = obj["keyId"]
     if not isinstance(key_id, str) or not 1 <= len(key_id) <= 128 or not _BASE64URL.issuperset(key_id):
-        raise _bad("keyId must be 1..128 base64url characters")
+        raise _bad("key_id")
     try:
         issued_at = parse_time(obj["issuedAt"])
     except VerificationError as e:
-        raise _bad(f"issuedAt: {e}") from None
+        raise _bad("issued_at", detail=e.message) from None
     return Checkpoint(log, seq, head, issued_at, key_id)
 
 
@@ -159,45 +164,44 @@ def verify_checkpoint(
     ``key_not_valid_at_issue``.
     """
     # 1. Strict parse of the envelope: one JSON object, no duplicate names or floats, exactly its members.
-    env = strict_object(data, MAX_CHECKPOINT_BYTES, lambda why: _bad(f"not a checkpoint envelope: {why}"))
+    env = strict_object(data, MAX_CHECKPOINT_BYTES, lambda why: _bad("not_envelope", detail=why))
     if not isinstance(env, Mapping) or env.keys() != _ENVELOPE_MEMBERS:
-        raise _bad("a checkpoint is a DSSE envelope with exactly payloadType, payload and signatures")
+        raise _bad("envelope_members")
     # 2. Its own payload type: a receipt (or anything else signed by the same key) is not a checkpoint.
     if env["payloadType"] != CHECKPOINT_PAYLOAD_TYPE:
-        raise _bad(f"payloadType is {str(env['payloadType'])[:80]!r}, not {CHECKPOINT_PAYLOAD_TYPE!r}")
+        raise _bad("payload_type", got=str(env["payloadType"])[:80], want=CHECKPOINT_PAYLOAD_TYPE)
     sigs = env["signatures"]
     if not isinstance(sigs, list) or len(sigs) != 1 or not isinstance(sigs[0], dict):
-        raise _bad("a checkpoint carries exactly one signature")
+        raise _bad("signature_count")
     if sigs[0].keys() != {"keyid", "sig"}:
-        raise _bad("signatures[0] must have exactly keyid and sig")
+        raise _bad("signature_members")
     try:
         payload = b64decode(env["payload"])
         sig = b64decode(sigs[0]["sig"])
     except ValueError:
-        raise _bad("payload and signature must be canonical standard base64") from None
+        raise _bad("base64") from None
     # 3. The payload: strict JSON in its canonical form, with exactly the checkpoint members.
     try:
         body = strict_loads(payload, max_size=MAX_CHECKPOINT_BYTES)
     except VerificationError as e:
-        raise _bad(f"payload: {e}") from None
+        raise _bad("payload", detail=e.message) from None
     if canonical_json(body) != payload:
-        raise _bad("payload is not in its canonical (RFC 8785) form")
+        raise _bad("not_canonical")
     checkpoint = parse_checkpoint(body)
     if sigs[0]["keyid"] != checkpoint.key_id:
-        raise _bad("the envelope's keyid differs from the payload's keyId")
+        raise _bad("keyid_differs")
     # 4. The key: known, not revoked, a development key only when allowed.
     key = keyset.trusted(checkpoint.key_id, allow_dev_keys=allow_dev_keys)
     # 5. The signature, over the checkpoint's own PAE.
     if len(sig) != 64:
-        raise _bad("the signature is not a 64-byte Ed25519 signature")
+        raise _bad("signature_length")
     try:
         key.verify_key.verify(signing_bytes(payload), sig)
     except BadSignatureError:
-        raise _bad("the signature does not verify") from None
+        raise _bad("signature_mismatch") from None
     # 6. The key was entitled to sign then (a rotated key only before its rotation).
     if not key.valid_at(checkpoint.issued_at):
         raise VerificationError(
-            "key_not_valid_at_issue",
-            f"key {key.kid} ({key.status}) was not valid at {format_time(checkpoint.issued_at)}",
+            "key_not_valid_at_issue", kid=key.kid, key_status=key.status, at=format_time(checkpoint.issued_at)
         )
     return checkpoint

@@ -115,16 +115,18 @@ def _read_secret_file(var: str, path: str) -> str:
         with open(path, "rb") as f:
             data = f.read(MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{var}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raise ConfigError(
+            reason="secret_unreadable", var=var, path=path, error=exc.strerror or type(exc).__name__
+        ) from None
     if len(data) > MAX_SECRET_FILE_BYTES:
-        raise ConfigError(f"{var}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes; not a secret file")
+        raise ConfigError(reason="secret_too_large", var=var, path=path, limit=MAX_SECRET_FILE_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{var}: {path} is not UTF-8 text") from None
+        raise ConfigError(reason="secret_not_utf8", var=var, path=path) from None
     secret = text.rstrip("\r\n")  # editors and `echo` add a final newline; other whitespace is refused
     if not secret:
-        raise ConfigError(f"{var}: {path} is empty")
+        raise ConfigError(reason="secret_empty", var=var, path=path)
     return secret
 
 
@@ -143,7 +145,7 @@ def _secrets_from_files(environ: Mapping[str, str]) -> tuple[dict[str, str], dic
         if not path:
             continue
         if _env_get(environ, var):
-            problems[field] = f"{var} and {file_var} are both set; set only one"
+            problems[field] = ConfigError(reason="both_set", var=var, file_var=file_var).message
             continue
         try:
             values[field] = _read_secret_file(file_var, path)
@@ -180,7 +182,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> SignerSettings:
             else:
                 msg = "is not set"
             problems.append(f"{name} {msg}")
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError(reason="settings", problems="; ".join(problems)) from None
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(reason="settings", problems="; ".join(problems))
     return settings

@@ -94,9 +94,18 @@ class AuditError(KeyturnError):
     code = "audit_log"
 
     def __init__(
-        self, message: str, *, seq: int | None = None, line: int | None = None, code: str | None = None
+        self,
+        message: str | None = None,
+        *,
+        seq: int | None = None,
+        line: int | None = None,
+        code: str | None = None,
+        facts: Mapping[str, Fact] | None = None,
+        **more: Fact,
     ) -> None:
-        super().__init__(message, code=code)
+        # ``seq`` and ``line`` are facts too: the sentences name the entry.
+        where = {k: v for k, v in (("seq", seq), ("line", line)) if v is not None}
+        super().__init__(message, code=code, facts={**where, **(facts or {}), **more})
         self.seq = seq
         self.line = line
         self.anchor: object | None = None  # the checkpoint the log failed, for audit_truncated/_rewritten

@@ -22,11 +22,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyturn.signer import contract
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import Scope
+
+if TYPE_CHECKING:
+    from keyturn.signer.words import Fact
 
 EVENT = "deployment_protection_rule"
 MAX_WEBHOOK_BYTES = 1024 * 1024  # GitHub caps payloads at 25 MB; this event is a few KB
@@ -48,8 +51,8 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~@-])")
 class GitHubError(KeyturnError):
     """A refusal of the GitHub approver. ``code`` is stable; ``fields`` names what was wrong in a payload."""
 
-    def __init__(self, code: str, message: str, *, fields: Mapping[str, str] | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(self, code: str, *, fields: Mapping[str, str] | None = None, **facts: Fact) -> None:
+        super().__init__(code=code, facts=facts)
         self.fields = dict(fields or {})
 
 
@@ -145,24 +148,24 @@ def check_webhook(
     check_signature(secret, _header(headers, "X-Hub-Signature-256"), body)
     delivery = _header(headers, "X-GitHub-Delivery")
     if delivery is None or not _DELIVERY_RE.match(delivery):
-        raise GitHubError("bad_delivery", "X-GitHub-Delivery is missing or not a delivery id")
+        raise GitHubError("bad_delivery", reason="header")
     event = _header(headers, "X-GitHub-Event")
     if event != EVENT:
-        raise GitHubError("unsupported_event", f"X-GitHub-Event must be {EVENT!r}, not {event!r}")
+        raise GitHubError("unsupported_event", want=EVENT, got=repr(event))
     return parse_payload(body, delivery, api_base_path=api_base_path, environments=environments)
 
 
 def check_signature(secret: str, signature: str | None, body: bytes) -> None:
     """``signature`` (``X-Hub-Signature-256``) is GitHub's for ``body``, compared in constant time."""
     if len(body) > MAX_WEBHOOK_BYTES:
-        raise GitHubError("payload_too_large", f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
+        raise GitHubError("payload_too_large", reason="limit", limit=MAX_WEBHOOK_BYTES)
     if not secret:
-        raise GitHubError("github_not_configured", "no webhook secret is configured")
+        raise GitHubError("github_not_configured")
     if signature is None:
-        raise GitHubError("missing_signature", "no X-Hub-Signature-256 header")
+        raise GitHubError("missing_signature")
     expected = webhook_signature(secret, body)
     if not _SIG_RE.match(signature) or not hmac.compare_digest(signature, expected):
-        raise GitHubError("bad_signature", "X-Hub-Signature-256 does not match the body")
+        raise GitHubError("bad_signature", reason="webhook")
 
 
 def parse_payload(
@@ -172,17 +175,17 @@ def parse_payload(
     caller has, or renders only what the signer will check). ``environments``: those with a policy (None:
     not checked here)."""
     if len(body) > MAX_WEBHOOK_BYTES:
-        raise GitHubError("payload_too_large", f"webhook body larger than {MAX_WEBHOOK_BYTES} bytes")
+        raise GitHubError("payload_too_large", reason="limit", limit=MAX_WEBHOOK_BYTES)
     if not _DELIVERY_RE.match(delivery):
-        raise GitHubError("bad_delivery", "the delivery id is not one")
+        raise GitHubError("bad_delivery", reason="payload")
     try:
         payload = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise GitHubError("malformed_payload", "the body is not a JSON object in UTF-8") from None
+        raise GitHubError("malformed_payload", reason="not_json") from None
     if not isinstance(payload, dict):
-        raise GitHubError("malformed_payload", "the body is not a JSON object")
+        raise GitHubError("malformed_payload", reason="not_object")
     if payload.get("action") != "requested":
-        raise GitHubError("unsupported_action", f"action must be 'requested', not {payload.get('action')!r}")
+        raise GitHubError("unsupported_action", got=repr(payload.get("action")))
     problems: dict[str, str] = {}
     environment = _str(payload, "environment", problems)
     sha = _str(payload, "sha", problems)
@@ -218,7 +221,7 @@ def parse_payload(
     trigger = payload.get("event") if isinstance(payload.get("event"), str) else None
     if problems:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
-        raise GitHubError("malformed_payload", f"payload fields: {detail}", fields=problems)
+        raise GitHubError("malformed_payload", reason="fields", detail=detail, fields=problems)
     assert environment
     assert sha
     assert callback
@@ -226,7 +229,7 @@ def parse_payload(
     assert installation_id
     run_id, path = _callback_run(callback, api_base_path, repo)
     if environments is not None and environment not in environments:
-        raise GitHubError("no_policy", f"no policy for environment {environment!r}: refused")
+        raise GitHubError("no_policy", environment=environment)
     return Webhook(
         delivery=delivery,
         run_id=run_id,
@@ -251,7 +254,7 @@ def _callback_run(callback: str, api_base_path: str | None, repo: str) -> tuple[
     try:
         parts = urlsplit(callback)
     except ValueError:
-        raise GitHubError("bad_callback", "deployment_callback_url is not a URL") from None
+        raise GitHubError("bad_callback", reason="not_url") from None
     path = parts.path
     if api_base_path is None and "/repos/" in path:
         path = path[path.index("/repos/") :]  # the signer: any API base (it sends nothing there)
@@ -259,9 +262,9 @@ def _callback_run(callback: str, api_base_path: str | None, repo: str) -> tuple[
         path = path[len(api_base_path) :]
     m = _RUN_PATH_RE.match(path)
     if parts.query or parts.fragment or m is None:
-        raise GitHubError("bad_callback", "deployment_callback_url is not a run's protection rule endpoint")
+        raise GitHubError("bad_callback", reason="not_endpoint")
     if m.group("repo") != repo:
-        raise GitHubError("bad_callback", "deployment_callback_url names another repository")
+        raise GitHubError("bad_callback", reason="other_repo")
     return int(m.group("run")), path
 
 
@@ -296,9 +299,7 @@ def run_scope(webhook: Webhook, run: Mapping[str, Any], deployment: Mapping[str,
                 problems["deployment.sha"] = "is not the webhook's sha"
     if problems:
         detail = "; ".join(f"{k} {v}" for k, v in sorted(problems.items()))
-        raise GitHubError(
-            "run_mismatch", f"GitHub's reads disagree with the webhook: {detail}", fields=problems
-        )
+        raise GitHubError("run_mismatch", reason="reads", detail=detail, fields=problems)
     assert isinstance(repo, str)
     assert isinstance(sha, str)
     assert isinstance(workflow, str)
@@ -311,11 +312,7 @@ def run_attempt(run: Mapping[str, Any]) -> int:
     with the attempt it checked. Missing or not a positive number: ``run_mismatch``."""
     attempt = run.get("run_attempt")
     if type(attempt) is not int or attempt < 1:
-        raise GitHubError(
-            "run_mismatch",
-            "GitHub's read of the run has no usable run_attempt",
-            fields={"run.run_attempt": "missing"},
-        )
+        raise GitHubError("run_mismatch", reason="run_attempt", fields={"run.run_attempt": "missing"})
     return attempt
 
 
@@ -332,7 +329,7 @@ def app_jwt(app_id: str, private_key_pem: bytes, now: int) -> str:
 
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise GitHubError("bad_app_key", "the App private key is not an RSA key")
+        raise GitHubError("bad_app_key")
     header = _b64url(json.dumps({"alg": "RS256", "typ": "JWT"}, separators=(",", ":")).encode())
     claims = {"iat": now - JWT_BACKDATE_S, "exp": now + JWT_LIFETIME_S, "iss": app_id}
     body = _b64url(json.dumps(claims, separators=(",", ":")).encode())

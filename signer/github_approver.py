@@ -55,10 +55,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from keyturn.signer import contract, github_app
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.gate import GateError, check_receipt, load_keyset
 from keyturn.signer.github_app import GitHubError, Webhook
 from keyturn.signer.keyset import PublicKeyset
 from keyturn.signer.receipt import Scope
+from keyturn.signer.words import Fact
 
 log = logging.getLogger("keyturn.github_approver")
 
@@ -116,8 +118,11 @@ def attempt_id(pending: PendingRun) -> str:
     return f"{hook.run_id}/{hook.environment}/{hook.deployment_id}/{pending.attempt}"
 
 
-class GitHubUnavailable(Exception):
-    """The API did not answer usefully after every retry."""
+class GitHubUnavailable(KeyturnError):
+    """The API did not answer usefully after every retry: code ``github_unavailable``, a ``reason`` and facts
+    (the method, path, HTTP status; never a token)."""
+
+    code = "github_unavailable"
 
 
 def retry_delay(attempt: int, base_s: float, retry_after: str | None) -> float:
@@ -175,7 +180,9 @@ class GitHubApi:
             )
             if attempt < self.s.attempts:
                 await self.sleep(retry_delay(attempt, self.s.backoff_s, retry_after))
-        raise GitHubUnavailable(f"{method} {path}: {last} after {self.s.attempts} attempts")
+        raise GitHubUnavailable(
+            reason="retries", method=method, path=path, last=last, attempts=self.s.attempts
+        )
 
     async def _token(self, installation_id: int) -> str:
         held = self._tokens.get(installation_id)
@@ -188,10 +195,10 @@ class GitHubApi:
             {"Authorization": f"Bearer {jwt}", "Accept": "application/vnd.github+json"},
         )
         if resp.status_code != 201:
-            raise GitHubUnavailable(f"installation token refused: HTTP {resp.status_code}")
+            raise GitHubUnavailable(reason="token_refused", status=resp.status_code)
         token = resp.json().get("token")
         if not isinstance(token, str):
-            raise GitHubUnavailable("installation token answer has no token")
+            raise GitHubUnavailable(reason="no_token")
         # GitHub's tokens last an hour; re-asking after 50 minutes needs no date parsing.
         self._tokens[installation_id] = (token, self.clock() + 3000)
         return token
@@ -211,10 +218,10 @@ class GitHubApi:
         """GET ``path`` as a JSON object; anything else is ``GitHubUnavailable``."""
         resp = await self.call("GET", path, installation_id)
         if resp.status_code != 200:
-            raise GitHubUnavailable(f"GET {path}: HTTP {resp.status_code}")
+            raise GitHubUnavailable(reason="read_status", path=path, status=resp.status_code)
         data = resp.json()
         if not isinstance(data, dict):
-            raise GitHubUnavailable(f"GET {path}: not a JSON object")
+            raise GitHubUnavailable(reason="read_not_object", path=path)
         return data
 
 
@@ -249,16 +256,25 @@ def load_state(data: bytes) -> tuple[dict[RunKey, PendingRun], set[str], dict[st
     return runs, {str(d) for d in obj["deliveries"]}, spent
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status)
+def _error(
+    status: int, code: str, /, *, extra: Mapping[str, Any] | None = None, **facts: Fact
+) -> JSONResponse:
+    """The approver's JSON refusal: ``{"error": code, "message": words, **extra}``, its sentence rendered
+    from the code and ``facts`` by the words module."""
+    return _refusal(status, KeyturnError(code=code, facts=facts), **(extra or {}))
+
+
+def _refusal(status: int, exc: KeyturnError, **extra: Any) -> JSONResponse:
+    """Answer ``status`` with a refusal raised elsewhere (GitHub's, the gate's): its code and its words."""
+    return JSONResponse({"error": exc.code, "message": exc.message, **extra}, status)
 
 
 def _waiting(pending: PendingRun | None) -> PendingRun | JSONResponse:
     """``pending`` if it is a known run still waiting for a decision, else the answer refusing to decide."""
     if pending is None:
-        return _error(404, "unknown_run", "no checked webhook for this run and environment")
+        return _error(404, "unknown_run")
     if pending.status != "waiting":
-        return _error(409, "already_decided", f"the run was already {pending.status}", decided=pending.status)
+        return _error(409, "already_decided", decided=pending.status, extra={"decided": pending.status})
     return pending
 
 
@@ -349,15 +365,13 @@ class Approver:
         except GitHubError as exc:
             status = 401 if exc.code in ("missing_signature", "bad_signature") else 400
             status = 422 if exc.code == "no_policy" else status
-            return _error(status, exc.code, exc.message, fields=exc.fields)
+            return _refusal(status, exc, fields=exc.fields)
         # X-GitHub-Delivery is not under GitHub's signature: a bot may send an old body under a new id, and
         # an approved run's old webhook would mark the run waiting as that (spent) attempt again, so the
         # spent receipt would approve whatever attempt waits now. The signed body is taken once too.
         taken = {hook.delivery, "sha256:" + hashlib.sha256(body).hexdigest()}
         if taken & self.deliveries:
-            return _error(
-                409, "replayed_delivery", f"delivery {hook.delivery} (or its body) was already taken"
-            )
+            return _error(409, "replayed_delivery", delivery=hook.delivery)
         # Claimed before the API reads so a concurrent copy is refused; released if they fail, so the bot may
         # forward the same delivery again once GitHub answers.
         self.deliveries |= taken
@@ -365,9 +379,9 @@ class Approver:
             scope, attempt = await self.read_run(hook)
         except GitHubUnavailable as exc:
             self.deliveries -= taken
-            return _error(502, "github_unavailable", str(exc))
+            return _refusal(502, exc)
         except GitHubError as exc:
-            return _error(409, exc.code, exc.message, fields=exc.fields)
+            return _refusal(409, exc, fields=exc.fields)
         async with self._lock(run_key(hook)):
             # A webhook never taken before is a newer attempt (or deployment) of the run: it replaces the
             # one kept, even a waiting one. Kept, the earlier attempt's request (spent on it, its approval's
@@ -396,31 +410,26 @@ class Approver:
             try:
                 scope, attempt = await self.read_run(pending.webhook)
             except GitHubUnavailable as exc:
-                return _error(502, "github_unavailable", str(exc))
+                return _refusal(502, exc)
             except GitHubError as exc:
-                return _error(409, exc.code, exc.message, fields=exc.fields)
+                return _refusal(409, exc, fields=exc.fields)
             if pending.attempt is None or attempt != pending.attempt:
                 # The review endpoint approves whatever attempt waits now: only the checked one may be.
-                return _error(
-                    409,
-                    "run_attempt_changed",
-                    f"the run is at attempt {attempt}, not the attempt {pending.attempt} whose webhook was "
-                    "checked; the new attempt needs its own webhook and request",
-                )
+                return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
             try:
                 verified = check_receipt(
                     receipt, self.s.keyset, scope, self.now(), allow_dev_keys=self.s.allow_dev_keys
                 )
             except GateError as exc:
                 log.warning("run %s/%s: receipt refused (%s)", key[0], key[1], exc.code)
-                return _error(403, exc.code, exc.message)
+                return _refusal(403, exc)
             approvers = [a.email or a.id for a in verified.approvals]
             link = self._link(verified.request_id)
             this_attempt = attempt_id(pending)
             rid = verified.request_id
             spent_on = self.spent.get(rid)
             if spent_on is not None and spent_on != this_attempt:
-                return _error(409, "receipt_spent", f"request {rid} already approved run {spent_on}")
+                return _error(409, "receipt_spent", request_id=rid, run=spent_on)
             # Spent *before* the review call, with no await between the check and this write: the lock is per
             # run, so a second run's approval with the same receipt may run meanwhile, and must find the
             # request taken. Never given back: a failed call may still have reached GitHub (a lost answer),
@@ -450,9 +459,9 @@ class Approver:
         try:
             resp = await self.api.call("POST", hook.callback_path, hook.installation_id, body)
         except GitHubUnavailable as exc:
-            return _error(502, "github_unavailable", str(exc))
+            return _refusal(502, exc)
         if resp.status_code != 204:
-            return _error(502, "review_refused", f"GitHub answered the comment with HTTP {resp.status_code}")
+            return _error(502, "review_refused", reason="comment", status=resp.status_code)
         return JSONResponse({"ok": True, "run_id": key[0], "comment": body["comment"]})
 
     def _link(self, request_id: str) -> str | None:
@@ -466,13 +475,13 @@ class Approver:
         try:
             resp = await self.api.call("POST", hook.callback_path, hook.installation_id, body)
         except GitHubUnavailable as exc:
-            return _error(502, "github_unavailable", str(exc))
+            return _refusal(502, exc)
         if resp.status_code == 422:
             # GitHub no longer waits for this review: an earlier answer of ours it took (a crash lost our
             # record of it, and the bot replays the outcome) or the run was cancelled there. Final: not a 5xx.
-            return _error(409, "run_not_waiting", "GitHub answered that the run no longer waits for a review")
+            return _error(409, "run_not_waiting")
         if resp.status_code != 204:
-            return _error(502, "review_refused", f"GitHub answered the review with HTTP {resp.status_code}")
+            return _error(502, "review_refused", reason="review", status=resp.status_code)
         pending.status, pending.comment = state, comment
         self._save()
         log.info("run %s %s (request %s)", hook.run_id, state, request_id or "-")
@@ -492,25 +501,25 @@ def create_app(approver: Approver) -> Starlette:
     async def approve(request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_RECEIPT_BODY:
-            return _error(413, "too_large", "receipt body too large")
+            return _error(413, "too_large")
         return await approver.approve(key(request), body)
 
     async def reject(request: Request) -> Response:
         data, reason = await _json_text(request, "reason")
         if reason is None:
-            return _error(400, "bad_request", "a JSON object with a non-empty 'reason'")
+            return _error(400, "bad_request", reason="json_text", name="reason")
         return await approver.reject(key(request), reason, data.get("request_id"))
 
     async def status(request: Request) -> Response:
         _, text = await _json_text(request, "text")
         if text is None:
-            return _error(400, "bad_request", "a JSON object with a non-empty 'text'")
+            return _error(400, "bad_request", reason="json_text", name="text")
         return await approver.status(key(request), text)
 
     async def get_run(request: Request) -> Response:
         pending = approver.runs.get(key(request))
         if pending is None:
-            return _error(404, "unknown_run", "no checked webhook for this run and environment")
+            return _error(404, "unknown_run")
         return JSONResponse(
             {"run_id": pending.webhook.run_id, "status": pending.status, "comment": pending.comment}
         )

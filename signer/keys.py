@@ -77,18 +77,18 @@ def _parse_entry(jwk: object, where: str) -> _Entry:
     try:
         public, has_d = parse_public_jwk(jwk, where)
     except KeysetError as e:
-        raise KeyFileError(str(e)) from None
+        raise KeyFileError(reason="relayed", detail=e.message) from None
     seed: bytes | None = None
     if has_d:
         assert isinstance(jwk, dict)
         try:
             seed = b64url_decode(jwk["d"])
         except ValueError:
-            raise KeyFileError(f"{where}.d is not base64url") from None
+            raise KeyFileError(reason="d_not_base64url", where=where) from None
         if len(seed) != 32:
-            raise KeyFileError(f"{where}.d must be a 32-byte Ed25519 seed")
+            raise KeyFileError(reason="d_length", where=where)
         if bytes(SigningKey(seed).verify_key) != bytes(public.verify_key):
-            raise KeyFileError(f"{where}: x is not the public key of d")
+            raise KeyFileError(reason="x_not_of_d", where=where)
     return _Entry(public, seed)
 
 
@@ -110,7 +110,7 @@ def _retired(entry: _Entry, at: datetime) -> _Entry:
 
 def _check_grace(grace: timedelta) -> None:
     if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
-        raise KeyFileError(f"the rotation grace must be between 0 and {MAX_ROTATION_GRACE}")
+        raise KeyFileError(reason="grace", most=str(MAX_ROTATION_GRACE))
 
 
 class SigningKeyset:
@@ -120,16 +120,16 @@ class SigningKeyset:
     def __init__(self, entries: list[_Entry]) -> None:
         active = [e for e in entries if e.public.status == ACTIVE]
         if len(active) != 1:
-            raise KeyFileError(f"a key file needs exactly one active key, found {len(active)}")
+            raise KeyFileError(reason="active_count", found=len(active))
         if active[0].seed is None:
-            raise KeyFileError("the active key lacks its private part 'd'")
+            raise KeyFileError(reason="active_without_d")
         staged = [e for e in entries if e.public.status == NEXT]
         if len(staged) > 1:
-            raise KeyFileError(f"a key file holds at most one next key, found {len(staged)}")
+            raise KeyFileError(reason="next_count", found=len(staged))
         if staged and staged[0].seed is None:
-            raise KeyFileError("the next key lacks its private part 'd'")
+            raise KeyFileError(reason="next_without_d")
         if len({e.public.kid for e in entries}) != len(entries):
-            raise KeyFileError("duplicate kid in key file")
+            raise KeyFileError(reason="duplicate_kid")
         self._entries = list(entries)
         self._active = active[0]
         self._next = staged[0] if staged else None
@@ -172,10 +172,10 @@ class SigningKeyset:
         try:
             obj = strict_loads(data, max_size=MAX_KEY_FILE_BYTES)
         except VerificationError as e:
-            raise KeyFileError(f"key file is not valid JSON: {e}") from None
+            raise KeyFileError(reason="not_json", detail=e.message) from None
         keys = obj.get("keys")
         if not isinstance(keys, list) or not keys:
-            raise KeyFileError("key file must be a JSON object with a non-empty 'keys' list")
+            raise KeyFileError(reason="no_keys")
         return cls([_parse_entry(k, f"keys[{i}]") for i, k in enumerate(keys)])
 
     @classmethod
@@ -184,15 +184,14 @@ class SigningKeyset:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
-            raise KeyFileError(f"cannot open key file {os.fspath(path)}: {e.strerror}") from None
+            raise KeyFileError(reason="cannot_open", path=os.fspath(path), error=e.strerror) from None
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise KeyFileError(f"key file {os.fspath(path)} is not a regular file")
+                raise KeyFileError(reason="not_regular", path=os.fspath(path))
             if st.st_mode & 0o077:
                 raise KeyFileError(
-                    f"key file {os.fspath(path)} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                    "it must not be accessible by group or others (chmod 600)"
+                    reason="too_open", path=os.fspath(path), mode=f"{stat.S_IMODE(st.st_mode):04o}"
                 )
             data = f.read(MAX_KEY_FILE_BYTES + 1)
         return cls.loads(data)
@@ -211,7 +210,7 @@ class SigningKeyset:
         old = cls.load(path)
         if old._next is not None:
             staged = old._next.public.kid
-            raise KeyFileError(f"a next key is already staged ({staged}); activate or revoke it")
+            raise KeyFileError(reason="next_already_staged", kid=staged)
         keys = cls([*old._entries, _new_entry(now, dev=old._active.public.is_dev, status=NEXT)])
         _replace(Path(path), keys.to_json())
         return keys
@@ -225,7 +224,7 @@ class SigningKeyset:
         _check_grace(grace)
         old = cls.load(path)
         if old._next is None:
-            raise KeyFileError("no next key is staged: run 'keyturn keys add-next' and publish it first")
+            raise KeyFileError(reason="no_next")
         return cls._switch(Path(path), old, old._next, now, grace)
 
     @classmethod
@@ -240,9 +239,7 @@ class SigningKeyset:
         _check_grace(grace)
         old = cls.load(path)
         if old._next is not None:
-            raise KeyFileError(
-                f"a next key is staged ({old._next.public.kid}): run 'keyturn keys activate-next' instead"
-            )
+            raise KeyFileError(reason="next_staged", kid=old._next.public.kid)
         return cls._switch(Path(path), old, _new_entry(now, dev=old._active.public.is_dev), now, grace)
 
     @classmethod
@@ -251,7 +248,7 @@ class SigningKeyset:
     ) -> SigningKeyset:
         at = now.replace(microsecond=0) + grace
         if at < old._active.public.created_at:
-            raise KeyFileError("rotation time is before the active key's creation")
+            raise KeyFileError(reason="rotation_before_creation")
         p = successor.public
         promoted = _Entry(PublicKey(p.kid, ACTIVE, p.created_at, None, None, p.verify_key), successor.seed)
         entries: list[_Entry] = []
@@ -277,11 +274,11 @@ class SigningKeyset:
         old = cls.load(path)
         target = next((e for e in old._entries if e.public.kid == kid), None)
         if target is None:
-            raise KeyFileError(f"no key with kid {kid!r} in the key file", code="unknown_key")
+            raise KeyFileError(code="unknown_key", reason="key_file", kid=kid)
         if target.public.status == REVOKED:
             return old
         if target is old._active:
-            raise KeyFileError("refusing to revoke the active key: run 'keyturn keys rotate' first")
+            raise KeyFileError(reason="revoke_active")
         p = target.public
         revoked = _Entry(
             PublicKey(p.kid, REVOKED, p.created_at, p.rotated_at, now.replace(microsecond=0), p.verify_key),
@@ -307,9 +304,9 @@ def _write_new(path: Path, doc: Mapping[str, Any]) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     except FileExistsError:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key file") from None
+        raise KeyFileError(reason="exists", path=str(path)) from None
     except OSError as e:
-        raise KeyFileError(f"cannot create {path}: {e.strerror}") from None
+        raise KeyFileError(reason="cannot_create", path=str(path), error=e.strerror) from None
     try:
         _write_fd(fd, _encode(doc))
     finally:
@@ -323,7 +320,7 @@ def _replace(path: Path, doc: Mapping[str, Any]) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     except OSError as e:
-        raise KeyFileError(f"cannot write beside {path}: {e.strerror}") from None
+        raise KeyFileError(reason="cannot_write", path=str(path), error=e.strerror) from None
     try:
         try:
             _write_fd(fd, _encode(doc))

@@ -120,7 +120,7 @@ def _opt_time(jwk: Mapping[str, Any], name: str, where: str) -> datetime | None:
     try:
         return parse_time(jwk[name])
     except VerificationError as e:
-        raise KeysetError(f"{where}.{name}: {e}") from None
+        raise KeysetError(reason="time", where=where, name=name, detail=e.message) from None
 
 
 def parse_public_jwk(jwk: object, where: str = "key") -> tuple[PublicKey, bool]:
@@ -129,42 +129,42 @@ def parse_public_jwk(jwk: object, where: str = "key") -> tuple[PublicKey, bool]:
     Unknown JWK members are ignored (RFC 7517 §4); everything Keyturn relies on is checked strictly.
     """
     if not isinstance(jwk, dict):
-        raise KeysetError(f"{where} must be a JSON object")
+        raise KeysetError(reason="key_not_object", where=where)
     if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
-        raise KeysetError(f"{where} must be an OKP Ed25519 key")
+        raise KeysetError(reason="key_type", where=where)
     if "use" in jwk and jwk["use"] != "sig":
-        raise KeysetError(f"{where}.use must be 'sig'")
+        raise KeysetError(reason="use", where=where)
     if "alg" in jwk and jwk["alg"] != "EdDSA":
-        raise KeysetError(f"{where}.alg must be 'EdDSA'")
+        raise KeysetError(reason="alg", where=where)
     try:
         x = b64url_decode(jwk.get("x"))  # type: ignore[arg-type]
     except ValueError:
-        raise KeysetError(f"{where}.x is not base64url") from None
+        raise KeysetError(reason="x_not_base64url", where=where) from None
     if len(x) != 32:
-        raise KeysetError(f"{where}.x must be 32 bytes")
+        raise KeysetError(reason="x_length", where=where)
     kid = jwk.get("kid")
     tp = thumbprint(x)
     if kid not in (tp, DEV_PREFIX + tp):
-        raise KeysetError(f"{where}.kid must be the key's RFC 7638 thumbprint (or 'dev-' + thumbprint)")
+        raise KeysetError(reason="kid", where=where)
     assert isinstance(kid, str)
     status = jwk.get("status")
     if status not in STATUSES:
-        raise KeysetError(f"{where}.status must be one of active, next, rotated, revoked")
+        raise KeysetError(reason="status", where=where)
     assert isinstance(status, str)
     if "createdAt" not in jwk:
-        raise KeysetError(f"{where} lacks createdAt")
+        raise KeysetError(reason="no_created_at", where=where)
     created = _opt_time(jwk, "createdAt", where)
     assert created is not None
     rotated = _opt_time(jwk, "rotatedAt", where)
     revoked = _opt_time(jwk, "revokedAt", where)
     if status == ROTATED and rotated is None:
-        raise KeysetError(f"{where}: a rotated key needs rotatedAt")
+        raise KeysetError(reason="no_rotated_at", where=where)
     if status == REVOKED and revoked is None:
-        raise KeysetError(f"{where}: a revoked key needs revokedAt")
+        raise KeysetError(reason="no_revoked_at", where=where)
     if status in (ACTIVE, NEXT) and (rotated is not None or revoked is not None):
-        raise KeysetError(f"{where}: a key with status {status} has no rotatedAt/revokedAt")
+        raise KeysetError(reason="live_with_end", where=where, status=status)
     if rotated is not None and rotated < created:
-        raise KeysetError(f"{where}: rotatedAt is before createdAt")
+        raise KeysetError(reason="rotated_before_created", where=where)
     key = PublicKey(kid, status, created, rotated, revoked, VerifyKey(x))
     return key, "d" in jwk
 
@@ -176,7 +176,7 @@ class PublicKeyset:
         by_kid: dict[str, PublicKey] = {}
         for key in keys:
             if key.kid in by_kid:
-                raise KeysetError(f"duplicate kid {key.kid}")
+                raise KeysetError(reason="duplicate_kid", kid=key.kid)
             by_kid[key.kid] = key
         self._keys = by_kid
 
@@ -186,17 +186,15 @@ class PublicKeyset:
 
         A keyset containing private key material (``d``) is refused: it must never reach CI.
         """
-        obj = strict_object(
-            data, MAX_KEYSET_BYTES, lambda why: KeysetError(f"keyset is not valid JSON: {why}")
-        )
+        obj = strict_object(data, MAX_KEYSET_BYTES, lambda why: KeysetError(reason="not_json", detail=why))
         keys = obj.get("keys") if isinstance(obj, Mapping) else None
         if not isinstance(keys, list) or not keys:
-            raise KeysetError("keyset must be a JSON object with a non-empty 'keys' list")
+            raise KeysetError(reason="no_keys")
         parsed: list[PublicKey] = []
         for i, jwk in enumerate(keys):
             key, private = parse_public_jwk(jwk, f"keys[{i}]")
             if private:
-                raise KeysetError("keyset contains private key material ('d'); export the public keyset")
+                raise KeysetError(reason="private_material")
             parsed.append(key)
         return cls(parsed)
 

@@ -26,10 +26,13 @@ import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy, PolicyError, is_slack_group_id, is_slack_user_id
+
+if TYPE_CHECKING:
+    from keyturn.signer.words import Fact
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -92,7 +95,7 @@ def check_api_url(url: str) -> str:
         return url if url.endswith("/") else url + "/"
     if ok and parts is not None and parts.scheme == "http" and host in _LOOPBACK:
         return url if url.endswith("/") else url + "/"
-    raise PinError("--api-url must be an https:// URL (plain http only to loopback)", code="bad_api_url")
+    raise PinError(code="bad_api_url")
 
 
 def fetch_members(api_url: str, token: str, group_id: str, *, timeout: float = HTTP_TIMEOUT_S) -> list[str]:
@@ -106,12 +109,10 @@ def fetch_members(api_url: str, token: str, group_id: str, *, timeout: float = H
 
     class _NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-            raise PinError(
-                f"Slack API answered a redirect (HTTP {code}); refusing to follow it", code="slack_error"
-            )
+            raise PinError(code="slack_error", reason="redirect", status=code)
 
     method = "usergroups.users.list"
-    what = f"{method} for {group_id}"
+    what: dict[str, Fact] = {"method": method, "group": group_id}  # the call every failure names
     body = urllib.parse.urlencode({"usergroup": group_id}).encode()
     request = urllib.request.Request(  # noqa: S310 - scheme checked by check_api_url
         check_api_url(api_url) + method,
@@ -129,48 +130,45 @@ def fetch_members(api_url: str, token: str, group_id: str, *, timeout: float = H
         with opener.open(request, timeout=timeout) as resp:
             raw: bytes = resp.read(MAX_ANSWER_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        detail = f"HTTP {exc.code}"
         if exc.code == 429:
-            detail += (
-                f" (rate limited; Retry-After {exc.headers.get('Retry-After', '?')} s): run it again later"
-            )
-        else:
-            detail += _slack_error_suffix(exc.read(MAX_ANSWER_BYTES))
-        raise PinError(f"Slack {what} failed: {detail}", code="slack_error") from None
+            after = str(exc.headers.get("Retry-After", "?"))[:20]
+            raise PinError(code="slack_error", facts=what, reason="rate_limited", retry_after=after) from None
+        answer = _slack_error_code(exc.read(MAX_ANSWER_BYTES))
+        raise PinError(
+            code="slack_error", facts=what, reason="http", status=exc.code, answer=answer
+        ) from None
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or type(exc).__name__
-        raise PinError(f"Slack {what} failed: cannot reach {api_url}: {reason}", code="slack_error") from None
-    if len(raw) > MAX_ANSWER_BYTES:
         raise PinError(
-            f"Slack {what} failed: answer larger than {MAX_ANSWER_BYTES} bytes", code="slack_error"
-        )
+            code="slack_error", facts=what, reason="unreachable", api_url=api_url, error=str(reason)
+        ) from None
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise PinError(code="slack_error", facts=what, reason="too_large", limit=MAX_ANSWER_BYTES)
     try:
         answer = json.loads(raw)
     except (ValueError, RecursionError):
-        raise PinError(f"Slack {what} failed: the answer is not JSON", code="slack_error") from None
+        raise PinError(code="slack_error", facts=what, reason="not_json") from None
     if not isinstance(answer, dict) or answer.get("ok") is not True:
         error = answer.get("error") if isinstance(answer, dict) else None
         shown = error if isinstance(error, str) and len(error) <= 100 else "no error code"
-        raise PinError(f"Slack {what} failed: {shown}", code="slack_error")
+        raise PinError(code="slack_error", facts=what, reason="refused", answer=shown)
     users = answer.get("users")
     if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
-        raise PinError(f"Slack {what} failed: the answer has no list of users", code="slack_error")
+        raise PinError(code="slack_error", facts=what, reason="no_users")
     odd = [u for u in users if not is_slack_user_id(u)]
     if odd:
-        raise PinError(
-            f"Slack {what} failed: {odd[0][:40]!r} is not a Slack user id (expected U… or W…)",
-            code="slack_error",
-        )
+        raise PinError(code="slack_error", facts=what, reason="bad_user", user=odd[0][:40])
     return users
 
 
-def _slack_error_suffix(raw: bytes) -> str:
+def _slack_error_code(raw: bytes) -> str:
+    """Slack's ``error`` in an HTTP error's body, or "" when it gives none (or an odd one)."""
     try:
         answer = json.loads(raw)
     except (ValueError, RecursionError):
         return ""
     error = answer.get("error") if isinstance(answer, dict) else None
-    return f": {error}" if isinstance(error, str) and len(error) <= 100 else ""
+    return error if isinstance(error, str) and len(error) <= 100 else ""
 
 
 def approver_group_ids(document: Mapping[str, Any]) -> list[str]:
@@ -184,13 +182,10 @@ def approver_group_ids(document: Mapping[str, Any]) -> list[str]:
     for name, env in envs.items():
         groups = env.get("approver_groups", []) if isinstance(env, dict) else []
         if not isinstance(groups, list):
-            raise PinError(f"environments.{name}.approver_groups: must be a list", code="bad_policy")
+            raise PinError(code="bad_policy", reason="groups_not_list", name=str(name))
         for group in groups:
             if not isinstance(group, str) or not is_slack_group_id(group):
-                raise PinError(
-                    f"environments.{name}.approver_groups: {str(group)[:40]!r} is not a Slack user group id",
-                    code="bad_policy",
-                )
+                raise PinError(code="bad_policy", reason="not_group", name=str(name), group=str(group)[:40])
             found.add(group)
     return sorted(found)
 
@@ -200,10 +195,10 @@ def render_groups(members: Mapping[str, Sequence[str]]) -> str:
     out: list[str] = []
     for group in sorted(members):
         if not is_slack_group_id(group):
-            raise PinError(f"not a Slack user group id: {group[:40]!r}", code="bad_policy")
+            raise PinError(code="bad_policy", reason="render_group", group=group[:40])
         ids = sorted(members[group])
         if not all(is_slack_user_id(u) for u in ids):
-            raise PinError(f"group {group}: a member is not a Slack user id", code="bad_policy")
+            raise PinError(code="bad_policy", reason="member", group=group)
         inline = "members = [" + ", ".join(f'"{u}"' for u in ids) + "]"
         if len(inline) > _INLINE_WIDTH:
             inline = "members = [\n" + "".join(f'    "{u}",\n' for u in ids) + "]"
@@ -270,13 +265,9 @@ def _check_edit(old: str, new: str, section: str) -> None:
     except tomllib.TOMLDecodeError:
         before, after, wanted = {}, None, {}
     if after is None or _without_groups(before) != _without_groups(after):
-        raise PinError(
-            "cannot replace the [groups] tables in the file safely (is `groups` written as dotted keys or an "
-            "inline table?): run without --write and paste the printed tables by hand",
-            code="unsafe_edit",
-        )
+        raise PinError(code="unsafe_edit", reason="cannot_replace")
     if after.get("groups", {}) != wanted.get("groups", {}):
-        raise PinError("the edited file does not hold the pinned groups; nothing written", code="unsafe_edit")
+        raise PinError(code="unsafe_edit", reason="not_held")
 
 
 def _without_groups(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,7 +307,7 @@ def pin(text: str, fetch: Callable[[str], Sequence[str]], source: str = "<policy
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PinError(f"{source}: not valid TOML: {exc}", code="bad_policy") from None
+        raise PinError(code="bad_policy", reason="toml", source=source, detail=str(exc)) from None
     members = {g: tuple(sorted(set(fetch(g)))) for g in approver_group_ids(document)}
     section = render_groups(members)
     candidate = dict(document)
@@ -327,9 +318,7 @@ def pin(text: str, fetch: Callable[[str], Sequence[str]], source: str = "<policy
         Policy.from_data(candidate, source)
     except PolicyError as exc:
         lines = "; ".join(str(i) for i in exc.issues)
-        raise PinError(
-            f"{source}: with the members Slack lists, the policy is invalid: {lines}", code="bad_policy"
-        ) from None
+        raise PinError(code="bad_policy", reason="invalid", source=source, problems=lines) from None
     try:
         new_text: str | None = replace_groups_section(text, section)
     except PinError:

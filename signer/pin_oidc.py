@@ -91,11 +91,11 @@ def _default_fetch(url: str, what: str, limit: int) -> bytes:
     from keyturn.signer import gate
 
     if not gate.keyset_url_allowed(url):
-        raise PinError(f"{url} must be https (plain http only to loopback)", code="oidc_discovery")
+        raise PinError(code="oidc_discovery", reason="pin_url", url=url)
     try:
         return gate.fetch_document(url, what=what, limit=limit, too_large=f"{what}_too_large")
     except gate.GateError as exc:
-        raise PinError(exc.message, code=exc.code) from None
+        raise PinError(code=exc.code, reason="relayed", detail=exc.message) from None
 
 
 def pin_issuer(
@@ -115,18 +115,16 @@ def pin_issuer(
     raw = fetch(f"{base}/.well-known/openid-configuration", "oidc_discovery", MAX_DISCOVERY_BYTES)
     discovery = oidc._json_object(raw, "discovery document", "oidc_discovery")
     if discovery.get("issuer") != cfg.issuer:
-        raise PinError(
-            f"{name}: the discovery document is for issuer {discovery.get('issuer')!r}, not {cfg.issuer!r}",
-            code="oidc_discovery",
-        )
+        got = repr(discovery.get("issuer"))
+        raise PinError(code="oidc_discovery", reason="pin_issuer", name=name, got=got, want=cfg.issuer)
     jwks_uri = discovery.get("jwks_uri")
     if not isinstance(jwks_uri, str):
-        raise PinError(f"{name}: the discovery document has no jwks_uri", code="oidc_discovery")
+        raise PinError(code="oidc_discovery", reason="pin_no_jwks_uri", name=name)
     data = fetch(jwks_uri, "oidc_keys", oidc.MAX_JWKS_BYTES)
     try:
         oidc.parse_jwks(data, cfg.algorithm)  # every key must fit: refuse rather than pin a surprise
     except oidc.OidcError as exc:
-        raise PinError(f"{name}: {exc.message}", code=exc.code) from None
+        raise PinError(code=exc.code, reason="pin_keys", name=name, detail=exc.message) from None
     fetched = json.loads(data)
     path = policy_path.parent / cfg.jwks_file
     pinned: dict[str, Any] | None = None

@@ -115,6 +115,7 @@ _VERIFY: dict[str, Template | Reasons] = {
         "not_base64": "signature.value is not canonical base64",
         "length": "signature.value is not a 64-byte Ed25519 signature",
         "mismatch": "signature does not verify",
+        "webhook": "X-Hub-Signature-256 does not match the body",  # signer/github_app.py
     },
     # A signed receipt's status (reason "receipt"), or a request's status (the CI API's receipt route).
     "not_approved": {"receipt": "status is {status}", "request": "the request is {status}"},
@@ -124,7 +125,10 @@ _VERIFY: dict[str, Template | Reasons] = {
     "scope_mismatch": "receipt is for {field} {got}, deploying {want}",  # code scope_mismatch:<field>
     "requester_not_proven": "the receipt does not say the requester was proven by an OIDC token",
     # the key it names (signer/keyset.py)
-    "unknown_key": "key {kid} is not in the trusted keyset",
+    "unknown_key": {
+        None: "key {kid} is not in the trusted keyset",
+        "key_file": "no key with kid {kid!r} in the key file",  # `keyturn keys revoke` (signer/keys.py)
+    },
     "revoked_key": "key {kid} is revoked",
     "dev_key": "key {kid} is a development key (see --allow-dev-keys)",
 }
@@ -281,6 +285,178 @@ _GATE: Reasons = {
     ),
     "http_status": "{what} URL answered HTTP {status}",
 }
+# -- the signer's audit log (signer/audit.py: what the signer logs and `keyturn audit verify` prints) --
+_AT_ENTRY = "entry seq {seq} (line {line}): "
+_AUDIT: Reasons = {
+    "no_entry": "audit log {path} has no readable entry seq {seq}",
+    "cannot_open": "cannot open audit log {path}: {error}",
+    "in_use": "audit log {path} is in use by another process",
+    "failed": "audit log unusable after an earlier failure: {failure}",
+    "record": "record cannot be logged: {detail}",
+    "write": "audit log write failed: {error}; nothing was recorded",
+    "fsync": "audit log fsync failed: {error}",
+    "too_many_aside": "cannot move the torn tail of {path} aside: too many .torn-{stamp} files",
+}
+_AUDIT_CHAIN: Reasons = {
+    "not_json": _AT_ENTRY + "not a JSON object: {detail}",
+    "members": _AT_ENTRY + "must have exactly seq, prev and record",
+    "seq": _AT_ENTRY + "has seq {found}; entries missing or reordered",
+    "prev": _AT_ENTRY
+    + "prev does not match the previous entry's hash; it or the entry before it was altered",
+}
+_AUDIT_TORN: Reasons = {
+    "torn": (
+        _AT_ENTRY + "incomplete last line (no newline): {size} bytes of a write torn by a crash or a full "
+        "disk; no receipt was returned for them, and the signer moves them aside at its next start"
+    ),
+    "move_aside": "cannot move the torn tail of {path} aside: {error}",
+}
+_AUDIT_REWRITTEN: Reasons = {
+    "log_id": (
+        "entry seq {seq} (line {line}) is not the first entry the checkpoint's log id names: this is another "
+        "log, or it was rewritten from its first entry on"
+    ),
+    "head": (
+        "entry seq {seq} (line {line}) is not the entry a signed checkpoint anchors there: it or an entry "
+        "before it was rewritten and the chain recomputed"
+    ),
+}
+
+# -- a GitHub deployment protection rule's webhook and reads (signer/github_app.py; the approver's and the
+# signer's refusals of a run) --
+_GITHUB: dict[str, Template | Reasons] = {
+    "bad_delivery": {
+        "header": "X-GitHub-Delivery is missing or not a delivery id",
+        "payload": "the delivery id is not one",
+    },
+    "unsupported_event": "X-GitHub-Event must be {want!r}, not {got}",
+    "github_not_configured": "no webhook secret is configured",
+    "missing_signature": "no X-Hub-Signature-256 header",
+    "malformed_payload": {
+        "not_json": "the body is not a JSON object in UTF-8",
+        "not_object": "the body is not a JSON object",
+        "fields": "payload fields: {detail}",  # each field and what is wrong with it
+    },
+    "unsupported_action": "action must be 'requested', not {got}",
+    "no_policy": "no policy for environment {environment!r}: refused",
+    "bad_callback": {
+        "not_url": "deployment_callback_url is not a URL",
+        "not_endpoint": "deployment_callback_url is not a run's protection rule endpoint",
+        "other_repo": "deployment_callback_url names another repository",
+    },
+    "run_mismatch": {
+        "reads": "GitHub's reads disagree with the webhook: {detail}",
+        "run_attempt": "GitHub's read of the run has no usable run_attempt",
+    },
+    "bad_app_key": "the App private key is not an RSA key",
+    # -- keyturn github-approver's answers (signer/github_approver.py; the JSON body's message) --
+    "github_unavailable": {
+        "retries": "{method} {path}: {last} after {attempts} attempts",
+        "token_refused": "installation token refused: HTTP {status}",
+        "no_token": "installation token answer has no token",
+        "read_status": "GET {path}: HTTP {status}",
+        "read_not_object": "GET {path}: not a JSON object",
+    },
+    "unknown_run": "no checked webhook for this run and environment",
+    "already_decided": "the run was already {decided}",
+    "replayed_delivery": "delivery {delivery} (or its body) was already taken",
+    "run_attempt_changed": (
+        "the run is at attempt {attempt}, not the attempt {checked} whose webhook was checked; the new "
+        "attempt needs its own webhook and request"
+    ),
+    "receipt_spent": "request {request_id} already approved run {run}",
+    "review_refused": {
+        "comment": "GitHub answered the comment with HTTP {status}",
+        "review": "GitHub answered the review with HTTP {status}",
+    },
+    "run_not_waiting": "GitHub answered that the run no longer waits for a review",
+    "too_large": "receipt body too large",
+}
+
+# -- `keyturn policy pin-groups` (signer/pin_groups.py: what the person pinning reads) --
+_PIN_SLACK = "Slack {method} for {group} failed: "
+_PIN_GROUPS: dict[str, Template | Reasons] = {
+    "bad_api_url": "--api-url must be an https:// URL (plain http only to loopback)",
+    "bad_policy": {
+        "groups_not_list": "environments.{name}.approver_groups: must be a list",
+        "not_group": "environments.{name}.approver_groups: {group!r} is not a Slack user group id",
+        "render_group": "not a Slack user group id: {group!r}",
+        "member": "group {group}: a member is not a Slack user id",
+        "toml": "{source}: not valid TOML: {detail}",
+        "invalid": "{source}: with the members Slack lists, the policy is invalid: {problems}",
+    },
+    "unsafe_edit": {
+        "cannot_replace": (
+            "cannot replace the [groups] tables in the file safely (is `groups` written as dotted keys or an "
+            "inline table?): run without --write and paste the printed tables by hand"
+        ),
+        "not_held": "the edited file does not hold the pinned groups; nothing written",
+    },
+}
+# Slack's refusals of the pinning call (code ``slack_error``; the messenger's carry no reason).
+_PIN_SLACK_FAILED: Reasons = {
+    "redirect": "Slack API answered a redirect (HTTP {status}); refusing to follow it",
+    "rate_limited": _PIN_SLACK + "HTTP 429 (rate limited; Retry-After {retry_after} s): run it again later",
+    "http": lambda facts: (
+        _PIN_SLACK.format_map(dict(facts))
+        + f"HTTP {facts['status']}"
+        + (f": {facts['answer']}" if facts.get("answer") else "")
+    ),
+    "unreachable": _PIN_SLACK + "cannot reach {api_url}: {error}",
+    "too_large": _PIN_SLACK + "answer larger than {limit} bytes",
+    "not_json": _PIN_SLACK + "the answer is not JSON",
+    "refused": _PIN_SLACK + "{answer}",
+    "no_users": _PIN_SLACK + "the answer has no list of users",
+    "bad_user": _PIN_SLACK + "{user!r} is not a Slack user id (expected U… or W…)",
+}
+
+# -- a signed audit-log checkpoint (signer/checkpoint.py; `keyturn audit verify --checkpoint`) --
+_CHECKPOINT: Reasons = {
+    "payload_not_object": "checkpoint payload must be a JSON object",
+    "payload_lacks": "checkpoint payload lacks {members}",
+    "payload_unknown": "unknown members {members}",
+    "type": "type must be {type!r}",
+    "version": "unknown checkpoint version {version!r} (this verifier knows '1')",
+    "seq": "seq must be a non-negative integer",
+    "hashes": "log and head must be 64 lowercase hex digits",
+    "inconsistent": "log, seq and head are inconsistent",
+    "key_id": "keyId must be 1..128 base64url characters",
+    "issued_at": "issuedAt: {detail}",
+    "not_envelope": "not a checkpoint envelope: {detail}",
+    "envelope_members": "a checkpoint is a DSSE envelope with exactly payloadType, payload and signatures",
+    "payload_type": "payloadType is {got!r}, not {want!r}",
+    "signature_count": "a checkpoint carries exactly one signature",
+    "signature_members": "signatures[0] must have exactly keyid and sig",
+    "base64": "payload and signature must be canonical standard base64",
+    "payload": "payload: {detail}",
+    "not_canonical": "payload is not in its canonical (RFC 8785) form",
+    "keyid_differs": "the envelope's keyid differs from the payload's keyId",
+    "signature_length": "the signature is not a 64-byte Ed25519 signature",
+    "signature_mismatch": "the signature does not verify",
+}
+
+# -- a public keyset (JWKS) read by signer/keyset.py (code bad_keyset; `where` names the key, keys[i]) --
+_KEYSET: Reasons = {
+    "time": "{where}.{name}: {detail}",
+    "key_not_object": "{where} must be a JSON object",
+    "key_type": "{where} must be an OKP Ed25519 key",
+    "use": "{where}.use must be 'sig'",
+    "alg": "{where}.alg must be 'EdDSA'",
+    "x_not_base64url": "{where}.x is not base64url",
+    "x_length": "{where}.x must be 32 bytes",
+    "kid": "{where}.kid must be the key's RFC 7638 thumbprint (or 'dev-' + thumbprint)",
+    "status": "{where}.status must be one of active, next, rotated, revoked",
+    "no_created_at": "{where} lacks createdAt",
+    "no_rotated_at": "{where}: a rotated key needs rotatedAt",
+    "no_revoked_at": "{where}: a revoked key needs revokedAt",
+    "live_with_end": "{where}: a key with status {status} has no rotatedAt/revokedAt",
+    "rotated_before_created": "{where}: rotatedAt is before createdAt",
+    "duplicate_kid": "duplicate kid {kid}",
+    "not_json": "keyset is not valid JSON: {detail}",
+    "no_keys": "keyset must be a JSON object with a non-empty 'keys' list",
+    "private_material": "keyset contains private key material ('d'); export the public keyset",
+}
+
 # Codes the gate builds from what it fetches (``keyset_unavailable``, ``untrusted_checkpoint``, ...).
 _GATE_FAMILIES = ("untrusted_", "_unavailable", "_too_large")
 
@@ -298,8 +474,24 @@ _SERVICE: Reasons = {
     "signer": "the signer failed to process the request",
 }
 
+# -- the signer's settings (signer/config.py: why it refuses to start; names variables and files, never a
+# secret's value) --
+_CONFIG: Reasons = {
+    "secret_unreadable": "{var}: cannot read {path}: {error}",
+    "secret_too_large": "{var}: {path} is larger than {limit} bytes; not a secret file",
+    "secret_not_utf8": "{var}: {path} is not UTF-8 text",
+    "secret_empty": "{var}: {path} is empty",
+    "both_set": "{var} and {file_var} are both set; set only one",
+    "settings": "{problems}",  # each problem names its variable and what is wrong with it
+}
+
 # -- OIDC ID tokens and issuer key sets (signer/oidc.py; the token's refusals are relayed to CI as 401s) --
 _OIDC: Reasons = {
+    # `keyturn oidc pin` (signer/pin_oidc.py), said of the issuer it pins
+    "pin_url": "{url} must be https (plain http only to loopback)",
+    "pin_issuer": "{name}: the discovery document is for issuer {got}, not {want!r}",
+    "pin_no_jwks_uri": "{name}: the discovery document has no jwks_uri",
+    "pin_keys": "{name}: {detail}",
     "not_base64url": "{what} is not unpadded base64url",
     "not_canonical_base64url": "{what} is not canonical base64url",
     "not_strict_json": "{what} is not a strict JSON object",
@@ -347,6 +539,65 @@ OIDC_CODES = (
     "oidc_claim_missing", "oidc_claim_unusable", "oidc_discovery",
 )  # fmt: skip
 
+# -- the signer's private key file (signer/keys.py: what `keyturn keys` and the signer's start-up print) --
+_KEY_FILE: Reasons = {
+    "d_not_base64url": "{where}.d is not base64url",
+    "d_length": "{where}.d must be a 32-byte Ed25519 seed",
+    "x_not_of_d": "{where}: x is not the public key of d",
+    "grace": "the rotation grace must be between 0 and {most}",
+    "active_count": "a key file needs exactly one active key, found {found}",
+    "active_without_d": "the active key lacks its private part 'd'",
+    "next_count": "a key file holds at most one next key, found {found}",
+    "next_without_d": "the next key lacks its private part 'd'",
+    "duplicate_kid": "duplicate kid in key file",
+    "not_json": "key file is not valid JSON: {detail}",
+    "no_keys": "key file must be a JSON object with a non-empty 'keys' list",
+    "cannot_open": "cannot open key file {path}: {error}",
+    "not_regular": "key file {path} is not a regular file",
+    "too_open": ("key file {path} has mode {mode}; it must not be accessible by group or others (chmod 600)"),
+    "next_already_staged": "a next key is already staged ({kid}); activate or revoke it",
+    "no_next": "no next key is staged: run 'keyturn keys add-next' and publish it first",
+    "next_staged": "a next key is staged ({kid}): run 'keyturn keys activate-next' instead",
+    "rotation_before_creation": "rotation time is before the active key's creation",
+    "revoke_active": "refusing to revoke the active key: run 'keyturn keys rotate' first",
+    "exists": "{path} already exists; refusing to overwrite a key file",
+    "cannot_create": "cannot create {path}: {error}",
+    "cannot_write": "cannot write beside {path}: {error}",
+}
+
+# -- `keyturn request` (bot/client.py: what a CI log shows; the exit status picks the code) --
+_REQUEST: Reasons = {
+    "oidc_env": (
+        "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN are not set (does the job have "
+        "'permissions: id-token: write'? On GitLab, pass --id-token-var)"
+    ),
+    "oidc_url": "--oidc: $ACTIONS_ID_TOKEN_REQUEST_URL is not an http(s) URL",
+    "oidc_http": "--oidc: the token endpoint answered HTTP {status}",
+    "oidc_unreachable": "--oidc: cannot get a token: {error}",
+    "oidc_no_value": "--oidc: the token endpoint's answer has no 'value'",
+    "oidc_var": "--oidc: ${name} is not set (declare it under id_tokens: in the job)",
+    "rejected": "REJECTED {rejected}: {detail}",
+    "oidc_malformed": "--oidc: the ID token is malformed ({error})",
+    "oidc_missing": "--oidc: the token does not say {missing}; pass them as options",
+    "bot_unreachable": "cannot reach the bot at {url}: {error}",
+    "replayed": "the bot kept answering replayed_request; try again",
+    "oidc_refused": "the OIDC token was refused: {error}: {detail}",
+    "ci_signature": "the bot refused the CI signature: check {env} and the clock",
+    "policy": "refused by policy: {error}: {detail}",
+    "refused": "the request was refused: {detail}",
+    "bot_http": "the bot answered HTTP {status}: {detail}",
+    "timed_out": "timed out waiting for {request_id} (still PENDING)",
+    "wait_needs_keys": "--wait needs --keys: a trusted keyset to verify the receipt (fail closed)",
+    "needs_audience": "--oidc on GitHub Actions needs --audience (the policy's audience)",
+    "denied": "DENIED by {by}: {why}",
+    "final": "{status}: {request_id}",
+    "unexpected": "unexpected status {status}",
+    "no_keyset": "no keyset to verify the receipt with",
+    "cannot_write": "cannot write {path}: {error}",
+    "no_receipt": "no receipt (HTTP {status})",
+    "receipt_unreachable": "cannot fetch the receipt of {request_id}: {detail}",
+}
+
 # code -> its sentence, or its sentences by reason.
 SENTENCES: dict[str, Template | Reasons] = {
     # -- a person's action that changes nothing (bot/lifecycle.py, bot/approvals.py; Slack and CI API) --
@@ -356,6 +607,15 @@ SENTENCES: dict[str, Template | Reasons] = {
     "quorum_not_reached": "Not enough approvals yet.",
     "reason_required": "Please give a reason for denying.",
     "unknown_request": "No such request (it may have been cleaned up).",
+    # -- a new request over a limit (bot/store.py; the reason is the limit) --
+    "rate_limited": {
+        "rate": "Too many new requests from {who}: at most {rate:g} a minute (bursts of {burst})."
+    },
+    "too_many_pending": {
+        "requester": "{who} has {cap} pending requests, the most allowed; cancel or wait for one.",
+        "repo": "{repo} has {cap} pending requests, the most allowed; cancel or wait for one.",
+        "total": "The bot holds {cap} pending requests, the most allowed; try again later.",
+    },
     "evidence_gone": "The original request's evidence is gone.",
     "unknown_environment": "There is no environment {environment!r} in the policy.",  # also the signer's
     "not_an_approver": "You are not an approver for {environment}.",
@@ -377,7 +637,8 @@ SENTENCES: dict[str, Template | Reasons] = {
     "receipt_gone": "the receipt is no longer stored",
     "not_ready": "not ready: {down}",
     "shutting_down": "the bot is stopping; retry",
-    "payload_too_large": "webhook body too large",
+    # The bot's webhook route (no reason) or the GitHub approver's parser (signer/github_app.py).
+    "payload_too_large": {None: "webhook body too large", "limit": "webhook body larger than {limit} bytes"},
     "scope_busy": (
         "another run of this commit for {environment} is already waiting for approval ({request_id}); "
         "this run was rejected"
@@ -387,9 +648,9 @@ SENTENCES: dict[str, Template | Reasons] = {
     "not_found": "Not Found",
     "method_not_allowed": "Method Not Allowed",
     # -- `keyturn request` (bot/client.py; its sentences still come with the exit, by status) --
-    "request_refused": "not approved, or the receipt was refused",
-    "request_invalid": "the request or the configuration is invalid",
-    "request_unreachable": "the bot or the keyset URL cannot be reached",
+    "request_refused": {None: "not approved, or the receipt was refused", **_REQUEST},
+    "request_invalid": {None: "the request or the configuration is invalid", **_REQUEST},
+    "request_unreachable": {None: "the bot or the keyset URL cannot be reached", **_REQUEST},
     # -- `keyturn dev` (bot/dev.py: for the person at the terminal) --
     "dev_no_port": "no free TCP port on {host}",
     "dev_not_ready": lambda facts: (
@@ -402,8 +663,21 @@ SENTENCES: dict[str, Template | Reasons] = {
     "dev_exited": "{name} exited with code {status}",
     # -- the timer jobs (bot/timer_jobs.py, bot/scheduler.py; for logs: the job is retried) --
     "timer_error": "scheduling failed",
-    "bad_job": "the job cannot be scheduled",
-    "stale_leader": "this replica no longer holds the timer leader lease",
+    "bad_job": {
+        None: "the job cannot be scheduled",
+        "kind": "bad job kind {kind}",
+        "request_id": "bad request id",
+        "number": "bad job number {n}",
+        "member": "malformed job member",
+        "once_key": "bad once key parts",
+        "naive": "datetime must be timezone-aware",
+        "ttl": "ttl_s must be at least 1",
+        "no_handler": "no handler for job kind {kind}",
+    },
+    "stale_leader": {
+        None: "this replica no longer holds the timer leader lease",
+        "fence": "fencing token is no longer the leader's",
+    },
     "card_not_posted": "no card to reply to yet",
     # -- a CI callback URL the rules forbid (bot/callbacks.py; said against the callbackUrl field) --
     "callback_url_invalid": lambda facts: _BAD_URL.get(str(facts.get("problem")), "not a valid URL"),
@@ -426,10 +700,24 @@ SENTENCES: dict[str, Template | Reasons] = {
     ),
     # -- the signer's own refusals migrated to code + facts (signer/keys.py) --
     "key_mismatch": "{what} names a key other than the active key",
+    "key_file": _KEY_FILE,
     **_VERIFY,
     "card_mismatch": _CARD,
     **dict.fromkeys(OIDC_CODES, _OIDC),
-    **dict.fromkeys(("clock_unavailable", "request_closed", "config"), _SERVICE),
+    **dict.fromkeys(("clock_unavailable", "request_closed"), _SERVICE),
+    **_GITHUB,
+    **_PIN_GROUPS,
+    "slack_error": {None: _slack_failed, **_PIN_SLACK_FAILED},
+    "audit_log": _AUDIT,
+    "audit_chain_broken": _AUDIT_CHAIN,
+    "audit_torn_tail": _AUDIT_TORN,
+    "audit_rewritten": _AUDIT_REWRITTEN,
+    "audit_truncated": (
+        "the log has {entries} complete entries but a signed checkpoint anchors entry seq {seq}: entries "
+        "were removed from its end"
+    ),
+    "audit_unreadable": "cannot read audit log {path}: {error}",
+    "config": {**_SERVICE, **_CONFIG},  # the service's start-up refusals and the settings
     "timeout": "request took longer than {seconds} s",
     "too_many_connections": "the signer serves at most {limit} connections",
     "invalid_policy": "{source}: {problems}",  # each problem is its key path and what is wrong there
@@ -437,8 +725,10 @@ SENTENCES: dict[str, Template | Reasons] = {
     "key_not_valid_at_issue": {None: "key {kid} ({key_status}) was not valid at {at}", **_SERVICE},
     **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
     # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
-    "bad_request": {**_EVIDENCE, **_WIRE},
-    **dict.fromkeys(("bad_keyset_url", "unreadable", "bad_keyset", "bad_checkpoint"), _GATE),
+    "bad_request": {**_EVIDENCE, **_WIRE, "json_text": "a JSON object with a non-empty {name!r}"},
+    **dict.fromkeys(("bad_keyset_url", "unreadable"), _GATE),
+    "bad_keyset": {**_GATE, **_KEYSET},  # fetched by the gate, parsed by signer/keyset.py
+    "bad_checkpoint": {**_GATE, **_CHECKPOINT},  # fetched by the gate, checked by signer/checkpoint.py
     # A receipt (no reason) or the socket protocol's version.
     "unsupported_version": {None: "unknown receipt version {version}", **_WIRE},
     # The CI API's own (no reason), the gate's surprise while verifying, or the signer's own failure.

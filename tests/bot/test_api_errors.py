@@ -137,14 +137,14 @@ def test_the_bots_other_errors_are_keyturn_errors_with_codes() -> None:
     from keyturn.bot.dev import DevError
     from keyturn.bot.scheduler import BadJob, StaleLeader, TimerError
 
-    exits = [Exit(status, "why") for status in (REFUSED, USAGE, UNREACHABLE)]
+    exits = [Exit(status, "no_receipt", status=404) for status in (REFUSED, USAGE, UNREACHABLE)]
     assert [(e.status, e.code, e.message) for e in exits] == [
-        (REFUSED, "request_refused", "why"),
-        (USAGE, "request_invalid", "why"),
-        (UNREACHABLE, "request_unreachable", "why"),
+        (REFUSED, "request_refused", "no receipt (HTTP 404)"),
+        (USAGE, "request_invalid", "no receipt (HTTP 404)"),
+        (UNREACHABLE, "request_unreachable", "no receipt (HTTP 404)"),
     ]
     assert all(isinstance(e, KeyturnError) for e in exits)
-    timer_errors = [BadJob("bad request id"), StaleLeader("fencing token is no longer the leader's")]
+    timer_errors = [BadJob("request_id"), StaleLeader("fence")]
     assert [(e.code, str(e)) for e in timer_errors] == [
         ("bad_job", "bad request id"),
         ("stale_leader", "fencing token is no longer the leader's"),

@@ -73,10 +73,23 @@ def test_the_words_module_is_standard_library_only() -> None:
 
 # --- every refusal the migrated signer modules raise has words, and the facts its sentence needs ----------
 
-SIGNER = Path(__file__).resolve().parents[2] / "signer"
-# The signer modules whose raise sites say code + facts (issue 10), and how each error class takes its code
-# and reason: (position of the code or a fixed code, position of the reason or None for a keyword).
-MIGRATED = ("receipt", "verify", "keyset", "evidence", "card", "wire", "gate", "service", "oidc")
+ROOT = Path(__file__).resolve().parents[2]
+# The modules whose raise sites say code + facts (issue 10): a bare name is a signer module, else a path
+# under the repository. And how each error class takes its code and reason: (position of the code or a
+# fixed code, position of the reason or None for a keyword).
+MIGRATED = (
+    "receipt",
+    "verify",
+    "keyset",
+    "evidence",
+    "card",
+    "wire",
+    "gate",
+    "service",
+    "oidc",
+    "bot/store",
+    "keys",
+)
 RAISERS: dict[str, tuple[int | str, int | None]] = {
     "VerificationError": (0, None),
     "EvidenceError": (0, None),
@@ -87,6 +100,22 @@ RAISERS: dict[str, tuple[int | str, int | None]] = {
     "GateError": (0, 1),
     "ServiceError": (0, 1),
     "OidcError": (0, 1),
+    "Refused": (0, None),
+    "LimitExceeded": (0, None),
+    "KeyFileError": ("key_file", None),
+    "_bad": ("bad_checkpoint", 0),
+    "ConfigError": ("config", None),
+    "AuditError": ("audit_log", None),
+    "GitHubError": (0, None),
+    "GitHubUnavailable": ("github_unavailable", None),
+    "_error": (1, None),
+    "PinError": ("error", None),
+    "KeysetError": ("bad_keyset", None),
+    "BadJob": ("bad_job", 0),
+    "Exit": ("request_refused", 1),  # the code follows the exit status; the reasons are shared
+    "StaleLeader": ("stale_leader", 0),
+    "broken": ("audit_chain_broken", 0),
+    "KeyturnError": ("error", None),
 }
 
 
@@ -112,8 +141,10 @@ def _literal(node: ast.expr | None, names: Mapping[str, str] | None = None) -> s
 
 
 def raise_sites(module: str) -> list[RaiseSite]:
-    """Every construction of a refusal in ``signer/<module>.py``, with its literal code, reason and facts."""
-    path = SIGNER / f"{module}.py"
+    """Every construction of a refusal in ``module`` (``signer/<module>.py`` or ``<module>.py``), with its
+    literal code, reason and facts."""
+    where = module if "/" in module else f"signer/{module}"
+    path = ROOT / f"{where}.py"
     tree = ast.parse(path.read_text())
     constants = {
         target.id: node.value.value
@@ -130,22 +161,31 @@ def raise_sites(module: str) -> list[RaiseSite]:
         if name not in RAISERS or (module == "receipt" and name == "_malformed" and not node.args):
             continue
         code_at, reason_at = RAISERS[name]
-        code = (
-            code_at if isinstance(code_at, str) else _literal(node.args[0], constants) if node.args else None
-        )
         keywords = {k.arg: k.value for k in node.keywords}
+        code = (
+            _literal(keywords["code"], constants)
+            if "code" in keywords  # a class's own code, overridden at the raise site
+            else code_at
+            if isinstance(code_at, str)
+            else _literal(node.args[0], constants)
+            if node.args
+            else None
+        )
         reason_node = node.args[reason_at] if reason_at is not None and len(node.args) > reason_at else None
         reason_node = reason_node or keywords.get("reason")
         reason = _literal(reason_node)
         passed_through = "facts" in keywords or None in keywords
         facts = (
-            None if passed_through else frozenset(k for k in keywords if k and k not in ("reason", "fields"))
+            None
+            if passed_through
+            else frozenset(k for k in keywords if k and k not in ("reason", "fields", "code"))
         )
-        given = reason_at is None and isinstance(code_at, int) and len(node.args) > 1
+        # A positional argument after the code (or any, for a class with a fixed code) is a sentence.
+        given = reason_at is None and len(node.args) > (1 if isinstance(code_at, int) else 0)
         prose = given or (reason_node is not None and reason is None and not passed_through)
         if reason is not None and not reason.isidentifier():
             prose = True
-        sites.append(RaiseSite(f"signer/{module}.py:{node.lineno}", code, reason, facts, prose))
+        sites.append(RaiseSite(f"{where}.py:{node.lineno}", code, reason, facts, prose))
     return sites
 
 
