@@ -31,6 +31,10 @@ HALF_BODIES = 100  # connections that send a head and half a body and stall
 BOT_NOFILE = 1_024  # the bot's open-file limit, as in the report
 LEGIT_BOUND_S = 2.0  # /healthz and a signed CI call must answer within this while under attack
 GRACE_S = 3.0  # KEYTURN_SHUTDOWN_GRACE in this test
+# What the bot allows itself after SIGTERM (bot/server.py's lifespan): the grace, then at most 5 s draining
+# Slack handlers and 5 s waiting for the approval service to go idle, plus 2 s of process slack. A bound
+# tighter than the code's own (it was grace + 7 s) failed once in a CI rehearsal on a loaded 2-core machine.
+SHUTDOWN_BOUND_S = GRACE_S + 5.0 + 5.0 + 2.0
 
 
 @pytest.fixture
@@ -156,10 +160,10 @@ def test_half_open_flood_leaves_health_ci_timers_and_shutdown_bounded(edge_bot: 
             assert bot.log().count("out of system resource") <= 5, bot.log()[-3000:]
             assert "lease step failed" not in bot.log()
 
-            # SIGTERM with half-sent bodies still open: it ends within the grace (plus start-up slack).
+            # SIGTERM with half-sent bodies still open: it ends within the bounds the bot sets itself.
             bot.popen.send_signal(signal.SIGTERM)
             stopped = time.monotonic()
-            bot.popen.wait(GRACE_S + 7)
+            bot.popen.wait(SHUTDOWN_BOUND_S)
             took = time.monotonic() - stopped
             print(
                 f"finding 1: {opened} half-open connections; worst /healthz + signed GET "
