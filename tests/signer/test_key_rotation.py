@@ -306,7 +306,7 @@ async def test_rotation_under_load_never_fails_a_verifier_pinned_to_the_publishe
         os.replace(fixed, files.keyset)
 
         # Revocation is published by the running signer as soon as the file says so.
-        _keys_cli(files, "revoke", first_kid)
+        _keys_cli(files, "revoke", "--", first_kid)  # a kid may start with "-"
         after = PublicKeyset.from_jwks(await client.keys())
         revoked = after.get(first_kid)
         assert revoked is not None
