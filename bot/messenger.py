@@ -207,26 +207,6 @@ class SlackMessenger(SlackIntents):
         self._groups = _TtlCache(group_ttl, clock)
         self._emails = _TtlCache(email_ttl, clock)
 
-    async def start(self) -> None:
-        """Open one HTTP session for all of this process's Slack calls.
-
-        Without it slack_sdk opens (and closes) a session, so a new TCP and TLS connection, for every call:
-        a round trip or more to Slack per card, reply and update, and about a fifth of the bot's CPU per
-        request in bench/bench_intake.py's profile. A kept-alive connection that Slack closed while idle
-        fails the call with a connection error, which ``call`` retries like any other.
-        """
-        session = self.client.session
-        if session is None or session.closed:
-            self.client.session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.client.timeout)
-            )
-
-    async def aclose(self) -> None:
-        """Close the session ``start`` opened (later calls open one per call again, as before ``start``)."""
-        session, self.client.session = self.client.session, None
-        if session is not None:
-            await session.close()
-
     async def call(
         self, method: str, fn: Callable[[], Awaitable[AsyncSlackResponse]], retry: RetryPolicy | None = None
     ) -> AsyncSlackResponse:

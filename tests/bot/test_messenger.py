@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import secrets
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -277,52 +274,3 @@ async def test_permalink_of_the_card_with_retries_and_none_on_failure(
     await emu.fault("chat.getPermalink", status=500)
     assert await messenger.permalink(ref) is None  # Slack down: no link, no exception
     assert [c["status"] for c in await emu.calls("chat.getPermalink")][-1] == 500
-
-
-async def _counting_forwarder(target: str) -> tuple[asyncio.Server, list[int], str]:
-    """A TCP forwarder to ``target``'s host and port that counts the connections made through it."""
-    parts = urllib.parse.urlsplit(target)
-    accepted: list[int] = []
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        up_r, up_w = await asyncio.open_connection(parts.hostname, parts.port)
-        await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))
-
-    server = await asyncio.start_server(forward, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, accepted, f"http://127.0.0.1:{port}{parts.path}"
-
-
-async def test_a_started_messenger_reuses_one_connection_to_slack(emu: AsyncEmulatorClient) -> None:
-    """After ``start`` (what the bot does at start-up) five calls share one connection: no TCP and TLS
-    handshake per card; after ``aclose`` nothing stays open."""
-    server, accepted, url = await _counting_forwarder(emu.api_url)
-    m = SlackMessenger(make_web_client(TOKEN, url), POLICY)
-    try:
-        await m.start()
-        for _ in range(5):
-            await m.post_card(make_request())
-        assert len(accepted) == 1
-    finally:
-        await m.aclose()
-        server.close()
-    assert m.client.session is None
-
-
-async def test_an_unstarted_messenger_still_works_one_connection_per_call(emu: AsyncEmulatorClient) -> None:
-    server, accepted, url = await _counting_forwarder(emu.api_url)
-    m = SlackMessenger(make_web_client(TOKEN, url), POLICY)
-    try:
-        for _ in range(2):
-            await m.post_card(make_request())
-    finally:
-        server.close()
-    assert len(accepted) == 2
