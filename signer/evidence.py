@@ -91,17 +91,17 @@ _URL_RE = re.compile(r"\Ahttps?://[^\s<>|\"'`\x00-\x1f\x7f]{1,2040}\Z")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 REQUEST_ID_LABEL = b"keyturn request id v1"
 GITHUB_STAMP_LABEL = b"keyturn github arrival v1"
-# Events whose job's ``ref`` does not say whose code runs. GitHub runs these with the default (base) branch as
-# ``ref`` whatever started them, and their workflows habitually build what a pull request brought: its head
-# (``pull_request_target``, a "/deploy" ``issue_comment``) or another run's artifacts (``workflow_run``, say
-# of a fork's pull request). A GitLab ``merge_request_event`` job's ``ref`` is the source branch, which a fork
-# names as it likes (``main``): GitLab itself once issued such jobs tokens of the parent project (its issue
-# 548165). A GitLab child pipeline (``parent_pipeline``) runs on its parent's ref and sha, so a merge request
-# pipeline's child has the same unbound ref, and its source cannot be told from a push pipeline's child. A
-# branch rule says nothing about such a job's code, so without an ``events`` rule it is refused.
-REF_UNBOUND_EVENTS = frozenset(
-    {"pull_request_target", "workflow_run", "issue_comment", "merge_request_event", "parent_pipeline"}
-)
+# Under a branch rule without an ``events`` list, the only events admitted, per platform: those whose job's
+# ``ref`` and ``sha`` name the code that runs (the branch's head, or the commit pushed to it). An allow-list,
+# so an event nobody thought of, an unknown one or none at all is refused (fail closed); the operator admits
+# any other knowingly by listing it in ``events``. The reasons per event, in and out: docs/security.md,
+# "Which events a branch rule admits". GitHub: a push, a manual run, a schedule (GitHub's "Events that
+# trigger workflows": GITHUB_REF/GITHUB_SHA are the branch and its head). GitLab (``pipeline_source``): a
+# push, and a pipeline run on a branch from the UI, the API, a schedule or a trigger token.
+REF_BOUND_EVENTS: Mapping[str, frozenset[str]] = {
+    "github": frozenset({"push", "workflow_dispatch", "schedule"}),
+    "gitlab": frozenset({"push", "web", "api", "schedule", "trigger"}),
+}
 
 
 class EvidenceError(KeyturnError):
@@ -792,8 +792,8 @@ class Assessment:
     requester_proof: RequesterProof | None = None
 
 
-def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
-    """The environment's ``[environments.<name>.oidc]`` rules: issuer, repository, branch."""
+def _check_oidc_allowed(policy: Policy, env: Environment, claim: RequestClaim) -> None:
+    """The environment's ``[environments.<name>.oidc]`` rules: issuer, repository, branch, event."""
     rules = env.oidc
     if rules is None or claim.issuer_name not in rules.issuers:
         raise EvidenceError("oidc_issuer_not_allowed", reason="rule", what="issuer")
@@ -801,12 +801,16 @@ def _check_oidc_allowed(env: Environment, claim: RequestClaim) -> None:
         raise EvidenceError("oidc_repository_not_allowed", reason="rule", what="repository")
     if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
         raise EvidenceError("oidc_branch_not_allowed", reason="rule", what="branch")
-    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, a job
-    # whose ref does not name the branch its code came from is refused: the branch rule cannot speak for it.
+    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, only a
+    # job whose ref names the code that runs may ask: the branch rule cannot speak for any other.
     if rules.events and claim.event not in rules.events:
         raise EvidenceError("oidc_event_not_allowed", reason="event")
-    if rules.branches and not rules.events and claim.event in REF_UNBOUND_EVENTS:
-        raise EvidenceError("oidc_event_not_allowed", reason="ref_unbound", event=claim.event)
+    if rules.branches and not rules.events:
+        issuer = policy.oidc.issuers.get(claim.issuer_name or "")
+        if claim.event is None:
+            raise EvidenceError("oidc_event_not_allowed", reason="no_event")
+        if issuer is None or claim.event not in REF_BOUND_EVENTS[issuer.kind]:
+            raise EvidenceError("oidc_event_not_allowed", reason="ref_unbound", event=claim.event)
 
 
 def _check_ci_secret_allowed(env: Environment) -> None:
@@ -833,7 +837,7 @@ def check_oidc_request(
     audience, times at ``now``), the body's agreement with it, and the environment's OIDC rules."""
     oidc.verify_token(token, issuers, now)
     claim = _oidc_claim(OidcEvidence(token, body), policy)
-    _check_oidc_allowed(policy.environment(claim.scope.environment), claim)
+    _check_oidc_allowed(policy, policy.environment(claim.scope.environment), claim)
     return claim
 
 
@@ -874,7 +878,7 @@ def _verified_origin(
     claim = origin_claim(origin, policy)
     env = policy.environment(claim.scope.environment)  # raises unknown_environment
     if isinstance(origin, OidcEvidence):
-        _check_oidc_allowed(env, claim)
+        _check_oidc_allowed(policy, env, claim)
     elif isinstance(origin, CiEvidence):
         _check_ci_secret_allowed(env)
     # The request id is a function of the origin: clicks on this request's card name this id (and the card

@@ -194,10 +194,11 @@ class EnvironmentOidc(_Frozen):
 
     ``issuers`` lists ``[oidc.issuers]`` names; ``repositories``, ``branches`` (exact names, ``main`` for
     ``refs/heads/main``) and ``events`` (GitHub's ``event_name``, GitLab's ``pipeline_source``) restrict
-    further when non-empty. With ``branches`` set and ``events`` empty, a job started by one of
-    ``evidence.REF_UNBOUND_EVENTS`` (GitHub ``pull_request_target``, ``workflow_run``, ``issue_comment``;
-    GitLab ``merge_request_event``) is refused: its ``ref`` does not name the branch its code came from, so
-    the branch rule would say nothing about the code asking (list the event in ``events`` to allow it).
+    further when non-empty. With ``branches`` set and ``events`` empty, only a job started by one of
+    ``evidence.REF_BOUND_EVENTS`` asks (GitHub ``push``, ``workflow_dispatch``, ``schedule``; GitLab ``push``,
+    ``web``, ``api``, ``schedule``, ``trigger``): their ``ref`` names the code that runs. Any other event, or
+    none, is refused, since the branch rule would say nothing about the code asking (an allow-list: list
+    the event in ``events`` to allow it).
     """
 
     issuers: tuple[OidcName, ...] = Field(min_length=1)

@@ -172,8 +172,12 @@ _EVIDENCE: dict[str | None, Template] = {
     "rule": "this {what} may not ask for this environment",
     "event": "jobs started by this event may not ask for this environment",
     "ref_unbound": (
-        "a {event} job may not ask under a branch rule (its ref does not name the branch its code came "
-        "from); list the event in the environment's oidc.events to allow it"
+        "a {event} job may not ask under a branch rule (only jobs of events whose ref names the code that "
+        "runs may); list the event in the environment's oidc.events to allow it"
+    ),
+    "no_event": (
+        "a job whose token names no event may not ask under a branch rule; list the environment's "
+        "oidc.events to decide which events may"
     ),
     "oidc_only": "this environment takes only OIDC-proven requests, not the CI secret",
     # clicks and the deny form
