@@ -166,7 +166,10 @@ class GitHubForwarder:
             log.warning("github webhook %s: no request opened (%s); rejecting the run", delivery, code)
             reason = f"Keyturn could not open a request ({code}); re-run the job to ask again"
             await self._post_outcome(
-                data.get("run_id"), str(data.get("environment", "")), "reject", {"reason": reason}
+                data.get("run_id"),
+                str(data.get("environment", "")),
+                "reject",
+                {"reason": reason, "delivery": delivery},
             )
             if isinstance(exc, KeyturnError):  # a refusal: its status from the one table (a 4xx)
                 return _error(code, exc.message)
@@ -179,7 +182,7 @@ class GitHubForwarder:
                 data.get("run_id"),
                 claim.scope.environment,
                 "reject",
-                {"reason": reason, "request_id": req.id},
+                {"reason": reason, "request_id": req.id, "delivery": delivery},
             )
             return _error("scope_busy", environment=req.scope.environment, request_id=req.id)
         log.info("github webhook %s: run %s -> request %s", delivery, data.get("run_id"), req.id)
@@ -219,13 +222,18 @@ class GitHubForwarder:
                 return {"outcome": "failed", "error": "receipt_unavailable"}
             kind, body = "approve", receipt
         else:
-            kind, body = "reject", {"reason": final_reason(request), "request_id": request.id}
+            # The webhook the request was opened from: the approver rejects only the attempt it kept for it,
+            # so a rejection retried after a re-run never lands on the new attempt (run_attempt_changed).
+            reason = final_reason(request)
+            kind, body = "reject", {"reason": reason, "request_id": request.id, "delivery": hook.delivery}
         status, error = await self._post_once(hook.run_id, hook.environment, kind, body)
         record: dict[str, Any] = {"target": f"github {kind} run {hook.run_id}", "status": status}
         if status == 200 or error == "already_decided":
             return {**record, "outcome": "delivered"}
         if status is not None and status < 500:
-            log.error("github %s of run %s for %s refused: %s", kind, hook.run_id, request.id, error)
+            # A re-run since the request's webhook is routine (the new attempt has its own request).
+            level = logging.WARNING if error == "run_attempt_changed" else logging.ERROR
+            log.log(level, "github %s of run %s for %s refused: %s", kind, hook.run_id, request.id, error)
             return {**record, "outcome": "refused", "error": f"approver_{error}"}
         return {**record, "outcome": "failed", "error": error}
 

@@ -16,16 +16,18 @@ A run is waiting once per protected environment (a workflow may deploy to severa
 
 - ``POST /runs/{run_id}/{environment}/approve``: the body is a receipt, as ``keyturn verify`` reads it.
   Approves once.
-- ``POST /runs/{run_id}/{environment}/reject``: ``{"reason": "...", "request_id": "req_…"?}``. Rejecting
-  is fail-closed, so the bot's word suffices.
+- ``POST /runs/{run_id}/{environment}/reject``: ``{"reason": "...", "request_id": "req_…"?, "delivery":
+  "…"?}``. Rejecting is fail-closed, so the bot's word suffices; ``delivery`` names the webhook the
+  rejection answers, so a late one never lands on a newer attempt.
 - ``POST /runs/{run_id}/{environment}/status``: ``{"text": "..."}``, a status-only comment on a waiting run.
 - ``GET /runs/{run_id}/{environment}``, ``GET /healthz``.
 
 A request approves one run attempt: its receipt names a scope, not a run, so the approver remembers which
 attempt each request id approved (run, environment, deployment and ``run_attempt``) and refuses it for
-another (``receipt_spent``). GitHub's review endpoint is per run, not per attempt, so an approval is sent only
-while the run is still at the attempt whose webhook was checked (``run_attempt_changed``), and a newer
-attempt's webhook replaces a waiting earlier one.
+another (``receipt_spent``). GitHub's review endpoint is per run, not per attempt, so an approval or a
+rejection is sent only while the run is still at the attempt whose webhook was checked (and, for a rejection
+naming its delivery, was opened from that webhook): ``run_attempt_changed``; a newer attempt's webhook
+replaces a waiting earlier one.
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -352,6 +354,21 @@ class Approver:
             )
         return github_app.run_scope(webhook, run, deployment), github_app.run_attempt(run)
 
+    async def _at_checked_attempt(self, pending: PendingRun) -> Scope | JSONResponse:
+        """The waiting run's scope as GitHub's API reports it now, or the answer refusing to decide it:
+        GitHub unreachable (502), its reads disagreeing with the webhook (409), or the run at another attempt
+        than the one whose webhook was checked (409 ``run_attempt_changed``): GitHub's review endpoint decides
+        whatever attempt waits now, so only the checked one may be approved or rejected."""
+        try:
+            scope, attempt = await self.read_run(pending.webhook)
+        except GitHubUnavailable as exc:
+            return _refusal(502, exc)
+        except GitHubError as exc:
+            return _refusal(409, exc, fields=exc.fields)
+        if pending.attempt is None or attempt != pending.attempt:
+            return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
+        return scope
+
     async def webhook(self, headers: Mapping[str, str], body: bytes) -> JSONResponse:
         """Check a forwarded delivery; remember its run as waiting."""
         try:
@@ -407,15 +424,9 @@ class Approver:
         async with self._deciding(key) as pending:
             if isinstance(pending, JSONResponse):
                 return pending
-            try:
-                scope, attempt = await self.read_run(pending.webhook)
-            except GitHubUnavailable as exc:
-                return _refusal(502, exc)
-            except GitHubError as exc:
-                return _refusal(409, exc, fields=exc.fields)
-            if pending.attempt is None or attempt != pending.attempt:
-                # The review endpoint approves whatever attempt waits now: only the checked one may be.
-                return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
+            scope = await self._at_checked_attempt(pending)
+            if isinstance(scope, JSONResponse):
+                return scope
             try:
                 verified = check_receipt(
                     receipt, self.s.keyset, scope, self.now(), allow_dev_keys=self.s.allow_dev_keys
@@ -439,11 +450,22 @@ class Approver:
             comment = github_app.approve_comment(rid, scope, approvers, link)
             return await self._review(pending, "approved", comment, rid)
 
-    async def reject(self, key: RunKey, reason: str, request_id: str | None) -> JSONResponse:
-        """Reject the run waiting at ``key`` with ``reason``: fail-closed, so no receipt is needed."""
+    async def reject(
+        self, key: RunKey, reason: str, request_id: str | None, delivery: str | None = None
+    ) -> JSONResponse:
+        """Reject the run waiting at ``key`` with ``reason``: fail-closed, so no receipt is needed. As for an
+        approval, only the attempt it was meant for: ``delivery``, the webhook the bot opened the request
+        from, must be the one kept for the waiting attempt, and GitHub must still report that attempt. A
+        rejection retried after a re-run (GitHub answered 5xx the first time) would otherwise reject the new
+        attempt, whose own request's approvers were never asked (``run_attempt_changed``, nothing posted)."""
         async with self._deciding(key) as pending:
             if isinstance(pending, JSONResponse):
                 return pending
+            if delivery is not None and delivery != pending.webhook.delivery:
+                return _error(409, "run_attempt_changed", reason="delivery", delivery=delivery)
+            scope = await self._at_checked_attempt(pending)
+            if isinstance(scope, JSONResponse):
+                return scope
             rid = request_id if contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)
@@ -508,7 +530,10 @@ def create_app(approver: Approver) -> Starlette:
         data, reason = await _json_text(request, "reason")
         if reason is None:
             return _error(400, "bad_request", reason="json_text", name="reason")
-        return await approver.reject(key(request), reason, data.get("request_id"))
+        delivery = data.get("delivery")
+        if delivery is not None and (not isinstance(delivery, str) or not delivery.strip()):
+            return _error(400, "bad_request", reason="json_text", name="delivery")
+        return await approver.reject(key(request), reason, data.get("request_id"), delivery)
 
     async def status(request: Request) -> Response:
         _, text = await _json_text(request, "text")

@@ -364,10 +364,17 @@ _GITHUB: dict[str, Template | Reasons] = {
     "unknown_run": "no checked webhook for this run and environment",
     "already_decided": "the run was already {decided}",
     "replayed_delivery": "delivery {delivery} (or its body) was already taken",
-    "run_attempt_changed": (
-        "the run is at attempt {attempt}, not the attempt {checked} whose webhook was checked; the new "
-        "attempt needs its own webhook and request"
-    ),
+    "run_attempt_changed": {
+        None: (
+            "the run is at attempt {attempt}, not the attempt {checked} whose webhook was checked; the new "
+            "attempt needs its own webhook and request"
+        ),
+        # a rejection names the webhook its request was opened by; another attempt's webhook is kept now
+        "delivery": (
+            "the request was opened by delivery {delivery}, not by the webhook of the attempt waiting now; "
+            "a rejection decides only the attempt it was for"
+        ),
+    },
     "receipt_spent": "request {request_id} already approved run {run}",
     "review_refused": {
         "comment": "GitHub answered the comment with HTTP {status}",

@@ -251,7 +251,6 @@ async def _rig(tmp_path: Path) -> AsyncIterator[Rig]:
             yield Rig(github, approver, bot, _denied(store, first, "delivery-a1"))
 
 
-@pytest.mark.xfail(strict=True, reason="a late rejection lands on whatever attempt waits")
 @pytest.mark.parametrize("rerun_webhook", ["delivered", "withheld", "delivered_before_the_first_try"])
 async def test_attack_a_late_rejection_rejects_the_rerun(tmp_path: Path, rerun_webhook: str) -> None:
     """Run 41's first attempt (deployment 1041) was denied in Slack; the bot handed the rejection over and

@@ -403,9 +403,17 @@ async def test_a_github_handover_is_retried_until_the_approver_takes_it(store: R
     assert (job["state"], job["attempts"], handover.attempts) == ("delivered", 3, 3)
 
 
-async def test_a_github_handover_the_approver_refuses_is_settled_not_retried(store: RequestStore) -> None:
-    refusal = {"outcome": "refused", "status": 403, "error": "approver_bad_signature"}
+@pytest.mark.parametrize(
+    ("status", "error"),
+    # run_attempt_changed: the run was re-run since the request's webhook; a rejection of the old attempt
+    # must not be retried until it lands on the new one (tests/test_review_findings_5.py).
+    [(403, "approver_bad_signature"), (409, "approver_run_attempt_changed")],
+)
+async def test_a_github_handover_the_approver_refuses_is_settled_not_retried(
+    store: RequestStore, status: int, error: str
+) -> None:
+    refusal = {"outcome": "refused", "status": status, "error": error}
     handover = ScriptedHandover(refusal)
     job = await _handover_settles(store, handover)
     assert (job["state"], job["attempts"], handover.attempts) == ("refused", 1, 1)
-    assert job["last"]["error"] == "approver_bad_signature"
+    assert job["last"]["error"] == error

@@ -17,8 +17,10 @@ class RecordingApprover:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    async def reject(self, key: tuple[int, str], reason: str, request_id: Any) -> JSONResponse:
-        self.calls.append(("reject", key, reason, request_id))
+    async def reject(
+        self, key: tuple[int, str], reason: str, request_id: Any, delivery: str | None = None
+    ) -> JSONResponse:
+        self.calls.append(("reject", key, reason, request_id, delivery))
         return JSONResponse({"ok": True})
 
     async def status(self, key: tuple[int, str], text: str) -> JSONResponse:
@@ -36,9 +38,15 @@ async def test_reject_and_status_hand_over_the_text() -> None:
     async with client(approver) as http:
         resp = await http.post("/runs/7/production/reject", json={"reason": "no", "request_id": "r"})
         assert resp.status_code == 200
+        named = {"reason": "no", "request_id": "r", "delivery": "d-1"}
+        assert (await http.post("/runs/7/production/reject", json=named)).status_code == 200
+        for odd in (7, "", " ", ["d-1"]):  # not a delivery id: refused, never taken as none named
+            resp = await http.post("/runs/7/production/reject", json={"reason": "no", "delivery": odd})
+            assert (resp.status_code, resp.json()["error"]) == (400, "bad_request")
         assert (await http.post("/runs/7/production/status", json={"text": "waiting"})).status_code == 200
     assert approver.calls == [
-        ("reject", (7, "production"), "no", "r"),
+        ("reject", (7, "production"), "no", "r", None),
+        ("reject", (7, "production"), "no", "r", "d-1"),
         ("status", (7, "production"), "waiting"),
     ]
 
