@@ -8,9 +8,11 @@ review").
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,3 +293,45 @@ async def test_a_rejection_of_the_waiting_attempt_is_posted_after_a_5xx(tmp_path
         rig.github.down = False
         assert (await rig.bot.hand_over(rig.denied, None))["outcome"] == "delivered"
         assert rig.github.reviews == [(41, 1, "rejected")]
+
+
+# Between two hand-overs of the rejection: GitHub goes down or comes back, the job is re-run, the re-run's
+# webhook reaches the approver (or not).
+STEP = st.sampled_from(["handover", "github_down", "github_up", "rerun", "deliver_rerun"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(STEP, max_size=10))
+@example(steps=["handover", "github_up", "rerun", "deliver_rerun", "handover"])
+@example(steps=["github_up", "rerun", "handover"])
+def test_a_rejection_lands_on_its_own_attempt_or_nowhere(steps: list[str]) -> None:
+    """Whatever GitHub's faults, re-runs and webhooks in between: a rejection of the request opened by attempt
+    1's webhook is posted only while attempt 1 waits, at most once; each hand-over's answer is ``failed``
+    (retry: GitHub down), ``delivered``, or final (``refused``: ``run_attempt_changed``)."""
+
+    async def play(tmp_path: Path) -> None:
+        async with _rig(tmp_path) as rig:
+            attempt, delivered = 1, 1  # GitHub's run_attempt; the newest attempt whose webhook was taken
+            for step in [*steps, "github_up", "handover"]:
+                if step == "handover":
+                    answer = await rig.bot.hand_over(rig.denied, None)
+                    assert answer["outcome"] in ("failed", "delivered", "refused")
+                    if answer["outcome"] == "refused":
+                        assert answer["error"] == "approver_run_attempt_changed"
+                        assert attempt > 1
+                elif step.startswith("github"):
+                    rig.github.down = step == "github_down"
+                elif step == "rerun":
+                    attempt += 1
+                    rig.github.attempts[41] = attempt
+                elif delivered < attempt:  # the newest re-run's webhook reaches the approver
+                    delivered = attempt
+                    hook = _webhook(41, deployment_id=1000 * attempt + 41)
+                    assert await _deliver(rig.approver, hook, f"delivery-a{attempt}") == (200, None)
+            assert rig.github.reviews in ([], [(41, 1, "rejected")])
+            # Never re-run before the last (healthy) hand-over: the rejection was posted.
+            if attempt == 1:
+                assert rig.github.reviews == [(41, 1, "rejected")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(play(Path(tmp)))
