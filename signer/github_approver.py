@@ -341,17 +341,21 @@ class Approver:
         async with self._lock(key):
             yield _waiting(pending)
 
+    async def _read(self, webhook: Webhook, what: str) -> dict[str, Any] | None:
+        """GitHub's API's read of the webhook's run (``what`` ``run``) or deployment (None without one)."""
+        if what == "run":
+            path = f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}"
+        elif webhook.deployment_id is not None:
+            path = f"/repos/{webhook.repo}/deployments/{webhook.deployment_id}"
+        else:
+            return None
+        return await self.api.read_json(path, webhook.installation_id)
+
     async def read_run(self, webhook: Webhook) -> tuple[Scope, int]:
         """The run's scope and its current ``run_attempt`` as GitHub's API reports them now (never the bot's
         word, nor only the webhook's)."""
-        run = await self.api.read_json(
-            f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}", webhook.installation_id
-        )
-        deployment = None
-        if webhook.deployment_id is not None:
-            deployment = await self.api.read_json(
-                f"/repos/{webhook.repo}/deployments/{webhook.deployment_id}", webhook.installation_id
-            )
+        run = await self._read(webhook, "run") or {}
+        deployment = await self._read(webhook, "deployment")
         return github_app.run_scope(webhook, run, deployment), github_app.run_attempt(run)
 
     async def _at_checked_attempt(self, pending: PendingRun) -> Scope | JSONResponse:
@@ -359,15 +363,19 @@ class Approver:
         GitHub unreachable (502), its reads disagreeing with the webhook (409), or the run at another attempt
         than the one whose webhook was checked (409 ``run_attempt_changed``): GitHub's review endpoint decides
         whatever attempt waits now, so only the checked one may be approved or rejected."""
+        hook = pending.webhook
         try:
-            scope, attempt = await self.read_run(pending.webhook)
+            # The attempt first: after a re-run the checked attempt's deployment is not the run's any more,
+            # and is not needed to refuse.
+            run = await self._read(hook, "run") or {}
+            attempt = github_app.run_attempt(run)
+            if pending.attempt is None or attempt != pending.attempt:
+                return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
+            return github_app.run_scope(hook, run, await self._read(hook, "deployment"))
         except GitHubUnavailable as exc:
             return _refusal(502, exc)
         except GitHubError as exc:
             return _refusal(409, exc, fields=exc.fields)
-        if pending.attempt is None or attempt != pending.attempt:
-            return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
-        return scope
 
     async def webhook(self, headers: Mapping[str, str], body: bytes) -> JSONResponse:
         """Check a forwarded delivery; remember its run as waiting."""

@@ -247,15 +247,55 @@ def test_through_the_bot_a_run_is_approved_once_after_quorum(gh: GitHubRig, stac
     assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None, "approved"]
 
 
-def test_through_the_bot_deny_rejects_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
-    run_id, req = through_the_bot(gh, stack)
+def _deny(stack: Stack, req: dict[str, Any], reason: str) -> None:
+    """Bob denies the request in Slack with ``reason`` (the Deny button, then the form)."""
     since = len(stack.emulator.calls())
     stack.click("U0BOB", req, action="deny")
     view_id = stack.emulator.wait_for("views.open", since=since)["response"]["view"]["id"]
-    stack.emulator.submit_view("U0BOB", view_id, {REASON_BLOCK: {REASON_ACTION: "not on a Friday"}})
+    stack.emulator.submit_view("U0BOB", view_id, {REASON_BLOCK: {REASON_ACTION: reason}})
     stack.wait_status(req["requestId"], "DENIED")
+
+
+def test_through_the_bot_deny_rejects_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
+    run_id, req = through_the_bot(gh, stack)
+    _deny(stack, req, "not on a Friday")
     run = _decided(gh, stack, run_id, "rejected")
     assert "denied by U0BOB: not on a Friday" in run["reviews"][-1]["comment"]
+
+
+def test_through_the_bot_a_late_rejection_does_not_reject_the_rerun(gh: GitHubRig, stack: Stack) -> None:
+    """The whole flow of tests/test_review_findings_5.py's attack, with real processes. Attempt 1 is denied;
+    GitHub fails every call of the approver's first hand-off (502 to the bot, whose outbox retries after its
+    backoff); the job is re-run meanwhile. The retried rejection finds the run at attempt 2 and is settled as
+    final (``run_attempt_changed``) without a review; the re-run's own request approves attempt 2."""
+    run_id, req = through_the_bot(gh, stack)
+    gh.faults(server_errors=3)  # the approver tries 3 times per call: the first hand-off fails whole
+    _deny(stack, req, "not this one")
+    harness.wait_until(
+        lambda: [c.get("status") for c in gh.calls()].count(502) == 3, 10, "the first hand-off to fail"
+    )
+    assert gh.http.post(f"{gh.github_url}/_github/runs/{run_id}/rerun").status_code == 200
+    harness.wait_until(
+        lambda: (
+            (stack.get(f"/v1/requests/{req['requestId']}").json().get("callback") or {}).get("state")
+            not in (None, "queued")
+        ),
+        30,
+        "the retried hand-off to settle",
+    )
+    callback = stack.get(f"/v1/requests/{req['requestId']}").json()["callback"]
+    assert callback["state"] == "refused", callback
+    assert "run_attempt_changed" in json.dumps(callback)
+    assert gh.run(run_id)["status"] == "waiting"
+    assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None]  # the status comment only
+    # The re-run's webhook opens its own request, whose quorum approves attempt 2.
+    answer = gh.deliver(run_id, url=f"{stack.bot_url}/github/webhook")
+    assert answer["status"] == 202, answer
+    rerun = stack.card(answer["body"]["requestId"])
+    for user in ("U0BOB", "U0CAROL"):
+        stack.click(user, rerun)
+    run = _decided(gh, stack, run_id, "approved")
+    assert [r["state"] for r in run["reviews"]] == [None, None, "approved"]
 
 
 def test_through_the_bot_expiry_rejects(gh: GitHubRig, stack: Stack) -> None:
