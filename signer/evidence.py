@@ -806,9 +806,9 @@ def _check_oidc_allowed(policy: Policy, env: Environment, claim: RequestClaim) -
     if rules.events and claim.event not in rules.events:
         raise EvidenceError("oidc_event_not_allowed", reason="event")
     if rules.branches and not rules.events:
-        issuer = policy.oidc.issuers.get(claim.issuer_name or "")
         if claim.event is None:
             raise EvidenceError("oidc_event_not_allowed", reason="no_event")
+        issuer = policy.oidc.issuers.get(claim.issuer_name or "")
         if issuer is None or claim.event not in REF_BOUND_EVENTS[issuer.kind]:
             raise EvidenceError("oidc_event_not_allowed", reason="ref_unbound", event=claim.event)
 

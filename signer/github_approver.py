@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -341,7 +341,7 @@ class Approver:
         async with self._lock(key):
             yield _waiting(pending)
 
-    async def _read(self, webhook: Webhook, what: str) -> dict[str, Any] | None:
+    async def _read(self, webhook: Webhook, what: Literal["run", "deployment"]) -> dict[str, Any] | None:
         """GitHub's API's read of the webhook's run (``what`` ``run``) or deployment (None without one)."""
         if what == "run":
             path = f"/repos/{webhook.repo}/actions/runs/{webhook.run_id}"
