@@ -91,8 +91,19 @@ async def create(request):
     await r.set(f"floor:{n}", body)
     return JSONResponse({"status": "PENDING"}, status_code=202)
 app = Starlette(routes=[Route("/v1/requests", create, methods=["POST"])])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+# The bot's stack (stack_description): h11, and the bot's event loop.
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
+            http="h11", loop=sys.argv[3])
 """
+
+
+def stack_description() -> str:
+    """What serves both sides here: uvicorn's HTTP protocol, the event loop, redis-py's reply parser."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    from keyturn.bot.edge import event_loop
+
+    return f"uvicorn h11 on {event_loop()}, redis-py parser {'hiredis' if HIREDIS_AVAILABLE else 'Python'}"
 
 
 def ci_headers(method: str, path: str, body: bytes) -> dict[str, str]:
@@ -214,10 +225,13 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.profile:
         return profile(args.requests, args.concurrency, args.py_spy)
+    from keyturn.bot.edge import event_loop
+
     with keyturn_stack() as st:
         floor_port = free_port()
         floor = start_process(
-            "floor", [sys.executable, "-c", FLOOR_APP, str(floor_port), st.redis_url], st.workdir / "logs",
+            "floor", [sys.executable, "-c", FLOOR_APP, str(floor_port), st.redis_url, event_loop()],
+            st.workdir / "logs",
             ready=lambda: _port_open(floor_port),
         )  # fmt: skip
         try:
@@ -237,7 +251,7 @@ def main(argv: list[str]) -> int:
         finally:
             floor.stop()
     f_rps, k_rps = args.requests / f_elapsed, args.requests / k_elapsed
-    print(f"intake, {args.requests} requests at concurrency {args.concurrency}")
+    print(f"intake, {args.requests} requests at concurrency {args.concurrency}; both: {stack_description()}")
     for name, rps, lat in (
         ("floor   (POST + one Redis SET)", f_rps, f_lat),
         ("keyturn (POST → card posted)  ", k_rps, k_lat),
@@ -299,6 +313,7 @@ def profile(n: int, concurrency: int, py_spy_out: Path | None = None) -> int:
                 (in_lua if "[0 lua]" in parts[0] else sent)[name] += 1
         slack = Counter(c["method"] for c in emulator.calls(since=since))
     print(f"intake profile, {n} requests at concurrency {concurrency}: {n / elapsed:.1f} req/s (MONITOR on)")
+    print(f"  stack: {stack_description()}")
     print("  CPU ms per request: " + ", ".join(f"{k} {1000 * v / n:.1f}" for k, v in cpu.items()))
     for title, counts in (("commands the bot sent", sent), ("commands run inside its scripts", in_lua)):
         print(f"  redis {title}, per request: {sum(counts.values()) / n:.1f}")

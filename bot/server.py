@@ -204,6 +204,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await messenger.start()
         await token_check.start()
         await feed.start()
         with contextlib.suppress(StoreUnavailable):
@@ -237,6 +238,8 @@ def build_app(
             for extra in comps.extra_clients:
                 with contextlib.suppress(Exception):
                     await extra.aclose()
+            with contextlib.suppress(Exception):
+                await messenger.aclose()
 
     split = (
         []
