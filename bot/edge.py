@@ -196,7 +196,7 @@ def uvicorn_limits(
     graceful_shutdown: float,
     max_head_bytes: int,
 ) -> dict[str, Any]:
-    """The ``uvicorn.Config`` options that bound the edge (documented in docs/configuration.md)."""
+    """The ``uvicorn.Config`` options that bound the edge, and its event loop (docs/configuration.md)."""
     nofile = raise_nofile_limit()
     cap = connection_cap(max_connections, nofile)
     return {
