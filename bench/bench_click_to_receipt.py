@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import bench_signer  # noqa: E402
 from bench.bench_intake import BenchStack, body_for, ci_headers, keyturn_stack, p  # noqa: E402
-from keyturn.bot.messenger import make_web_client  # noqa: E402
+from keyturn.bot.messenger import make_web_client, slack_session  # noqa: E402
 from keyturn.signer import evidence as ev  # noqa: E402
 from keyturn.signer import gate  # noqa: E402
 from keyturn.signer.audit import AuditLog  # noqa: E402
@@ -148,7 +148,7 @@ async def _ci_wait(client: httpx.AsyncClient, st: BenchStack, req: dict[str, Any
 class Floor:
     """Issue 13's 1-click floor: one in-process ``sign`` (fresh evidence, every check, Ed25519) appended to an
     audit log with fsync in ``workdir`` (the signer's directory: the same disk), plus one ``chat.update``
-    round trip to the emulator with the bot's own Slack client."""
+    round trip to the emulator with the bot's own Slack client, on a kept-alive session as the bot's."""
 
     def __init__(self, workdir: Path, emulator_url: str) -> None:
         self.keys = SigningKeyset.generate(workdir / "floor-keys.json", now=datetime.now(UTC))
@@ -169,13 +169,18 @@ class Floor:
     async def measure(self, card: dict[str, str]) -> tuple[float, float]:
         """(sign + fsync, chat.update of ``card``) in seconds, one after the other."""
         signed = await asyncio.to_thread(self.sign_once)
+        if self.web.session is None:  # the bot's bounded session (SlackMessenger.start), made in the loop
+            self.web.session = slack_session(self.web.timeout)
         t0 = time.perf_counter()
         await self.web.chat_update(channel=card["channel"], ts=card["ts"], text="floor")
         return signed, time.perf_counter() - t0
 
-    def close(self) -> None:
-        """Close the floor's audit log."""
+    async def aclose(self) -> None:
+        """Close the floor's audit log and Slack session."""
         self.log.close()
+        session, self.web.session = self.web.session, None
+        if session is not None:
+            await session.close()
 
 
 async def single_clicks(st: BenchStack, n: int) -> tuple[list[float], list[float], list[float]]:
@@ -199,7 +204,7 @@ async def single_clicks(st: BenchStack, n: int) -> tuple[list[float], list[float
                 latencies.append(done - t0)
                 signs.append(s)
                 updates.append(u)
-    floor.close()
+    await floor.aclose()
     return latencies, signs, updates
 
 

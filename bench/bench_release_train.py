@@ -416,7 +416,7 @@ async def single_click(st: TrainStack, n: int, seed: int) -> tuple[list[float], 
             out.append(req.ci_verified_at - req.last_approve_sent[-1])
             floors.append(sum(await floor.measure(req.card)))
     finally:
-        floor.close()
+        await floor.aclose()
         await load.close()
     return out, floors
 

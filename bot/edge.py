@@ -179,6 +179,15 @@ class BodyDeadlineMiddleware:
             await response(scope, receive, send)
 
 
+def event_loop() -> str:
+    """The event loop uvicorn runs the bot on: ``uvloop`` when installed (the bot extra brings it on Linux and
+    macOS), else ``asyncio``. The HTTP protocol stays h11 either way (``bounded_h11``: its header deadline
+    and connection cap are written against h11's state). bench/bench_intake.py gives its floor the same."""
+    from importlib.util import find_spec
+
+    return "uvloop" if find_spec("uvloop") is not None else "asyncio"
+
+
 def uvicorn_limits(
     *,
     max_connections: int,
@@ -187,11 +196,12 @@ def uvicorn_limits(
     graceful_shutdown: float,
     max_head_bytes: int,
 ) -> dict[str, Any]:
-    """The ``uvicorn.Config`` options that bound the edge (documented in docs/configuration.md)."""
+    """The ``uvicorn.Config`` options that bound the edge, and its event loop (docs/configuration.md)."""
     nofile = raise_nofile_limit()
     cap = connection_cap(max_connections, nofile)
     return {
         "http": bounded_h11(cap, header_timeout),
+        "loop": event_loop(),
         # Requests in progress above this get 503 from uvicorn itself; connections are capped above.
         "limit_concurrency": cap + 1,
         "timeout_keep_alive": keep_alive,

@@ -36,6 +36,17 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 Now = Callable[[], datetime]
 
+# The bot's one HTTP session for Slack (``SlackMessenger.start``) holds at most this many connections, in use
+# and idle together: the bot talks to one host (Slack's Web API, or the emulator), and aiohttp reuses an idle
+# connection before it opens one, so the connector's per-host limit bounds the sockets. A call beyond the
+# limit waits for a free connection within its own timeout. Eight in flight is far above what Slack's rate
+# limits let one app sustain; a stalled callback receiver or a burst of clicks cannot widen it
+# (tests/bot/test_callback_outbox.py counts the bot's open files with this bound).
+SLACK_MAX_CONNECTIONS = 8
+# An idle connection is closed after this many seconds (Slack's load balancers drop idle ones anyway; a call
+# that meets one closed under it fails with a connection error, which ``SlackMessenger.call`` retries).
+SLACK_KEEPALIVE_SECONDS = 10.0
+
 # Slack ``ok:false`` errors that mean "try again later", not "you asked for something wrong".
 _TRANSIENT = frozenset(
     {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -207,6 +218,24 @@ class SlackMessenger(SlackIntents):
         self._groups = _TtlCache(group_ttl, clock)
         self._emails = _TtlCache(email_ttl, clock)
 
+    async def start(self) -> None:
+        """Open one kept-alive HTTP session for all of this process's Slack calls (bounded: see
+        ``SLACK_MAX_CONNECTIONS``).
+
+        Without it slack_sdk opens and closes a session, so a new TCP (and TLS) connection, for every call:
+        a round trip or more per card, reply and update, and about a tenth of the bot's CPU per request in
+        bench/bench_intake.py's profile.
+        """
+        session = self.client.session
+        if session is None or session.closed:
+            self.client.session = slack_session(self.client.timeout)
+
+    async def aclose(self) -> None:
+        """Close the session ``start`` opened (later calls open one per call again, as before ``start``)."""
+        session, self.client.session = self.client.session, None
+        if session is not None:
+            await session.close()
+
     async def call(
         self, method: str, fn: Callable[[], Awaitable[AsyncSlackResponse]], retry: RetryPolicy | None = None
     ) -> AsyncSlackResponse:
@@ -371,6 +400,17 @@ class SlackMessenger(SlackIntents):
         user = resp.get("user") or {}
         uid = user.get("id") if isinstance(user, dict) else None
         return uid if isinstance(uid, str) and uid else None
+
+
+def slack_session(timeout: float) -> aiohttp.ClientSession:
+    """The bot's Slack session: at most ``SLACK_MAX_CONNECTIONS`` sockets, idle ones closed after
+    ``SLACK_KEEPALIVE_SECONDS``, every call bounded by ``timeout`` seconds (waiting for a socket included)."""
+    connector = aiohttp.TCPConnector(
+        limit=SLACK_MAX_CONNECTIONS,
+        limit_per_host=SLACK_MAX_CONNECTIONS,
+        keepalive_timeout=SLACK_KEEPALIVE_SECONDS,
+    )
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
 
 
 def make_web_client(token: str, base_url: str | None = None, timeout: int = 10) -> AsyncWebClient:

@@ -204,6 +204,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await messenger.start()
         await token_check.start()
         await feed.start()
         with contextlib.suppress(StoreUnavailable):
@@ -237,6 +238,8 @@ def build_app(
             for extra in comps.extra_clients:
                 with contextlib.suppress(Exception):
                     await extra.aclose()
+            with contextlib.suppress(Exception):
+                await messenger.aclose()
 
     split = (
         []
@@ -301,6 +304,11 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         raise SystemExit(f"keyturn bot: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    # Nagle off for every connection accepted on it (Linux copies the option to accepted sockets). asyncio
+    # turns it off itself only for sockets whose protocol number says TCP, and ``create_server`` leaves it 0:
+    # without this a kept-alive client waited out its delayed ACK (40 ms) for every response after its first,
+    # whose head and body uvicorn writes separately.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.set_inheritable(True)
     return sock
 

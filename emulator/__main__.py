@@ -59,7 +59,12 @@ def listen(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (IPv6 when ``host`` is an IPv6 address); raises ``OSError``.
 
     Bound before serving, so the ready line can name the port that ``--port 0`` got."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only then. With Nagle on, a client
+    # keeping its connection (the bot's Slack session) waited 40 ms (a delayed ACK) for every answer after
+    # its first, since uvicorn writes a response's head and body separately.
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

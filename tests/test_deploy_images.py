@@ -32,6 +32,8 @@ BOT_ONLY = {
     "apscheduler": "apscheduler",
     "httpx": "httpx",
     "prometheus-client": "prometheus_client",
+    "hiredis": "hiredis",
+    "uvloop": "uvloop",
 }
 
 

@@ -12,9 +12,13 @@ it reads a request and never answers (the bot's attempt timeout ends it). Tests 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import threading
 import time
+import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +30,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from keyturn.bot.callbacks import DELIVERY_HEADER, CallbackOutbox, CallbackPolicy, CallbackSender
+from keyturn.bot.messenger import SLACK_MAX_CONNECTIONS
 from keyturn.bot.metrics import Metrics
 from keyturn.bot.store import OUTBOX_DUE_KEY, PENDING_KEY, RequestStore
 from tests import harness
@@ -266,12 +271,39 @@ def test_a_stalling_receiver_never_holds_more_sockets_than_the_bound(
     # Several rounds of attempts (each cut off by the 1 s attempt timeout), never more than the bound open.
     receiver.wait_for(lambda: receiver.connections >= 5 * CONCURRENCY, 30, "rounds of attempts")
     during = len(list(fds.iterdir()))
+    peers = _socket_peer_ports(bot.popen.pid)
+    to_receiver = peers[receiver.port]
+    to_slack = peers[urllib.parse.urlsplit(stack.emu_url).port or 0]
     assert receiver.max_open <= CONCURRENCY
-    print(f"finding 3: bot open files {before} -> {during} with 60 callbacks stalled (bound {CONCURRENCY})")
-    assert during - before < 2 * CONCURRENCY + 10  # the bound's sockets, plus pools warmed by the calls
+    print(
+        f"finding 3: bot open files {before} -> {during} with 60 callbacks stalled (bound {CONCURRENCY}); "
+        f"sockets to the receiver {to_receiver}, to Slack {to_slack} (pool bound {SLACK_MAX_CONNECTIONS})"
+    )
+    assert to_receiver <= CONCURRENCY
+    assert to_slack <= SLACK_MAX_CONNECTIONS  # one kept-alive Slack session, bounded by a constant
+    # The bound's sockets, the Slack session's fixed pool, and the Redis and signer pools the calls warmed.
+    assert during - before < 2 * CONCURRENCY + 10 + SLACK_MAX_CONNECTIONS
     metrics = stack.http.get(stack.url + "/metrics").text
     due = next(line for line in metrics.splitlines() if line.startswith("keyturn_callbacks_due "))
     assert float(due.split()[1]) > 0  # the rest wait in Redis, not in sockets
+
+
+def _socket_peer_ports(pid: int) -> Counter[int]:
+    """How many of ``pid``'s open TCP sockets are connected to each remote port (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports: Counter[int] = Counter()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes and fields[3] != "0A":  # not a listening socket
+                    ports[int(fields[2].rsplit(":", 1)[1], 16)] += 1
+    return ports
 
 
 # --- in-process: dead letter ---------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 
 from keyturn.bot.messenger import (
+    SLACK_MAX_CONNECTIONS,
     CardMissing,
     RetryPolicy,
     SlackAuthError,
@@ -274,3 +278,86 @@ async def test_permalink_of_the_card_with_retries_and_none_on_failure(
     await emu.fault("chat.getPermalink", status=500)
     assert await messenger.permalink(ref) is None  # Slack down: no link, no exception
     assert [c["status"] for c in await emu.calls("chat.getPermalink")][-1] == 500
+
+
+class _CountingForwarder:
+    """A TCP forwarder to an HTTP server's host and port that counts the connections made through it (all,
+    and at most open at once)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = urllib.parse.urlsplit(target)
+        self.accepted = 0
+        self.open = 0
+        self.max_open = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _CountingForwarder:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}{self.target.path}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _forward(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            up_r, up_w = await asyncio.open_connection(self.target.hostname, self.target.port)
+            await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
+        finally:
+            self.open -= 1
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def test_a_started_messenger_reuses_one_connection_to_slack(emu: AsyncEmulatorClient) -> None:
+    """After ``start`` (what the bot does at start-up) five calls share one connection: no TCP (and TLS)
+    handshake per card; after ``aclose`` nothing stays open."""
+    async with _CountingForwarder(emu.api_url) as fwd:
+        m = SlackMessenger(make_web_client(TOKEN, fwd.url), POLICY)
+        try:
+            await m.start()
+            for _ in range(5):
+                await m.post_card(make_request())
+            assert fwd.accepted == 1
+        finally:
+            await m.aclose()
+        assert m.client.session is None
+
+
+async def test_a_burst_of_slack_calls_never_opens_more_connections_than_the_pool_bound(
+    emu: AsyncEmulatorClient,
+) -> None:
+    """Three times the bound in flight at once: every call succeeds, through at most the bound's sockets (the
+    rest wait for a free connection), so a burst of clicks cannot run the bot out of file descriptors."""
+    async with _CountingForwarder(emu.api_url) as fwd:
+        m = SlackMessenger(make_web_client(TOKEN, fwd.url), POLICY)
+        try:
+            await m.start()
+            burst = [m.post_card(make_request()) for _ in range(3 * SLACK_MAX_CONNECTIONS)]
+            refs = await asyncio.gather(*burst)
+        finally:
+            await m.aclose()
+    assert len({ref.ts for ref in refs}) == 3 * SLACK_MAX_CONNECTIONS
+    assert fwd.max_open <= SLACK_MAX_CONNECTIONS
+    assert fwd.accepted <= SLACK_MAX_CONNECTIONS
+    assert fwd.accepted > 1  # the calls did overlap: the bound, not serial calls, kept the count down
+
+
+async def test_an_unstarted_messenger_still_works_one_connection_per_call(emu: AsyncEmulatorClient) -> None:
+    async with _CountingForwarder(emu.api_url) as fwd:
+        m = SlackMessenger(make_web_client(TOKEN, fwd.url), POLICY)
+        for _ in range(2):
+            await m.post_card(make_request())
+    assert fwd.accepted == 2
