@@ -1,0 +1,77 @@
+"""The sixth review's findings: one test per attack, named after it, asserting what the product answers. Each
+was first committed as ``xfail(strict=True)`` (the product failed it), then fixed (docs/security.md, "Sixth
+review").
+
+Played: a rejection of the attempt its request was opened for, the run not re-run, while GitHub's read of
+the checked attempt's deployment fails or disagrees with the webhook.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keyturn.bot.callbacks import refused
+from keyturn.signer.receipt import Scope
+from tests.gate_fixtures import mint_receipt
+from tests.test_review_findings_5 import FlakyReviews, _rig
+from tests.test_review_findings_oidc_github import GH_SHA, WORKFLOW
+
+
+class BrokenDeployment(FlakyReviews):
+    """:class:`FlakyReviews`, but once ``broken`` the deployment reads as ``answer`` (deleted: 404; or
+    rewritten: another sha than the webhook's)."""
+
+    def __init__(self, answer: httpx.Response) -> None:
+        super().__init__()
+        self.answer = answer
+        self.broken = False
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.broken and "/deployments/" in request.url.path:
+            return self.answer
+        return await super().__call__(request)
+
+
+# Deleted (or the App lost its deployments permission: 403, the same read failure), or disagreeing with the
+# webhook (any run_scope mismatch takes the same path).
+ANSWERS = {
+    "deleted": httpx.Response(404, json={"message": "Not Found"}),
+    "rewritten": httpx.Response(200, json={"id": 1041, "sha": "f" * 40, "environment": "production"}),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="sixth review: a rejection reads the deployment it does not need")
+@pytest.mark.parametrize("deployment", sorted(ANSWERS))
+async def test_attack_a_broken_deployment_read_strands_the_rejection(tmp_path: Path, deployment: str) -> None:
+    """Run 41 waits at attempt 1; its request was denied in Slack and the run was never re-run. Since the
+    fifth review the approver re-reads the run before rejecting, but it read the whole scope (the run and the
+    deployment) as for an approval, although a rejection needs only the attempt: a deployment GitHub no
+    longer gives (deleted: 502 on every try, so the outbox retried until it dead-lettered) or one that
+    disagrees with the webhook (409 ``run_mismatch``, final) left the run waiting for GitHub's 30-day timeout
+    while Slack said it was denied. A rejection must be posted whatever the deployment reads as: it is the
+    fail-closed answer, and the attempt check alone keeps it off a re-run."""
+    github = BrokenDeployment(ANSWERS[deployment])
+    async with _rig(tmp_path, github) as rig:
+        github.down, github.broken = False, True
+        record = await rig.bot.hand_over(rig.denied, None)
+        assert (record["outcome"], record["status"]) == ("delivered", 200), record
+        assert not refused(record)
+        assert github.reviews == [(41, 1, "rejected")]
+
+
+@pytest.mark.parametrize("deployment", sorted(ANSWERS))
+async def test_an_approval_still_needs_the_deployment_to_agree(tmp_path: Path, deployment: str) -> None:
+    """The fix is the rejection's only: an approval still reads the deployment and refuses it unread (502,
+    retried) or disagreeing (409 ``run_mismatch``); nothing is posted."""
+    github = BrokenDeployment(ANSWERS[deployment])
+    async with _rig(tmp_path, github) as rig:
+        github.down, github.broken = False, True
+        receipt = mint_receipt(Scope("acme/web", GH_SHA, "production", WORKFLOW))
+        answer = await rig.approver.approve((41, "production"), receipt)
+        expected = (502, "github_unavailable") if deployment == "deleted" else (409, "run_mismatch")
+        assert (answer.status_code, json.loads(bytes(answer.body))["error"]) == expected
+        assert github.reviews == []
