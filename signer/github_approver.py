@@ -358,20 +358,33 @@ class Approver:
         deployment = await self._read(webhook, "deployment")
         return github_app.run_scope(webhook, run, deployment), github_app.run_attempt(run)
 
-    async def _at_checked_attempt(self, pending: PendingRun) -> Scope | JSONResponse:
-        """The waiting run's scope as GitHub's API reports it now, or the answer refusing to decide it:
-        GitHub unreachable (502), its reads disagreeing with the webhook (409), or the run at another attempt
-        than the one whose webhook was checked (409 ``run_attempt_changed``): GitHub's review endpoint decides
-        whatever attempt waits now, so only the checked one may be approved or rejected."""
-        hook = pending.webhook
+    async def _at_checked_attempt(self, pending: PendingRun) -> dict[str, Any] | JSONResponse:
+        """GitHub's API's read of the waiting run if it is still at the attempt whose webhook was checked, or
+        the answer refusing to decide it: GitHub unreachable (502), no usable ``run_attempt`` (409), or
+        another attempt (409 ``run_attempt_changed``): GitHub's review endpoint decides whatever attempt waits
+        now, so only the checked one may be approved or rejected. All a rejection needs: it never waits on
+        the deployment's read (deleted, or disagreeing with the webhook, the run is rejected all the same)."""
         try:
-            # The attempt first: after a re-run the checked attempt's deployment is not the run's any more,
-            # and is not needed to refuse.
-            run = await self._read(hook, "run") or {}
+            run = await self._read(pending.webhook, "run") or {}
             attempt = github_app.run_attempt(run)
-            if pending.attempt is None or attempt != pending.attempt:
-                return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
-            return github_app.run_scope(hook, run, await self._read(hook, "deployment"))
+        except GitHubUnavailable as exc:
+            return _refusal(502, exc)
+        except GitHubError as exc:
+            return _refusal(409, exc, fields=exc.fields)
+        if pending.attempt is None or attempt != pending.attempt:
+            return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
+        return run
+
+    async def _checked_scope(self, pending: PendingRun) -> Scope | JSONResponse:
+        """The waiting run's scope as GitHub's API reports it now, for an approval's receipt, or the answer
+        refusing to decide it (:meth:`_at_checked_attempt`'s, or the deployment's read failing or disagreeing
+        with the webhook). The attempt first: after a re-run the checked attempt's deployment is not the run's
+        any more, and is not needed to refuse."""
+        run = await self._at_checked_attempt(pending)
+        if isinstance(run, JSONResponse):
+            return run
+        try:
+            return github_app.run_scope(pending.webhook, run, await self._read(pending.webhook, "deployment"))
         except GitHubUnavailable as exc:
             return _refusal(502, exc)
         except GitHubError as exc:
@@ -432,7 +445,7 @@ class Approver:
         async with self._deciding(key) as pending:
             if isinstance(pending, JSONResponse):
                 return pending
-            scope = await self._at_checked_attempt(pending)
+            scope = await self._checked_scope(pending)
             if isinstance(scope, JSONResponse):
                 return scope
             try:
@@ -471,9 +484,9 @@ class Approver:
                 return pending
             if delivery is not None and delivery != pending.webhook.delivery:
                 return _error(409, "run_attempt_changed", reason="delivery", delivery=delivery)
-            scope = await self._at_checked_attempt(pending)
-            if isinstance(scope, JSONResponse):
-                return scope
+            run = await self._at_checked_attempt(pending)
+            if isinstance(run, JSONResponse):
+                return run
             rid = request_id if contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)

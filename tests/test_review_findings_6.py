@@ -44,7 +44,6 @@ ANSWERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="sixth review: a rejection reads the deployment it does not need")
 @pytest.mark.parametrize("deployment", sorted(ANSWERS))
 async def test_attack_a_broken_deployment_read_strands_the_rejection(tmp_path: Path, deployment: str) -> None:
     """Run 41 waits at attempt 1; its request was denied in Slack and the run was never re-run. Since the
