@@ -198,7 +198,7 @@ class GitHubApi:
         )
         if resp.status_code != 201:
             raise GitHubUnavailable(reason="token_refused", status=resp.status_code)
-        token = resp.json().get("token")
+        token = (_json_object(resp) or {}).get("token")
         if not isinstance(token, str):
             raise GitHubUnavailable(reason="no_token")
         # GitHub's tokens last an hour; re-asking after 50 minutes needs no date parsing.
@@ -221,10 +221,21 @@ class GitHubApi:
         resp = await self.call("GET", path, installation_id)
         if resp.status_code != 200:
             raise GitHubUnavailable(reason="read_status", path=path, status=resp.status_code)
-        data = resp.json()
-        if not isinstance(data, dict):
+        data = _json_object(resp)
+        if data is None:
             raise GitHubUnavailable(reason="read_not_object", path=path)
         return data
+
+
+def _json_object(resp: httpx.Response) -> dict[str, Any] | None:
+    """``resp``'s body as a JSON object, or None when it is none (not JSON: a proxy's page, a cut answer;
+    or JSON of another type). Never raises: an answer GitHub did not mean is GitHub unavailable for the
+    caller (502, retried; at webhook time the delivery's claim released), not an unhandled 500."""
+    try:
+        data = json.loads(resp.content)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: Mapping[str, str]) -> bytes:
