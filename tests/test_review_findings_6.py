@@ -18,7 +18,7 @@ import pytest
 from keyturn.bot.callbacks import refused
 from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import mint_receipt
-from tests.test_review_findings_5 import FlakyReviews, _rig
+from tests.test_review_findings_5 import FlakyReviews, _no_wait_approver, _rig
 from tests.test_review_findings_oidc_github import GH_SHA, WORKFLOW, _deliver, _webhook
 
 
@@ -113,3 +113,29 @@ async def test_attack_a_garbled_github_read_strands_the_webhook(tmp_path: Path, 
         assert (reject.status_code, json.loads(bytes(reject.body))["error"]) == (502, "github_unavailable")
         github.garbled = False
         assert await _deliver(rig.approver, rerun, "delivery-a2") == (200, None)
+
+
+# --- the approver: a webhook GitHub delivers late, after the re-run's ---------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="sixth review, open: a late webhook is kept as the current attempt's")
+async def test_attack_a_late_first_webhook_rejects_the_rerun(tmp_path: Path) -> None:
+    """Run 41 was re-run before GitHub's webhook for attempt 1 (deployment 1041) reached the approver:
+    GitHub's deliveries are asynchronous, and a hostile bot may simply hold one back. The re-run's webhook
+    (attempt 2, deployment 2041) came first and waits for its own request. The late one is "never taken", so
+    it replaced the re-run's, kept with the attempt GitHub reports *now* (2): the approver cannot tell a
+    webhook's own attempt. Its request (``scope_busy`` behind the re-run's, or denied) is rejected naming
+    that delivery, which is the kept one, at the attempt kept, and GitHub still reports 2: the rejection lands
+    on the re-run, whose own request's approvers were never asked (the fifth review's binding is to the
+    approver's read, not to the attempt the webhook was sent for)."""
+    github = FlakyReviews()
+    github.down = False
+    github.attempts[41] = 2
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
+        approver = _no_wait_approver(tmp_path, gh_client)
+        assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
+        late = await _deliver(approver, _webhook(41, deployment_id=1041), "delivery-a1")
+        reject = await approver.reject((41, "production"), "another run is waiting", None, "delivery-a1")
+        answers = (late, (reject.status_code, json.loads(bytes(reject.body)).get("error")))
+        assert github.reviews == [], answers
+        assert late[0] == 409 or answers[1] == (409, "run_attempt_changed"), answers
