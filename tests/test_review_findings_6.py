@@ -16,10 +16,47 @@ import httpx
 import pytest
 
 from keyturn.bot.callbacks import refused
+from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import mint_receipt
-from tests.test_review_findings_5 import FlakyReviews, _no_wait_approver, _rig
+from tests.test_review_findings_5 import FlakyReviews, _ask, _event_claim, _no_wait_approver, _policy, _rig
 from tests.test_review_findings_oidc_github import GH_SHA, WORKFLOW, _deliver, _webhook
+
+# --- OIDC: the allow-list is exact; variants of an admitted name are other names ------------------------
+
+VARIANTS = [
+    "Push",
+    "PUSH",
+    "push ",
+    " push",
+    "push\n",
+    "push\u200b",
+    "\uff50\uff55\uff53\uff48",
+    "push\x00",
+    "pu\u0073h\u0301",
+]
+
+
+@pytest.mark.parametrize("kind", ["github", "gitlab"])
+@pytest.mark.parametrize("event", VARIANTS)
+def test_a_variant_of_an_admitted_event_name_passes_no_branch_rule(kind: str, event: str) -> None:
+    """Tried as an attack, held: a job cannot pass the allow-list with another casing, padding, a zero-width
+    or combining character, or full-width letters of ``push`` (a CI platform never sends them, but the claim
+    is the issuer's string as signed, and the comparison must not normalise it)."""
+    with pytest.raises(KeyturnError) as exc:
+        _ask(kind, _policy(kind), **{_event_claim(kind): event})
+    assert exc.value.code == "oidc_event_not_allowed"
+
+
+@pytest.mark.parametrize("kind", ["github", "gitlab"])
+@pytest.mark.parametrize("event", ["", 7, True, ["push"], {"push": 1}])
+def test_an_empty_or_non_string_event_claim_is_no_event(kind: str, event: object) -> None:
+    """Tried, held: an event claim that is empty or not a string is read as none (``no_event``), never as
+    ``push``."""
+    with pytest.raises(KeyturnError) as exc:
+        _ask(kind, _policy(kind), **{_event_claim(kind): event})
+    assert exc.value.code == "oidc_event_not_allowed"
+    assert "names no event" in exc.value.message
 
 
 class BrokenDeployment(FlakyReviews):
