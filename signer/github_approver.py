@@ -27,7 +27,7 @@ attempt each request id approved (run, environment, deployment and ``run_attempt
 another (``receipt_spent``). GitHub's review endpoint is per run, not per attempt, so an approval or a
 rejection is sent only while the run is still at the attempt whose webhook was checked (and, for a rejection
 naming its delivery, was opened from that webhook): ``run_attempt_changed``; a newer attempt's webhook
-replaces a waiting earlier one.
+replaces a waiting earlier one, and an earlier one delivered after it is ``stale_webhook``.
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -238,6 +238,15 @@ def _json_object(resp: httpx.Response) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _older(hook: Webhook, kept: PendingRun | None) -> bool:
+    """Whether ``hook``'s deployment was created before the one of the webhook kept for its run: GitHub
+    creates a re-run's deployment after the earlier attempt's, so the earlier webhook came late. Both times
+    are GitHub-signed and from one clock; a webhook without one is not compared (as before)."""
+    if kept is None or hook.created_at is None or kept.webhook.created_at is None:
+        return False
+    return hook.created_at < kept.webhook.created_at
+
+
 def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: Mapping[str, str]) -> bytes:
     """The approver's memory as JSON (no secrets in it: ids, scopes, statuses and comments)."""
     return json.dumps(
@@ -432,6 +441,11 @@ class Approver:
         except GitHubError as exc:
             return _refusal(409, exc, fields=exc.fields)
         async with self._lock(run_key(hook)):
+            if _older(hook, self.runs.get(run_key(hook))):
+                # An earlier attempt's webhook, delivered late (or held back) after the re-run's: kept, it
+                # would stand for the attempt GitHub reports now, and its request's rejection would reject
+                # the re-run. Refused; the claim stays (a replay of it is as stale).
+                return _error(409, "stale_webhook", deployment=hook.deployment_id)
             # A webhook never taken before is a newer attempt (or deployment) of the run: it replaces the
             # one kept, even a waiting one. Kept, the earlier attempt's request (spent on it, its approval's
             # answer lost) would pass the "spent on this attempt" check and approve the re-run waiting now.

@@ -4,7 +4,8 @@ review").
 
 Played: a rejection of the attempt its request was opened for, the run not re-run, while GitHub's read of
 the checked attempt's deployment fails or disagrees with the webhook; GitHub (or a proxy) answering a read
-with a body that is not JSON.
+with a body that is not JSON; an earlier attempt's webhook delivered after the re-run's; and, held, event
+names that are variants of admitted ones.
 """
 
 from __future__ import annotations
@@ -155,7 +156,13 @@ async def test_attack_a_garbled_github_read_strands_the_webhook(tmp_path: Path, 
 # --- the approver: a webhook GitHub delivers late, after the re-run's ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="sixth review, open: a late webhook is kept as the current attempt's")
+def _dated_webhook(deployment_id: int, created_at: str) -> bytes:
+    """Run 41's webhook for ``deployment_id``, created (GitHub-signed) at ``created_at``."""
+    payload = json.loads(_webhook(41, deployment_id=deployment_id))
+    payload["deployment"]["created_at"] = created_at
+    return json.dumps(payload).encode()
+
+
 async def test_attack_a_late_first_webhook_rejects_the_rerun(tmp_path: Path) -> None:
     """Run 41 was re-run before GitHub's webhook for attempt 1 (deployment 1041) reached the approver:
     GitHub's deliveries are asynchronous, and a hostile bot may simply hold one back. The re-run's webhook
@@ -164,15 +171,42 @@ async def test_attack_a_late_first_webhook_rejects_the_rerun(tmp_path: Path) -> 
     webhook's own attempt. Its request (``scope_busy`` behind the re-run's, or denied) is rejected naming
     that delivery, which is the kept one, at the attempt kept, and GitHub still reports 2: the rejection lands
     on the re-run, whose own request's approvers were never asked (the fifth review's binding is to the
-    approver's read, not to the attempt the webhook was sent for)."""
+    approver's read, not to the attempt the webhook was sent for), and the re-run's own rejection was refused.
+    Now a webhook whose deployment was created before the kept one's is ``stale_webhook`` (409) and replaces
+    nothing."""
     github = FlakyReviews()
     github.down = False
     github.attempts[41] = 2
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
         approver = _no_wait_approver(tmp_path, gh_client)
-        assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
-        late = await _deliver(approver, _webhook(41, deployment_id=1041), "delivery-a1")
+        rerun = _dated_webhook(2041, "2026-11-30T10:05:01Z")
+        assert await _deliver(approver, rerun, "delivery-a2") == (200, None)
+        late = _dated_webhook(1041, "2026-11-30T10:00:02Z")
+        assert await _deliver(approver, late, "delivery-a1") == (409, "stale_webhook")
         reject = await approver.reject((41, "production"), "another run is waiting", None, "delivery-a1")
-        answers = (late, (reject.status_code, json.loads(bytes(reject.body)).get("error")))
-        assert github.reviews == [], answers
-        assert late[0] == 409 or answers[1] == (409, "run_attempt_changed"), answers
+        assert (reject.status_code, json.loads(bytes(reject.body)).get("error")) == (
+            409,
+            "run_attempt_changed",
+        )
+        assert github.reviews == []
+        # The re-run's own rejection still lands on it; the late webhook stays refused.
+        own = await approver.reject((41, "production"), "denied", None, "delivery-a2")
+        assert own.status_code == 200
+        assert github.reviews == [(41, 2, "rejected")]
+        assert await _deliver(approver, late, "delivery-a1") == (409, "replayed_delivery")
+
+
+@pytest.mark.parametrize("second", ["2026-11-30T10:00:02Z", "2026-11-30T10:05:01Z"], ids=["same", "later"])
+async def test_a_second_webhook_not_older_than_the_kept_one_replaces_it(tmp_path: Path, second: str) -> None:
+    """The check refuses only an older deployment than the kept one: a re-run's (later), or a second job of
+    the same attempt deploying to the same environment (created the same second), replaces it as before."""
+    github = FlakyReviews()
+    github.down = False
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
+        approver = _no_wait_approver(tmp_path, gh_client)
+        assert await _deliver(approver, _dated_webhook(1041, "2026-11-30T10:00:02Z"), "delivery-a1") == (
+            200,
+            None,
+        )
+        assert await _deliver(approver, _dated_webhook(2041, second), "delivery-b") == (200, None)
+        assert approver.runs[(41, "production")].webhook.delivery == "delivery-b"
