@@ -27,7 +27,7 @@ attempt each request id approved (run, environment, deployment and ``run_attempt
 another (``receipt_spent``). GitHub's review endpoint is per run, not per attempt, so an approval or a
 rejection is sent only while the run is still at the attempt whose webhook was checked (and, for a rejection
 naming its delivery, was opened from that webhook): ``run_attempt_changed``; a newer attempt's webhook
-replaces a waiting earlier one.
+replaces a waiting earlier one, and an earlier one delivered after it is ``stale_webhook``.
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -198,7 +198,7 @@ class GitHubApi:
         )
         if resp.status_code != 201:
             raise GitHubUnavailable(reason="token_refused", status=resp.status_code)
-        token = resp.json().get("token")
+        token = (_json_object(resp) or {}).get("token")
         if not isinstance(token, str):
             raise GitHubUnavailable(reason="no_token")
         # GitHub's tokens last an hour; re-asking after 50 minutes needs no date parsing.
@@ -221,10 +221,30 @@ class GitHubApi:
         resp = await self.call("GET", path, installation_id)
         if resp.status_code != 200:
             raise GitHubUnavailable(reason="read_status", path=path, status=resp.status_code)
-        data = resp.json()
-        if not isinstance(data, dict):
+        data = _json_object(resp)
+        if data is None:
             raise GitHubUnavailable(reason="read_not_object", path=path)
         return data
+
+
+def _json_object(resp: httpx.Response) -> dict[str, Any] | None:
+    """``resp``'s body as a JSON object, or None when it is none (not JSON: a proxy's page, a cut answer;
+    or JSON of another type). Never raises: an answer GitHub did not mean is GitHub unavailable for the
+    caller (502, retried; at webhook time the delivery's claim released), not an unhandled 500."""
+    try:
+        data = json.loads(resp.content)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _older(hook: Webhook, kept: PendingRun | None) -> bool:
+    """Whether ``hook``'s deployment was created before the one of the webhook kept for its run: GitHub
+    creates a re-run's deployment after the earlier attempt's, so the earlier webhook came late. Both times
+    are GitHub-signed and from one clock; a webhook without one is not compared (as before)."""
+    if kept is None or hook.created_at is None or kept.webhook.created_at is None:
+        return False
+    return hook.created_at < kept.webhook.created_at
 
 
 def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: Mapping[str, str]) -> bytes:
@@ -358,20 +378,33 @@ class Approver:
         deployment = await self._read(webhook, "deployment")
         return github_app.run_scope(webhook, run, deployment), github_app.run_attempt(run)
 
-    async def _at_checked_attempt(self, pending: PendingRun) -> Scope | JSONResponse:
-        """The waiting run's scope as GitHub's API reports it now, or the answer refusing to decide it:
-        GitHub unreachable (502), its reads disagreeing with the webhook (409), or the run at another attempt
-        than the one whose webhook was checked (409 ``run_attempt_changed``): GitHub's review endpoint decides
-        whatever attempt waits now, so only the checked one may be approved or rejected."""
-        hook = pending.webhook
+    async def _at_checked_attempt(self, pending: PendingRun) -> dict[str, Any] | JSONResponse:
+        """GitHub's API's read of the waiting run if it is still at the attempt whose webhook was checked, or
+        the answer refusing to decide it: GitHub unreachable (502), no usable ``run_attempt`` (409), or
+        another attempt (409 ``run_attempt_changed``): GitHub's review endpoint decides whatever attempt waits
+        now, so only the checked one may be approved or rejected. All a rejection needs: it never waits on
+        the deployment's read (deleted, or disagreeing with the webhook, the run is rejected all the same)."""
         try:
-            # The attempt first: after a re-run the checked attempt's deployment is not the run's any more,
-            # and is not needed to refuse.
-            run = await self._read(hook, "run") or {}
+            run = await self._read(pending.webhook, "run") or {}
             attempt = github_app.run_attempt(run)
-            if pending.attempt is None or attempt != pending.attempt:
-                return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
-            return github_app.run_scope(hook, run, await self._read(hook, "deployment"))
+        except GitHubUnavailable as exc:
+            return _refusal(502, exc)
+        except GitHubError as exc:
+            return _refusal(409, exc, fields=exc.fields)
+        if pending.attempt is None or attempt != pending.attempt:
+            return _error(409, "run_attempt_changed", attempt=attempt, checked=pending.attempt)
+        return run
+
+    async def _checked_scope(self, pending: PendingRun) -> Scope | JSONResponse:
+        """The waiting run's scope as GitHub's API reports it now, for an approval's receipt, or the answer
+        refusing to decide it (:meth:`_at_checked_attempt`'s, or the deployment's read failing or disagreeing
+        with the webhook). The attempt first: after a re-run the checked attempt's deployment is not the run's
+        any more, and is not needed to refuse."""
+        run = await self._at_checked_attempt(pending)
+        if isinstance(run, JSONResponse):
+            return run
+        try:
+            return github_app.run_scope(pending.webhook, run, await self._read(pending.webhook, "deployment"))
         except GitHubUnavailable as exc:
             return _refusal(502, exc)
         except GitHubError as exc:
@@ -408,6 +441,11 @@ class Approver:
         except GitHubError as exc:
             return _refusal(409, exc, fields=exc.fields)
         async with self._lock(run_key(hook)):
+            if _older(hook, self.runs.get(run_key(hook))):
+                # An earlier attempt's webhook, delivered late (or held back) after the re-run's: kept, it
+                # would stand for the attempt GitHub reports now, and its request's rejection would reject
+                # the re-run. Refused; the claim stays (a replay of it is as stale).
+                return _error(409, "stale_webhook", deployment=hook.deployment_id)
             # A webhook never taken before is a newer attempt (or deployment) of the run: it replaces the
             # one kept, even a waiting one. Kept, the earlier attempt's request (spent on it, its approval's
             # answer lost) would pass the "spent on this attempt" check and approve the re-run waiting now.
@@ -432,7 +470,7 @@ class Approver:
         async with self._deciding(key) as pending:
             if isinstance(pending, JSONResponse):
                 return pending
-            scope = await self._at_checked_attempt(pending)
+            scope = await self._checked_scope(pending)
             if isinstance(scope, JSONResponse):
                 return scope
             try:
@@ -471,9 +509,9 @@ class Approver:
                 return pending
             if delivery is not None and delivery != pending.webhook.delivery:
                 return _error(409, "run_attempt_changed", reason="delivery", delivery=delivery)
-            scope = await self._at_checked_attempt(pending)
-            if isinstance(scope, JSONResponse):
-                return scope
+            run = await self._at_checked_attempt(pending)
+            if isinstance(run, JSONResponse):
+                return run
             rid = request_id if contract.is_request_id(request_id) else None
             comment = github_app.reject_comment(reason, rid, self._link(rid) if rid else None)
             return await self._review(pending, "rejected", comment, rid)

@@ -364,6 +364,10 @@ _GITHUB: dict[str, Template | Reasons] = {
     "unknown_run": "no checked webhook for this run and environment",
     "already_decided": "the run was already {decided}",
     "replayed_delivery": "delivery {delivery} (or its body) was already taken",
+    "stale_webhook": (
+        "deployment {deployment} was created before the one of the webhook kept for the run: an earlier "
+        "attempt's webhook, delivered late"
+    ),
     "run_attempt_changed": {
         None: (
             "the run is at attempt {attempt}, not the attempt {checked} whose webhook was checked; the new "

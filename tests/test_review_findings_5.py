@@ -242,8 +242,8 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def _rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    github, store, first = FlakyReviews(), OneOrigin(), _webhook(41, deployment_id=1041)
+async def _rig(tmp_path: Path, github: FlakyReviews | None = None) -> AsyncIterator[Rig]:
+    github, store, first = github or FlakyReviews(), OneOrigin(), _webhook(41, deployment_id=1041)
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
         approver = _no_wait_approver(tmp_path, gh_client)
         transport = httpx.ASGITransport(app=create_app(approver))

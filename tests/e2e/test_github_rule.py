@@ -217,11 +217,11 @@ def test_refused_webhooks_leave_no_waiting_run(
     assert gh.calls() == []  # refused before any API call
 
 
-def _decided(gh: GitHubRig, stack: Stack, run_id: int, status: str) -> dict[str, Any]:
-    """Wait for the bot's hand-off to decide the run, then for the bot's last outcome notice (the DM to the
-    requester, alice): the hand-off may overtake the Slack notices, and a notice landing after the next
-    test's reset would be counted there. The run."""
-    run = gh.wait_run(run_id, status)
+def _decided(gh: GitHubRig, stack: Stack, run_id: int, status: str, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait (up to ``timeout`` seconds) for the bot's hand-off to decide the run, then for the bot's last
+    outcome notice (the DM to the requester, alice): the hand-off may overtake the Slack notices, and a notice
+    landing after the next test's reset would be counted there. The run."""
+    run = gh.wait_run(run_id, status, timeout)
     stack.emulator.wait_for("chat.postMessage", timeout=10, channel="D0ALICE")
     return run
 
@@ -523,16 +523,25 @@ def test_through_the_bot_github_faults_delay_the_approval_but_never_make_one(
     gh: GitHubRig, stack: Stack
 ) -> None:
     """GitHub fails more often than the approver retries: the approver answers 502, the bot tries again, and
-    the run is approved once when GitHub answers. The receipt is what approves; the faults only delay it."""
+    the run is approved once when GitHub answers. The receipt is what approves; the faults only delay it.
+
+    4 faults, the approver trying 3 times per call: the first hand-off fails whole (its read of the run), the
+    second (the outbox's, after its 1 s backoff) meets one more and then GitHub. It was 5, which left the
+    second hand-off no spare try: under load one more failure (the approver's 1 s timeout on a starved
+    emulator) failed it, and the third, the stack's last (KEYTURN_CALLBACK_ATTEMPTS=3), was the only one
+    left before the dead letter. The wait covers the slowest success (3 hand-offs of 3 calls of 3 tries at
+    the 1 s timeout, the 1 s and 2 s backoffs: about 30 s); a run never approved still fails it."""
     run_id, req = through_the_bot(gh, stack)
     stack.click("U0BOB", req)
     stack.wait_version(req["requestId"], req["version"])
-    gh.faults(server_errors=5)  # the approver tries 3 times per call: its first hand-off fails whole
+    gh.faults(server_errors=4)
     stack.click("U0CAROL", req)
-    run = _decided(gh, stack, run_id, "approved")
+    run = _decided(gh, stack, run_id, "approved", timeout=40)
     assert [r["state"] for r in run["reviews"]] == [None, "approved"]
-    statuses = [c.get("status") for c in gh.calls()]
-    assert statuses.count(502) == 5
+    calls = gh.calls()
+    assert [c.get("status") for c in calls].count(502) == 4
+    # The faults hit the approval's read of the run, across two hand-offs: never the review itself.
+    assert {c["path"] for c in calls if c.get("status") == 502} == {f"/repos/acme/web/actions/runs/{run_id}"}
     assert len(gh.reviews_posted(run_id)) == 2  # the status comment and the one approval
 
 
