@@ -34,9 +34,10 @@ SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 ENV_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
 # The event that started a job (GitHub's webhook ``event`` and ``event_name``, GitLab's ``pipeline_source``):
-# every name either platform documents is lowercase letters and underscores. The card shows it, so nothing
-# else may pass (no markup, no spaces, no line break, nothing long).
-EVENT_RE = re.compile(r"\A[a-z_]{1,64}\Z")
+# every name either platform documents is lowercase words joined by single underscores. The card shows it in
+# mrkdwn, so nothing else may pass: no markup, no spaces, no line break, nothing long, and no underscore at
+# either end or doubled (Slack reads ``_push_`` as *push* in italics).
+EVENT_RE = re.compile(r"\A(?=.{1,64}\Z)[a-z]+(?:_[a-z]+)*\Z")
 REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
 
 
@@ -64,7 +65,7 @@ def workflow_problem(value: str) -> str | None:
 
 def event_problem(value: str) -> str | None:
     """What is wrong with ``value`` as the event that started a job (None if valid)."""
-    return None if EVENT_RE.match(value) else "must be 1-64 lowercase letters or '_'"
+    return None if EVENT_RE.match(value) else "must be 1-64 lowercase letters, words joined by single '_'"
 
 
 # The check of each scope field, by its name in a CI request body and in a receipt's scope.

@@ -197,13 +197,16 @@ HOSTILE_EVENTS = [
     "p" * 65,
     "",
     "pus\u200bh",
+    "_push_",
+    "pull__request",
 ]
 
 
 @pytest.mark.parametrize("event", HOSTILE_EVENTS)
 def test_attack_a_hostile_event_string_reaches_the_card(event: str) -> None:
     """The webhook's ``event`` is GitHub's word, but the card must never carry markup, a line break that
-    forges a line, an emoji code or a long text from it: anything outside ``[a-z_]{1,64}`` is refused as
+    forges a line, an emoji code, italics (``_push_``) or a long text from it: anything outside
+    ``contract.EVENT_RE`` (lowercase words joined by single ``_``, at most 64 characters) is refused as
     ``bad_origin`` at arrival, when the bot reads the claim, at signing, and by the renderer itself."""
     body = _webhook(event)
     origin = _origin(body)
