@@ -67,7 +67,7 @@ required_approvals = 1
 request_ttl = "3s"
 receipt_ttl = "15m"
 
-# Under the opt-in GitHub rule: only pushes, manual runs and schedules of main (tests/e2e/test_github_rule.py).
+# The opt-in GitHub rule: only pushes, manual runs and schedules of main (tests/e2e/test_github_rule.py).
 [environments.guarded]
 channel = "C0DEPLOYS"
 approvers = ["U0BOB", "U0CAROL"]
