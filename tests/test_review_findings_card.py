@@ -231,6 +231,13 @@ def test_attack_a_hostile_event_string_reaches_the_card(event: str) -> None:
     )
 
 
+@pytest.mark.parametrize("event", [*(e for e in HOSTILE_EVENTS if e), "deploy2"])
+def test_attack_a_hostile_event_name_in_an_oidc_token_reaches_the_card(event: str) -> None:
+    """The same grammar for an OIDC token's ``event_name`` (its card shows it too): ``bad_origin``. (An
+    empty claim is read as no event: ``oidc_event_not_allowed`` under a branch rule, as before.)"""
+    assert _refusal(lambda: _ask("github", oidc_policy("github"), event_name=event)) == "bad_origin"
+
+
 @settings(max_examples=80, deadline=None)
 @given(event=st.text(max_size=70))
 @example(event="pull_request_target")
