@@ -537,12 +537,12 @@ def _run_link(url: str, scope: Scope, environments: Collection[str]) -> str:
 
 def _started_by(event: str | None) -> dict[str, Any]:
     """``*Started by:* <event>``: the event that started the job, so a pull request's run never looks like a
-    push to a branch. Only ``contract.EVENT_RE`` is ever shown (lowercase letters and ``_``: no markup, no
-    line break); anything else is refused as ``bad_origin`` before rendering."""
+    push to a branch. Only ``contract.EVENT_RE`` is ever shown (lowercase words joined by single ``_``: no
+    markup, no italics, no line break); anything else is refused as ``bad_origin`` before rendering."""
     if event is None:
         return _mrkdwn(STARTED_BY + NO_EVENT)
-    if contract.event_problem(event):
-        raise KeyturnError(code="bad_origin", reason="bad_event", detail=contract.event_problem(event))
+    if problem := contract.event_problem(event):
+        raise KeyturnError(code="bad_origin", reason="bad_event", detail=problem)
     return _mrkdwn(STARTED_BY + event)
 
 
