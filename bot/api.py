@@ -141,12 +141,13 @@ CLIENT_FAULT = 400
 
 
 def status_of(code: str, default: int = CLIENT_FAULT) -> int:
-    """The HTTP status of ``code``: the table's, 403 for a refused OIDC claim (``oidc_*_not_allowed``, a
-    family the signer may grow), else ``default`` — a 4xx, since an unlisted code is a refusal, not an
-    outage (``_check_oidc`` passes 401: whatever the signer refused a token for, it is not authenticated)."""
+    """The HTTP status of ``code``: the table's, 403 for a refused OIDC claim or GitHub run
+    (``oidc_*_not_allowed``, ``github_*_not_allowed``: families the signer may grow), else ``default`` — a
+    4xx, since an unlisted code is a refusal, not an outage (``_check_oidc`` passes 401: whatever the signer
+    refused a token for, it is not authenticated)."""
     if code in HTTP_STATUS:
         return HTTP_STATUS[code]
-    if code.startswith("oidc_") and code.endswith("_not_allowed"):
+    if code.startswith(("oidc_", "github_")) and code.endswith("_not_allowed"):
         return 403
     return default
 

@@ -360,16 +360,22 @@ class ApprovalService:
 
     # -- create ----------------------------------------------------------------------------------------
 
-    def _starter(self, origin: OriginEvidence) -> str | None:
-        """OIDC: who started this run attempt, when not the requester, as a Slack user by the policy."""
+    def _origin_facts(self, origin: OriginEvidence) -> dict[str, str | None]:
+        """What the signed origin says beyond the body: for OIDC, who started this run attempt when not the
+        requester (as a Slack user by the policy); for OIDC and GitHub, the event that started the job (the
+        card shows it, as the signer renders it)."""
         evidence = origin_evidence(origin)
-        if not isinstance(evidence, OidcEvidence):
-            return None
+        if not isinstance(evidence, OidcEvidence | GitHubEvidence):
+            return {}
         try:
-            started = origin_claim(evidence, self._policy).triggered_by
+            claim = origin_claim(evidence, self._policy)
         except KeyturnError:
-            return None  # the signer refuses such an origin anyway
-        return self._policy.resolve_requester(started) if started else None
+            return {}  # the signer refuses such an origin anyway
+        started = claim.triggered_by
+        return {
+            "started_by_slack_id": self._policy.resolve_requester(started) if started else None,
+            "event": claim.event,
+        }
 
     async def create(self, body: RequestIn, origin: OriginEvidence) -> tuple[DeployRequest, bool]:
         """Create a request (or return the pending one with the same scope); True if newly created."""
@@ -395,7 +401,7 @@ class ApprovalService:
             requester_slack_id=requester_slack_id,
             origin_kind=origin.kind,
         )
-        request = request.model_copy(update={"created_at": now, "started_by_slack_id": self._starter(origin)})
+        request = request.model_copy(update={"created_at": now, **self._origin_facts(origin)})
         stored, created = await self._store.create_or_get(request, origin, now, self._limits)
         if created:
             self._metrics.requests_created.labels(body.environment).inc()

@@ -82,6 +82,7 @@ def card_facts(request: DeployRequest, policy: Policy) -> trusted.CardFacts:
         title=request.title,
         ref=request.ref,
         run_url=request.run_url,
+        event=request.event,
     )
 
 

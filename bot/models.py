@@ -139,6 +139,8 @@ class DeployRequest(BaseModel):
     started_by_slack_id: str | None = None
     ref: str | None = None
     run_url: str | None = None
+    # OIDC and GitHub origins: the event that started the job, from the signed origin (the card shows it).
+    event: str | None = None
     title: str | None = None
     callback_url: str | None = None
     origin_kind: Literal["ci", "slack_command", "oidc", "github"] = "ci"

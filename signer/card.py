@@ -14,7 +14,8 @@ block               shows                                                       
 ``kt_scope``        repo, full sha, environment, workflow (plain text fields)    the signed origin
 ``kt_status``       requester; approvals so far; expiry (mrkdwn fields)          origin; status grammar
 ``kt_unverified``   title, ref, run link under an "Unverified" label (mrkdwn)   the signed origin (CI text)
-``kt_proven``       (OIDC origins, instead) ref and run link from the token      the token's claims
+``kt_proven``       (OIDC and GitHub origins, instead) ref, event, run link     the token's claims / the
+                    under a label naming what proves them                        signed webhook
 ``kt_decision``     Approve (with a confirm dialog where the policy asks) / Deny the request id, the policy
 ``kt_footer``       the request id                                               the request id
 ==================  ==========================================================  ===========================
@@ -31,8 +32,11 @@ invisible and format characters removed, emoji codes broken, any hash-like run o
 the scope's sha shortened, any other environment the policy knows replaced, Slack control characters escaped.
 
 **OIDC origins** (issue 11) show no body text at all: the body travels beside the token unsigned, so a
-compromised bot could rewrite it. Their ``kt_proven`` block shows only the ref and the run link derived from
-the verified token's claims, under a label saying so; the requester is labelled as proven by the token.
+compromised bot could rewrite it. Their ``kt_proven`` block shows only the ref, the event that started the
+job (``*Started by:* push``) and the run link derived from the verified token's claims, under a label saying
+so; the requester is labelled as proven by the token. **GitHub origins** show the same three from the
+deployment protection rule's webhook, whose signature the signer checks, under "From GitHub's signed
+webhook". An event outside ``contract.EVENT_RE`` is never rendered (``bad_origin``).
 
 **Normalisation** before comparing (``../shared/notes/slack-echoed-blocks.md``): parse both sides as JSON
 (key order and ``\\/`` do not matter); ignore ``verbatim`` (every mrkdwn text here contains nothing Slack
@@ -53,6 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from keyturn.signer import contract
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.receipt import Scope
 from keyturn.signer.words import Fact
@@ -63,6 +68,7 @@ __all__ = [
     "DENY_ACTION",
     "DENY_PROMPT_BLOCK",
     "FOOTER_BLOCK",
+    "GITHUB_LABEL",
     "HEADER_BLOCK",
     "PROVEN_BLOCK",
     "SCOPE_BLOCK",
@@ -110,6 +116,11 @@ APPROVALS_LABEL = "*Approvals*\n"
 EXPIRES_LABEL = "*Expires*\n"
 UNVERIFIED_LABEL = ":warning: *Unverified* (written by the pipeline, not checked by Keyturn)"
 PROVEN_LABEL = ":lock: *From the job's OIDC token* (checked by Keyturn's signer)"
+GITHUB_LABEL = ":lock: *From GitHub's signed webhook* (checked by Keyturn's signer)"
+STARTED_BY = "*Started by:* "
+NO_EVENT = "no event named"
+# The origins whose card shows the event that started the job, under the label of what proves it.
+_PROVEN_LABELS = {"oidc": PROVEN_LABEL, "github": GITHUB_LABEL}
 OTHER_ENVIRONMENT = "[other environment]"
 ELLIPSIS = "…"
 
@@ -175,6 +186,7 @@ class CardFacts:
     title: str | None = None
     ref: str | None = None
     run_url: str | None = None
+    event: str | None = None  # oidc and github origins: the event that started the job (contract.EVENT_RE)
 
 
 # --- text ---------------------------------------------------------------------------------------------------
@@ -523,25 +535,45 @@ def _run_link(url: str, scope: Scope, environments: Collection[str]) -> str:
     return shown
 
 
+def _started_by(event: str | None) -> dict[str, Any]:
+    """``*Started by:* <event>``: the event that started the job, so a pull request's run never looks like a
+    push to a branch. Only ``contract.EVENT_RE`` is ever shown (lowercase words joined by single ``_``: no
+    markup, no italics, no line break); anything else is refused as ``bad_origin`` before rendering."""
+    if event is None:
+        return _mrkdwn(STARTED_BY + NO_EVENT)
+    if problem := contract.event_problem(event):
+        raise KeyturnError(code="bad_origin", reason="bad_event", detail=problem)
+    return _mrkdwn(STARTED_BY + event)
+
+
 def unverified_block(facts: CardFacts, environments: Collection[str]) -> dict[str, Any] | None:
     """The title, ref and run link, under the "Unverified" label; ``None`` when the origin has none.
 
-    For an OIDC origin: the claim-derived ref and run link under the "From the job's OIDC token" label, and
-    never a title (defused all the same: a claim is proven, not harmless).
+    For an OIDC origin: the claim-derived ref, the event that started the job and the run link under the
+    "From the job's OIDC token" label, and never a title (defused all the same: a claim is proven, not
+    harmless). For a GitHub origin: the same three, from the webhook whose signature the signer checked,
+    under "From GitHub's signed webhook".
     """
     scope = facts.scope
-    proven = facts.origin_kind == "oidc"
+    proven = _PROVEN_LABELS.get(facts.origin_kind)
     parts: list[dict[str, Any]] = []
-    if facts.title and not proven:
+    if facts.title and proven is None:
         parts.append(_mrkdwn("*Title:* " + unverified_text(facts.title, scope, environments, TITLE_MAX)))
     if facts.ref:
         parts.append(_mrkdwn("*Ref:* " + unverified_text(facts.ref, scope, environments, REF_MAX)))
+    if proven is not None:
+        parts.append(_started_by(facts.event))
     if facts.run_url:
         parts.append(_mrkdwn("*Run:* " + _run_link(facts.run_url, scope, environments)))
     if not parts:
         return None
-    block_id, label = (PROVEN_BLOCK, PROVEN_LABEL) if proven else (UNVERIFIED_BLOCK, UNVERIFIED_LABEL)
-    return {"type": "context", "block_id": block_id, "elements": [_mrkdwn(label), *parts]}
+    if proven is None:
+        return {
+            "type": "context",
+            "block_id": UNVERIFIED_BLOCK,
+            "elements": [_mrkdwn(UNVERIFIED_LABEL), *parts],
+        }
+    return {"type": "context", "block_id": PROVEN_BLOCK, "elements": [_mrkdwn(proven), *parts]}
 
 
 def footer_block(request_id: str) -> dict[str, Any]:

@@ -13,11 +13,13 @@ import re
 __all__ = [
     "DEFAULT_WORKFLOW",
     "ENV_RE",
+    "EVENT_RE",
     "REPO_RE",
     "REQUEST_ID_RE",
     "SHA_RE",
     "WORKFLOW_RE",
     "environment_problem",
+    "event_problem",
     "is_request_id",
     "repo_problem",
     "scope_problems",
@@ -31,6 +33,11 @@ REPO_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}\Z")
 SHA_RE = re.compile(r"\A(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 ENV_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
+# The event that started a job (GitHub's webhook ``event`` and ``event_name``, GitLab's ``pipeline_source``):
+# every name either platform documents is lowercase words joined by single underscores. The card shows it in
+# mrkdwn, so nothing else may pass: no markup, no spaces, no line break, nothing long, and no underscore at
+# either end or doubled (Slack reads ``_push_`` as *push* in italics).
+EVENT_RE = re.compile(r"\A(?=.{1,64}\Z)[a-z]+(?:_[a-z]+)*\Z")
 REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
 
 
@@ -54,6 +61,11 @@ def environment_problem(value: str) -> str | None:
 def workflow_problem(value: str) -> str | None:
     """What is wrong with ``value`` as a workflow name, or None."""
     return None if WORKFLOW_RE.match(value) else "must be 1-200 letters, digits or ._/@:+- (no spaces)"
+
+
+def event_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as the event that started a job (None if valid)."""
+    return None if EVENT_RE.match(value) else "must be 1-64 lowercase letters, words joined by single '_'"
 
 
 # The check of each scope field, by its name in a CI request body and in a receipt's scope.

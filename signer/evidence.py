@@ -335,9 +335,8 @@ class RequestClaim:
     proof: RequesterProof | None = None  # how the requester was proven, for OIDC origins
     issuer_name: str | None = None  # the policy's name of the OIDC issuer
     triggered_by: str | None = None  # OIDC: who started this run attempt, when not the requester
-    event: str | None = (
-        None  # OIDC: the event that started the job (GitHub event_name, GitLab pipeline_source)
-    )
+    # OIDC and GitHub: the event that started the job (event_name, pipeline_source, the webhook's event)
+    event: str | None = None
 
 
 def parse_ci_request_body(body: bytes) -> CiRequestBody:
@@ -541,14 +540,19 @@ def check_github_webhook(
     secret: str, body: bytes, delivery: str, signature: str, policy: Policy
 ) -> github_app.Webhook:
     """A webhook as it arrives at the signer: GitHub's signature, then the payload and its environment's
-    policy. Raises ``EvidenceError`` with the approver's codes (``bad_signature``, ``no_policy``, ...)."""
+    policy. Raises ``EvidenceError`` with the approver's codes (``bad_signature``, ``no_policy``, ...), or
+    ``bad_origin`` (an event the card cannot show) and ``github_*_not_allowed`` (the environment's
+    ``[environments.<name>.github]`` rule)."""
     try:
         github_app.check_signature(secret, signature, body)
-        return github_app.parse_payload(
+        hook = github_app.parse_payload(
             body, delivery, api_base_path=None, environments=frozenset(policy.environments)
         )
     except github_app.GitHubError as exc:
         raise EvidenceError(exc.code, reason="relayed", detail=exc.message, fields=exc.fields) from None
+    # The environment's GitHub rule, as at signing: a run it refuses opens no request.
+    _check_github_allowed(policy.environment(hook.environment), hook.ref, _checked_event(hook.event))
+    return hook
 
 
 def _verify_github(secret: str, origin: GitHubEvidence) -> int:
@@ -695,7 +699,7 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
         proof=RequesterProof(issuer=cfg.issuer, subject=who.subject, run=who.run),
         issuer_name=name,
         triggered_by=who.triggered_by,
-        event=who.event,
+        event=_checked_event(who.event),
     )
 
 
@@ -742,7 +746,16 @@ def _github_claim(origin: GitHubEvidence, policy: Policy) -> RequestClaim:
         title=None,
         ref=hook.ref,
         run_url=f"https://github.com/{hook.repo}/actions/runs/{hook.run_id}",
+        event=_checked_event(hook.event),
     )
+
+
+def _checked_event(event: str | None) -> str | None:
+    """The event that started the job, as the card may show it; anything outside ``contract.EVENT_RE``
+    (markup, a line break, a long text) is refused before anything renders it."""
+    if event is not None and (problem := contract.event_problem(event)):
+        raise EvidenceError("bad_origin", reason="bad_event", detail=problem)
+    return event
 
 
 def _origin_kind(origin: Origin) -> str:
@@ -765,6 +778,7 @@ def card_facts(request_id: str, claim: RequestClaim, origin: Origin, policy: Pol
         title=claim.title,
         ref=claim.ref,
         run_url=claim.run_url,
+        event=claim.event,
     )
 
 
@@ -792,6 +806,38 @@ class Assessment:
     requester_proof: RequesterProof | None = None
 
 
+# The codes of the branch-and-event rule, per origin that has one (``_check_branch_rule``).
+_BRANCH_RULE_CODES: Mapping[str, tuple[str, str]] = {
+    "oidc": ("oidc_branch_not_allowed", "oidc_event_not_allowed"),
+    "github": ("github_branch_not_allowed", "github_event_not_allowed"),
+}
+
+
+def _check_branch_rule(
+    table: str,
+    platform: str | None,
+    branches: Sequence[str],
+    events: Sequence[str],
+    ref: str | None,
+    event: str | None,
+) -> None:
+    """The branch-and-event rule of an ``[environments.<name>.<table>]`` table (``oidc`` or ``github``), one
+    function for both origins: ``ref`` must name one of ``branches`` (when listed), and ``event`` be in
+    ``events`` or, with a branch rule and no ``events``, in ``REF_BOUND_EVENTS[platform]``."""
+    branch_code, event_code = _BRANCH_RULE_CODES[table]
+    if branches and ref not in {f"refs/heads/{b}" for b in branches}:
+        raise EvidenceError(branch_code, reason="rule", what="branch")
+    # An event rule is an allowlist; an origin naming no event matches none. With only a branch rule, only a
+    # job whose ref names the code that runs may ask: the branch rule cannot speak for any other.
+    if events and event not in events:
+        raise EvidenceError(event_code, reason="event")
+    if branches and not events:
+        if event is None:
+            raise EvidenceError(event_code, reason="no_event", table=table)
+        if platform is None or event not in REF_BOUND_EVENTS[platform]:
+            raise EvidenceError(event_code, reason="ref_unbound", event=event, table=table)
+
+
 def _check_oidc_allowed(policy: Policy, env: Environment, claim: RequestClaim) -> None:
     """The environment's ``[environments.<name>.oidc]`` rules: issuer, repository, branch, event."""
     rules = env.oidc
@@ -799,18 +845,16 @@ def _check_oidc_allowed(policy: Policy, env: Environment, claim: RequestClaim) -
         raise EvidenceError("oidc_issuer_not_allowed", reason="rule", what="issuer")
     if rules.repositories and claim.scope.repo not in rules.repositories:
         raise EvidenceError("oidc_repository_not_allowed", reason="rule", what="repository")
-    if rules.branches and claim.ref not in {f"refs/heads/{b}" for b in rules.branches}:
-        raise EvidenceError("oidc_branch_not_allowed", reason="rule", what="branch")
-    # An event rule is an allowlist; a token without the claim matches none. With only a branch rule, only a
-    # job whose ref names the code that runs may ask: the branch rule cannot speak for any other.
-    if rules.events and claim.event not in rules.events:
-        raise EvidenceError("oidc_event_not_allowed", reason="event")
-    if rules.branches and not rules.events:
-        if claim.event is None:
-            raise EvidenceError("oidc_event_not_allowed", reason="no_event")
-        issuer = policy.oidc.issuers.get(claim.issuer_name or "")
-        if issuer is None or claim.event not in REF_BOUND_EVENTS[issuer.kind]:
-            raise EvidenceError("oidc_event_not_allowed", reason="ref_unbound", event=claim.event)
+    issuer = policy.oidc.issuers.get(claim.issuer_name or "")
+    kind = issuer.kind if issuer is not None else None
+    _check_branch_rule("oidc", kind, rules.branches, rules.events, claim.ref, claim.event)
+
+
+def _check_github_allowed(env: Environment, ref: str | None, event: str | None) -> None:
+    """The environment's ``[environments.<name>.github]`` rule, if it has one (opt-in: without it the
+    approvers are the check): the webhook's ``ref`` and ``event``, as GitHub signed them."""
+    if env.github is not None:
+        _check_branch_rule("github", "github", env.github.branches, env.github.events, ref, event)
 
 
 def _check_ci_secret_allowed(env: Environment) -> None:
@@ -879,6 +923,8 @@ def _verified_origin(
     env = policy.environment(claim.scope.environment)  # raises unknown_environment
     if isinstance(origin, OidcEvidence):
         _check_oidc_allowed(policy, env, claim)
+    elif isinstance(origin, GitHubEvidence):
+        _check_github_allowed(env, claim.ref, claim.event)
     elif isinstance(origin, CiEvidence):
         _check_ci_secret_allowed(env)
     # The request id is a function of the origin: clicks on this request's card name this id (and the card

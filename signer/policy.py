@@ -207,6 +207,19 @@ class EnvironmentOidc(_Frozen):
     events: tuple[EventName, ...] = ()
 
 
+class EnvironmentGitHub(_Frozen):
+    """``[environments.<name>.github]``: which runs a GitHub deployment protection rule may ask for.
+
+    Opt-in (without it the approvers are the check). ``branches`` (exact names, ``main`` for
+    ``refs/heads/main``): the webhook's ``ref`` must name one. ``events`` (the webhook's ``event``): when
+    set, the run's event must be listed; when empty, only ``evidence.REF_BOUND_EVENTS["github"]`` (``push``,
+    ``workflow_dispatch``, ``schedule``), whose ref names the code that runs. The same rule as the OIDC one.
+    """
+
+    branches: tuple[BranchName, ...] = Field(min_length=1)
+    events: tuple[EventName, ...] = ()
+
+
 class Environment(_Frozen):
     """One ``[environments.<name>]`` table."""
 
@@ -225,6 +238,7 @@ class Environment(_Frozen):
     # May a request authenticated by the shared CI secret's MAC ask for this environment? (issue 11)
     ci_secret: StrictBool = True
     oidc: EnvironmentOidc | None = None
+    github: EnvironmentGitHub | None = None
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Environment:

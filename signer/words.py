@@ -173,12 +173,13 @@ _EVIDENCE: dict[str | None, Template] = {
     "event": "jobs started by this event may not ask for this environment",
     "ref_unbound": (
         "a {event} job may not ask under a branch rule (only jobs of events whose ref names the code that "
-        "runs may); list the event in the environment's oidc.events to allow it"
+        "runs may); list the event in the environment's {table}.events to allow it"
     ),
     "no_event": (
-        "a job whose token names no event may not ask under a branch rule; list the environment's "
-        "oidc.events to decide which events may"
+        "a job whose origin names no event may not ask under a branch rule; list the environment's "
+        "{table}.events to decide which events may"
     ),
+    "bad_event": "the event that started the job {detail}",
     "oidc_only": "this environment takes only OIDC-proven requests, not the CI secret",
     # clicks and the deny form
     "click_form": "a click body is a single 'payload' form field",
@@ -221,7 +222,8 @@ EVIDENCE_CODES = (
     "stale_request", "bad_request_body", "bad_origin", "wrong_team", "bad_click", "bad_denial",
     "bad_cancel", "wrong_request", "deny_form_mismatch", "request_id_mismatch",
     "oidc_body_mismatch", "oidc_issuer_not_allowed", "oidc_repository_not_allowed", "oidc_branch_not_allowed",
-    "oidc_event_not_allowed", "evidence_outside_lifetime", "request_expired", "insufficient_approvals",
+    "oidc_event_not_allowed", "github_branch_not_allowed", "github_event_not_allowed",
+    "evidence_outside_lifetime", "request_expired", "insufficient_approvals",
     "not_authorized", "clock_behind", "not_expired",
 )  # fmt: skip
 

@@ -67,6 +67,17 @@ required_approvals = 1
 request_ttl = "3s"
 receipt_ttl = "15m"
 
+# The opt-in GitHub rule: only pushes, manual runs and schedules of main (tests/e2e/test_github_rule.py).
+[environments.guarded]
+channel = "C0DEPLOYS"
+approvers = ["U0BOB", "U0CAROL"]
+required_approvals = 1
+request_ttl = "30m"
+receipt_ttl = "15m"
+
+[environments.guarded.github]
+branches = ["main"]
+
 [groups.S0ONCALL]
 members = ["U0ERIN"]
 """

@@ -368,6 +368,50 @@ def test_through_the_bot_a_refused_webhook_opens_no_request_and_posts_no_card(
     assert _cards_posted(stack) == 0
 
 
+@pytest.mark.parametrize(
+    ("run", "code"),
+    [
+        ({"event": "workflow_run"}, "github_event_not_allowed"),
+        ({"event": "pull_request_target"}, "github_event_not_allowed"),
+        ({"ref": "refs/heads/feature"}, "github_branch_not_allowed"),
+    ],
+    ids=["workflow_run", "pull_request_target", "another_branch"],
+)
+def test_through_the_bot_a_run_the_github_rule_refuses_is_rejected_and_opens_no_request(
+    gh: GitHubRig, stack: Stack, run: dict[str, Any], code: str
+) -> None:
+    """``[environments.guarded.github] branches = ["main"]``: the signer's arrival check refuses the run, the
+    bot rejects it at once with the rule's reason and opens no request (docs/github.md)."""
+    run_id = gh.new_run(environment="guarded", **run)["run_id"]
+    answer = gh.deliver(run_id, url=f"{stack.bot_url}/github/webhook")
+    assert (answer["status"], answer["body"]["error"]) == (403, code), answer
+    rejected = gh.wait_run(run_id, "rejected")
+    assert code.replace("_", "\\_") in rejected["reviews"][-1]["comment"]
+    assert _requests_opened(stack) == 0
+    assert _cards_posted(stack) == 0
+
+
+def test_through_the_bot_a_push_to_main_passes_the_github_rule_and_its_card_names_the_event(
+    gh: GitHubRig, stack: Stack
+) -> None:
+    run_id, req = through_the_bot(gh, stack, environment="guarded", event="push")
+    post = stack.emulator.wait_for("chat.postMessage", channel="C0DEPLOYS")
+    shown = json.dumps(post["params"])
+    assert "From GitHub's signed webhook" in shown
+    assert "*Started by:* push" in shown
+    stack.click("U0BOB", req)
+    stack.wait_status(req["requestId"], "APPROVED")
+    _decided(gh, stack, run_id, "approved")
+
+
+def test_through_the_bot_a_pull_request_target_runs_card_names_its_event(gh: GitHubRig, stack: Stack) -> None:
+    """Without the table (production) the run asks as before, and its card says what started it."""
+    _, req = through_the_bot(gh, stack, event="pull_request_target")
+    post = stack.emulator.wait_for("chat.postMessage", channel="C0DEPLOYS")
+    assert "*Started by:* pull_request_target" in json.dumps(post["params"])
+    assert req["requestId"]
+
+
 def test_through_the_bot_a_replayed_delivery_opens_no_second_request(gh: GitHubRig, stack: Stack) -> None:
     url = f"{stack.bot_url}/github/webhook"
     good = gh.new_run()

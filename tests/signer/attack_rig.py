@@ -35,7 +35,8 @@ from keyturn.bot.signer_client import SignerClient, SignerRefused
 from keyturn.emulator.client import Delivery
 from keyturn.signer import wire
 from keyturn.signer.card import APPROVE_ACTION
-from keyturn.signer.evidence import slack_signature
+from keyturn.signer.evidence import github_stamp, slack_signature
+from keyturn.signer.github_app import webhook_signature
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import Scope
 from tests.harness import Proc, start_emulator
@@ -55,12 +56,14 @@ __all__ = [
     "BOT_TOKEN",
     "CHANNEL",
     "ENVIRONMENTS",
+    "GITHUB_SECRET",
     "TEAM",
     "Attacker",
     "CaptureServer",
     "Captured",
     "Rig",
     "echoed_message",
+    "new_github_origin",
     "new_origin",
     "reforge_click",
     "start_rig",
@@ -112,6 +115,41 @@ APPROVERS = {"production": ("U0BOB", "U0CAROL"), "staging": ("U0BOB",), "prod-eu
 
 _RUNS = count(1)
 _TLS = ssl.create_default_context()
+
+
+GITHUB_SECRET = "attack-rig-github-webhook-secret"
+
+
+def new_github_origin(
+    environment: str = "production", *, event: str | None = "push", ref: str = "refs/heads/main"
+) -> wire.GitHubOrigin:
+    """A genuine deployment-protection-rule webhook (signed with the webhook secret, as GitHub does) for a
+    fresh run, stamped by the signer's key a moment ago: what the bot stores after ``check_github``."""
+    run = next(_RUNS)
+    doc: dict[str, Any] = {
+        "action": "requested",
+        "environment": environment,
+        "ref": ref,
+        "sha": SHA,
+        "deployment_callback_url": (
+            f"https://api.github.com/repos/acme/web/actions/runs/{run}/deployment_protection_rule"
+        ),
+        "repository": {"full_name": "acme/web"},
+        "installation": {"id": 7},
+        "sender": {"login": "alice"},
+    }
+    if event is not None:
+        doc["event"] = event
+    body = json.dumps(doc).encode()
+    ts, delivery = str(int(time.time()) - 2), f"delivery-{run}"
+    return wire.GitHubOrigin(
+        body=body,
+        delivery=delivery,
+        signature=webhook_signature(GITHUB_SECRET, body),
+        workflow=".github/workflows/deploy.yml",
+        timestamp=ts,
+        stamp=github_stamp(GITHUB_SECRET, body, delivery, ts),
+    )
 
 
 def new_origin(
@@ -229,7 +267,7 @@ def start_rig(log_dir: Path) -> Rig:
     files = make_files()
     files.policy.write_text(ATTACK_POLICY_TOML)
     capture = CaptureServer()
-    signer = start_signer(files, log_dir, name="attack-signer")
+    signer = start_signer(files, log_dir, name="attack-signer", KEYTURN_GITHUB_WEBHOOK_SECRET=GITHUB_SECRET)
     try:
         emulator, url = start_emulator(log_dir, slack_secret=SLACK_SECRET, bot_url=capture.url)
     except Exception:

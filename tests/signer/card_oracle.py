@@ -8,7 +8,8 @@ check with rules written separately, so that a blind spot shared by both cannot 
   (format, control, private/unassigned, *all* nonspacing and enclosing marks, default-ignorables), and each
   look-alike letter read as the ASCII letter it imitates (:data:`CONFUSABLES`, a table written for these
   tests — deliberately wider than the scripts the renderer claims to cover).
-* :func:`foreign_hashes`, :func:`foreign_environments`, :func:`emoji_codes` find what must not be shown.
+* :func:`foreign_hashes`, :func:`foreign_environments`, :func:`emoji_codes` find what must not be shown;
+  :func:`started_by` what the card says started the job.
 * :func:`display_equivalent` and the two status grammars are the oracle for the mutation tests: what Slack's
   echo may change without changing the screen, and what the bot may legitimately write in the status part.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "foreign_hashes",
     "reader_form",
     "shown_texts",
+    "started_by",
 ]
 
 APPROVALS_LABEL = "*Approvals*\n"
@@ -241,6 +243,20 @@ def emoji_codes(blocks: Any) -> list[str]:
         if drawn:
             codes += _EMOJI.findall(value)
     return codes
+
+
+# "Started by" (any emphasis, any case) and the word a reader takes for the event after it.
+_STARTED_BY = re.compile(r"started by\W*(\S*)", re.IGNORECASE)
+
+
+def started_by(blocks: Any) -> list[str]:
+    """Every event the card says started the job, as a reader takes it in (``Started by: <event>``, with
+    whatever emphasis, look-alikes or invisible characters), in the order shown."""
+    return [
+        m.group(1).strip("*_~`")
+        for text in shown_texts(blocks)
+        for m in _STARTED_BY.finditer(reader_form(text))
+    ]
 
 
 # --- the mutation oracle ---------------------------------------------------------------------------------

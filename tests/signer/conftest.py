@@ -23,6 +23,7 @@ from keyturn.signer import wire
 from keyturn.signer.card import render_pending
 from keyturn.signer.evidence import (
     CiEvidence,
+    GitHubEvidence,
     OidcEvidence,
     SlackEvidence,
     card_facts,
@@ -113,13 +114,17 @@ def slash_origin(ts: int, body: str, secret: str = SLACK_SECRET) -> wire.SlackCo
     )
 
 
-Origin = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin
+Origin = wire.CiOrigin | wire.SlackCommandOrigin | wire.OidcOrigin | wire.GitHubOrigin
 
 
-def as_evidence(origin: Origin) -> CiEvidence | SlackEvidence | OidcEvidence:
+def as_evidence(origin: Origin) -> CiEvidence | SlackEvidence | OidcEvidence | GitHubEvidence:
     """A wire origin as the trust core's evidence type."""
     if isinstance(origin, wire.OidcOrigin):
         return OidcEvidence(origin.token, origin.body)
+    if isinstance(origin, wire.GitHubOrigin):
+        return GitHubEvidence(
+            origin.body, origin.delivery, origin.signature, origin.workflow, origin.timestamp, origin.stamp
+        )
     if isinstance(origin, wire.CiOrigin):
         return CiEvidence(origin.method, origin.path, origin.body, origin.timestamp, origin.signature)
     return SlackEvidence(origin.body, origin.timestamp, origin.signature)

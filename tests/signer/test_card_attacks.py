@@ -28,14 +28,18 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from keyturn.signer import wire
+from keyturn.signer import contract, wire
 from keyturn.signer.card import (
     DECISION_BLOCK,
     FOOTER_BLOCK,
+    GITHUB_LABEL,
     HEADER_BLOCK,
+    PROVEN_BLOCK,
+    PROVEN_LABEL,
     SCOPE_BLOCK,
     STATUS_BLOCK,
     UNVERIFIED_BLOCK,
+    UNVERIFIED_LABEL,
     CardFacts,
     CardMismatch,
     check_clicked_card,
@@ -53,6 +57,7 @@ from tests.signer.attack_rig import (
     Attacker,
     Rig,
     echoed_message,
+    new_github_origin,
     new_origin,
     reforge_click,
     start_rig,
@@ -68,6 +73,7 @@ from tests.signer.card_oracle import (
     foreign_hashes,
     reader_form,
     shown_texts,
+    started_by,
 )
 from tests.signer.conftest import (
     CI_SECRET,
@@ -686,6 +692,88 @@ async def test_missing_unverified_label_refused(attacker: Attacker, edit: Callab
     blocks = card(origin)
     edit(blocks)
     assert await attack(attacker, origin, blocks) == "card_mismatch"
+
+
+# --- the event that started the job (GitHub origins: from the signed webhook) -----------------------------
+
+
+async def test_true_github_card_names_its_event_and_yields_a_receipt(attacker: Attacker) -> None:
+    """The honest path for a GitHub origin: the card says the run was started by ``pull_request_target``
+    (with the ref and run link) under "From GitHub's signed webhook", and the true card yields a receipt."""
+    origin = new_github_origin(event="pull_request_target")
+    blocks = card(origin)
+    assert started_by(blocks) == ["pull_request_target"]
+    assert block(blocks, PROVEN_BLOCK)["elements"][0]["text"] == GITHUB_LABEL
+    ts = await attacker.post(blocks)
+    clicks = await attacker.clicks(ts, APPROVERS["production"])
+    receipt = await attacker.signer.sign(rid_of(origin), origin, clicks, {})
+    assert receipt["requester"] == "github:alice"
+
+
+def _started_by_index(b: Blocks) -> int:
+    elements = block(b, PROVEN_BLOCK)["elements"]
+    return next(i for i, e in enumerate(elements) if e["text"].startswith("*Started by:*"))
+
+
+def _drop_started_by(b: Blocks) -> None:
+    del block(b, PROVEN_BLOCK)["elements"][_started_by_index(b)]
+
+
+def _started_by_push(b: Blocks) -> None:
+    block(b, PROVEN_BLOCK)["elements"][_started_by_index(b)] = mrkdwn("*Started by:* push")
+
+
+def _github_as_unverified(b: Blocks) -> None:
+    proven = block(b, PROVEN_BLOCK)
+    proven["block_id"] = UNVERIFIED_BLOCK
+    proven["elements"][0] = mrkdwn(UNVERIFIED_LABEL)
+
+
+def _github_as_oidc(b: Blocks) -> None:
+    block(b, PROVEN_BLOCK)["elements"][0] = mrkdwn(PROVEN_LABEL)
+
+
+def _started_by_hidden_in_footer(b: Blocks) -> None:
+    line = block(b, PROVEN_BLOCK)["elements"].pop(_started_by_index(b))
+    block(b, FOOTER_BLOCK)["elements"].append(line)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _drop_started_by,
+        _started_by_push,
+        _github_as_unverified,
+        _github_as_oidc,
+        _started_by_hidden_in_footer,
+    ],
+    ids=["line removed", "says push", "labelled unverified", "labelled OIDC", "moved to the footer"],
+)
+async def test_github_card_event_line_edited_refused(
+    attacker: Attacker, edit: Callable[[Blocks], None]
+) -> None:
+    """A bot that hides or rewrites what started a ``pull_request_target`` run (so it reads as a push to
+    main), or labels the webhook's facts as something else, posts a card the signer does not render."""
+    origin = new_github_origin(event="pull_request_target")
+    blocks = card(origin)
+    edit(blocks)
+    assert await attack(attacker, origin, blocks) == "card_mismatch"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    event=st.from_regex(r"\A[a-z]{1,15}(?:_[a-z]{1,15}){0,3}\Z")
+    | st.sampled_from(["push", "pull_request_target", "workflow_run"])
+)
+def test_honest_github_card_reads_as_started_by_its_event_exactly(event: str) -> None:
+    """Oracle property: a reader of the honest card of a GitHub run sees exactly one "Started by", naming
+    the webhook's event; and neither a foreign hash nor another environment appears."""
+    assert contract.EVENT_RE.match(event)
+    origin = new_github_origin(event=event)
+    blocks = card(origin)
+    assert started_by(blocks) == [event]
+    assert foreign_hashes(blocks, SHA) == []
+    assert foreign_environments(blocks, "production", ENVIRONMENTS) == []
 
 
 def _one_char(text: str, old: str, new: str) -> str:
