@@ -36,7 +36,6 @@ LOOKALIKE_MAIN = "refs/heads/m\u0430in"
 FORGED_LINE = "refs/tags/v1\u00a0\uff0aStarted\u00a0by\uff1a\uff0a\u00a0push"
 
 
-@pytest.mark.xfail(strict=True, reason="seventh review: open until the proven ref has a grammar")
 def test_attack_a_branch_spelled_like_main_reads_as_a_push_to_main_under_the_lock() -> None:
     """A push to a branch named ``mаin`` (Cyrillic а) in an environment without ``[environments.<name>.
     github]`` (the approvers are the check): the proven block showed ``*Ref:* refs/heads/mаin`` and
@@ -50,7 +49,6 @@ def test_attack_a_branch_spelled_like_main_reads_as_a_push_to_main_under_the_loc
     assert _refusal(lambda: _approve(origin, [])) == "bad_origin"
 
 
-@pytest.mark.xfail(strict=True, reason="seventh review: open until the proven ref has a grammar")
 def test_attack_a_tag_name_forges_a_started_by_push_line_in_the_proven_block() -> None:
     """A ``release`` run of a tag named ``v1␣＊Started␣by：＊␣push`` (no-break spaces): NFKC made it
     ``*Started by:* push`` in bold inside the *Ref* element, so the proven block read "Started by: push"
@@ -61,12 +59,14 @@ def test_attack_a_tag_name_forges_a_started_by_push_line_in_the_proven_block() -
     assert _refusal(lambda: _approve(origin, [])) == "bad_origin"
 
 
-@pytest.mark.xfail(strict=True, reason="seventh review: open until the proven ref has a grammar")
 def test_attack_an_oidc_token_ref_forges_a_started_by_line() -> None:
     """The same through an OIDC token's ``ref`` (its proven block shows the ref the same way), even where
-    the branch rule would refuse it anyway: the card's grammar comes first."""
-    assert _refusal(lambda: _ask("github", oidc_policy("github"), ref=FORGED_LINE)) == "bad_origin"
-    assert _refusal(lambda: _ask("github", oidc_policy("github"), ref=LOOKALIKE_MAIN)) == "bad_origin"
+    the branch rule would refuse it anyway: the card's grammar comes first. (A no-break space was already
+    refused as an unprintable claim, ``oidc_claim_missing``; full-width markup and look-alikes were not.)"""
+    policy = oidc_policy("github")
+    assert _refusal(lambda: _ask("github", policy, ref=FORGED_LINE)) == "oidc_claim_missing"
+    assert _refusal(lambda: _ask("github", policy, ref=LOOKALIKE_MAIN)) == "bad_origin"
+    assert _refusal(lambda: _ask("github", policy, ref="refs/heads/\uff0amain\uff0a")) == "bad_origin"
 
 
 @pytest.mark.parametrize(
@@ -86,9 +86,8 @@ def test_an_ordinary_ref_is_shown_as_written(ref: str) -> None:
     assert f"*Ref:* {ref}" in _proven_texts(_card(origin))
 
 
-@pytest.mark.xfail(strict=True, reason="seventh review: open until the proven ref has a grammar")
 @settings(max_examples=120, deadline=None)
-@given(ref=st.text(max_size=40).map(lambda s: "refs/heads/" + s))
+@given(ref=st.text(max_size=30).map(lambda s: "refs/heads/" + s))
 @example(ref=LOOKALIKE_MAIN)
 @example(ref="refs/heads/_main_")
 @example(ref="refs/heads/`main`")
@@ -96,12 +95,10 @@ def test_a_proven_ref_is_shown_exactly_as_written_or_refused(ref: str) -> None:
     """Property: whatever the webhook's ``ref``, the proven block shows it byte for byte (no normalisation,
     no markup) or the origin is ``bad_origin``."""
     origin = _origin(_webhook("push", ref))
-    try:
-        claim = ev.origin_claim(origin, OPEN)
-    except ev.EvidenceError as exc:
-        assert exc.code == "bad_origin"
+    if not contract.REF_RE.match(ref):
+        assert _refusal(lambda: ev.origin_claim(origin, OPEN)) == "bad_origin"
         return
-    assert contract.REF_RE.match(ref)
+    claim = ev.origin_claim(origin, OPEN)
     assert f"*Ref:* {claim.ref}" in _proven_texts(_card(origin))
     assert claim.ref == ref
 
@@ -112,7 +109,7 @@ def test_the_branch_rule_still_refuses_the_look_alike_first_or_the_grammar_does(
     assert _refusal(lambda: _arrival(body, MAIN_ONLY)) in {"bad_origin", "github_branch_not_allowed"}
 
 
-# --- the policy's event names --------------------------------------------------------------------------------
+# --- the policy's event names ---------------------------------------------------------------------------
 
 
 def _github_table(events: list[str]) -> dict[str, object]:
@@ -131,7 +128,6 @@ def _github_table(events: list[str]) -> dict[str, object]:
     }
 
 
-@pytest.mark.xfail(strict=True, reason="seventh review: policy events in the card grammar")
 @pytest.mark.parametrize("event", ["deploy2", "pull__request", "push_", "push extra"])
 def test_a_policy_event_no_job_can_carry_is_invalid_policy(event: str) -> None:
     """``events = ["deploy2"]`` was accepted, yet no origin's event can match it (``contract.EVENT_RE``
@@ -145,4 +141,3 @@ def test_a_policy_event_no_job_can_carry_is_invalid_policy(event: str) -> None:
 
 def test_every_event_the_card_grammar_takes_is_a_valid_policy_event() -> None:
     assert Policy.from_data(_github_table(["pull_request_target", "push"])).environments
-
