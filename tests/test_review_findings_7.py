@@ -9,6 +9,10 @@ event grammar can never match.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import httpx
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -16,6 +20,8 @@ from hypothesis import strategies as st
 from keyturn.signer import contract
 from keyturn.signer import evidence as ev
 from keyturn.signer.policy import Policy, PolicyError
+from keyturn.signer.receipt import Scope
+from tests.gate_fixtures import mint_receipt
 from tests.test_review_findings_5 import _ask
 from tests.test_review_findings_5 import _policy as oidc_policy
 from tests.test_review_findings_card import (
@@ -29,6 +35,7 @@ from tests.test_review_findings_card import (
     _refusal,
     _webhook,
 )
+from tests.test_review_findings_oidc_github import GH_SHA, WORKFLOW, SlowGitHub, _approver, _deliver
 
 # "main" with a Cyrillic а (U+0430): a branch anyone with push access can create, drawn as main.
 LOOKALIKE_MAIN = "refs/heads/m\u0430in"
@@ -141,3 +148,33 @@ def test_a_policy_event_no_job_can_carry_is_invalid_policy(event: str) -> None:
 
 def test_every_event_the_card_grammar_takes_is_a_valid_policy_event() -> None:
     assert Policy.from_data(_github_table(["pull_request_target", "push"])).environments
+
+
+# --- the receipt names a scope, not the run whose card the approvers read ----------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="seventh review, open: a receipt names a scope, not a run (format change)"
+)
+async def test_attack_a_push_runs_receipt_approves_a_pull_request_target_run_of_the_same_scope(
+    tmp_path: Path,
+) -> None:
+    """A ``push`` run of main and a ``pull_request_target`` run (a fork's pull request: ``sha`` and workflow
+    are main's, so the scope is the same) wait at the approver. The approvers read "*Started by:* push" on
+    the push run's card (and an ``[environments.<name>.github]`` rule, checked on that request's origin,
+    passes it); a compromised bot hands the receipt to the pull request's run instead, whose webhook it
+    forwarded to the approver without the signer's arrival check. The approver checks the scope and that the
+    request approved no other run, not that the request was opened for this run: approved."""
+    origin = _origin(_webhook("push", run_id=42))
+    receipt = mint_receipt(
+        Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=ev.request_id_for(origin)
+    )
+    github = SlowGitHub(delay=0.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        approver = _approver(tmp_path, client)
+        assert await _deliver(approver, _webhook("push", run_id=42), "delivery-42") == (200, None)
+        prt = _webhook("pull_request_target", run_id=43)
+        assert await _deliver(approver, prt, "delivery-43") == (200, None)
+        answer = await approver.approve((43, "production"), receipt)
+    assert (answer.status_code, json.loads(bytes(answer.body)).get("error")) == (409, "receipt_other_run")
+    assert github.approved == []
