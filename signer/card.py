@@ -36,7 +36,9 @@ compromised bot could rewrite it. Their ``kt_proven`` block shows only the ref, 
 job (``*Started by:* push``) and the run link derived from the verified token's claims, under a label saying
 so; the requester is labelled as proven by the token. **GitHub origins** show the same three from the
 deployment protection rule's webhook, whose signature the signer checks, under "From GitHub's signed
-webhook". An event outside ``contract.EVENT_RE`` is never rendered (``bad_origin``).
+webhook". An event outside ``contract.EVENT_RE``, or a ref outside ``contract.REF_RE`` (ASCII only: a
+look-alike ``mаin`` or full-width ``＊`` would read as main or as markup under the lock), is never rendered
+(``bad_origin``).
 
 **Normalisation** before comparing (``../shared/notes/slack-echoed-blocks.md``): parse both sides as JSON
 (key order and ``\\/`` do not matter); ignore ``verbatim`` (every mrkdwn text here contains nothing Slack
@@ -560,6 +562,9 @@ def unverified_block(facts: CardFacts, environments: Collection[str]) -> dict[st
     if facts.title and proven is None:
         parts.append(_mrkdwn("*Title:* " + unverified_text(facts.title, scope, environments, TITLE_MAX)))
     if facts.ref:
+        if proven is not None and (problem := contract.ref_problem(facts.ref)):
+            # Under the lock label the ref must read as written: no look-alike, nothing NFKC makes markup.
+            raise KeyturnError(code="bad_origin", reason="bad_ref", detail=problem)
         parts.append(_mrkdwn("*Ref:* " + unverified_text(facts.ref, scope, environments, REF_MAX)))
     if proven is not None:
         parts.append(_started_by(facts.event))

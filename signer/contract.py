@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_WORKFLOW",
     "ENV_RE",
     "EVENT_RE",
+    "REF_RE",
     "REPO_RE",
     "REQUEST_ID_RE",
     "SHA_RE",
@@ -21,6 +22,7 @@ __all__ = [
     "environment_problem",
     "event_problem",
     "is_request_id",
+    "ref_problem",
     "repo_problem",
     "scope_problems",
     "sha_problem",
@@ -38,6 +40,11 @@ WORKFLOW_RE = re.compile(r"\A[A-Za-z0-9._][A-Za-z0-9._/@:+-]{0,199}\Z")
 # mrkdwn, so nothing else may pass: no markup, no spaces, no line break, nothing long, and no underscore at
 # either end or doubled (Slack reads ``_push_`` as *push* in italics).
 EVENT_RE = re.compile(r"\A(?=.{1,64}\Z)[a-z]+(?:_[a-z]+)*\Z")
+# A proven origin's ref (GitHub's webhook, an OIDC token), shown under the card's lock label as written. Git
+# allows almost anything in a branch name (look-alike letters, full-width '＊' and '：' that NFKC turns into
+# mrkdwn, no-break spaces), so only ASCII letters, digits and ``./+@=,#%-`` pass, and '_' only between two
+# letters or digits (Slack reads ``_main_`` as *main* in italics).
+REF_RE = re.compile(r"\A(?=.{1,255}\Z)(?:[A-Za-z0-9./+@=,#%-]|(?<=[A-Za-z0-9])_(?=[A-Za-z0-9]))+\Z")
 REQUEST_ID_RE = re.compile(r"\Areq_[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")
 
 
@@ -66,6 +73,13 @@ def workflow_problem(value: str) -> str | None:
 def event_problem(value: str) -> str | None:
     """What is wrong with ``value`` as the event that started a job (None if valid)."""
     return None if EVENT_RE.match(value) else "must be 1-64 lowercase letters, words joined by single '_'"
+
+
+def ref_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a proven origin's ref (None if valid)."""
+    if REF_RE.match(value):
+        return None
+    return "must be 1-255 ASCII letters, digits or ./+@=,#%- ('_' only between letters or digits)"
 
 
 # The check of each scope field, by its name in a CI request body and in a receipt's scope.

@@ -551,7 +551,8 @@ def check_github_webhook(
     except github_app.GitHubError as exc:
         raise EvidenceError(exc.code, reason="relayed", detail=exc.message, fields=exc.fields) from None
     # The environment's GitHub rule, as at signing: a run it refuses opens no request.
-    _check_github_allowed(policy.environment(hook.environment), hook.ref, _checked_event(hook.event))
+    env = policy.environment(hook.environment)
+    _check_github_allowed(env, _checked_ref(hook.ref), _checked_event(hook.event))
     return hook
 
 
@@ -694,7 +695,7 @@ def _oidc_claim(origin: OidcEvidence, policy: Policy) -> RequestClaim:
         # No body free text for OIDC origins: the body is unsigned, so a bot could rewrite it. The card shows
         # the ref and the run link derived from the claims instead (docs/security.md, "OIDC-proven requests").
         title=None,
-        ref=who.ref,
+        ref=_checked_ref(who.ref),
         run_url=who.run_url,
         proof=RequesterProof(issuer=cfg.issuer, subject=who.subject, run=who.run),
         issuer_name=name,
@@ -744,7 +745,7 @@ def _github_claim(origin: GitHubEvidence, policy: Policy) -> RequestClaim:
         f"github:{hook.sender}",
         None,
         title=None,
-        ref=hook.ref,
+        ref=_checked_ref(hook.ref),
         run_url=f"https://github.com/{hook.repo}/actions/runs/{hook.run_id}",
         event=_checked_event(hook.event),
     )
@@ -756,6 +757,15 @@ def _checked_event(event: str | None) -> str | None:
     if event is not None and (problem := contract.event_problem(event)):
         raise EvidenceError("bad_origin", reason="bad_event", detail=problem)
     return event
+
+
+def _checked_ref(ref: str | None) -> str | None:
+    """A proven origin's ref, as the card shows it under the lock label; anything outside
+    ``contract.REF_RE`` (a look-alike letter, full-width markup NFKC would turn into mrkdwn, a no-break space)
+    is refused before anything renders it: it could read as another branch or forge a line."""
+    if ref is not None and (problem := contract.ref_problem(ref)):
+        raise EvidenceError("bad_origin", reason="bad_ref", detail=problem)
+    return ref
 
 
 def _origin_kind(origin: Origin) -> str:

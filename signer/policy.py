@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from keyturn.signer import contract
 from keyturn.signer.errors import KeyturnError
 
 __all__ = [
@@ -162,9 +163,16 @@ def _at(field: str, detail: str) -> PydanticCustomError:
 OidcName = Annotated[str, _id_checker(_OIDC_NAME_RE, "an issuer name (letters, digits, '_', '-')", "github")]
 RepoName = Annotated[str, _id_checker(_REPO_NAME_RE, "a repository 'owner/name'", "acme/web")]
 BranchName = Annotated[str, _id_checker(_BRANCH_RE, "a branch name", "main")]
-_EVENT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# The grammar of the event an origin may carry (contract.EVENT_RE): a listed name outside it could never
+# match, and the operator would believe a rule that admits nothing.
 EventName = Annotated[
-    str, _id_checker(_EVENT_RE, "an event name (GitHub event_name, GitLab pipeline_source)", "push")
+    str,
+    _id_checker(
+        contract.EVENT_RE,
+        "an event name (GitHub event_name, GitLab pipeline_source: lowercase words joined by single '_', "
+        "at most 64 characters)",
+        "pull_request_target",
+    ),
 ]
 
 

@@ -180,6 +180,7 @@ _EVIDENCE: dict[str | None, Template] = {
         "{table}.events to decide which events may"
     ),
     "bad_event": "the event that started the job {detail}",
+    "bad_ref": "the job's ref {detail}",
     "oidc_only": "this environment takes only OIDC-proven requests, not the CI secret",
     # clicks and the deny form
     "click_form": "a click body is a single 'payload' form field",
