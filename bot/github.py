@@ -57,8 +57,10 @@ MAX_WEBHOOK_BYTES = 1024 * 1024
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 HANDOFF_ATTEMPTS = 5  # the approver answers 502 while GitHub is down; the run keeps waiting meanwhile
 HANDOFF_BACKOFF_S = 0.5
-# The signer's refusals of a run by the environment's GitHub rule, at arrival (signer/evidence.py).
-RULE_REFUSALS = frozenset({"github_branch_not_allowed", "github_event_not_allowed"})
+# The signer's refusals of a run at arrival that a re-run of the same job meets again (signer/evidence.py):
+# the environment's GitHub rule, and an origin outside the card's grammar (a look-alike branch or tag name,
+# an event name with markup), which comes from the same branch or tag every time.
+RULE_REFUSALS = frozenset({"github_branch_not_allowed", "github_event_not_allowed", "bad_origin"})
 
 
 def approver_url_problem(url: str) -> str | None:
@@ -167,8 +169,8 @@ class GitHubForwarder:
             code = exc.code if isinstance(exc, KeyturnError) and exc.code else type(exc).__name__
             log.warning("github webhook %s: no request opened (%s); rejecting the run", delivery, code)
             if code in RULE_REFUSALS:
-                # The environment's [environments.<name>.github] rule refused this run: re-running it cannot
-                # help, so the reason says which rule (docs/github.md).
+                # The environment's [environments.<name>.github] rule, or the origin's grammar, refused this
+                # run: re-running it cannot help, so the reason says which rule (docs/github.md).
                 reason = f"Keyturn's policy refuses this run ({code}): {exc}"
             else:
                 reason = f"Keyturn could not open a request ({code}); re-run the job to ask again"

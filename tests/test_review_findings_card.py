@@ -421,6 +421,33 @@ async def test_attack_a_workflow_run_run_waits_for_approvers_under_the_rule(tmp_
     assert "a workflow_run job may not ask" in shown
 
 
+async def test_a_run_from_a_look_alike_branch_is_rejected_without_asking_for_a_re_run(tmp_path: Any) -> None:
+    """A run whose ref the card cannot show (``bad_origin``: a Cyrillic letter in ``main``) is rejected at
+    arrival; the reason names the refusal and does not tell anyone to re-run the job, which would meet the
+    same refusal (the seventh review's note)."""
+    from keyturn.signer.github_approver import create_app
+
+    github = Reviews()
+    body = _webhook("push", ref="refs/heads/m\u0430in", run_id=44)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
+        approver = _approver(tmp_path, gh_client)
+        transport = httpx.ASGITransport(app=create_app(approver))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            service = NoService(OPEN)
+            bot = GitHubForwarder(
+                "http://127.0.0.1", signer=ArrivalSigner(OPEN), service=service, store=None, client=client
+            )
+            answer = await bot.webhook(_request(body, "delivery-44"))
+    assert answer.status_code == 422
+    assert json.loads(bytes(answer.body))["error"] == "bad_origin"
+    assert service.created == []
+    [(run, state, comment)] = github.reviews
+    assert (run, state) == (44, "rejected")
+    shown = comment.replace("\\", "")
+    assert "bad_origin" in shown
+    assert "re-run" not in shown
+
+
 def _request(body: bytes, delivery: str) -> Request:
     """``POST /github/webhook`` as GitHub sends it."""
     headers = {
