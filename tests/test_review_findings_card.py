@@ -390,27 +390,31 @@ class Reviews(SlowGitHub):
         return await super().__call__(request)
 
 
-async def test_attack_a_workflow_run_run_waits_for_approvers_under_the_rule(tmp_path: Any) -> None:
-    """Under ``branches = ["main"]`` the bot took a ``workflow_run`` webhook, opened a request and posted a
-    card; now the signer's arrival check refuses it, the bot rejects the run with the rule's reason (as for
-    ``scope_busy``) and opens no request."""
+async def _through_the_bot(tmp_path: Any, body: bytes, policy: Policy) -> tuple[NoService, Reviews, Any]:
+    """GitHub delivers ``body`` to the bot's webhook route, with the signer's arrival check under ``policy``
+    and the real approver app in front of a GitHub that records reviews: (the bot's request service, GitHub,
+    the bot's answer)."""
     from keyturn.signer.github_approver import create_app
 
     github = Reviews()
-    body = _webhook("workflow_run", run_id=43)
+    run_id = json.loads(body)["deployment"]["id"] - 1000
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
         approver = _approver(tmp_path, gh_client)
         transport = httpx.ASGITransport(app=create_app(approver))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            service = NoService(MAIN_ONLY)
+            service = NoService(policy)
             bot = GitHubForwarder(
-                "http://127.0.0.1",
-                signer=ArrivalSigner(MAIN_ONLY),
-                service=service,
-                store=None,
-                client=client,
+                "http://127.0.0.1", signer=ArrivalSigner(policy), service=service, store=None, client=client
             )
-            answer = await bot.webhook(_request(body, "delivery-43"))
+            answer = await bot.webhook(_request(body, f"delivery-{run_id}"))
+    return service, github, answer
+
+
+async def test_attack_a_workflow_run_run_waits_for_approvers_under_the_rule(tmp_path: Any) -> None:
+    """Under ``branches = ["main"]`` the bot took a ``workflow_run`` webhook, opened a request and posted a
+    card; now the signer's arrival check refuses it, the bot rejects the run with the rule's reason (as for
+    ``scope_busy``) and opens no request."""
+    service, github, answer = await _through_the_bot(tmp_path, _webhook("workflow_run", run_id=43), MAIN_ONLY)
     assert answer.status_code == 403
     assert json.loads(bytes(answer.body))["error"] == "github_event_not_allowed"
     assert service.created == []
@@ -425,19 +429,8 @@ async def test_a_run_from_a_look_alike_branch_is_rejected_without_asking_for_a_r
     """A run whose ref the card cannot show (``bad_origin``: a Cyrillic letter in ``main``) is rejected at
     arrival; the reason names the refusal and does not tell anyone to re-run the job, which would meet the
     same refusal (the seventh review's note)."""
-    from keyturn.signer.github_approver import create_app
-
-    github = Reviews()
     body = _webhook("push", ref="refs/heads/m\u0430in", run_id=44)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as gh_client:
-        approver = _approver(tmp_path, gh_client)
-        transport = httpx.ASGITransport(app=create_app(approver))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            service = NoService(OPEN)
-            bot = GitHubForwarder(
-                "http://127.0.0.1", signer=ArrivalSigner(OPEN), service=service, store=None, client=client
-            )
-            answer = await bot.webhook(_request(body, "delivery-44"))
+    service, github, answer = await _through_the_bot(tmp_path, body, OPEN)
     assert answer.status_code == 422
     assert json.loads(bytes(answer.body))["error"] == "bad_origin"
     assert service.created == []
