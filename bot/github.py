@@ -230,12 +230,16 @@ class GitHubForwarder:
                 log.error("github hand-off of %s: approved but its receipt could not be read", request.id)
                 return {"outcome": "failed", "error": "receipt_unavailable"}
             kind, body = "approve", receipt
+            # The signer's arrival of the request's webhook: the approver recomputes the request's id from
+            # it and the webhook it kept for the run, so the receipt approves that run only (seventh review).
+            headers = github_app.arrival_headers(origin.timestamp, origin.stamp or "", origin.workflow or "")
         else:
             # The webhook the request was opened from: the approver rejects only the attempt it kept for it,
             # so a rejection retried after a re-run never lands on the new attempt (run_attempt_changed).
             reason = final_reason(request)
             kind, body = "reject", {"reason": reason, "request_id": request.id, "delivery": hook.delivery}
-        status, error = await self._post_once(hook.run_id, hook.environment, kind, body)
+            headers = {}
+        status, error = await self._post_once(hook.run_id, hook.environment, kind, body, headers)
         record: dict[str, Any] = {"target": f"github {kind} run {hook.run_id}", "status": status}
         if status == 200 or error == "already_decided":
             return {**record, "outcome": "delivered"}
@@ -257,14 +261,20 @@ class GitHubForwarder:
             await self.client.post(f"{self.approver_url}/runs/{run_id}/{env}/status", json={"text": text})
 
     async def _post_once(
-        self, run_id: int, environment: str, kind: str, body: dict[str, Any]
+        self,
+        run_id: int,
+        environment: str,
+        kind: str,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
     ) -> tuple[int | None, str]:
-        """POST ``body`` to the approver's ``approve`` (a receipt) or ``reject`` route of the run, once:
-        (HTTP status or None if unreachable, the approver's error code or what went wrong)."""
+        """POST ``body`` to the approver's ``approve`` (a receipt, with the arrival ``headers``) or ``reject``
+        route of the run, once: (HTTP status or None if unreachable, the approver's error code or what went
+        wrong)."""
         url = f"{self.approver_url}/runs/{run_id}/{quote(environment, safe='')}/{kind}"
         outcome: tuple[int | None, str]
         try:
-            resp = await self.client.post(url, content=json.dumps(body).encode())
+            resp = await self.client.post(url, content=json.dumps(body).encode(), headers=headers)
         except httpx.HTTPError as exc:
             outcome = (None, type(exc).__name__)
         else:

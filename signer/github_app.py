@@ -76,6 +76,44 @@ class Webhook:
     created_at: int | None = None  # deployment.created_at (Unix seconds): GitHub-signed, dates the request
 
 
+# The hand-off's headers naming the webhook's arrival at the signer (:class:`Arrival`), with their grammar.
+ARRIVAL_HEADERS = {
+    "timestamp": ("X-Keyturn-Arrival-Timestamp", re.compile(r"\A[0-9]{1,12}\Z")),
+    "stamp": ("X-Keyturn-Arrival-Stamp", re.compile(r"\A[0-9a-f]{64}\Z")),
+    "workflow": ("X-Keyturn-Arrival-Workflow", contract.WORKFLOW_RE),
+}
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """The signer's arrival of the webhook a request was opened from, as the bot's hand-off names it: the
+    stamp's ``timestamp``, the ``stamp`` itself and the run's ``workflow`` (the request's origin keeps all
+    three, bot/github.py). With the webhook the approver kept they are the request's whole origin, so its id
+    can be recomputed here (``evidence.request_id_for``)."""
+
+    timestamp: str
+    stamp: str
+    workflow: str
+
+
+def arrival_from(headers: Mapping[str, str]) -> Arrival | str:
+    """The :class:`Arrival` in ``headers``, or the name of the first header missing or malformed."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    values: dict[str, str] = {}
+    for field, (name, grammar) in ARRIVAL_HEADERS.items():
+        value = lowered.get(name.lower())
+        if value is None or not grammar.match(value):
+            return name
+        values[field] = value
+    return Arrival(**values)
+
+
+def arrival_headers(timestamp: str, stamp: str, workflow: str) -> dict[str, str]:
+    """The hand-off's headers for an arrival (the bot's side of :func:`arrival_from`)."""
+    values = {"timestamp": timestamp, "stamp": stamp, "workflow": workflow}
+    return {name: values[field] for field, (name, _) in ARRIVAL_HEADERS.items()}
+
+
 def webhook_signature(secret: str, body: bytes) -> str:
     """``X-Hub-Signature-256`` for ``body``: ``sha256=`` + hex HMAC-SHA256 keyed with the webhook secret."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

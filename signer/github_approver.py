@@ -14,7 +14,9 @@ Routes (JSON answers; ``error`` is a stable code):
   ``X-GitHub-Delivery``, re-read from the API; answers the run id and the scope a receipt must name.
 A run is waiting once per protected environment (a workflow may deploy to several), so the routes name both:
 
-- ``POST /runs/{run_id}/{environment}/approve``: the body is a receipt, as ``keyturn verify`` reads it.
+- ``POST /runs/{run_id}/{environment}/approve``: the body is a receipt, as ``keyturn verify`` reads it;
+  the headers ``X-Keyturn-Arrival-Timestamp``, ``X-Keyturn-Arrival-Stamp`` and ``X-Keyturn-Arrival-Workflow``
+  name the signer's arrival of the webhook the receipt's request was opened from (``github_app.Arrival``).
   Approves once.
 - ``POST /runs/{run_id}/{environment}/reject``: ``{"reason": "...", "request_id": "req_…"?, "delivery":
   "…"?}``. Rejecting is fail-closed, so the bot's word suffices; ``delivery`` names the webhook the
@@ -24,10 +26,14 @@ A run is waiting once per protected environment (a workflow may deploy to severa
 
 A request approves one run attempt: its receipt names a scope, not a run, so the approver remembers which
 attempt each request id approved (run, environment, deployment and ``run_attempt``) and refuses it for
-another (``receipt_spent``). GitHub's review endpoint is per run, not per attempt, so an approval or a
-rejection is sent only while the run is still at the attempt whose webhook was checked (and, for a rejection
-naming its delivery, was opened from that webhook): ``run_attempt_changed``; a newer attempt's webhook
-replaces a waiting earlier one, and an earlier one delivered after it is ``stale_webhook``.
+another (``receipt_spent``). And the request must have been opened from the webhook kept for the waiting
+run: the approver recomputes its id from that webhook and the hand-off's arrival (whose stamp it checks with
+the webhook secret), else ``receipt_not_for_run`` (a receipt of another run of the same scope).
+
+GitHub's review endpoint is per run, not per attempt, so an approval or a rejection is sent only while the
+run is still at the attempt whose webhook was checked (and, for a rejection naming its delivery, was opened
+from that webhook): ``run_attempt_changed``; a newer attempt's webhook replaces a waiting earlier one, and an
+earlier one delivered after it is ``stale_webhook``.
 
 GitHub API failures (5xx, rate limits, timeouts, network) are retried with exponential backoff and then
 answered ``502 github_unavailable``: the run stays waiting, never approved by a fault.
@@ -37,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -56,10 +64,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from keyturn.signer import contract, github_app
+from keyturn.signer import contract, evidence, github_app
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.gate import GateError, check_receipt, load_keyset
-from keyturn.signer.github_app import GitHubError, Webhook
+from keyturn.signer.github_app import Arrival, GitHubError, Webhook, arrival_from
 from keyturn.signer.keyset import PublicKeyset
 from keyturn.signer.receipt import Scope
 from keyturn.signer.words import Fact
@@ -103,6 +111,9 @@ class PendingRun:
     # The run's ``run_attempt`` as GitHub's API reported it when the webhook was taken (None only from a
     # state file written before it was kept: such a run is never approved, fail closed).
     attempt: int | None = None
+    # The webhook's signed body (base64), to recompute the id of the request opened from it (None only from
+    # a state file written before it was kept: such a run is never approved, fail closed).
+    body: str | None = None
 
 
 RunKey = tuple[int, str]  # (run id, environment): what waits for one review
@@ -253,7 +264,13 @@ def dump_state(runs: Mapping[RunKey, PendingRun], deliveries: set[str], spent: M
         {
             "version": 1,
             "runs": [
-                {"webhook": asdict(r.webhook), "status": r.status, "comment": r.comment, "attempt": r.attempt}
+                {
+                    "webhook": asdict(r.webhook),
+                    "status": r.status,
+                    "comment": r.comment,
+                    "attempt": r.attempt,
+                    "body": r.body,
+                }
                 for r in runs.values()
             ],
             "deliveries": sorted(deliveries),
@@ -273,7 +290,9 @@ def load_state(data: bytes) -> tuple[dict[RunKey, PendingRun], set[str], dict[st
         hook = Webhook(**item["webhook"])
         attempt = item.get("attempt")
         attempt = attempt if type(attempt) is int else None
-        runs[run_key(hook)] = PendingRun(hook, str(item["status"]), item.get("comment"), attempt)
+        body = item.get("body")
+        body = body if isinstance(body, str) else None
+        runs[run_key(hook)] = PendingRun(hook, str(item["status"]), item.get("comment"), attempt, body)
     spent = {str(k): str(v) for k, v in obj["spent"].items()}
     return runs, {str(d) for d in obj["deliveries"]}, spent
 
@@ -449,7 +468,9 @@ class Approver:
             # A webhook never taken before is a newer attempt (or deployment) of the run: it replaces the
             # one kept, even a waiting one. Kept, the earlier attempt's request (spent on it, its approval's
             # answer lost) would pass the "spent on this attempt" check and approve the re-run waiting now.
-            self.runs[run_key(hook)] = PendingRun(hook, attempt=attempt)
+            self.runs[run_key(hook)] = PendingRun(
+                hook, attempt=attempt, body=base64.b64encode(body).decode("ascii")
+            )
             self._save()
         log.info("run %s waiting: %s %s -> %s", hook.run_id, scope.repo, scope.sha, scope.environment)
         return JSONResponse(
@@ -464,9 +485,36 @@ class Approver:
             }
         )
 
-    async def approve(self, key: RunKey, receipt: bytes) -> JSONResponse:
+    def _opened_here(
+        self, pending: PendingRun, arrival: Arrival, request_id: str, scope: Scope
+    ) -> str | None:
+        """Whether ``request_id`` was opened from the webhook kept for ``pending``, arriving at the signer as
+        ``arrival`` says: None if so, else the reason it was not. The stamp is the signer's MAC keyed from
+        the webhook secret, which the approver holds too; the id is recomputed with the signer's own
+        function from the kept body and delivery, so a receipt of another run (another webhook) never
+        matches (seventh review)."""
+        if pending.body is None:
+            return "no_webhook"
+        hook, body = pending.webhook, base64.b64decode(pending.body)
+        secret = self.s.webhook_secret
+        stamp = evidence.github_stamp(secret, body, hook.delivery, arrival.timestamp)
+        if not hmac.compare_digest(stamp, arrival.stamp):
+            return "stamp"
+        if arrival.workflow != scope.workflow:
+            return "workflow"
+        origin = evidence.GitHubEvidence(
+            body,
+            hook.delivery,
+            github_app.webhook_signature(secret, body),  # the only one check_webhook took for it
+            arrival.workflow,
+            arrival.timestamp,
+            arrival.stamp,
+        )
+        return None if hmac.compare_digest(evidence.request_id_for(origin), request_id) else "request"
+
+    async def approve(self, key: RunKey, receipt: bytes, arrival: Arrival) -> JSONResponse:
         """Approve the run waiting at ``key`` if ``receipt`` passes the gate for the run's scope as GitHub
-        reports it."""
+        reports it and its request was opened from the run's kept webhook (``arrival``: its stamp)."""
         async with self._deciding(key) as pending:
             if isinstance(pending, JSONResponse):
                 return pending
@@ -487,6 +535,15 @@ class Approver:
             spent_on = self.spent.get(rid)
             if spent_on is not None and spent_on != this_attempt:
                 return _error(409, "receipt_spent", request_id=rid, run=spent_on)
+            # The scope is not the run: another waiting run of it (a pull_request_target run of main's sha,
+            # its webhook forwarded without the signer's arrival check) must not take this request's receipt.
+            problem = self._opened_here(pending, arrival, rid, scope)
+            if problem is not None:
+                log.warning("run %s/%s: request %s not opened for it (%s)", key[0], key[1], rid, problem)
+                facts: dict[str, Fact] = {"request_id": rid}
+                if problem == "workflow":
+                    facts |= {"workflow": arrival.workflow, "expected": scope.workflow}
+                return _error(409, "receipt_not_for_run", reason=problem, **facts)
             # Spent *before* the review call, with no await between the check and this write: the lock is per
             # run, so a second run's approval with the same receipt may run meanwhile, and must find the
             # request taken. Never given back: a failed call may still have reached GitHub (a lost answer),
@@ -570,7 +627,10 @@ def create_app(approver: Approver) -> Starlette:
         body = await request.body()
         if len(body) > MAX_RECEIPT_BODY:
             return _error(413, "too_large")
-        return await approver.approve(key(request), body)
+        arrival = arrival_from(request.headers)
+        if isinstance(arrival, str):
+            return _error(400, "bad_request", reason="arrival_header", name=arrival)
+        return await approver.approve(key(request), body, arrival)
 
     async def reject(request: Request) -> Response:
         data, reason = await _json_text(request, "reason")

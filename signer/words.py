@@ -383,6 +383,13 @@ _GITHUB: dict[str, Template | Reasons] = {
         ),
     },
     "receipt_spent": "request {request_id} already approved run {run}",
+    # The receipt's request was not opened from the webhook kept for the waiting run (seventh review).
+    "receipt_not_for_run": {
+        "stamp": "the arrival stamp is not the signer's for the webhook of the run waiting here",
+        "workflow": "the arrival names workflow {workflow}, the run's is {expected}",
+        "request": "request {request_id} was not opened from the webhook of the run waiting here",
+        "no_webhook": "the webhook of the run waiting here was kept without its body: it cannot be approved",
+    },
     "review_refused": {
         "comment": "GitHub answered the comment with HTTP {status}",
         "review": "GitHub answered the review with HTTP {status}",
@@ -743,7 +750,13 @@ SENTENCES: dict[str, Template | Reasons] = {
     "key_not_valid_at_issue": {None: "key {kid} ({key_status}) was not valid at {at}", **_SERVICE},
     **dict.fromkeys((*WIRE_CODES, "frame_timeout"), _WIRE),
     # A frame's schema (wire) or a request's id or outcome (evidence; none of its reasons are the wire's).
-    "bad_request": {**_EVIDENCE, **_WIRE, "json_text": "a JSON object with a non-empty {name!r}"},
+    "bad_request": {
+        **_EVIDENCE,
+        **_WIRE,
+        "json_text": "a JSON object with a non-empty {name!r}",
+        # keyturn github-approver's approve route: the hand-off names the webhook's arrival at the signer
+        "arrival_header": "header {name} is missing or malformed (the signer's arrival of the run's webhook)",
+    },
     **dict.fromkeys(("bad_keyset_url", "unreadable"), _GATE),
     "bad_keyset": {**_GATE, **_KEYSET},  # fetched by the gate, parsed by signer/keyset.py
     "bad_checkpoint": {**_GATE, **_CHECKPOINT},  # fetched by the gate, checked by signer/checkpoint.py
