@@ -19,26 +19,27 @@ from hypothesis import strategies as st
 from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.policy import Policy
-from keyturn.signer.receipt import Scope
-from tests.gate_fixtures import SCOPE, LoopbackServer, mint_receipt, write_keyset
+from tests.gate_fixtures import SCOPE, LoopbackServer, write_keyset
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
 from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, KEY, NOW, POLICY_TOML, body_for, refusal
 from tests.test_review_findings_oidc_github import (
-    GH_SHA,
-    RECEIPT,
-    WORKFLOW,
     LostAnswers,
     SlowGitHub,
     _approver,
     _deliver,
     _webhook,
+    bound_receipt,
 )
 
 # --- the GitHub approver: a request approves one run attempt ----------------------------------------------
 
 
-OTHER_REQUEST = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1B"
+# Run 41's first attempt (deployment 1041) and its re-run (2041): each webhook's request and its receipt.
+FIRST, RERUN = _webhook(41, deployment_id=1041), _webhook(41, deployment_id=2041)
+RECEIPT, ARRIVAL = bound_receipt(FIRST, "delivery-a1")
+OWN, OWN_ARRIVAL = bound_receipt(RERUN, "delivery-a2")
+RECEIPT_REQUEST, OTHER_REQUEST = (str(json.loads(r)["requestId"]) for r in (RECEIPT, OWN))
 
 
 class LostFirstAttempt(LostAnswers):
@@ -67,17 +68,17 @@ async def test_attack_spent_receipt_approves_the_rerun_after_a_lost_answer(
     github = LostFirstAttempt()
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
         approver = _approver(tmp_path, client)
-        assert await _deliver(approver, _webhook(41, deployment_id=1041), "delivery-a1") == (200, None)
-        lost = await approver.approve((41, "production"), RECEIPT)
+        assert await _deliver(approver, FIRST, "delivery-a1") == (200, None)
+        lost = await approver.approve((41, "production"), RECEIPT, ARRIVAL)
         assert (lost.status_code, json.loads(bytes(lost.body)).get("error")) == (502, "github_unavailable")
         assert set(github.approved) == {41}  # attempt 1 was approved at GitHub
         github.lose, github.approved = False, []
         github.attempts[41] = 2  # the re-run waits now
         expected = "run_attempt_changed"
         if rerun_webhook == "delivered":
-            assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
+            assert await _deliver(approver, RERUN, "delivery-a2") == (200, None)
             expected = "receipt_spent"
-        again = await approver.approve((41, "production"), RECEIPT)
+        again = await approver.approve((41, "production"), RECEIPT, ARRIVAL)
         assert (again.status_code, json.loads(bytes(again.body)).get("error")) == (409, expected)
     assert github.approved == []
 
@@ -89,13 +90,12 @@ async def test_a_rerun_with_its_own_receipt_is_approved_after_an_earlier_attempt
     github = LostFirstAttempt()
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
         approver = _approver(tmp_path, client)
-        assert await _deliver(approver, _webhook(41, deployment_id=1041), "delivery-a1") == (200, None)
-        assert (await approver.approve((41, "production"), RECEIPT)).status_code == 502
+        assert await _deliver(approver, FIRST, "delivery-a1") == (200, None)
+        assert (await approver.approve((41, "production"), RECEIPT, ARRIVAL)).status_code == 502
         github.lose, github.approved = False, []
         github.attempts[41] = 2
-        assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
-        own = mint_receipt(Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=OTHER_REQUEST)
-        answer = await approver.approve((41, "production"), own)
+        assert await _deliver(approver, RERUN, "delivery-a2") == (200, None)
+        answer = await approver.approve((41, "production"), OWN, OWN_ARRIVAL)
         assert answer.status_code == 200, bytes(answer.body)
     assert github.approved == [41]
 
@@ -110,13 +110,13 @@ async def test_the_checked_attempt_survives_a_restart_of_the_approver(tmp_path: 
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
         first = _approver(tmp_path, client)
         first.state_file = state
-        assert await _deliver(first, _webhook(41, deployment_id=1041), "delivery-a1") == (200, None)
-        assert (await first.approve((41, "production"), RECEIPT)).status_code == 502
+        assert await _deliver(first, FIRST, "delivery-a1") == (200, None)
+        assert (await first.approve((41, "production"), RECEIPT, ARRIVAL)).status_code == 502
         github.lose, github.approved = False, []
         github.attempts[41] = 2
         again = Approver(first.s, first.api, first.now, state)  # a restart: everything from the file
         assert again.runs[(41, "production")].attempt == 1
-        answer = await again.approve((41, "production"), RECEIPT)
+        answer = await again.approve((41, "production"), RECEIPT, ARRIVAL)
         assert (answer.status_code, json.loads(bytes(answer.body)).get("error")) == (
             409,
             "run_attempt_changed",
@@ -246,7 +246,6 @@ class RerunningGitHub(SlowGitHub):
         return httpx.Response(204)
 
 
-RECEIPT_REQUEST = "req_01JV7Q4M4T7Z9X4P9G8N2D6R1A"  # RECEIPT's (tests.gate_fixtures.REQUEST_ID)
 STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("deliver"), st.integers(1, 4)),
@@ -279,21 +278,17 @@ async def test_no_sequence_of_webhooks_reruns_and_retries_lets_a_request_approve
     the approver takes it once) in any order, withholds others, retries approvals with either of two genuine
     receipts for the run's scope, while GitHub re-runs the run and loses answers. No request id ever
     releases two attempts."""
-    receipts = {
-        RECEIPT_REQUEST: RECEIPT,
-        OTHER_REQUEST: mint_receipt(
-            Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=OTHER_REQUEST
-        ),
-    }
+    receipts = {RECEIPT_REQUEST: (RECEIPT, ARRIVAL), OTHER_REQUEST: (OWN, OWN_ARRIVAL)}
     github = RerunningGitHub()
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
         approver = _approver(tmp_path, client)
         approver.api.s.attempts = 1  # one try per call: a lost answer is a 502 at once
         for step, arg in steps:
             if step == "deliver" and isinstance(arg, int) and arg <= github.attempt:
-                await _deliver(approver, _webhook(41, deployment_id=github.deployment(arg)), f"d-{arg}")
+                hook = _webhook(41, deployment_id=github.deployment(arg))
+                await _deliver(approver, hook, f"delivery-a{arg}")
             elif step == "approve" and isinstance(arg, str):
-                await approver.approve((41, "production"), receipts[arg])
+                await approver.approve((41, "production"), *receipts[arg])
             elif step == "rerun":
                 github.attempt, github.waiting = github.attempt + 1, True
             elif step == "lose" and isinstance(arg, bool):

@@ -30,19 +30,17 @@ from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.github_approver import Approver, GitHubApi, create_app
 from keyturn.signer.policy import Policy
-from keyturn.signer.receipt import Scope
 from tests.bot.test_callbacks import deploy_request
-from tests.gate_fixtures import mint_receipt
 from tests.oidc_tokens import claims_for, genuine
 from tests.signer.conftest import at
 from tests.signer.test_oidc import GITLAB_KEY, ISSUERS, KEY, NOW, POLICY_TOML, body_for
 from tests.test_review_findings_oidc_github import (
-    GH_SHA,
     WORKFLOW,
     SlowGitHub,
     _approver,
     _deliver,
     _webhook,
+    bound_receipt,
 )
 
 # --- OIDC: under a branch rule, only the events whose ref and sha name the code that runs ------------------
@@ -282,8 +280,8 @@ async def test_attack_a_late_rejection_rejects_the_rerun(tmp_path: Path, rerun_w
         assert refused(late)  # the outbox settles it: retrying cannot make it right
         assert rig.github.reviews == []
         if rerun_webhook.startswith("delivered"):  # the re-run's own request still decides it
-            own = mint_receipt(Scope("acme/web", GH_SHA, "production", WORKFLOW))
-            assert (await rig.approver.approve((41, "production"), own)).status_code == 200
+            own, arrival = bound_receipt(rerun, "delivery-a2")
+            assert (await rig.approver.approve((41, "production"), own, arrival)).status_code == 200
             assert rig.github.reviews == [(41, 2, "approved")]
 
 

@@ -18,10 +18,8 @@ import pytest
 
 from keyturn.bot.callbacks import refused
 from keyturn.signer.errors import KeyturnError
-from keyturn.signer.receipt import Scope
-from tests.gate_fixtures import mint_receipt
 from tests.test_review_findings_5 import FlakyReviews, _ask, _event_claim, _no_wait_approver, _policy, _rig
-from tests.test_review_findings_oidc_github import GH_SHA, WORKFLOW, _deliver, _webhook
+from tests.test_review_findings_oidc_github import _deliver, _webhook, bound_receipt
 
 # --- OIDC: the allow-list is exact; variants of an admitted name are other names ------------------------
 
@@ -110,8 +108,8 @@ async def test_an_approval_still_needs_the_deployment_to_agree(tmp_path: Path, d
     github = BrokenDeployment(ANSWERS[deployment])
     async with _rig(tmp_path, github) as rig:
         github.down, github.broken = False, True
-        receipt = mint_receipt(Scope("acme/web", GH_SHA, "production", WORKFLOW))
-        answer = await rig.approver.approve((41, "production"), receipt)
+        receipt, arrival = bound_receipt(_webhook(41, deployment_id=1041), "delivery-a1")
+        answer = await rig.approver.approve((41, "production"), receipt, arrival)
         expected = (502, "github_unavailable") if deployment == "deleted" else (409, "run_mismatch")
         assert (answer.status_code, json.loads(bytes(answer.body))["error"]) == expected
         assert github.reviews == []

@@ -9,16 +9,18 @@ event grammar can never match.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keyturn.signer import contract
 from keyturn.signer import evidence as ev
+from keyturn.signer.github_app import Arrival
 from keyturn.signer.policy import Policy, PolicyError
 from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import mint_receipt
@@ -26,6 +28,7 @@ from tests.test_review_findings_5 import _ask
 from tests.test_review_findings_5 import _policy as oidc_policy
 from tests.test_review_findings_card import (
     MAIN_ONLY,
+    NOW,
     OPEN,
     _approve,
     _arrival,
@@ -35,7 +38,14 @@ from tests.test_review_findings_card import (
     _refusal,
     _webhook,
 )
-from tests.test_review_findings_oidc_github import GH_SHA, WORKFLOW, SlowGitHub, _approver, _deliver
+from tests.test_review_findings_oidc_github import (
+    GH_SHA,
+    WEBHOOK_SECRET,
+    WORKFLOW,
+    SlowGitHub,
+    _approver,
+    _deliver,
+)
 
 # "main" with a Cyrillic а (U+0430): a branch anyone with push access can create, drawn as main.
 LOOKALIKE_MAIN = "refs/heads/m\u0430in"
@@ -153,9 +163,41 @@ def test_every_event_the_card_grammar_takes_is_a_valid_policy_event() -> None:
 # --- the receipt names a scope, not the run whose card the approvers read ----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="seventh review, open: a receipt names a scope, not a run (format change)"
-)
+PUSH, PRT = _webhook("push", run_id=42), _webhook("pull_request_target", run_id=43)
+
+
+def _arrival_at_signer(body: bytes, delivery: str, timestamp: str = str(NOW)) -> Arrival:
+    """The signer's arrival stamp of ``body`` (what its ``check_github`` answers the bot), as the hand-off
+    names it."""
+    return Arrival(timestamp, ev.github_stamp(WEBHOOK_SECRET, body, delivery, timestamp), WORKFLOW)
+
+
+def _receipt_of(origin: ev.GitHubEvidence) -> bytes:
+    """A genuine receipt of the request opened from ``origin`` (its quorum met)."""
+    return mint_receipt(
+        Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=ev.request_id_for(origin)
+    )
+
+
+PUSH_RECEIPT = _receipt_of(_origin(PUSH))  # the push run's request: delivery-42, stamped at NOW
+PUSH_ARRIVAL = _arrival_at_signer(PUSH, "delivery-42")
+
+
+async def _hand_over(
+    run_id: int, receipt: bytes, arrival: Arrival, tmp_path: Path
+) -> tuple[int, str | None, list[int]]:
+    """Both runs wait at a fresh approver (their webhooks forwarded by the bot, the pull request's without the
+    signer's arrival check); the bot hands ``receipt`` and ``arrival`` to run ``run_id``: the approver's
+    status and code, and the runs GitHub was told to approve."""
+    github = SlowGitHub(delay=0.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        approver = _approver(tmp_path, client)
+        assert await _deliver(approver, PUSH, "delivery-42") == (200, None)
+        assert await _deliver(approver, PRT, "delivery-43") == (200, None)
+        answer = await approver.approve((run_id, "production"), receipt, arrival)
+    return answer.status_code, json.loads(bytes(answer.body)).get("error"), github.approved
+
+
 async def test_attack_a_push_runs_receipt_approves_a_pull_request_target_run_of_the_same_scope(
     tmp_path: Path,
 ) -> None:
@@ -163,18 +205,51 @@ async def test_attack_a_push_runs_receipt_approves_a_pull_request_target_run_of_
     are main's, so the scope is the same) wait at the approver. The approvers read "*Started by:* push" on
     the push run's card (and an ``[environments.<name>.github]`` rule, checked on that request's origin,
     passes it); a compromised bot hands the receipt to the pull request's run instead, whose webhook it
-    forwarded to the approver without the signer's arrival check. The approver checks the scope and that the
-    request approved no other run, not that the request was opened for this run: approved."""
-    origin = _origin(_webhook("push", run_id=42))
-    receipt = mint_receipt(
-        Scope("acme/web", GH_SHA, "production", WORKFLOW), request_id=ev.request_id_for(origin)
-    )
-    github = SlowGitHub(delay=0.0)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
-        approver = _approver(tmp_path, client)
-        assert await _deliver(approver, _webhook("push", run_id=42), "delivery-42") == (200, None)
-        prt = _webhook("pull_request_target", run_id=43)
-        assert await _deliver(approver, prt, "delivery-43") == (200, None)
-        answer = await approver.approve((43, "production"), receipt)
-    assert (answer.status_code, json.loads(bytes(answer.body)).get("error")) == (409, "receipt_other_run")
-    assert github.approved == []
+    forwarded to the approver without the signer's arrival check. The approver checked the scope and that the
+    request approved no other run, not that the request was opened for this run: approved. Now it recomputes
+    the request's id from the webhook it kept for the run: the push run's arrival stamp is not the pull
+    request's webhook's (``receipt_not_for_run``), nothing posted."""
+    assert await _hand_over(43, PUSH_RECEIPT, PUSH_ARRIVAL, tmp_path) == (409, "receipt_not_for_run", [])
+
+
+async def test_attack_the_pull_request_runs_own_arrival_stamp_with_the_push_runs_receipt(
+    tmp_path: Path,
+) -> None:
+    """The same with a genuine arrival stamp of the pull request's webhook (the bot had the signer check it,
+    as for any run): the stamp passes, the request id recomputed from it is not the receipt's."""
+    arrival = _arrival_at_signer(PRT, "delivery-43")
+    assert await _hand_over(43, PUSH_RECEIPT, arrival, tmp_path) == (409, "receipt_not_for_run", [])
+
+
+async def test_the_push_runs_receipt_approves_the_push_run(tmp_path: Path) -> None:
+    """The honest hand-off: the receipt of the run's own request, with its webhook's arrival, approves it."""
+    assert await _hand_over(42, PUSH_RECEIPT, PUSH_ARRIVAL, tmp_path) == (200, None, [42])
+
+
+_TAMPERED = st.one_of(
+    st.tuples(st.just("timestamp"), st.from_regex(r"\A[0-9]{1,12}\Z"), st.booleans()),
+    st.tuples(st.just("stamp"), st.from_regex(r"\A[0-9a-f]{64}\Z"), st.just(False)),
+    st.tuples(st.just("workflow"), st.from_regex(contract.WORKFLOW_RE), st.just(False)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(run_id=st.sampled_from([42, 43]), tamper=_TAMPERED)
+@example(run_id=42, tamper=("timestamp", str(NOW + 1), True))  # re-stamped by the signer a second later
+@example(run_id=42, tamper=("timestamp", "0" + str(NOW), False))  # the same time, spelled otherwise
+@example(run_id=42, tamper=("workflow", ".github/workflows/other.yml", False))
+async def test_no_other_runs_receipt_and_no_tampered_arrival_approves_a_run(
+    tmp_path: Path, run_id: int, tamper: tuple[str, str, bool]
+) -> None:
+    """Property: the push run's receipt with its arrival altered in any field (a timestamp the signer even
+    stamped anew, ``restamp``), handed to either waiting run, is refused ``receipt_not_for_run``, nothing
+    posted; unaltered, it approves the push run only."""
+    field, value, restamp = tamper
+    arrival = dataclasses.replace(PUSH_ARRIVAL, **{field: value})
+    if restamp:
+        arrival = _arrival_at_signer(PUSH, "delivery-42", value)
+    if arrival == PUSH_ARRIVAL:
+        expected = (200, None, [42]) if run_id == 42 else (409, "receipt_not_for_run", [])
+    else:
+        expected = (409, "receipt_not_for_run", [])
+    assert await _hand_over(run_id, PUSH_RECEIPT, arrival, tmp_path) == expected

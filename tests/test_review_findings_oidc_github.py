@@ -28,6 +28,7 @@ from keyturn.signer import card, github_app, oidc, wire
 from keyturn.signer import evidence as ev
 from keyturn.signer.errors import KeyturnError
 from keyturn.signer.gate import load_keyset
+from keyturn.signer.github_app import Arrival
 from keyturn.signer.github_approver import Approver, GitHubApi, Settings
 from keyturn.signer.policy import Policy
 from keyturn.signer.receipt import Scope
@@ -542,7 +543,26 @@ async def _deliver(approver: Approver, body: bytes, delivery: str) -> tuple[int,
     return answer.status_code, json.loads(bytes(answer.body)).get("error")
 
 
-RECEIPT = mint_receipt(Scope("acme/web", GH_SHA, "production", WORKFLOW))
+ARRIVED = "1790000000"  # when the signer stamped a webhook's arrival, in these tests
+
+
+def arrival_of(body: bytes, delivery: str, workflow: str = WORKFLOW, timestamp: str = ARRIVED) -> Arrival:
+    """What the bot's hand-off names for webhook ``body`` (``delivery``): the signer's arrival stamp."""
+    return Arrival(timestamp, ev.github_stamp(WEBHOOK_SECRET, body, delivery, timestamp), workflow)
+
+
+def bound_receipt(body: bytes, delivery: str) -> tuple[bytes, Arrival]:
+    """A receipt of the request opened from webhook ``body`` (``delivery``), and the arrival the bot's
+    hand-off names with it: what the approver approves that run with."""
+    arrival = arrival_of(body, delivery)
+    sig = github_app.webhook_signature(WEBHOOK_SECRET, body)
+    origin = ev.GitHubEvidence(body, delivery, sig, WORKFLOW, arrival.timestamp, arrival.stamp)
+    scope = Scope("acme/web", GH_SHA, "production", WORKFLOW)
+    return mint_receipt(scope, request_id=ev.request_id_for(origin)), arrival
+
+
+# Run 41's request (webhook "delivery-41"): the receipt a compromised bot also holds for the scope.
+RECEIPT, ARRIVAL = bound_receipt(_webhook(41), "delivery-41")
 
 
 async def test_one_receipt_raced_at_two_waiting_runs_approves_only_one(tmp_path: Path) -> None:
@@ -555,7 +575,8 @@ async def test_one_receipt_raced_at_two_waiting_runs_approves_only_one(tmp_path:
         for run_id in (41, 42):
             assert await _deliver(approver, _webhook(run_id), f"delivery-{run_id}") == (200, None)
         answers = await asyncio.gather(
-            approver.approve((41, "production"), RECEIPT), approver.approve((42, "production"), RECEIPT)
+            approver.approve((41, "production"), RECEIPT, ARRIVAL),
+            approver.approve((42, "production"), RECEIPT, ARRIVAL),
         )
     outcomes = sorted((a.status_code, json.loads(bytes(a.body)).get("error")) for a in answers)
     assert outcomes == [(200, None), (409, "receipt_spent")]
@@ -581,9 +602,9 @@ async def test_a_receipt_whose_approval_answer_was_lost_cannot_approve_a_second_
         approver = _approver(tmp_path, client)
         for run_id in (41, 42):
             assert await _deliver(approver, _webhook(run_id), f"delivery-{run_id}") == (200, None)
-        lost = await approver.approve((41, "production"), RECEIPT)
+        lost = await approver.approve((41, "production"), RECEIPT, ARRIVAL)
         assert (lost.status_code, json.loads(bytes(lost.body)).get("error")) == (502, "github_unavailable")
-        second = await approver.approve((42, "production"), RECEIPT)
+        second = await approver.approve((42, "production"), RECEIPT, ARRIVAL)
         assert (second.status_code, json.loads(bytes(second.body)).get("error")) == (409, "receipt_spent")
     assert set(github.approved) == {41}
 
@@ -600,14 +621,15 @@ async def test_an_old_webhook_under_a_new_delivery_id_cannot_approve_a_rerun_wit
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
         approver = _approver(tmp_path, client)
         first = _webhook(41, deployment_id=1041)
+        receipt, arrival = bound_receipt(first, "delivery-a1")
         assert await _deliver(approver, first, "delivery-a1") == (200, None)
-        assert (await approver.approve((41, "production"), RECEIPT)).status_code == 200
+        assert (await approver.approve((41, "production"), receipt, arrival)).status_code == 200
         # Attempt 2 now waits at GitHub; the bot shows the approver attempt 1's webhook again.
         assert await _deliver(approver, first, "delivery-forged") == (409, "replayed_delivery")
-        again = await approver.approve((41, "production"), RECEIPT)
+        again = await approver.approve((41, "production"), receipt, arrival)
         assert (again.status_code, json.loads(bytes(again.body)).get("error")) == (409, "already_decided")
         # The genuine webhook of attempt 2 opens the run again, and R does not approve it.
         assert await _deliver(approver, _webhook(41, deployment_id=2041), "delivery-a2") == (200, None)
-        spent = await approver.approve((41, "production"), RECEIPT)
+        spent = await approver.approve((41, "production"), receipt, arrival)
         assert (spent.status_code, json.loads(bytes(spent.body)).get("error")) == (409, "receipt_spent")
     assert github.approved == [41]
