@@ -5,6 +5,7 @@ tests/e2e/test_github_rule.py and tests/faults/test_github_handover.py.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,24 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from keyturn.signer import github_app
 from tests import harness
 from tests.e2e.conftest import GITHUB_WEBHOOK_SECRET, SHA, Stack
 from tests.harness import KEYTURN, Proc, free_port
 
 APP_ID = "424242"
 WORKFLOW = ".github/workflows/deploy.yml"
+# A well-formed arrival no request was opened from: for the approver's refusals that come before it checks
+# the receipt's request against the run's webhook (unknown run, GitHub down, the gate).
+UNBOUND = github_app.arrival_headers("0", "0" * 64, WORKFLOW)
+
+
+def arrival_of(stack: Stack, request_id: str) -> dict[str, str]:
+    """The arrival headers the bot's hand-off sends with the receipt of GitHub request ``request_id``: read
+    from the request's origin in the bot's store, as a compromised bot could."""
+    with stack.redis.client() as r:
+        origin = json.loads(r.get(f"keyturn:req:{{{request_id}}}:origin"))
+    return github_app.arrival_headers(origin["timestamp"], origin["stamp"], origin["workflow"])
 
 
 @dataclass
@@ -101,9 +114,17 @@ class GitHubRig:
         """Set the emulator's fault switches."""
         assert self.http.post(f"{self.github_url}/_github/faults", json=values).status_code == 200
 
-    def approve(self, run_id: int, receipt: bytes, environment: str = "production") -> httpx.Response:
-        """Hand the approver a receipt for the run, as the bot does."""
-        return self.http.post(f"{self.approver_url}/runs/{run_id}/{environment}/approve", content=receipt)
+    def approve(
+        self,
+        run_id: int,
+        receipt: bytes,
+        environment: str = "production",
+        arrival: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Hand the approver a receipt for the run, as the bot does, with the ``arrival`` of the webhook its
+        request was opened from (:func:`arrival_of`; default :data:`UNBOUND`)."""
+        url = f"{self.approver_url}/runs/{run_id}/{environment}/approve"
+        return self.http.post(url, content=receipt, headers=arrival or UNBOUND)
 
     def reject(
         self, run_id: int, reason: str, request_id: str | None = None, environment: str = "production"

@@ -21,7 +21,15 @@ from keyturn.signer.github_app import app_jwt
 from tests import harness
 from tests.conftest import failed
 from tests.e2e.conftest import SHA, Stack
-from tests.github_rig import APP_ID, WORKFLOW, GitHubRig, app_key, start_github_rig, through_the_bot
+from tests.github_rig import (
+    APP_ID,
+    WORKFLOW,
+    GitHubRig,
+    app_key,
+    arrival_of,
+    start_github_rig,
+    through_the_bot,
+)
 
 OTHER_SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -71,64 +79,65 @@ def _waiting_run(gh: GitHubRig, **spec: Any) -> tuple[int, dict[str, Any]]:
     return run["run_id"], answer["body"]
 
 
+def _quorum(gh: GitHubRig, stack: Stack, req: dict[str, Any], run_id: int) -> tuple[bytes, dict[str, str]]:
+    """Both production approvers click; the bot's hand-off approves the run. The request's receipt and the
+    arrival the hand-off named, for the tests' own (replayed, misdirected) hand-offs."""
+    for user in ("U0BOB", "U0CAROL"):
+        stack.click(user, req)
+    stack.wait_status(req["requestId"], "APPROVED")
+    _decided(gh, stack, run_id, "approved")
+    receipt = stack.get(f"/v1/requests/{req['requestId']}/receipt")
+    assert receipt.status_code == 200, receipt.text
+    return receipt.content, arrival_of(stack, req["requestId"])
+
+
 def test_a_run_is_approved_exactly_once_after_quorum_with_a_comment_linking_the_request(
     gh: GitHubRig, stack: Stack
 ) -> None:
-    run_id, checked = _waiting_run(gh)
+    run_id, req = through_the_bot(gh, stack)
     # The scope comes from GitHub (the webhook, then the API's run and deployment): with the workflow path.
-    assert checked["scope"] == {
-        "repo": "acme/web",
-        "sha": SHA,
-        "environment": "production",
-        "workflow": WORKFLOW,
-    }
-
-    created = stack.create(**{"environment": "production", "workflow": WORKFLOW})
-    req = stack.card(created["requestId"])
+    assert req["scope"] == {"repo": "acme/web", "sha": SHA, "environment": "production", "workflow": WORKFLOW}
+    rid = req["requestId"]
     stack.click("U0BOB", req)
-    stack.wait_version(req["requestId"], req["version"])
-    assert stack.get(f"/v1/requests/{req['requestId']}/receipt").status_code != 200  # no quorum, no receipt
-    assert gh.approve(run_id, b"").status_code == 403  # and nothing to approve with
-    stack.click("U0CAROL", req)
-    stack.wait_status(req["requestId"], "APPROVED")
-    receipt = stack.get(f"/v1/requests/{req['requestId']}/receipt").content
-
-    ok = gh.approve(run_id, receipt)
-    assert ok.status_code == 200, ok.text
-    again = gh.approve(run_id, receipt)
+    stack.wait_version(rid, req["version"])
+    assert stack.get(f"/v1/requests/{rid}/receipt").status_code != 200  # no quorum, no receipt
+    assert (
+        gh.approve(run_id, b"", arrival=arrival_of(stack, rid)).status_code == 403
+    )  # nothing to approve with
+    receipt, arrival = _quorum(gh, stack, req, run_id)
+    again = gh.approve(run_id, receipt, arrival=arrival)
     assert (again.status_code, again.json()["error"]) == (409, "already_decided")
 
     run = gh.run(run_id)
     assert run["status"] == "approved"
-    assert len(run["reviews"]) == 1
-    assert len(gh.reviews_posted(run_id)) == 1
-    review = run["reviews"][0]
+    approvals = [r for r in run["reviews"] if r["state"] is not None]
+    assert len(approvals) == 1
+    assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None, "approved"]
+    review = approvals[0]
     assert (review["state"], review["environment_name"]) == ("approved", "production")
-    rid = req["requestId"]
     assert f"(https://keyturn.example/requests/{rid})" in review["comment"]
     assert len(review["comment"]) <= 1024
 
 
 def test_one_request_approves_one_run_and_status_comments_do_not_decide(gh: GitHubRig, stack: Stack) -> None:
-    first, _ = _waiting_run(gh)
+    first, req = through_the_bot(gh, stack)
     second, _ = _waiting_run(gh)  # the same commit and environment again (a re-run, a second dispatch)
     status = gh.http.post(
-        f"{gh.approver_url}/runs/{first}/production/status", json={"text": "waiting for *2* approvals"}
+        f"{gh.approver_url}/runs/{second}/production/status", json={"text": "waiting for *2* approvals"}
     )
     assert status.status_code == 200, status.text
-    assert gh.run(first)["reviews"] == [
+    assert gh.run(second)["reviews"] == [
         {"state": None, "comment": "Keyturn: waiting for \\*2\\* approvals", "environment_name": "production"}
     ]
-    assert gh.run(first)["status"] == "waiting"
-    _, receipt = _receipt_for(stack)
-    assert gh.approve(first, receipt).status_code == 200
-    spent = gh.approve(second, receipt)
+    assert gh.run(second)["status"] == "waiting"
+    receipt, arrival = _quorum(gh, stack, req, first)
+    spent = gh.approve(second, receipt, arrival=arrival)
     assert (spent.status_code, spent.json()["error"]) == (409, "receipt_spent")
     assert gh.run(second)["status"] == "waiting"
     # A re-run of the approved run is a new deployment: it waits again and needs a request of its own.
     assert gh.http.post(f"{gh.github_url}/_github/runs/{first}/rerun").status_code == 200
     assert gh.deliver(first)["status"] == 200
-    rerun = gh.approve(first, receipt)
+    rerun = gh.approve(first, receipt, arrival=arrival)
     assert (rerun.status_code, rerun.json()["error"]) == (409, "receipt_spent")
 
 
@@ -137,16 +146,19 @@ def test_a_restarted_approver_remembers_deliveries_waiting_runs_and_spent_reques
 ) -> None:
     first = gh.new_run()
     delivered = gh.deliver(first["run_id"])
-    second, _ = _waiting_run(gh)
-    _, receipt = _receipt_for(stack)
-    assert gh.approve(second, receipt).status_code == 200
+    second, req = through_the_bot(gh, stack)
+    receipt, arrival = _quorum(gh, stack, req, second)
     gh.restart_approver()
     replayed = gh.deliver(first["run_id"], delivery=delivered["delivery"])
     assert (replayed["status"], replayed["body"]["error"]) == (409, "replayed_delivery")
-    assert gh.approve(first["run_id"], receipt).json()["error"] == "receipt_spent"  # the run still waits
-    _, fresh = _receipt_for(stack)
-    assert gh.approve(first["run_id"], fresh).status_code == 200
-    assert [r["state"] for r in gh.run(first["run_id"])["reviews"]] == ["approved"]
+    answer = gh.approve(first["run_id"], receipt, arrival=arrival)
+    assert answer.json()["error"] == "receipt_spent"  # the run still waits
+    # A receipt of the same scope whose request was not opened from this run's webhook (a CI request) does
+    # not approve it either (seventh review), and nothing is posted.
+    _, other = _receipt_for(stack)
+    assert gh.approve(first["run_id"], other, arrival=arrival).json()["error"] == "receipt_not_for_run"
+    assert gh.run(first["run_id"])["status"] == "waiting"
+    assert gh.reviews_posted(first["run_id"]) == []
 
 
 def test_a_replayed_approval_after_the_approver_lost_its_record_posts_no_second_review(
@@ -154,16 +166,15 @@ def test_a_replayed_approval_after_the_approver_lost_its_record_posts_no_second_
 ) -> None:
     """The approver crashed between GitHub's 204 and writing its state, and the bot hands the receipt over
     again: GitHub no longer waits, which is final (409), not a fault to retry, and no second review."""
-    run_id, _ = _waiting_run(gh)
-    _, receipt = _receipt_for(stack)
+    run_id, req = through_the_bot(gh, stack)
     before = gh.state_file.read_bytes()  # its record with the run still waiting
-    assert gh.approve(run_id, receipt).status_code == 200
+    receipt, arrival = _quorum(gh, stack, req, run_id)
     gh.procs["approver"].kill9()
     gh.state_file.write_bytes(before)  # the write the crash cut
     gh.start_approver()
-    replay = gh.approve(run_id, receipt)
+    replay = gh.approve(run_id, receipt, arrival=arrival)
     assert (replay.status_code, replay.json()["error"]) == (409, "run_not_waiting")
-    assert [r["state"] for r in gh.run(run_id)["reviews"]] == ["approved"]
+    assert [r["state"] for r in gh.run(run_id)["reviews"]] == [None, "approved"]
 
 
 def test_deny_rejects_the_run_with_the_reason(gh: GitHubRig, stack: Stack) -> None:
@@ -512,30 +523,32 @@ def test_a_compromised_bot_handing_over_a_receipt_for_another_scope_gets_no_appr
 
 
 def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, stack: Stack) -> None:
-    run_id, _ = _waiting_run(gh)
-    _, receipt = _receipt_for(stack)
+    run_id, req = through_the_bot(gh, stack)
+    rid = req["requestId"]
+    _, receipt = _receipt_for(stack, sha=OTHER_SHA)  # its scope is another: a fault must not let it pass
     _, wrong = _receipt_for(stack, "staging")
 
-    # Faults on every try: a 502 to the caller, the run still waiting, and no review posted.
+    # Faults on every try: a 502 to the caller (before any receipt is read), the run still waiting, and no
+    # review posted.
     gh.faults(server_errors=100)
-    down = gh.approve(run_id, receipt)
+    down = gh.approve(run_id, receipt, arrival=arrival_of(stack, rid))
     assert (down.status_code, down.json()["error"]) == (502, "github_unavailable")
     gh.faults(server_errors=0, slow_s=1.5)  # slower than the approver's 1 s timeout
-    slow = gh.approve(run_id, receipt)
+    slow = gh.approve(run_id, receipt, arrival=arrival_of(stack, rid))
     assert (slow.status_code, slow.json()["error"]) == (502, "github_unavailable")
     gh.faults(slow_s=0.0)
     assert gh.run(run_id)["status"] == "waiting"
-    assert gh.reviews_posted(run_id) == []
+    assert [r["body"].get("state") for r in gh.reviews_posted(run_id)] == [None]  # the status comment only
 
     # A fault does not make a wrong receipt pass either.
     gh.faults(server_errors=1)
     assert gh.approve(run_id, wrong).json()["error"] == "scope_mismatch:environment"
 
-    # Transient faults (a 502, a rate limit with Retry-After) are retried with backoff: approved once.
+    # Transient faults (a 502, a rate limit with Retry-After) are retried with backoff: the bot's hand-off
+    # of the quorum's receipt approves the run once.
     before = len(gh.calls())
     gh.faults(server_errors=1, rate_limited=1)
-    ok = gh.approve(run_id, receipt)
-    assert ok.status_code == 200, ok.text
+    _quorum(gh, stack, req, run_id)
     calls = gh.calls()[before:]
     # Each fault was followed by a retry, after a wait: the exponential backoff (--backoff 0.05) after the
     # 502, GitHub's Retry-After (1 s) after the rate limit.
@@ -547,7 +560,7 @@ def test_api_faults_are_retried_and_never_turn_into_an_approval(gh: GitHubRig, s
     assert waited.keys() == {502, 403}, calls
     assert waited[502] >= 0.05
     assert waited[403] >= 1.0
-    assert [r["state"] for r in gh.run(run_id)["reviews"]] == ["approved"]
+    assert [r["state"] for r in gh.run(run_id)["reviews"]] == [None, "approved"]
 
 
 def test_through_the_bot_a_second_run_of_a_waiting_scope_is_rejected_not_orphaned(
