@@ -13,10 +13,12 @@
    and the stamp at signing time and takes repository, sha and environment from the signed payload.
 
 When the request reaches a final state, its outcome is handed to the approver through the Redis outbox that
-carries CI callbacks (bot/callbacks.py): the receipt (the approver verifies it and approves the run) or the
-reason (it rejects the run), by :meth:`GitHubForwarder.hand_over`, retried until the approver settles it, and
-replayed by whichever bot process starts next if this one dies meanwhile. The bot holds
-neither the webhook secret nor the App key (docs/security.md, "GitHub deployment protection rules").
+carries CI callbacks (bot/callbacks.py): the receipt with the signer's arrival of the run's webhook (the
+approver verifies the receipt, recomputes from that webhook the id of the request opened from it, and approves
+the run only if it is the receipt's) or the reason (it rejects the run), by
+:meth:`GitHubForwarder.hand_over`, retried until the approver settles it, and replayed by whichever bot
+process starts next if this one dies meanwhile. The bot holds neither the webhook secret nor the App key
+(docs/security.md, "GitHub deployment protection rules").
 """
 
 from __future__ import annotations
