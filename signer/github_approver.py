@@ -493,12 +493,15 @@ class Approver:
         the webhook secret, which the approver holds too; the id is recomputed with the signer's own
         function from the kept body and delivery, so a receipt of another run (another webhook) never
         matches (seventh review)."""
-        if pending.body is None:
+        try:
+            body = base64.b64decode(pending.body or "", validate=True)
+        except ValueError:
+            body = b""
+        if not body:
             return "no_webhook"
-        hook, body = pending.webhook, base64.b64decode(pending.body)
-        secret = self.s.webhook_secret
+        hook, secret = pending.webhook, self.s.webhook_secret
         stamp = evidence.github_stamp(secret, body, hook.delivery, arrival.timestamp)
-        if not hmac.compare_digest(stamp, arrival.stamp):
+        if not hmac.compare_digest(stamp.encode(), arrival.stamp.encode()):
             return "stamp"
         if arrival.workflow != scope.workflow:
             return "workflow"
@@ -510,7 +513,8 @@ class Approver:
             arrival.timestamp,
             arrival.stamp,
         )
-        return None if hmac.compare_digest(evidence.request_id_for(origin), request_id) else "request"
+        same = hmac.compare_digest(evidence.request_id_for(origin).encode(), request_id.encode())
+        return None if same else "request"
 
     async def approve(self, key: RunKey, receipt: bytes, arrival: Arrival) -> JSONResponse:
         """Approve the run waiting at ``key`` if ``receipt`` passes the gate for the run's scope as GitHub
@@ -540,10 +544,10 @@ class Approver:
             problem = self._opened_here(pending, arrival, rid, scope)
             if problem is not None:
                 log.warning("run %s/%s: request %s not opened for it (%s)", key[0], key[1], rid, problem)
-                facts: dict[str, Fact] = {"request_id": rid}
+                facts: dict[str, Fact] = {"reason": problem, "request_id": rid}
                 if problem == "workflow":
                     facts |= {"workflow": arrival.workflow, "expected": scope.workflow}
-                return _error(409, "receipt_not_for_run", reason=problem, **facts)
+                return _refusal(409, KeyturnError(code="receipt_not_for_run", facts=facts))
             # Spent *before* the review call, with no await between the check and this write: the lock is per
             # run, so a second run's approval with the same receipt may run meanwhile, and must find the
             # request taken. Never given back: a failed call may still have reached GitHub (a lost answer),
@@ -608,6 +612,7 @@ class Approver:
         if resp.status_code != 204:
             return _error(502, "review_refused", reason="review", status=resp.status_code)
         pending.status, pending.comment = state, comment
+        pending.body = None  # decided: no receipt is checked against it again, and the state file stays small
         self._save()
         log.info("run %s %s (request %s)", hook.run_id, state, request_id or "-")
         return JSONResponse({"ok": True, "run_id": hook.run_id, "state": state, "comment": comment})

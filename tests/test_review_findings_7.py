@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from keyturn.signer import contract
 from keyturn.signer import evidence as ev
 from keyturn.signer.github_app import Arrival
+from keyturn.signer.github_approver import Approver
 from keyturn.signer.policy import Policy, PolicyError
 from keyturn.signer.receipt import Scope
 from tests.gate_fixtures import mint_receipt
@@ -253,3 +254,24 @@ async def test_no_other_runs_receipt_and_no_tampered_arrival_approves_a_run(
     else:
         expected = (409, "receipt_not_for_run", [])
     assert await _hand_over(run_id, PUSH_RECEIPT, arrival, tmp_path) == expected
+
+
+async def test_a_run_kept_without_its_webhook_body_is_never_approved(tmp_path: Path) -> None:
+    """A run an earlier approver kept (its state file has no webhook body) cannot be bound to a request:
+    refused ``receipt_not_for_run`` even with its own receipt, nothing posted (fail closed; the upgrade note
+    says to drain pending runs). The body survives a restart otherwise."""
+    github = SlowGitHub(delay=0.0)
+    state = tmp_path / "approver-state.json"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as client:
+        first = _approver(tmp_path, client)
+        first.state_file = state
+        assert await _deliver(first, PUSH, "delivery-42") == (200, None)
+        assert Approver(first.s, first.api, first.now, state).runs[(42, "production")].body is not None
+        old = json.loads(state.read_bytes())
+        for run in old["runs"]:
+            del run["body"]
+        state.write_text(json.dumps(old))
+        again = Approver(first.s, first.api, first.now, state)  # a restart onto the earlier file
+        answer = await again.approve((42, "production"), PUSH_RECEIPT, PUSH_ARRIVAL)
+    assert (answer.status_code, json.loads(bytes(answer.body))["error"]) == (409, "receipt_not_for_run")
+    assert github.approved == []
