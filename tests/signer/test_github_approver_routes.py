@@ -103,7 +103,7 @@ async def test_an_approval_without_a_well_formed_arrival_is_refused(header: str,
         resp = await http.post(
             "/runs/7/production/approve",
             content=b"{}",
-            headers={k: v.encode() for k, v in headers.items()},
+            headers={k.encode(): v.encode() for k, v in headers.items()},  # bytes: a non-ASCII value too
         )
     assert (resp.status_code, resp.json()["error"]) == (400, "bad_request")
     assert header in resp.json()["message"]
