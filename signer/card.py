@@ -572,13 +572,8 @@ def unverified_block(facts: CardFacts, environments: Collection[str]) -> dict[st
         parts.append(_mrkdwn("*Run:* " + _run_link(facts.run_url, scope, environments)))
     if not parts:
         return None
-    if proven is None:
-        return {
-            "type": "context",
-            "block_id": UNVERIFIED_BLOCK,
-            "elements": [_mrkdwn(UNVERIFIED_LABEL), *parts],
-        }
-    return {"type": "context", "block_id": PROVEN_BLOCK, "elements": [_mrkdwn(proven), *parts]}
+    block_id, label = (UNVERIFIED_BLOCK, UNVERIFIED_LABEL) if proven is None else (PROVEN_BLOCK, proven)
+    return {"type": "context", "block_id": block_id, "elements": [_mrkdwn(label), *parts]}
 
 
 def footer_block(request_id: str) -> dict[str, Any]:
